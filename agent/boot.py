@@ -1,0 +1,142 @@
+"""What runs at interpreter start (from sitecustomize): read the environment,
+arm lazy hooks, return. Imports nothing heavy: the SDK, the exporters and the
+instrumentors load only when the program imports a library we trace.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from trace_run.instrumentors import hooks, registry
+
+from . import config, log
+
+_started = False
+_active: dict = {}  # library name -> instrumentor instance, or the error text
+_disabled: list = []
+INJECT_DIR = ""
+
+
+def start(inject_dir: str = "") -> None:
+    """Start the agent once per process; never raises."""
+    global _started, INJECT_DIR
+    if _started:
+        return
+    _started = True
+    INJECT_DIR = inject_dir
+    try:
+        _start(inject_dir)
+    except Exception as exc:
+        log.error("agent not started (%s: %s); the program runs untraced" % (type(exc).__name__, exc))
+
+
+def _start(inject_dir: str) -> None:
+    log.set_level(config.get("OTEL_LOG_LEVEL"))
+    if inject_dir and not config.get("OTEL_TRACE_RUN_INHERIT"):
+        _drop_from_pythonpath(inject_dir)
+    if config.get("OTEL_SDK_DISABLED"):
+        return
+    disabled = {n.lower() for n in config.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS")}
+    everything_off = "*" in disabled
+    for name, entry in registry.BUILTIN.items():
+        if everything_off or name in disabled or disabled.intersection(entry.aliases):
+            _disabled.append(name)
+            continue
+        for module in entry.modules:
+            hooks.when_imported(module, _activator(entry))
+    # A program that uses the API by hand gets a working SDK behind it.
+    hooks.when_imported("opentelemetry.trace", _sdk_on_import)
+    if config.get("OTEL_PYTHON_LOG_CORRELATION") and not ("logging" in disabled or everything_off):
+        hooks.when_imported("logging", _log_correlation)
+    # Children forked by multiprocessing exit through os._exit: flush them first.
+    hooks.when_imported("multiprocessing.util", _mp_flush_on_exit)
+    if config.get("OTEL_TRACE_RUN_THIRD_PARTY") and not everything_off:
+        from . import thirdparty
+
+        thirdparty.arm(disabled)
+    if config.get("OTEL_TRACE_RUN_INFO"):
+        from . import info
+
+        info.print_info(sys.stderr)
+
+
+def _drop_from_pythonpath(inject_dir: str) -> None:
+    parts = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    real = os.path.realpath(inject_dir)
+    kept = [p for p in parts if p and os.path.realpath(p) != real]
+    if kept:
+        os.environ["PYTHONPATH"] = os.pathsep.join(kept)
+    else:
+        os.environ.pop("PYTHONPATH", None)
+
+
+def _activator(entry):
+    def activate(_module) -> None:
+        activate_entry(entry)
+
+    return activate
+
+
+def activate_entry(entry) -> None:
+    """Load and apply one built-in instrumentor; a failure leaves that library untraced."""
+    if entry.name in _active:
+        return
+    _active[entry.name] = None
+    try:
+        from . import runtime
+
+        runtime.ensure_sdk()
+        cls = registry.load(entry)
+        instrumentor = cls()
+        if not instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.instrument(skip_dep_check=True)
+        _active[entry.name] = instrumentor
+    except Exception as exc:
+        _active[entry.name] = "%s: %s" % (type(exc).__name__, exc)
+        log.warning("%s instrumentation not applied (%s: %s); %s runs untraced"
+                    % (entry.name, type(exc).__name__, exc, entry.name))
+        from trace_run.instrumentors import guard
+
+        if guard.RAISE:
+            raise
+
+
+def _sdk_on_import(_module) -> None:
+    try:
+        from . import runtime
+
+        runtime.ensure_sdk()
+    except Exception as exc:
+        log.error("tracing SDK not set up (%s: %s); the program runs untraced" % (type(exc).__name__, exc))
+
+
+def _log_correlation(logging_module) -> None:
+    try:
+        from . import logcorr
+
+        logcorr.install(logging_module)
+    except Exception as exc:
+        log.warning("log correlation not enabled (%s: %s)" % (type(exc).__name__, exc))
+
+
+def _mp_child_flush(_obj) -> None:
+    from . import runtime
+
+    if runtime.provider_ready():
+        import multiprocessing.util as util
+
+        util.Finalize(None, runtime.flush_at_exit, exitpriority=-100)
+
+
+def _mp_flush_on_exit(util) -> None:
+    # The registry holds its objects weakly: a module-level function stays alive.
+    util.register_after_fork(_mp_child_flush, _mp_child_flush)
+
+
+def active() -> dict:
+    return dict(_active)
+
+
+def disabled() -> list:
+    return list(_disabled)

@@ -1,0 +1,87 @@
+"""`trace-run [options] CMD ARGS...`: run CMD with the agent injected.
+
+Puts the injection folder (holding only sitecustomize.py) first on
+PYTHONPATH, keeps what was there, and execs CMD. No argparse: this runs in
+front of every traced command, so it imports as little as possible.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+VERSION = "0.1.0"
+USAGE = """usage: trace-run [--info] [--help] [--version] COMMAND [ARGS...]
+
+Run COMMAND (python app.py, python -m pkg, gunicorn app:app, flask run,
+celery -A tasks worker, ...) with OpenTelemetry tracing, unchanged.
+
+options:
+  --info        print the resolved configuration (alone), or print it on
+                stderr from inside COMMAND as it starts
+  -h, --help    show this help and exit
+  --version     show the version and exit
+
+Configuration is read from OTEL_* environment variables; see README.md.
+"""
+
+
+def inject_dir() -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "inject")
+
+
+def build_env(environ: dict) -> dict:
+    env = dict(environ)
+    here = inject_dir()
+    parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    parts = [p for p in parts if os.path.realpath(p) != os.path.realpath(here)]
+    env["PYTHONPATH"] = os.pathsep.join([here] + parts)
+    return env
+
+
+def main(argv=None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    info = False
+    while args and args[0].startswith("-"):
+        opt = args.pop(0)
+        if opt in ("-h", "--help"):
+            sys.stdout.write(USAGE)
+            return 0
+        if opt == "--version":
+            sys.stdout.write("trace-run %s\n" % VERSION)
+            return 0
+        if opt == "--info":
+            info = True
+            continue
+        if opt == "--":
+            break
+        sys.stderr.write("trace-run: unknown option: %s\n%s" % (opt, USAGE))
+        return 2
+    if not args:
+        if info:
+            from . import info as info_module
+
+            info_module.print_info(sys.stdout)
+            return 0
+        sys.stderr.write(USAGE)
+        return 2
+    import shutil
+
+    command = args[0]
+    path = command if os.sep in command else shutil.which(command)
+    if not path or not os.path.exists(path):
+        sys.stderr.write("trace-run: command not found: %s\n" % command)
+        return 127
+    env = build_env(os.environ)
+    if info:
+        env["OTEL_TRACE_RUN_INFO"] = "true"
+    try:
+        os.execve(path, args, env)
+    except OSError as exc:
+        sys.stderr.write("trace-run: cannot run %s: %s\n" % (command, exc.strerror or exc))
+        return 126
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())

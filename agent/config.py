@@ -1,0 +1,318 @@
+"""The registry of every environment variable trace-run reads.
+
+Declared once, as data: the README table is generated from (and tested
+against) VARIABLES. This module is imported by sitecustomize on every process
+start, so it imports nothing beyond `os` and `sys`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from . import log
+
+
+class Var:
+    """One variable: name, kind, default (as the user would write it), one-line doc."""
+
+    __slots__ = ("name", "kind", "default", "doc", "choices", "minimum")
+
+    def __init__(self, name, kind, default, doc, choices=None, minimum=None):
+        self.name = name
+        self.kind = kind
+        self.default = default
+        self.doc = doc
+        self.choices = choices
+        self.minimum = minimum
+
+
+_SAMPLERS = (
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+    "ratelimiting",
+    "parentbased_ratelimiting",
+)
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+_OTLP = "OTEL_EXPORTER_OTLP_"
+
+VARIABLES: list[Var] = [
+    # -- general -----------------------------------------------------------
+    Var("OTEL_SDK_DISABLED", "bool", "false", "Disable the agent: nothing is patched, nothing exported."),
+    Var("OTEL_SERVICE_NAME", "str", "", "`service.name` of the resource (default `unknown_service:<executable>`)."),
+    Var("OTEL_RESOURCE_ATTRIBUTES", "kvlist", "", "Extra resource attributes, `key=value,key2=value2`."),
+    Var("OTEL_LOG_LEVEL", "enum", "info", "Level of trace-run's own messages on stderr.", choices=_LOG_LEVELS),
+    Var(
+        "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS",
+        "list",
+        "",
+        "Libraries not to instrument (e.g. `redis,sqlite3`), `*` for all.",
+    ),
+    # -- exporters -----------------------------------------------------------
+    Var(
+        "OTEL_TRACES_EXPORTER",
+        "list",
+        "otlp",
+        "Comma list of `otlp`, `console` (tree), `console_json`, `none`, or an installed exporter.",
+    ),
+    Var(_OTLP + "ENDPOINT", "url", "", "Base OTLP endpoint (`http://localhost:4318`, gRPC `:4317`)."),
+    Var(_OTLP + "TRACES_ENDPOINT", "url", "", "Full traces endpoint; overrides the base endpoint."),
+    Var(
+        _OTLP + "PROTOCOL",
+        "enum",
+        "http/protobuf",
+        "`http/protobuf` or `grpc`.",
+        choices=("http/protobuf", "grpc", "http/json"),
+    ),
+    Var(_OTLP + "TRACES_PROTOCOL", "enum", "", "Protocol for traces; overrides the above.",
+        choices=("http/protobuf", "grpc", "http/json")),
+    Var(_OTLP + "HEADERS", "kvlist", "", "Export headers `key=value,...` (values are never printed)."),
+    Var(_OTLP + "TRACES_HEADERS", "kvlist", "", "Headers for traces; overrides the above."),
+    Var(_OTLP + "TIMEOUT", "int", "10000", "Export timeout in milliseconds.", minimum=1),
+    Var(_OTLP + "TRACES_TIMEOUT", "int", "", "Traces export timeout (ms); overrides the above.", minimum=1),
+    Var(_OTLP + "COMPRESSION", "enum", "none", "`none` or `gzip`.", choices=("none", "gzip")),
+    Var(_OTLP + "TRACES_COMPRESSION", "enum", "", "Compression for traces.", choices=("none", "gzip")),
+    Var(_OTLP + "INSECURE", "bool", "false", "gRPC without TLS for `https`-less endpoints."),
+    Var(_OTLP + "TRACES_INSECURE", "bool", "", "gRPC insecure flag for traces."),
+    Var(_OTLP + "CERTIFICATE", "path", "", "CA certificate file to verify the collector."),
+    Var(_OTLP + "TRACES_CERTIFICATE", "path", "", "CA certificate for traces."),
+    Var(_OTLP + "CLIENT_KEY", "path", "", "Client private key for mTLS."),
+    Var(_OTLP + "TRACES_CLIENT_KEY", "path", "", "Client key for traces."),
+    Var(_OTLP + "CLIENT_CERTIFICATE", "path", "", "Client certificate for mTLS."),
+    Var(_OTLP + "TRACES_CLIENT_CERTIFICATE", "path", "", "Client certificate for traces."),
+    # -- sampling and propagation ------------------------------------------
+    Var(
+        "OTEL_TRACES_SAMPLER",
+        "str",
+        "parentbased_always_on",
+        "Sampler: the spec's six, `ratelimiting`, `parentbased_ratelimiting`, or an installed one.",
+    ),
+    Var("OTEL_TRACES_SAMPLER_ARG", "str", "", "Ratio in [0,1] for ratio samplers; traces/second for rate limiting."),
+    Var(
+        "OTEL_PROPAGATORS",
+        "list",
+        "tracecontext,baggage",
+        "`tracecontext`, `baggage`, `b3`, `b3multi`, `none`, or an installed propagator.",
+    ),
+    # -- batching and limits -------------------------------------------------
+    Var("OTEL_BSP_SCHEDULE_DELAY", "int", "5000", "Delay between exports (ms).", minimum=0),
+    Var("OTEL_BSP_EXPORT_TIMEOUT", "int", "30000", "Longest an export may take (ms).", minimum=0),
+    Var("OTEL_BSP_MAX_QUEUE_SIZE", "int", "2048", "Spans held in memory; more are dropped and counted.", minimum=1),
+    Var("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "int", "512", "Spans per export request.", minimum=1),
+    Var("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "int", "", "Longest attribute value (no limit by default).", minimum=0),
+    Var("OTEL_ATTRIBUTE_COUNT_LIMIT", "int", "128", "Most attributes per span, event or link.", minimum=0),
+    Var("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", "int", "", "Longest span attribute value.", minimum=0),
+    Var("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "int", "128", "Most attributes per span.", minimum=0),
+    Var("OTEL_SPAN_EVENT_COUNT_LIMIT", "int", "128", "Most events per span.", minimum=0),
+    Var("OTEL_SPAN_LINK_COUNT_LIMIT", "int", "128", "Most links per span.", minimum=0),
+    Var("OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT", "int", "128", "Most attributes per event.", minimum=0),
+    Var("OTEL_LINK_ATTRIBUTE_COUNT_LIMIT", "int", "128", "Most attributes per link.", minimum=0),
+    # -- log correlation -------------------------------------------------------
+    Var("OTEL_PYTHON_LOG_CORRELATION", "bool", "false", "Put trace ids on every `logging` record and format."),
+    Var(
+        "OTEL_PYTHON_LOG_FORMAT",
+        "str",
+        "%(asctime)s %(levelname)s [%(name)s] [trace_id=%(otelTraceID)s span_id=%(otelSpanID)s "
+        "resource.service.name=%(otelServiceName)s trace_sampled=%(otelTraceSampled)s] - %(message)s",
+        "Root handler format when log correlation is on.",
+    ),
+    Var("OTEL_PYTHON_LOG_LEVEL", "enum", "info", "Root logger level when log correlation is on.",
+        choices=_LOG_LEVELS),
+    # -- HTTP instrumentors ------------------------------------------------------
+    Var("OTEL_PYTHON_EXCLUDED_URLS", "list", "", "Regexes (comma list) searched in the full URL: matches are not traced."),
+    Var("OTEL_PYTHON_FLASK_EXCLUDED_URLS", "list", "", "Like the above, for Flask/WSGI servers only."),
+    Var("OTEL_PYTHON_REQUESTS_EXCLUDED_URLS", "list", "", "Like the above, for requests only."),
+    Var("OTEL_PYTHON_URLLIB3_EXCLUDED_URLS", "list", "", "Like the above, for urllib3 only."),
+    Var("OTEL_PYTHON_URLLIB_EXCLUDED_URLS", "list", "", "Like the above, for http.client/urllib only."),
+    Var("OTEL_PYTHON_HTTPX_EXCLUDED_URLS", "list", "", "Like the above, for httpx only."),
+    Var("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST", "list", "",
+        "Request headers servers record as `http.request.header.<name>`."),
+    Var("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE", "list", "",
+        "Response headers servers record as `http.response.header.<name>`."),
+    Var("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST", "list", "", "Request headers clients record."),
+    Var("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_RESPONSE", "list", "", "Response headers clients record."),
+    Var("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS", "list", "",
+        "Captured headers whose values become `[REDACTED]` (Authorization, Cookie, ... always are)."),
+    # -- database instrumentors ----------------------------------------------------
+    Var("OTEL_TRACE_RUN_DB_SANITIZE", "bool", "true", "Replace SQL literals and Redis arguments by `?`."),
+    Var("OTEL_TRACE_RUN_SQLCOMMENTER", "bool", "false", "Append a `traceparent` comment to each SQL statement."),
+    # -- trace-run's own -------------------------------------------------------
+    Var("OTEL_TRACE_RUN_INHERIT", "bool", "true", "Child Python processes run with the agent too."),
+    Var("OTEL_TRACE_RUN_EXIT_TIMEOUT", "int", "5000", "Longest the exit flush may take (ms).", minimum=0),
+    Var("OTEL_TRACE_RUN_THIRD_PARTY", "bool", "true", "Apply installed third-party instrumentors."),
+    Var("OTEL_TRACE_RUN_RAISE_ERRORS", "bool", "false", "Test only: instrumentation errors raise."),
+    Var("OTEL_TRACE_RUN_INFO", "bool", "false", "Print the resolved configuration on stderr at start (`--info CMD`)."),
+]
+
+BY_NAME: dict[str, Var] = {v.name: v for v in VARIABLES}
+
+# Parsed values, and the warnings already given, per process.
+_cache: dict[str, object] = {}
+WARNINGS: list[str] = []
+
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off", "")
+
+
+def register(var: Var) -> None:
+    """Declare a variable from elsewhere in the package (kept in this one table)."""
+    if var.name not in BY_NAME:
+        VARIABLES.append(var)
+        BY_NAME[var.name] = var
+
+
+def warn(name: str, raw: str, instead: str, why: str = "") -> None:
+    """One line naming the variable, the value and the fallback; once per variable."""
+    key = "%s=%s" % (name, raw)
+    for w in WARNINGS:
+        if w.startswith(key + ":") or w.startswith(name + "=" + raw + " "):
+            return
+    shown = mask(name, raw)
+    msg = "%s=%r is invalid%s; using %s" % (name, shown, (" (" + why + ")") if why else "", instead)
+    WARNINGS.append(msg)
+    log.warning(msg)
+
+
+def mask(name: str, raw: str) -> str:
+    """Header variables hold API keys: show keys, never values."""
+    if name.endswith("_HEADERS"):
+        return ",".join(part.split("=", 1)[0].strip() + "=***" for part in raw.split(",") if part.strip())
+    return raw
+
+
+def raw(name: str) -> str:
+    return os.environ.get(name, "")
+
+
+def get(name: str):
+    """The parsed value of a registered variable (the default on bad input, with a warning)."""
+    try:
+        return _cache[name]
+    except KeyError:
+        pass
+    var = BY_NAME[name]
+    value = _parse(var, os.environ.get(name))
+    _cache[name] = value
+    return value
+
+
+def is_set(name: str) -> bool:
+    return bool(os.environ.get(name, "").strip())
+
+
+def reset() -> None:
+    """Forget parsed values (tests, and after the environment changes)."""
+    _cache.clear()
+    del WARNINGS[:]
+
+
+def _parse(var: Var, text):
+    default = var.default
+    if text is None or text.strip() == "":
+        return _convert(var, default)
+    text = text.strip()
+    kind = var.kind
+    if kind == "bool":
+        low = text.lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        fallback = _convert(var, default)
+        warn(var.name, text, str(fallback).lower(), "expected true or false")
+        return fallback
+    if kind == "int":
+        try:
+            value = int(text)
+        except ValueError:
+            try:
+                value = float(text)
+                if value != int(value):
+                    raise ValueError
+                value = int(value)
+            except (ValueError, OverflowError):
+                fallback = _convert(var, default)
+                warn(var.name, text, _describe(fallback), "not a whole number")
+                return fallback
+        if var.minimum is not None and value < var.minimum:
+            fallback = _convert(var, default)
+            warn(var.name, text, _describe(fallback), "must be at least %d" % var.minimum)
+            return fallback
+        return value
+    if kind == "enum":
+        low = text.lower()
+        if low in var.choices:
+            return low
+        fallback = _convert(var, default)
+        warn(var.name, text, _describe(fallback), "expected one of " + ", ".join(var.choices))
+        return fallback
+    if kind == "list":
+        return [p.strip() for p in text.split(",") if p.strip()]
+    if kind == "kvlist":
+        return parse_kvlist(var.name, text)
+    if kind == "url":
+        if "://" not in text or text.split("://", 1)[0].lower() not in ("http", "https", "grpc", "grpcs"):
+            warn(var.name, text, _describe(_convert(var, default)), "not an http(s) URL")
+            return _convert(var, default)
+        return text
+    return text
+
+
+def _describe(value) -> str:
+    if value is None or value == "":
+        return "the default"
+    return str(value)
+
+
+def _convert(var: Var, text):
+    if text is None or text == "":
+        return {"list": [], "kvlist": {}, "int": None, "bool": None}.get(var.kind, "")
+    if var.kind == "bool":
+        return text in _TRUE
+    if var.kind == "int":
+        return int(text)
+    if var.kind == "list":
+        return [p.strip() for p in text.split(",") if p.strip()]
+    return text
+
+
+def parse_kvlist(name: str, text: str) -> dict:
+    """W3C-Baggage-like `k=v,k2=v2` with percent-decoding; bad members are skipped with a warning."""
+    from urllib.parse import unquote  # only when the variable is set
+
+    out = {}
+    bad = []
+    for member in text.split(","):
+        if not member.strip():
+            continue
+        key, sep, value = member.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            bad.append(member.strip())
+            continue
+        out[unquote(key)] = unquote(value.strip())
+    if bad:
+        shown = ", ".join(("%r" % b.split("=", 1)[0]) for b in bad)
+        msg = "%s has entries that are not key=value (%s); they are ignored" % (name, shown)
+        if msg not in WARNINGS:
+            WARNINGS.append(msg)
+            log.warning(msg)
+    return out
+
+
+def markdown_table() -> str:
+    """The README table of variables, generated from the registry."""
+    lines = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
+    for v in VARIABLES:
+        default = ("`%s`" % v.default.replace("|", "\\|")) if v.default else ""
+        lines.append("| `%s` | %s | %s |" % (v.name, default, v.doc.replace("|", "\\|")))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m trace_run.agent.config > table
+    sys.stdout.write(markdown_table() + "\n")

@@ -1,0 +1,102 @@
+"""Export bookkeeping: warn once when exporting starts failing and once when it
+recovers (not once per batch), and count what was dropped, for the exit line
+and `--info`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from typing import Sequence
+
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from . import log
+
+
+class ExportHealth(SpanExporter):
+    """Wraps the real exporter; counts spans handed over, exported and failed."""
+
+    def __init__(self, exporter: SpanExporter, target: str):
+        self.exporter = exporter
+        self.target = target
+        self.failing = False
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self.handed = 0
+        self.exported = 0
+        self.failed = 0
+        self.failing = False
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        n = len(spans)
+        self.handed += n
+        try:
+            result = self.exporter.export(spans)
+        except Exception as exc:
+            result = SpanExportResult.FAILURE
+            reason = "%s: %s" % (type(exc).__name__, exc)
+        else:
+            reason = ""
+        if result is SpanExportResult.SUCCESS:
+            self.exported += n
+            if self.failing:
+                self.failing = False
+                log.info("exporting to %s works again" % self.target)
+        else:
+            self.failed += n
+            if not self.failing:
+                self.failing = True
+                log.warning("exporting spans to %s failed%s; retrying with later batches, "
+                            "spans are dropped meanwhile" % (self.target, (" (" + reason + ")") if reason else ""))
+        return result
+
+    def shutdown(self) -> None:
+        self.exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.exporter.force_flush(timeout_millis)
+
+
+class CountingProcessor(SpanProcessor):
+    """Counts sampled spans that end, in front of the real processor.
+
+    dropped = ended - handed to the exporter (after a flush): the queue was full
+    or the process ended before they could be sent.
+    """
+
+    def __init__(self, processor: SpanProcessor, health: ExportHealth):
+        self.processor = processor
+        self.health = health
+        self._counter = itertools.count()
+        self._on_end = processor.on_end
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._counter = itertools.count()
+
+    @property
+    def ended(self) -> int:
+        # itertools.count is atomic under the GIL (no lock on the hot path);
+        # its repr, "count(N)", is the only way to read it without advancing it.
+        text = repr(self._counter)
+        return int(text[text.index("(") + 1 : -1])
+
+    def on_start(self, span, parent_context=None) -> None:
+        self.processor.on_start(span, parent_context=parent_context)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        next(self._counter)
+        self._on_end(span)
+
+    def shutdown(self) -> None:
+        self.processor.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.processor.force_flush(timeout_millis)
+
+    def dropped(self) -> int:
+        return max(0, self.ended - self.health.handed)

@@ -1,0 +1,159 @@
+"""The live SDK of this process: set up once, on first need; flushed at exit and
+on SIGTERM with a bounded timeout; re-armed after fork by the SDK itself.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import threading
+
+from . import config, log
+
+_lock = threading.RLock()
+_state: dict = {}  # provider, propagator, processors, plan
+_exit_done = False
+
+
+def provider_ready() -> bool:
+    return "provider" in _state
+
+
+def ensure_sdk() -> None:
+    """Build and install the TracerProvider and propagator, once per process."""
+    if "provider" in _state or _state.get("failed"):
+        return
+    with _lock:
+        if "provider" in _state or _state.get("failed"):
+            return
+        try:
+            _setup()
+        except Exception:
+            _state["failed"] = True
+            raise
+
+
+def _setup() -> None:
+    from opentelemetry import propagate, trace
+
+    from . import sdk
+
+    _quiet_sdk_loggers()
+    plan = sdk.resolve()
+    provider, propagator, processors = sdk.build(plan)
+    trace.set_tracer_provider(provider)
+    propagate.set_global_textmap(propagator)
+    _state.update(provider=provider, propagator=propagator, processors=processors, plan=plan)
+    atexit.register(flush_at_exit)
+    _install_sigterm()
+
+
+def _quiet_sdk_loggers() -> None:
+    """The SDK logs every failed batch and every full queue; we say it once, ourselves."""
+    import logging
+
+    if config.get("OTEL_LOG_LEVEL") == "debug":
+        return
+
+    class _Quiet(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return False
+
+    quiet = _Quiet()
+    for name in (
+        "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+        "opentelemetry.exporter.otlp.proto.grpc.exporter",
+        "opentelemetry.exporter.otlp.common",
+        "opentelemetry.exporter.otlp.common.http",
+        "opentelemetry.exporter.otlp.proto.http._common",
+        "opentelemetry.sdk._shared_internal",
+        "opentelemetry.sdk.trace.export",
+    ):
+        logger = logging.getLogger(name)
+        logger.addFilter(quiet)
+        logger.propagate = False
+        logger.disabled = True
+
+
+def _install_sigterm() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return  # the program (or its server) owns SIGTERM
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError):
+        pass
+
+
+def _on_sigterm(signum, frame) -> None:
+    """Flush, then die of SIGTERM exactly as the program would have."""
+    flush_at_exit()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def flush_at_exit() -> None:
+    """Shut the pipeline down within OTEL_TRACE_RUN_EXIT_TIMEOUT; report drops."""
+    global _exit_done
+    if _exit_done or "provider" not in _state:
+        return
+    _exit_done = True
+    timeout = config.get("OTEL_TRACE_RUN_EXIT_TIMEOUT") / 1000.0
+    provider = _state["provider"]
+    done = threading.Event()
+
+    def shutdown() -> None:
+        try:
+            provider.shutdown()
+        except Exception:
+            pass
+        done.set()
+
+    try:
+        worker = threading.Thread(target=shutdown, name="trace-run-exit-flush", daemon=True)
+        worker.start()
+    except RuntimeError:  # 3.12+: no new threads at interpreter shutdown
+        shutdown()
+    if not done.wait(timeout):
+        log.warning("flushing spans at exit took longer than %d ms; the rest are dropped"
+                    % config.get("OTEL_TRACE_RUN_EXIT_TIMEOUT"))
+    report_drops()
+
+
+def stats() -> list:
+    """Per exporter: target, spans ended, exported, failed, dropped."""
+    out = []
+    for processor, health in _state.get("processors", ()):
+        out.append({
+            "target": health.target,
+            "ended": processor.ended,
+            "exported": health.exported,
+            "failed": health.failed,
+            "dropped": processor.dropped(),
+        })
+    return out
+
+
+def report_drops() -> None:
+    for s in stats():
+        lost = s["dropped"] + s["failed"]
+        if lost:
+            log.warning("%d of %d spans were not exported to %s (%d dropped before export, %d failed)"
+                        % (lost, s["ended"], s["target"], s["dropped"], s["failed"]))
+
+
+def force_flush(timeout_millis: int = 5000) -> None:
+    provider = _state.get("provider")
+    if provider is not None:
+        provider.force_flush(timeout_millis)
+
+
+def reset_after_fork_for_tests() -> None:
+    global _exit_done
+    _exit_done = False
+
+
+def state() -> dict:
+    return _state

@@ -1,0 +1,423 @@
+"""Turn the OTEL_* configuration into SDK objects.
+
+`resolve()` reads the registry into a plain description (what `--info`
+prints, no sockets opened); `build()` makes the TracerProvider from it using
+the SDK's public pieces. Bad values fall back with one warning each.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from urllib.parse import urlsplit
+
+from . import config, log
+
+DEFAULT_HTTP = "http://localhost:4318"
+DEFAULT_GRPC = "http://localhost:4317"
+_BUILTIN_EXPORTERS = ("otlp", "console", "console_json", "none")
+_BUILTIN_PROPAGATORS = ("tracecontext", "baggage", "b3", "b3multi", "none")
+_RATIO_SAMPLERS = ("traceidratio", "parentbased_traceidratio")
+_RATE_SAMPLERS = ("ratelimiting", "parentbased_ratelimiting")
+_SPEC_SAMPLERS = ("always_on", "always_off", "parentbased_always_on", "parentbased_always_off") + _RATIO_SAMPLERS
+
+
+def _entry_points(group: str) -> dict:
+    try:
+        from importlib.metadata import entry_points
+    except ImportError:  # pragma: no cover - Python < 3.8
+        from importlib_metadata import entry_points
+    try:
+        eps = entry_points(group=group)
+    except TypeError:  # Python 3.9
+        eps = entry_points().get(group, [])
+    return {ep.name: ep for ep in eps}
+
+
+def _signal(name: str):
+    """Traces-specific variable if set, else the generic one."""
+    specific = "OTEL_EXPORTER_OTLP_TRACES_" + name
+    if config.is_set(specific):
+        value = config.get(specific)
+        if value not in (None, "", [], {}):
+            return value
+    return config.get("OTEL_EXPORTER_OTLP_" + name)
+
+
+def service_name() -> str:
+    name = os.environ.get("OTEL_SERVICE_NAME", "").strip()
+    if name:
+        return name
+    attrs = config.get("OTEL_RESOURCE_ATTRIBUTES")
+    if attrs.get("service.name"):
+        return attrs["service.name"]
+    exe = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else os.path.basename(sys.executable)
+    return "unknown_service:" + (exe or "python")
+
+
+def resource_attributes() -> dict:
+    import platform
+
+    attrs = {
+        "telemetry.sdk.language": "python",
+        "telemetry.sdk.name": "opentelemetry",
+        "telemetry.sdk.version": _sdk_version(),
+        "telemetry.distro.name": "trace-run",
+        "telemetry.distro.version": "0.1.0",
+        "process.pid": os.getpid(),
+        "process.executable.path": sys.executable,
+        "process.command_args": list(sys.argv),
+        "process.runtime.name": sys.implementation.name,
+        "process.runtime.version": platform.python_version(),
+        "host.name": platform.node(),
+    }
+    attrs.update(config.get("OTEL_RESOURCE_ATTRIBUTES"))
+    attrs["service.name"] = service_name()
+    return attrs
+
+
+def _sdk_version() -> str:
+    try:
+        from opentelemetry.sdk.version import __version__
+
+        return __version__
+    except Exception:
+        return "unknown"
+
+
+def resolve() -> dict:
+    """The whole configuration, resolved, as plain data."""
+    plan = {
+        "service_name": service_name(),
+        "resource": resource_attributes(),
+        "exporters": _resolve_exporters(),
+        "sampler": _resolve_sampler(),
+        "propagators": _resolve_propagators(),
+        "batch": _resolve_batch(),
+        "limits": {
+            v: config.get(v)
+            for v in (
+                "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+                "OTEL_ATTRIBUTE_COUNT_LIMIT",
+                "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+                "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT",
+                "OTEL_SPAN_EVENT_COUNT_LIMIT",
+                "OTEL_SPAN_LINK_COUNT_LIMIT",
+                "OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT",
+                "OTEL_LINK_ATTRIBUTE_COUNT_LIMIT",
+            )
+        },
+    }
+    return plan
+
+
+def _resolve_exporters() -> list:
+    names = [n.lower() for n in config.get("OTEL_TRACES_EXPORTER")] or ["otlp"]
+    out = []
+    installed = None
+    for name in names:
+        if name == "none":
+            continue
+        if name in _BUILTIN_EXPORTERS:
+            out.append(_resolve_otlp() if name == "otlp" else {"name": name})
+            continue
+        if installed is None:
+            installed = _entry_points("opentelemetry_traces_exporter")
+        if name in installed:
+            out.append({"name": name, "entry_point": installed[name].value})
+        else:
+            config.warn("OTEL_TRACES_EXPORTER", name, "no exporter for it", "no such exporter installed")
+    if not out and "none" not in names:
+        config.warn("OTEL_TRACES_EXPORTER", ",".join(names), "otlp", "no usable exporter")
+        out.append(_resolve_otlp())
+    return out
+
+
+def _resolve_otlp() -> dict:
+    protocol = _signal("PROTOCOL") or "http/protobuf"
+    if protocol == "http/json":
+        config.warn("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json", "http/protobuf",
+                    "the Python OTLP exporter has no JSON encoding")
+        protocol = "http/protobuf"
+    if config.is_set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") and config.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        endpoint = config.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    else:
+        base = config.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        if protocol == "grpc":
+            endpoint = base or DEFAULT_GRPC
+        else:
+            endpoint = (base or DEFAULT_HTTP).rstrip("/") + "/v1/traces"
+    port = None
+    try:
+        port = urlsplit(endpoint).port
+    except ValueError:
+        config.warn("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint, "the default endpoint", "bad port")
+        endpoint = DEFAULT_GRPC if protocol == "grpc" else DEFAULT_HTTP + "/v1/traces"
+    if protocol != "grpc" and port == 4317:
+        log.warning("OTLP endpoint %s looks like a gRPC port (4317) but the protocol is http/protobuf; "
+                    "set OTEL_EXPORTER_OTLP_PROTOCOL=grpc or use port 4318" % endpoint)
+    elif protocol == "grpc" and port == 4318:
+        log.warning("OTLP endpoint %s looks like an OTLP/HTTP port (4318) but the protocol is grpc; "
+                    "set OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf or use port 4317" % endpoint)
+    timeout = _signal("TIMEOUT") or 10000
+    insecure = _signal("INSECURE")
+    return {
+        "name": "otlp",
+        "protocol": protocol,
+        "endpoint": endpoint,
+        "headers": dict(_signal("HEADERS") or {}),
+        "timeout_s": timeout / 1000.0,
+        "compression": _signal("COMPRESSION") or "none",
+        "insecure": bool(insecure),
+        "certificate": _signal("CERTIFICATE") or None,
+        "client_key": _signal("CLIENT_KEY") or None,
+        "client_certificate": _signal("CLIENT_CERTIFICATE") or None,
+    }
+
+
+def _resolve_sampler() -> dict:
+    name = config.get("OTEL_TRACES_SAMPLER").strip().lower() or "parentbased_always_on"
+    arg_text = config.raw("OTEL_TRACES_SAMPLER_ARG").strip()
+    if name in _SPEC_SAMPLERS or name in _RATE_SAMPLERS:
+        sampler = {"name": name}
+    else:
+        installed = _entry_points("opentelemetry_traces_sampler")
+        if name in installed:
+            return {"name": name, "entry_point": installed[name].value, "arg": arg_text}
+        config.warn("OTEL_TRACES_SAMPLER", name, "parentbased_always_on", "unknown sampler")
+        return {"name": "parentbased_always_on"}
+    if name in _RATIO_SAMPLERS:
+        ratio = 1.0
+        if arg_text:
+            try:
+                ratio = float(arg_text)
+                if not 0.0 <= ratio <= 1.0:
+                    raise ValueError
+            except ValueError:
+                config.warn("OTEL_TRACES_SAMPLER_ARG", arg_text, "1.0", "expected a ratio between 0 and 1")
+                ratio = 1.0
+        sampler["ratio"] = ratio
+    elif name in _RATE_SAMPLERS:
+        rate = 100.0
+        if arg_text:
+            try:
+                rate = float(arg_text)
+                if not rate > 0 or rate != rate or rate == float("inf"):
+                    raise ValueError
+            except ValueError:
+                config.warn("OTEL_TRACES_SAMPLER_ARG", arg_text, "100", "expected traces per second > 0")
+                rate = 100.0
+        sampler["per_second"] = rate
+    return sampler
+
+
+def _resolve_propagators() -> list:
+    names = [n.lower() for n in config.get("OTEL_PROPAGATORS")] or ["tracecontext", "baggage"]
+    out = []
+    installed = None
+    for name in names:
+        if name == "none":
+            continue
+        if name in _BUILTIN_PROPAGATORS:
+            if name.startswith("b3") and not _has_b3():
+                config.warn("OTEL_PROPAGATORS", name, "no propagator for it",
+                            "install opentelemetry-propagator-b3 (pip install trace-run[b3])")
+                continue
+            out.append(name)
+            continue
+        if installed is None:
+            installed = _entry_points("opentelemetry_propagator")
+        if name in installed:
+            out.append(name)
+        else:
+            config.warn("OTEL_PROPAGATORS", name, "the others", "no such propagator installed")
+    return out
+
+
+def _has_b3() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("opentelemetry.propagators.b3") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _resolve_batch() -> dict:
+    queue = config.get("OTEL_BSP_MAX_QUEUE_SIZE")
+    batch = config.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE")
+    if batch > queue:
+        config.warn("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", str(batch), str(queue),
+                    "larger than OTEL_BSP_MAX_QUEUE_SIZE")
+        batch = queue
+    return {
+        "max_queue_size": queue,
+        "max_export_batch_size": batch,
+        "schedule_delay_millis": config.get("OTEL_BSP_SCHEDULE_DELAY"),
+        "export_timeout_millis": config.get("OTEL_BSP_EXPORT_TIMEOUT"),
+    }
+
+
+# -- building -----------------------------------------------------------------------
+
+
+def build(plan: dict):
+    """TracerProvider, propagator and the list of (processor, health) pairs."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+
+    from . import exporthealth
+
+    limits = plan["limits"]
+    span_limits = SpanLimits(
+        max_attributes=limits["OTEL_ATTRIBUTE_COUNT_LIMIT"],
+        max_span_attributes=limits["OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT"],
+        max_events=limits["OTEL_SPAN_EVENT_COUNT_LIMIT"],
+        max_links=limits["OTEL_SPAN_LINK_COUNT_LIMIT"],
+        max_event_attributes=limits["OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT"],
+        max_link_attributes=limits["OTEL_LINK_ATTRIBUTE_COUNT_LIMIT"],
+        max_attribute_length=limits["OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT"],
+        max_span_attribute_length=limits["OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT"],
+    )
+    provider = TracerProvider(
+        resource=Resource(plan["resource"]),
+        sampler=build_sampler(plan["sampler"]),
+        span_limits=span_limits,
+        shutdown_on_exit=False,  # we flush at exit ourselves, with a bounded timeout
+    )
+    processors = []
+    for spec in plan["exporters"]:
+        try:
+            processor, health = _build_pipeline(spec, plan["batch"], exporthealth)
+        except Exception as exc:
+            log.warning("exporter %s not set up (%s: %s); its spans are not exported"
+                        % (spec["name"], type(exc).__name__, exc))
+            continue
+        provider.add_span_processor(processor)
+        processors.append((processor, health))
+    return provider, build_propagator(plan["propagators"]), processors
+
+
+def _build_pipeline(spec: dict, batch: dict, exporthealth):
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+
+    name = spec["name"]
+    if name == "console":
+        from .console import TreeConsoleExporter
+
+        exporter = TreeConsoleExporter()
+        health = exporthealth.ExportHealth(exporter, "console")
+        return exporthealth.CountingProcessor(SimpleSpanProcessor(health), health), health
+    if name == "console_json":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        health = exporthealth.ExportHealth(ConsoleSpanExporter(), "console_json")
+        return exporthealth.CountingProcessor(SimpleSpanProcessor(health), health), health
+    if name == "otlp":
+        exporter = build_otlp_exporter(spec)
+        target = "%s (%s)" % (spec["endpoint"], spec["protocol"])
+    else:
+        exporter = _entry_points("opentelemetry_traces_exporter")[name].load()()
+        target = name
+    health = exporthealth.ExportHealth(exporter, target)
+    processor = BatchSpanProcessor(health, **batch)
+    return exporthealth.CountingProcessor(processor, health), health
+
+
+def build_otlp_exporter(spec: dict):
+    if spec["protocol"] == "grpc":
+        import grpc
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        credentials = None
+        if spec["certificate"] or spec["client_key"] or spec["client_certificate"]:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_read(spec["certificate"]),
+                private_key=_read(spec["client_key"]),
+                certificate_chain=_read(spec["client_certificate"]),
+            )
+        endpoint = spec["endpoint"]
+        insecure = spec["insecure"] or (endpoint.startswith("http://") and credentials is None)
+        return OTLPSpanExporter(
+            endpoint=endpoint,
+            insecure=insecure,
+            credentials=credentials,
+            headers=spec["headers"] or None,
+            timeout=spec["timeout_s"],
+            compression=grpc.Compression.Gzip if spec["compression"] == "gzip" else grpc.Compression.NoCompression,
+        )
+    from opentelemetry.exporter.otlp.proto.http import Compression
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    return OTLPSpanExporter(
+        endpoint=spec["endpoint"],
+        certificate_file=spec["certificate"],
+        client_key_file=spec["client_key"],
+        client_certificate_file=spec["client_certificate"],
+        headers=spec["headers"] or None,
+        timeout=spec["timeout_s"],
+        compression=Compression.Gzip if spec["compression"] == "gzip" else Compression.NoCompression,
+    )
+
+
+def _read(path):
+    if not path:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def build_sampler(spec: dict):
+    from opentelemetry.sdk.trace import sampling
+
+    name = spec["name"]
+    if "entry_point" in spec:
+        for ep_name, ep in _entry_points("opentelemetry_traces_sampler").items():
+            if ep_name == name:
+                return ep.load()(spec.get("arg") or None)
+    if name == "always_on":
+        return sampling.ALWAYS_ON
+    if name == "always_off":
+        return sampling.ALWAYS_OFF
+    if name == "parentbased_always_on":
+        return sampling.ParentBased(sampling.ALWAYS_ON)
+    if name == "parentbased_always_off":
+        return sampling.ParentBased(sampling.ALWAYS_OFF)
+    if name == "traceidratio":
+        return sampling.TraceIdRatioBased(spec["ratio"])
+    if name == "parentbased_traceidratio":
+        return sampling.ParentBased(sampling.TraceIdRatioBased(spec["ratio"]))
+    from .samplers import RateLimitingSampler
+
+    if name == "ratelimiting":
+        return RateLimitingSampler(spec["per_second"])
+    return sampling.ParentBased(RateLimitingSampler(spec["per_second"]))
+
+
+def build_propagator(names: list):
+    from opentelemetry.propagators.composite import CompositePropagator
+
+    props = []
+    for name in names:
+        if name == "tracecontext":
+            from trace_run.agent.tracecontext import W3CTraceContextPropagator
+
+            props.append(W3CTraceContextPropagator())
+        elif name == "baggage":
+            from opentelemetry.baggage.propagation import W3CBaggagePropagator
+
+            props.append(W3CBaggagePropagator())
+        elif name == "b3":
+            from opentelemetry.propagators.b3 import B3SingleFormat
+
+            props.append(B3SingleFormat())
+        elif name == "b3multi":
+            from opentelemetry.propagators.b3 import B3MultiFormat
+
+            props.append(B3MultiFormat())
+        else:
+            try:
+                props.append(_entry_points("opentelemetry_propagator")[name].load()())
+            except Exception as exc:
+                log.warning("propagator %s not loaded (%s); it is left out" % (name, exc))
+    return CompositePropagator(props)

@@ -1,0 +1,1 @@
+"""trace-bootstrap: find traceable libraries in an environment and cover them."""

@@ -1,0 +1,109 @@
+"""The base every trace-run instrumentor subclasses.
+
+It is a real `BaseInstrumentor`, so programs can call
+`FlaskInstrumentor().instrument()` themselves. It remembers every attribute it
+wraps so that `uninstrument()` puts back the exact original objects.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Collection
+
+import wrapt
+from opentelemetry import trace
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
+from opentelemetry.instrumentation.utils import is_http_instrumentation_enabled, is_instrumentation_enabled
+
+from . import registry
+from .guard import Guard
+
+__all__ = ["TraceRunInstrumentor", "is_instrumentation_enabled", "is_http_instrumentation_enabled"]
+
+_MISSING = object()
+VERSION = "0.1.0"
+
+
+class TraceRunInstrumentor(BaseInstrumentor):
+    """Subclasses set `library` (a registry name) and implement `_patch()`."""
+
+    library: str = ""
+
+    def __init__(self) -> None:
+        # BaseInstrumentor is a per-class singleton: __init__ may run again.
+        if not hasattr(self, "_patched"):
+            self._patched: list = []
+            self.guard = Guard(self.library or type(self).__name__)
+            self._tracer = None
+            self._tracer_provider = None
+
+    # -- BaseInstrumentor interface --------------------------------------------
+    def instrumentation_dependencies(self) -> Collection[str]:
+        entry = registry.BUILTIN.get(self.library)
+        if entry is None or entry.distribution is None:
+            return ()
+        return ("%s %s" % (entry.distribution, entry.supported),)
+
+    def _instrument(self, **kwargs: Any) -> None:
+        self._tracer_provider = kwargs.get("tracer_provider")
+        self._tracer = None
+        self._patch(**kwargs)
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        while self._patched:
+            owner, attr, original = self._patched.pop()
+            if original is _MISSING:
+                try:
+                    delattr(owner, attr)
+                except AttributeError:
+                    pass
+            else:
+                setattr(owner, attr, original)
+        self._unpatch(**kwargs)
+
+    # -- for subclasses ------------------------------------------------------------
+    def _patch(self, **kwargs: Any) -> None:
+        raise NotImplementedError
+
+    def _unpatch(self, **kwargs: Any) -> None:
+        """Undo anything not done through wrap()."""
+
+    @property
+    def tracer(self) -> trace.Tracer:
+        tracer = self._tracer
+        if tracer is None:
+            tracer = self._tracer = trace.get_tracer(
+                "trace_run.instrumentors." + (self.library or "custom"),
+                VERSION,
+                tracer_provider=self._tracer_provider,
+                schema_url="https://opentelemetry.io/schemas/1.26.0",
+            )
+        return tracer
+
+    def wrap(self, owner: Any, attr: str, wrapper: Callable) -> None:
+        """wrapt-wrap owner.attr, remembering the exact original for uninstrument()."""
+        original = owner.__dict__.get(attr, _MISSING) if hasattr(owner, "__dict__") else _MISSING
+        if isinstance(getattr(owner, attr, None), wrapt.ObjectProxy) and original is not _MISSING:
+            # Already wrapped (by us through another path, or by someone else): wrap again
+            # only if it is not ours.
+            if getattr(original, "_self_trace_run", False):
+                return
+        wrapt.wrap_function_wrapper(owner, attr, wrapper)
+        new = owner.__dict__.get(attr) if hasattr(owner, "__dict__") else getattr(owner, attr)
+        try:
+            new._self_trace_run = True
+        except Exception:
+            pass
+        self._patched.append((owner, attr, original))
+
+    def set_original(self, owner: Any, attr: str, value: Any) -> None:
+        """Replace owner.attr with value (not a wrapt wrapper), restored on uninstrument()."""
+        original = owner.__dict__.get(attr, _MISSING) if hasattr(owner, "__dict__") else _MISSING
+        setattr(owner, attr, value)
+        self._patched.append((owner, attr, original))
+
+
+def unwrap_all(obj: Any) -> Any:
+    """The innermost wrapped callable (for tests and identity checks)."""
+    while hasattr(obj, "__wrapped__"):
+        obj = obj.__wrapped__
+    return obj

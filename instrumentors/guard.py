@@ -1,0 +1,45 @@
+"""Error isolation: instrumentation code may fail, the host program must not.
+
+`with guard:` around instrumentation code (never around the wrapped call)
+swallows and reports the error once per place. OTEL_TRACE_RUN_RAISE_ERRORS
+(test only) makes it raise instead, so tests see our bugs.
+"""
+
+from __future__ import annotations
+
+import os
+
+RAISE = os.environ.get("OTEL_TRACE_RUN_RAISE_ERRORS", "").strip().lower() in ("true", "1", "yes", "on")
+_reported: set = set()
+
+
+def report(where: str, exc: BaseException) -> None:
+    """Log an instrumentation failure once per place; raise it in test mode."""
+    if where not in _reported:
+        _reported.add(where)
+        from trace_run.agent import log
+
+        log.warning("instrumentation error in %s (left as is, the program runs on): %s: %s"
+                    % (where, type(exc).__name__, exc))
+    if RAISE:
+        raise exc
+
+
+class Guard:
+    """Reusable, stateless context manager: one per instrumentor."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            return False
+        if RAISE or not isinstance(exc, Exception):
+            return False
+        report(self.name, exc)
+        return True

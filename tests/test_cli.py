@@ -1,0 +1,74 @@
+"""The launcher: usage, errors, exec, PYTHONPATH handling."""
+
+import os
+import sys
+
+from conftest import TRACE_RUN, clean_env, run_traced, write_script
+
+
+def test_no_command_prints_usage_and_exits_2():
+    proc = run_traced([])
+    assert proc.returncode == 2
+    assert "usage: trace-run" in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_unknown_command_exits_127_with_one_line():
+    proc = run_traced(["no-such-command-xyz", "arg"])
+    assert proc.returncode == 127
+    assert proc.stderr == "trace-run: command not found: no-such-command-xyz\n"
+
+
+def test_help_and_version():
+    assert "usage: trace-run" in run_traced(["--help"]).stdout
+    proc = run_traced(["--version"])
+    assert proc.returncode == 0 and proc.stdout.startswith("trace-run 0.1.0")
+
+
+def test_unknown_option_exits_2():
+    proc = run_traced(["--bogus", "python"])
+    assert proc.returncode == 2
+    assert "unknown option: --bogus" in proc.stderr
+
+
+def test_program_runs_unchanged_args_stdin_exit_code(tmp_path):
+    script = write_script(tmp_path, """
+        import sys
+        data = sys.stdin.read()
+        print("args", sys.argv[1:], "stdin", data.strip())
+        sys.exit(3)
+    """)
+    proc = run_traced(["python", script, "a", "b c"], stdin="hello\n")
+    assert proc.returncode == 3
+    assert proc.stdout == "args ['a', 'b c'] stdin hello\n"
+    assert proc.stderr == ""
+
+
+def test_injection_dir_first_and_user_pythonpath_kept(tmp_path):
+    env = clean_env(PYTHONPATH="/some/where" + os.pathsep + "/else")
+    proc = run_traced(["python", "-c", "import os; print(os.environ['PYTHONPATH'])"], env=env, check=True)
+    parts = proc.stdout.strip().split(os.pathsep)
+    assert parts[0].endswith(os.path.join("agent", "inject")) or parts[0].endswith("inject")
+    assert sorted(os.listdir(parts[0])) in (["sitecustomize.py"], ["__pycache__", "sitecustomize.py"])
+    assert parts[1:] == ["/some/where", "/else"]
+
+
+def test_python_dash_m(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "mod.py").write_text("import sys\nprint('mod', 'trace_run.agent.boot' in sys.modules)\n")
+    proc = run_traced(["python", "-m", "pkg.mod"], cwd=str(tmp_path), check=True)
+    assert proc.stdout == "mod True\n"
+
+
+def test_agent_never_imports_instrumented_libraries_or_sdk_at_start():
+    code = ("import sys; mods = [m for m in ('opentelemetry', 'opentelemetry.sdk', 'wrapt', 'flask', "
+            "'requests', 'logging', 'importlib.metadata') if m in sys.modules]; print(mods)")
+    proc = run_traced(["python", "-c", code], check=True)
+    assert proc.stdout.strip() == "[]"
+
+
+def test_trace_run_script_is_on_path():
+    assert os.path.exists(TRACE_RUN), TRACE_RUN
+    assert sys.executable
