@@ -57,3 +57,21 @@ def write_script(tmp_path, body: str, name: str = "app.py") -> str:
 
 def python() -> str:
     return sys.executable
+
+
+@pytest.fixture
+def memory():
+    """(provider, exporter): an SDK provider exporting to memory, for in-process tests.
+
+    Pass `tracer_provider=provider` to an instrumentor's instrument(); spans end
+    up in exporter.get_finished_spans().
+    """
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield provider, exporter
+    provider.shutdown()
