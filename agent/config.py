@@ -143,6 +143,8 @@ VARIABLES: list[Var] = [
     Var("OTEL_TRACE_RUN_SQLCOMMENTER", "bool", "false", "Append a `traceparent` comment to each SQL statement."),
     # -- trace-run's own -------------------------------------------------------
     Var("OTEL_TRACE_RUN_INHERIT", "bool", "true", "Child Python processes run with the agent too."),
+    Var("OTEL_TRACE_RUN_CHATTER", "bool", "false",
+        "Trace libraries' internal chatter (broker polling, heartbeats, health checks)."),
     Var("OTEL_TRACE_RUN_EXIT_TIMEOUT", "int", "5000", "Longest the exit flush may take (ms).", minimum=0),
     Var("OTEL_TRACE_RUN_THIRD_PARTY", "bool", "true", "Apply installed third-party instrumentors."),
     Var("OTEL_TRACE_RUN_RAISE_ERRORS", "bool", "false", "Test only: instrumentation errors raise."),
