@@ -124,7 +124,8 @@ VARIABLES: list[Var] = [
     Var("OTEL_PYTHON_LOG_LEVEL", "enum", "info", "Root logger level when log correlation is on.",
         choices=_LOG_LEVELS),
     # -- HTTP instrumentors ------------------------------------------------------
-    Var("OTEL_PYTHON_EXCLUDED_URLS", "list", "", "Regexes (comma list) searched in the full URL: matches are not traced."),
+    Var("OTEL_PYTHON_EXCLUDED_URLS", "list", "",
+        "Regexes (comma list) searched in the full URL: matches are not traced."),
     Var("OTEL_PYTHON_FLASK_EXCLUDED_URLS", "list", "", "Like the above, for Flask/WSGI servers only."),
     Var("OTEL_PYTHON_REQUESTS_EXCLUDED_URLS", "list", "", "Like the above, for requests only."),
     Var("OTEL_PYTHON_URLLIB3_EXCLUDED_URLS", "list", "", "Like the above, for urllib3 only."),
@@ -178,6 +179,20 @@ def warn(name: str, raw: str, instead: str, why: str = "") -> None:
     msg = "%s=%r is invalid%s; using %s" % (name, shown, (" (" + why + ")") if why else "", instead)
     WARNINGS.append(msg)
     log.warning(msg)
+
+
+def notice(msg: str) -> None:
+    """A configuration warning that is not about one bad value (shown by --info too)."""
+    if msg not in WARNINGS:
+        WARNINGS.append(msg)
+        log.warning(msg)
+
+
+def validate_all() -> None:
+    """Parse every variable that is set, so each bad value is reported once."""
+    for var in VARIABLES:
+        if os.environ.get(var.name, "").strip():
+            get(var.name)
 
 
 def mask(name: str, raw: str) -> str:
@@ -300,10 +315,7 @@ def parse_kvlist(name: str, text: str) -> dict:
         out[unquote(key)] = unquote(value.strip())
     if bad:
         shown = ", ".join(("%r" % b.split("=", 1)[0]) for b in bad)
-        msg = "%s has entries that are not key=value (%s); they are ignored" % (name, shown)
-        if msg not in WARNINGS:
-            WARNINGS.append(msg)
-            log.warning(msg)
+        notice("%s has entries that are not key=value (%s); they are ignored" % (name, shown))
     return out
 
 

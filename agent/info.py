@@ -59,7 +59,7 @@ def render() -> str:
         rows = [("?", "", "", "", "could not read entry points: %s" % exc)]
     if not rows:
         out.append("  (none found)")
-    for name, module, _value, dist, status in rows:
+    for name, _module, _value, dist, status in rows:
         out.append("  %-16s %-24s %s" % (name, dist, status))
     out.append("log correlation: %s" % ("on" if config.get("OTEL_PYTHON_LOG_CORRELATION") else "off"))
     out.append("children inherit the agent: %s" % ("yes" if config.get("OTEL_TRACE_RUN_INHERIT") else "no"))

@@ -25,28 +25,53 @@ def ensure_sdk() -> None:
     if "provider" in _state or _state.get("failed"):
         return
     with _lock:
-        if "provider" in _state or _state.get("failed"):
+        # Re-entry from this thread: setting up imports libraries whose hooks
+        # call us again (the exporter imports requests, urllib3, http.client).
+        if "provider" in _state or _state.get("failed") or _state.get("building"):
             return
+        _state["building"] = True
         try:
             _setup()
         except Exception:
             _state["failed"] = True
             raise
+        finally:
+            _state.pop("building", None)
 
 
 def _setup() -> None:
-    from opentelemetry import propagate, trace
+    from opentelemetry import trace
 
     from . import sdk
 
     _quiet_sdk_loggers()
     plan = sdk.resolve()
+    propagate = _import_propagate(plan["propagators"])
     provider, propagator, processors = sdk.build(plan)
     trace.set_tracer_provider(provider)
     propagate.set_global_textmap(propagator)
     _state.update(provider=provider, propagator=propagator, processors=processors, plan=plan)
     atexit.register(flush_at_exit)
     _install_sigterm()
+
+
+def _import_propagate(valid: list):
+    """opentelemetry.propagate raises at import on an unknown OTEL_PROPAGATORS name;
+    we warned already, so import it with the names that resolved."""
+    import sys
+
+    if "opentelemetry.propagate" in sys.modules:
+        return sys.modules["opentelemetry.propagate"]
+    saved = os.environ.get("OTEL_PROPAGATORS")
+    os.environ["OTEL_PROPAGATORS"] = ",".join(valid) or "none"
+    try:
+        from opentelemetry import propagate
+    finally:
+        if saved is None:
+            os.environ.pop("OTEL_PROPAGATORS", None)
+        else:
+            os.environ["OTEL_PROPAGATORS"] = saved
+    return propagate
 
 
 def _quiet_sdk_loggers() -> None:
@@ -138,10 +163,11 @@ def stats() -> list:
 
 def report_drops() -> None:
     for s in stats():
-        lost = s["dropped"] + s["failed"]
+        lost = max(0, s["ended"] - s["exported"])
         if lost:
-            log.warning("%d of %d spans were not exported to %s (%d dropped before export, %d failed)"
-                        % (lost, s["ended"], s["target"], s["dropped"], s["failed"]))
+            log.warning("%d of %d spans were not exported to %s (%d dropped from the queue, %d failed to "
+                        "send, %d unsent at exit)" % (lost, s["ended"], s["target"], s["dropped"], s["failed"],
+                                                      max(0, lost - s["dropped"] - s["failed"])))
 
 
 def force_flush(timeout_millis: int = 5000) -> None:

@@ -87,6 +87,7 @@ def _sdk_version() -> str:
 
 def resolve() -> dict:
     """The whole configuration, resolved, as plain data."""
+    config.validate_all()
     plan = {
         "service_name": service_name(),
         "resource": resource_attributes(),
@@ -154,10 +155,10 @@ def _resolve_otlp() -> dict:
         config.warn("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint, "the default endpoint", "bad port")
         endpoint = DEFAULT_GRPC if protocol == "grpc" else DEFAULT_HTTP + "/v1/traces"
     if protocol != "grpc" and port == 4317:
-        log.warning("OTLP endpoint %s looks like a gRPC port (4317) but the protocol is http/protobuf; "
+        config.notice("OTLP endpoint %s looks like a gRPC port (4317) but the protocol is http/protobuf; "
                     "set OTEL_EXPORTER_OTLP_PROTOCOL=grpc or use port 4318" % endpoint)
     elif protocol == "grpc" and port == 4318:
-        log.warning("OTLP endpoint %s looks like an OTLP/HTTP port (4318) but the protocol is grpc; "
+        config.notice("OTLP endpoint %s looks like an OTLP/HTTP port (4318) but the protocol is grpc; "
                     "set OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf or use port 4317" % endpoint)
     timeout = _signal("TIMEOUT") or 10000
     insecure = _signal("INSECURE")
