@@ -1,0 +1,134 @@
+"""The virtualenvs the benchmarks compare, made on demand under benchmarks/.venvs/.
+
+- bare:     the sample apps' libraries only (the baseline);
+- tracerun: the same plus trace-run from this checkout, installed NON-editable
+            (an editable install adds a setuptools finder to every start-up);
+- otel:     the same plus `opentelemetry-instrument` from PyPI (opentelemetry-distro,
+            the OTLP exporters and the matching instrumentations).
+
+`python benchmarks/venvs.py` makes (or refreshes) all three and prints their versions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+VENVS = os.path.join(HERE, ".venvs")
+
+APP_DEPS = ["flask", "gunicorn", "psycopg[binary]", "redis", "requests"]
+OTEL_DEPS = [
+    "opentelemetry-distro",
+    "opentelemetry-exporter-otlp",
+    "opentelemetry-instrumentation-flask",
+    "opentelemetry-instrumentation-requests",
+    "opentelemetry-instrumentation-psycopg",
+    "opentelemetry-instrumentation-redis",
+]
+NAMES = ("bare", "tracerun", "otel")
+
+
+def path(name: str) -> str:
+    return os.path.join(VENVS, name)
+
+
+def bin_path(name: str, exe: str = "python") -> str:
+    return os.path.join(path(name), "bin", exe)
+
+
+def _log(msg: str) -> None:
+    sys.stderr.write(f"[venvs] {msg}\n")
+    sys.stderr.flush()
+
+
+def _pip(name: str, *args: str) -> None:
+    cmd = [bin_path(name), "-m", "pip", "install", "-q", "--disable-pip-version-check", *args]
+    _log(" ".join(cmd[3:]))
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        sys.stderr.write(res.stdout + res.stderr)
+        raise SystemExit(f"pip failed in {path(name)} (exit {res.returncode})")
+
+
+def _create(name: str) -> bool:
+    """Create the venv if missing; True if it was created now."""
+    if os.path.exists(bin_path(name)):
+        return False
+    os.makedirs(VENVS, exist_ok=True)
+    base = getattr(sys, "_base_executable", sys.executable)
+    _log(f"creating {path(name)} with {base}")
+    subprocess.run([base, "-m", "venv", path(name)], check=True)
+    return True
+
+
+def _checkout_digest() -> str:
+    """Hash of the files that make the installed trace-run, to reinstall when they change."""
+    h = hashlib.sha256()
+    for top in ("pyproject.toml", "agent", "instrumentors", "bootstrap"):
+        full = os.path.join(ROOT, top)
+        files = [full] if os.path.isfile(full) else sorted(
+            os.path.join(d, f) for d, _, fs in os.walk(full) for f in fs
+            if f.endswith((".py", ".toml", ".txt", ".cfg")) and "__pycache__" not in d
+        )
+        for f in files:
+            h.update(os.path.relpath(f, ROOT).encode())
+            with open(f, "rb") as fh:
+                h.update(fh.read())
+    return h.hexdigest()
+
+
+def ensure(name: str) -> str:
+    """Make sure venv `name` exists with its packages; return its directory."""
+    stamp = os.path.join(path(name), ".bench-stamp")
+    created = _create(name)
+    if created or not os.path.exists(stamp):
+        _pip(name, "--upgrade", "pip")
+        deps = list(APP_DEPS)
+        if name == "otel":
+            deps += OTEL_DEPS
+        _pip(name, *deps)
+        with open(stamp, "w") as f:
+            f.write("ok\n")
+    if name == "tracerun":
+        digest_file = os.path.join(path(name), ".trace-run-digest")
+        digest = _checkout_digest()
+        old = open(digest_file).read().strip() if os.path.exists(digest_file) else ""
+        if old != digest:
+            # Non-editable, so that start-up is measured as users get it from a wheel.
+            _pip(name, ROOT)  # with its dependencies, if new ones appeared
+            _pip(name, "--force-reinstall", "--no-deps", ROOT)
+            with open(digest_file, "w") as f:
+                f.write(digest + "\n")
+    return path(name)
+
+
+def ensure_all(names=NAMES) -> None:
+    for name in names:
+        ensure(name)
+
+
+def versions(name: str, wanted=("flask", "gunicorn", "opentelemetry-sdk", "opentelemetry-instrumentation",
+                                "opentelemetry-distro", "trace-run", "protobuf", "psycopg", "redis",
+                                "requests", "wrapt")) -> dict:
+    code = (
+        "import importlib.metadata as m, json, sys\n"
+        "out = {}\n"
+        "for n in sys.argv[1:]:\n"
+        "    try: out[n] = m.version(n)\n"
+        "    except Exception: pass\n"
+        "print(json.dumps(out))\n"
+    )
+    import json
+
+    res = subprocess.run([bin_path(name), "-c", code, *wanted], capture_output=True, text=True, check=True)
+    return json.loads(res.stdout)
+
+
+if __name__ == "__main__":
+    ensure_all(sys.argv[1:] or NAMES)
+    for n in sys.argv[1:] or NAMES:
+        print(n, versions(n))
