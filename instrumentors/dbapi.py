@@ -1,0 +1,317 @@
+"""The one DB-API tracing core every SQL driver module uses.
+
+A driver module patches its cursor methods and hands each call to
+`SqlTracer.run` (or `run_async`, or `copy_context`) together with the
+connection's fixed attributes (`connection_attributes`). The core makes the
+CLIENT span: name `{operation} {collection}`, sanitized `db.query.text`,
+SQLSTATE and `error.type` on failure, and optionally a sqlcommenter comment
+carrying `traceparent`. Query parameters are never read. The wrapped call runs
+outside the guard, so the driver's own exceptions reach the program unchanged.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, Callable
+
+from opentelemetry import context, trace
+from opentelemetry.semconv.attributes.db_attributes import (
+    DB_COLLECTION_NAME,
+    DB_NAMESPACE,
+    DB_OPERATION_BATCH_SIZE,
+    DB_OPERATION_NAME,
+    DB_QUERY_TEXT,
+    DB_RESPONSE_STATUS_CODE,
+    DB_SYSTEM_NAME,
+)
+from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
+from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, SERVER_PORT
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from trace_run.agent import config
+
+from .base import is_instrumentation_enabled
+from .sql_sanitize import analyze, span_name
+
+__all__ = ["SqlTracer", "connection_attributes", "error_type", "AttributeCache"]
+
+_QUERY_KWARGS = ("query", "sql", "statement", "operation", "sql_script")
+_CLIENT = SpanKind.CLIENT
+
+
+def connection_attributes(system: str, namespace: Any = None, host: Any = None, port: Any = None) -> dict:
+    """The attributes every span of one connection shares (built once per connection)."""
+    attrs = {DB_SYSTEM_NAME: system}
+    if namespace not in (None, ""):
+        attrs[DB_NAMESPACE] = str(namespace)
+    if host not in (None, ""):
+        attrs[SERVER_ADDRESS] = str(host)
+        if port not in (None, ""):
+            try:
+                attrs[SERVER_PORT] = int(port)
+            except (TypeError, ValueError):
+                pass
+    return attrs
+
+
+class AttributeCache:
+    """connection -> its attributes, without keeping connections alive."""
+
+    def __init__(self, build: Callable[[Any], dict]):
+        self._build = build
+        self._by_conn: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def get(self, conn: Any) -> dict:
+        try:
+            return self._by_conn[conn]
+        except (KeyError, TypeError):
+            pass
+        attrs = self._build(conn)
+        try:
+            self._by_conn[conn] = attrs
+        except TypeError:  # not weak-referenceable: rebuild each time
+            pass
+        return attrs
+
+
+def error_type(exc: BaseException) -> str:
+    """Fully qualified class name, as `error.type` wants it."""
+    cls = type(exc)
+    module = cls.__module__
+    if module in ("builtins", "__main__", None):
+        return cls.__qualname__
+    return module + "." + cls.__qualname__
+
+
+def _status_code(exc: BaseException) -> str | None:
+    """SQLSTATE (psycopg, psycopg2) or SQLite's extended result code."""
+    for attr in ("sqlstate", "pgcode", "sqlite_errorcode"):
+        code = getattr(exc, attr, None)
+        if code not in (None, ""):
+            return str(code)
+    return None
+
+
+def _find_query(args: tuple, kwargs: dict) -> tuple:
+    """(query, where): where is an int index into args or a kwargs key."""
+    if args:
+        return args[0], 0
+    for key in _QUERY_KWARGS:
+        if key in kwargs:
+            return kwargs[key], key
+    return None, None
+
+
+def _with_comment(query: Any, comment: str) -> Any:
+    """The statement with the sqlcommenter comment before any trailing `;`."""
+    if isinstance(query, str):
+        body = query.rstrip()
+        if body.endswith(";"):
+            return body[:-1] + " " + comment + ";"
+        return body + " " + comment
+    if isinstance(query, bytes):
+        body = query.rstrip()
+        tail = comment.encode("ascii")
+        if body.endswith(b";"):
+            return body[:-1] + b" " + tail + b";"
+        return body + b" " + tail
+    return None
+
+
+class SqlTracer:
+    """Spans for one driver's statements.
+
+    `query_text(query, cursor)` turns driver-specific query objects (e.g.
+    psycopg `sql.Composed`) into text; `add_comment(query, comment)` does the
+    same for sqlcommenter. Both are optional.
+    """
+
+    def __init__(self, instrumentor: Any, system: str, query_text: Callable | None = None,
+                 add_comment: Callable | None = None):
+        self.instrumentor = instrumentor
+        self.system = system
+        self.guard = instrumentor.guard
+        self._query_text = query_text
+        self._add_comment = add_comment
+
+    # -- helpers -------------------------------------------------------------------
+    def active(self) -> bool:
+        """Is there tracing work to do for a call made now?"""
+        if not self.instrumentor.is_instrumented_by_opentelemetry or not is_instrumentation_enabled():
+            return False
+        parent = trace.get_current_span()
+        return parent.is_recording() or not parent.get_span_context().is_valid
+
+    def _start(self, attrs: dict, cursor: Any, args: tuple, kwargs: dict, batch: Any):
+        query, where = _find_query(args, kwargs)
+        text = query
+        if self._query_text is not None and not isinstance(query, (str, bytes)):
+            text = self._query_text(query, cursor)
+        analysis = analyze(text, config.get("OTEL_TRACE_RUN_DB_SANITIZE"))
+        attributes = dict(attrs)
+        attributes[DB_QUERY_TEXT] = analysis.text
+        if analysis.operation:
+            attributes[DB_OPERATION_NAME] = analysis.operation
+        if analysis.collection:
+            attributes[DB_COLLECTION_NAME] = analysis.collection
+        if batch is not None:
+            try:
+                size = len(batch)
+            except TypeError:
+                size = 0
+            if size > 1:
+                attributes[DB_OPERATION_BATCH_SIZE] = size
+        span = self.instrumentor.tracer.start_span(
+            span_name(analysis, self.system), kind=_CLIENT, attributes=attributes
+        )
+        token = context.attach(trace.set_span_in_context(span))
+        if where is not None and config.get("OTEL_TRACE_RUN_SQLCOMMENTER"):
+            args, kwargs = self._comment(span, query, where, args, kwargs)
+        return span, token, args, kwargs
+
+    def _comment(self, span, query, where, args: tuple, kwargs: dict):
+        ctx = span.get_span_context()
+        if not ctx.is_valid:
+            return args, kwargs
+        comment = "/*traceparent='00-%032x-%016x-%02x'*/" % (ctx.trace_id, ctx.span_id, ctx.trace_flags)
+        new = _with_comment(query, comment)
+        if new is None and self._add_comment is not None:
+            new = self._add_comment(query, comment)
+        if new is None:
+            return args, kwargs
+        if where == 0:
+            return (new,) + tuple(args[1:]), kwargs
+        kwargs = dict(kwargs)
+        kwargs[where] = new
+        return args, kwargs
+
+    @staticmethod
+    def _fail(span, exc: BaseException) -> None:
+        if not isinstance(exc, Exception):
+            return
+        span.set_attribute(ERROR_TYPE, error_type(exc))
+        code = _status_code(exc)
+        if code is not None:
+            span.set_attribute(DB_RESPONSE_STATUS_CODE, code)
+        # The message is left out on purpose: PostgreSQL puts row values in it.
+        span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+
+    @staticmethod
+    def _finish(span, token) -> None:
+        try:
+            span.end()
+        finally:
+            context.detach(token)
+
+    # -- entry points ----------------------------------------------------------------
+    def run(self, attrs: dict, cursor: Any, wrapped: Callable, args: tuple, kwargs: dict, batch: Any = None):
+        """Call wrapped(*args, **kwargs) inside a CLIENT span."""
+        if not self.active():
+            return wrapped(*args, **kwargs)
+        span = None
+        with self.guard:
+            span, token, args, kwargs = self._start(attrs, cursor, args, kwargs, batch)
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            if span is not None:
+                with self.guard:
+                    self._fail(span, exc)
+                with self.guard:
+                    self._finish(span, token)
+            raise
+        if span is not None:
+            with self.guard:
+                self._finish(span, token)
+        return result
+
+    async def run_async(self, attrs: dict, cursor: Any, wrapped: Callable, args: tuple, kwargs: dict,
+                        batch: Any = None):
+        """The same for coroutine methods."""
+        if not self.active():
+            return await wrapped(*args, **kwargs)
+        span = None
+        with self.guard:
+            span, token, args, kwargs = self._start(attrs, cursor, args, kwargs, batch)
+        try:
+            result = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            if span is not None:
+                with self.guard:
+                    self._fail(span, exc)
+                with self.guard:
+                    self._finish(span, token)
+            raise
+        if span is not None:
+            with self.guard:
+                self._finish(span, token)
+        return result
+
+    def copy_context(self, attrs: dict, cursor: Any, wrapped: Callable, args: tuple, kwargs: dict):
+        """For context-manager calls (psycopg `cursor.copy()`): the span covers the `with` block."""
+        if not self.active():
+            return wrapped(*args, **kwargs)
+        return _SpanContext(self, attrs, cursor, wrapped, args, kwargs)
+
+
+class _SpanContext:
+    """Starts the span on enter (sync or async), ends it on exit with the block's error."""
+
+    def __init__(self, tracer: SqlTracer, attrs, cursor, wrapped, args, kwargs):
+        self._tracer = tracer
+        self._attrs = attrs
+        self._cursor = cursor
+        self._wrapped = wrapped
+        self._args = args
+        self._kwargs = kwargs
+        self._span = self._token = self._inner = None
+
+    def _open(self) -> None:
+        args, kwargs = self._args, self._kwargs
+        with self._tracer.guard:
+            self._span, self._token, args, kwargs = self._tracer._start(
+                self._attrs, self._cursor, args, kwargs, None)
+        self._inner = self._wrapped(*args, **kwargs)
+
+    def _close(self, exc: BaseException | None) -> None:
+        span, self._span = self._span, None
+        if span is None:
+            return
+        if exc is not None:
+            with self._tracer.guard:
+                self._tracer._fail(span, exc)
+        with self._tracer.guard:
+            self._tracer._finish(span, self._token)
+
+    def __enter__(self):
+        try:
+            self._open()
+            return self._inner.__enter__()
+        except BaseException as exc:
+            self._close(exc)
+            raise
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            return self._inner.__exit__(exc_type, exc, tb)
+        except BaseException as inner_exc:
+            self._close(inner_exc)
+            raise
+        finally:
+            self._close(exc)
+
+    async def __aenter__(self):
+        try:
+            self._open()
+            return await self._inner.__aenter__()
+        except BaseException as exc:
+            self._close(exc)
+            raise
+
+    async def __aexit__(self, exc_type, exc, tb):
+        try:
+            return await self._inner.__aexit__(exc_type, exc, tb)
+        except BaseException as inner_exc:
+            self._close(inner_exc)
+            raise
+        finally:
+            self._close(exc)
