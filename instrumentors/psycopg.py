@@ -1,0 +1,92 @@
+"""psycopg 3: CLIENT spans for cursor execute, executemany and COPY, sync and async.
+
+psycopg 3's cursors are Python classes, so their methods are patched in place:
+every connection (plain, async, from a psycopg_pool pool), `Connection.execute`
+(which goes through a cursor), client-side, raw and server-side (named)
+cursors are covered. In pipeline mode a span covers queueing the statement;
+errors of pipelined statements surface at the next sync, outside its span.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import TraceRunInstrumentor
+from .dbapi import AttributeCache, SqlTracer, connection_attributes
+
+SYSTEM = "postgresql"
+
+
+def _attributes(conn: Any) -> dict:
+    info = conn.info
+    host = info.host
+    if host and host.startswith("/"):  # unix socket directory
+        return connection_attributes(SYSTEM, info.dbname, host)
+    return connection_attributes(SYSTEM, info.dbname, host, info.port)
+
+
+def _query_text(query: Any, cursor: Any) -> Any:
+    as_string = getattr(query, "as_string", None)
+    if as_string is not None:
+        return as_string(cursor)
+    return query
+
+
+def _add_comment(query: Any, comment: str) -> Any:
+    from psycopg import sql
+
+    if isinstance(query, sql.Composable):
+        return query + sql.SQL(" " + comment)
+    return None
+
+
+class PsycopgInstrumentor(TraceRunInstrumentor):
+    library = "psycopg"
+
+    def _patch(self, **kwargs: Any) -> None:
+        import psycopg
+
+        sql = self._sql = SqlTracer(self, SYSTEM, _query_text, _add_comment)
+        cache = AttributeCache(_attributes)
+        guard = self.guard
+
+        def attrs_of(cursor: Any) -> dict:
+            with guard:
+                return cache.get(cursor.connection)
+            return {"db.system.name": SYSTEM}
+
+        def execute(wrapped, instance, args, kwargs):
+            if not sql.active():
+                return wrapped(*args, **kwargs)
+            return sql.run(attrs_of(instance), instance, wrapped, args, kwargs)
+
+        def executemany(wrapped, instance, args, kwargs):
+            if not sql.active():
+                return wrapped(*args, **kwargs)
+            batch = args[1] if len(args) > 1 else kwargs.get("params_seq")
+            return sql.run(attrs_of(instance), instance, wrapped, args, kwargs, batch=batch)
+
+        def copy(wrapped, instance, args, kwargs):
+            if not sql.active():
+                return wrapped(*args, **kwargs)
+            return sql.copy_context(attrs_of(instance), instance, wrapped, args, kwargs)
+
+        async def execute_async(wrapped, instance, args, kwargs):
+            if not sql.active():
+                return await wrapped(*args, **kwargs)
+            return await sql.run_async(attrs_of(instance), instance, wrapped, args, kwargs)
+
+        async def executemany_async(wrapped, instance, args, kwargs):
+            if not sql.active():
+                return await wrapped(*args, **kwargs)
+            batch = args[1] if len(args) > 1 else kwargs.get("params_seq")
+            return await sql.run_async(attrs_of(instance), instance, wrapped, args, kwargs, batch=batch)
+
+        self.wrap(psycopg.Cursor, "execute", execute)
+        self.wrap(psycopg.Cursor, "executemany", executemany)
+        self.wrap(psycopg.Cursor, "copy", copy)
+        self.wrap(psycopg.ServerCursor, "execute", execute)
+        self.wrap(psycopg.AsyncCursor, "execute", execute_async)
+        self.wrap(psycopg.AsyncCursor, "executemany", executemany_async)
+        self.wrap(psycopg.AsyncCursor, "copy", copy)
+        self.wrap(psycopg.AsyncServerCursor, "execute", execute_async)
