@@ -1,0 +1,185 @@
+"""How each installed library is (or can be) traced: detection data + catalogue -> report.
+
+Pure data in, data out (no printing, no subprocess), so the rules are easy to
+test on a made-up environment.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+from trace_run.instrumentors import registry
+
+from . import catalogue
+from .detect import canonical
+
+BUILT_IN = "built-in"
+THIRD_PARTY = "third-party"
+COVERABLE = "coverable"
+UNAVAILABLE = "unavailable"  # in the catalogue, but no package exists for this opentelemetry-instrumentation
+NONE = "none"
+
+
+class Row:
+    """One library of the environment and how it is covered."""
+
+    def __init__(self, library: str, name: str, version: str, coverage: str, detail: str, **extra):
+        self.library = library  # as the distribution spells itself (or a label for the stdlib)
+        self.name = name  # canonical distribution name ("" for the standard library)
+        self.version = version
+        self.coverage = coverage
+        self.detail = detail  # the human sentence of the table
+        self.instrumentor: Optional[str] = extra.get("instrumentor")  # built-in name
+        self.supported: Optional[str] = extra.get("supported")  # built-in tested range
+        self.in_range: Optional[bool] = extra.get("in_range")
+        self.covered_by: List[str] = extra.get("covered_by", [])  # installed instrumentor distributions
+        self.requirements: List[str] = extra.get("requirements", [])  # what would cover it
+
+    def as_dict(self) -> dict:
+        return {
+            "library": self.library, "distribution": self.name or None, "version": self.version,
+            "coverage": self.coverage, "detail": self.detail, "instrumentor": self.instrumentor,
+            "supported": self.supported, "in_range": self.in_range, "covered_by": self.covered_by,
+            "requirements": self.requirements,
+        }
+
+
+class Report:
+    def __init__(self, detected: dict, rows: List[Row], untraceable: List[Row]):
+        self.detected = detected
+        self.rows = rows
+        self.untraceable = untraceable
+        self.installed = {canonical(d["name"]): d for d in detected["distributions"]}
+        self.trace_run = _version_of(self.installed, "trace-run")
+        self.otel_instrumentation = _version_of(self.installed, "opentelemetry-instrumentation")
+
+    @property
+    def requirements(self) -> List[str]:
+        out: List[str] = []
+        for row in self.rows:
+            for req in row.requirements:
+                if row.coverage == COVERABLE and req not in out:
+                    out.append(req)
+        return out
+
+    def as_dict(self, include_all: bool = False) -> dict:
+        rows = self.rows + (self.untraceable if include_all else [])
+        return {
+            "python": self.detected["executable"], "python_version": self.detected["python_version"],
+            "prefix": self.detected["prefix"], "pip": self.detected["pip"], "trace_run": self.trace_run,
+            "opentelemetry_instrumentation": self.otel_instrumentation,
+            "libraries": [r.as_dict() for r in sorted(rows, key=_sort_key)],
+            "requirements": self.requirements,
+        }
+
+
+def _version_of(installed: dict, name: str) -> Optional[str]:
+    d = installed.get(name)
+    return d["version"] if d else None
+
+
+def _sort_key(row: Row):
+    return row.library.lower()
+
+
+def _parse_version(text: str):
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return Version(text)
+    except InvalidVersion:
+        return None
+
+
+def in_range(version: str, supported: str) -> Optional[bool]:
+    """Whether `version` is in the specifier `supported` (None when either does not parse)."""
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    v = _parse_version(version)
+    try:
+        spec = SpecifierSet(supported)
+    except InvalidSpecifier:
+        return None
+    return None if v is None else spec.contains(v, prereleases=True)
+
+
+def _covering(installed: dict) -> dict:
+    """library (canonical) -> ["dist version", ...] of installed instrumentors that declare it."""
+    out: dict = {}
+    for key, d in installed.items():
+        if not d.get("instrumentors"):
+            continue
+        label = "%s %s" % (d["name"], d["version"])
+        libs = list(d.get("instruments") or ())
+        for entry in catalogue.THIRD_PARTY:  # catalogue packages count even without the extra
+            if key in (canonical(p) for p in entry.packages):
+                libs.extend(entry.distributions)
+        for lib in libs:
+            if label not in out.setdefault(lib, []):
+                out[lib].append(label)
+    return out
+
+
+def _built_in_row(entry: catalogue.BuiltIn, library: str, name: str, version: str, report_ctx) -> Row:
+    installed, trace_run = report_ctx
+    supported = registry.BUILTIN[entry.instrumentor].supported
+    ok = True if not name else in_range(version, supported)
+    if not name:
+        detail = "built in (%s)" % entry.instrumentor
+    elif ok is False:
+        detail = "built in (%s), but %s is outside the tested range %s" % (entry.instrumentor, version, supported)
+    else:
+        detail = "built in (%s), tested %s" % (entry.instrumentor, supported)
+    if trace_run is None:
+        detail += "; needs trace-run installed in this environment"
+    unused = "opentelemetry-instrumentation-" + entry.instrumentor
+    if unused in installed:
+        detail += "; %s is installed but unused" % unused
+    return Row(library, name, version, BUILT_IN, detail, instrumentor=entry.instrumentor,
+               supported=supported, in_range=ok)
+
+
+def _third_party_row(entry, d: dict, name: str, installed: dict, covered: List[str], otel: Optional[str]) -> Row:
+    library, version = d["name"], d["version"]
+    missing = [p for p in entry.packages if canonical(p) not in installed]
+    if not missing:
+        return Row(library, name, version, THIRD_PARTY, "covered by " + ", ".join(covered), covered_by=covered)
+    if entry.pinned and otel and entry.last:
+        v, last = _parse_version(otel), _parse_version(entry.last)
+        if v is not None and last is not None and v > last:
+            detail = "no upstream package for opentelemetry-instrumentation %s (last release %s)" % (
+                otel, entry.last)
+            return Row(library, name, version, UNAVAILABLE, detail, covered_by=covered)
+    reqs = [p + "==" + otel if entry.pinned and otel else p for p in missing]
+    detail = "coverable: " + " ".join(reqs)
+    if covered:
+        detail = "partly covered by %s; %s" % (", ".join(covered), detail)
+    return Row(library, name, version, COVERABLE, detail, covered_by=covered, requirements=reqs)
+
+
+def build(detected: dict) -> Report:
+    """The report for one environment, from detect.detect()'s data."""
+    installed = {canonical(d["name"]): d for d in detected["distributions"]}
+    trace_run = _version_of(installed, "trace-run")
+    otel = _version_of(installed, "opentelemetry-instrumentation")
+    covering = _covering(installed)
+    rows: List[Row] = []
+    untraceable: List[Row] = []
+    for entry in catalogue.BUILT_IN:
+        if not entry.distributions:
+            rows.append(_built_in_row(entry, entry.label, "", detected["python_version"], (installed, trace_run)))
+    for name, d in installed.items():
+        entry = catalogue.BY_DISTRIBUTION.get(name)
+        covered = covering.get(name, [])
+        if isinstance(entry, catalogue.BuiltIn):
+            rows.append(_built_in_row(entry, d["name"], name, d["version"], (installed, trace_run)))
+        elif entry is not None:
+            rows.append(_third_party_row(entry, d, name, installed, covered, otel))
+        elif covered:
+            rows.append(Row(d["name"], name, d["version"], THIRD_PARTY, "covered by " + ", ".join(covered),
+                            covered_by=covered))
+        else:
+            untraceable.append(Row(d["name"], name, d["version"], NONE, "not traceable"))
+    rows.sort(key=_sort_key)
+    untraceable.sort(key=_sort_key)
+    return Report(detected, rows, untraceable)

@@ -1,0 +1,183 @@
+"""`trace-bootstrap -a install`: one pip call that adds instrumentors and changes nothing else.
+
+Every installed distribution is pinned through a constraints file, so pip can
+only add packages; a plan that would upgrade or downgrade something fails
+instead. Afterwards `pip check` looks for conflicts. When anything fails the
+environment is put back as it was (distributions pip added are removed) and
+the user is told what failed and what to run instead.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from typing import Callable, List, Optional, TextIO
+
+from .coverage import Report
+from .detect import canonical
+
+_NETWORK_SIGNS = (
+    "Failed to establish a new connection", "NewConnectionError", "Connection refused", "Network is unreachable",
+    "Temporary failure in name resolution", "Name or service not known", "ProxyError", "Max retries exceeded",
+    "ConnectTimeoutError", "Read timed out", "SSLError", "No route to host",
+)
+
+
+class Failure(Exception):
+    """A step failed: `what` is the message, `instead` what the user can run."""
+
+    def __init__(self, what: str, instead: List[str], output: str = ""):
+        super().__init__(what)
+        self.what = what
+        self.instead = instead
+        self.output = output
+
+
+def _pip_env() -> dict:
+    env = dict(os.environ)
+    env.setdefault("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+    env["PIP_NO_INPUT"] = "1"
+    return env
+
+
+def _pip(python: str, args: List[str], timeout: float = 1800) -> subprocess.CompletedProcess:
+    return subprocess.run([python, "-m", "pip"] + args, capture_output=True, text=True, env=_pip_env(),
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def _tail(text: str, lines: int = 12) -> str:
+    kept = [line for line in text.strip().splitlines() if line.strip()][-lines:]
+    return "\n".join("    " + line for line in kept)
+
+
+def constraints(report: Report) -> List[str]:
+    """`name==version` for every installed distribution (=== when the version is not PEP 440)."""
+    from packaging.version import InvalidVersion, Version
+
+    out = []
+    for d in report.detected["distributions"]:
+        version = d["version"]
+        if not version:
+            continue
+        try:
+            Version(version)
+            op = "=="
+        except InvalidVersion:
+            op = "==="
+        out.append("%s%s%s" % (canonical(d["name"]), op, version))
+    return out
+
+
+def _explain(proc: subprocess.CompletedProcess, reqs: List[str], python: str, otel: Optional[str]) -> Failure:
+    output = (proc.stdout or "") + "\n" + (proc.stderr or "")
+    plain = "%s -m pip install %s" % (python, " ".join(reqs))
+    if any(sign in output for sign in _NETWORK_SIGNS):
+        return Failure(
+            "pip could not reach the package index (no network, a proxy, or a wrong index URL)",
+            ["when the index is reachable: trace-bootstrap --python %s -a install" % python,
+             "offline: on a machine with network, `pip download -d wheels %s`; then here: "
+             "`%s -m pip install --no-index --find-links wheels %s`" % (" ".join(reqs), python, " ".join(reqs))],
+            output)
+    if "ResolutionImpossible" in output or "conflicting dependencies" in output:
+        return Failure(
+            "these packages need other versions of libraries already installed, and trace-bootstrap never "
+            "upgrades or downgrades an installed library",
+            ["see what pip would change: %s --dry-run" % plain,
+             "then, if that is acceptable: %s" % plain], output)
+    if "No matching distribution found" in output or "Could not find a version" in output:
+        hint = ("upstream instrumentation packages are released with the version of opentelemetry-instrumentation "
+                "(%s here), and not every package has every patch release" % otel) if otel else ""
+        return Failure(
+            "the package index has no matching version of: %s%s" % (
+                ", ".join(r for r in reqs if r.split("==")[0] in output) or ", ".join(reqs),
+                " (%s)" % hint if hint else ""),
+            ["install the packages that exist one by one, e.g. %s -m pip install %s" % (python, reqs[0]),
+             "or move opentelemetry-instrumentation (and trace-run's other OpenTelemetry packages) to a release "
+             "all of them share, then run trace-bootstrap -a install again"], output)
+    return Failure("pip install failed (exit status %d)" % proc.returncode,
+                   ["read pip's message above; the same install by hand: %s" % plain], output)
+
+
+def _check(python: str) -> List[str]:
+    """Problems `pip check` reports (an empty list when there are none)."""
+    proc = _pip(python, ["check"], timeout=300)
+    if proc.returncode == 0:
+        return []
+    return [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+
+
+def run(report: Report, python: str, redetect: Callable[[], dict], progress: TextIO = sys.stderr) -> int:
+    """Install report.requirements into `python`'s environment; 0 on success."""
+    reqs = report.requirements
+    steps = 4
+
+    def step(n: int, text: str) -> None:
+        progress.write("[%d/%d] %s\n" % (n, steps, text))
+        progress.flush()
+
+    step(1, "%d distributions found in %s; to install: %s" % (
+        len(report.detected["distributions"]), python, " ".join(reqs) or "nothing"))
+    if not reqs:
+        progress.write("nothing to install: every traceable library is covered\n")
+        return 0
+    try:
+        step(2, "checking pip in %s" % python)
+        if not report.detected["pip"] or _pip(python, ["--version"], timeout=120).returncode != 0:
+            raise Failure(
+                "%s has no pip" % python,
+                ["add pip to it: %s -m ensurepip, then run trace-bootstrap -a install again" % python,
+                 "or install with a pip from elsewhere: pip --python %s install %s" % (python, " ".join(reqs)),
+                 "or: uv pip install --python %s %s" % (python, " ".join(reqs))])
+        before_problems = _check(python)
+        step(3, "installing %d package(s) in one pip call; %d installed distributions pinned" % (
+            len(reqs), len(report.detected["distributions"])))
+        with tempfile.TemporaryDirectory(prefix="trace-bootstrap-") as tmp:
+            path = os.path.join(tmp, "constraints.txt")
+            with open(path, "w", encoding="utf-8") as f:
+                f.write("\n".join(constraints(report)) + "\n")
+            proc = _pip(python, ["install", "--constraint", path] + reqs)
+        if proc.returncode != 0:
+            _restore(report, python, redetect, progress)
+            raise _explain(proc, reqs, python, report.otel_instrumentation)
+        step(4, "checking the environment for conflicts (pip check)")
+        new_problems = [p for p in _check(python) if p not in before_problems]
+    except Failure as failure:
+        return _report_failure(failure, progress)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return _report_failure(Failure("could not run pip (%s: %s)" % (type(exc).__name__, exc),
+                                       ["%s -m pip install %s" % (python, " ".join(reqs))]), progress)
+    for problem in before_problems:
+        progress.write("note: already there before: %s\n" % problem)
+    if new_problems:
+        progress.write("trace-bootstrap: installed, but pip check reports conflicts:\n")
+        for problem in new_problems:
+            progress.write("    %s\n" % problem)
+        progress.write("to undo: %s -m pip uninstall -y %s\n" % (python, " ".join(r.split("==")[0] for r in reqs)))
+        return 1
+    progress.write("done: installed %s; no conflicts\n" % " ".join(reqs))
+    return 0
+
+
+def _restore(report: Report, python: str, redetect: Callable[[], dict], progress: TextIO) -> None:
+    """Remove any distribution pip added before it failed, so the environment is as it was."""
+    try:
+        after = redetect()
+    except Exception:
+        return
+    before = {canonical(d["name"]) for d in report.detected["distributions"]}
+    added = [canonical(d["name"]) for d in after["distributions"] if canonical(d["name"]) not in before]
+    if added:
+        progress.write("removing what pip added before failing: %s\n" % " ".join(added))
+        _pip(python, ["uninstall", "-y"] + added, timeout=600)
+
+
+def _report_failure(failure: Failure, progress: TextIO) -> int:
+    progress.write("trace-bootstrap: install failed: %s\n" % failure.what)
+    if failure.output.strip():
+        progress.write("pip said:\n%s\n" % _tail(failure.output))
+    progress.write("the environment was not changed. Instead, run:\n")
+    for line in failure.instead:
+        progress.write("    %s\n" % line)
+    return 1
