@@ -1,0 +1,280 @@
+"""A WSGI middleware making one SERVER span per request; Flask builds on it.
+
+Usable by hand for frameworks we do not cover:
+
+    app.wsgi_app = TraceMiddleware(app.wsgi_app)
+
+The span ends when the server closes the response iterable, so a streamed
+body is measured whole. An environ already traced by an outer middleware is
+passed through, so wrapping twice never gives two spans.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.propagators.textmap import Getter
+from opentelemetry.semconv.attributes.client_attributes import CLIENT_ADDRESS
+from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
+from opentelemetry.semconv.attributes.http_attributes import (
+    HTTP_REQUEST_METHOD,
+    HTTP_REQUEST_METHOD_ORIGINAL,
+    HTTP_RESPONSE_STATUS_CODE,
+    HTTP_ROUTE,
+)
+from opentelemetry.semconv.attributes.network_attributes import NETWORK_PROTOCOL_VERSION
+from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, SERVER_PORT
+from opentelemetry.semconv.attributes.url_attributes import URL_PATH, URL_QUERY, URL_SCHEME
+from opentelemetry.semconv.attributes.user_agent_attributes import USER_AGENT_ORIGINAL
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from . import http_common
+from .base import is_instrumentation_enabled
+from .guard import Guard
+
+ENVIRON_KEY = "trace_run.request"  # the request's _Request (span and state), for frameworks
+
+
+class WSGIGetter(Getter):
+    """Reads propagation headers from a WSGI environ (HTTP_TRACEPARENT, ...)."""
+
+    def get(self, carrier: dict, key: str) -> Optional[list]:
+        value = carrier.get("HTTP_" + key.upper().replace("-", "_"))
+        if value is None:
+            return None
+        return [value]
+
+    def keys(self, carrier: dict) -> list:
+        return [k[5:].lower().replace("_", "-") for k in carrier if k.startswith("HTTP_")]
+
+
+getter = WSGIGetter()
+_guard = Guard("wsgi")
+
+
+def _environ_headers(environ: dict):
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            yield key[5:].replace("_", "-").lower(), value
+        elif key in ("CONTENT_TYPE", "CONTENT_LENGTH") and value:
+            yield key.replace("_", "-").lower(), value
+
+
+def _text(value: str) -> str:
+    """WSGI strings are latin-1 decoded bytes; most paths are UTF-8."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except (UnicodeError, AttributeError):
+        return value
+
+
+def server_attributes(environ: dict) -> tuple:
+    """(span name, attributes) of the SERVER span for one request."""
+    method, original = http_common.normalize_method(environ.get("REQUEST_METHOD", ""))
+    attrs: dict = {HTTP_REQUEST_METHOD: method}
+    if original is not None:
+        attrs[HTTP_REQUEST_METHOD_ORIGINAL] = original
+    attrs[URL_SCHEME] = environ.get("wsgi.url_scheme", "http")
+    attrs[URL_PATH] = _text(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")) or "/"
+    query = environ.get("QUERY_STRING")
+    if query:
+        attrs[URL_QUERY] = http_common.redact_query(_text(query))
+    host = environ.get("HTTP_HOST")
+    port = None
+    if host:
+        if host.startswith("["):  # [::1]:8080
+            end = host.find("]")
+            name, rest = host[1:end], host[end + 1:]
+            port = rest[1:] if rest.startswith(":") else None
+            host = name
+        elif host.count(":") == 1:
+            host, port = host.split(":")
+    else:
+        host = environ.get("SERVER_NAME")
+        port = environ.get("SERVER_PORT")
+    if host:
+        attrs[SERVER_ADDRESS] = host
+    if port:
+        try:
+            attrs[SERVER_PORT] = int(port)
+        except ValueError:
+            pass
+    forwarded = environ.get("HTTP_X_FORWARDED_FOR")
+    client = forwarded.split(",")[0].strip() if forwarded else environ.get("REMOTE_ADDR")
+    if client:
+        attrs[CLIENT_ADDRESS] = client
+    agent = environ.get("HTTP_USER_AGENT")
+    if agent:
+        attrs[USER_AGENT_ORIGINAL] = agent
+    version = http_common.protocol_version(environ.get("SERVER_PROTOCOL"))
+    if version:
+        attrs[NETWORK_PROTOCOL_VERSION] = version
+    cap = http_common.capture("SERVER_REQUEST")
+    if cap is not None:
+        attrs.update(cap.attributes(_environ_headers(environ)))
+    return http_common.span_name(method), attrs
+
+
+def _full_url(environ: dict) -> str:
+    host = environ.get("HTTP_HOST") or "%s:%s" % (environ.get("SERVER_NAME", ""), environ.get("SERVER_PORT", ""))
+    url = "%s://%s%s%s" % (environ.get("wsgi.url_scheme", "http"), host, environ.get("SCRIPT_NAME", ""),
+                           environ.get("PATH_INFO", ""))
+    if environ.get("QUERY_STRING"):
+        url += "?" + environ["QUERY_STRING"]
+    return url
+
+
+def set_route(span: trace.Span, method: str, route: str) -> None:
+    """Name the span `METHOD route-template` and set http.route (frameworks call this)."""
+    if route and span.is_recording():
+        norm, _ = http_common.normalize_method(method)
+        span.update_name("%s %s" % (http_common.span_name(norm), route))
+        span.set_attribute(HTTP_ROUTE, route)
+
+
+def record_error(span: trace.Span, exc: BaseException) -> None:
+    """An unhandled exception: an `exception` event, error.type, ERROR status."""
+    if span.is_recording():
+        span.record_exception(exc)
+        span.set_attribute(ERROR_TYPE, http_common.error_type(exc))
+        span.set_status(Status(StatusCode.ERROR, "%s: %s" % (type(exc).__name__, exc)))
+
+
+class _Request:
+    """Per-request state: the span, its context, and the status once known."""
+
+    __slots__ = ("span", "ctx", "status", "ended", "recorded")
+
+    def __init__(self, span: trace.Span, ctx):
+        self.span = span
+        self.ctx = ctx
+        self.status = None
+        self.ended = False
+        self.recorded = None
+
+    def record(self, exc: BaseException) -> None:
+        """An exception the framework handled (e.g. turned into a 500): recorded once."""
+        if exc is not self.recorded:
+            self.recorded = exc
+            record_error(self.span, exc)
+
+    def start_response(self, start_response: Callable) -> Callable:
+        def traced_start_response(status, headers, exc_info=None):
+            with _guard:
+                self._response(status, headers)
+            return start_response(status, headers, exc_info) if exc_info is not None \
+                else start_response(status, headers)
+
+        return traced_start_response
+
+    def _response(self, status, headers) -> None:
+        try:
+            code = int(str(status).split(" ", 1)[0])
+        except ValueError:
+            return
+        self.status = code
+        span = self.span
+        if span.is_recording():
+            span.set_attribute(HTTP_RESPONSE_STATUS_CODE, code)
+            cap = http_common.capture("SERVER_RESPONSE")
+            if cap is not None:
+                span.set_attributes(cap.attributes(headers))
+
+    def end(self, exc: Optional[BaseException] = None) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        span = self.span
+        if exc is not None:
+            self.record(exc)
+        elif self.status is not None and http_common.server_error(self.status) and span.is_recording():
+            if self.recorded is None:  # else error.type names the exception behind the 500
+                span.set_attribute(ERROR_TYPE, str(self.status))
+            span.set_status(Status(StatusCode.ERROR))
+        span.end()
+
+
+class _TracedBody:
+    """The app's response iterable; the span is current while it yields and ends on close()."""
+
+    __slots__ = ("_body", "_iter", "_request")
+
+    def __init__(self, body, request: _Request):
+        self._body = body
+        self._iter = None
+        self._request = request
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        token = otel_context.attach(self._request.ctx)
+        try:
+            if self._iter is None:
+                self._iter = iter(self._body)
+            return next(self._iter)
+        except StopIteration:
+            raise
+        except BaseException as exc:
+            with _guard:
+                self._request.end(exc)
+            raise
+        finally:
+            otel_context.detach(token)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            with _guard:
+                self._request.end()
+
+
+def handle(tracer: trace.Tracer, environ: dict, start_response: Callable, app: Callable,
+           excluded=None) -> Any:
+    """Run one WSGI request through `app` inside a SERVER span."""
+    request = None
+    with _guard:
+        if ENVIRON_KEY not in environ and is_instrumentation_enabled():
+            if excluded is None or not excluded.search(_full_url(environ)):
+                parent = propagate.extract(environ, getter=getter)
+                name, attrs = server_attributes(environ)
+                span = tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attrs)
+                request = _Request(span, trace.set_span_in_context(span, parent))
+                environ[ENVIRON_KEY] = request
+    if request is None:
+        return app(environ, start_response)
+    start_response = request.start_response(start_response)
+    token = otel_context.attach(request.ctx)
+    try:
+        body = app(environ, start_response)
+    except BaseException as exc:
+        with _guard:
+            request.end(exc)
+        raise
+    finally:
+        otel_context.detach(token)
+    return _TracedBody(body, request)
+
+
+class TraceMiddleware:
+    """WSGI middleware: `app.wsgi_app = TraceMiddleware(app.wsgi_app)`."""
+
+    def __init__(self, app: Callable, tracer_provider=None, excluded_urls: Optional[str] = None):
+        self.app = app
+        self._tracer = trace.get_tracer("trace_run.instrumentors.wsgi", "0.1.0", tracer_provider=tracer_provider,
+                                        schema_url="https://opentelemetry.io/schemas/1.26.0")
+        if excluded_urls is None:
+            self._excluded = http_common.excluded_urls("flask")
+        else:
+            import re
+
+            self._excluded = re.compile("|".join("(?:%s)" % p.strip() for p in excluded_urls.split(",")
+                                                 if p.strip())) if excluded_urls.strip() else None
+
+    def __call__(self, environ: dict, start_response: Callable) -> Any:
+        return handle(self._tracer, environ, start_response, self.app, self._excluded)
