@@ -141,9 +141,12 @@ class SqlTracer:
         parent = trace.get_current_span()
         return parent.is_recording() or not parent.get_span_context().is_valid
 
-    def _start(self, attrs: dict, cursor: Any, args: tuple, kwargs: dict, batch: Any):
-        query, where = _find_query(args, kwargs)
-        text = query
+    def _start(self, attrs: dict, cursor: Any, args: tuple, kwargs: dict, batch: Any, statement: Any = None):
+        if statement is not None:  # the call has no SQL argument (e.g. psycopg2 copy_from)
+            query, where, text = statement, None, statement
+        else:
+            query, where = _find_query(args, kwargs)
+            text = query
         if self._query_text is not None and not isinstance(query, (str, bytes)):
             text = self._query_text(query, cursor)
         analysis = analyze(text, config.get("OTEL_TRACE_RUN_DB_SANITIZE"))
@@ -203,13 +206,14 @@ class SqlTracer:
             context.detach(token)
 
     # -- entry points ----------------------------------------------------------------
-    def run(self, attrs: dict, cursor: Any, wrapped: Callable, args: tuple, kwargs: dict, batch: Any = None):
-        """Call wrapped(*args, **kwargs) inside a CLIENT span."""
+    def run(self, attrs: dict, cursor: Any, wrapped: Callable, args: tuple, kwargs: dict, batch: Any = None,
+            statement: Any = None):
+        """Call wrapped(*args, **kwargs) inside a CLIENT span (`statement`: SQL when not in args)."""
         if not self.active():
             return wrapped(*args, **kwargs)
         span = None
         with self.guard:
-            span, token, args, kwargs = self._start(attrs, cursor, args, kwargs, batch)
+            span, token, args, kwargs = self._start(attrs, cursor, args, kwargs, batch, statement)
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as exc:
