@@ -113,7 +113,9 @@ def test_user_sitecustomize_runs_after_agent_and_agent_starts_once(tmp_path):
     (user / "sitecustomize.py").write_text(
         "import os, sys\nprint('user-sitecustomize', os.getpid(), 'trace_run.agent.boot' in sys.modules)\n"
     )
-    inject = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "agent", "inject")
+    from trace_run.agent.cli import inject_dir
+
+    inject = inject_dir()
     # The injection folder twice on the path: by hand, and through a symlinked copy.
     twin = tmp_path / "twin"
     twin.symlink_to(inject)

@@ -1,0 +1,195 @@
+"""Fast in-process tests of the core pieces: registry/README, hooks, guard, sampler, console."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import sys
+import threading
+import time
+
+import pytest
+
+from trace_run.agent import config
+from trace_run.instrumentors import guard, hooks, registry
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _readme_block(marker: str) -> str:
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    start, end = "<!-- %s:start -->" % marker, "<!-- %s:end -->" % marker
+    return text[text.index(start) + len(start): text.index(end)].strip()
+
+
+def test_readme_variable_table_matches_the_registry():
+    assert _readme_block("variables") == config.markdown_table()
+
+
+def test_every_registered_variable_is_documented_once():
+    names = [v.name for v in config.VARIABLES]
+    assert len(names) == len(set(names))
+    for v in config.VARIABLES:
+        assert v.doc and v.kind in ("bool", "int", "str", "enum", "list", "kvlist", "url", "path"), v.name
+        assert v.name.startswith("OTEL_")
+
+
+def test_readme_supported_libraries_match_the_registry():
+    rows = [line for line in _readme_block("libraries").splitlines()[2:]]
+    names = [re.search(r"\| `([^`]+)` \|", row).group(1) for row in rows]
+    assert names == list(registry.BUILTIN)
+    for row, entry in zip(rows, registry.BUILTIN.values()):
+        assert "| %s |" % entry.supported in row
+
+
+def test_every_registry_entry_points_at_an_instrumentor_class():
+    from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
+
+    for entry in registry.BUILTIN.values():
+        cls = registry.load(entry)
+        assert issubclass(cls, BaseInstrumentor), entry.name
+        assert cls.library == entry.name
+
+
+@pytest.mark.parametrize(
+    "name,value,expected,warned",
+    [
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "100", 100, False),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "-1", 2048, True),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "1e3", 1000, False),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "lots", 2048, True),
+        ("OTEL_SDK_DISABLED", "TRUE", True, False),
+        ("OTEL_SDK_DISABLED", "perhaps", False, True),
+        ("OTEL_LOG_LEVEL", "DEBUG", "debug", False),
+        ("OTEL_LOG_LEVEL", "chatty", "info", True),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "localhost:4318", "", True),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "a=1, b = two%20words", {"a": "1", "b": "two words"}, False),
+        ("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", " redis , ,flask", ["redis", "flask"], False),
+    ],
+)
+def test_config_parsing_and_fallbacks(monkeypatch, name, value, expected, warned):
+    config.reset()
+    monkeypatch.setenv(name, value)
+    assert config.get(name) == expected
+    assert bool([w for w in config.WARNINGS if w.startswith(name)]) == warned
+    config.reset()
+
+
+def test_header_values_are_masked_in_warnings(monkeypatch):
+    config.reset()
+    config.warn("OTEL_EXPORTER_OTLP_HEADERS", "api-key=SECRET,x=y", "nothing")
+    assert "SECRET" not in config.WARNINGS[0] and "api-key=***" in config.WARNINGS[0]
+    config.reset()
+
+
+def test_post_import_hook_fires_once_after_import(tmp_path, monkeypatch):
+    (tmp_path / "hooked_mod_x.py").write_text("VALUE = 7\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen = []
+    hooks.when_imported("hooked_mod_x", lambda m: seen.append(m.VALUE))
+    assert seen == []
+    import hooked_mod_x  # noqa: F401
+
+    assert seen == [7]
+    assert hooked_mod_x.__loader__.__class__.__name__ == "SourceFileLoader"
+    import importlib
+
+    importlib.reload(hooked_mod_x)
+    assert seen == [7]
+    hooks.when_imported("hooked_mod_x", lambda m: seen.append("again"))  # already imported: at once
+    assert seen == [7, "again"]
+    del sys.modules["hooked_mod_x"]
+
+
+def test_hook_errors_never_break_the_import(tmp_path, monkeypatch):
+    (tmp_path / "hooked_mod_y.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(guard, "RAISE", False)
+
+    def bad(_module):
+        raise RuntimeError("hook bug")
+
+    hooks.when_imported("hooked_mod_y", bad)
+    import hooked_mod_y
+
+    assert hooked_mod_y.VALUE == 1
+    del sys.modules["hooked_mod_y"]
+
+
+def test_guard_swallows_instrumentation_errors_but_not_in_test_mode(monkeypatch):
+    g = guard.Guard("unit")
+    monkeypatch.setattr(guard, "RAISE", False)
+    with g:
+        raise ValueError("instrumentation bug")
+    monkeypatch.setattr(guard, "RAISE", True)
+    with pytest.raises(ValueError):
+        with g:
+            raise ValueError("instrumentation bug")
+    with pytest.raises(KeyboardInterrupt):  # never swallows BaseException
+        monkeypatch.setattr(guard, "RAISE", False)
+        with g:
+            raise KeyboardInterrupt
+
+
+def test_rate_limiting_sampler_caps_new_traces_per_second():
+    from opentelemetry.sdk.trace.sampling import Decision
+
+    from trace_run.agent.samplers import RateLimitingSampler
+
+    sampler = RateLimitingSampler(50)
+    start = time.monotonic()
+    sampled = 0
+    while time.monotonic() - start < 0.5:
+        if sampler.should_sample(None, 1, "x").decision is Decision.RECORD_AND_SAMPLE:
+            sampled += 1
+    # a full bucket (50) plus about 25 refilled in half a second
+    assert 50 <= sampled <= 85, sampled
+    assert "50" in sampler.get_description()
+
+
+def test_rate_limiting_sampler_is_thread_safe():
+    from opentelemetry.sdk.trace.sampling import Decision
+
+    from trace_run.agent.samplers import RateLimitingSampler
+
+    sampler = RateLimitingSampler(1000)
+    counts = []
+
+    def run():
+        n = 0
+        for _ in range(20000):
+            if sampler.should_sample(None, 1, "x").decision is Decision.RECORD_AND_SAMPLE:
+                n += 1
+        counts.append(n)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(counts) == 4 and sum(counts) >= 1000
+
+
+def test_console_tree_waits_for_local_root_and_nests_children():
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+
+    from trace_run.agent.console import TreeConsoleExporter
+
+    out = io.StringIO()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(TreeConsoleExporter(out)))
+    tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span("root", kind=SpanKind.SERVER):
+        with tracer.start_as_current_span("db", kind=SpanKind.CLIENT) as db:
+            db.set_attribute("db.system.name", "postgresql")
+            db.set_status(Status(StatusCode.ERROR, "boom"))
+        assert out.getvalue() == ""  # nothing printed until the root ends
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("trace ")
+    assert "| root" in lines[1] and "SERVER" in lines[1]
+    assert "|   db" in lines[2] and "CLIENT" in lines[2] and "ERROR" in lines[2]
+    assert "db.system.name=postgresql" in lines[2]
+    assert "! boom" in lines[3]
