@@ -8,7 +8,6 @@ import pika
 import pytest
 from conftest import AMQP_URL
 from opentelemetry import trace
-
 from trace_run.instrumentors.pika import PikaInstrumentor
 
 BAD_HEADERS = [None, {}, {"traceparent": "00-zzzz-not-a-traceparent-01"}, {"traceparent": 42},
@@ -146,7 +145,7 @@ def test_consume_generator_span_lasts_until_next_message(pika_spans, channel):
         _publish(ch, queue, b"m%d" % i)
     producers = _by_kind(exporter, trace.SpanKind.PRODUCER)
     inside = []
-    for method, props, body in ch.consume(queue, inactivity_timeout=2):
+    for method, _props, _body in ch.consume(queue, inactivity_timeout=2):
         if method is None:
             break
         with provider.get_tracer("t").start_as_current_span("handle"):
