@@ -175,7 +175,8 @@ class SqlTracer:
         ctx = span.get_span_context()
         if not ctx.is_valid:
             return args, kwargs
-        comment = "/*traceparent='00-%032x-%016x-%02x'*/" % (ctx.trace_id, ctx.span_id, ctx.trace_flags)
+        # Level 1 traceparent, like our propagator: only the `sampled` flag is sent.
+        comment = "/*traceparent='00-%032x-%016x-%02x'*/" % (ctx.trace_id, ctx.span_id, ctx.trace_flags & 0x01)
         new = _with_comment(query, comment)
         if new is None and self._add_comment is not None:
             new = self._add_comment(query, comment)
