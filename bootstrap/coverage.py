@@ -120,8 +120,7 @@ def _covering(installed: dict) -> dict:
     return out
 
 
-def _built_in_row(entry: catalogue.BuiltIn, library: str, name: str, version: str, report_ctx) -> Row:
-    installed, trace_run = report_ctx
+def _built_in_row(entry: catalogue.BuiltIn, library: str, name: str, version: str, installed: dict) -> Row:
     supported = registry.BUILTIN[entry.instrumentor].supported
     ok = True if not name else in_range(version, supported)
     if not name:
@@ -130,8 +129,6 @@ def _built_in_row(entry: catalogue.BuiltIn, library: str, name: str, version: st
         detail = "built in (%s), but %s is outside the tested range %s" % (entry.instrumentor, version, supported)
     else:
         detail = "built in (%s), tested %s" % (entry.instrumentor, supported)
-    if trace_run is None:
-        detail += "; needs trace-run installed in this environment"
     unused = "opentelemetry-instrumentation-" + entry.instrumentor
     if unused in installed:
         detail += "; %s is installed but unused" % unused
@@ -160,19 +157,18 @@ def _third_party_row(entry, d: dict, name: str, installed: dict, covered: List[s
 def build(detected: dict) -> Report:
     """The report for one environment, from detect.detect()'s data."""
     installed = {canonical(d["name"]): d for d in detected["distributions"]}
-    trace_run = _version_of(installed, "trace-run")
     otel = _version_of(installed, "opentelemetry-instrumentation")
     covering = _covering(installed)
     rows: List[Row] = []
     untraceable: List[Row] = []
     for entry in catalogue.BUILT_IN:
         if not entry.distributions:
-            rows.append(_built_in_row(entry, entry.label, "", detected["python_version"], (installed, trace_run)))
+            rows.append(_built_in_row(entry, entry.label, "", detected["python_version"], installed))
     for name, d in installed.items():
         entry = catalogue.BY_DISTRIBUTION.get(name)
         covered = covering.get(name, [])
         if isinstance(entry, catalogue.BuiltIn):
-            rows.append(_built_in_row(entry, d["name"], name, d["version"], (installed, trace_run)))
+            rows.append(_built_in_row(entry, d["name"], name, d["version"], installed))
         elif entry is not None:
             rows.append(_third_party_row(entry, d, name, installed, covered, otel))
         elif covered:

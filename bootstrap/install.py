@@ -33,6 +33,7 @@ class Failure(Exception):
         self.what = what
         self.instead = instead
         self.output = output
+        self.left = ""  # what pip left behind, when it could not be undone
 
 
 def _pip_env() -> dict:
@@ -70,16 +71,25 @@ def constraints(report: Report) -> List[str]:
     return out
 
 
+def _offline(python: str, reqs: List[str]) -> List[str]:
+    joined = " ".join(reqs)
+    return ["when the index is reachable: trace-bootstrap --python %s -a install" % python,
+            "offline: on a machine with network, `pip download -d wheels %s`; then here: "
+            "`%s -m pip install --no-index --find-links wheels %s`" % (joined, python, joined)]
+
+
 def _explain(proc: subprocess.CompletedProcess, reqs: List[str], python: str, otel: Optional[str]) -> Failure:
     output = (proc.stdout or "") + "\n" + (proc.stderr or "")
     plain = "%s -m pip install %s" % (python, " ".join(reqs))
     if any(sign in output for sign in _NETWORK_SIGNS):
         return Failure(
             "pip could not reach the package index (no network, a proxy, or a wrong index URL)",
-            ["when the index is reachable: trace-bootstrap --python %s -a install" % python,
-             "offline: on a machine with network, `pip download -d wheels %s`; then here: "
-             "`%s -m pip install --no-index --find-links wheels %s`" % (" ".join(reqs), python, " ".join(reqs))],
-            output)
+            _offline(python, reqs), output)
+    if "(from versions: none)" in output:
+        return Failure(
+            "pip found no release at all of %s: the package index is unreachable or switched off "
+            "(no network, PIP_NO_INDEX / --no-index, or a wrong PIP_INDEX_URL)" % _not_found(output, reqs),
+            _offline(python, reqs), output)
     if "ResolutionImpossible" in output or "conflicting dependencies" in output:
         return Failure(
             "these packages need other versions of libraries already installed, and trace-bootstrap never "
@@ -91,13 +101,19 @@ def _explain(proc: subprocess.CompletedProcess, reqs: List[str], python: str, ot
                 "(%s here), and not every package has every patch release" % otel) if otel else ""
         return Failure(
             "the package index has no matching version of: %s%s" % (
-                ", ".join(r for r in reqs if r.split("==")[0] in output) or ", ".join(reqs),
+                _not_found(output, reqs),
                 " (%s)" % hint if hint else ""),
             ["install the packages that exist one by one, e.g. %s -m pip install %s" % (python, reqs[0]),
              "or move opentelemetry-instrumentation (and trace-run's other OpenTelemetry packages) to a release "
              "all of them share, then run trace-bootstrap -a install again"], output)
     return Failure("pip install failed (exit status %d)" % proc.returncode,
                    ["read pip's message above; the same install by hand: %s" % plain], output)
+
+
+def _not_found(output: str, reqs: List[str]) -> str:
+    """The requirements pip named as not found (all of them when it named none)."""
+    named = [r for r in reqs if "requirement %s" % r in output or "found for %s" % r in output]
+    return ", ".join(named or reqs)
 
 
 def _check(python: str) -> List[str]:
@@ -117,7 +133,7 @@ def run(report: Report, python: str, redetect: Callable[[], dict], progress: Tex
         progress.write("[%d/%d] %s\n" % (n, steps, text))
         progress.flush()
 
-    step(1, "%d distributions found in %s; to install: %s" % (
+    step(1, "%d distribution(s) found in %s; to install: %s" % (
         len(report.detected["distributions"]), python, " ".join(reqs) or "nothing"))
     if not reqs:
         progress.write("nothing to install: every traceable library is covered\n")
@@ -139,8 +155,10 @@ def run(report: Report, python: str, redetect: Callable[[], dict], progress: Tex
                 f.write("\n".join(constraints(report)) + "\n")
             proc = _pip(python, ["install", "--constraint", path] + reqs)
         if proc.returncode != 0:
-            _restore(report, python, redetect, progress)
-            raise _explain(proc, reqs, python, report.otel_instrumentation)
+            left = _restore(report, python, redetect, progress)
+            failure = _explain(proc, reqs, python, report.otel_instrumentation)
+            failure.left = left
+            raise failure
         step(4, "checking the environment for conflicts (pip check)")
         new_problems = [p for p in _check(python) if p not in before_problems]
     except Failure as failure:
@@ -160,24 +178,32 @@ def run(report: Report, python: str, redetect: Callable[[], dict], progress: Tex
     return 0
 
 
-def _restore(report: Report, python: str, redetect: Callable[[], dict], progress: TextIO) -> None:
-    """Remove any distribution pip added before it failed, so the environment is as it was."""
+def _restore(report: Report, python: str, redetect: Callable[[], dict], progress: TextIO) -> str:
+    """Remove any distribution pip added before it failed; "" when the environment is as it was."""
     try:
         after = redetect()
-    except Exception:
-        return
+    except Exception as exc:
+        return "could not re-read the environment after pip failed (%s)" % exc
     before = {canonical(d["name"]) for d in report.detected["distributions"]}
     added = [canonical(d["name"]) for d in after["distributions"] if canonical(d["name"]) not in before]
-    if added:
-        progress.write("removing what pip added before failing: %s\n" % " ".join(added))
-        _pip(python, ["uninstall", "-y"] + added, timeout=600)
+    if not added:
+        return ""
+    progress.write("removing what pip added before failing: %s\n" % " ".join(added))
+    if _pip(python, ["uninstall", "-y"] + added, timeout=600).returncode != 0:
+        return "pip left %s installed; remove with: %s -m pip uninstall -y %s" % (
+            " ".join(added), python, " ".join(added))
+    return ""
 
 
 def _report_failure(failure: Failure, progress: TextIO) -> int:
     progress.write("trace-bootstrap: install failed: %s\n" % failure.what)
     if failure.output.strip():
         progress.write("pip said:\n%s\n" % _tail(failure.output))
-    progress.write("the environment was not changed. Instead, run:\n")
+    if failure.left:
+        progress.write("trace-bootstrap: %s\n" % failure.left)
+        progress.write("Instead, run:\n")
+    else:
+        progress.write("the environment was not changed. Instead, run:\n")
     for line in failure.instead:
         progress.write("    %s\n" % line)
     return 1
