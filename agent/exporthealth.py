@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 from typing import Sequence
 
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
@@ -16,14 +17,37 @@ from . import log
 
 
 class ExportHealth(SpanExporter):
-    """Wraps the real exporter; counts spans handed over, exported and failed."""
+    """Wraps the real exporter; counts spans handed over, exported and failed.
 
-    def __init__(self, exporter: SpanExporter, target: str):
-        self.exporter = exporter
+    `exporter` may be a factory (a callable that is not an exporter): the real
+    exporter is then built on the first export, on the export thread. Building
+    it imports requests/grpc (~150 ms), which must not happen on the program's
+    thread, nor inside the import hook of a library the exporter itself imports.
+    """
+
+    def __init__(self, exporter, target: str):
+        if isinstance(exporter, SpanExporter):
+            self._exporter, self._factory = exporter, None
+        else:
+            self._exporter, self._factory = None, exporter
+        self._build_lock = threading.Lock()
         self.target = target
         self.failing = False
         self._reset()
         os.register_at_fork(after_in_child=self._reset)
+
+    @property
+    def exporter(self):
+        if self._exporter is None:
+            with self._build_lock:
+                if self._exporter is None:
+                    try:
+                        self._exporter = self._factory()
+                    except Exception as exc:
+                        log.warning("exporter for %s not set up (%s: %s); its spans are dropped"
+                                    % (self.target, type(exc).__name__, exc))
+                        self._exporter = _Broken()
+        return self._exporter
 
     def _reset(self) -> None:
         self.handed = 0
@@ -55,10 +79,21 @@ class ExportHealth(SpanExporter):
         return result
 
     def shutdown(self) -> None:
-        self.exporter.shutdown()
+        if self._exporter is not None:
+            self._exporter.shutdown()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self.exporter.force_flush(timeout_millis)
+        if self._exporter is None:
+            return True
+        return self._exporter.force_flush(timeout_millis)
+
+
+class _Broken(SpanExporter):
+    def export(self, spans) -> SpanExportResult:
+        return SpanExportResult.FAILURE
+
+    def shutdown(self) -> None:
+        pass
 
 
 class CountingProcessor(SpanProcessor):

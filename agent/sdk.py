@@ -315,10 +315,14 @@ def _build_pipeline(spec: dict, batch: dict, exporthealth):
         health = exporthealth.ExportHealth(ConsoleSpanExporter(), "console_json")
         return exporthealth.CountingProcessor(SimpleSpanProcessor(health), health), health
     if name == "otlp":
-        exporter = build_otlp_exporter(spec)
+        def exporter():
+            return build_otlp_exporter(spec)
+
         target = "%s (%s)" % (spec["endpoint"], spec["protocol"])
     else:
-        exporter = _entry_points("opentelemetry_traces_exporter")[name].load()()
+        def exporter():
+            return _entry_points("opentelemetry_traces_exporter")[name].load()()
+
         target = name
     health = exporthealth.ExportHealth(exporter, target)
     processor = BatchSpanProcessor(health, **batch)

@@ -69,13 +69,25 @@ class _Finder:
 def _fire(name: str, module) -> None:
     with _lock:
         callbacks = _hooks.pop(name, ())
-    for callback in callbacks:
-        try:
-            callback(module)
-        except Exception as exc:  # a hook never breaks the import
-            from . import guard
+    if not callbacks:
+        return
+    # The module has executed completely; say so while the hooks run (the import
+    # system clears the flag only when we return).
+    spec = getattr(module, "__spec__", None)
+    initializing = getattr(spec, "_initializing", False)
+    if initializing:
+        spec._initializing = False
+    try:
+        for callback in callbacks:
+            try:
+                callback(module)
+            except Exception as exc:  # a hook never breaks the import
+                from . import guard
 
-            guard.report("import hook for %s" % name, exc)
+                guard.report("import hook for %s" % name, exc)
+    finally:
+        if initializing:
+            spec._initializing = True
 
 
 def when_imported(name: str, callback) -> None:
