@@ -139,7 +139,9 @@ def _built_in_row(entry: catalogue.BuiltIn, library: str, name: str, version: st
 def _third_party_row(entry, d: dict, name: str, installed: dict, covered: List[str], otel: Optional[str]) -> Row:
     library, version = d["name"], d["version"]
     missing = [p for p in entry.packages if canonical(p) not in installed]
-    if not missing:
+    ours = set(canonical(p) for p in entry.packages)
+    foreign = [c for c in covered if canonical(c.rsplit(" ", 1)[0]) not in ours]  # e.g. a vendor's fork
+    if not missing or foreign:
         return Row(library, name, version, THIRD_PARTY, "covered by " + ", ".join(covered), covered_by=covered)
     if entry.pinned and otel and entry.last:
         v, last = _parse_version(otel), _parse_version(entry.last)

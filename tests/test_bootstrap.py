@@ -164,7 +164,8 @@ def test_coverage_rules_on_a_made_up_environment():
             dist("elasticsearch", "8.0.0"), dist("openai", "1.0.0"), dist("aiohttp", "3.9.0"),
             dist("opentelemetry-instrumentation-aiohttp-client", "0.66b2", instrumentors=["aiohttp-client"],
                  instruments=[]),
-            dist("Django", "5.0"), dist("boto3", "1.0"), dist("leftpad", "1.0"),
+            dist("Django", "5.0"), dist("boto3", "1.0"), dist("leftpad", "1.0"), dist("falcon", "3.1.0"),
+            dist("vendor-falcon-instrumentation", "1.0", instrumentors=["falcon"], instruments=["falcon"]),
         ],
     }
     report = coverage.build(detected)
@@ -178,6 +179,8 @@ def test_coverage_rules_on_a_made_up_environment():
     assert rows["aiohttp"].covered_by == ["opentelemetry-instrumentation-aiohttp-client 0.66b2"]
     assert rows["aiohttp"].requirements == ["opentelemetry-instrumentation-aiohttp-server==0.66b2"]
     assert rows["leftpad"].coverage == coverage.NONE
+    assert rows["falcon"].coverage == coverage.THIRD_PARTY  # a vendor's instrumentor counts
+    assert rows["falcon"].covered_by == ["vendor-falcon-instrumentation 1.0"]
     assert rows["sqlite3 (stdlib)"].coverage == coverage.BUILT_IN and report.trace_run == "0.1.0"
     assert report.requirements == [
         "opentelemetry-instrumentation-aiohttp-server==0.66b2", "opentelemetry-instrumentation-boto3sqs==0.66b2",
