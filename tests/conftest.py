@@ -32,8 +32,6 @@ def clean_env(**extra) -> dict:
     env["PATH"] = BIN + os.pathsep + env.get("PATH", "")
     env["OTEL_TRACE_RUN_RAISE_ERRORS"] = "true"
     env["PYTHONUNBUFFERED"] = "1"
-    if os.environ.get("TRACE_RUN_TEST_DISABLED"):  # TEMP while instrumentors are written
-        env["OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"] = os.environ["TRACE_RUN_TEST_DISABLED"]
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
