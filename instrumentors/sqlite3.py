@@ -26,6 +26,7 @@ class Sqlite3Instrumentor(TraceRunInstrumentor):
         self._sql = SqlTracer(self, SYSTEM)
         self._connection_classes: dict = {}
         self._cursor_classes: dict = {}
+        self._default_cursor: dict = {}
         connect = self._connect_wrapper()
         self.wrap(sqlite3, "connect", connect)
         if sqlite3.dbapi2.__dict__.get("connect") is not None:
@@ -54,7 +55,11 @@ class Sqlite3Instrumentor(TraceRunInstrumentor):
         cls = self._connection_classes.get(base)
         if cls is not None or getattr(base, "_trace_run_traced", False):
             return cls or base
+        import sqlite3
+
         instrumentor = self
+        # A subclass may choose another default cursor in its own cursor() (learned on first use).
+        default_cursor = sqlite3.Cursor if base.cursor is sqlite3.Connection.cursor else None
 
         class TracedConnection(base):
             _trace_run_traced = True
@@ -68,10 +73,14 @@ class Sqlite3Instrumentor(TraceRunInstrumentor):
                 self._trace_run_attrs = connection_attributes(SYSTEM, name)
 
             def cursor(self, factory=None, *args, **kwargs):
-                import sqlite3
-
-                cursor_cls = instrumentor.cursor_class(factory or sqlite3.Cursor)
-                return super().cursor(cursor_cls, *args, **kwargs)
+                if factory is None:
+                    factory = default_cursor or instrumentor._default_cursor.get(base)
+                    if factory is None:
+                        # The class picks its own default cursor: ask it once.
+                        probe = super().cursor()
+                        factory = instrumentor._default_cursor[base] = type(probe)
+                        probe.close()
+                return super().cursor(instrumentor.cursor_class(factory), *args, **kwargs)
 
             def execute(self, *args, **kwargs):
                 return instrumentor._sql.run(self._trace_run_attrs, self, super().execute, args, kwargs)
