@@ -55,8 +55,14 @@ def _imports_in_progress() -> bool:
 
     for name in _EXPORTER_DEPS:
         module = sys.modules.get(name)
+        if module is None:
+            continue
         spec = getattr(module, "__spec__", None)
         if spec is not None and getattr(spec, "_initializing", False):
+            return True
+        parent, _, child = name.rpartition(".")
+        # A submodule is bound on its package only once its import returns.
+        if parent and getattr(sys.modules.get(parent), child, None) is not module:
             return True
     return False
 
