@@ -36,7 +36,7 @@ class FlaskInstrumentor(TraceRunInstrumentor):
                 state = request.environ.get(wsgi.ENVIRON_KEY)
                 rule = request.url_rule
                 if state is not None and rule is not None:
-                    wsgi.set_route(state.span, request.method, rule.rule)
+                    wsgi.set_route(state.span, request.environ.get("REQUEST_METHOD", ""), rule.rule)
             return wrapped(*args, **kwargs)
 
         def handle_exception(wrapped, instance, args, kwargs):

@@ -121,7 +121,7 @@ def _compile_list(name: str, patterns: list, flags: int = 0, full: bool = False)
         try:
             re.compile(p)
         except re.error as exc:
-            config.warn(name, p, "it is ignored", "not a regular expression: %s" % exc)
+            config.warn(name, p, "the other patterns", "not a regular expression: %s" % exc)
             continue
         good.append("(?:%s)" % p)
     if not good:
@@ -260,6 +260,15 @@ def enter_client(span: trace.Span) -> object:
     """Make `span` current and mark the context so inner HTTP layers make no span of their own."""
     ctx = trace.set_span_in_context(span)
     return otel_context.attach(otel_context.set_value(_SUPPRESS_HTTP_INSTRUMENTATION_KEY, True, ctx))
+
+
+def call_excluded(wrapped, args, kwargs):
+    """An excluded URL: no span here, and none from the HTTP layers below either."""
+    token = otel_context.attach(otel_context.set_value(_SUPPRESS_HTTP_INSTRUMENTATION_KEY, True))
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        otel_context.detach(token)
 
 
 def exit_client(token: object) -> None:

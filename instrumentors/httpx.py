@@ -54,7 +54,7 @@ class HttpxInstrumentor(TraceRunInstrumentor):
                 span, args, kwargs = start(args, kwargs)
                 token = http_common.enter_client(span) if span is not None else None
             if span is None:
-                return wrapped(*args, **kwargs)
+                return http_common.call_excluded(wrapped, args, kwargs)
             try:
                 response = wrapped(*args, **kwargs)
             except BaseException as exc:

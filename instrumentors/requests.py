@@ -45,7 +45,7 @@ class RequestsInstrumentor(TraceRunInstrumentor):
                         kwargs = dict(kwargs, request=request)
                     token = http_common.enter_client(span)
             if span is None:
-                return wrapped(*args, **kwargs)
+                return http_common.call_excluded(wrapped, args, kwargs)
             try:
                 response = wrapped(*args, **kwargs)
             except BaseException as exc:

@@ -48,7 +48,7 @@ class Urllib3Instrumentor(TraceRunInstrumentor):
                         kwargs = dict(kwargs, headers=headers)
                     token = http_common.enter_client(span)
             if span is None:
-                return wrapped(*args, **kwargs)
+                return http_common.call_excluded(wrapped, args, kwargs)
             try:
                 response = wrapped(*args, **kwargs)
             except BaseException as exc:
