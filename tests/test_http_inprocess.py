@@ -342,3 +342,21 @@ def test_trace_middleware_by_hand_and_no_double_span(memory):
 ])
 def test_redact_url(url, expected):
     assert http_common.redact_url(url) == expected
+
+
+def test_app_created_before_instrumenting_is_traced(memory):
+    from flask import Flask  # bound before instrumenting, as in a program started without the agent
+
+    app = Flask("early")
+    app.add_url_rule("/early/<x>", "early", lambda x: x)
+    provider, exporter = memory
+    FlaskInstrumentor().instrument(tracer_provider=provider, skip_dep_check=True)
+    try:
+        r = app.test_client().get("/early/1")
+        r.close()
+    finally:
+        FlaskInstrumentor().uninstrument()
+    assert [s.name for s in exporter.get_finished_spans()] == ["GET /early/<x>"]
+    r = app.test_client().get("/early/2")
+    r.close()
+    assert len(exporter.get_finished_spans()) == 1  # uninstrumented: nothing more
