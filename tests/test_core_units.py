@@ -10,7 +10,6 @@ import threading
 import time
 
 import pytest
-
 from trace_run.agent import config
 from trace_run.instrumentors import guard, hooks, registry
 
@@ -134,7 +133,6 @@ def test_guard_swallows_instrumentation_errors_but_not_in_test_mode(monkeypatch)
 
 def test_rate_limiting_sampler_caps_new_traces_per_second():
     from opentelemetry.sdk.trace.sampling import Decision
-
     from trace_run.agent.samplers import RateLimitingSampler
 
     sampler = RateLimitingSampler(50)
@@ -150,7 +148,6 @@ def test_rate_limiting_sampler_caps_new_traces_per_second():
 
 def test_rate_limiting_sampler_is_thread_safe():
     from opentelemetry.sdk.trace.sampling import Decision
-
     from trace_run.agent.samplers import RateLimitingSampler
 
     sampler = RateLimitingSampler(1000)
@@ -175,7 +172,6 @@ def test_console_tree_waits_for_local_root_and_nests_children():
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.trace import SpanKind, Status, StatusCode
-
     from trace_run.agent.console import TreeConsoleExporter
 
     out = io.StringIO()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from conftest import clean_env, run_traced, write_script
 
 PROGRAM = """
