@@ -141,7 +141,8 @@ class SqlTracer:
         parent = trace.get_current_span()
         return parent.is_recording() or not parent.get_span_context().is_valid
 
-    def _start(self, attrs: dict, cursor: Any, args: tuple, kwargs: dict, batch: Any, statement: Any = None):
+    def _start(self, attrs: dict, cursor: Any, args: tuple, kwargs: dict, batch: Any, statement: Any = None,
+               commenter: bool = True):
         if statement is not None:  # the call has no SQL argument (e.g. psycopg2 copy_from)
             query, where, text = statement, None, statement
         else:
@@ -167,7 +168,7 @@ class SqlTracer:
             span_name(analysis, self.system), kind=_CLIENT, attributes=attributes
         )
         token = context.attach(trace.set_span_in_context(span))
-        if where is not None and config.get("OTEL_TRACE_RUN_SQLCOMMENTER"):
+        if commenter and where is not None and config.get("OTEL_TRACE_RUN_SQLCOMMENTER"):
             args, kwargs = self._comment(span, query, where, args, kwargs)
         return span, token, args, kwargs
 
@@ -250,6 +251,49 @@ class SqlTracer:
             with self.guard:
                 self._finish(span, token)
         return result
+
+    def stream(self, attrs: dict, cursor: Any, wrapped: Callable, args: tuple, kwargs: dict):
+        """For generator calls (psycopg `cursor.stream()`): the span lasts until the rows run out.
+
+        The span is not made current: the generator may be resumed from any context.
+        """
+        span = None
+        with self.guard:
+            span = self._open_detached(attrs, cursor, args, kwargs)
+        try:
+            yield from wrapped(*args, **kwargs)
+        except BaseException as exc:
+            if span is not None:
+                with self.guard:
+                    self._fail(span, exc)
+            raise
+        finally:
+            if span is not None:
+                with self.guard:
+                    span.end()
+
+    async def stream_async(self, attrs: dict, cursor: Any, wrapped: Callable, args: tuple, kwargs: dict):
+        """The same for async generators."""
+        span = None
+        with self.guard:
+            span = self._open_detached(attrs, cursor, args, kwargs)
+        try:
+            async for row in wrapped(*args, **kwargs):
+                yield row
+        except BaseException as exc:
+            if span is not None:
+                with self.guard:
+                    self._fail(span, exc)
+            raise
+        finally:
+            if span is not None:
+                with self.guard:
+                    span.end()
+
+    def _open_detached(self, attrs: dict, cursor: Any, args: tuple, kwargs: dict):
+        span, token, _args, _kwargs = self._start(attrs, cursor, args, kwargs, None, commenter=False)
+        context.detach(token)
+        return span
 
     def copy_context(self, attrs: dict, cursor: Any, wrapped: Callable, args: tuple, kwargs: dict):
         """For context-manager calls (psycopg `cursor.copy()`): the span covers the `with` block."""

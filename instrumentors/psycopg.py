@@ -1,4 +1,4 @@
-"""psycopg 3: CLIENT spans for cursor execute, executemany and COPY, sync and async.
+"""psycopg 3: CLIENT spans for cursor execute, executemany, stream and COPY, sync and async.
 
 psycopg 3's cursors are Python classes, so their methods are patched in place:
 every connection (plain, async, from a psycopg_pool pool), `Connection.execute`
@@ -71,6 +71,16 @@ class PsycopgInstrumentor(TraceRunInstrumentor):
                 return wrapped(*args, **kwargs)
             return sql.copy_context(attrs_of(instance), instance, wrapped, args, kwargs)
 
+        def stream(wrapped, instance, args, kwargs):
+            if not sql.active():
+                return wrapped(*args, **kwargs)
+            return sql.stream(attrs_of(instance), instance, wrapped, args, kwargs)
+
+        def stream_async(wrapped, instance, args, kwargs):
+            if not sql.active():
+                return wrapped(*args, **kwargs)
+            return sql.stream_async(attrs_of(instance), instance, wrapped, args, kwargs)
+
         async def execute_async(wrapped, instance, args, kwargs):
             if not sql.active():
                 return await wrapped(*args, **kwargs)
@@ -85,8 +95,10 @@ class PsycopgInstrumentor(TraceRunInstrumentor):
         self.wrap(psycopg.Cursor, "execute", execute)
         self.wrap(psycopg.Cursor, "executemany", executemany)
         self.wrap(psycopg.Cursor, "copy", copy)
+        self.wrap(psycopg.Cursor, "stream", stream)
         self.wrap(psycopg.ServerCursor, "execute", execute)
         self.wrap(psycopg.AsyncCursor, "execute", execute_async)
         self.wrap(psycopg.AsyncCursor, "executemany", executemany_async)
         self.wrap(psycopg.AsyncCursor, "copy", copy)
+        self.wrap(psycopg.AsyncCursor, "stream", stream_async)
         self.wrap(psycopg.AsyncServerCursor, "execute", execute_async)

@@ -40,13 +40,21 @@ def _query_text(query: Any, cursor: Any) -> Any:
     return query
 
 
+def _add_comment(query: Any, comment: str) -> Any:
+    from psycopg2 import sql
+
+    if isinstance(query, sql.Composable):
+        return query + sql.SQL(" " + comment)
+    return None
+
+
 class Psycopg2Instrumentor(TraceRunInstrumentor):
     library = "psycopg2"
 
     def _patch(self, **kwargs: Any) -> None:
         import psycopg2
 
-        self._sql = SqlTracer(self, SYSTEM, _query_text)
+        self._sql = SqlTracer(self, SYSTEM, _query_text, _add_comment)
         self._connection_classes: dict = {}
         self._cursor_classes: dict = {}
         self._default_cursor: dict = {}  # connection class -> the cursor class its cursor() picks

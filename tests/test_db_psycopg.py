@@ -167,3 +167,25 @@ def test_uninstrument_restores_the_original_methods(memory):
     with psycopg.connect(PG_DSN) as conn:
         conn.execute("SELECT 1")
     assert exporter.get_finished_spans() == ()
+
+
+def test_stream_spans_last_until_the_rows_run_out(table, traced):
+    tracer, exporter = traced
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        rows = list(conn.cursor().stream("SELECT generate_series(1, 5)"))
+        assert len(rows) == 5
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            list(conn.cursor().stream("SELECT * FROM %s_missing" % table))
+
+    async def main():
+        async with await psycopg.AsyncConnection.connect(PG_DSN, autocommit=True) as conn:
+            return [row async for row in conn.cursor().stream("SELECT 'x' FROM %s" % table)]
+
+    assert asyncio.run(main()) == []
+    spans = _spans(exporter)
+    assert [(s.name, s.attributes["db.query.text"], s.status.status_code.name) for s in spans] == [
+        ("SELECT", "SELECT generate_series(?)", "UNSET"),
+        ("SELECT %s_missing" % table, "SELECT * FROM %s_missing" % table, "ERROR"),
+        ("SELECT " + table, "SELECT ? FROM " + table, "UNSET"),
+    ]
+    assert spans[1].attributes["db.response.status_code"] == "42P01"

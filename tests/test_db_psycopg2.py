@@ -155,3 +155,28 @@ def test_uninstrument_restores_connect(memory):
     assert exporter.get_finished_spans() == ()
     conn.close()
     traced_conn.close()
+
+
+def test_sqlcommenter_reaches_postgres(traced, monkeypatch):
+    from trace_run.agent import config
+
+    tracer, exporter = traced
+    monkeypatch.setenv("OTEL_TRACE_RUN_SQLCOMMENTER", "true")
+    config.reset()
+    try:
+        conn = psycopg2.connect(PG_DSN)
+        conn.autocommit = True  # a new pg_stat_activity snapshot per statement
+        cur = conn.cursor()
+        query = "SELECT query FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+        cur.execute(query + ";")
+        plain = cur.fetchone()[0]
+        cur.execute(sql.SQL(query + " AND {} = %s").format(sql.Literal(1)), (1,))
+        composed = cur.fetchone()[0]
+        conn.close()
+    finally:
+        config.reset()
+    first, second = _spans(exporter)
+    comment = "/*traceparent='00-%032x-%016x-01'*/"
+    assert plain == query + " " + comment % (first.context.trace_id, first.context.span_id) + ";"
+    assert composed == query + " AND 1 = 1 " + comment % (second.context.trace_id, second.context.span_id)
+    assert first.attributes["db.query.text"] == query + ";"
