@@ -169,7 +169,7 @@ def importtimes(argv: list, env: dict, repeat: int = 5) -> dict:
     return {n: (median([v[0] for v in vs]), median([v[1] for v in vs])) for n, vs in runs.items()}
 
 
-def importtime_report(top: int = 12) -> tuple:
+def importtime_report(top: int = 15) -> tuple:
     cfgs = {c[0]: c for c in configs()}
     out, data = [], {}
     for w, args in WORKLOADS.items():
@@ -186,8 +186,16 @@ def importtime_report(top: int = 12) -> tuple:
         out.append(table(["module (top by cumulative)", "self ms", "cumulative ms"],
                          [[f"`{n.strip()}`", "%.2f" % (v[0] / 1000.0), "%.2f" % (v[1] / 1000.0)]
                           for n, v in ranked]))
+        groups: dict = {}
+        for n, v in added.items():
+            top_name = n.split(".")[0] if not n.startswith("opentelemetry.") else ".".join(n.split(".")[:2])
+            groups[top_name] = groups.get(top_name, 0) + v[0]
+        ranked_groups = sorted(groups.items(), key=lambda kv: -kv[1])[:10]
+        out.append("\nThe same added modules, own import time summed by package: " + ", ".join(
+            "`%s` %.1f ms" % (g, us / 1000.0) for g, us in ranked_groups))
         out.append("")
         data[w] = {"added_modules": len(added), "added_self_ms": round(total_self, 2),
+                   "by_package_ms": {g: round(us / 1000.0, 2) for g, us in ranked_groups},
                    "top": [[n.strip(), v[0], v[1]] for n, v in ranked]}
     return "\n".join(out), data
 
