@@ -12,6 +12,7 @@ span (a second local trace root would show up only without propagation).
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 
 import requests
@@ -43,7 +44,8 @@ def main() -> None:
     thread.start()
     try:
         for name in ("world", "trace-run"):
-            print(requests.get("%s/hello/%s" % (base_url, name), timeout=5).json()["message"])
+            message = requests.get("%s/hello/%s" % (base_url, name), timeout=5).json()["message"]
+            sys.stdout.write(message + "\n")  # one write: the console exporter's thread prints too
     finally:
         server.shutdown()
         thread.join(5)
