@@ -30,7 +30,8 @@ class ExportHealth(SpanExporter):
             self._exporter, self._factory = exporter, None
         else:
             self._exporter, self._factory = None, exporter
-        self._build_lock = threading.Lock()
+        self._build_lock = threading.RLock()
+        self._building = False
         self.target = target
         self.failing = False
         self._reset()
@@ -40,13 +41,18 @@ class ExportHealth(SpanExporter):
     def exporter(self):
         if self._exporter is None:
             with self._build_lock:
-                if self._exporter is None:
+                # Building imports requests/grpc, whose import hooks call back here on
+                # this thread: that re-entry gets None and leaves the build to us.
+                if self._exporter is None and not self._building:
+                    self._building = True
                     try:
                         self._exporter = self._factory()
                     except Exception as exc:
                         log.warning("exporter for %s not set up (%s: %s); its spans are dropped"
                                     % (self.target, type(exc).__name__, exc))
                         self._exporter = _Broken()
+                    finally:
+                        self._building = False
         return self._exporter
 
     def _reset(self) -> None:
