@@ -56,6 +56,8 @@ def service_name() -> str:
 
 
 def resource_attributes() -> dict:
+    """Process, host and SDK attributes. Not process.command_args: command lines
+    carry passwords and tokens often enough that they stay in the process."""
     import platform
 
     attrs = {
@@ -66,7 +68,6 @@ def resource_attributes() -> dict:
         "telemetry.distro.version": "0.1.0",
         "process.pid": os.getpid(),
         "process.executable.path": sys.executable,
-        "process.command_args": list(sys.argv),
         "process.runtime.name": sys.implementation.name,
         "process.runtime.version": platform.python_version(),
         "host.name": platform.node(),

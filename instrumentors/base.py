@@ -41,7 +41,18 @@ class TraceRunInstrumentor(BaseInstrumentor):
         entry = registry.BUILTIN.get(self.library)
         if entry is None or entry.distribution is None:
             return ()
-        return ("%s %s" % (entry.distribution, entry.supported),)
+        # psycopg2 ships as psycopg2 or psycopg2-binary: name the one installed.
+        name = entry.distribution
+        for candidate in (entry.distribution,) + tuple(a for a in entry.aliases if "-" in a):
+            try:
+                from importlib.metadata import version
+
+                version(candidate)
+            except Exception:
+                continue
+            name = candidate
+            break
+        return ("%s %s" % (name, entry.supported),)
 
     def _instrument(self, **kwargs: Any) -> None:
         self._tracer_provider = kwargs.get("tracer_provider")

@@ -189,3 +189,26 @@ def test_console_tree_waits_for_local_root_and_nests_children():
     assert "|   db" in lines[2] and "CLIENT" in lines[2] and "ERROR" in lines[2]
     assert "db.system.name=postgresql" in lines[2]
     assert "! boom" in lines[3]
+
+
+def test_resource_keeps_command_line_out(monkeypatch):
+    from trace_run.agent import sdk
+
+    monkeypatch.setattr(sys, "argv", ["app.py", "--db-password=hunter2"])
+    attrs = sdk.resource_attributes()
+    assert "process.command_args" not in attrs
+    assert "hunter2" not in repr(attrs)
+    assert attrs["process.pid"] == os.getpid() and attrs["telemetry.sdk.language"] == "python"
+
+
+def test_psycopg2_dependency_names_the_installed_distribution():
+    from trace_run.instrumentors.psycopg2 import Psycopg2Instrumentor
+
+    inst = Psycopg2Instrumentor()
+    (dep,) = inst.instrumentation_dependencies()
+    assert dep.split()[0] in ("psycopg2", "psycopg2-binary")
+    inst.instrument()  # with the dependency check: must find it
+    try:
+        assert inst.is_instrumented_by_opentelemetry
+    finally:
+        inst.uninstrument()
