@@ -295,6 +295,8 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"logdir": logdir, "prefix": service.PREFIX, "queue": service.RECEIPTS_QUEUE,
+                       "urls": {s.name: s.url for s in services.values() if s.port},
+                       "pids": {s.name: s.proc.pid for s in services.values() if s.proc},
                        "checkouts": results}, f, indent=2)
     print("run.py: every service stopped; logs in %s/" % logdir)
     failed = [r for r in results if not r["ok"]]
