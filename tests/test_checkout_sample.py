@@ -133,17 +133,23 @@ def test_driver_reports_each_checkout(scenario):
         assert ("ok      order %s" % c["order_id"] if c["ok"] else "FAILED  Payment timeout") in line[0]
 
 
-def test_nothing_left_running(scenario):
-    results = scenario[0]
+def _still_running(pids: dict, prefix: str) -> list:
+    """Which of the services' processes still exist (a pid reused by another program does not count)."""
     alive = []
-    for name, pid in results["pids"].items():
+    for name, pid in pids.items():
         try:
             with open("/proc/%d/environ" % pid, "rb") as f:
-                if ("CHECKOUT_PREFIX=%s" % results["prefix"]).encode() in f.read():
+                if ("CHECKOUT_PREFIX=%s" % prefix).encode() in f.read():
                     alive.append(name)
         except OSError:
             pass  # gone
-    assert alive == []
+    return alive
+
+
+def test_nothing_left_running(scenario):
+    results = scenario[0]
+    assert set(results["pids"]) == set(ALL)
+    assert _still_running(results["pids"], results["prefix"]) == []
 
 
 # -- one trace per checkout ---------------------------------------------------------------------
@@ -334,3 +340,34 @@ def test_every_service_logs_the_trace_id(scenario):
     assert any("payments" in ln and "Payment timeout" in ln for ln in lines), lines
     for log in logs.values():
         assert DSN_PASSWORD not in log and not any(card in log for card in CARDS)
+
+
+# -- Ctrl-C --------------------------------------------------------------------------------------
+
+
+def test_ctrl_c_stops_every_service(tmp_path):
+    """SIGINT in the middle of the checkouts: run.py stops the five services and exits 130."""
+    import signal
+
+    prefix = "checkout_t%s" % uuid.uuid4().hex[:10]
+    out = tmp_path / "results.json"
+    env = clean_env(OTEL_TRACES_EXPORTER="none", CHECKOUT_PREFIX=prefix, CHECKOUT_PG_DSN=PG_DSN,
+                    CHECKOUT_REDIS_URL=REDIS_URL, CHECKOUT_BROKER_URL=AMQP_URL)
+    proc = subprocess.Popen([python(), RUN_PY, "--checkouts", "100000", "--json", str(out)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("checkout 3/"):
+                break
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 130, rest
+        assert "interrupted, stopping the services" in rest and "every service stopped" in rest
+        pids = json.loads(out.read_text())["pids"]
+        assert set(pids) == set(ALL)
+        assert _still_running(pids, prefix) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        _cleanup(prefix)
