@@ -281,6 +281,10 @@ def build(plan: dict):
         max_attribute_length=limits["OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT"],
         max_span_attribute_length=limits["OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT"],
     )
+    # Before the provider: in a forked child its at-fork hook submits to a thread pool, which
+    # deadlocks unless concurrent.futures' own at-fork hook (registered first) has run.
+    import concurrent.futures.thread  # noqa: F401
+
     provider = TracerProvider(
         resource=Resource(plan["resource"]),
         sampler=build_sampler(plan["sampler"]),
