@@ -112,6 +112,10 @@ class CountingProcessor(SpanProcessor):
     def __init__(self, processor: SpanProcessor, health: ExportHealth):
         self.processor = processor
         self.health = health
+        # The exporter is built when the first span ends, on the program's thread
+        # but outside any import: importing flask or requests stays cheap, and a
+        # program that never makes a span never loads an exporter.
+        self._pending = health._exporter is None
         self._counter = itertools.count()
         self._on_end = processor.on_end
         os.register_at_fork(after_in_child=self._reset)
@@ -131,7 +135,16 @@ class CountingProcessor(SpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         next(self._counter)
+        if self._pending:
+            self._build()
         self._on_end(span)
+
+    def _build(self) -> None:
+        from .runtime import imports_in_progress
+
+        if not imports_in_progress():  # else: the export thread builds it
+            self._pending = False
+            self.health.exporter  # noqa: B018 - builds it
 
     def shutdown(self) -> None:
         self.processor.shutdown()

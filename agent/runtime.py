@@ -22,11 +22,7 @@ def provider_ready() -> bool:
 
 def ensure_sdk() -> None:
     """Build and install the TracerProvider and propagator, once per process."""
-    if "provider" in _state:
-        if _state.get("exporters_pending"):
-            _build_exporters()
-        return
-    if _state.get("failed"):
+    if "provider" in _state or _state.get("failed"):
         return
     with _lock:
         # Re-entry from this thread: setting up imports libraries whose hooks
@@ -41,16 +37,15 @@ def ensure_sdk() -> None:
             raise
         finally:
             _state.pop("building", None)
-    _build_exporters()
 
 
 # Modules the OTLP exporters import. When the program is in the middle of
 # importing one of them (say `import requests` fired our urllib3 hook), building
-# the exporter now would meet a half-initialised module: wait for the next call.
+# the exporter would meet a half-initialised module: the build waits.
 _EXPORTER_DEPS = ("requests", "urllib3", "http.client", "grpc", "google.protobuf")
 
 
-def _imports_in_progress() -> bool:
+def imports_in_progress() -> bool:
     import sys
 
     for name in _EXPORTER_DEPS:
@@ -65,17 +60,6 @@ def _imports_in_progress() -> bool:
         if parent and getattr(sys.modules.get(parent), child, None) is not module:
             return True
     return False
-
-
-def _build_exporters() -> None:
-    """Build the exporters now if it is safe; else the next ensure_sdk() call (or
-    the first export, on the export thread) does it."""
-    if _imports_in_progress():
-        _state["exporters_pending"] = True
-        return
-    _state["exporters_pending"] = False
-    for _processor, health in _state.get("processors", ()):
-        health.exporter  # noqa: B018 - builds it
 
 
 def _setup() -> None:
