@@ -28,7 +28,7 @@ def receiver():
 
 def clean_env(**extra) -> dict:
     """The test process's environment without any OTEL_* leaking in, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_") and k != "GRPC_ENABLE_FORK_SUPPORT"}
     env["PATH"] = BIN + os.pathsep + env.get("PATH", "")
     env["OTEL_TRACE_RUN_RAISE_ERRORS"] = "true"
     env["PYTHONUNBUFFERED"] = "1"
