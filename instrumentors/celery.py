@@ -146,6 +146,8 @@ class CeleryInstrumentor(TraceRunInstrumentor):
         with self.guard:
             request = task.request
             parent = mc.extract(request, mc.ATTR_GETTER)
+            if not trace.get_current_span(parent).get_span_context().is_valid:
+                parent = context.get_current()  # run eagerly (task.apply()), or sent untraced
             name = getattr(task, "name", None) or ""
             attrs = {
                 M.MESSAGING_SYSTEM: _SYSTEM,
