@@ -1,4 +1,4 @@
-"""fraud: scores a user from their order history with one PostgreSQL query.
+"""fraud: scores a user with one PostgreSQL query: their failed orders of the last ten minutes.
 
 The query can be made slow on demand (`simulate_slow`): pg_sleep stands in
 for what makes such queries slow in real life (a missing index, a lock wait).
@@ -15,8 +15,8 @@ from flask import Flask, jsonify, request
 app = Flask("fraud")
 log = logging.getLogger("fraud")
 
-SCORE = "SELECT count(*) FILTER (WHERE status = 'failed'), pg_sleep(%%s) FROM %s WHERE user_id = %%s" % (
-    service.ORDERS_TABLE)
+SCORE = ("SELECT count(*) FILTER (WHERE status = 'failed'), pg_sleep(%%s) FROM %s "
+         "WHERE user_id = %%s AND created_at > now() - interval '10 minutes'" % service.ORDERS_TABLE)
 
 
 @app.post("/score")

@@ -42,9 +42,19 @@ import service  # noqa: E402  (the services' own settings: prefix, DSNs)
 WEB_SERVICES = ("storefront", "orders", "payments", "fraud")
 WORKER = "notifications"
 SERVICES = WEB_SERVICES + (WORKER,)
-READY_TIMEOUT = 60.0
+READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 CARDS = ("4111111111111111", "5555555555554444", "4242424242424242", "378282246310005")
+
+
+_output = threading.Lock()  # the driver's lines and the services' lines never mix mid-line
+
+
+def say(text: str, stream=None) -> None:
+    stream = stream or sys.stdout
+    with _output:
+        stream.write(text + "\n")
+        stream.flush()
 
 
 class Stop(Exception):
@@ -64,9 +74,12 @@ def find_trace_run() -> str:
 def prepare_schema() -> None:
     import psycopg
 
-    with psycopg.connect(service.PG_DSN, autocommit=True) as conn:
-        for statement in service.schema():
-            conn.execute(statement)
+    try:
+        with psycopg.connect(service.PG_DSN, autocommit=True, connect_timeout=10) as conn:
+            for statement in service.schema():
+                conn.execute(statement)
+    except psycopg.Error as exc:
+        sys.exit("run.py: cannot prepare the schema (CHECKOUT_PG_DSN): %s" % str(exc).strip())
 
 
 class Service:
@@ -120,8 +133,9 @@ class Service:
                 log.write(line)
                 log.flush()
                 if self.echo:
-                    sys.stdout.buffer.write(prefix + line)
-                    sys.stdout.flush()
+                    with _output:
+                        sys.stdout.buffer.write(prefix + line)
+                        sys.stdout.buffer.flush()
 
     def ready(self) -> bool:
         return os.path.exists(self.ready_path)
@@ -144,7 +158,7 @@ class Service:
         try:
             self.proc.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            print("run.py: %s did not stop in time, killing it" % self.name, file=sys.stderr)
+            say("run.py: %s did not stop in time, killing it" % self.name, sys.stderr)
             self.signal(signal.SIGKILL)
             self.proc.wait(5)
         if self._pump is not None:
@@ -182,7 +196,9 @@ def start_all(services: dict, trace_run: str) -> None:
             svc.check_alive()
         waiting = [svc for svc in waiting if not svc.ready()]
         if waiting and time.monotonic() > deadline:
-            raise RuntimeError("not ready after %.0f s: %s" % (READY_TIMEOUT, ", ".join(s.name for s in waiting)))
+            raise RuntimeError("not ready after %.0f s: %s\n%s" % (
+                READY_TIMEOUT, ", ".join(s.name for s in waiting),
+                "\n".join("--- %s:\n%s" % (s.log_path, tail(s.log_path, 10)) for s in waiting)))
         time.sleep(0.05)
 
 
@@ -196,11 +212,10 @@ def stop_all(services: dict) -> None:
         svc.close_socket()
 
 
-def drive(storefront_url: str, checkouts: int, slow: int) -> list:
-    """POST /checkout N times, each in a trace whose id we chose; return one result per checkout."""
+def drive(storefront_url: str, checkouts: int, slow: int, results: list) -> None:
+    """POST /checkout N times, each in a trace whose id we chose; append one result per checkout."""
     import requests
 
-    results = []
     for i in range(1, checkouts + 1):
         trace_id = secrets.token_hex(16)
         parent_id = secrets.token_hex(8)
@@ -227,8 +242,7 @@ def drive(storefront_url: str, checkouts: int, slow: int) -> list:
         }
         results.append(result)
         outcome = "ok      order %s" % result["order_id"] if ok else "FAILED  %s" % result["error"]
-        print("checkout %d/%d  trace %s  %-32s %6.2f s" % (i, checkouts, trace_id, outcome, elapsed), flush=True)
-    return results
+        say("checkout %d/%d  trace %s  %-32s %6.2f s" % (i, checkouts, trace_id, outcome, elapsed))
 
 
 def wait_for_receipts(order_ids: list, timeout: float = 30.0) -> bool:
@@ -274,20 +288,20 @@ def main(argv=None) -> int:
         for name in SERVICES:
             services[name] = Service(name, logdir, echo=not args.quiet)
         start_all(services, trace_run)
-        print("run.py: all services ready: " + ", ".join(
-            "%s %s" % (s.name, s.url if s.port else "(celery worker)") for s in services.values()), flush=True)
-        results = drive(services["storefront"].url, args.checkouts, slow)
-        paid = [r["order_id"] for r in results if r["ok"]]
-        if not wait_for_receipts(paid):
-            print("run.py: not every receipt was sent in time; see %s" % services[WORKER].log_path, file=sys.stderr)
-        as_expected = all(r["ok"] != r["slow"] for r in results) and all(
+        say("run.py: all services ready: " + ", ".join(
+            "%s %s" % (s.name, s.url if s.port else "(celery worker)") for s in services.values()))
+        drive(services["storefront"].url, args.checkouts, slow, results)
+        receipts = wait_for_receipts([r["order_id"] for r in results if r["ok"]])
+        if not receipts:
+            say("run.py: not every receipt was sent in time; see %s" % services[WORKER].log_path, sys.stderr)
+        as_expected = receipts and all(r["ok"] != r["slow"] for r in results) and all(
             r["error"] == "Payment timeout" for r in results if r["slow"])
-        code = 0 if as_expected else 1
+        code = 0 if as_expected else 1  # 1: the scenario did not play as written
     except (KeyboardInterrupt, Stop):
-        print("\nrun.py: interrupted, stopping the services", file=sys.stderr)
+        say("\nrun.py: interrupted, stopping the services", sys.stderr)
         code = 130
     except Exception as exc:
-        print("run.py: %s" % exc, file=sys.stderr)
+        say("run.py: %s" % exc, sys.stderr)
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
