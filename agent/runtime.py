@@ -76,6 +76,21 @@ def _setup() -> None:
     _state.update(provider=provider, propagator=propagator, processors=processors, plan=plan)
     atexit.register(flush_at_exit)
     _install_sigterm()
+    os.register_at_fork(after_in_child=_child_pid)
+
+
+def _child_pid() -> None:
+    """A forked child is another process: its spans carry its own process.pid.
+    (TracerProvider._update_resource is the SDK's own at-fork path; left alone
+    if a future SDK drops it.)"""
+    try:
+        from opentelemetry.sdk.resources import Resource
+
+        update = getattr(_state["provider"], "_update_resource", None)
+        if update is not None:
+            update(Resource({"process.pid": os.getpid(), "process.parent_pid": os.getppid()}))
+    except Exception:
+        pass
 
 
 def _import_propagate(valid: list):
