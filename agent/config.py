@@ -142,6 +142,11 @@ VARIABLES: list[Var] = [
     # -- database instrumentors ----------------------------------------------------
     Var("OTEL_TRACE_RUN_DB_SANITIZE", "bool", "true", "Replace SQL literals and Redis arguments by `?`."),
     Var("OTEL_TRACE_RUN_SQLCOMMENTER", "bool", "false", "Append a `traceparent` comment to each SQL statement."),
+    # -- redaction ---------------------------------------------------------------
+    Var("OTEL_TRACE_RUN_REDACT_ATTRIBUTES", "list", "",
+        "Attributes deleted before export: comma list of case-insensitive globs (`user.email,enduser.*`)."),
+    Var("OTEL_TRACE_RUN_HASH_ATTRIBUTES", "list", "",
+        "Attributes whose values become `sha256:<16 hex>` before export (same globs; deleting wins)."),
     # -- trace-run's own -------------------------------------------------------
     Var("OTEL_TRACE_RUN_INHERIT", "bool", "true", "Child Python processes run with the agent too."),
     Var("OTEL_TRACE_RUN_CHATTER", "bool", "false",
@@ -149,6 +154,8 @@ VARIABLES: list[Var] = [
     Var("OTEL_TRACE_RUN_EXIT_TIMEOUT", "int", "5000", "Longest the exit flush may take (ms).", minimum=0),
     Var("OTEL_TRACE_RUN_THIRD_PARTY", "bool", "true", "Apply installed third-party instrumentors."),
     Var("OTEL_TRACE_RUN_RAISE_ERRORS", "bool", "false", "Test only: instrumentation errors raise."),
+    Var("OTEL_TRACE_RUN_TEST_FAULT", "list", "",
+        "Test only: the guarded code of these instrumentors (e.g. `requests`) raises, to prove isolation."),
     Var("OTEL_TRACE_RUN_INFO", "bool", "false", "Print the resolved configuration on stderr at start (`--info CMD`)."),
 ]
 

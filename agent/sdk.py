@@ -291,6 +291,10 @@ def build(plan: dict):
         span_limits=span_limits,
         shutdown_on_exit=False,  # we flush at exit ourselves, with a bounded timeout
     )
+    if config.get("OTEL_TRACE_RUN_TEST_FAULT"):
+        from trace_run.instrumentors.guard import inject_faults
+
+        inject_faults(provider, config.get("OTEL_TRACE_RUN_TEST_FAULT"))
     processors = []
     for spec in plan["exporters"]:
         try:
@@ -307,18 +311,20 @@ def build(plan: dict):
 def _build_pipeline(spec: dict, batch: dict, exporthealth):
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 
+    from .redact import wrap as redacted  # attribute redaction rules, applied on the export thread
+
     name = spec["name"]
     if name == "console":
         from .console import TreeConsoleExporter
 
         exporter = TreeConsoleExporter()
         health = exporthealth.ExportHealth(exporter, "console")
-        return exporthealth.CountingProcessor(SimpleSpanProcessor(health), health), health
+        return exporthealth.CountingProcessor(SimpleSpanProcessor(redacted(health)), health), health
     if name == "console_json":
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
         health = exporthealth.ExportHealth(ConsoleSpanExporter(), "console_json")
-        return exporthealth.CountingProcessor(SimpleSpanProcessor(health), health), health
+        return exporthealth.CountingProcessor(SimpleSpanProcessor(redacted(health)), health), health
     if name == "otlp":
         def exporter():
             return build_otlp_exporter(spec)
@@ -330,7 +336,7 @@ def _build_pipeline(spec: dict, batch: dict, exporthealth):
 
         target = name
     health = exporthealth.ExportHealth(exporter, target)
-    processor = BatchSpanProcessor(health, **batch)
+    processor = BatchSpanProcessor(redacted(health), **batch)
     return exporthealth.CountingProcessor(processor, health), health
 
 

@@ -43,3 +43,37 @@ class Guard:
             return False
         report(self.name, exc)
         return True
+
+
+# -- test-only fault injection (OTEL_TRACE_RUN_TEST_FAULT) ----------------------------
+
+
+class SimulatedFault(RuntimeError):
+    """The bug OTEL_TRACE_RUN_TEST_FAULT plants in an instrumentor."""
+
+
+class _FaultyTracer:
+    """Every call raises: the instrumentor's guarded code fails where it starts its spans."""
+
+    def __init__(self, library: str):
+        self.library = library
+
+    def __getattr__(self, name):
+        def fail(*args, **kwargs):
+            raise SimulatedFault("OTEL_TRACE_RUN_TEST_FAULT: simulated bug in the %s instrumentor" % self.library)
+
+        return fail
+
+
+def inject_faults(provider, libraries) -> None:
+    """Give the named instrumentors (registry names) a tracer that raises; the others are untouched."""
+    prefix = "trace_run.instrumentors."
+    broken = {name.strip().lower() for name in libraries}
+    real = provider.get_tracer
+
+    def get_tracer(name, *args, **kwargs):
+        if name.startswith(prefix) and name[len(prefix):] in broken:
+            return _FaultyTracer(name[len(prefix):])
+        return real(name, *args, **kwargs)
+
+    provider.get_tracer = get_tracer
