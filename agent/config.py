@@ -322,6 +322,8 @@ def parse_kvlist(name: str, text: str) -> dict:
         out[unquote(key)] = unquote(value.strip())
     if bad:
         shown = ", ".join(("%r" % b.split("=", 1)[0]) for b in bad)
+        if name.endswith("_HEADERS"):  # a malformed entry may be all key: show where, not what
+            shown = "entry " + ", ".join(str(i + 1) for i, m in enumerate(text.split(",")) if m.strip() in bad)
         notice("%s has entries that are not key=value (%s); they are ignored" % (name, shown))
     return out
 

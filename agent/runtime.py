@@ -116,6 +116,8 @@ def _quiet_sdk_loggers() -> None:
     """The SDK logs every failed batch and every full queue; we say it once, ourselves."""
     import logging
 
+    # Its warnings quote OTEL_EXPORTER_OTLP_HEADERS entries (API keys), even at debug; we report them masked.
+    logging.getLogger("opentelemetry.util.re").disabled = True
     if config.get("OTEL_LOG_LEVEL") == "debug":
         return
 

@@ -373,7 +373,22 @@ def build_otlp_exporter(spec: dict):
         headers=spec["headers"] or None,
         timeout=spec["timeout_s"],
         compression=Compression.Gzip if spec["compression"] == "gzip" else Compression.NoCompression,
+        session=_session_keeping_ca() if spec["certificate"] else None,
     )
+
+
+def _session_keeping_ca():
+    """A requests Session whose CA file is not replaced by REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE: requests
+    lets those override `session.verify`, which silently dropped OTEL_EXPORTER_OTLP_CERTIFICATE."""
+    import requests
+
+    class Session(requests.Session):
+        def merge_environment_settings(self, url, proxies, stream, verify, cert):
+            settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+            settings["verify"] = self.verify
+            return settings
+
+    return Session()
 
 
 def _read(path):
