@@ -34,6 +34,7 @@ class ExportHealth(SpanExporter):
         self._building = False
         self.target = target
         self.failing = False
+        self.exporting = False
         self._reset()
         os.register_at_fork(after_in_child=self._reset)
 
@@ -64,6 +65,7 @@ class ExportHealth(SpanExporter):
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         n = len(spans)
         self.handed += n
+        self.exporting = True
         try:
             result = self.exporter.export(spans)
         except Exception as exc:
@@ -71,6 +73,8 @@ class ExportHealth(SpanExporter):
             reason = "%s: %s" % (type(exc).__name__, exc)
         else:
             reason = ""
+        finally:
+            self.exporting = False
         if result is SpanExportResult.SUCCESS:
             self.exported += n
             if self.failing:

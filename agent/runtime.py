@@ -168,6 +168,15 @@ def flush_at_exit() -> None:
     timeout = config.get("OTEL_TRACE_RUN_EXIT_TIMEOUT") / 1000.0
     provider = _state["provider"]
     done = threading.Event()
+    for _processor, health in _state.get("processors", ()):
+        if health.failing:
+            # The collector is unreachable now: do not make the program wait
+            # out retries at exit. Shutting the exporter down ends its retry
+            # loop; what is left is counted as lost.
+            try:
+                health.shutdown()
+            except Exception:
+                pass
 
     def shutdown() -> None:
         try:
@@ -181,7 +190,16 @@ def flush_at_exit() -> None:
         worker.start()
     except RuntimeError:  # 3.12+: no new threads at interpreter shutdown
         shutdown()
-    if not done.wait(timeout):
+    if not done.wait(timeout / 2):
+        # Half the time is gone and an export is still running: it is retrying
+        # against a collector that does not answer. End the retries.
+        for _processor, health in _state.get("processors", ()):
+            if health.exporting:
+                try:
+                    health.shutdown()
+                except Exception:
+                    pass
+    if not done.wait(timeout / 2):
         log.warning("flushing spans at exit took longer than %d ms; the rest are dropped"
                     % config.get("OTEL_TRACE_RUN_EXIT_TIMEOUT"))
     report_drops()
@@ -205,9 +223,8 @@ def report_drops() -> None:
     for s in stats():
         lost = max(0, s["ended"] - s["exported"])
         if lost:
-            log.warning("%d of %d spans were not exported to %s (%d dropped from the queue, %d failed to "
-                        "send, %d unsent at exit)" % (lost, s["ended"], s["target"], s["dropped"], s["failed"],
-                                                      max(0, lost - s["dropped"] - s["failed"])))
+            log.warning("%d of %d spans were not exported to %s (%d dropped from the queue or unsent at exit, "
+                        "%d failed to send)" % (lost, s["ended"], s["target"], max(0, lost - s["failed"]), s["failed"]))
 
 
 def force_flush(timeout_millis: int = 5000) -> None:
