@@ -45,6 +45,8 @@ def _start(inject_dir: str) -> None:
             continue
         for module in entry.modules:
             hooks.when_imported(module, _activator(entry))
+        for module, method in entry.extras:
+            hooks.when_imported(module, _extra(entry, method))
     # A program that uses the API by hand gets a working SDK behind it.
     hooks.when_imported("opentelemetry.trace", _sdk_on_import)
     if config.get("OTEL_PYTHON_LOG_CORRELATION") and not ("logging" in disabled or everything_off):
@@ -76,6 +78,16 @@ def _activator(entry):
         activate_entry(entry)
 
     return activate
+
+
+def _extra(entry, method: str):
+    def apply(module) -> None:
+        activate_entry(entry)
+        instrumentor = _active.get(entry.name)
+        if instrumentor is not None and not isinstance(instrumentor, str):
+            getattr(instrumentor, method)(module)
+
+    return apply
 
 
 def activate_entry(entry) -> None:

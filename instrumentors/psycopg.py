@@ -13,6 +13,7 @@ from typing import Any
 
 from .base import TraceRunInstrumentor
 from .dbapi import AttributeCache, SqlTracer, connection_attributes
+from .messaging_common import suppress_chatter
 
 SYSTEM = "postgresql"
 
@@ -102,3 +103,34 @@ class PsycopgInstrumentor(TraceRunInstrumentor):
         self.wrap(psycopg.AsyncCursor, "copy", copy)
         self.wrap(psycopg.AsyncCursor, "stream", stream_async)
         self.wrap(psycopg.AsyncServerCursor, "execute", execute_async)
+        import sys
+
+        if "psycopg_pool" in sys.modules and hasattr(sys.modules["psycopg_pool"], "ConnectionPool"):
+            self.patch_pool(sys.modules["psycopg_pool"])  # instrumented by hand after the pool was imported
+
+    def _unpatch(self, **kwargs: Any) -> None:
+        self._pool_patched = False
+
+    def patch_pool(self, psycopg_pool: Any) -> None:
+        """psycopg_pool's health checks are the pool's chatter, not the program's work.
+        (The agent calls this when psycopg_pool is imported: registry `extras`.)"""
+        if not self.is_instrumented_by_opentelemetry or getattr(self, "_pool_patched", False):
+            return
+        self._pool_patched = True
+
+        def quiet(wrapped, instance, args, kwargs):
+            with suppress_chatter():
+                return wrapped(*args, **kwargs)
+
+        def quiet_async(wrapped, instance, args, kwargs):
+            async def run():
+                with suppress_chatter():
+                    return await wrapped(*args, **kwargs)
+
+            return run()
+
+        for name in ("check", "_check_connection"):
+            if hasattr(psycopg_pool.ConnectionPool, name):
+                self.wrap(psycopg_pool.ConnectionPool, name, quiet)
+            if hasattr(psycopg_pool, "AsyncConnectionPool") and hasattr(psycopg_pool.AsyncConnectionPool, name):
+                self.wrap(psycopg_pool.AsyncConnectionPool, name, quiet_async)

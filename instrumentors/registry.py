@@ -9,15 +9,19 @@ from __future__ import annotations
 
 
 class Entry:
-    __slots__ = ("name", "modules", "target", "distribution", "supported", "aliases")
+    __slots__ = ("name", "modules", "target", "distribution", "supported", "aliases", "extras")
 
-    def __init__(self, name, modules, target, distribution, supported, aliases=()):
+    def __init__(self, name, modules, target, distribution, supported, aliases=(), extras=()):
         self.name = name  # the name OTEL_PYTHON_DISABLED_INSTRUMENTATIONS uses
         self.modules = modules  # importing any of these activates the instrumentor
         self.target = target  # "module:Class" under trace_run.instrumentors
         self.distribution = distribution  # PyPI name (None for the standard library)
         self.supported = supported  # version range we support and test
         self.aliases = aliases  # other names users (and upstream) use for it
+        # (module, method): when `module` is imported, call instrumentor.method(module).
+        # Armed at start like `modules`: a hook armed later, from inside the import
+        # that pulls in the instrumented library, would miss a module already loading.
+        self.extras = extras
 
 
 _P = "trace_run.instrumentors."
@@ -31,7 +35,8 @@ BUILTIN: dict = {
         Entry("urllib", ("http.client",), _P + "http_client:HttpClientInstrumentor", None, "stdlib",
               aliases=("http.client", "http_client")),
         Entry("httpx", ("httpx",), _P + "httpx:HttpxInstrumentor", "httpx", ">=0.23,<1"),
-        Entry("psycopg", ("psycopg",), _P + "psycopg:PsycopgInstrumentor", "psycopg", ">=3.1,<4"),
+        Entry("psycopg", ("psycopg",), _P + "psycopg:PsycopgInstrumentor", "psycopg", ">=3.1,<4",
+              extras=(("psycopg_pool", "patch_pool"),)),
         Entry("psycopg2", ("psycopg2",), _P + "psycopg2:Psycopg2Instrumentor", "psycopg2", ">=2.8,<3",
               aliases=("psycopg2-binary",)),
         Entry("sqlite3", ("sqlite3",), _P + "sqlite3:Sqlite3Instrumentor", None, "stdlib"),
