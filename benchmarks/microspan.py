@@ -9,6 +9,7 @@ exported while they are made) and each batch is flushed: "request thread" is the
 time to make them, "export" the time of force_flush (encode + send), both per span.
 Modes (each in a fresh process, pinned to CPU 1; the receiver on CPU 0):
 - noop:   the API alone, no SDK (what an uninstrumented library call pays);
+- sdk_off: the bare SDK with the always_off sampler (what an unsampled span pays);
 - sdk:    the bare SDK: TracerProvider + BatchSpanProcessor + the stock OTLP/HTTP exporter;
           also the official encoder alone (encode_spans(...).SerializeToString());
 - global: whatever the agent installed (`trace-run python ...`, `opentelemetry-instrument python ...`).
@@ -44,12 +45,12 @@ def _spans(tracer, n: int) -> None:
 def measure(mode: str, endpoint: str, batches: int) -> dict:
     from opentelemetry import trace
 
-    if mode == "sdk":
+    if mode in ("sdk", "sdk_off"):
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace import TracerProvider, sampling
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-        provider = TracerProvider()
+        provider = TracerProvider(sampler=sampling.ALWAYS_OFF if mode == "sdk_off" else sampling.ALWAYS_ON)
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint + "/v1/traces")))
         tracer = provider.get_tracer("bench")
     else:
@@ -114,6 +115,7 @@ def run_all(short: bool = False, configs=("bare", "tracerun", "otel")) -> tuple:
     cases = []
     if "tracerun" in configs:
         cases += [("API only (no SDK)", "tracerun", [], "noop"),
+                  ("bare SDK, span not sampled (always_off)", "tracerun", [], "sdk_off"),
                   ("bare SDK + BatchSpanProcessor + OTLP/HTTP", "tracerun", [], "sdk"),
                   ("trace-run", "tracerun", ["trace-run"], "global")]
     if "otel" in configs:
@@ -144,9 +146,9 @@ def run_all(short: bool = False, configs=("bare", "tracerun", "otel")) -> tuple:
         s = samples[label]
         req, exp = median([x["request_us"] for x in s]), median([x["export_us"] for x in s])
         enc = median([x["encode_us"] for x in s]) if "encode_us" in s[0] else None
-        lost = sum(x["spans"] for x in s) - sum(x["received"] for x in s) if mode != "noop" else 0
-        rows.append([label, "%.1f" % req, "%.1f" % exp if mode != "noop" else "-",
-                     "%.1f" % (req + exp) if mode != "noop" else "%.1f" % req,
+        lost = sum(x["spans"] for x in s) - sum(x["received"] for x in s) if mode not in ("noop", "sdk_off") else 0
+        rows.append([label, "%.1f" % req, "%.1f" % exp if mode not in ("noop", "sdk_off") else "-",
+                     "%.1f" % (req + exp),
                      "%.1f (%.0f B/span)" % (enc, median([x["bytes_per_span"] for x in s])) if enc else "",
                      s[0]["provider"], lost])
         data[label] = {"request_us": round(req, 2), "export_us": round(exp, 2), "encode_us": enc and round(enc, 2),
@@ -159,7 +161,7 @@ def run_all(short: bool = False, configs=("bare", "tracerun", "otel")) -> tuple:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) >= 4 and sys.argv[1] in ("noop", "sdk", "global"):
+    if len(sys.argv) >= 4 and sys.argv[1] in ("noop", "sdk", "sdk_off", "global"):
         print(json.dumps(measure(sys.argv[1], sys.argv[2], int(sys.argv[3]))))
     else:
         text, _ = run_all(short="--short" in sys.argv)

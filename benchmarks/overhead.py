@@ -1,7 +1,8 @@
 """Per-request overhead of trace-run against a bare app and `opentelemetry-instrument`.
 
     python benchmarks/overhead.py            # full: 3 rounds x 10 s per run, 100% and 10% sampling
-    python benchmarks/overhead.py --short    # quick check, under a minute: 1 round, 100% only
+    python benchmarks/overhead.py --short    # quick check, under a minute: 1 round, 100% only,
+                                             # no in-process runs
     python benchmarks/overhead.py --rounds 5 --duration 20 --memory 100000
 
 What it does (everything it needs is made here):
@@ -16,6 +17,8 @@ What it does (everything it needs is made here):
   over the rounds; after each run gunicorn is stopped (the worker flushes at exit) and the
   spans the receiver got are divided by the requests served, so an agent that drops spans
   cannot look fast;
+- the same app called in-process (profile_route.py: no server, no driver), also with the
+  always_off sampler, to show the unsampled path;
 - then the per-span microbenchmark (microspan.py) in each virtualenv.
 Both agents export OTLP/HTTP protobuf to the same local receiver; metrics and logs
 exporters are off for upstream (trace-run has none), which only helps upstream.
@@ -242,6 +245,46 @@ def plan(samplings: list, routes: list) -> list:
     return runs
 
 
+def spans_tolerance(per_trace: int, sampling: float, served: int) -> float:
+    """How far spans/request may be from expected: 4 binomial sigmas of the sampled share, plus 2%."""
+    sigma = (sampling * (1.0 - sampling) / served) ** 0.5 if served else 1.0
+    return per_trace * (4.0 * sigma + 0.02 * sampling)
+
+
+def inproc(rounds: int, sink: Helper, downstream: Helper, short: bool) -> tuple:
+    """Per-request cost with the WSGI app called in-process (profile_route.py): no server, no driver."""
+    counts = {"plain": 600 if short else 3000, "work": 150 if short else 600}
+    cases = [("bare", "bare", 1.0), ("trace-run", "tracerun", 1.0), ("trace-run, sampler always_off", "tracerun", 0.0),
+             ("opentelemetry-instrument", "otel", 1.0), ("opentelemetry-instrument, sampler always_off", "otel", 0.0)]
+    samples: dict = {}
+    for _ in range(rounds):
+        for route, n in counts.items():
+            for label, venv, sampling in cases:
+                env = app_env(venv, sink, downstream, 1.0)
+                if sampling == 0.0:
+                    env["OTEL_TRACES_SAMPLER"] = "always_off"
+                cmd = pinned(APP_CPU) + [venvs.bin_path(venv, x) for x in LAUNCHERS[venv]] + [
+                    venvs.bin_path(venv), os.path.join(HERE, "profile_route.py"), route, str(n)]
+                out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tempfile.gettempdir())
+                m = re.search(r"([\d.]+) us per request", out.stdout)
+                if not m:
+                    raise SystemExit("profile_route %s %s failed:\n%s" % (label, route, out.stderr[-1500:]))
+                samples.setdefault((route, label), []).append(float(m.group(1)))
+    rows, data = [], {}
+    for route in counts:
+        base = median(samples[(route, "bare")])
+        for label, _v, _s in cases:
+            xs = samples[(route, label)]
+            med = median(xs)
+            rows.append(["/%s" % route, label, fmt(med), "%s..%s" % (fmt(min(xs)), fmt(max(xs))),
+                         "-" if label == "bare" else "%+.0f" % (med - base)])
+            data["%s %s" % (route, label)] = {"us": round(med, 1), "min": round(min(xs), 1), "max": round(max(xs), 1)}
+    text = ("### In-process: the WSGI app called directly, no server or load driver (%d x %s requests, "
+            "pinned to CPU %s)\n\n" % (rounds, "/".join(str(n) for n in counts.values()), APP_CPU)
+            + table(["route", "configuration", "us/request (median)", "min..max", "added us vs bare"], rows))
+    return text, data
+
+
 def summarize(results: list, samplings: list, routes: list) -> tuple:
     by = {}
     for r in results:
@@ -283,7 +326,8 @@ def summarize(results: list, samplings: list, routes: list) -> tuple:
                     p99_ok = p99 <= bare_p99 + 1000
                     line += "; p99 %s us vs bare %s us + 1000 %s" % (fmt(p99), fmt(bare_p99),
                                                                      "MET" if p99_ok else "NOT MET")
-                if abs(spr - expected) > max(0.05 * expected, 0.02):
+                served = sum(r["served"] for r in rs)
+                if abs(spr - expected) > spans_tolerance(ROUTES[route], s, served):
                     line += "; spans/request %.2f, expected %.2f: CHECK" % (spr, expected)
                 checks.append(line)
     text = table(["route", "sampling", "configuration", "req/s (median)", "min..max", "vs bare",
@@ -322,6 +366,7 @@ def main(argv=None) -> int:
     parser.add_argument("--memory", type=int, default=0,
                         help="also serve N requests of /work per agent and report worker RSS at N/2 and N")
     parser.add_argument("--no-micro", action="store_true", help="skip the per-span microbenchmark")
+    parser.add_argument("--no-inproc", action="store_true", help="skip the in-process per-request runs")
     parser.add_argument("--json", default=os.path.join(RESULTS, "overhead-latest.json"))
     args = parser.parse_args(argv)
     rounds = args.rounds or (1 if args.short else 3)
@@ -347,6 +392,10 @@ def main(argv=None) -> int:
                 log("  %.0f req/s p99 %.0f us, %.2f spans/request" % (r["rps"], r["p99_us"],
                                                                      r["spans_per_request"]))
                 results.append(r)
+        inproc_text, inproc_data = "", {}
+        if not (args.no_inproc or args.short):
+            log("in-process runs")
+            inproc_text, inproc_data = inproc(1 if args.short else rounds, sink, downstream, args.short)
         memory = []
         if args.memory:
             for cfg in configs:
@@ -371,6 +420,8 @@ def main(argv=None) -> int:
             rows.append([LABELS[r["config"]], "%d: %.1f" % half, "%d: %.1f" % full, "%+.1f" % (full[1] - half[1])])
         out += [table(["configuration", "requests: worker RSS MiB", "requests: worker RSS MiB", "growth MiB"],
                       rows), ""]
+    if inproc_text:
+        out += [inproc_text, ""]
     micro = {}
     if not args.no_micro:
         import microspan
@@ -382,7 +433,7 @@ def main(argv=None) -> int:
     os.makedirs(RESULTS, exist_ok=True)
     with open(args.json, "w") as f:
         json.dump({"machine": m, "rounds": rounds, "duration_s": duration, "results": summary, "checks": checks,
-                   "micro": micro, "versions": {n: venvs.versions(n) for n in configs},
+                   "micro": micro, "inproc": inproc_data, "versions": {n: venvs.versions(n) for n in configs},
                    "memory": [{"config": r["config"], **r["memory"]} for r in memory]},
                   f, indent=1, sort_keys=True)
     with open(os.path.splitext(args.json)[0] + ".raw", "w") as f:  # git-ignored: every run
