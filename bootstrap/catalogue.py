@@ -40,6 +40,7 @@ BUILT_IN: Tuple[BuiltIn, ...] = (
     BuiltIn("redis", ("redis",)),
     BuiltIn("pika", ("pika",)),
     BuiltIn("celery", ("celery",)),
+    BuiltIn("threading", (), "threading / concurrent.futures (stdlib)"),
 )
 
 _U = "opentelemetry-instrumentation-"

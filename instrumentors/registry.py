@@ -43,6 +43,9 @@ BUILTIN: dict = {
         Entry("redis", ("redis",), _P + "redis:RedisInstrumentor", "redis", ">=4.0,<9"),
         Entry("pika", ("pika",), _P + "pika:PikaInstrumentor", "pika", ">=1.2,<2"),
         Entry("celery", ("celery",), _P + "celery:CeleryInstrumentor", "celery", ">=5.2,<6"),
+        # Armed when tracing starts (every program imports threading at start).
+        Entry("threading", ("opentelemetry.trace",), _P + "threading_context:ThreadingContextInstrumentor", None,
+              "stdlib", aliases=("concurrent.futures",)),
     )
 }
 
