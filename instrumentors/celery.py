@@ -27,6 +27,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from . import hooks
 from . import messaging_common as mc
 from .base import TraceRunInstrumentor, is_instrumentation_enabled
+from .chatter import chatter_enabled, is_our_quiet, quiet_context, suppress_chatter, unquiet
 
 _SYSTEM = "celery"
 _SEND = M.MessagingOperationTypeValues.SEND.value
@@ -85,7 +86,7 @@ class CeleryInstrumentor(TraceRunInstrumentor):
     @staticmethod
     def _quiet(wrapped, instance, args, kwargs):
         """Library chatter: run without spans (unless OTEL_TRACE_RUN_CHATTER)."""
-        with mc.suppress_chatter():
+        with suppress_chatter():
             return wrapped(*args, **kwargs)
 
     # -- producer --------------------------------------------------------------------
@@ -104,8 +105,8 @@ class CeleryInstrumentor(TraceRunInstrumentor):
             }
             span = self.tracer.start_span("publish " + name, kind=SpanKind.PRODUCER, attributes=attrs)
             ctx = context.set_value(_PUBLISH_KEY, span, trace.set_span_in_context(span))
-            if not mc.chatter_enabled():
-                ctx = mc.quiet_context(ctx)  # the broker and backend calls under it are not the program's
+            if not chatter_enabled():
+                ctx = quiet_context(ctx)  # the broker and backend calls under it are not the program's
             token = context.attach(ctx)
         try:
             return wrapped(*args, **kwargs)
@@ -141,7 +142,7 @@ class CeleryInstrumentor(TraceRunInstrumentor):
     # -- worker ------------------------------------------------------------------------
     def _prerun(self, sender=None, task_id=None, task=None, **_kw):
         # Our own chatter filter is lifted for the task; anyone else's suppression is honoured.
-        if task is None or not (is_instrumentation_enabled() or mc.is_our_quiet()):
+        if task is None or not (is_instrumentation_enabled() or is_our_quiet()):
             return
         with self.guard:
             request = task.request
@@ -165,7 +166,7 @@ class CeleryInstrumentor(TraceRunInstrumentor):
                     attrs[M.MESSAGING_DESTINATION_NAME] = destination
             span = self.tracer.start_span("process " + name, context=parent, kind=SpanKind.CONSUMER,
                                           attributes=attrs)
-            token = context.attach(mc.unquiet(trace.set_span_in_context(span, parent)))
+            token = context.attach(unquiet(trace.set_span_in_context(span, parent)))
             self._running[id(request)] = (span, token)
 
     def _postrun(self, sender=None, task=None, state=None, **_kw):
@@ -191,8 +192,8 @@ class CeleryInstrumentor(TraceRunInstrumentor):
     def _child_init(self, **_kw):
         """A fresh pool process: its idle time is chatter too (it may have been forked by any thread)."""
         with self.guard:
-            if not mc.chatter_enabled():
-                self._child_token = context.attach(mc.quiet_context())
+            if not chatter_enabled():
+                self._child_token = context.attach(quiet_context())
 
     def _child_shutdown(self, **_kw):
         """The child ends with os._exit: send its spans first (bounded by OTEL_TRACE_RUN_EXIT_TIMEOUT)."""

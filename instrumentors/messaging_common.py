@@ -3,30 +3,23 @@
 - Header carriers: message headers are whatever the sender put there, so the
   getter accepts only a dict of str/bytes values and treats anything else as
   "no context"; extraction never raises.
-- Chatter suppression: a library's own background traffic (broker polling,
-  heartbeats, result-backend housekeeping) runs with the ecosystem's suppress
-  key set, plus a marker saying the suppression is ours, so the consumer
-  instrumentors can still open their span for a message (and lift the
-  suppression inside it) while suppression set by anyone else is honoured.
+- Errors: how a failed publish or handler is recorded on its span.
+(Chatter suppression, used by the queue and pool instrumentors, is in chatter.py.)
 """
 
 from __future__ import annotations
 
 from typing import Any, Optional
 
-from opentelemetry import context, propagate
-from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
+from opentelemetry import propagate
 from opentelemetry.context.context import Context
 from opentelemetry.propagators import textmap
+from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
+from opentelemetry.trace import Status, StatusCode
 
 __all__ = [
-    "HeaderGetter", "HeaderSetter", "GETTER", "SETTER", "extract", "inject", "chatter_enabled",
-    "suppress_chatter", "quiet_context", "is_our_quiet", "unquiet",
+    "HeaderGetter", "HeaderSetter", "GETTER", "SETTER", "extract", "inject", "record_error", "end_with_error",
 ]
-
-# Set next to the suppress key when the suppression is trace-run's chatter filter.
-_CHATTER_KEY = context.create_key("trace_run_chatter_suppressed")
-_PLAIN_KEY = "suppress_instrumentation"  # the old spelling opentelemetry-instrumentation also reads
 
 
 class HeaderGetter(textmap.Getter):
@@ -90,42 +83,16 @@ def inject(headers: dict, ctx: Optional[Context] = None) -> None:
     propagate.inject(headers, context=ctx, setter=SETTER)
 
 
-def chatter_enabled() -> bool:
-    """OTEL_TRACE_RUN_CHATTER: trace libraries' background traffic too."""
-    from trace_run.agent import config
-
-    return bool(config.get("OTEL_TRACE_RUN_CHATTER"))
-
-
-def quiet_context(base: Optional[Context] = None) -> Context:
-    """`base` (default: current) with instrumentation suppressed as chatter."""
-    ctx = context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True, base)
-    return context.set_value(_CHATTER_KEY, True, ctx)
+def record_error(span: Any, exc: BaseException) -> None:
+    """The exception as an event, ERROR status with its message, `error.type` (the class name)."""
+    span.record_exception(exc)
+    span.set_status(Status(StatusCode.ERROR, "%s: %s" % (type(exc).__name__, exc)))
+    span.set_attribute(ERROR_TYPE, type(exc).__qualname__)
 
 
-def is_our_quiet(ctx: Optional[Context] = None) -> bool:
-    """True when the current suppression (if any) is only trace-run's chatter filter."""
-    return bool(context.get_value(_CHATTER_KEY, ctx)) and not context.get_value(_PLAIN_KEY, ctx)
-
-
-def unquiet(ctx: Context) -> Context:
-    """`ctx` with instrumentation enabled again (inside the handling of one message)."""
-    ctx = context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, False, ctx)
-    return context.set_value(_CHATTER_KEY, False, ctx)
-
-
-class suppress_chatter:  # noqa: N801 - used like a function: `with suppress_chatter():`
-    """Run a block as library chatter: no spans, unless OTEL_TRACE_RUN_CHATTER is on."""
-
-    __slots__ = ("_token",)
-
-    def __enter__(self):
-        self._token = None
-        if not chatter_enabled():
-            self._token = context.attach(quiet_context())
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if self._token is not None:
-            context.detach(self._token)
-        return False
+def end_with_error(span: Any, exc: BaseException) -> None:
+    """`fail` for base.call_in_span: record the error, end the span."""
+    try:
+        record_error(span, exc)
+    finally:
+        span.end()

@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from .base import TraceRunInstrumentor
+from .chatter import suppress_chatter
 from .dbapi import AttributeCache, SqlTracer, connection_attributes
-from .messaging_common import suppress_chatter
 
 SYSTEM = "postgresql"
 
