@@ -153,14 +153,17 @@ def load(url: str, seconds: int) -> dict:
 # -- one run ----------------------------------------------------------------------------------
 
 
-def worker_rss_mib(master_pid: int) -> float:
+def worker_rss_mib(master_pid: int, field: str = "Rss:") -> float:
+    """The worker's RSS (or, with field="Private", its private memory) in MiB, from smaps_rollup."""
     try:
         with open("/proc/%d/task/%d/children" % (master_pid, master_pid)) as f:
             kids = [int(p) for p in f.read().split()]
-        with open("/proc/%d/status" % kids[0]) as f:
+        total = 0
+        with open("/proc/%d/smaps_rollup" % kids[0]) as f:
             for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
+                if line.startswith(field):
+                    total += int(line.split()[1])
+        return total / 1024.0 if total else float("nan")
     except (OSError, IndexError, ValueError):
         pass
     return float("nan")
@@ -202,13 +205,14 @@ def run_one(cfg: str, sampling: float, route: str, duration: int, warm: int, sin
         res = load(url, duration)
         served += res["requests"]
         res["rss_mib"] = worker_rss_mib(proc.pid)
+        res["private_mib"] = worker_rss_mib(proc.pid, "Private")
         if memory:
             marks = {}
             while served < memory:
                 served += load(url, 5)["requests"]
                 if served >= memory // 2 and "half" not in marks:
-                    marks["half"] = (served, worker_rss_mib(proc.pid))
-            marks["full"] = (served, worker_rss_mib(proc.pid))
+                    marks["half"] = (served, worker_rss_mib(proc.pid), worker_rss_mib(proc.pid, "Private"))
+            marks["full"] = (served, worker_rss_mib(proc.pid), worker_rss_mib(proc.pid, "Private"))
             res["memory"] = marks
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -307,15 +311,16 @@ def summarize(results: list, samplings: list, routes: list) -> tuple:
             expected = ROUTES[route] * (1.0 if s is None else s) if cfg != "bare" else 0.0
             errors = sum(r["errors"] for r in rs)
             rss = median([r.get("rss_mib", float("nan")) for r in rs])
+            private = median([r.get("private_mib", float("nan")) for r in rs])
             samp = "-" if s is None else "%d%%" % round(s * 100)
             rows.append(["/%s" % route, samp, LABELS[cfg], fmt(med), "%s..%s" % (fmt(min(rps)), fmt(max(rps))),
                          "%.2fx" % ratio, "%+.0f" % added if cfg != "bare" else "-", fmt(p50), fmt(p99),
-                         "%.2f (%.1f)" % (spr, expected), fmt(rss), errors])
+                         "%.2f (%.1f)" % (spr, expected), "%s / %s" % (fmt(rss), fmt(private)), errors])
             summary["%s %s %s" % (route, samp, cfg)] = {
                 "rps": round(med, 1), "rps_min": round(min(rps), 1), "rps_max": round(max(rps), 1),
                 "ratio": round(ratio, 3), "added_us": round(added, 1), "p50_us": round(p50, 1),
                 "p99_us": round(p99, 1), "spans_per_request": round(spr, 3), "expected_spans": expected,
-                "rss_mib": round(rss, 1), "errors": errors, "runs": len(rs),
+                "rss_mib": round(rss, 1), "private_mib": round(private, 1), "errors": errors, "runs": len(rs),
             }
             if cfg == "tracerun":
                 want = {"plain": 0.80, "work": 0.90 if s == 1.0 else 0.97}[route]
@@ -331,7 +336,8 @@ def summarize(results: list, samplings: list, routes: list) -> tuple:
                     line += "; spans/request %.2f, expected %.2f: CHECK" % (spr, expected)
                 checks.append(line)
     text = table(["route", "sampling", "configuration", "req/s (median)", "min..max", "vs bare",
-                  "added us/req", "p50 us", "p99 us", "spans/req (expected)", "worker RSS MiB", "errors"], rows)
+                  "added us/req", "p50 us", "p99 us", "spans/req (expected)", "worker RSS / private MiB",
+                  "errors"], rows)
     return text, summary, checks
 
 
@@ -364,7 +370,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-ten-percent", action="store_true", help="skip the 10%% sampling runs")
     parser.add_argument("--configs", default="bare,tracerun,otel")
     parser.add_argument("--memory", type=int, default=0,
-                        help="also serve N requests of /work per agent and report worker RSS at N/2 and N")
+                        help="also serve N requests per configuration and report worker RSS at N/2 and N")
+    parser.add_argument("--memory-route", default="plain", help="route for --memory (default plain)")
     parser.add_argument("--no-micro", action="store_true", help="skip the per-span microbenchmark")
     parser.add_argument("--no-inproc", action="store_true", help="skip the in-process per-request runs")
     parser.add_argument("--json", default=os.path.join(RESULTS, "overhead-latest.json"))
@@ -399,8 +406,8 @@ def main(argv=None) -> int:
         memory = []
         if args.memory:
             for cfg in configs:
-                log("memory: %s, %d requests of /work" % (cfg, args.memory))
-                memory.append(run_one(cfg, 1.0, "work", 1, 0, sink, downstream, memory=args.memory))
+                log("memory: %s, %d requests of /%s" % (cfg, args.memory, args.memory_route))
+                memory.append(run_one(cfg, 1.0, args.memory_route, 1, 0, sink, downstream, memory=args.memory))
     finally:
         sink.stop()
         downstream.stop()
@@ -417,9 +424,10 @@ def main(argv=None) -> int:
         rows = []
         for r in memory:
             half, full = r["memory"]["half"], r["memory"]["full"]
-            rows.append([LABELS[r["config"]], "%d: %.1f" % half, "%d: %.1f" % full, "%+.1f" % (full[1] - half[1])])
-        out += [table(["configuration", "requests: worker RSS MiB", "requests: worker RSS MiB", "growth MiB"],
-                      rows), ""]
+            rows.append([LABELS[r["config"]], "/" + args.memory_route, "%d: %.1f / %.1f" % half,
+                         "%d: %.1f / %.1f" % full, "%+.1f" % (full[1] - half[1])])
+        out += [table(["configuration", "route", "requests: worker RSS / private MiB",
+                       "requests: worker RSS / private MiB", "RSS growth MiB"], rows), ""]
     if inproc_text:
         out += [inproc_text, ""]
     micro = {}
