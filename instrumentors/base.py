@@ -7,17 +7,20 @@ wraps so that `uninstrument()` puts back the exact original objects.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Collection
+from typing import Any, Callable, Collection, Optional
 
 import wrapt
-from opentelemetry import trace
+from opentelemetry import context, trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 from opentelemetry.instrumentation.utils import is_http_instrumentation_enabled, is_instrumentation_enabled
 
 from . import registry
 from .guard import Guard
 
-__all__ = ["TraceRunInstrumentor", "is_instrumentation_enabled", "is_http_instrumentation_enabled"]
+__all__ = [
+    "TraceRunInstrumentor", "is_instrumentation_enabled", "is_http_instrumentation_enabled", "call_in_span",
+    "call_in_span_async",
+]
 
 _MISSING = object()
 VERSION = "0.1.0"
@@ -111,6 +114,60 @@ class TraceRunInstrumentor(BaseInstrumentor):
         original = owner.__dict__.get(attr, _MISSING) if hasattr(owner, "__dict__") else _MISSING
         setattr(owner, attr, value)
         self._patched.append((owner, attr, original))
+
+
+def call_in_span(guard: Guard, span: Any, token: Any, wrapped: Callable, args: tuple, kwargs: dict,
+                 fail: Callable[[Any, BaseException], None], done: Optional[Callable[[Any, Any], None]] = None) -> Any:
+    """wrapped(*args, **kwargs) as the work of `span`, which `token` made current.
+
+    Either may be None (starting them failed, or there is nothing to make current).
+    After the call the context is detached, then under `guard` the span is finished:
+    `fail(span, exc)` if the call raised (the same exception object is re-raised),
+    else `done(span, result)` (default: `span.end()`). Both must end the span.
+    The call itself runs outside the guard.
+    """
+    try:
+        result = wrapped(*args, **kwargs)
+    except BaseException as exc:
+        if token is not None:
+            context.detach(token)
+        if span is not None:
+            with guard:
+                fail(span, exc)
+        raise
+    if token is not None:
+        context.detach(token)
+    if span is not None:
+        with guard:
+            if done is None:
+                span.end()
+            else:
+                done(span, result)
+    return result
+
+
+async def call_in_span_async(guard: Guard, span: Any, token: Any, wrapped: Callable, args: tuple, kwargs: dict,
+                             fail: Callable[[Any, BaseException], None],
+                             done: Optional[Callable[[Any, Any], None]] = None) -> Any:
+    """call_in_span for coroutine functions (the same rules; the call is awaited)."""
+    try:
+        result = await wrapped(*args, **kwargs)
+    except BaseException as exc:
+        if token is not None:
+            context.detach(token)
+        if span is not None:
+            with guard:
+                fail(span, exc)
+        raise
+    if token is not None:
+        context.detach(token)
+    if span is not None:
+        with guard:
+            if done is None:
+                span.end()
+            else:
+                done(span, result)
+    return result
 
 
 def unwrap_all(obj: Any) -> Any:

@@ -14,7 +14,7 @@ from typing import Any
 from opentelemetry import propagate, trace
 
 from . import http_common
-from .base import TraceRunInstrumentor, is_http_instrumentation_enabled
+from .base import TraceRunInstrumentor, call_in_span, is_http_instrumentation_enabled
 
 _SPAN = "_trace_run_span"
 
@@ -84,16 +84,8 @@ class HttpClientInstrumentor(TraceRunInstrumentor):
             span = _pop(instance)
             if span is None:
                 return wrapped(*args, **kwargs)
-            try:
-                response = wrapped(*args, **kwargs)
-            except BaseException as exc:
-                with instrumentor.guard:
-                    http_common.end_client(span, exc=exc)
-                raise
-            with instrumentor.guard:
-                http_common.end_client(span, response.status, version=response.version,
-                                       response_headers=response.getheaders())
-            return response
+            return call_in_span(instrumentor.guard, span, None, wrapped, args, kwargs, http_common.end_with_error,
+                                _end)
 
         def close(wrapped, instance, args, kwargs):
             span = _pop(instance)
@@ -106,6 +98,10 @@ class HttpClientInstrumentor(TraceRunInstrumentor):
         self.wrap(hc.HTTPConnection, "endheaders", endheaders)
         self.wrap(hc.HTTPConnection, "getresponse", getresponse)
         self.wrap(hc.HTTPConnection, "close", close)
+
+
+def _end(span, response) -> None:
+    http_common.end_client(span, response.status, version=response.version, response_headers=response.getheaders())
 
 
 def _full_url(conn, url: Any, https_class) -> str:

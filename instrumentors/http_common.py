@@ -30,7 +30,7 @@ from trace_run.agent import config
 
 __all__ = [
     "KNOWN_METHODS", "normalize_method", "redact_url", "redact_query", "excluded_urls", "capture",
-    "client_attributes", "start_client", "end_client", "enter_client", "exit_client", "error_type",
+    "client_attributes", "start_client", "end_client", "end_with_error", "enter_client", "exit_client", "error_type",
     "inject", "inject_copy", "reset", "ALWAYS_REDACTED", "REDACTED",
 ]
 
@@ -317,6 +317,11 @@ def end_client(span: trace.Span, status_code: Optional[int] = None, exc: Optiona
             span.set_attribute(ERROR_TYPE, str(status_code))
             span.set_status(Status(StatusCode.ERROR))
     span.end()
+
+
+def end_with_error(span: trace.Span, exc: BaseException) -> None:
+    """`fail` for base.call_in_span: the request raised (refused, timed out, ...)."""
+    end_client(span, exc=exc)
 
 
 def server_error(status_code: int) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import http_common
-from .base import TraceRunInstrumentor, is_http_instrumentation_enabled
+from .base import TraceRunInstrumentor, call_in_span, call_in_span_async, is_http_instrumentation_enabled
 
 
 class HttpxInstrumentor(TraceRunInstrumentor):
@@ -42,10 +42,6 @@ class HttpxInstrumentor(TraceRunInstrumentor):
                 kwargs = dict(kwargs, request=request)
             return span, args, kwargs
 
-        def finish(span, response) -> None:
-            http_common.end_client(span, response.status_code, version=response.extensions.get("http_version"),
-                                   response_headers=response.headers)
-
         def handle_request(wrapped, instance, args, kwargs):
             if not is_http_instrumentation_enabled():
                 return wrapped(*args, **kwargs)
@@ -55,17 +51,8 @@ class HttpxInstrumentor(TraceRunInstrumentor):
                 token = http_common.enter_client(span) if span is not None else None
             if span is None:
                 return http_common.call_excluded(wrapped, args, kwargs)
-            try:
-                response = wrapped(*args, **kwargs)
-            except BaseException as exc:
-                http_common.exit_client(token)
-                with instrumentor.guard:
-                    http_common.end_client(span, exc=exc)
-                raise
-            http_common.exit_client(token)
-            with instrumentor.guard:
-                finish(span, response)
-            return response
+            return call_in_span(instrumentor.guard, span, token, wrapped, args, kwargs, http_common.end_with_error,
+                                _end)
 
         async def handle_async_request(wrapped, instance, args, kwargs):
             if not is_http_instrumentation_enabled():
@@ -76,17 +63,13 @@ class HttpxInstrumentor(TraceRunInstrumentor):
                 token = http_common.enter_client(span) if span is not None else None
             if span is None:
                 return await wrapped(*args, **kwargs)
-            try:
-                response = await wrapped(*args, **kwargs)
-            except BaseException as exc:
-                http_common.exit_client(token)
-                with instrumentor.guard:
-                    http_common.end_client(span, exc=exc)
-                raise
-            http_common.exit_client(token)
-            with instrumentor.guard:
-                finish(span, response)
-            return response
+            return await call_in_span_async(instrumentor.guard, span, token, wrapped, args, kwargs,
+                                            http_common.end_with_error, _end)
 
         self.wrap(httpx.HTTPTransport, "handle_request", handle_request)
         self.wrap(httpx.AsyncHTTPTransport, "handle_async_request", handle_async_request)
+
+
+def _end(span, response) -> None:
+    http_common.end_client(span, response.status_code, version=response.extensions.get("http_version"),
+                           response_headers=response.headers)

@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from . import http_common
-from .base import TraceRunInstrumentor, is_http_instrumentation_enabled
+from .base import TraceRunInstrumentor, call_in_span, is_http_instrumentation_enabled
 
 
 class RequestsInstrumentor(TraceRunInstrumentor):
@@ -46,21 +46,16 @@ class RequestsInstrumentor(TraceRunInstrumentor):
                     token = http_common.enter_client(span)
             if span is None:
                 return http_common.call_excluded(wrapped, args, kwargs)
-            try:
-                response = wrapped(*args, **kwargs)
-            except BaseException as exc:
-                http_common.exit_client(token)
-                with instrumentor.guard:
-                    http_common.end_client(span, exc=exc)
-                raise
-            http_common.exit_client(token)
-            with instrumentor.guard:
-                raw = getattr(response, "raw", None)
-                http_common.end_client(span, response.status_code, version=getattr(raw, "version", None),
-                                       response_headers=response.headers)
-            return response
+            return call_in_span(instrumentor.guard, span, token, wrapped, args, kwargs, http_common.end_with_error,
+                                _end)
 
         self.wrap(HTTPAdapter, "send", send)
+
+
+def _end(span, response) -> None:
+    raw = getattr(response, "raw", None)
+    http_common.end_client(span, response.status_code, version=getattr(raw, "version", None),
+                           response_headers=response.headers)
 
 
 def _default_port(scheme: str):

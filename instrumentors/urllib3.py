@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import http_common
-from .base import TraceRunInstrumentor, is_http_instrumentation_enabled
+from .base import TraceRunInstrumentor, call_in_span, is_http_instrumentation_enabled
 
 _ARGS = ("method", "url", "body", "headers")
 
@@ -49,20 +49,15 @@ class Urllib3Instrumentor(TraceRunInstrumentor):
                     token = http_common.enter_client(span)
             if span is None:
                 return http_common.call_excluded(wrapped, args, kwargs)
-            try:
-                response = wrapped(*args, **kwargs)
-            except BaseException as exc:
-                http_common.exit_client(token)
-                with instrumentor.guard:
-                    http_common.end_client(span, exc=exc)
-                raise
-            http_common.exit_client(token)
-            with instrumentor.guard:
-                http_common.end_client(span, response.status, version=getattr(response, "version", None),
-                                       response_headers=response.headers)
-            return response
+            return call_in_span(instrumentor.guard, span, token, wrapped, args, kwargs, http_common.end_with_error,
+                                _end)
 
         self.wrap(HTTPConnectionPool, "urlopen", urlopen)
+
+
+def _end(span, response) -> None:
+    http_common.end_client(span, response.status, version=getattr(response, "version", None),
+                           response_headers=response.headers)
 
 
 def _default_port(scheme: str):
