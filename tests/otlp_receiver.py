@@ -8,14 +8,43 @@ left the process).
 from __future__ import annotations
 
 import gzip
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import zlib
-from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+# The gRPC side runs in a process of its own and forwards each request here:
+# gRPC's threads in the test process would make its many forks (every
+# subprocess) abort now and again in gRPC's at-fork handlers.
+_GRPC_SIDECAR = r"""
+import json, sys, urllib.request
+from concurrent import futures
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+forward = "http://127.0.0.1:%s/grpc-forward" % sys.argv[1]
+
+class Service(trace_service_pb2_grpc.TraceServiceServicer):
+    def Export(self, request, context):
+        meta = json.dumps(dict(context.invocation_metadata()))
+        req = urllib.request.Request(forward, data=request.SerializeToString(),
+                                     headers={"X-Grpc-Metadata": meta}, method="POST")
+        urllib.request.urlopen(req, timeout=10).read()
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Service(), server)
+port = server.add_insecure_port("127.0.0.1:0")
+server.start()
+print(port, flush=True)
+sys.stdin.read()  # until the test closes our stdin
+server.stop(0)
+"""
 
 KINDS = {0: "UNSPECIFIED", 1: "INTERNAL", 2: "SERVER", 3: "CLIENT", 4: "PRODUCER", 5: "CONSUMER"}
 STATUS = {0: "UNSET", 1: "OK", 2: "ERROR"}
@@ -79,21 +108,18 @@ class Receiver:
         self.headers_seen: list = []
         receiver = self
 
-        class Service(trace_service_pb2_grpc.TraceServiceServicer):
-            def Export(self, request, context):
-                receiver.grpc_calls += 1
-                receiver.headers_seen.append(dict(context.invocation_metadata()))
-                receiver._add(request.SerializeToString())
-                return trace_service_pb2.ExportTraceServiceResponse()
-
-        self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Service(), self._grpc)
-        self.grpc_port = self._grpc.add_insecure_port("127.0.0.1:0")
-
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
+                if self.path == "/grpc-forward":
+                    receiver.grpc_calls += 1
+                    receiver.headers_seen.append(json.loads(self.headers["X-Grpc-Metadata"]))
+                    receiver._add(body)
+                    self.send_response(200)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 receiver.http_calls += 1
                 receiver.headers_seen.append(dict(self.headers.items()))
                 status = receiver.http_status
@@ -123,12 +149,21 @@ class Receiver:
 
     # -- lifecycle ----------------------------------------------------------------
     def start(self) -> Receiver:
-        self._grpc.start()
         threading.Thread(target=self._http.serve_forever, daemon=True).start()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        self._grpc = subprocess.Popen(
+            [sys.executable, "-c", _GRPC_SIDECAR, str(self.http_port)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+        )
+        self.grpc_port = int(self._grpc.stdout.readline())
         return self
 
     def stop(self) -> None:
-        self._grpc.stop(0)
+        try:
+            self._grpc.stdin.close()
+            self._grpc.wait(timeout=5)
+        except Exception:
+            self._grpc.kill()
         self._http.shutdown()
         self._http.server_close()
 
