@@ -70,7 +70,11 @@ def _setup() -> None:
     _quiet_sdk_loggers()
     plan = sdk.resolve()
     propagate = _import_propagate(plan["propagators"])
-    provider, propagator, processors = sdk.build(plan)
+    saved = _hide_invalid_values()
+    try:
+        provider, propagator, processors = sdk.build(plan)
+    finally:
+        os.environ.update(saved)
     trace.set_tracer_provider(provider)
     propagate.set_global_textmap(propagator)
     _state.update(provider=provider, propagator=propagator, processors=processors, plan=plan)
@@ -91,6 +95,14 @@ def _child_pid() -> None:
             update(Resource({"process.pid": os.getpid(), "process.parent_pid": os.getppid()}))
     except Exception:
         pass
+
+
+def _hide_invalid_values() -> dict:
+    """The SDK reads some variables itself and raises on garbage (opentelemetry.sdk.trace even at
+    import, e.g. OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT=lots): while it is set up, the variables we already
+    warned about are out of the environment. Returns them, to be put back."""
+    bad = {w.split("=", 1)[0] for w in config.WARNINGS if "=" in w.split(" ", 1)[0]}
+    return {name: os.environ.pop(name) for name in bad if name in os.environ}
 
 
 def _import_propagate(valid: list):
@@ -134,6 +146,7 @@ def _quiet_sdk_loggers() -> None:
         "opentelemetry.exporter.otlp.proto.http._common",
         "opentelemetry.sdk._shared_internal",
         "opentelemetry.sdk.trace.export",
+        "opentelemetry.baggage.propagation",  # quotes whole oversized baggage headers from the network, per request
     ):
         logger = logging.getLogger(name)
         logger.addFilter(quiet)

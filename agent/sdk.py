@@ -116,6 +116,7 @@ def resolve() -> dict:
 def _resolve_exporters() -> list:
     names = [n.lower() for n in config.get("OTEL_TRACES_EXPORTER")] or ["otlp"]
     out = []
+    unknown = []
     installed = None
     for name in names:
         if name == "none":
@@ -128,10 +129,13 @@ def _resolve_exporters() -> list:
         if name in installed:
             out.append({"name": name, "entry_point": installed[name].value})
         else:
-            config.warn("OTEL_TRACES_EXPORTER", name, "no exporter for it", "no such exporter installed")
-    if not out and "none" not in names:
+            unknown.append(name)
+    if not out and "none" not in names:  # one warning, not one per name plus this one
         config.warn("OTEL_TRACES_EXPORTER", ",".join(names), "otlp", "no usable exporter")
         out.append(_resolve_otlp())
+    else:
+        for name in unknown:
+            config.warn("OTEL_TRACES_EXPORTER", name, "no exporter for it", "no such exporter installed")
     return out
 
 
