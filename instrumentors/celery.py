@@ -21,12 +21,11 @@ from typing import Any
 
 from opentelemetry import context, trace
 from opentelemetry.semconv._incubating.attributes import messaging_attributes as M
-from opentelemetry.semconv.attributes import error_attributes
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind
 
 from . import hooks
 from . import messaging_common as mc
-from .base import TraceRunInstrumentor, is_instrumentation_enabled
+from .base import TraceRunInstrumentor, call_in_span, is_instrumentation_enabled
 from .chatter import chatter_enabled, is_our_quiet, quiet_context, suppress_chatter, unquiet
 
 _SYSTEM = "celery"
@@ -44,12 +43,6 @@ _HOUSEKEEPING = ("mark_as_started", "mark_as_done", "mark_as_failure", "mark_as_
 _SIGNALS = (("before_task_publish", "_before_publish"), ("task_prerun", "_prerun"),
             ("task_postrun", "_postrun"), ("task_failure", "_failure"),
             ("worker_process_init", "_child_init"), ("worker_process_shutdown", "_child_shutdown"))
-
-
-def _record_error(span, exc: BaseException) -> None:
-    span.record_exception(exc)
-    span.set_status(Status(StatusCode.ERROR, "%s: %s" % (type(exc).__name__, exc)))
-    span.set_attribute(error_attributes.ERROR_TYPE, type(exc).__qualname__)
 
 
 class CeleryInstrumentor(TraceRunInstrumentor):
@@ -108,18 +101,7 @@ class CeleryInstrumentor(TraceRunInstrumentor):
             if not chatter_enabled():
                 ctx = quiet_context(ctx)  # the broker and backend calls under it are not the program's
             token = context.attach(ctx)
-        try:
-            return wrapped(*args, **kwargs)
-        except BaseException as exc:
-            if span is not None:
-                with self.guard:
-                    _record_error(span, exc)
-            raise
-        finally:
-            if token is not None:
-                context.detach(token)
-            if span is not None:
-                span.end()
+        return call_in_span(self.guard, span, token, wrapped, args, kwargs, mc.end_with_error)
 
     def _before_publish(self, sender=None, body=None, exchange=None, routing_key=None, headers=None, **_kw):
         span = context.get_value(_PUBLISH_KEY)
@@ -186,7 +168,7 @@ class CeleryInstrumentor(TraceRunInstrumentor):
         with self.guard:
             entry = self._running.get(id(sender.request)) if sender is not None else None
             if entry is not None and isinstance(exception, BaseException):
-                _record_error(entry[0], exception)
+                mc.record_error(entry[0], exception)
 
     # -- prefork children ----------------------------------------------------------------
     def _child_init(self, **_kw):

@@ -21,11 +21,11 @@ from typing import Any
 
 from opentelemetry import context, trace
 from opentelemetry.semconv._incubating.attributes import messaging_attributes as M
-from opentelemetry.semconv.attributes import error_attributes, server_attributes
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.semconv.attributes import server_attributes
+from opentelemetry.trace import SpanKind
 
 from . import messaging_common as mc
-from .base import TraceRunInstrumentor, is_instrumentation_enabled
+from .base import TraceRunInstrumentor, call_in_span, is_instrumentation_enabled
 
 _SYSTEM = "rabbitmq"
 _SEND = M.MessagingOperationTypeValues.SEND.value
@@ -36,6 +36,7 @@ _PROCESS = M.MessagingOperationTypeValues.PROCESS.value
 _in_blocking_publish: ContextVar = ContextVar("trace_run_pika_blocking_publish", default=False)
 _BLOCKING_MODULE = "pika.adapters.blocking_connection"
 _open_pulls: weakref.WeakSet = weakref.WeakSet()  # pull spans not ended yet (ended at exit)
+_NO_KWARGS: dict = {}  # a callback's keyword arguments (never changed: ** copies it)
 
 
 def _arg(args: tuple, kwargs: dict, index: int, name: str, default: Any = None) -> Any:
@@ -56,6 +57,18 @@ def _bind(args: tuple, kwargs: dict, names: tuple) -> Any:
 _PUBLISH_ARGS = ("exchange", "routing_key", "body", "properties", "mandatory")
 _CONSUME_ARGS = ("queue", "on_message_callback", "auto_ack", "exclusive", "consumer_tag", "arguments", "callback")
 _GET_ARGS = ("queue", "callback", "auto_ack")
+# (argument names, name of the message callback, operation type of its spans)
+_CONSUME = (_CONSUME_ARGS, "on_message_callback", _PROCESS)
+_GET = (_GET_ARGS, "callback", _RECEIVE)
+
+
+def _impl(channel):
+    """The pika.channel.Channel behind a BlockingChannel."""
+    return channel._impl
+
+
+def _itself(channel):
+    return channel
 
 
 def _server(impl_channel) -> tuple:
@@ -110,12 +123,6 @@ def _with_context(properties, ctx) -> Any:
     new = copy.copy(properties)
     new.headers = headers
     return new
-
-
-def _record_error(span, exc: BaseException) -> None:
-    span.record_exception(exc)
-    span.set_status(Status(StatusCode.ERROR, "%s: %s" % (type(exc).__name__, exc)))
-    span.set_attribute(error_attributes.ERROR_TYPE, type(exc).__qualname__)
 
 
 def _is_blocking_internal(callback) -> bool:
@@ -205,19 +212,10 @@ class PikaInstrumentor(TraceRunInstrumentor):
         flag = _in_blocking_publish.set(True) if blocking else None
         token = context.attach(trace.set_span_in_context(span)) if span is not None else None
         try:
-            return wrapped(*args, **kwargs)
-        except BaseException as exc:
-            if span is not None:
-                with self.guard:
-                    _record_error(span, exc)
-            raise
+            return call_in_span(self.guard, span, token, wrapped, args, kwargs, mc.end_with_error)
         finally:
-            if token is not None:
-                context.detach(token)
             if flag is not None:
                 _in_blocking_publish.reset(flag)
-            if span is not None:
-                span.end()
 
     def _blocking_publish(self, wrapped, instance, args, kwargs):
         if not is_instrumentation_enabled():
@@ -261,51 +259,33 @@ class PikaInstrumentor(TraceRunInstrumentor):
                     impl_of(channel), queue, method, properties, body, operation_type
                 )
                 token = context.attach(ctx)
-            try:
-                return callback(channel, method, properties, body)
-            except BaseException as exc:
-                if span is not None:
-                    with instrumentor.guard:
-                        _record_error(span, exc)
-                raise
-            finally:
-                if token is not None:
-                    context.detach(token)
-                if span is not None:
-                    span.end()
+            return call_in_span(instrumentor.guard, span, token, callback, (channel, method, properties, body),
+                                _NO_KWARGS, mc.end_with_error)
 
         on_message.__wrapped__ = callback
         return on_message
 
     def _blocking_consume(self, wrapped, instance, args, kwargs):
-        with self.guard:
-            bound = _bind(args, kwargs, _CONSUME_ARGS)
-            callback = bound.get("on_message_callback") if bound else None
-            if callable(callback):
-                bound["on_message_callback"] = self._traced_callback(
-                    callback, lambda ch: ch._impl, bound.get("queue") or "", _PROCESS
-                )
-                args, kwargs = (), bound
-        return wrapped(*args, **kwargs)
+        return self._with_traced_callback(wrapped, args, kwargs, _CONSUME, blocking=True)
 
     def _channel_consume(self, wrapped, instance, args, kwargs):
-        with self.guard:
-            bound = _bind(args, kwargs, _CONSUME_ARGS)
-            callback = bound.get("on_message_callback") if bound else None
-            if callable(callback) and not _is_blocking_internal(callback):
-                bound["on_message_callback"] = self._traced_callback(
-                    callback, lambda ch: ch, bound.get("queue") or "", _PROCESS
-                )
-                args, kwargs = (), bound
-        return wrapped(*args, **kwargs)
+        return self._with_traced_callback(wrapped, args, kwargs, _CONSUME, blocking=False)
 
     def _channel_get(self, wrapped, instance, args, kwargs):
+        return self._with_traced_callback(wrapped, args, kwargs, _GET, blocking=False)
+
+    def _with_traced_callback(self, wrapped, args, kwargs, call: tuple, blocking: bool):
+        """wrapped(...) with its message callback argument (`call`: names, callback name, operation) traced.
+
+        The callbacks a BlockingChannel hands to its inner Channel are left alone (its own wrapper traced the user's).
+        """
+        names, key, operation_type = call
         with self.guard:
-            bound = _bind(args, kwargs, _GET_ARGS)
-            callback = bound.get("callback") if bound else None
-            if callable(callback) and not _is_blocking_internal(callback):
-                bound["callback"] = self._traced_callback(
-                    callback, lambda ch: ch, bound.get("queue") or "", _RECEIVE
+            bound = _bind(args, kwargs, names)
+            callback = bound.get(key) if bound else None
+            if callable(callback) and (blocking or not _is_blocking_internal(callback)):
+                bound[key] = self._traced_callback(
+                    callback, _impl if blocking else _itself, bound.get("queue") or "", operation_type
                 )
                 args, kwargs = (), bound
         return wrapped(*args, **kwargs)
