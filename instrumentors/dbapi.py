@@ -11,7 +11,9 @@ outside the guard, so the driver's own exceptions reach the program unchanged.
 
 from __future__ import annotations
 
+import importlib
 import weakref
+from types import MethodType
 from typing import Any, Callable
 
 from opentelemetry import context, trace
@@ -29,23 +31,30 @@ from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, S
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from trace_run.agent import config
 
-from .base import is_instrumentation_enabled
+from .base import call_in_span, call_in_span_async, is_instrumentation_enabled
 from .sql_sanitize import analyze, span_name
 
-__all__ = ["SqlTracer", "connection_attributes", "error_type", "AttributeCache"]
+__all__ = [
+    "SqlTracer", "connection_attributes", "error_type", "AttributeCache", "client_active", "record_error",
+    "end_with_error", "composed_query_text", "composable_commenter", "look_like",
+]
 
 _QUERY_KWARGS = ("query", "sql", "statement", "operation", "sql_script")
 _CLIENT = SpanKind.CLIENT
 
 
 def connection_attributes(system: str, namespace: Any = None, host: Any = None, port: Any = None) -> dict:
-    """The attributes every span of one connection shares (built once per connection)."""
+    """The attributes every span of one connection shares (built once per connection).
+
+    A host that is a unix socket directory or path (`/...`) has no port.
+    """
     attrs = {DB_SYSTEM_NAME: system}
     if namespace not in (None, ""):
         attrs[DB_NAMESPACE] = str(namespace)
     if host not in (None, ""):
-        attrs[SERVER_ADDRESS] = str(host)
-        if port not in (None, ""):
+        host = str(host)
+        attrs[SERVER_ADDRESS] = host
+        if port not in (None, "") and not host.startswith("/"):
             try:
                 attrs[SERVER_PORT] = int(port)
             except (TypeError, ValueError):
@@ -91,6 +100,64 @@ def _status_code(exc: BaseException) -> str | None:
     return None
 
 
+def client_active(instrumentor: Any) -> bool:
+    """Is there a client span to make for a call made now? (Not when suppressed or under a non-recording parent.)"""
+    if not instrumentor.is_instrumented_by_opentelemetry or not is_instrumentation_enabled():
+        return False
+    parent = trace.get_current_span()
+    return parent.is_recording() or not parent.get_span_context().is_valid
+
+
+def record_error(span: Any, exc: BaseException, code_of: Callable[[BaseException], Any] = _status_code) -> None:
+    """`error.type`, `db.response.status_code` (code_of(exc)) and ERROR status, for an Exception."""
+    if not isinstance(exc, Exception):
+        return
+    span.set_attribute(ERROR_TYPE, error_type(exc))
+    code = code_of(exc)
+    if code:
+        span.set_attribute(DB_RESPONSE_STATUS_CODE, code)
+    # The message is left out on purpose: PostgreSQL puts row values in it.
+    span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+
+
+def end_with_error(span: Any, exc: BaseException, code_of: Callable[[BaseException], Any] = _status_code) -> None:
+    """`fail` for base.call_in_span: record_error, then end the span."""
+    try:
+        record_error(span, exc, code_of)
+    finally:
+        span.end()
+
+
+# -- psycopg and psycopg2 share these (their `sql` modules have the same API) ---------------
+
+
+def composed_query_text(query: Any, cursor: Any) -> Any:
+    """`query_text` for SqlTracer: a `sql.Composed` renders itself against the cursor."""
+    as_string = getattr(query, "as_string", None)
+    if as_string is not None:
+        return as_string(cursor)
+    return query
+
+
+def composable_commenter(sql_module: str) -> Callable[[Any, str], Any]:
+    """`add_comment` for SqlTracer: appends to a `sql.Composable` of `sql_module` (imported when first needed)."""
+
+    def add_comment(query: Any, comment: str) -> Any:
+        sql = importlib.import_module(sql_module)
+        if isinstance(query, sql.Composable):
+            return query + sql.SQL(" " + comment)
+        return None
+
+    return add_comment
+
+
+def look_like(cls: type, base: type) -> None:
+    """Traced subclasses keep the name and module of the class they extend (reprs, logs)."""
+    cls.__name__ = base.__name__
+    cls.__qualname__ = base.__qualname__
+    cls.__module__ = base.__module__
+
+
 def _find_query(args: tuple, kwargs: dict) -> tuple:
     """(query, where): where is an int index into args or a kwargs key."""
     if args:
@@ -130,17 +197,12 @@ class SqlTracer:
         self.instrumentor = instrumentor
         self.system = system
         self.guard = instrumentor.guard
+        # Is there tracing work to do for a call made now? (client_active, bound: no extra call layer)
+        self.active: Callable[[], bool] = MethodType(client_active, instrumentor)
         self._query_text = query_text
         self._add_comment = add_comment
 
     # -- helpers -------------------------------------------------------------------
-    def active(self) -> bool:
-        """Is there tracing work to do for a call made now?"""
-        if not self.instrumentor.is_instrumented_by_opentelemetry or not is_instrumentation_enabled():
-            return False
-        parent = trace.get_current_span()
-        return parent.is_recording() or not parent.get_span_context().is_valid
-
     def _start(self, attrs: dict, cursor: Any, args: tuple, kwargs: dict, batch: Any, statement: Any = None,
                commenter: bool = True):
         if statement is not None:  # the call has no SQL argument (e.g. psycopg2 copy_from)
@@ -190,17 +252,6 @@ class SqlTracer:
         return args, kwargs
 
     @staticmethod
-    def _fail(span, exc: BaseException) -> None:
-        if not isinstance(exc, Exception):
-            return
-        span.set_attribute(ERROR_TYPE, error_type(exc))
-        code = _status_code(exc)
-        if code is not None:
-            span.set_attribute(DB_RESPONSE_STATUS_CODE, code)
-        # The message is left out on purpose: PostgreSQL puts row values in it.
-        span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-
-    @staticmethod
     def _finish(span, token) -> None:
         try:
             span.end()
@@ -213,87 +264,60 @@ class SqlTracer:
         """Call wrapped(*args, **kwargs) inside a CLIENT span (`statement`: SQL when not in args)."""
         if not self.active():
             return wrapped(*args, **kwargs)
-        span = None
+        span = token = None
         with self.guard:
             span, token, args, kwargs = self._start(attrs, cursor, args, kwargs, batch, statement)
-        try:
-            result = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            if span is not None:
-                with self.guard:
-                    self._fail(span, exc)
-                with self.guard:
-                    self._finish(span, token)
-            raise
-        if span is not None:
-            with self.guard:
-                self._finish(span, token)
-        return result
+        return call_in_span(self.guard, span, token, wrapped, args, kwargs, end_with_error)
 
     async def run_async(self, attrs: dict, cursor: Any, wrapped: Callable, args: tuple, kwargs: dict,
                         batch: Any = None):
         """The same for coroutine methods."""
         if not self.active():
             return await wrapped(*args, **kwargs)
-        span = None
+        span = token = None
         with self.guard:
             span, token, args, kwargs = self._start(attrs, cursor, args, kwargs, batch)
-        try:
-            result = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            if span is not None:
-                with self.guard:
-                    self._fail(span, exc)
-                with self.guard:
-                    self._finish(span, token)
-            raise
-        if span is not None:
-            with self.guard:
-                self._finish(span, token)
-        return result
+        return await call_in_span_async(self.guard, span, token, wrapped, args, kwargs, end_with_error)
 
     def stream(self, attrs: dict, cursor: Any, wrapped: Callable, args: tuple, kwargs: dict):
         """For generator calls (psycopg `cursor.stream()`): the span lasts until the rows run out.
 
         The span is not made current: the generator may be resumed from any context.
         """
-        span = None
-        with self.guard:
-            span = self._open_detached(attrs, cursor, args, kwargs)
+        span = self._open_detached(attrs, cursor, args, kwargs)
         try:
             yield from wrapped(*args, **kwargs)
         except BaseException as exc:
-            if span is not None:
-                with self.guard:
-                    self._fail(span, exc)
+            self._end_detached(span, exc)
             raise
-        finally:
-            if span is not None:
-                with self.guard:
-                    span.end()
+        self._end_detached(span, None)
 
     async def stream_async(self, attrs: dict, cursor: Any, wrapped: Callable, args: tuple, kwargs: dict):
         """The same for async generators."""
-        span = None
-        with self.guard:
-            span = self._open_detached(attrs, cursor, args, kwargs)
+        span = self._open_detached(attrs, cursor, args, kwargs)
         try:
             async for row in wrapped(*args, **kwargs):
                 yield row
         except BaseException as exc:
-            if span is not None:
-                with self.guard:
-                    self._fail(span, exc)
+            self._end_detached(span, exc)
             raise
-        finally:
-            if span is not None:
-                with self.guard:
-                    span.end()
+        self._end_detached(span, None)
 
     def _open_detached(self, attrs: dict, cursor: Any, args: tuple, kwargs: dict):
-        span, token, _args, _kwargs = self._start(attrs, cursor, args, kwargs, None, commenter=False)
-        context.detach(token)
-        return span
+        """A span for a generator's rows, not made current; None if starting it failed."""
+        with self.guard:
+            span, token, _args, _kwargs = self._start(attrs, cursor, args, kwargs, None, commenter=False)
+            context.detach(token)
+            return span
+        return None
+
+    def _end_detached(self, span, exc: BaseException | None) -> None:
+        if span is not None:
+            with self.guard:
+                if exc is None:
+                    span.end()
+                else:
+                    end_with_error(span, exc)
 
     def copy_context(self, attrs: dict, cursor: Any, wrapped: Callable, args: tuple, kwargs: dict):
         """For context-manager calls (psycopg `cursor.copy()`): the span covers the `with` block."""
@@ -327,7 +351,7 @@ class _SpanContext:
             return
         if exc is not None:
             with self._tracer.guard:
-                self._tracer._fail(span, exc)
+                record_error(span, exc)
         with self._tracer.guard:
             self._tracer._finish(span, self._token)
 

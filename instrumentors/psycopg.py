@@ -13,7 +13,7 @@ from typing import Any
 
 from .base import TraceRunInstrumentor
 from .chatter import suppress_chatter
-from .dbapi import AttributeCache, SqlTracer, connection_attributes
+from .dbapi import AttributeCache, SqlTracer, composable_commenter, composed_query_text, connection_attributes
 
 SYSTEM = "postgresql"
 
@@ -21,24 +21,8 @@ SYSTEM = "postgresql"
 def _attributes(conn: Any) -> dict:
     info = conn.info
     host = info.host
-    if host and host.startswith("/"):  # unix socket directory
-        return connection_attributes(SYSTEM, info.dbname, host)
-    return connection_attributes(SYSTEM, info.dbname, host, info.port)
-
-
-def _query_text(query: Any, cursor: Any) -> Any:
-    as_string = getattr(query, "as_string", None)
-    if as_string is not None:
-        return as_string(cursor)
-    return query
-
-
-def _add_comment(query: Any, comment: str) -> Any:
-    from psycopg import sql
-
-    if isinstance(query, sql.Composable):
-        return query + sql.SQL(" " + comment)
-    return None
+    # A unix socket directory has no port (which psycopg may fail to report): not asked for.
+    return connection_attributes(SYSTEM, info.dbname, host, None if host and host.startswith("/") else info.port)
 
 
 class PsycopgInstrumentor(TraceRunInstrumentor):
@@ -47,7 +31,7 @@ class PsycopgInstrumentor(TraceRunInstrumentor):
     def _patch(self, **kwargs: Any) -> None:
         import psycopg
 
-        sql = self._sql = SqlTracer(self, SYSTEM, _query_text, _add_comment)
+        sql = self._sql = SqlTracer(self, SYSTEM, composed_query_text, composable_commenter("psycopg.sql"))
         cache = AttributeCache(_attributes)
         guard = self.guard
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import TraceRunInstrumentor
-from .dbapi import SqlTracer, connection_attributes
+from .dbapi import SqlTracer, composable_commenter, composed_query_text, connection_attributes, look_like
 
 SYSTEM = "postgresql"
 _NO_FACTORY = object()
@@ -28,24 +28,7 @@ def _attributes(conn: Any) -> dict:
         host, port, dbname = info.host, info.port, info.dbname
     except Exception:
         return connection_attributes(SYSTEM)
-    if host and host.startswith("/"):
-        return connection_attributes(SYSTEM, dbname, host)
     return connection_attributes(SYSTEM, dbname, host, port)
-
-
-def _query_text(query: Any, cursor: Any) -> Any:
-    as_string = getattr(query, "as_string", None)
-    if as_string is not None:
-        return as_string(cursor)
-    return query
-
-
-def _add_comment(query: Any, comment: str) -> Any:
-    from psycopg2 import sql
-
-    if isinstance(query, sql.Composable):
-        return query + sql.SQL(" " + comment)
-    return None
 
 
 class Psycopg2Instrumentor(TraceRunInstrumentor):
@@ -54,7 +37,7 @@ class Psycopg2Instrumentor(TraceRunInstrumentor):
     def _patch(self, **kwargs: Any) -> None:
         import psycopg2
 
-        self._sql = SqlTracer(self, SYSTEM, _query_text, _add_comment)
+        self._sql = SqlTracer(self, SYSTEM, composed_query_text, composable_commenter("psycopg2.sql"))
         self._connection_classes: dict = {}
         self._cursor_classes: dict = {}
         self._default_cursor: dict = {}  # connection class -> the cursor class its cursor() picks
@@ -129,7 +112,7 @@ class Psycopg2Instrumentor(TraceRunInstrumentor):
                     kwargs["cursor_factory"] = instrumentor.cursor_class(factory)
                 return super().cursor(*args, **kwargs)
 
-        _look_like(TracedConnection, base)
+        look_like(TracedConnection, base)
         self._connection_classes[base] = TracedConnection
         return TracedConnection
 
@@ -195,13 +178,6 @@ class Psycopg2Instrumentor(TraceRunInstrumentor):
                 return sql.run(attrs_of(self), self, super().copy_to, args, kwargs,
                                statement="COPY %s TO STDOUT" % (table,))
 
-        _look_like(TracedCursor, base)
+        look_like(TracedCursor, base)
         self._cursor_classes[base] = TracedCursor
         return TracedCursor
-
-
-def _look_like(cls: type, base: type) -> None:
-    """Traced subclasses keep the name and module of the class they extend (reprs, logs)."""
-    cls.__name__ = base.__name__
-    cls.__qualname__ = base.__qualname__
-    cls.__module__ = base.__module__

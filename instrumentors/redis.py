@@ -10,24 +10,21 @@ in `db.operation.batch.size`. Cluster clients are not instrumented.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from opentelemetry import context, trace
 from opentelemetry.semconv.attributes.db_attributes import (
-    DB_NAMESPACE,
     DB_OPERATION_BATCH_SIZE,
     DB_OPERATION_NAME,
     DB_QUERY_TEXT,
-    DB_RESPONSE_STATUS_CODE,
     DB_SYSTEM_NAME,
 )
-from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
-from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, SERVER_PORT
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind
 from trace_run.agent import config
 
-from .base import TraceRunInstrumentor, is_instrumentation_enabled
-from .dbapi import AttributeCache, error_type
+from .base import TraceRunInstrumentor, call_in_span, call_in_span_async
+from .dbapi import AttributeCache, client_active, connection_attributes, end_with_error
 
 SYSTEM = "redis"
 _SECRET_COMMANDS = frozenset(("AUTH", "HELLO", "MIGRATE"))
@@ -37,16 +34,10 @@ _MAX_ARG_CHARS = 100
 
 def _pool_attributes(pool: Any) -> dict:
     kw = getattr(pool, "connection_kwargs", None) or {}
-    attrs = {DB_SYSTEM_NAME: SYSTEM, DB_NAMESPACE: str(kw.get("db", 0) or 0)}
-    if kw.get("path"):
-        attrs[SERVER_ADDRESS] = str(kw["path"])
-    elif kw.get("host"):
-        attrs[SERVER_ADDRESS] = str(kw["host"])
-        try:
-            attrs[SERVER_PORT] = int(kw.get("port") or 6379)
-        except (TypeError, ValueError):
-            pass
-    return attrs
+    db = kw.get("db", 0) or 0
+    if kw.get("path"):  # a unix socket: no port
+        return connection_attributes(SYSTEM, db, kw["path"])
+    return connection_attributes(SYSTEM, db, kw.get("host") or None, kw.get("port") or 6379)
 
 
 def _name(arg: Any) -> str:
@@ -82,6 +73,10 @@ def _response_code(exc: BaseException) -> str | None:
     return None
 
 
+# `fail` for call_in_span: error.type, the Redis error prefix as db.response.status_code, ERROR status.
+_end_with_error = partial(end_with_error, code_of=_response_code)
+
+
 class RedisInstrumentor(TraceRunInstrumentor):
     library = "redis"
 
@@ -101,11 +96,7 @@ class RedisInstrumentor(TraceRunInstrumentor):
         self.wrap(aio.Pipeline, "execute", self._pipeline_async)
 
     # -- span plumbing --------------------------------------------------------------
-    def _active(self) -> bool:
-        if not self.is_instrumented_by_opentelemetry or not is_instrumentation_enabled():
-            return False
-        parent = trace.get_current_span()
-        return parent.is_recording() or not parent.get_span_context().is_valid
+    _active = client_active  # the rule every DB client shares (a method: called with this instrumentor)
 
     def _base(self, client: Any) -> dict:
         pool = getattr(client, "connection_pool", None)
@@ -113,125 +104,74 @@ class RedisInstrumentor(TraceRunInstrumentor):
             return {DB_SYSTEM_NAME: SYSTEM}
         return dict(self._attrs.get(pool))
 
-    def _start_command(self, client: Any, args: tuple):
-        attrs = self._base(client)
-        op = _name(args[0]) if args else ""
-        if op:
-            attrs[DB_OPERATION_NAME] = op
-        attrs[DB_QUERY_TEXT] = command_text(args, config.get("OTEL_TRACE_RUN_DB_SANITIZE"))
-        return self._open(op or SYSTEM, attrs)
+    def _start_command(self, client: Any, args: tuple) -> tuple:
+        """(span, context token) for one command; (None, None) if that failed."""
+        with self.guard:
+            attrs = self._base(client)
+            op = _name(args[0]) if args else ""
+            if op:
+                attrs[DB_OPERATION_NAME] = op
+            attrs[DB_QUERY_TEXT] = command_text(args, config.get("OTEL_TRACE_RUN_DB_SANITIZE"))
+            return self._open(op or SYSTEM, attrs)
+        return None, None
 
-    def _start_pipeline(self, pipe: Any):
-        stack = getattr(pipe, "command_stack", None) or ()
-        sanitize = config.get("OTEL_TRACE_RUN_DB_SANITIZE")
-        names: list = []
-        lines = []
-        for entry in stack:
-            args = entry[0] if isinstance(entry, tuple) else getattr(entry, "args", ())
-            if not args:
-                continue
-            op = _name(args[0])
-            if op not in names:
-                names.append(op)
-            lines.append(command_text(args, sanitize))
-        if len(names) > _MAX_PIPELINE_NAMES:
-            names = names[:_MAX_PIPELINE_NAMES] + ["..."]
-        name = " ".join(names) or "PIPELINE"
-        if getattr(pipe, "transaction", False) or getattr(pipe, "explicit_transaction", False):
-            lines = ["MULTI"] + lines + ["EXEC"]
-        attrs = self._base(pipe)
-        attrs[DB_OPERATION_NAME] = name
-        if len(stack) > 1:  # the conventions count batches from two operations up
-            attrs[DB_OPERATION_BATCH_SIZE] = len(stack)
-        attrs[DB_QUERY_TEXT] = "\n".join(lines)
-        return self._open(name, attrs)
+    def _start_pipeline(self, pipe: Any) -> tuple:
+        """(span, context token) for a pipeline's execute; (None, None) if that failed."""
+        with self.guard:
+            return self._open(*_pipeline_name_and_attributes(pipe, self._base(pipe)))
+        return None, None
 
-    def _open(self, name: str, attrs: dict):
+    def _open(self, name: str, attrs: dict) -> tuple:
         span = self.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attrs)
         return span, context.attach(trace.set_span_in_context(span))
-
-    @staticmethod
-    def _close(span, token, exc: BaseException | None) -> None:
-        try:
-            if isinstance(exc, Exception):
-                span.set_attribute(ERROR_TYPE, error_type(exc))
-                code = _response_code(exc)
-                if code:
-                    span.set_attribute(DB_RESPONSE_STATUS_CODE, code)
-                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-            span.end()
-        finally:
-            context.detach(token)
 
     # -- wrappers ------------------------------------------------------------------------
     def _command(self, wrapped, instance, args, kwargs):
         if not self._active():
             return wrapped(*args, **kwargs)
-        opened = None
-        with self.guard:
-            opened = self._start_command(instance, args)
-        try:
-            result = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            if opened is not None:
-                with self.guard:
-                    self._close(*opened, exc)
-            raise
-        if opened is not None:
-            with self.guard:
-                self._close(*opened, None)
-        return result
+        span, token = self._start_command(instance, args)
+        return call_in_span(self.guard, span, token, wrapped, args, kwargs, _end_with_error)
 
     def _pipeline(self, wrapped, instance, args, kwargs):
         if not self._active() or not getattr(instance, "command_stack", None):
             return wrapped(*args, **kwargs)
-        opened = None
-        with self.guard:
-            opened = self._start_pipeline(instance)
-        try:
-            result = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            if opened is not None:
-                with self.guard:
-                    self._close(*opened, exc)
-            raise
-        if opened is not None:
-            with self.guard:
-                self._close(*opened, None)
-        return result
+        span, token = self._start_pipeline(instance)
+        return call_in_span(self.guard, span, token, wrapped, args, kwargs, _end_with_error)
 
     async def _command_async(self, wrapped, instance, args, kwargs):
         if not self._active():
             return await wrapped(*args, **kwargs)
-        opened = None
-        with self.guard:
-            opened = self._start_command(instance, args)
-        try:
-            result = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            if opened is not None:
-                with self.guard:
-                    self._close(*opened, exc)
-            raise
-        if opened is not None:
-            with self.guard:
-                self._close(*opened, None)
-        return result
+        span, token = self._start_command(instance, args)
+        return await call_in_span_async(self.guard, span, token, wrapped, args, kwargs, _end_with_error)
 
     async def _pipeline_async(self, wrapped, instance, args, kwargs):
         if not self._active() or not getattr(instance, "command_stack", None):
             return await wrapped(*args, **kwargs)
-        opened = None
-        with self.guard:
-            opened = self._start_pipeline(instance)
-        try:
-            result = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            if opened is not None:
-                with self.guard:
-                    self._close(*opened, exc)
-            raise
-        if opened is not None:
-            with self.guard:
-                self._close(*opened, None)
-        return result
+        span, token = self._start_pipeline(instance)
+        return await call_in_span_async(self.guard, span, token, wrapped, args, kwargs, _end_with_error)
+
+
+def _pipeline_name_and_attributes(pipe: Any, attrs: dict) -> tuple:
+    """(span name, `attrs` completed) for a pipeline: its distinct commands, their count and text."""
+    stack = getattr(pipe, "command_stack", None) or ()
+    sanitize = config.get("OTEL_TRACE_RUN_DB_SANITIZE")
+    names: list = []
+    lines = []
+    for entry in stack:
+        args = entry[0] if isinstance(entry, tuple) else getattr(entry, "args", ())
+        if not args:
+            continue
+        op = _name(args[0])
+        if op not in names:
+            names.append(op)
+        lines.append(command_text(args, sanitize))
+    if len(names) > _MAX_PIPELINE_NAMES:
+        names = names[:_MAX_PIPELINE_NAMES] + ["..."]
+    name = " ".join(names) or "PIPELINE"
+    if getattr(pipe, "transaction", False) or getattr(pipe, "explicit_transaction", False):
+        lines = ["MULTI"] + lines + ["EXEC"]
+    attrs[DB_OPERATION_NAME] = name
+    if len(stack) > 1:  # the conventions count batches from two operations up
+        attrs[DB_OPERATION_BATCH_SIZE] = len(stack)
+    attrs[DB_QUERY_TEXT] = "\n".join(lines)
+    return name, attrs

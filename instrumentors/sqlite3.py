@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import TraceRunInstrumentor
-from .dbapi import SqlTracer, connection_attributes
+from .dbapi import SqlTracer, connection_attributes, look_like
 
 SYSTEM = "sqlite"
 
@@ -93,7 +93,7 @@ class Sqlite3Instrumentor(TraceRunInstrumentor):
             def executescript(self, *args, **kwargs):
                 return instrumentor._sql.run(self._trace_run_attrs, self, super().executescript, args, kwargs)
 
-        _look_like(TracedConnection, base)
+        look_like(TracedConnection, base)
         self._connection_classes[base] = TracedConnection
         return TracedConnection
 
@@ -121,13 +121,6 @@ class Sqlite3Instrumentor(TraceRunInstrumentor):
             def executescript(self, *args, **kwargs):
                 return instrumentor._sql.run(self._trace_run_attrs(), self, super().executescript, args, kwargs)
 
-        _look_like(TracedCursor, base)
+        look_like(TracedCursor, base)
         self._cursor_classes[base] = TracedCursor
         return TracedCursor
-
-
-def _look_like(cls: type, base: type) -> None:
-    """Traced subclasses keep the name and module of the class they extend (reprs, logs)."""
-    cls.__name__ = base.__name__
-    cls.__qualname__ = base.__qualname__
-    cls.__module__ = base.__module__
