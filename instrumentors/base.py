@@ -3,6 +3,8 @@
 It is a real `BaseInstrumentor`, so programs can call
 `FlaskInstrumentor().instrument()` themselves. It remembers every attribute it
 wraps so that `uninstrument()` puts back the exact original objects.
+`call_in_span` is the one place a wrapped call runs inside a span: the
+instrumentation around it guarded, the call and its exception untouched.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ CLIENT span: name `{operation} {collection}`, sanitized `db.query.text`,
 SQLSTATE and `error.type` on failure, and optionally a sqlcommenter comment
 carrying `traceparent`. Query parameters are never read. The wrapped call runs
 outside the guard, so the driver's own exceptions reach the program unchanged.
+Redis, not SQL, shares the rules for when to trace (`client_active`), how a
+failure looks (`record_error`) and the connection attributes.
 """
 
 from __future__ import annotations
