@@ -164,7 +164,8 @@ def test_signal_during_request_same_exit_and_finished_spans_arrive_once(receiver
                 proc.kill()
         results[traced] = (code, out, [line for line in err.splitlines() if "Traceback" in line or "Error" in line])
     assert results[True] == results[False]
-    spans = receiver.wait_for(lambda ss: len([s for s in ss if s.name == "handler-work"]) >= 3, timeout=5)
+    spans = receiver.wait_for(lambda ss: len([s for s in ss if s.name == "handler-work" or s.kind == "SERVER"]) >= 6,
+                              timeout=5)
     assert len(_exactly_once(spans, "handler-work")) == 3
     assert len([s for s in spans if s.kind == "SERVER" and s.name.endswith("/work")]) == 3
 
