@@ -124,7 +124,9 @@ def versions(name: str, wanted=("flask", "gunicorn", "opentelemetry-sdk", "opent
     )
     import json
 
-    res = subprocess.run([bin_path(name), "-c", code, *wanted], capture_output=True, text=True, check=True)
+    # Not from the checkout: its trace_run.egg-info would be found through '' on sys.path.
+    res = subprocess.run([bin_path(name), "-c", code, *wanted], capture_output=True, text=True, check=True,
+                         cwd=VENVS)
     return json.loads(res.stdout)
 
 
