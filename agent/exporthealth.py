@@ -25,7 +25,8 @@ class ExportHealth(SpanExporter):
     thread, nor inside the import hook of a library the exporter itself imports.
     """
 
-    def __init__(self, exporter, target: str):
+    def __init__(self, exporter, target: str, warm=None):
+        self._warm = warm
         if isinstance(exporter, SpanExporter):
             self._exporter, self._factory = exporter, None
         else:
@@ -36,7 +37,31 @@ class ExportHealth(SpanExporter):
         self.failing = False
         self.exporting = False
         self._reset()
-        os.register_at_fork(after_in_child=self._reset)
+        os.register_at_fork(before=self._before_fork, after_in_child=self._after_fork)
+
+    def _before_fork(self) -> None:
+        """Import the exporter's modules in the parent, once: else every child
+        imports them itself on its first span (~100 ms each), and a child stopped
+        by SIGTERM in the middle of that import cannot flush its spans."""
+        if self._warm is None or self._exporter is not None:
+            return
+        try:
+            from .runtime import imports_in_progress
+
+            if not imports_in_progress():
+                self._warm()
+                self._warm = None
+        except Exception:
+            self._warm = None
+
+    def _after_fork(self) -> None:
+        """A forked child must not share the parent's exporter: its pooled HTTP
+        connections and gRPC channel are the parent's sockets. Build a new one."""
+        self._reset()
+        self._build_lock = threading.RLock()
+        self.exporting = False
+        if self._factory is not None:
+            self._exporter = None
 
     @property
     def exporter(self):
@@ -126,6 +151,7 @@ class CountingProcessor(SpanProcessor):
 
     def _reset(self) -> None:
         self._counter = itertools.count()
+        self._pending = self.health._exporter is None
 
     @property
     def ended(self) -> int:

@@ -14,6 +14,8 @@ from . import config, log
 _lock = threading.RLock()
 _state: dict = {}  # provider, propagator, processors, plan
 _exit_done = False
+_flushing = False
+_term_pending = False
 
 
 def provider_ready() -> bool:
@@ -166,18 +168,46 @@ def _install_sigterm() -> None:
 
 
 def _on_sigterm(signum, frame) -> None:
-    """Flush, then die of SIGTERM exactly as the program would have."""
+    """Flush, then die of SIGTERM exactly as the program would have.
+
+    Further SIGTERMs are ignored while the (bounded) flush runs: a supervisor
+    that signals twice (multiprocessing.Pool does) would otherwise kill the
+    process in the middle of the flush."""
+    global _term_pending
+    if _flushing:
+        # We interrupted a flush already under way (multiprocessing's exit
+        # finalizers, atexit): let it finish, then die of this signal.
+        _term_pending = True
+        return
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    except (ValueError, OSError):
+        pass
     flush_at_exit()
+    _die_of_sigterm()
+
+
+def _die_of_sigterm() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)
 
 
 def flush_at_exit() -> None:
     """Shut the pipeline down within OTEL_TRACE_RUN_EXIT_TIMEOUT; report drops."""
-    global _exit_done
+    global _exit_done, _flushing
     if _exit_done or "provider" not in _state:
         return
     _exit_done = True
+    _flushing = True
+    try:
+        _flush_at_exit()
+    finally:
+        _flushing = False
+        if _term_pending:
+            _die_of_sigterm()
+
+
+def _flush_at_exit() -> None:
     timeout = config.get("OTEL_TRACE_RUN_EXIT_TIMEOUT") / 1000.0
     provider = _state["provider"]
     done = threading.Event()

@@ -329,9 +329,16 @@ def _build_pipeline(spec: dict, batch: dict, exporthealth):
 
         health = exporthealth.ExportHealth(ConsoleSpanExporter(), "console_json")
         return exporthealth.CountingProcessor(SimpleSpanProcessor(redacted(health)), health), health
+    warm = None
     if name == "otlp":
         def exporter():
             return build_otlp_exporter(spec)
+
+        def warm():
+            import importlib
+
+            kind = "grpc" if spec["protocol"] == "grpc" else "http"
+            importlib.import_module("opentelemetry.exporter.otlp.proto.%s.trace_exporter" % kind)
 
         target = "%s (%s)" % (spec["endpoint"], spec["protocol"])
     else:
@@ -339,7 +346,7 @@ def _build_pipeline(spec: dict, batch: dict, exporthealth):
             return _entry_points("opentelemetry_traces_exporter")[name].load()()
 
         target = name
-    health = exporthealth.ExportHealth(exporter, target)
+    health = exporthealth.ExportHealth(exporter, target, warm=warm)
     processor = BatchSpanProcessor(redacted(health), **batch)
     return exporthealth.CountingProcessor(processor, health), health
 
