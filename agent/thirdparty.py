@@ -30,9 +30,10 @@ found: list = []  # (name, module, value, distribution, status)
 
 def _cache_path() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    import zlib
-
-    return os.path.join(base, "trace-run", "instrumentors-%08x.txt" % zlib.crc32(sys.prefix.encode()))
+    digest = 0
+    for ch in sys.prefix:  # a stable name per environment (hash() is salted per process)
+        digest = (digest * 31 + ord(ch)) & 0xFFFFFFFF
+    return os.path.join(base, "trace-run", "instrumentors-%08x.txt" % digest)
 
 
 def _key() -> str:

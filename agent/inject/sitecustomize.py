@@ -32,10 +32,12 @@ def _trace_run_start(here):
 
 def _trace_run_chain(seen):
     """Run the next sitecustomize on sys.path, as `site` would have without us."""
+    rest = [p for p in sys.path if os.path.realpath(p or os.curdir) not in seen]
+    if not any(_trace_run_may_hold_sitecustomize(p) for p in rest):
+        return  # the common case: skip importing importlib's helpers (~2 ms)
     from importlib.machinery import PathFinder
     from importlib.util import module_from_spec
 
-    rest = [p for p in sys.path if os.path.realpath(p or os.curdir) not in seen]
     spec = PathFinder.find_spec("sitecustomize", rest)
     if spec is None or spec.loader is None:
         return
@@ -47,6 +49,16 @@ def _trace_run_chain(seen):
     except BaseException:
         sys.modules["sitecustomize"] = ours
         raise
+
+
+def _trace_run_may_hold_sitecustomize(folder):
+    if not os.path.isdir(folder or os.curdir):
+        return os.path.exists(folder)  # a zip file: let the import system look
+    try:
+        names = os.listdir(folder or os.curdir)
+    except OSError:
+        return False
+    return any(n == "sitecustomize" or n.startswith("sitecustomize.") for n in names)
 
 
 _trace_run_boot()
