@@ -69,7 +69,7 @@ for line in sys.stdin:
             cur.fetchall()
             try:
                 cur.execute("SELECT '%s'::int" % s[9])
-            except psycopg.errors.InvalidTextRepresentation:
+            except psycopg.errors.DataError:  # not a number, or out of range for int
                 conn.rollback()
     # Redis values.
     key = "trace-run-secrets:" + tag
