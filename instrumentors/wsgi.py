@@ -197,7 +197,8 @@ class _Request:
 
 
 class _TracedBody:
-    """The app's response iterable; the span is current while it yields and ends on close()."""
+    """The app's response iterable; the span is current while it yields and ends once the body
+    is exhausted or closed, whichever comes first."""
 
     __slots__ = ("_body", "_iter", "_request")
 
@@ -216,6 +217,11 @@ class _TracedBody:
                 self._iter = iter(self._body)
             return next(self._iter)
         except StopIteration:
+            # The whole body is out. Servers close() the iterable next, but
+            # werkzeug skips close() when the client reset the connection while
+            # it drains the request: end here too (end() is idempotent).
+            with _guard:
+                self._request.end()
             raise
         except BaseException as exc:
             with _guard:
@@ -223,6 +229,16 @@ class _TracedBody:
             raise
         finally:
             otel_context.detach(token)
+
+    def __del__(self) -> None:
+        # Last resort: a server whose write failed (the client went away) drops
+        # the iterable without exhausting or closing it. CPython collects it as
+        # the request's handler returns; an open span would never be exported.
+        try:
+            if not self._request.ended:
+                self._request.end()
+        except Exception:
+            pass
 
     def close(self) -> None:
         try:

@@ -320,7 +320,6 @@ def test_trace_middleware_by_hand_and_no_double_span(memory):
 
     r = Client(app).get("/x?sig=1", headers={"traceparent": "00-%032x-%016x-01" % (5, 6)})
     assert r.status_code == 503 and r.data == b"ab"
-    assert not exporter.get_finished_spans()  # the body is not closed yet: the span is still open
     r.close()
     assert closed
     (span,) = exporter.get_finished_spans()
@@ -328,6 +327,50 @@ def test_trace_middleware_by_hand_and_no_double_span(memory):
     assert span.status.status_code == StatusCode.ERROR and span.attributes["error.type"] == "503"
     assert span.context.trace_id == 5 and span.parent.span_id == 6
     assert span.attributes["url.query"] == "sig=REDACTED"
+
+
+def test_streamed_body_measured_whole_and_ended_without_close(memory):
+    """The span lasts until the last chunk is out, and ends even when the server never
+    calls close() (werkzeug skips it when the client resets the connection)."""
+    provider, exporter = memory
+
+    def streaming(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return iter([b"one", b"two"])
+
+    app = TraceMiddleware(streaming, tracer_provider=provider)
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/s", "SERVER_NAME": "h", "SERVER_PORT": "80",
+               "wsgi.url_scheme": "http", "SERVER_PROTOCOL": "HTTP/1.1"}
+    body = app(environ, lambda status, headers, exc_info=None: None)
+    assert next(body) == b"one"
+    assert not exporter.get_finished_spans()  # still streaming
+    assert next(body) == b"two"
+    assert not exporter.get_finished_spans()
+    with pytest.raises(StopIteration):
+        next(body)
+    (span,) = exporter.get_finished_spans()  # no close() was called
+    assert span.kind == SpanKind.SERVER and span.attributes["http.response.status_code"] == 200
+    body.close()
+    assert len(exporter.get_finished_spans()) == 1  # close() after the end ends nothing twice
+
+
+def test_body_dropped_by_a_failing_server_still_ends_the_span(memory):
+    """A server whose write fails (client gone) drops the body unexhausted and unclosed."""
+    provider, exporter = memory
+
+    def streaming(environ, start_response):
+        start_response("200 OK", [])
+        return iter([b"one", b"two"])
+
+    app = TraceMiddleware(streaming, tracer_provider=provider)
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/s", "SERVER_NAME": "h", "SERVER_PORT": "80",
+               "wsgi.url_scheme": "http", "SERVER_PROTOCOL": "HTTP/1.1"}
+    body = app(environ, lambda status, headers, exc_info=None: None)
+    assert next(body) == b"one"
+    assert not exporter.get_finished_spans()
+    del body  # what the server does when writing b"one" raised BrokenPipeError
+    (span,) = exporter.get_finished_spans()
+    assert span.kind == SpanKind.SERVER and span.name == "GET"
 
 
 @pytest.mark.parametrize("url,expected", [
