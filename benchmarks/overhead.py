@@ -111,6 +111,10 @@ def app_env(venv: str, sink: Helper, downstream: Helper, sampling: float) -> dic
         "OTEL_METRICS_EXPORTER": "none",
         "OTEL_LOGS_EXPORTER": "none",
     })
+    # BENCH_EXTRA_ENV="K=V,K2=V2": extra variables for every agent configuration (experiments).
+    for item in filter(None, os.environ.get("BENCH_EXTRA_ENV", "").split(",")):
+        key, _, value = item.partition("=")
+        env[key.strip()] = value.strip()
     if sampling < 1.0:
         env["OTEL_TRACES_SAMPLER"] = "parentbased_traceidratio"
         env["OTEL_TRACES_SAMPLER_ARG"] = str(sampling)
