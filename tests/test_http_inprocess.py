@@ -329,19 +329,24 @@ def test_trace_middleware_by_hand_and_no_double_span(memory):
     assert span.attributes["url.query"] == "sig=REDACTED"
 
 
-def test_streamed_body_measured_whole_and_ended_without_close(memory):
-    """The span lasts until the last chunk is out, and ends even when the server never
-    calls close() (werkzeug skips it when the client resets the connection)."""
-    provider, exporter = memory
+def _streamed_body(provider):
+    """A two-chunk streaming WSGI response through TraceMiddleware, as a server would get it."""
 
     def streaming(environ, start_response):
         start_response("200 OK", [("Content-Type", "text/plain")])
         return iter([b"one", b"two"])
 
-    app = TraceMiddleware(streaming, tracer_provider=provider)
     environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/s", "SERVER_NAME": "h", "SERVER_PORT": "80",
                "wsgi.url_scheme": "http", "SERVER_PROTOCOL": "HTTP/1.1"}
-    body = app(environ, lambda status, headers, exc_info=None: None)
+    return TraceMiddleware(streaming, tracer_provider=provider)(environ, lambda status, headers, exc_info=None: None)
+
+
+def test_streamed_body_measured_whole_and_ended_without_close(memory):
+    """The span lasts until the last chunk is out, and ends even when the server never
+    calls close() (werkzeug skips it when the client resets the connection)."""
+    provider, exporter = memory
+
+    body = _streamed_body(provider)
     assert next(body) == b"one"
     assert not exporter.get_finished_spans()  # still streaming
     assert next(body) == b"two"
@@ -358,14 +363,7 @@ def test_body_dropped_by_a_failing_server_still_ends_the_span(memory):
     """A server whose write fails (client gone) drops the body unexhausted and unclosed."""
     provider, exporter = memory
 
-    def streaming(environ, start_response):
-        start_response("200 OK", [])
-        return iter([b"one", b"two"])
-
-    app = TraceMiddleware(streaming, tracer_provider=provider)
-    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/s", "SERVER_NAME": "h", "SERVER_PORT": "80",
-               "wsgi.url_scheme": "http", "SERVER_PROTOCOL": "HTTP/1.1"}
-    body = app(environ, lambda status, headers, exc_info=None: None)
+    body = _streamed_body(provider)
     assert next(body) == b"one"
     assert not exporter.get_finished_spans()
     del body  # what the server does when writing b"one" raised BrokenPipeError
