@@ -92,7 +92,7 @@ def test_idle_worker_makes_no_spans_then_one_task_makes_exactly_its_spans(receiv
     worker = Worker(tmp_path, _env(receiver, "worker", broker, queue), quiet_startup=False)
     workers.append(worker)
     worker.wait_ready()
-    time.sleep(10)  # idle as long as issue 10 asks: polling, heartbeats, gossip, mingle: none of it is the program's work
+    time.sleep(10)  # idle 10 s (issue 10): polling, heartbeats, gossip, mingle are not the program's work
     assert receiver.wait_for(None, 0) == []
     ids = _produce(receiver, queue, "add", broker=broker)
     spans = _settle(receiver, lambda s: any(x.kind == "CONSUMER" for x in s))
