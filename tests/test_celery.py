@@ -27,13 +27,14 @@ def _env(receiver, service, broker="redis", queue="", **extra):
 class Worker:
     """`trace-run celery -A celery_app worker` in a subprocess; stopped (and killed if need be) at the end."""
 
-    def __init__(self, tmp_path, env, pool="solo", quiet_startup=True):
+    def __init__(self, tmp_path, env, pool="solo", quiet_startup=True, extra_args=()):
         self.log = tmp_path / ("worker-%s.log" % uuid.uuid4().hex[:6])
         args = [TRACE_RUN, "celery", "-A", "celery_app", "worker", "--pool", pool, "-Q", env["CELERY_TEST_QUEUE"],
                 "-n", "trace-run-%s@%%h" % uuid.uuid4().hex[:8], "-l", "info"]
         args += ["--concurrency", "2"] if pool == "prefork" else []
         if quiet_startup:
             args += ["--without-mingle", "--without-gossip"]
+        args += list(extra_args)
         self.proc = subprocess.Popen(args, env=env, cwd=APPS, stdout=subprocess.DEVNULL,
                                      stderr=open(self.log, "w"), start_new_session=True)
 
@@ -228,3 +229,22 @@ def test_prefork_children_flush_every_span_at_shutdown(receiver, workers, tmp_pa
              if s.service == "worker"]
     assert sorted(s.attributes["messaging.message.id"] for s in spans) == sorted([ids["add"], ids["wait"]])
     assert all(s.name == "process celery_app.add" and s.parent_id for s in spans)
+
+
+def test_prefork_children_recycled_after_each_task_flush_their_spans(receiver, workers, tmp_path):
+    """--max-tasks-per-child 1: every child exits (os._exit) after one task; its span still arrives,
+    before the worker itself stops, and exactly once."""
+    queue = _queue()
+    worker = Worker(tmp_path, _env(receiver, "worker", "redis", queue, OTEL_BSP_SCHEDULE_DELAY="600000"),
+                    pool="prefork", extra_args=["--max-tasks-per-child", "1"])
+    workers.append(worker)
+    worker.wait_ready()
+    ids = _produce(receiver, queue, "add", "wait")
+    spans = [s for s in _settle(receiver, lambda ss: sum(x.service == "worker" for x in ss) >= 2, timeout=20)
+             if s.service == "worker"]
+    assert worker.proc.poll() is None  # the worker runs on; only its children were recycled
+    assert sorted(s.attributes["messaging.message.id"] for s in spans) == sorted([ids["add"], ids["wait"]])
+    assert len({s.resource["process.pid"] for s in spans}) == 2  # two children, one task each
+    assert worker.stop() == 0
+    time.sleep(0.5)
+    assert len([s for s in receiver.spans if s.service == "worker"]) == 2  # nothing sent twice at shutdown
