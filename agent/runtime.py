@@ -71,12 +71,17 @@ def _setup() -> None:
 
     _quiet_sdk_loggers()
     plan = sdk.resolve()
-    propagate = _import_propagate(plan["propagators"])
-    saved = _hide_invalid_values()
+    saved = _environ_for_sdk(plan["propagators"])
     try:
+        from opentelemetry import propagate
+
         provider, propagator, processors = sdk.build(plan)
     finally:
-        os.environ.update(saved)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     trace.set_tracer_provider(provider)
     propagate.set_global_textmap(propagator)
     _state.update(provider=provider, propagator=propagator, processors=processors, plan=plan)
@@ -99,31 +104,17 @@ def _child_pid() -> None:
         pass
 
 
-def _hide_invalid_values() -> dict:
-    """The SDK reads some variables itself and raises on garbage (opentelemetry.sdk.trace even at
-    import, e.g. OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT=lots): while it is set up, the variables we already
-    warned about are out of the environment. Returns them, to be put back."""
+def _environ_for_sdk(propagators: list) -> dict:
+    """The SDK reads some variables itself and raises on garbage: opentelemetry.sdk.trace at
+    import (e.g. OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT=lots), opentelemetry.propagate on an unknown
+    OTEL_PROPAGATORS name. We warned about those already; while the SDK is set up they leave the
+    environment and OTEL_PROPAGATORS holds the names that resolved. Returns what to put back."""
     bad = {w.split("=", 1)[0] for w in config.WARNINGS if "=" in w.split(" ", 1)[0]}
-    return {name: os.environ.pop(name) for name in bad if name in os.environ}
-
-
-def _import_propagate(valid: list):
-    """opentelemetry.propagate raises at import on an unknown OTEL_PROPAGATORS name;
-    we warned already, so import it with the names that resolved."""
-    import sys
-
-    if "opentelemetry.propagate" in sys.modules:
-        return sys.modules["opentelemetry.propagate"]
-    saved = os.environ.get("OTEL_PROPAGATORS")
-    os.environ["OTEL_PROPAGATORS"] = ",".join(valid) or "none"
-    try:
-        from opentelemetry import propagate
-    finally:
-        if saved is None:
-            os.environ.pop("OTEL_PROPAGATORS", None)
-        else:
-            os.environ["OTEL_PROPAGATORS"] = saved
-    return propagate
+    saved = {name: os.environ.get(name) for name in bad | {"OTEL_PROPAGATORS"}}
+    for name in bad:
+        os.environ.pop(name, None)
+    os.environ["OTEL_PROPAGATORS"] = ",".join(propagators) or "none"
+    return saved
 
 
 def _quiet_sdk_loggers() -> None:
@@ -135,11 +126,6 @@ def _quiet_sdk_loggers() -> None:
     if config.get("OTEL_LOG_LEVEL") == "debug":
         return
 
-    class _Quiet(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            return False
-
-    quiet = _Quiet()
     for name in (
         "opentelemetry.exporter.otlp.proto.http.trace_exporter",
         "opentelemetry.exporter.otlp.proto.grpc.exporter",
@@ -150,10 +136,7 @@ def _quiet_sdk_loggers() -> None:
         "opentelemetry.sdk.trace.export",
         "opentelemetry.baggage.propagation",  # quotes whole oversized baggage headers from the network, per request
     ):
-        logger = logging.getLogger(name)
-        logger.addFilter(quiet)
-        logger.propagate = False
-        logger.disabled = True
+        logging.getLogger(name).disabled = True  # per logger: children are listed too
 
 
 def _install_sigterm() -> None:
