@@ -115,7 +115,8 @@ def reset() -> None:
     _settings.clear()
 
 
-def _compile_list(name: str, patterns: list, flags: int = 0, full: bool = False):
+def compile_patterns(name: str, patterns: list, flags: int = 0, full: bool = False):
+    """One regex for a list of patterns (None if empty); a bad pattern is warned about and left out."""
     good = []
     for p in patterns:
         try:
@@ -140,7 +141,7 @@ def excluded_urls(library: str):
         pass
     specific = "OTEL_PYTHON_%s_EXCLUDED_URLS" % library.upper()
     name = specific if config.is_set(specific) else "OTEL_PYTHON_EXCLUDED_URLS"
-    value = _compile_list(name, config.get(name))
+    value = compile_patterns(name, config.get(name))
     _settings[key] = value
     return value
 
@@ -181,12 +182,12 @@ def capture(direction: str) -> Optional[HeaderCapture]:
     except KeyError:
         pass
     name = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_" + direction
-    match = _compile_list(name, [p.lower() for p in config.get(name)], re.IGNORECASE, full=True)
+    match = compile_patterns(name, [p.lower() for p in config.get(name)], re.IGNORECASE, full=True)
     result = None
     if match is not None:
         if "sanitize" not in _settings:
             sname = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS"
-            _settings["sanitize"] = _compile_list(sname, [p.lower() for p in config.get(sname)],
+            _settings["sanitize"] = compile_patterns(sname, [p.lower() for p in config.get(sname)],
                                                   re.IGNORECASE, full=True)
         prefix = "http.request.header." if direction.endswith("REQUEST") else "http.response.header."
         result = HeaderCapture(match, _settings["sanitize"], prefix)

@@ -287,10 +287,8 @@ class TraceMiddleware:
         if excluded_urls is None:
             self._excluded = http_common.excluded_urls("flask")
         else:
-            import re
-
-            self._excluded = re.compile("|".join("(?:%s)" % p.strip() for p in excluded_urls.split(",")
-                                                 if p.strip())) if excluded_urls.strip() else None
+            patterns = [p.strip() for p in excluded_urls.split(",") if p.strip()]
+            self._excluded = http_common.compile_patterns("TraceMiddleware(excluded_urls=...)", patterns)
 
     def __call__(self, environ: dict, start_response: Callable) -> Any:
         return handle(self._tracer, environ, start_response, self.app, self._excluded)
