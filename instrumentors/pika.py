@@ -19,6 +19,7 @@ import weakref
 from contextvars import ContextVar
 from typing import Any
 
+import pika.spec
 from opentelemetry import context, trace
 from opentelemetry.semconv._incubating.attributes import messaging_attributes as M
 from opentelemetry.semconv.attributes import server_attributes
@@ -109,8 +110,6 @@ def _common(impl_channel, properties, body) -> dict:
 
 def _with_context(properties, ctx) -> Any:
     """A copy of `properties` whose headers (a new dict) also hold the trace context; or None."""
-    import pika.spec
-
     if properties is None:
         headers: dict = {}
         mc.inject(headers, ctx)
