@@ -177,15 +177,9 @@ def register(var: Var) -> None:
 
 
 def warn(name: str, raw: str, instead: str, why: str = "") -> None:
-    """One line naming the variable, the value and the fallback; once per variable."""
-    key = "%s=%s" % (name, raw)
-    for w in WARNINGS:
-        if w.startswith(key + ":") or w.startswith(name + "=" + raw + " "):
-            return
-    shown = mask(name, raw)
-    msg = "%s=%r is invalid%s; using %s" % (name, shown, (" (" + why + ")") if why else "", instead)
-    WARNINGS.append(msg)
-    log.warning(msg)
+    """One line naming the variable, the value and the fallback; once per variable and value."""
+    msg = "%s=%r is invalid%s; using %s" % (name, mask(name, raw), (" (" + why + ")") if why else "", instead)
+    notice(msg)
 
 
 def notice(msg: str) -> None:

@@ -212,3 +212,12 @@ def test_psycopg2_dependency_names_the_installed_distribution():
         assert inst.is_instrumented_by_opentelemetry
     finally:
         inst.uninstrument()
+
+
+def test_the_same_bad_value_is_reported_once(capsys):
+    config.reset()
+    for _ in range(3):
+        config.warn("OTEL_TRACES_EXPORTER", "nosuch", "no exporter for it", "no such exporter installed")
+    assert len(config.WARNINGS) == 1
+    assert capsys.readouterr().err.count("OTEL_TRACES_EXPORTER='nosuch'") == 1
+    config.reset()
