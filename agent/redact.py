@@ -113,25 +113,24 @@ class _RedactedSpan(ReadableSpan):
         return self._dropped[2]
 
 
+def _redact_each(items, rules: Rules, rebuild):
+    """A new list with rebuilt copies of the events or links whose attributes matched; None if none did."""
+    out = None
+    for i, item in enumerate(items):
+        cleaned = rules.apply(item.attributes)
+        if cleaned is not None:
+            if out is None:
+                out = list(items)
+            out[i] = rebuild(item, _frozen(cleaned))
+    return out
+
+
 def redact_span(span: ReadableSpan, rules: Rules) -> ReadableSpan:
     """The span itself when no attribute matches, else a redacted copy."""
     attributes = rules.apply(span.attributes)
-    events = span.events
-    new_events = None
-    for i, event in enumerate(events):
-        cleaned = rules.apply(event.attributes)
-        if cleaned is not None:
-            if new_events is None:
-                new_events = list(events)
-            new_events[i] = Event(event.name, _frozen(cleaned), event.timestamp)
-    links = span.links
-    new_links = None
-    for i, link in enumerate(links):
-        cleaned = rules.apply(link.attributes)
-        if cleaned is not None:
-            if new_links is None:
-                new_links = list(links)
-            new_links[i] = Link(link.context, _frozen(cleaned))
+    events, links = span.events, span.links
+    new_events = _redact_each(events, rules, lambda e, attrs: Event(e.name, attrs, e.timestamp))
+    new_links = _redact_each(links, rules, lambda link, attrs: Link(link.context, attrs))
     if attributes is None and new_events is None and new_links is None:
         return span
     return _RedactedSpan(
