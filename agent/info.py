@@ -29,8 +29,8 @@ def render() -> str:
         out.append("  (none: spans are not exported)")
     for e in plan["exporters"]:
         if e["name"] == "otlp":
-            out.append("  otlp %s -> %s (timeout %gs, compression %s, headers: %s%s)" % (
-                e["protocol"], e["endpoint"], e["timeout_s"], e["compression"],
+            out.append("  otlp %s -> %s (%s encoder, timeout %gs, compression %s, headers: %s%s)" % (
+                e["protocol"], e["endpoint"], e.get("encoder", "sdk"), e["timeout_s"], e["compression"],
                 _masked_headers(e["headers"]), ", CA %s" % e["certificate"] if e["certificate"] else ""))
         else:
             out.append("  %s%s" % (e["name"], (" (" + e["entry_point"] + ")") if "entry_point" in e else ""))

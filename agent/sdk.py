@@ -178,6 +178,7 @@ def _resolve_otlp() -> dict:
         "certificate": _signal("CERTIFICATE") or None,
         "client_key": _signal("CLIENT_KEY") or None,
         "client_certificate": _signal("CLIENT_CERTIFICATE") or None,
+        "encoder": "sdk" if protocol == "grpc" else config.get("OTEL_TRACE_RUN_OTLP_ENCODER"),
     }
 
 
@@ -337,8 +338,11 @@ def _build_pipeline(spec: dict, batch: dict, exporthealth):
         def warm():
             import importlib
 
-            kind = "grpc" if spec["protocol"] == "grpc" else "http"
-            importlib.import_module("opentelemetry.exporter.otlp.proto.%s.trace_exporter" % kind)
+            if spec.get("encoder") == "fast":
+                importlib.import_module("trace_run.agent.otlp_http")
+            else:
+                kind = "grpc" if spec["protocol"] == "grpc" else "http"
+                importlib.import_module("opentelemetry.exporter.otlp.proto.%s.trace_exporter" % kind)
 
         target = "%s (%s)" % (spec["endpoint"], spec["protocol"])
     else:
@@ -374,7 +378,11 @@ def build_otlp_exporter(spec: dict):
             compression=grpc.Compression.Gzip if spec["compression"] == "gzip" else grpc.Compression.NoCompression,
         )
     from opentelemetry.exporter.otlp.proto.http import Compression
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    if spec.get("encoder") == "fast":
+        from .otlp_http import FastOTLPSpanExporter as OTLPSpanExporter
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     return OTLPSpanExporter(
         endpoint=spec["endpoint"],

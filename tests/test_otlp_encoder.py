@@ -1,0 +1,267 @@
+"""trace-run's OTLP encoder gives the official encoder's bytes, and its exporter delivers them.
+
+Equality is checked on the bytes (the strongest form) and, for the reader of a
+failure, on the decoded messages too.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from conftest import clean_env, run_traced, write_script
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as official_encode
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.span import TraceState
+from trace_run.agent import otlp_encoder
+from trace_run.agent.otlp_encoder import Encoder, encode_spans
+
+
+def _provider(resource=None, limits=None):
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=resource or Resource({"service.name": "enc", "n": 3}), span_limits=limits)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter
+
+
+def _assert_same(spans):
+    expected = official_encode(spans).SerializePartialToString()
+    got = encode_spans(spans)
+    # decoded first: a difference then reads as fields, not as bytes
+    assert ExportTraceServiceRequest.FromString(got) == ExportTraceServiceRequest.FromString(expected)
+    assert got == expected
+    return got
+
+
+def _remote_parent(trace_state=None):
+    ctx = SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, is_remote=True,
+                      trace_flags=TraceFlags(1), trace_state=trace_state or TraceState())
+    return trace.set_span_in_context(NonRecordingSpan(ctx))
+
+
+def test_a_varied_batch_encodes_to_the_official_bytes():
+    provider, exporter = _provider(limits=SpanLimits(max_span_attributes=6, max_events=1, max_links=1))
+    tracer = provider.get_tracer("scope.a", "1.2.3", schema_url="https://opentelemetry.io/schemas/1.26.0",
+                                 attributes={"scope.attr": "x"})
+    other = provider.get_tracer("scope.b")
+    parent = _remote_parent(TraceState([("vendor", "v1"), ("other", "x-y")]))
+    with tracer.start_as_current_span("GET /orders/{id}", kind=SpanKind.SERVER, context=parent, attributes={
+        "http.request.method": "GET", "url.path": "/orders/7", "server.port": 8080, "flag": True,
+        "off": False, "ratio": 0.25, "zero": 0, "empty": "", "neg": -12345678901,
+    }) as root:  # 9 attributes, 6 kept: dropped_attributes_count is written
+        root.add_event("first", {"k": "v", "n": 1}, timestamp=1_700_000_000_000_000_001)
+        root.add_event("second")  # over the event limit: dropped_events_count
+        root.set_status(Status(StatusCode.ERROR, "payment declined"))
+        with other.start_as_current_span("SELECT shop.orders", kind=SpanKind.CLIENT, links=[
+            Link(root.get_span_context(), {"link.kind": "same"}),
+            Link(trace.get_current_span(parent).get_span_context()),  # over the link limit
+        ], attributes={"db.query.text": "SELECT ? ", "tags": ("a", "b", ""), "ints": (1, -2, 3),
+                       "floats": (1.5, -0.0, math.inf), "bools": (True, False)}) as child:
+            child.set_status(Status(StatusCode.OK))
+        for kind in (SpanKind.INTERNAL, SpanKind.PRODUCER, SpanKind.CONSUMER):
+            with tracer.start_as_current_span("", kind=kind, attributes={"unicode": "zażółć ✓ 𝄞"}):
+                pass
+    spans = exporter.get_finished_spans()
+    assert len(spans) == 5
+    data = _assert_same(spans)
+    request = ExportTraceServiceRequest.FromString(data)
+    scopes = request.resource_spans[0].scope_spans
+    assert [s.scope.name for s in scopes] == ["scope.b", "scope.a"]  # order of first appearance
+    root_pb = [s for s in scopes[1].spans if s.name == "GET /orders/{id}"][0]
+    assert root_pb.dropped_attributes_count == 3 and root_pb.dropped_events_count == 1
+    assert root_pb.trace_state == "vendor=v1,other=x-y" and root_pb.flags == 0x300
+    assert root_pb.status.code == 2 and root_pb.status.message == "payment declined"
+
+
+def test_spans_of_equal_resources_share_a_group_and_different_ones_do_not():
+    p1, e1 = _provider(Resource({"service.name": "a"}))
+    p2, e2 = _provider(Resource({"service.name": "a"}))  # equal, another object
+    p3, e3 = _provider(Resource({"service.name": "b"}, schema_url="https://example.com/s"))
+    for p in (p1, p3, p2, p1):
+        with p.get_tracer("t").start_as_current_span("s"):
+            pass
+    spans = list(e1.get_finished_spans()[:1]) + list(e3.get_finished_spans()) + list(e2.get_finished_spans()) \
+        + list(e1.get_finished_spans()[1:])
+    request = ExportTraceServiceRequest.FromString(_assert_same(spans))
+    assert [len(rs.scope_spans[0].spans) for rs in request.resource_spans] == [3, 1]
+    assert request.resource_spans[1].schema_url == "https://example.com/s"
+
+
+def test_attributes_the_official_encoder_skips_are_skipped_too():
+    provider, exporter = _provider()
+    with provider.get_tracer("t").start_as_current_span("s", attributes={
+        "huge": 1 << 70, "huge.list": (1, 1 << 64), "ok": "kept", "surrogate": "\ud800",
+    }):
+        pass
+    spans = exporter.get_finished_spans()
+    data = _assert_same(spans)
+    keys = [kv.key for kv in ExportTraceServiceRequest.FromString(data).resource_spans[0].scope_spans[0].spans[0]
+            .attributes]
+    assert keys == ["ok"]
+
+
+_scalar = st.one_of(
+    st.text(st.characters(blacklist_categories=("Cs",)), max_size=40),
+    st.booleans(),
+    st.integers(min_value=-(1 << 63), max_value=(1 << 63) - 1),
+    st.floats(allow_nan=True, allow_infinity=True),
+)
+_value = st.one_of(
+    _scalar,
+    st.lists(st.text(max_size=8), max_size=4).map(tuple),
+    st.lists(st.integers(min_value=-(1 << 63), max_value=(1 << 63) - 1), max_size=4).map(tuple),
+    st.lists(st.floats(), max_size=4).map(tuple),
+    st.lists(st.booleans(), max_size=4).map(tuple),
+)
+_attrs = st.dictionaries(st.text(max_size=12), _value, max_size=8)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    spans=st.lists(st.tuples(
+        st.text(st.characters(blacklist_categories=("Cs",)), max_size=20),
+        st.sampled_from(list(SpanKind)),
+        _attrs,
+        st.lists(st.tuples(st.text(max_size=8), _attrs), max_size=2),
+        st.sampled_from([None, StatusCode.OK, StatusCode.ERROR]),
+        st.booleans(),
+    ), min_size=1, max_size=6),
+    resource=_attrs,
+)
+def test_any_span_encodes_to_the_official_bytes(spans, resource):
+    provider, exporter = _provider(Resource(resource))
+    tracer = provider.get_tracer("prop", "0.1")
+    for name, kind, attrs, events, status, remote in spans:
+        with tracer.start_as_current_span(name, kind=kind, attributes=attrs,
+                                          context=_remote_parent() if remote else None) as span:
+            for event_name, event_attrs in events:
+                span.add_event(event_name, event_attrs)
+            if status is not None:
+                span.set_status(Status(status, "why" if status is StatusCode.ERROR else None))
+    _assert_same(exporter.get_finished_spans())
+
+
+def test_cached_attributes_stay_right_when_the_cache_starts_over(monkeypatch):
+    monkeypatch.setattr(otlp_encoder, "_CACHE_MAX", 4)
+    encoder = Encoder(pause=False)
+    provider, exporter = _provider()
+    tracer = provider.get_tracer("t")
+    for i in range(12):
+        with tracer.start_as_current_span("s", attributes={"user.id": i % 7, "name": "n%d" % (i % 5)}) as span:
+            span.add_event("e", {"name": "n%d" % (i % 5)})  # same pair, another field: another cache
+    spans = exporter.get_finished_spans()
+    for _ in range(2):  # a second pass reads from the cache
+        assert encoder.encode(spans) == official_encode(spans).SerializePartialToString()
+    assert all(len(cache) <= 4 for cache in encoder._attr_caches.values())
+
+
+def test_a_batch_bigger_than_a_slice_pauses_and_still_matches(monkeypatch):
+    pauses = []
+    monkeypatch.setattr(otlp_encoder.time, "sleep", pauses.append)
+    provider, exporter = _provider()
+    tracer = provider.get_tracer("t")
+    for i in range(otlp_encoder.SLICE * 3 + 1):
+        with tracer.start_as_current_span("s%d" % i):
+            pass
+    spans = exporter.get_finished_spans()
+    assert Encoder().encode(spans) == official_encode(spans).SerializePartialToString()
+    assert len(pauses) == 3
+
+
+# -- the exporter ----------------------------------------------------------------------
+
+
+def _spans(n=3):
+    provider, exporter = _provider()
+    for i in range(n):
+        with provider.get_tracer("t").start_as_current_span("span-%d" % i, attributes={"i": i}):
+            pass
+    return exporter.get_finished_spans()
+
+
+def test_fast_exporter_posts_the_official_bytes(receiver):
+    from trace_run.agent.otlp_http import FastOTLPSpanExporter
+
+    spans = _spans()
+    exporter = FastOTLPSpanExporter(endpoint=receiver.http_endpoint + "/v1/traces")
+    assert exporter.export(spans) is SpanExportResult.SUCCESS
+    assert receiver.requests == [official_encode(spans).SerializePartialToString()]
+    assert [s.name for s in receiver.spans] == ["span-0", "span-1", "span-2"]
+    exporter.shutdown()
+    assert exporter.export(spans) is SpanExportResult.FAILURE  # after shutdown, as the stock exporter
+
+
+def test_fast_exporter_reports_a_failing_endpoint(receiver):
+    from trace_run.agent.otlp_http import FastOTLPSpanExporter
+
+    receiver.http_status = 400  # not retried by the SDK's client
+    exporter = FastOTLPSpanExporter(endpoint=receiver.http_endpoint + "/v1/traces", timeout=2)
+    assert exporter.export(_spans()) is SpanExportResult.FAILURE
+    assert receiver.spans == []
+
+
+def test_fast_exporter_drops_a_batch_over_the_size_limit(receiver, capfd):
+    from trace_run.agent.otlp_http import FastOTLPSpanExporter
+
+    exporter = FastOTLPSpanExporter(endpoint=receiver.http_endpoint + "/v1/traces", max_request_size=100)
+    assert exporter.export(_spans(5)) is SpanExportResult.FAILURE
+    assert receiver.http_calls == 0
+    assert "over the 100-byte request limit" in capfd.readouterr().err
+
+
+def test_a_span_that_cannot_be_encoded_fails_its_batch_with_one_line(receiver, capfd):
+    from trace_run.agent.otlp_http import FastOTLPSpanExporter
+
+    exporter = FastOTLPSpanExporter(endpoint=receiver.http_endpoint + "/v1/traces")
+    assert exporter.export([object()]) is SpanExportResult.FAILURE
+    err = capfd.readouterr().err
+    assert "spans not encoded (AttributeError" in err and "this batch is dropped" in err
+    assert exporter.export(_spans(1)) is SpanExportResult.SUCCESS  # the next batch goes out
+    assert len(receiver.spans) == 1
+
+
+def test_an_sdk_without_the_expected_internals_gets_the_stock_export(receiver, monkeypatch):
+    from trace_run.agent import otlp_http
+
+    monkeypatch.setattr(otlp_http, "_NEEDS", otlp_http._NEEDS + ("_no_such_attribute",))
+    exporter = otlp_http.FastOTLPSpanExporter(endpoint=receiver.http_endpoint + "/v1/traces")
+    assert exporter.export.__func__ is otlp_http.OTLPSpanExporter.export
+    spans = _spans()
+    assert exporter.export(spans) is SpanExportResult.SUCCESS
+    assert receiver.requests == [official_encode(spans).SerializePartialToString()]
+
+
+# -- under trace-run ---------------------------------------------------------------------
+
+_APP = """
+    from opentelemetry import trace
+    tracer = trace.get_tracer("app")
+    with tracer.start_as_current_span("outer", attributes={"a": 1, "b": "two"}) as s:
+        s.add_event("e", {"x": 1.5})
+        with tracer.start_as_current_span("inner", kind=trace.SpanKind.CLIENT):
+            pass
+"""
+
+
+@pytest.mark.parametrize("encoder", ["fast", "sdk", "turbo"])
+def test_programs_export_the_same_spans_with_either_encoder(receiver, tmp_path, encoder):
+    script = write_script(tmp_path, _APP)
+    env = clean_env(OTEL_SERVICE_NAME="enc", OTEL_TRACE_RUN_OTLP_ENCODER=encoder, **receiver.env())
+    proc = run_traced(["python", script], env=env, check=True)
+    spans = receiver.wait_for(count=2)
+    assert sorted(s.name for s in spans) == ["inner", "outer"]
+    outer = [s for s in spans if s.name == "outer"][0]
+    inner = [s for s in spans if s.name == "inner"][0]
+    assert inner.parent_id == outer.span_id and inner.trace_id == outer.trace_id
+    assert outer.attributes == {"a": 1, "b": "two"} and outer.resource["service.name"] == "enc"
+    if encoder == "turbo":  # a bad value: one line naming it and what is used instead
+        lines = [line for line in proc.stderr.splitlines() if "OTEL_TRACE_RUN_OTLP_ENCODER" in line]
+        assert len(lines) == 1 and "turbo" in lines[0] and "fast" in lines[0], proc.stderr
