@@ -21,8 +21,8 @@ from typing import Any, Optional
 
 from . import log
 
-SLICE = 32  # spans encoded between two GIL hand-overs
-PAUSE_S = 0.0001  # long enough for a waiting thread to take the GIL
+SLICE = 128  # spans encoded between two GIL hand-overs
+PAUSE_S = 0.0001  # a real sleep: a thread waiting for the GIL takes it (sleep(0) rarely hands it over)
 _CACHE_MAX = 2048  # cached encoded attributes (key, short str value); bounded memory
 _CACHEABLE_LEN = 128
 

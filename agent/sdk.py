@@ -377,12 +377,20 @@ def build_otlp_exporter(spec: dict):
             timeout=spec["timeout_s"],
             compression=grpc.Compression.Gzip if spec["compression"] == "gzip" else grpc.Compression.NoCompression,
         )
-    from opentelemetry.exporter.otlp.proto.http import Compression
-
+    session = _session_keeping_ca() if spec["certificate"] else None
     if spec.get("encoder") == "fast":
-        from .otlp_http import FastOTLPSpanExporter as OTLPSpanExporter
-    else:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        try:
+            from .otlp_http import OTLPHTTPSpanExporter
+
+            cert = spec["client_certificate"]
+            if cert and spec["client_key"]:
+                cert = (cert, spec["client_key"])
+            return OTLPHTTPSpanExporter(spec["endpoint"], spec["headers"], spec["timeout_s"], spec["compression"],
+                                        verify=spec["certificate"] or True, cert=cert, session=session)
+        except (ImportError, AttributeError, TypeError) as exc:  # an SDK without the pieces it builds on
+            log.debug("trace-run's OTLP/HTTP exporter not available here (%s); using the SDK's" % exc)
+    from opentelemetry.exporter.otlp.proto.http import Compression
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     return OTLPSpanExporter(
         endpoint=spec["endpoint"],
@@ -392,7 +400,7 @@ def build_otlp_exporter(spec: dict):
         headers=spec["headers"] or None,
         timeout=spec["timeout_s"],
         compression=Compression.Gzip if spec["compression"] == "gzip" else Compression.NoCompression,
-        session=_session_keeping_ca() if spec["certificate"] else None,
+        session=session,
     )
 
 

@@ -187,40 +187,50 @@ def _spans(n=3):
     return exporter.get_finished_spans()
 
 
-def test_fast_exporter_posts_the_official_bytes(receiver):
-    from trace_run.agent.otlp_http import FastOTLPSpanExporter
+def _exporter(receiver, **kw):
+    from trace_run.agent.otlp_http import OTLPHTTPSpanExporter
 
+    args = dict(headers={}, timeout_s=2.0, compression="none")
+    args.update(kw)
+    return OTLPHTTPSpanExporter(receiver.http_endpoint + "/v1/traces", **args)
+
+
+def test_fast_exporter_posts_the_official_bytes(receiver):
     spans = _spans()
-    exporter = FastOTLPSpanExporter(endpoint=receiver.http_endpoint + "/v1/traces")
+    exporter = _exporter(receiver, headers={"x-tenant": "t1"})
     assert exporter.export(spans) is SpanExportResult.SUCCESS
     assert receiver.requests == [official_encode(spans).SerializePartialToString()]
     assert [s.name for s in receiver.spans] == ["span-0", "span-1", "span-2"]
+    headers = {k.lower(): v for k, v in receiver.headers_seen[0].items()}
+    assert headers["content-type"] == "application/x-protobuf" and headers["x-tenant"] == "t1"
+    assert headers["user-agent"].startswith("OTel-OTLP-Exporter-Python/")
     exporter.shutdown()
     assert exporter.export(spans) is SpanExportResult.FAILURE  # after shutdown, as the stock exporter
 
 
-def test_fast_exporter_reports_a_failing_endpoint(receiver):
-    from trace_run.agent.otlp_http import FastOTLPSpanExporter
+def test_fast_exporter_gzips_when_asked(receiver):
+    spans = _spans()
+    assert _exporter(receiver, compression="gzip").export(spans) is SpanExportResult.SUCCESS
+    assert receiver.headers_seen[0].get("Content-Encoding") == "gzip"
+    assert receiver.requests == [official_encode(spans).SerializePartialToString()]  # as decompressed
 
+
+def test_fast_exporter_reports_a_failing_endpoint(receiver):
     receiver.http_status = 400  # not retried by the SDK's client
-    exporter = FastOTLPSpanExporter(endpoint=receiver.http_endpoint + "/v1/traces", timeout=2)
-    assert exporter.export(_spans()) is SpanExportResult.FAILURE
-    assert receiver.spans == []
+    assert _exporter(receiver).export(_spans()) is SpanExportResult.FAILURE
+    assert receiver.spans == [] and receiver.http_calls == 1
 
 
 def test_fast_exporter_drops_a_batch_over_the_size_limit(receiver, capfd):
-    from trace_run.agent.otlp_http import FastOTLPSpanExporter
-
-    exporter = FastOTLPSpanExporter(endpoint=receiver.http_endpoint + "/v1/traces", max_request_size=100)
+    exporter = _exporter(receiver)
+    exporter.max_request_bytes = 100
     assert exporter.export(_spans(5)) is SpanExportResult.FAILURE
     assert receiver.http_calls == 0
     assert "over the 100-byte request limit" in capfd.readouterr().err
 
 
 def test_a_span_that_cannot_be_encoded_fails_its_batch_with_one_line(receiver, capfd):
-    from trace_run.agent.otlp_http import FastOTLPSpanExporter
-
-    exporter = FastOTLPSpanExporter(endpoint=receiver.http_endpoint + "/v1/traces")
+    exporter = _exporter(receiver)
     assert exporter.export([object()]) is SpanExportResult.FAILURE
     err = capfd.readouterr().err
     assert "spans not encoded (AttributeError" in err and "this batch is dropped" in err
@@ -228,15 +238,18 @@ def test_a_span_that_cannot_be_encoded_fails_its_batch_with_one_line(receiver, c
     assert len(receiver.spans) == 1
 
 
-def test_an_sdk_without_the_expected_internals_gets_the_stock_export(receiver, monkeypatch):
-    from trace_run.agent import otlp_http
+def test_an_sdk_without_the_pieces_gets_the_stock_exporter(monkeypatch):
+    import sys
 
-    monkeypatch.setattr(otlp_http, "_NEEDS", otlp_http._NEEDS + ("_no_such_attribute",))
-    exporter = otlp_http.FastOTLPSpanExporter(endpoint=receiver.http_endpoint + "/v1/traces")
-    assert exporter.export.__func__ is otlp_http.OTLPSpanExporter.export
-    spans = _spans()
-    assert exporter.export(spans) is SpanExportResult.SUCCESS
-    assert receiver.requests == [official_encode(spans).SerializePartialToString()]
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from trace_run.agent import sdk
+
+    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.http.transport._requests", None)  # import fails
+    spec = dict(sdk._resolve_otlp(), endpoint="http://127.0.0.1:4318/v1/traces", encoder="fast")
+    assert type(sdk.build_otlp_exporter(spec)) is OTLPSpanExporter
+    monkeypatch.undo()
+    assert type(sdk.build_otlp_exporter(spec)).__name__ == "OTLPHTTPSpanExporter"
+    assert type(sdk.build_otlp_exporter(dict(spec, encoder="sdk"))) is OTLPSpanExporter
 
 
 # -- under trace-run ---------------------------------------------------------------------
@@ -248,6 +261,9 @@ _APP = """
         s.add_event("e", {"x": 1.5})
         with tracer.start_as_current_span("inner", kind=trace.SpanKind.CLIENT):
             pass
+    trace.get_tracer_provider().force_flush()
+    import sys
+    print("protobuf loaded:", "google.protobuf" in sys.modules)
 """
 
 
@@ -262,6 +278,7 @@ def test_programs_export_the_same_spans_with_either_encoder(receiver, tmp_path, 
     inner = [s for s in spans if s.name == "inner"][0]
     assert inner.parent_id == outer.span_id and inner.trace_id == outer.trace_id
     assert outer.attributes == {"a": 1, "b": "two"} and outer.resource["service.name"] == "enc"
+    assert ("protobuf loaded: False" in proc.stdout) is (encoder != "sdk"), proc.stdout
     if encoder == "turbo":  # a bad value: one line naming it and what is used instead
         lines = [line for line in proc.stderr.splitlines() if "OTEL_TRACE_RUN_OTLP_ENCODER" in line]
         assert len(lines) == 1 and "turbo" in lines[0] and "fast" in lines[0], proc.stderr
