@@ -20,6 +20,13 @@ from .otlp_encoder import Encoder
 MAX_REQUEST_BYTES = 64 * 1024 * 1024  # the stock exporter's default limit
 
 
+def warm() -> None:
+    """Import what building the exporter imports (before a fork: once, in the parent)."""
+    import opentelemetry.exporter.http.transport._requests  # noqa: F401
+    import opentelemetry.exporter.otlp.common.http  # noqa: F401
+    import requests  # noqa: F401
+
+
 class OTLPHTTPSpanExporter(SpanExporter):
     def __init__(self, endpoint: str, headers: dict, timeout_s: float, compression: str,
                  verify=True, cert=None, session=None):

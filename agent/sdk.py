@@ -339,7 +339,7 @@ def _build_pipeline(spec: dict, batch: dict, exporthealth):
             import importlib
 
             if spec.get("encoder") == "fast":
-                importlib.import_module("trace_run.agent.otlp_http")
+                importlib.import_module("trace_run.agent.otlp_http").warm()
             else:
                 kind = "grpc" if spec["protocol"] == "grpc" else "http"
                 importlib.import_module("opentelemetry.exporter.otlp.proto.%s.trace_exporter" % kind)
