@@ -152,7 +152,7 @@ VARIABLES: list[Var] = [
     Var("OTEL_TRACE_RUN_CHATTER", "bool", "false",
         "Trace libraries' internal chatter (broker polling, heartbeats, health checks)."),
     Var("OTEL_TRACE_RUN_OTLP_ENCODER", "enum", "fast",
-        "OTLP/HTTP span encoding: `fast` (trace-run's, same bytes, ~5x faster) or `sdk` (the official one).",
+        "OTLP span encoding: `fast` (trace-run's: the same bytes, ~5x faster) or `sdk` (the official encoder).",
         choices=("fast", "sdk")),
     Var("OTEL_TRACE_RUN_EXIT_TIMEOUT", "int", "5000", "Longest the exit flush may take (ms).", minimum=0),
     Var("OTEL_TRACE_RUN_THIRD_PARTY", "bool", "true", "Apply installed third-party instrumentors."),

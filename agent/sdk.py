@@ -178,7 +178,7 @@ def _resolve_otlp() -> dict:
         "certificate": _signal("CERTIFICATE") or None,
         "client_key": _signal("CLIENT_KEY") or None,
         "client_certificate": _signal("CLIENT_CERTIFICATE") or None,
-        "encoder": "sdk" if protocol == "grpc" else config.get("OTEL_TRACE_RUN_OTLP_ENCODER"),
+        "encoder": config.get("OTEL_TRACE_RUN_OTLP_ENCODER"),
     }
 
 
@@ -338,7 +338,9 @@ def _build_pipeline(spec: dict, batch: dict, exporthealth):
         def warm():
             import importlib
 
-            if spec.get("encoder") == "fast":
+            if spec.get("encoder") == "fast" and spec["protocol"] == "grpc":
+                importlib.import_module("trace_run.agent.otlp_grpc")
+            elif spec.get("encoder") == "fast":
                 importlib.import_module("trace_run.agent.otlp_http").warm()
             else:
                 kind = "grpc" if spec["protocol"] == "grpc" else "http"
@@ -358,7 +360,11 @@ def _build_pipeline(spec: dict, batch: dict, exporthealth):
 def build_otlp_exporter(spec: dict):
     if spec["protocol"] == "grpc":
         import grpc
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        if spec.get("encoder") == "fast":
+            from .otlp_grpc import OTLPGrpcSpanExporter as OTLPSpanExporter
+        else:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
         credentials = None
         if spec["certificate"] or spec["client_key"] or spec["client_certificate"]:

@@ -252,6 +252,29 @@ def test_an_sdk_without_the_pieces_gets_the_stock_exporter(monkeypatch):
     assert type(sdk.build_otlp_exporter(dict(spec, encoder="sdk"))) is OTLPSpanExporter
 
 
+def test_grpc_exporter_sends_the_official_bytes(receiver):
+    from trace_run.agent.otlp_grpc import OTLPGrpcSpanExporter
+
+    spans = _spans()
+    exporter = OTLPGrpcSpanExporter(endpoint=receiver.grpc_endpoint, insecure=True, headers={"x-tenant": "t1"})
+    assert exporter.export(spans) is SpanExportResult.SUCCESS
+    assert receiver.requests == [official_encode(spans).SerializePartialToString()]
+    assert receiver.grpc_calls == 1 and receiver.headers_seen[0].get("x-tenant") == "t1"
+    exporter.shutdown()
+
+
+def test_grpc_exporter_without_the_internals_keeps_the_official_encoder(receiver, monkeypatch):
+    from trace_run.agent import otlp_grpc
+
+    monkeypatch.setattr(otlp_grpc, "_NEEDS", otlp_grpc._NEEDS + ("_no_such_attribute",))
+    exporter = otlp_grpc.OTLPGrpcSpanExporter(endpoint=receiver.grpc_endpoint, insecure=True)
+    assert not hasattr(exporter, "_encoder")
+    spans = _spans()
+    assert exporter.export(spans) is SpanExportResult.SUCCESS
+    assert receiver.requests == [official_encode(spans).SerializePartialToString()]
+    exporter.shutdown()
+
+
 # -- under trace-run ---------------------------------------------------------------------
 
 _APP = """
@@ -267,10 +290,11 @@ _APP = """
 """
 
 
-@pytest.mark.parametrize("encoder", ["fast", "sdk", "turbo"])
-def test_programs_export_the_same_spans_with_either_encoder(receiver, tmp_path, encoder):
+@pytest.mark.parametrize("protocol,encoder", [("http/protobuf", "fast"), ("http/protobuf", "sdk"),
+                                               ("http/protobuf", "turbo"), ("grpc", "fast"), ("grpc", "sdk")])
+def test_programs_export_the_same_spans_with_either_encoder(receiver, tmp_path, protocol, encoder):
     script = write_script(tmp_path, _APP)
-    env = clean_env(OTEL_SERVICE_NAME="enc", OTEL_TRACE_RUN_OTLP_ENCODER=encoder, **receiver.env())
+    env = clean_env(OTEL_SERVICE_NAME="enc", OTEL_TRACE_RUN_OTLP_ENCODER=encoder, **receiver.env(protocol))
     proc = run_traced(["python", script], env=env, check=True)
     spans = receiver.wait_for(count=2)
     assert sorted(s.name for s in spans) == ["inner", "outer"]
@@ -278,7 +302,8 @@ def test_programs_export_the_same_spans_with_either_encoder(receiver, tmp_path, 
     inner = [s for s in spans if s.name == "inner"][0]
     assert inner.parent_id == outer.span_id and inner.trace_id == outer.trace_id
     assert outer.attributes == {"a": 1, "b": "two"} and outer.resource["service.name"] == "enc"
-    assert ("protobuf loaded: False" in proc.stdout) is (encoder != "sdk"), proc.stdout
+    # trace-run's OTLP/HTTP exporter never loads protobuf; gRPC needs it for its own messages
+    assert ("protobuf loaded: False" in proc.stdout) is (encoder != "sdk" and protocol != "grpc"), proc.stdout
     if encoder == "turbo":  # a bad value: one line naming it and what is used instead
         lines = [line for line in proc.stderr.splitlines() if "OTEL_TRACE_RUN_OTLP_ENCODER" in line]
         assert len(lines) == 1 and "turbo" in lines[0] and "fast" in lines[0], proc.stderr
