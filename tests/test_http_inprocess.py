@@ -259,6 +259,33 @@ def test_suppressed_and_excluded(traced, server, memory, monkeypatch):
     assert any("[bad" in w for w in config.WARNINGS)
 
 
+def test_clients_inside_an_unsampled_trace_make_no_span_and_propagate_its_context(traced, server):
+    import http.client
+
+    import httpx
+    import requests
+    import urllib3
+    from opentelemetry import context, trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    parent = SpanContext(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, is_remote=True,
+                         trace_flags=TraceFlags(0))
+    token = context.attach(trace.set_span_in_context(NonRecordingSpan(parent)))
+    try:
+        seen = [requests.get(server + "/headers").json()["traceparent"],
+                urllib3.PoolManager().request("GET", server + "/headers").json()["traceparent"],
+                httpx.get(server + "/headers").json()["traceparent"]]
+        conn = http.client.HTTPConnection(server.split("//")[1])
+        conn.request("GET", "/headers")
+        seen.append(__import__("json").loads(conn.getresponse().read())["traceparent"])
+    finally:
+        context.detach(token)
+    assert seen == ["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"] * 4
+    spans = traced.get_finished_spans()
+    assert not clients(spans)  # and the servers, children of an unsampled parent, record nothing either
+    assert not spans
+
+
 def test_client_header_capture_redacts(traced, server, memory, monkeypatch):
     import requests
 
