@@ -138,9 +138,11 @@ class CountingProcessor(SpanProcessor):
     or the process ended before they could be sent.
     """
 
-    def __init__(self, processor: SpanProcessor, health: ExportHealth):
+    def __init__(self, processor: SpanProcessor, health: ExportHealth, prepare=None):
         self.processor = processor
         self.health = health
+        # prepare(span) -> what the processor queues instead (None: nothing); for sampled spans
+        self._prepare = prepare
         # The exporter is built when the first span ends, on the program's thread
         # but outside any import: importing flask or requests stays cheap, and a
         # program that never makes a span never loads an exporter.
@@ -167,6 +169,10 @@ class CountingProcessor(SpanProcessor):
         next(self._counter)
         if self._pending:
             self._build()
+        if self._prepare is not None and span.context.trace_flags.sampled:
+            span = self._prepare(span)
+            if span is None:
+                return
         self._on_end(span)
 
     def _build(self) -> None:

@@ -79,6 +79,19 @@ def _key_value(key: str, value: Any) -> bytes:
     return out + _field(b"\x12", _value(value))
 
 
+class Encoded:
+    """A span encoded as it ends. Queued until its batch is exported, a span is ~10
+    objects that age through the garbage collector's generations and make its full
+    collections (tens of ms at a time) frequent; this is one object and ~250 bytes."""
+
+    __slots__ = ("data", "resource", "instrumentation_scope")
+
+    def __init__(self, data: bytes, resource, instrumentation_scope):
+        self.data = data
+        self.resource = resource
+        self.instrumentation_scope = instrumentation_scope
+
+
 class Encoder:
     """Holds what is worth keeping between batches: encoded resources, scopes and
     attributes whose value is a short string (`db.system.name=postgresql`)."""
@@ -178,6 +191,10 @@ class Encoder:
         parts.append(_FLAGS[1 if parent is not None and parent.is_remote else 0])
         return b"".join(parts)
 
+    def preencode(self, span) -> Encoded:
+        """The span's bytes now; `encode` frames them with the others of its batch later."""
+        return Encoded(self.span(span), span.resource, span.instrumentation_scope)
+
     def _event(self, event) -> bytes:
         out = b"\x09" + struct.pack("<Q", event.timestamp) if event.timestamp else b""
         if event.name:
@@ -212,7 +229,7 @@ class Encoder:
             entry = scopes.get(scope)
             if entry is None:
                 entry = scopes[scope] = (scope, [])
-            data = self.span(span)
+            data = span.data if type(span) is Encoded else self.span(span)
             n = len(data)
             entry[1].append(b"\x12" + (_VARINT_1[n] if n < 128 else _varint(n)) + data)
         out = []
@@ -264,6 +281,16 @@ def _enums() -> tuple:
 
 
 _KIND, _CODE = _enums()
+
+
+def _sampled_context():
+    from opentelemetry.trace import SpanContext, TraceFlags
+
+    return SpanContext(1, 1, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+
+
+# what BatchSpanProcessor.on_end checks before queueing: only sampled spans are encoded
+Encoded.context = _sampled_context()
 
 
 def encode_spans(spans: Sequence, encoder: Optional[Encoder] = None) -> bytes:

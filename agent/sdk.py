@@ -353,8 +353,36 @@ def _build_pipeline(spec: dict, batch: dict, exporthealth):
 
         target = name
     health = exporthealth.ExportHealth(exporter, target, warm=warm)
+    if name == "otlp" and spec.get("encoder") == "fast":
+        # spans are redacted and encoded as they end; the queue holds bytes (see otlp_encoder.Encoded)
+        processor = BatchSpanProcessor(health, **batch)
+        return exporthealth.CountingProcessor(processor, health, prepare=_preencoder()), health
     processor = BatchSpanProcessor(redacted(health), **batch)
     return exporthealth.CountingProcessor(processor, health), health
+
+
+def _preencoder():
+    from .otlp_encoder import Encoder
+    from .redact import redact_span, rules_from_config
+
+    preencode = Encoder(pause=False).preencode
+    rules = rules_from_config()
+
+    def prepare(span):
+        try:
+            if rules:
+                span = redact_span(span, rules)
+        except Exception as exc:  # never export what the rules would have removed
+            log.warning_once("redact-failed", "spans dropped: attribute redaction failed (%s: %s); "
+                             "they are not exported unredacted" % (type(exc).__name__, exc))
+            return None
+        try:
+            return preencode(span)
+        except Exception as exc:  # the exporter encodes it (and reports what it cannot)
+            log.debug("span %r not encoded as it ended (%s: %s)" % (span.name, type(exc).__name__, exc))
+            return span
+
+    return prepare
 
 
 def build_otlp_exporter(spec: dict):

@@ -7,6 +7,7 @@ failure, on the decoded messages too.
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 from conftest import clean_env, run_traced, write_script
@@ -79,6 +80,21 @@ def test_a_varied_batch_encodes_to_the_official_bytes():
     assert root_pb.dropped_attributes_count == 3 and root_pb.dropped_events_count == 1
     assert root_pb.trace_state == "vendor=v1,other=x-y" and root_pb.flags == 0x300
     assert root_pb.status.code == 2 and root_pb.status.message == "payment declined"
+
+
+def test_spans_encoded_as_they_end_frame_to_the_same_bytes():
+    provider, exporter = _provider()
+    other, other_exporter = _provider(Resource({"service.name": "other"}))
+    for p, scope in ((provider, "a"), (other, "b"), (provider, "c"), (provider, "a")):
+        with p.get_tracer(scope).start_as_current_span("s-" + scope, attributes={"k": scope}) as span:
+            span.add_event("e", {"n": 1})
+    spans = sorted(exporter.get_finished_spans() + other_exporter.get_finished_spans(), key=lambda s: s.start_time)
+    early = Encoder(pause=False)
+    items = [early.preencode(s) for s in spans]
+    assert all(isinstance(i, otlp_encoder.Encoded) and i.context.trace_flags.sampled for i in items)
+    mixed = items[:2] + list(spans[2:])  # a span that could not be encoded early goes as it is
+    for batch in (items, mixed):
+        assert Encoder().encode(batch) == official_encode(spans).SerializePartialToString()
 
 
 def test_spans_of_equal_resources_share_a_group_and_different_ones_do_not():
@@ -273,6 +289,70 @@ def test_grpc_exporter_without_the_internals_keeps_the_official_encoder(receiver
     assert exporter.export(spans) is SpanExportResult.SUCCESS
     assert receiver.requests == [official_encode(spans).SerializePartialToString()]
     exporter.shutdown()
+
+
+def _pipeline(receiver, monkeypatch, **env):
+    from trace_run.agent import config, sdk
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.http_endpoint)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    config.reset()
+    plan = sdk.resolve()
+    provider, _propagator, processors = sdk.build(plan)
+    return provider, processors[0][0]
+
+
+def test_the_fast_pipeline_queues_bytes_and_delivers_redacted_spans(receiver, monkeypatch):
+    provider, counting = _pipeline(receiver, monkeypatch, OTEL_TRACE_RUN_REDACT_ATTRIBUTES="user.email")
+    queued = []
+    real = counting._on_end
+    monkeypatch.setattr(counting, "_on_end", lambda item: (queued.append(type(item).__name__), real(item)))
+    tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span("parent", attributes={"user.email": "a@b.c", "kept": 1}):
+        with tracer.start_as_current_span("child"):
+            pass
+    provider.force_flush()
+    assert queued == ["Encoded", "Encoded"]
+    spans = receiver.wait_for(count=2)
+    parent = [s for s in spans if s.name == "parent"][0]
+    assert parent.attributes == {"kept": 1}
+    assert [s for s in spans if s.name == "child"][0].parent_id == parent.span_id
+    assert b"a@b.c" not in receiver.raw_bytes()
+    provider.shutdown()
+
+
+def test_a_span_the_early_encoder_fails_on_is_exported_all_the_same(receiver, monkeypatch):
+    def broken(self, span):
+        raise RuntimeError("no")
+
+    monkeypatch.setattr(Encoder, "preencode", broken)
+    provider, _ = _pipeline(receiver, monkeypatch)
+    with provider.get_tracer("t").start_as_current_span("survivor", attributes={"a": "b"}):
+        pass
+    provider.force_flush()
+    assert [(s.name, s.attributes) for s in receiver.wait_for(count=1)] == [("survivor", {"a": "b"})]
+    provider.shutdown()
+
+
+def test_spans_whose_redaction_fails_are_dropped_with_one_warning(receiver, monkeypatch, capfd):
+    from trace_run.agent import redact
+
+    def broken(span, rules):
+        raise RuntimeError("rules broke")
+
+    monkeypatch.setattr(redact, "redact_span", broken)
+    provider, counting = _pipeline(receiver, monkeypatch, OTEL_TRACE_RUN_HASH_ATTRIBUTES="user.*")
+    tracer = provider.get_tracer("t")
+    for _ in range(3):
+        with tracer.start_as_current_span("secret", attributes={"user.id": "u1"}):
+            pass
+    provider.force_flush()
+    time.sleep(0.3)
+    assert receiver.spans == [] and counting.ended == 3
+    err = capfd.readouterr().err
+    assert err.count("attribute redaction failed (RuntimeError: rules broke)") == 1
+    provider.shutdown()
 
 
 # -- under trace-run ---------------------------------------------------------------------
