@@ -62,8 +62,9 @@ def main():
 
     if args.burst:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        payload = "x" * 1000  # what a queued span holds, whatever form the queue keeps it in
         for _ in range(args.burst):
-            with tracer.start_as_current_span("burst"):
+            with tracer.start_as_current_span("burst", attributes={"payload": payload}):
                 pass
         grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
         print("burst done: %d" % args.burst, flush=True)
