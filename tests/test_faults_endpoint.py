@@ -228,7 +228,10 @@ def test_burst_larger_than_queue_keeps_memory_bounded():
         assert proc.returncode == 0 and proc.stdout.endswith("burst done: 30000\ndone\n"), proc.stderr
         growth = int(re.search(r"rss growth KiB: (\d+)", proc.stderr).group(1))
         drops = DROP_LINE.search(proc.stderr)
+        stderrs.append(proc.stderr[-2000:])
         return growth, int(drops.group(3))
+
+    stderrs: list = []
 
     try:
         bounded, dropped = run(500)
@@ -236,4 +239,4 @@ def test_burst_larger_than_queue_keeps_memory_bounded():
     finally:
         server.stop()
     assert dropped >= 30000 - 500 - 500
-    assert unbounded > 3 * max(bounded, 1024), (bounded, unbounded)
+    assert unbounded > 3 * max(bounded, 1024), (bounded, unbounded, stderrs)
