@@ -6,6 +6,8 @@ GIL, which is what a request waiting for the GIL pays in latency. This writer
 produces the same bytes as `encode_spans(spans).SerializePartialToString()`
 (tests decode and compare both, byte for byte) in a fraction of the time
 (benchmarks/microspan.py), and yields the GIL between small slices of a batch.
+In trace-run's pipeline each span is encoded as it ends (`Encoder.preencode`,
+see `Encoded` for why) and `encode` only frames a batch of them.
 `OTEL_TRACE_RUN_OTLP_ENCODER=sdk` goes back to the official encoder.
 
 Field numbers are those of opentelemetry/proto/{collector/trace,trace,common,

@@ -7,9 +7,11 @@ lists of case-insensitive glob patterns (`user.email`, `enduser.*`,
 `http.request.header.x-*`) matched against span, event and link attribute
 names; deleting wins over hashing. Resource attributes are not touched.
 
-It wraps the exporter, so the work happens on the export thread, never on the
-program's: spans are immutable once ended, so a span with a matching attribute
-is exported as a redacted copy; the others pass through as they are.
+Spans are immutable once ended, so a span with a matching attribute is
+exported as a redacted copy; the others pass through as they are. With
+trace-run's OTLP encoder the rules run as each span ends, just before it is
+encoded (sdk._preencoder); otherwise `wrap` puts them in front of the exporter,
+on the export thread.
 """
 
 from __future__ import annotations

@@ -316,7 +316,7 @@ def build(plan: dict):
 def _build_pipeline(spec: dict, batch: dict, exporthealth):
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 
-    from .redact import wrap as redacted  # attribute redaction rules, applied on the export thread
+    from .redact import wrap as redacted  # attribute redaction in front of an exporter (not the fast OTLP one)
 
     name = spec["name"]
     if name == "console":
