@@ -412,7 +412,9 @@ def build_otlp_exporter(spec: dict):
             compression=grpc.Compression.Gzip if spec["compression"] == "gzip" else grpc.Compression.NoCompression,
         )
     session = _session_keeping_ca() if spec["certificate"] else None
-    if spec.get("encoder") == "fast":
+    # a requests Session from an entry point (the SDK's credential provider): the stock exporter loads it
+    provider = any(os.environ.get("OTEL_PYTHON_EXPORTER_OTLP_HTTP_%sCREDENTIAL_PROVIDER" % s) for s in ("TRACES_", ""))
+    if spec.get("encoder") == "fast" and not provider:
         try:
             from .otlp_http import OTLPHTTPSpanExporter
 

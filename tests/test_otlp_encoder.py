@@ -266,6 +266,11 @@ def test_an_sdk_without_the_pieces_gets_the_stock_exporter(monkeypatch):
     monkeypatch.undo()
     assert type(sdk.build_otlp_exporter(spec)).__name__ == "OTLPHTTPSpanExporter"
     assert type(sdk.build_otlp_exporter(dict(spec, encoder="sdk"))) is OTLPSpanExporter
+    # a session from the SDK's credential-provider entry point: only the stock exporter loads it
+    # (no such provider is installed here: the stock exporter's own error proves it was the one built)
+    monkeypatch.setenv("OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER", "no_such_provider")
+    with pytest.raises(RuntimeError, match="no_such_provider"):
+        sdk.build_otlp_exporter(spec)
 
 
 def test_grpc_exporter_sends_the_official_bytes(receiver):
