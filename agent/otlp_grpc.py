@@ -28,6 +28,8 @@ class _SerializedStub:
 
 
 class OTLPGrpcSpanExporter(OTLPSpanExporter):
+    accepts_encoded = False  # True once the serialized stub is in place
+
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         missing = [name for name in _NEEDS if not hasattr(self, name)]
@@ -37,6 +39,7 @@ class OTLPGrpcSpanExporter(OTLPSpanExporter):
         self._encoder = Encoder()
         self._stub = _SerializedStub  # also used when the SDK reconnects
         self._client = _SerializedStub(self._channel)
+        self.accepts_encoded = True
 
     def _translate_data(self, data: Sequence):
         encoder = getattr(self, "_encoder", None)

@@ -356,12 +356,14 @@ def _build_pipeline(spec: dict, batch: dict, exporthealth):
     if name == "otlp" and spec.get("encoder") == "fast":
         # spans are redacted and encoded as they end; the queue holds bytes (see otlp_encoder.Encoded)
         processor = BatchSpanProcessor(health, **batch)
-        return exporthealth.CountingProcessor(processor, health, prepare=_preencoder()), health
+        return exporthealth.CountingProcessor(processor, health, prepare=_preencoder(health)), health
     processor = BatchSpanProcessor(redacted(health), **batch)
     return exporthealth.CountingProcessor(processor, health), health
 
 
-def _preencoder():
+def _preencoder(health):
+    """Redact each span as it ends and, once the exporter is one that takes them (trace-run's,
+    where this SDK has what it builds on; not the stock one it falls back to), encode it too."""
     from .otlp_encoder import Encoder
     from .redact import redact_span, rules_from_config
 
@@ -376,6 +378,8 @@ def _preencoder():
             log.warning_once("redact-failed", "spans dropped: attribute redaction failed (%s: %s); "
                              "they are not exported unredacted" % (type(exc).__name__, exc))
             return None
+        if not getattr(health._exporter, "accepts_encoded", False):  # not built yet, or a stock exporter
+            return span
         try:
             return preencode(span)
         except Exception as exc:  # the exporter encodes it (and reports what it cannot)

@@ -327,6 +327,26 @@ def test_the_fast_pipeline_queues_bytes_and_delivers_redacted_spans(receiver, mo
     provider.shutdown()
 
 
+def test_a_fast_pipeline_falling_back_to_the_stock_exporter_queues_spans_it_can_encode(receiver, monkeypatch):
+    from trace_run.agent import otlp_http
+
+    def older_sdk(self, *args, **kwargs):
+        raise ImportError("cannot import name '_OTLPHTTPClient'")
+
+    monkeypatch.setattr(otlp_http.OTLPHTTPSpanExporter, "__init__", older_sdk)
+    provider, counting = _pipeline(receiver, monkeypatch, OTEL_TRACE_RUN_REDACT_ATTRIBUTES="user.email")
+    queued = []
+    real = counting._on_end
+    monkeypatch.setattr(counting, "_on_end", lambda item: (queued.append(type(item).__name__), real(item)))
+    with provider.get_tracer("t").start_as_current_span("old-sdk", attributes={"user.email": "a@b.c", "k": 1}):
+        pass
+    provider.force_flush()
+    assert type(counting.health._exporter).__name__ == "OTLPSpanExporter"
+    assert queued == ["_RedactedSpan"]  # redacted as it ended, not pre-encoded: the stock exporter takes spans
+    assert [(s.name, s.attributes) for s in receiver.wait_for(count=1)] == [("old-sdk", {"k": 1})]  # redacted
+    provider.shutdown()
+
+
 def test_a_span_the_early_encoder_fails_on_is_exported_all_the_same(receiver, monkeypatch):
     def broken(self, span):
         raise RuntimeError("no")
