@@ -241,7 +241,8 @@ def start_client(tracer: trace.Tracer, method: Any, url: str, host: Optional[str
     """The CLIENT span; inside a trace that is not sampled, the current (non-recording) span itself:
     as for database clients, no span is made there, and its context is what gets propagated."""
     parent = trace.get_current_span()
-    if not parent.is_recording() and parent.get_span_context().is_valid:
+    ctx = parent.get_span_context()
+    if ctx.is_valid and not ctx.trace_flags.sampled:
         return parent
     name, attrs = client_attributes(method, url, host, port)
     cap = capture("CLIENT_REQUEST") if headers is not None else None

@@ -286,6 +286,23 @@ def test_clients_inside_an_unsampled_trace_make_no_span_and_propagate_its_contex
     assert not spans
 
 
+def test_a_client_call_under_an_ended_sampled_parent_still_makes_its_span(traced, server, memory):
+    import requests
+    from opentelemetry import context, trace
+
+    parent = memory[0].get_tracer("t").start_span("parent")
+    parent.end()  # not recording any more, but its trace is sampled
+    token = context.attach(trace.set_span_in_context(parent))
+    try:
+        requests.get(server + "/items/3")
+    finally:
+        context.detach(token)
+    spans = traced.get_finished_spans()
+    (client,) = clients(spans)
+    assert client.parent.span_id == parent.get_span_context().span_id
+    assert client.context.trace_id == parent.get_span_context().trace_id
+
+
 def test_client_header_capture_redacts(traced, server, memory, monkeypatch):
     import requests
 
