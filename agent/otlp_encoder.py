@@ -31,6 +31,7 @@ _CACHEABLE_LEN = 128
 _VARINT_1 = [bytes((i,)) for i in range(128)]
 _pack_times = struct.Struct("<BQBQ").pack  # start (field 7) and end (field 8), fixed64
 _pack_double = struct.Struct("<d").pack
+_pack_u64 = struct.Struct("<Q").pack
 _FLAGS = (b"\x85\x01\x00\x01\x00\x00", b"\x85\x01\x00\x03\x00\x00")  # field 16 fixed32: 0x100 | 0x200
 _EMPTY_STATUS = b"\x7a\x00"
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
@@ -101,7 +102,7 @@ class Encoder:
     def __init__(self, pause: bool = True):
         self._pause = pause
         self._attr_caches: dict = {}  # field tag -> {(key, value): encoded field}
-        self._resource_cache: dict = {}  # id -> (resource, bytes); the object is kept so its id stays its own
+        self._resource_cache: dict = {}  # id -> (resource, bytes), see _cached
         self._scope_cache: dict = {}
 
     def _attributes(self, tag: bytes, attributes) -> list:
@@ -130,31 +131,34 @@ class Encoder:
             out.append(item)
         return out
 
-    def _resource(self, resource) -> bytes:
-        hit = self._resource_cache.get(id(resource))
-        if hit is None or hit[0] is not resource:
-            data = b"".join(self._attributes(b"\x0a", resource.attributes))
-            hit = (resource, _field(b"\x0a", data))
-            if len(self._resource_cache) >= 16:
-                self._resource_cache.clear()
-            self._resource_cache[id(resource)] = hit
+    @staticmethod
+    def _cached(cache: dict, limit: int, obj, build) -> bytes:
+        """build(obj), kept by id; the object is kept too, so its id stays its own."""
+        hit = cache.get(id(obj))
+        if hit is None or hit[0] is not obj:
+            hit = (obj, build(obj))
+            if len(cache) >= limit:
+                cache.clear()
+            cache[id(obj)] = hit
         return hit[1]
 
+    def _resource(self, resource) -> bytes:
+        return self._cached(self._resource_cache, 16, resource, self._encode_resource)
+
+    def _encode_resource(self, resource) -> bytes:
+        return _field(b"\x0a", b"".join(self._attributes(b"\x0a", resource.attributes)))
+
     def _scope(self, scope) -> bytes:
-        hit = self._scope_cache.get(id(scope))
-        if hit is None or hit[0] is not scope:
-            if scope is None:
-                data = b""
-            else:
-                data = _field(b"\x0a", scope.name.encode("utf-8")) if scope.name else b""
-                if scope.version:
-                    data += _field(b"\x12", scope.version.encode("utf-8"))
-                data += b"".join(self._attributes(b"\x1a", scope.attributes))
-            hit = (scope, _field(b"\x0a", data))
-            if len(self._scope_cache) >= 256:
-                self._scope_cache.clear()
-            self._scope_cache[id(scope)] = hit
-        return hit[1]
+        return self._cached(self._scope_cache, 256, scope, self._encode_scope)
+
+    def _encode_scope(self, scope) -> bytes:
+        if scope is None:
+            return _field(b"\x0a", b"")
+        data = _field(b"\x0a", scope.name.encode("utf-8")) if scope.name else b""
+        if scope.version:
+            data += _field(b"\x12", scope.version.encode("utf-8"))
+        data += b"".join(self._attributes(b"\x1a", scope.attributes))
+        return _field(b"\x0a", data)
 
     def span(self, span) -> bytes:
         ctx = span.context
@@ -174,9 +178,9 @@ class Encoder:
             parts.append(_pack_times(0x39, start, 0x41, end))
         else:
             if start:
-                parts.append(b"\x39" + struct.pack("<Q", start))
+                parts.append(b"\x39" + _pack_u64(start))
             if end:
-                parts.append(b"\x41" + struct.pack("<Q", end))
+                parts.append(b"\x41" + _pack_u64(end))
         # ReadableSpan.attributes wraps its BoundedAttributes in a MappingProxyType; read under both
         parts += self._attributes(b"\x4a", getattr(span, "_attributes", None) or span.attributes)
         if span.dropped_attributes:
@@ -198,7 +202,7 @@ class Encoder:
         return Encoded(self.span(span), span.resource, span.instrumentation_scope)
 
     def _event(self, event) -> bytes:
-        out = b"\x09" + struct.pack("<Q", event.timestamp) if event.timestamp else b""
+        out = b"\x09" + _pack_u64(event.timestamp) if event.timestamp else b""
         if event.name:
             out += _field(b"\x12", event.name.encode("utf-8"))
         out += b"".join(self._attributes(b"\x1a", event.attributes))

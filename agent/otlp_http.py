@@ -29,6 +29,7 @@ def warm() -> None:
 
 class OTLPHTTPSpanExporter(SpanExporter):
     accepts_encoded = True  # takes otlp_encoder.Encoded items as well as spans
+
     def __init__(self, endpoint: str, headers: dict, timeout_s: float, compression: str,
                  verify=True, cert=None, session=None):
         import logging
