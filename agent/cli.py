@@ -5,8 +5,6 @@ PYTHONPATH, keeps what was there, and execs CMD. No argparse: this runs in
 front of every traced command, so it imports as little as possible.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 

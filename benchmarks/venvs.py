@@ -68,11 +68,11 @@ def _create(name: str) -> bool:
 def _checkout_digest() -> str:
     """Hash of the files that make the installed trace-run, to reinstall when they change."""
     h = hashlib.sha256()
-    for top in ("pyproject.toml", "agent", "instrumentors", "bootstrap"):
+    for top in ("pyproject.toml", "agent", "instrumentors", "bootstrap", "scripts"):
         full = os.path.join(ROOT, top)
         files = [full] if os.path.isfile(full) else sorted(
             os.path.join(d, f) for d, _, fs in os.walk(full) for f in fs
-            if f.endswith((".py", ".toml", ".txt", ".cfg")) and "__pycache__" not in d
+            if (top == "scripts" or f.endswith((".py", ".toml", ".txt", ".cfg"))) and "__pycache__" not in d
         )
         for f in files:
             h.update(os.path.relpath(f, ROOT).encode())

@@ -3,7 +3,7 @@
 import os
 import sys
 
-from conftest import TRACE_RUN, clean_env, run_traced, write_script
+from conftest import HERE, TRACE_RUN, clean_env, run_traced, write_script
 
 
 def test_no_command_prints_usage_and_exits_2():
@@ -23,6 +23,19 @@ def test_help_and_version():
     assert "usage: trace-run" in run_traced(["--help"]).stdout
     proc = run_traced(["--version"])
     assert proc.returncode == 0 and proc.stdout.startswith("trace-run 0.1.0")
+
+
+def test_installed_command_is_the_plain_script_not_an_entry_point_wrapper():
+    # pip's entry-point wrapper imports `re` for argv[0]; that import cost as much as the rest of
+    # the launcher. The installed command must be scripts/trace-run with only its shebang rewritten.
+    with open(TRACE_RUN) as f:
+        shebang, installed = f.readline(), f.read()
+    with open(os.path.join(os.path.dirname(HERE), "scripts", "trace-run")) as f:
+        assert f.readline() == "#!python\n"
+        source = f.read()
+    assert shebang.startswith("#!/") and "python" in shebang
+    assert installed == source
+    assert "import re" not in installed
 
 
 def test_unknown_option_exits_2():
