@@ -33,10 +33,12 @@ class FlaskInstrumentor(TraceRunInstrumentor):
 
         def full_dispatch_request(wrapped, instance, args, kwargs):
             with instrumentor.guard:
-                state = request.environ.get(wsgi.ENVIRON_KEY)
-                rule = request.url_rule
+                req = request._get_current_object()  # one context lookup, not one per attribute
+                environ = req.environ
+                state = environ.get(wsgi.ENVIRON_KEY)
+                rule = req.url_rule
                 if state is not None and rule is not None:
-                    wsgi.set_route(state.span, request.environ.get("REQUEST_METHOD", ""), rule.rule)
+                    wsgi.set_route(state.span, environ.get("REQUEST_METHOD", ""), rule.rule)
             return wrapped(*args, **kwargs)
 
         def handle_exception(wrapped, instance, args, kwargs):
