@@ -1,8 +1,11 @@
 """OTLP/HTTP span export with trace-run's encoder, on the SDK's own HTTP client.
 
 The SDK's `_OTLPHTTPClient` (retries with backoff, Retry-After, gzip/deflate,
-headers, timeout) and its requests transport (TLS, mTLS) send the bytes; only
-the step from spans to bytes is ours (see otlp_encoder). Not subclassing the
+headers, timeout) and one of its transports send the bytes; only the step from
+spans to bytes is ours (see otlp_encoder). The transport is the SDK's urllib3 one
+when requests, the stock exporter's, would send the same request (see
+`urllib3_sends_the_same`): requests re-reads the environment on every call and
+costs about 2.5 times the CPU per batch, paid on the program's GIL. Not subclassing the
 stock OTLPSpanExporter keeps protobuf and the generated OTLP classes out of
 the process (~2.7 MiB and ~30 ms of imports). An SDK without these pieces gets
 the stock exporter instead (`build` says so at debug level), never an error.
@@ -10,6 +13,7 @@ the stock exporter instead (`build` says so at debug level), never an error.
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -26,6 +30,38 @@ def warm() -> None:
     import opentelemetry.exporter.otlp.common.http  # noqa: F401
     import requests  # noqa: F401
 
+    try:
+        import opentelemetry.exporter.http.transport._urllib3  # noqa: F401
+    except ImportError:
+        pass
+
+
+def urllib3_sends_the_same(endpoint: str) -> bool:
+    """Whether urllib3 sends what requests would. requests differs only through what it reads from
+    the environment (a proxy, a .netrc's credentials; CA bundles) and its CA store (certifi's), so:
+    plain HTTP, no proxy variable, no .netrc (found as requests looks for one)."""
+    if not endpoint.lower().startswith("http://"):
+        return False
+    if any(k.lower().endswith("_proxy") and k.lower() != "no_proxy" and v for k, v in os.environ.items()):
+        return False
+    netrc = os.environ.get("NETRC")
+    places = [netrc] if netrc is not None else ["~/.netrc", "~/_netrc"]
+    return not any(os.path.exists(os.path.expanduser(p)) for p in places)
+
+
+def _transport(endpoint: str, verify, cert, session):
+    """(name, transport): urllib3 where it sends the same request as requests, else requests."""
+    if session is None and urllib3_sends_the_same(endpoint):
+        try:
+            from opentelemetry.exporter.http.transport._urllib3 import Urllib3HTTPTransport
+
+            return "urllib3", Urllib3HTTPTransport(verify=verify, cert=cert)
+        except ImportError:  # an SDK with only the requests transport
+            pass
+    from opentelemetry.exporter.http.transport._requests import RequestsHTTPTransport
+
+    return "requests", RequestsHTTPTransport(verify=verify, cert=cert, session=session)
+
 
 class OTLPHTTPSpanExporter(SpanExporter):
     accepts_encoded = True  # takes otlp_encoder.Encoded items as well as spans
@@ -34,15 +70,15 @@ class OTLPHTTPSpanExporter(SpanExporter):
                  verify=True, cert=None, session=None):
         import logging
 
-        from opentelemetry.exporter.http.transport._requests import RequestsHTTPTransport
         from opentelemetry.exporter.otlp.common.http import Compression, _OTLPHTTPClient
         from opentelemetry.exporter.otlp.proto.http import _OTLP_HTTP_HEADERS
 
         # as the stock exporter: its Content-Type and User-Agent, the user's headers over them
         lowered = {k.lower() for k in headers}
         headers = {k: v for k, v in _OTLP_HTTP_HEADERS.items() if k.lower() not in lowered} | dict(headers)
+        self.transport, transport = _transport(endpoint, verify, cert, session)
         self._client = _OTLPHTTPClient(
-            transport=RequestsHTTPTransport(verify=verify, cert=cert, session=session),
+            transport=transport,
             endpoint=endpoint,
             kind="spans",
             timeout=timeout_s,

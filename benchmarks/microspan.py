@@ -75,11 +75,33 @@ def measure(mode: str, endpoint: str, batches: int) -> dict:
     out = {"mode": mode, "provider": type(provider).__name__, "spans": n + 200,
            "request_us": made / n * 1e6, "export_us": exported / n * 1e6}
     if mode == "sdk":
-        out.update(_encode_only())
+        out.update(_encode_only(endpoint))
     return out
 
 
-def _encode_only() -> dict:
+def _post_only(endpoint: str, data: bytes) -> dict:
+    """One encoded batch POSTed by each of the SDK's transports (what trace-run's exporter picks
+    between): CPU and wall time per POST, the best of 5 runs of 50 POSTs."""
+    out = {}
+    try:
+        from opentelemetry.exporter.http.transport._requests import RequestsHTTPTransport
+        from opentelemetry.exporter.http.transport._urllib3 import Urllib3HTTPTransport
+    except ImportError:
+        return out
+    headers = {"Content-Type": "application/x-protobuf"}
+    for name, transport in (("requests", RequestsHTTPTransport()), ("urllib3", Urllib3HTTPTransport())):
+        cpu = wall = float("inf")
+        for _ in range(6):  # the first run warms the connection
+            c0, t0 = time.process_time(), time.perf_counter()
+            for _ in range(50):
+                # not /v1/traces: the receiver counts only the spans of the runs themselves
+                transport.request("POST", endpoint + "/post-only", headers=headers, timeout=10, data=data)
+            cpu, wall = min(cpu, (time.process_time() - c0) / 50), min(wall, (time.perf_counter() - t0) / 50)
+        out["post_%s" % name] = {"cpu_us": cpu * 1e6, "wall_us": wall * 1e6}
+    return out
+
+
+def _encode_only(endpoint: str) -> dict:
     from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -111,6 +133,8 @@ def _encode_only() -> dict:
     if len(results) == 2 and results[0] != results[1]:
         raise SystemExit("trace-run's encoder gave other bytes than the official encoder")
     out["bytes_per_span"] = len(results[0]) / len(spans)
+    if len(results) == 2:
+        out.update(_post_only(endpoint, results[1]))
     return out
 
 
@@ -175,6 +199,18 @@ def run_all(short: bool = False, configs=("bare", "tracerun", "otel")) -> tuple:
             + table(["pipeline", "request thread us", "export (encode+POST) us", "total us",
                      "official encoder alone us", "trace-run encoder alone us", "provider", "spans not received"],
                     rows))
+    posts = [x for label, *_ in cases for x in samples[label] if "post_requests" in x]
+    if posts:
+        post_rows = []
+        for name in ("requests", "urllib3"):
+            cpu = median([x["post_" + name]["cpu_us"] for x in posts])
+            wall = median([x["post_" + name]["wall_us"] for x in posts])
+            post_rows.append([name, "%.0f" % cpu, "%.0f" % wall])
+            data["post_" + name] = {"cpu_us": round(cpu), "wall_us": round(wall)}
+        text += ("\n\nOne %d-span batch (%d bytes, trace-run's encoding) POSTed by each of the SDK's transports, "
+                 "per POST (best of 5 x 50, median of %d process(es)):\n\n"
+                 % (BATCH, round(BATCH * posts[0]["bytes_per_span"]), len(posts))
+                 + table(["transport", "CPU us", "wall us"], post_rows))
     return text, data
 
 

@@ -260,7 +260,7 @@ def test_an_sdk_without_the_pieces_gets_the_stock_exporter(monkeypatch):
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from trace_run.agent import sdk
 
-    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.http.transport._requests", None)  # import fails
+    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.common.http", None)  # import fails
     spec = dict(sdk._resolve_otlp(), endpoint="http://127.0.0.1:4318/v1/traces", encoder="fast")
     assert type(sdk.build_otlp_exporter(spec)) is OTLPSpanExporter
     monkeypatch.undo()
