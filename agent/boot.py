@@ -3,8 +3,6 @@ arm lazy hooks, return. Imports nothing heavy: the SDK, the exporters and the
 instrumentors load only when the program imports a library we trace.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 

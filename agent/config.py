@@ -5,8 +5,6 @@ against) VARIABLES. This module is imported by sitecustomize on every process
 start, so it imports nothing beyond `os` and `sys`.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 

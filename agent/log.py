@@ -4,8 +4,6 @@ Not the `logging` module: it costs ~10 ms to import and the program may
 configure it in ways that would swallow or duplicate our lines.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 

@@ -6,8 +6,6 @@ list is cached per environment, keyed on the modification times of the
 sys.path folders (an install or uninstall changes them).
 """
 
-from __future__ import annotations
-
 import os
 import sys
 

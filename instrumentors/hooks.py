@@ -5,8 +5,6 @@ on every process start). It only looks at the names it was asked to watch,
 so the cost for every other import is one dict lookup.
 """
 
-from __future__ import annotations
-
 import sys
 from _thread import RLock  # not `threading`: ~5 ms on every process start
 

@@ -5,8 +5,6 @@ imports `target` only when the program imports the library. bootstrap's
 catalogue and the README's supported-libraries table are checked against it.
 """
 
-from __future__ import annotations
-
 
 class Entry:
     __slots__ = ("name", "modules", "target", "distribution", "supported", "aliases", "extras")
