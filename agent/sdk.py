@@ -341,7 +341,7 @@ def _build_pipeline(spec: dict, batch: dict, exporthealth):
             if spec.get("encoder") == "fast" and spec["protocol"] == "grpc":
                 importlib.import_module("trace_run.agent.otlp_grpc")
             elif spec.get("encoder") == "fast":
-                importlib.import_module("trace_run.agent.otlp_http").warm()
+                importlib.import_module("trace_run.agent.otlp_http").warm(spec["endpoint"])
             else:
                 kind = "grpc" if spec["protocol"] == "grpc" else "http"
                 importlib.import_module("opentelemetry.exporter.otlp.proto.%s.trace_exporter" % kind)

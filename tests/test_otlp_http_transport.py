@@ -7,6 +7,7 @@ import base64
 
 import pytest
 from apps.fault_servers import free_port
+from conftest import clean_env, run_traced, write_script
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as official_encode
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
@@ -101,3 +102,34 @@ def test_a_session_given_by_the_caller_is_used(receiver, plain_env):
     assert exporter.transport == "requests"
     assert exporter.export(_spans()) is SpanExportResult.SUCCESS
     assert len(receiver.spans) == 2
+
+
+PROGRAM = """
+    import os
+    import sqlite3
+    import sys
+
+    from opentelemetry import trace
+
+    pid = os.fork()  # the agent imports what its exporter needs before a fork (once, in the parent)
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    sqlite3.connect(":memory:").execute("SELECT 1").fetchall()
+    assert trace.get_tracer_provider().force_flush(10000)
+    print("requests" in sys.modules, "urllib3" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("proxy, loaded", [(None, "False True"), ("http_proxy", "True True")])
+def test_a_program_without_requests_does_not_get_it_from_the_exporter(tmp_path, receiver, proxy, loaded):
+    env = clean_env(**receiver.env(NETRC=str(tmp_path / "no-netrc")))
+    for key in [k for k in env if k.lower().endswith("_proxy")]:
+        del env[key]
+    if proxy:  # the receiver as the proxy: spans arrive through it
+        env.update({proxy: receiver.http_endpoint, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:%d" % free_port()})
+    proc = run_traced(["python", write_script(tmp_path, PROGRAM)], env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == loaded
+    spans = receiver.wait_for(count=1)
+    assert [(s.name, s.kind) for s in spans] == [("SELECT", "CLIENT")]
