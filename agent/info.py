@@ -9,6 +9,17 @@ from trace_run.instrumentors import registry
 from . import config
 
 
+def _transport(exporter: dict) -> str:
+    """Which HTTP transport trace-run's OTLP/HTTP exporter will use, and why (proxies: requests)."""
+    if exporter["protocol"] == "grpc" or exporter.get("encoder") != "fast":
+        return ""
+    from .http_transport import urllib3_sends_the_same
+
+    if not exporter["certificate"] and urllib3_sends_the_same(exporter["endpoint"]):
+        return ", urllib3 transport"
+    return ", requests transport (https, a CA file, a proxy variable or a .netrc)"
+
+
 def _masked_headers(headers: dict) -> str:
     return ", ".join("%s=***" % k for k in headers) or "(none)"
 
@@ -29,9 +40,10 @@ def render() -> str:
         out.append("  (none: spans are not exported)")
     for e in plan["exporters"]:
         if e["name"] == "otlp":
-            out.append("  otlp %s -> %s (%s encoder, timeout %gs, compression %s, headers: %s%s)" % (
-                e["protocol"], e["endpoint"], e.get("encoder", "sdk"), e["timeout_s"], e["compression"],
-                _masked_headers(e["headers"]), ", CA %s" % e["certificate"] if e["certificate"] else ""))
+            out.append("  otlp %s -> %s (%s encoder%s, timeout %gs, compression %s, headers: %s%s)" % (
+                e["protocol"], e["endpoint"], e.get("encoder", "sdk"), _transport(e), e["timeout_s"],
+                e["compression"], _masked_headers(e["headers"]),
+                ", CA %s" % e["certificate"] if e["certificate"] else ""))
         else:
             out.append("  %s%s" % (e["name"], (" (" + e["entry_point"] + ")") if "entry_point" in e else ""))
     s = plan["sampler"]

@@ -4,7 +4,7 @@ The SDK's `_OTLPHTTPClient` (retries with backoff, Retry-After, gzip/deflate,
 headers, timeout) and one of its transports send the bytes; only the step from
 spans to bytes is ours (see otlp_encoder). The transport is the SDK's urllib3 one
 when requests, the stock exporter's, would send the same request (see
-`urllib3_sends_the_same`): requests re-reads the environment on every call and
+`http_transport`): requests re-reads the environment on every call and
 costs two to three times the CPU per batch, paid on the program's GIL. Not subclassing the
 stock OTLPSpanExporter keeps protobuf and the generated OTLP classes out of
 the process (~2.7 MiB and ~30 ms of imports). An SDK without these pieces gets
@@ -13,12 +13,12 @@ the stock exporter instead (`build` says so at debug level), never an error.
 
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from . import log
+from .http_transport import urllib3_sends_the_same
 from .otlp_encoder import Encoder
 
 MAX_REQUEST_BYTES = 64 * 1024 * 1024  # the stock exporter's default limit
@@ -40,19 +40,6 @@ def warm(endpoint: str) -> None:
             pass
     import opentelemetry.exporter.http.transport._requests  # noqa: F401
     import requests  # noqa: F401
-
-
-def urllib3_sends_the_same(endpoint: str) -> bool:
-    """Whether urllib3 sends what requests would. requests differs only through what it reads from
-    the environment (a proxy, a .netrc's credentials; CA bundles) and its CA store (certifi's), so:
-    plain HTTP, no proxy variable, no .netrc (found as requests looks for one)."""
-    if not endpoint.lower().startswith("http://"):
-        return False
-    if any(k.lower().endswith("_proxy") and k.lower() != "no_proxy" and v for k, v in os.environ.items()):
-        return False
-    netrc = os.environ.get("NETRC")
-    places = [netrc] if netrc is not None else ["~/.netrc", "~/_netrc"]
-    return not any(os.path.exists(os.path.expanduser(p)) for p in places)
 
 
 def _transport(endpoint: str, verify, cert, session):

@@ -12,7 +12,8 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans 
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from trace_run.agent.otlp_http import OTLPHTTPSpanExporter, urllib3_sends_the_same
+from trace_run.agent.http_transport import urllib3_sends_the_same
+from trace_run.agent.otlp_http import OTLPHTTPSpanExporter
 
 
 @pytest.fixture
@@ -133,3 +134,13 @@ def test_a_program_without_requests_does_not_get_it_from_the_exporter(tmp_path, 
     assert proc.stdout.strip() == loaded
     spans = receiver.wait_for(count=1)
     assert [(s.name, s.kind) for s in spans] == [("SELECT", "CLIENT")]
+
+
+def test_info_names_the_transport_and_why(tmp_path):
+    env = clean_env(NETRC=str(tmp_path / "no-netrc"))
+    for key in [k for k in env if k.lower().endswith("_proxy")]:
+        del env[key]
+    line = [x for x in run_traced(["--info"], env=env).stdout.splitlines() if x.strip().startswith("otlp")]
+    assert line and "fast encoder, urllib3 transport," in line[0]
+    proxied = run_traced(["--info"], env=dict(env, HTTPS_PROXY="http://proxy.example:3128")).stdout
+    assert "requests transport (https, a CA file, a proxy variable or a .netrc)" in proxied
