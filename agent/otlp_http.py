@@ -27,33 +27,28 @@ MAX_REQUEST_BYTES = 64 * 1024 * 1024  # the stock exporter's default limit
 def warm(endpoint: str) -> None:
     """Import what building the exporter for `endpoint` imports (before a fork: once, in the parent).
     With the urllib3 transport requests is never imported (~4 MiB less in a program without it)."""
+    import importlib
+
     import opentelemetry.exporter.otlp.common.http  # noqa: F401
     import opentelemetry.exporter.otlp.proto.http  # noqa: F401
 
-    if urllib3_sends_the_same(endpoint):
-        try:
-            import opentelemetry.exporter.http.transport._urllib3  # noqa: F401
-            import urllib3  # noqa: F401
-
-            return
-        except ImportError:
-            pass
-    import opentelemetry.exporter.http.transport._requests  # noqa: F401
-    import requests  # noqa: F401
+    name, _ = _transport_class(endpoint, None)
+    importlib.import_module(name)  # the transport imports its library only when it is built
 
 
-def _transport(endpoint: str, verify, cert, session):
-    """(name, transport): urllib3 where it sends the same request as requests, else requests."""
+def _transport_class(endpoint: str, session) -> tuple:
+    """("urllib3" or "requests", the SDK's transport class): urllib3 where it sends the same request
+    as requests would, and no requests Session was given."""
     if session is None and urllib3_sends_the_same(endpoint):
         try:
             from opentelemetry.exporter.http.transport._urllib3 import Urllib3HTTPTransport
 
-            return "urllib3", Urllib3HTTPTransport(verify=verify, cert=cert)
+            return "urllib3", Urllib3HTTPTransport
         except ImportError:  # an SDK with only the requests transport
             pass
     from opentelemetry.exporter.http.transport._requests import RequestsHTTPTransport
 
-    return "requests", RequestsHTTPTransport(verify=verify, cert=cert, session=session)
+    return "requests", RequestsHTTPTransport
 
 
 class OTLPHTTPSpanExporter(SpanExporter):
@@ -69,9 +64,9 @@ class OTLPHTTPSpanExporter(SpanExporter):
         # as the stock exporter: its Content-Type and User-Agent, the user's headers over them
         lowered = {k.lower() for k in headers}
         headers = {k: v for k, v in _OTLP_HTTP_HEADERS.items() if k.lower() not in lowered} | dict(headers)
-        self.transport, transport = _transport(endpoint, verify, cert, session)
+        self.transport, transport_class = _transport_class(endpoint, session)
         self._client = _OTLPHTTPClient(
-            transport=transport,
+            transport=transport_class(verify=verify, cert=cert, session=session),
             endpoint=endpoint,
             kind="spans",
             timeout=timeout_s,
