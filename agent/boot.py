@@ -6,23 +6,22 @@ instrumentors load only when the program imports a library we trace.
 import os
 import sys
 
-from trace_run.instrumentors import hooks, registry
+from trace_run.core import config, hooks, log
+from trace_run.instrumentors import registry
 
-from . import config, log
-
+# Modules the OTLP exporters import: while one of them is executing its import (say `import requests`
+# fired our urllib3 hook), building the exporter would meet it half-initialised, so the build waits.
+EXPORTER_DEPS = ("requests", "urllib3", "http.client", "grpc", "google.protobuf")
 _started = False
 _active: dict = {}  # library name -> instrumentor instance, or the error text
-_disabled: list = []
-INJECT_DIR = ""
 
 
 def start(inject_dir: str = "") -> None:
     """Start the agent once per process; never raises."""
-    global _started, INJECT_DIR
+    global _started
     if _started:
         return
     _started = True
-    INJECT_DIR = inject_dir
     try:
         _start(inject_dir)
     except Exception as exc:
@@ -35,16 +34,19 @@ def _start(inject_dir: str) -> None:
         _drop_from_pythonpath(inject_dir)
     if config.get("OTEL_SDK_DISABLED"):
         return
+    # Bad values the registry can tell on its own are reported now (string work, no imports);
+    # plugin names (sampler, exporter, propagator) wait for the SDK's set-up.
+    config.validate_all()
     disabled = {n.lower() for n in config.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS")}
     everything_off = "*" in disabled
     for name, entry in registry.BUILTIN.items():
         if everything_off or name in disabled or disabled.intersection(entry.aliases):
-            _disabled.append(name)
             continue
         for module in entry.modules:
             hooks.when_imported(module, _activator(entry))
-        for module, method in entry.extras:
+        for module, method in entry.submodules:
             hooks.when_imported(module, _extra(entry, method))
+    hooks.track(EXPORTER_DEPS)
     # A program that uses the API by hand gets a working SDK behind it.
     hooks.when_imported("opentelemetry.trace", _sdk_on_import)
     if config.get("OTEL_PYTHON_LOG_CORRELATION") and not ("logging" in disabled or everything_off):
@@ -58,7 +60,7 @@ def _start(inject_dir: str) -> None:
     if config.get("OTEL_TRACE_RUN_INFO"):
         from . import info
 
-        info.print_info(sys.stderr)
+        info.print_info(sys.stderr, active())
 
 
 def _drop_from_pythonpath(inject_dir: str) -> None:
@@ -83,9 +85,17 @@ def _extra(entry, method: str):
         activate_entry(entry)
         instrumentor = _active.get(entry.name)
         if instrumentor is not None and not isinstance(instrumentor, str):
-            getattr(instrumentor, method)(module)
+            instrumentor.patch_submodule(method, module)
 
     return apply
+
+
+def _runtime():
+    """agent.runtime, imported with the hooks held: it imports opentelemetry.context, which imports
+    logging, and the log-correlation hook must not run on the half-imported context module."""
+    with hooks.held():
+        from . import runtime
+    return runtime
 
 
 def activate_entry(entry) -> None:
@@ -94,19 +104,20 @@ def activate_entry(entry) -> None:
         return
     _active[entry.name] = None
     try:
-        from . import runtime
-
+        runtime = _runtime()
         runtime.ensure_sdk()
+        runtime.install_textmap()
         cls = registry.load(entry)
         instrumentor = cls()
         if not instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.applied_by_agent = True  # before: its submodule hooks are armed here, at start
             instrumentor.instrument(skip_dep_check=True)
         _active[entry.name] = instrumentor
     except Exception as exc:
         _active[entry.name] = "%s: %s" % (type(exc).__name__, exc)
         log.warning("%s instrumentation not applied (%s: %s); %s runs untraced"
                     % (entry.name, type(exc).__name__, exc, entry.name))
-        from trace_run.instrumentors import guard
+        from trace_run.core import guard
 
         if guard.RAISE:
             raise
@@ -114,9 +125,7 @@ def activate_entry(entry) -> None:
 
 def _sdk_on_import(_module) -> None:
     try:
-        from . import runtime
-
-        runtime.ensure_sdk()
+        _runtime().ensure_sdk()
     except Exception as exc:
         log.error("tracing SDK not set up (%s: %s); the program runs untraced" % (type(exc).__name__, exc))
 
@@ -147,6 +156,3 @@ def _mp_flush_on_exit(util) -> None:
 def active() -> dict:
     return dict(_active)
 
-
-def disabled() -> list:
-    return list(_disabled)

@@ -1,15 +1,19 @@
 """`trace-run [options] CMD ARGS...`: run CMD with the agent injected.
 
 Puts the injection folder (holding only sitecustomize.py) first on
-PYTHONPATH, keeps what was there, and execs CMD. No argparse: this runs in
-front of every traced command, so it imports as little as possible.
+PYTHONPATH, keeps what was there, and execs CMD. scripts/trace-run does the
+same itself, without starting Python, where it finds trace-run installed
+beside it; this is its fallback (options, `view`, errors, other layouts), and
+the two must give the same results. No argparse: it imports as little as possible.
 """
 
 import os
 import sys
 
-VERSION = "0.1.0"
+from trace_run.core.version import VERSION
+
 USAGE = """usage: trace-run [--info] [--help] [--version] COMMAND [ARGS...]
+       trace-run view [--help] [options]   (a local trace viewer: see trace-run view --help)
 
 Run COMMAND (python app.py, python -m pkg, gunicorn app:app, flask run,
 celery -A tasks worker, ...) with OpenTelemetry tracing, unchanged.
@@ -46,8 +50,22 @@ def build_env(environ: dict) -> dict:
     return env
 
 
+def _is_python_file(path: str) -> bool:
+    return path.endswith((".py", ".pyw")) and os.path.isfile(path)
+
+
+def _python_hint(command: str, what: str) -> str:
+    # `trace-run app.py` is a common first try; the shell would say only "Permission denied".
+    return ("trace-run: cannot run %s: it is a Python file, %s; run it with: trace-run python %s\n"
+            % (command, what, command))
+
+
 def main(argv=None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["view"]:  # the local viewer: its own program, run here without the agent
+        from trace_run.viewer.cli import main as view
+
+        return view(args[1:])
     info = False
     while args and args[0].startswith("-"):
         opt = args.pop(0)
@@ -75,15 +93,23 @@ def main(argv=None) -> int:
     command = args[0]
     path = command if os.sep in command else which(command)
     if not path or not os.path.exists(path):
-        sys.stderr.write("trace-run: command not found: %s\n" % command)
+        if _is_python_file(command):
+            sys.stderr.write(_python_hint(command, "not a command on PATH"))
+        else:
+            sys.stderr.write("trace-run: command not found: %s\n" % command)
         return 127
     env = build_env(os.environ)
+    # The command, not its descendants, says so if the agent cannot start in it (see config's registry).
+    env["OTEL_TRACE_RUN_LAUNCHED"] = "true"
     if info:
         env["OTEL_TRACE_RUN_INFO"] = "true"
     try:
         os.execve(path, args, env)
     except OSError as exc:
-        sys.stderr.write("trace-run: cannot run %s: %s\n" % (command, exc.strerror or exc))
+        if _is_python_file(path):
+            sys.stderr.write(_python_hint(command, "not an executable command"))
+        else:
+            sys.stderr.write("trace-run: cannot run %s: %s\n" % (command, exc.strerror or exc))
         return 126
     return 0  # not reached
 

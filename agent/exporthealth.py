@@ -1,6 +1,10 @@
 """Export bookkeeping: warn once when exporting starts failing and once when it
-recovers (not once per batch), and count what was dropped, for the exit line
-and `--info`.
+recovers (not once per batch), and count where every span went, for the exit
+line: exported (the collector acknowledged it), failed (refused, or the
+collector unreachable), sent without an answer (timed out, or still in flight
+when the exit timeout ran out: it may have arrived), or dropped (never sent:
+the queue was full, or it was still queued, or the exporter already shut,
+at exit). Also the queue's byte budget and splitting batches by request size.
 """
 
 from __future__ import annotations
@@ -12,101 +16,182 @@ from typing import Sequence
 
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from trace_run.core import hooks, log
 
-from . import log
+from . import owned_sockets
+from .lazy_exporter import LazyExporter
+from .otlp_encoder import Encoded
+
+_FRAME = 6  # bytes framing one encoded span in a request (tag, length)
 
 
-class ExportHealth(SpanExporter):
-    """Wraps the real exporter; counts spans handed over, exported and failed.
+class QueueBudget:
+    """Spans queued (as the BatchSpanProcessor counts them: until taken for export) and encoded bytes
+    held (until their export returns: a batch stuck on a hung collector is memory too). A span over
+    either bound is refused, and counted dropped. Spans not encoded as they ended count as 0 bytes."""
 
-    `exporter` may be a factory (a callable that is not an exporter): the real
-    exporter is then built on the first export, on the export thread. Building
-    it imports requests/grpc (~150 ms), which must not happen on the program's
-    thread, nor inside the import hook of a library the exporter itself imports.
+    def __init__(self, max_spans: int, max_bytes: int):
+        self.max_spans = max_spans
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)  # the child's queue starts empty too
+
+    def reset(self) -> None:
+        self._lock = threading.Lock()
+        self.spans = 0
+        self.bytes = 0
+
+    def admit(self, span) -> bool:
+        size = len(span.data) if type(span) is Encoded else 0
+        with self._lock:
+            if self.spans >= self.max_spans or self.bytes + size > self.max_bytes:
+                return False
+            self.spans += 1
+            self.bytes += size
+            return True
+
+    def taken(self, count: int) -> None:
+        """`count` spans left the queue for an export."""
+        with self._lock:
+            self.spans = max(0, self.spans - count)
+
+    def freed(self, size: int) -> None:
+        """Their export returned: their `size` bytes are no longer held."""
+        with self._lock:
+            self.bytes = max(0, self.bytes - size)
+
+
+def encoded_size(spans: Sequence) -> int:
+    return sum([len(s.data) for s in spans if type(s) is Encoded])
+
+
+def split(spans: Sequence, max_bytes) -> list:
+    """`spans` in runs whose encoded requests stay under max_bytes (a span bigger than that goes alone)."""
+    if not max_bytes or len(spans) < 2:
+        return [spans]
+    room = max_bytes - min(64 * 1024, max_bytes // 4)  # for the resource and scope framing
+    chunks, current, size = [], [], 0
+    for span in spans:
+        n = len(span.data) + _FRAME if type(span) is Encoded else 0
+        if current and size + n > room:
+            chunks.append(current)
+            current, size = [], 0
+        current.append(span)
+        size += n
+    chunks.append(current)
+    return chunks
+
+
+class CountingExporter(SpanExporter):
+    """In front of the exporter: counts spans handed over, exported, failed, unanswered and unsent;
+    warns once when exporting starts failing and once when it recovers; splits batches to stay
+    under `max_request_bytes`; gives the queue's byte budget back as batches leave.
+
+    `exporter` may be a LazyExporter: then the real one is built on first use (see `exporter`).
     """
 
-    def __init__(self, exporter, target: str, warm=None):
-        self._warm = warm
-        if isinstance(exporter, SpanExporter):
-            self._exporter, self._factory = exporter, None
-        else:
-            self._exporter, self._factory = None, exporter
-        self._build_lock = threading.RLock()
-        self._building = False
+    def __init__(self, exporter: SpanExporter, target: str, budget: QueueBudget = None, max_request_bytes=None,
+                 scrub=str):
+        self._inner = exporter
+        self._lazy = exporter if isinstance(exporter, LazyExporter) else None
+        self._scrub = scrub  # masks the endpoint's credentials in error texts (urlmask.scrubber)
+        self.budget = budget  # released as spans leave the queue
+        self.max_request_bytes = max_request_bytes  # batches are split to stay under it
+        self._counts_lock = threading.Lock()
         self.target = target
         self.failing = False
         self.exporting = False
         self._reset()
-        os.register_at_fork(before=self._before_fork, after_in_child=self._after_fork)
-
-    def _before_fork(self) -> None:
-        """Import the exporter's modules in the parent, once: else every child
-        imports them itself on its first span (~100 ms each), and a child stopped
-        by SIGTERM in the middle of that import cannot flush its spans."""
-        if self._warm is None or self._exporter is not None:
-            return
-        try:
-            from .runtime import imports_in_progress
-
-            if not imports_in_progress():
-                self._warm()
-                self._warm = None
-        except Exception:
-            self._warm = None
+        os.register_at_fork(after_in_child=self._after_fork)
 
     def _after_fork(self) -> None:
-        """A forked child must not share the parent's exporter: its pooled HTTP
-        connections and gRPC channel are the parent's sockets. Build a new one."""
         self._reset()
-        self._build_lock = threading.RLock()
+        self._counts_lock = threading.Lock()
         self.exporting = False
-        if self._factory is not None:
-            self._exporter = None
 
     @property
-    def exporter(self):
-        if self._exporter is None:
-            with self._build_lock:
-                # Building imports requests/grpc, whose import hooks call back here on
-                # this thread: that re-entry gets None and leaves the build to us.
-                if self._exporter is None and not self._building:
-                    self._building = True
-                    try:
-                        self._exporter = self._factory()
-                    except Exception as exc:
-                        log.warning("exporter for %s not set up (%s: %s); its spans are dropped"
-                                    % (self.target, type(exc).__name__, exc))
-                        self._exporter = _Broken()
-                    finally:
-                        self._building = False
-        return self._exporter
+    def built(self):
+        """The real exporter if it exists yet, else None (nothing is built)."""
+        return self._lazy.built if self._lazy is not None else self._inner
+
+    def build_soon(self) -> None:
+        """Start building the real exporter on a thread of its own (see LazyExporter.build_soon)."""
+        if self._lazy is not None:
+            self._lazy.build_soon()
+
+    @property
+    def exporter(self) -> SpanExporter:
+        """The real exporter, built now if need be."""
+        return self._lazy.get() if self._lazy is not None else self._inner
 
     def _reset(self) -> None:
-        self.handed = 0
+        self.handed = 0  # taken from the queue; each then lands in one of the four below (or is in flight)
         self.exported = 0
         self.failed = 0
+        self.unanswered = 0  # sent, no answer before the export timed out: may have arrived
+        self.unsent = 0  # the exporter was already shut (at exit): never sent
         self.failing = False
+        self.closed = False
+
+    def _count(self, name: str, n: int) -> None:
+        with self._counts_lock:
+            setattr(self, name, getattr(self, name) + n)
+
+    def counts(self) -> dict:
+        """One consistent reading; `in_flight`: handed to the exporter, no result yet."""
+        with self._counts_lock:
+            out = {k: getattr(self, k) for k in ("handed", "exported", "failed", "unanswered", "unsent")}
+        out["in_flight"] = out["handed"] - out["exported"] - out["failed"] - out["unanswered"] - out["unsent"]
+        return out
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        n = len(spans)
-        self.handed += n
-        self.exporting = True
+        budget = self.budget
+        if budget is None:
+            return self._export_batch(spans)
+        budget.taken(len(spans))
         try:
-            result = self.exporter.export(spans)
+            return self._export_batch(spans)
+        finally:
+            budget.freed(encoded_size(spans))
+
+    def _export_batch(self, spans: Sequence) -> SpanExportResult:
+        self._count("handed", len(spans))
+        result = SpanExportResult.SUCCESS
+        chunks = split(spans, self.max_request_bytes)
+        for i, chunk in enumerate(chunks):
+            if self.closed:  # shut at exit: what is left is never sent
+                self._count("unsent", sum(len(c) for c in chunks[i:]))
+                return SpanExportResult.FAILURE
+            result = self._export(chunk)
+            if result is not SpanExportResult.SUCCESS:
+                # the collector is failing now: the rest of this batch is not tried (as a batch that fails whole)
+                self._count("failed", sum(len(c) for c in chunks[i + 1:]))
+                break
+        return result
+
+    def _export(self, spans: Sequence) -> SpanExportResult:
+        n = len(spans)
+        self.exporting = True
+        exporter = self.exporter
+        try:
+            owned_sockets.release_reused(exporter)
+            result = exporter.export(spans)
         except Exception as exc:
             result = SpanExportResult.FAILURE
-            reason = "%s: %s" % (type(exc).__name__, exc)
+            reason = "%s: %s" % (type(exc).__name__, self._scrub(exc))
         else:
             reason = ""
         finally:
             self.exporting = False
         if result is SpanExportResult.SUCCESS:
-            self.exported += n
+            self._count("exported", n)
             if self.failing:
                 self.failing = False
                 log.info("exporting to %s works again" % self.target)
         else:
-            self.failed += n
+            # trace-run's exporters say whether the request went out and no answer came (a timeout)
+            self._count("unanswered" if getattr(exporter, "unanswered", False) else "failed", n)
             if not self.failing:
                 self.failing = True
                 log.warning("exporting spans to %s failed%s; retrying with later batches, "
@@ -114,46 +199,47 @@ class ExportHealth(SpanExporter):
         return result
 
     def shutdown(self) -> None:
-        if self._exporter is not None:
-            self._exporter.shutdown()
+        self.closed = True
+        built = self.built
+        if built is not None:
+            owned_sockets.release_reused(built)  # closing the pools must not close the program's files
+            built.shutdown()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        if self._exporter is None:
-            return True
-        return self._exporter.force_flush(timeout_millis)
+        built = self.built
+        return True if built is None else built.force_flush(timeout_millis)
 
 
-class _Broken(SpanExporter):
-    def export(self, spans) -> SpanExportResult:
-        return SpanExportResult.FAILURE
-
-    def shutdown(self) -> None:
-        pass
+def _ignore(_span) -> None:
+    pass
 
 
 class CountingProcessor(SpanProcessor):
     """Counts sampled spans that end, in front of the real processor.
 
     dropped = ended - handed to the exporter (after a flush): the queue was full
-    or the process ended before they could be sent.
+    (in spans or in bytes, see QueueBudget) or the process ended before they
+    could be sent.
     """
 
-    def __init__(self, processor: SpanProcessor, health: ExportHealth, prepare=None):
+    def __init__(self, processor: SpanProcessor, health: CountingExporter, prepare=None, budget: QueueBudget = None):
         self.processor = processor
         self.health = health
         # prepare(span) -> what the processor queues instead (None: nothing); for sampled spans
         self._prepare = prepare
-        # The exporter is built when the first span ends, on the program's thread
-        # but outside any import: importing flask or requests stays cheap, and a
-        # program that never makes a span never loads an exporter.
-        self._pending = health._exporter is None
+        self._admit = budget.admit if budget is not None else None  # the queue's bounds (spans, bytes)
+        # The exporter is built when the first span ends, outside any import, on a thread
+        # of its own (not the program's: an event loop must not wait ~150 ms on imports):
+        # importing flask or requests stays cheap, and a program that never makes a span
+        # never loads an exporter.
+        self._pending = health.built is None
         self._counter = itertools.count()
         self._on_end = processor.on_end
         os.register_at_fork(after_in_child=self._reset)
 
     def _reset(self) -> None:
         self._counter = itertools.count()
-        self._pending = self.health._exporter is None
+        self._pending = self.health.built is None
 
     @property
     def ended(self) -> int:
@@ -169,20 +255,24 @@ class CountingProcessor(SpanProcessor):
         next(self._counter)
         if self._pending:
             self._build()
-        if self._prepare is not None and span.context.trace_flags.sampled:
-            span = self._prepare(span)
-            if span is None:
-                return
+        if span.context.trace_flags.sampled:
+            if self._prepare is not None:
+                span = self._prepare(span)
+                if span is None:
+                    return
+            if self._admit is not None and not self._admit(span):
+                return  # over the queue's bounds: dropped (counted as ended and never handed)
         self._on_end(span)
 
     def _build(self) -> None:
-        from .runtime import imports_in_progress
-
-        if not imports_in_progress():  # else: the export thread builds it
+        if not hooks.busy():  # else (a module the exporter imports is half-imported): a later span end starts it
             self._pending = False
-            self.health.exporter  # noqa: B018 - builds it
+            self.health.build_soon()
 
     def shutdown(self) -> None:
+        # spans that end later (ours after the program's provider took over) are counted as
+        # dropped, not handed to a stopped processor that would log about each
+        self._on_end = _ignore
         self.processor.shutdown()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:

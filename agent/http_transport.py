@@ -7,8 +7,9 @@ import os
 def urllib3_sends_the_same(endpoint: str) -> bool:
     """Whether urllib3 sends what requests would. requests differs only through what it reads from
     the environment (a proxy, a .netrc's credentials; CA bundles) and its CA store (certifi's), so:
-    plain HTTP, no proxy variable, no .netrc (found as requests looks for one)."""
-    if not endpoint.lower().startswith("http://"):
+    plain HTTP, no proxy variable, no .netrc (found as requests looks for one), and no `user:pw@`
+    in the endpoint (requests sends it as Basic authentication, urllib3 would drop it)."""
+    if not endpoint.lower().startswith("http://") or "@" in endpoint.split("/", 3)[2]:
         return False
     if any(k.lower().endswith("_proxy") and k.lower() != "no_proxy" and v for k, v in os.environ.items()):
         return False

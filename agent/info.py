@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import sys
 
+from trace_run.core import config
+from trace_run.core.urlmask import masked
+from trace_run.core.version import VERSION
 from trace_run.instrumentors import registry
-
-from . import config
 
 
 def _transport(exporter: dict) -> str:
@@ -17,18 +18,19 @@ def _transport(exporter: dict) -> str:
 
     if not exporter["certificate"] and urllib3_sends_the_same(exporter["endpoint"]):
         return ", urllib3 transport"
-    return ", requests transport (https, a CA file, a proxy variable or a .netrc)"
+    return ", requests transport (https, a CA file, a proxy variable, a .netrc or credentials in the endpoint)"
 
 
 def _masked_headers(headers: dict) -> str:
     return ", ".join("%s=***" % k for k in headers) or "(none)"
 
 
-def render() -> str:
-    from . import boot, sdk
+def render(active: dict = None) -> str:
+    """`active`: library name -> instrumentor or error text (boot's); the launcher has none yet."""
+    from . import sdk
 
     plan = sdk.resolve()
-    out = ["trace-run 0.1.0 configuration (python %s, %s)" % (sys.version.split()[0], sys.executable)]
+    out = ["trace-run %s configuration (python %s, %s)" % (VERSION, sys.version.split()[0], sys.executable)]
     if config.get("OTEL_SDK_DISABLED"):
         out.append("  OTEL_SDK_DISABLED=true: nothing is patched and nothing exported")
     out.append("service name:  %s" % plan["service_name"])
@@ -41,7 +43,7 @@ def render() -> str:
     for e in plan["exporters"]:
         if e["name"] == "otlp":
             out.append("  otlp %s -> %s (%s encoder%s, timeout %gs, compression %s, headers: %s%s)" % (
-                e["protocol"], e["endpoint"], e.get("encoder", "sdk"), _transport(e), e["timeout_s"],
+                e["protocol"], masked(e["endpoint"]), e.get("encoder", "sdk"), _transport(e), e["timeout_s"],
                 e["compression"], _masked_headers(e["headers"]),
                 ", CA %s" % e["certificate"] if e["certificate"] else ""))
         else:
@@ -55,7 +57,7 @@ def render() -> str:
         b["max_queue_size"], b["max_export_batch_size"], b["schedule_delay_millis"], b["export_timeout_millis"]))
     disabled = {n.lower() for n in config.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS")}
     out.append("built-in instrumentors:")
-    active = boot.active()
+    active = active or {}
     for name, entry in registry.BUILTIN.items():
         off = "*" in disabled or name in disabled or bool(disabled.intersection(entry.aliases))
         state = "disabled" if off else "armed (on import of %s)" % ", ".join(entry.modules)
@@ -80,15 +82,15 @@ def render() -> str:
     return "\n".join(out) + "\n"
 
 
-def print_info(stream=None) -> None:
+def print_info(stream=None, active: dict = None) -> None:
     stream = stream or sys.stdout
-    from . import log
+    from trace_run.core import log
 
     # Warnings go into the listing; do not print them twice.
     level = log._threshold
     log.set_level("error")
     try:
-        text = render()
+        text = render(active)
     finally:
         log._threshold = level
     stream.write(text)

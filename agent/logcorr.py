@@ -10,7 +10,7 @@ handlers win) and our format is used unless it passes its own.
 
 from __future__ import annotations
 
-from . import config
+from trace_run.core import config
 
 _installed = False
 

@@ -17,11 +17,12 @@ resource}/v1/*.proto.
 from __future__ import annotations
 
 import struct
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
-from . import log
+from trace_run.core import log
 
 SLICE = 128  # spans encoded between two GIL hand-overs
 PAUSE_S = 0.0001  # a real sleep: a thread waiting for the GIL takes it (sleep(0) rarely hands it over)
@@ -108,12 +109,18 @@ class Encoder:
     def _attributes(self, tag: bytes, attributes) -> list:
         if not attributes:
             return []
+        # BoundedAttributes is a MutableMapping whose items() runs Python code per key; its dict does not
+        return self._attribute_fields(tag, getattr(attributes, "_dict", attributes))
+
+    def _attribute_fields(self, tag: bytes, attributes: Mapping) -> list:
+        """The encoded key-value fields of `attributes` (a dict, or any mapping)."""
+        if not attributes:
+            return []
         out = []
         cache = self._attr_caches.get(tag)
         if cache is None:
             cache = self._attr_caches[tag] = {}
-        # BoundedAttributes is a MutableMapping whose items() runs Python code per key; its dict does not
-        for key, value in getattr(attributes, "_dict", attributes).items():
+        for key, value in attributes.items():
             kind = type(value)
             # str and int values never compare equal to each other; bool is left out (True == 1)
             cacheable = kind is int or (kind is str and len(value) <= _CACHEABLE_LEN)
@@ -161,6 +168,62 @@ class Encoder:
         return _field(b"\x0a", data)
 
     def span(self, span) -> bytes:
+        if type(span) is (_OWN_SPAN[0] if _OWN_SPAN else _own_span_type()):
+            try:
+                return self._own_span(span.__dict__)
+            except (KeyError, AttributeError, TypeError):  # fields under other names: read as any span
+                pass
+        return self._any_span(span)
+
+    def _own_span(self, fields: dict) -> bytes:
+        """trace-run's own span (agent/fastspan.py): its fields read where they are, not through
+        ReadableSpan's properties (which copy events and links and wrap the attributes), and its
+        SpanContexts as the tuples they are (see _context_layout); the same bytes as `_any_span`
+        (tests/test_otlp_encoder.py)."""
+        trace_id, span_id, _, _, state, _ = fields["_context"]
+        parent = fields["_parent"]
+        parts = [b"\x0a\x10", trace_id.to_bytes(16, "big"), b"\x12\x08", span_id.to_bytes(8, "big")]
+        if state:
+            parts.append(_field(b"\x1a", ",".join([k + "=" + v for k, v in state.items()]).encode("utf-8")))
+        remote = False
+        if parent is not None:
+            _, parent_id, remote, _, _, _ = parent
+            if parent:  # never false for a SpanContext; as _any_span reads it
+                parts.append(b"\x22\x08")
+                parts.append(parent_id.to_bytes(8, "big"))
+        name = fields["_name"]
+        if name:
+            parts.append(_field(b"\x2a", name.encode("utf-8")))
+        parts.append(_KIND[id(fields["_kind"])])
+        parts.append(_times(fields["_start_time"], fields["_end_time"]))
+        attributes = fields["_attributes"]
+        if type(attributes) is _BoundedAttributes:
+            parts += self._attribute_fields(b"\x4a", attributes._dict)
+            if attributes.dropped:
+                parts.append(b"\x50" + _varint(attributes.dropped))
+        elif attributes:  # anything else, as ReadableSpan's attributes and dropped_attributes read it
+            parts += self._attributes(b"\x4a", attributes)
+            if isinstance(attributes, _BoundedAttributes) and attributes.dropped:
+                parts.append(b"\x50" + _varint(attributes.dropped))
+        events = fields["_events"]
+        if type(events) is not tuple:  # () until the first event, then the SDK's BoundedList
+            for event in events:
+                parts.append(_field(b"\x5a", self._event(event)))
+            if events.dropped:
+                parts.append(b"\x60" + _varint(events.dropped))
+        links = fields["_links"]
+        if type(links) is not tuple:
+            for link in links:
+                parts.append(_field(b"\x6a", self._link(link)))
+            if links.dropped:
+                parts.append(b"\x70" + _varint(links.dropped))
+        status = fields["_status"]
+        parts.append(_EMPTY_STATUS if status is _OWN_SPAN[1] else _status(status))
+        parts.append(_FLAGS[1 if remote else 0])
+        return b"".join(parts)
+
+    def _any_span(self, span) -> bytes:
+        """Any ReadableSpan, read through its public properties."""
         ctx = span.context
         parent = span.parent
         parts = [b"\x0a\x10", ctx.trace_id.to_bytes(16, "big"), b"\x12\x08", ctx.span_id.to_bytes(8, "big")]
@@ -173,14 +236,7 @@ class Encoder:
         if span.name:
             parts.append(_field(b"\x2a", span.name.encode("utf-8")))
         parts.append(_KIND[id(span.kind)])
-        start, end = span.start_time, span.end_time
-        if start and end:
-            parts.append(_pack_times(0x39, start, 0x41, end))
-        else:
-            if start:
-                parts.append(b"\x39" + _pack_u64(start))
-            if end:
-                parts.append(b"\x41" + _pack_u64(end))
+        parts.append(_times(span.start_time, span.end_time))
         # ReadableSpan.attributes wraps its BoundedAttributes in a MappingProxyType; read under both
         parts += self._attributes(b"\x4a", getattr(span, "_attributes", None) or span.attributes)
         if span.dropped_attributes:
@@ -263,6 +319,47 @@ def _equal_group(groups: dict, resource) -> tuple:
             return res, scopes
     group = groups[id(resource)] = (resource, {})
     return group
+
+
+_OWN_SPAN: list = []  # [fastspan.Span or None, the Status fastspan gives every span until one is set]
+
+
+def _own_span_type() -> Optional[type]:
+    """fastspan.Span, once something imported it (before that no such span exists); None until then,
+    and for good where SpanContext is not the tuple `_own_span` reads."""
+    if _OWN_SPAN:
+        return _OWN_SPAN[0]
+    module = sys.modules.get("trace_run.agent.fastspan")
+    if module is None:
+        return None
+    global _BoundedAttributes
+    from opentelemetry.attributes import BoundedAttributes as _BoundedAttributes
+
+    _OWN_SPAN[:] = [module.Span if _context_layout() else None, module._UNSET]
+    return _OWN_SPAN[0]
+
+
+_BoundedAttributes = None  # opentelemetry.attributes.BoundedAttributes, with fastspan.Span
+
+
+def _context_layout() -> bool:
+    """SpanContext is the tuple (trace_id, span_id, is_remote, trace_flags, trace_state, is_valid)
+    (opentelemetry-api 1.x); checked once against its properties."""
+    from opentelemetry.trace import SpanContext, TraceFlags, TraceState
+
+    try:
+        ctx = SpanContext(3, 5, True, TraceFlags(1), TraceState([("k", "v")]))
+        trace_id, span_id, remote, _, state, _ = ctx
+        return (trace_id, span_id, remote, state) == (ctx.trace_id, ctx.span_id, ctx.is_remote, ctx.trace_state)
+    except Exception:
+        return False
+
+
+def _times(start, end) -> bytes:
+    """Fields 7 and 8 (fixed64 start and end), each left out when 0 or None."""
+    if start and end:
+        return _pack_times(0x39, start, 0x41, end)
+    return (b"\x39" + _pack_u64(start) if start else b"") + (b"\x41" + _pack_u64(end) if end else b"")
 
 
 def _status(status) -> bytes:

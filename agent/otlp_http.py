@@ -1,6 +1,6 @@
 """OTLP/HTTP span export with trace-run's encoder, on the SDK's own HTTP client.
 
-The SDK's `_OTLPHTTPClient` (retries with backoff, Retry-After, gzip/deflate,
+The SDK's `_OTLPHTTPClient` (reached through core.compat) (retries with backoff, Retry-After, gzip/deflate,
 headers, timeout) and one of its transports send the bytes; only the step from
 spans to bytes is ours (see otlp_encoder). The transport is the SDK's urllib3 one
 when requests, the stock exporter's, would send the same request (see
@@ -16,9 +16,10 @@ from __future__ import annotations
 from typing import Sequence
 
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from trace_run.core import compat, log
 
-from . import log
 from .http_transport import urllib3_sends_the_same
+from .otlp_answer import capped
 from .otlp_encoder import Encoder
 
 MAX_REQUEST_BYTES = 64 * 1024 * 1024  # the stock exporter's default limit
@@ -29,9 +30,7 @@ def warm(endpoint: str) -> None:
     With the urllib3 transport requests is never imported (~4 MiB less in a program without it)."""
     import importlib
 
-    import opentelemetry.exporter.otlp.common.http  # noqa: F401
-    import opentelemetry.exporter.otlp.proto.http  # noqa: F401
-
+    compat.otlp_http_client()
     name, _ = _transport_class(endpoint, None)
     importlib.import_module(name)  # the transport imports its library only when it is built
 
@@ -41,32 +40,38 @@ def _transport_class(endpoint: str, session) -> tuple:
     as requests would, and no requests Session was given."""
     if session is None and urllib3_sends_the_same(endpoint):
         try:
-            from opentelemetry.exporter.http.transport._urllib3 import Urllib3HTTPTransport
-
-            return "urllib3", Urllib3HTTPTransport
+            return "urllib3", compat.http_transport("urllib3")[0]
         except ImportError:  # an SDK with only the requests transport
             pass
-    from opentelemetry.exporter.http.transport._requests import RequestsHTTPTransport
+    return "requests", compat.http_transport("requests")[0]
 
-    return "requests", RequestsHTTPTransport
+
+def _timed_out(error) -> bool:
+    """Is this a read timeout (urllib3's, requests', the socket's), possibly wrapped in a retry error?"""
+    seen = 0
+    while error is not None and seen < 5:
+        if isinstance(error, TimeoutError) or "ReadTimeout" in type(error).__name__:
+            return True
+        error = getattr(error, "reason", None) or error.__context__
+        seen += 1
+    return False
 
 
 class OTLPHTTPSpanExporter(SpanExporter):
     accepts_encoded = True  # takes otlp_encoder.Encoded items as well as spans
+    unanswered = False  # the last export timed out waiting for an answer
 
     def __init__(self, endpoint: str, headers: dict, timeout_s: float, compression: str,
                  verify=True, cert=None, session=None):
         import logging
 
-        from opentelemetry.exporter.otlp.common.http import Compression, _OTLPHTTPClient
-        from opentelemetry.exporter.otlp.proto.http import _OTLP_HTTP_HEADERS
-
+        client_class, Compression, stock_headers = compat.otlp_http_client()
         # as the stock exporter: its Content-Type and User-Agent, the user's headers over them
         lowered = {k.lower() for k in headers}
-        headers = {k: v for k, v in _OTLP_HTTP_HEADERS.items() if k.lower() not in lowered} | dict(headers)
+        headers = {k: v for k, v in stock_headers.items() if k.lower() not in lowered} | dict(headers)
         self.transport, transport_class = _transport_class(endpoint, session)
-        self._client = _OTLPHTTPClient(
-            transport=transport_class(verify=verify, cert=cert, session=session),
+        self._client = client_class(
+            transport=capped(transport_class)(verify=verify, cert=cert, session=session),
             endpoint=endpoint,
             kind="spans",
             timeout=timeout_s,
@@ -92,6 +97,8 @@ class OTLPHTTPSpanExporter(SpanExporter):
                         "(lower OTEL_BSP_MAX_EXPORT_BATCH_SIZE)" % (len(spans), len(data), self.max_request_bytes))
             return SpanExportResult.FAILURE
         sent = self._client.export(data)
+        # the request went out and no answer came in time: the collector may have it (see exporthealth)
+        self.unanswered = not sent.success and sent.status_code is None and _timed_out(sent.error)
         return SpanExportResult.SUCCESS if sent.success else SpanExportResult.FAILURE
 
     def shutdown(self) -> None:

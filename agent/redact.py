@@ -25,8 +25,7 @@ from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import Link
-
-from . import config
+from trace_run.core import config
 
 DELETE, HASH = "delete", "hash"
 _CACHE_MAX = 4096  # attribute names are few; a program inventing names per call does not grow us

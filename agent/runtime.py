@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import atexit
 import os
-import signal
+import sys
 import threading
+import time
 
-from . import config, log
+from trace_run.core import compat, config, hooks, lifecycle, log
 
 _lock = threading.RLock()
 _state: dict = {}  # provider, propagator, processors, plan
 _exit_done = False
 _flushing = False
 _term_pending = False
+_exit_lock = threading.RLock()
+_flushed = threading.Event()  # set when the exit flush is over
+_flusher = None  # the thread running it
 
 
 def provider_ready() -> bool:
@@ -23,98 +27,80 @@ def provider_ready() -> bool:
 
 
 def ensure_sdk() -> None:
-    """Build and install the TracerProvider and propagator, once per process."""
-    if "provider" in _state or _state.get("failed"):
+    """Build and install the TracerProvider and propagator, once per process.
+
+    Built with the import hooks held (core.hooks): the hooks its own imports trigger
+    (`opentelemetry.trace`, the threading instrumentor) run once it is in place."""
+    if "provider" in _state or _state.get("failed") or hooks.building():
         return
-    with _lock:
-        # Re-entry from this thread: setting up imports libraries whose hooks
-        # call us again (the exporter imports requests, urllib3, http.client).
-        if "provider" in _state or _state.get("failed") or _state.get("building"):
+    with _lock, hooks.held():
+        if "provider" in _state or _state.get("failed"):
             return
-        _state["building"] = True
         try:
             _setup()
         except Exception:
             _state["failed"] = True
             raise
-        finally:
-            _state.pop("building", None)
-
-
-# Modules the OTLP exporters import. When the program is in the middle of
-# importing one of them (say `import requests` fired our urllib3 hook), building
-# the exporter would meet a half-initialised module: the build waits.
-_EXPORTER_DEPS = ("requests", "urllib3", "http.client", "grpc", "google.protobuf")
-
-
-def imports_in_progress() -> bool:
-    import sys
-
-    for name in _EXPORTER_DEPS:
-        module = sys.modules.get(name)
-        if module is None:
-            continue
-        spec = getattr(module, "__spec__", None)
-        if spec is not None and getattr(spec, "_initializing", False):
-            return True
-        parent, _, child = name.rpartition(".")
-        # A submodule is bound on its package only once its import returns.
-        if parent and getattr(sys.modules.get(parent), child, None) is not module:
-            return True
-    return False
 
 
 def _setup() -> None:
     from opentelemetry import trace
+    from trace_run.core import urlmask
 
     from . import sdk
 
     _quiet_sdk_loggers()
     plan = sdk.resolve()
-    saved = _environ_for_sdk(plan["propagators"])
-    try:
-        from opentelemetry import propagate
+    urlmask.scrub_logs(_EXPORT_LOGGERS, *(e["endpoint"] for e in plan["exporters"] if "endpoint" in e))
+    # The SDK reads some variables itself and raises on garbage: opentelemetry.sdk.trace at import
+    # (e.g. OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT=lots), opentelemetry.propagate on an unknown OTEL_PROPAGATORS
+    # name. We warned about those already; while it is built they are away, and OTEL_PROPAGATORS holds
+    # the names that resolved.
+    bad = {w.split("=", 1)[0] for w in config.WARNINGS if "=" in w.split(" ", 1)[0]}
+    with compat.sdk_environ(bad, {"OTEL_PROPAGATORS": ",".join(plan["propagators"]) or "none"}):
+        from opentelemetry import propagate  # noqa: F401 - imported here: it reads OTEL_PROPAGATORS at import
 
         provider, propagator, processors = sdk.build(plan)
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
     trace.set_tracer_provider(provider)
-    propagate.set_global_textmap(propagator)
     _state.update(provider=provider, propagator=propagator, processors=processors, plan=plan)
+    install_textmap()
+    if trace.get_tracer_provider() is provider:
+        from . import program_provider
+
+        program_provider.arm(provider, follow_program,
+                             [e["endpoint"] for e in plan["exporters"] if e.get("name") == "otlp"])
     atexit.register(flush_at_exit)
+    lifecycle.on_exit_flush(flush_at_exit)
+    os.register_at_fork(after_in_child=_child_pid)  # before sigterm's: a child's SIGTERM finds fresh locks
     _install_sigterm()
-    os.register_at_fork(after_in_child=_child_pid)
+
+
+def install_textmap() -> None:
+    """Make trace-run's propagator the global one, now or at a later call. A program whose first
+    OpenTelemetry import is `opentelemetry.propagate` builds the SDK half-way through that module
+    (its own propagators import opentelemetry.trace before `set_global_textmap` is defined): then
+    it is done when the next library is instrumented."""
+    propagator = _state.get("propagator")
+    if propagator is None or _state.get("textmap_set"):
+        return
+    set_textmap = getattr(sys.modules.get("opentelemetry.propagate"), "set_global_textmap", None)
+    if set_textmap is not None:
+        set_textmap(propagator)
+        _state["textmap_set"] = True
 
 
 def _child_pid() -> None:
     """A forked child is another process: its spans carry its own process.pid.
     (TracerProvider._update_resource is the SDK's own at-fork path; left alone
-    if a future SDK drops it.)"""
+    if a future SDK drops it.) Its exit-flush locks are its own too."""
+    global _exit_lock, _flushed, _flushing
+    _exit_lock, _flushed, _flushing = threading.RLock(), threading.Event(), False  # the fork may have caught them held
+    if _exit_done:
+        _flushed.set()  # the parent's exit flush, done or not, is nothing to wait for here
     try:
-        from opentelemetry.sdk.resources import Resource
-
-        update = getattr(_state["provider"], "_update_resource", None)
-        if update is not None:
-            update(Resource({"process.pid": os.getpid(), "process.parent_pid": os.getppid()}))
+        compat.update_resource(_state["provider"], {"process.pid": os.getpid(), "process.parent_pid": os.getppid()})
     except Exception:
         pass
-
-
-def _environ_for_sdk(propagators: list) -> dict:
-    """The SDK reads some variables itself and raises on garbage: opentelemetry.sdk.trace at
-    import (e.g. OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT=lots), opentelemetry.propagate on an unknown
-    OTEL_PROPAGATORS name. We warned about those already; while the SDK is set up they leave the
-    environment and OTEL_PROPAGATORS holds the names that resolved. Returns what to put back."""
-    bad = {w.split("=", 1)[0] for w in config.WARNINGS if "=" in w.split(" ", 1)[0]}
-    saved = {name: os.environ.get(name) for name in bad | {"OTEL_PROPAGATORS"}}
-    for name in bad:
-        os.environ.pop(name, None)
-    os.environ["OTEL_PROPAGATORS"] = ",".join(propagators) or "none"
-    return saved
 
 
 def _quiet_sdk_loggers() -> None:
@@ -126,74 +112,78 @@ def _quiet_sdk_loggers() -> None:
     if config.get("OTEL_LOG_LEVEL") == "debug":
         return
 
-    for name in (
-        "opentelemetry.exporter.otlp.proto.http.trace_exporter",
-        "opentelemetry.exporter.otlp.proto.grpc.exporter",
-        "opentelemetry.exporter.otlp.common",
-        "opentelemetry.exporter.otlp.common.http",
-        "opentelemetry.exporter.otlp.proto.http._common",
-        "opentelemetry.sdk._shared_internal",
-        "opentelemetry.sdk.trace.export",
-        "opentelemetry.baggage.propagation",  # quotes whole oversized baggage headers from the network, per request
-    ):
-        logging.getLogger(name).disabled = True  # per logger: children are listed too
+    for name in _EXPORT_LOGGERS + ("opentelemetry.baggage.propagation",):  # per logger: children are listed too
+        # (baggage.propagation quotes whole oversized baggage headers from the network, per request)
+        logging.getLogger(name).disabled = True
+
+
+# The SDK's batching and OTLP exporters: they speak for the program again once it has its own pipeline.
+_EXPORT_LOGGERS = (
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "opentelemetry.exporter.otlp.proto.grpc.exporter",
+    "opentelemetry.exporter.otlp.common",
+    "opentelemetry.exporter.otlp.common.http",
+    "opentelemetry.exporter.otlp.proto.http._common",
+    "opentelemetry.sdk._shared_internal",
+    "opentelemetry.sdk.trace.export",
+)
 
 
 def _install_sigterm() -> None:
-    if threading.current_thread() is not threading.main_thread():
-        return
-    try:
-        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-            return  # the program (or its server) owns SIGTERM
-        signal.signal(signal.SIGTERM, _on_sigterm)
-    except (ValueError, OSError):
-        pass
+    from . import sigterm
+
+    sigterm.install(on_sigterm)
 
 
-def _on_sigterm(signum, frame) -> None:
-    """Flush, then die of SIGTERM exactly as the program would have.
-
-    Further SIGTERMs are ignored while the (bounded) flush runs: a supervisor
-    that signals twice (multiprocessing.Pool does) would otherwise kill the
-    process in the middle of the flush."""
+def on_sigterm() -> None:
+    """Flush, then die of SIGTERM exactly as the program would have. Called by sigterm's
+    Python-level handler (main thread) or its watcher thread, whichever comes first."""
     global _term_pending
-    if _flushing:
-        # We interrupted a flush already under way (multiprocessing's exit
-        # finalizers, atexit): let it finish, then die of this signal.
+    with _exit_lock:
         _term_pending = True
-        return
-    try:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    except (ValueError, OSError):
-        pass
-    flush_at_exit()
+        own = _flushing and _flusher == threading.get_ident()
+    if own:
+        return  # we interrupted this thread's own flush (atexit, multiprocessing's finalizers): it dies when done
+    flush_at_exit()  # dies when done, or waits for another thread's flush
     _die_of_sigterm()
 
 
 def _die_of_sigterm() -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.kill(os.getpid(), signal.SIGTERM)
+    from . import sigterm
+
+    sigterm.die()
 
 
 def flush_at_exit() -> None:
-    """Shut the pipeline down within OTEL_TRACE_RUN_EXIT_TIMEOUT; report drops."""
-    global _exit_done, _flushing
-    if _exit_done or "provider" not in _state:
+    """Shut the pipeline down within OTEL_TRACE_RUN_EXIT_TIMEOUT; report drops. A later caller
+    waits for another thread's flush (the process must not exit under it), then dies of a
+    SIGTERM that came meanwhile."""
+    global _exit_done, _flushing, _flusher
+    with _exit_lock:  # re-entrant: the Python-level SIGTERM handler may run in the middle of this
+        if "provider" not in _state:
+            return
+        first = not _exit_done
+        if first:
+            _flushing, _exit_done, _flusher = True, True, threading.get_ident()
+    if not first:
+        if _flusher != threading.get_ident():
+            _flushed.wait(config.get("OTEL_TRACE_RUN_EXIT_TIMEOUT") / 1000.0 + 1)
+            if _term_pending:
+                _die_of_sigterm()
         return
-    _exit_done = True
-    _flushing = True
     try:
         _flush_at_exit()
     finally:
-        _flushing = False
+        with _exit_lock:
+            _flushing = False
+        _flushed.set()
         if _term_pending:
             _die_of_sigterm()
 
 
 def _flush_at_exit() -> None:
     timeout = config.get("OTEL_TRACE_RUN_EXIT_TIMEOUT") / 1000.0
-    provider = _state["provider"]
-    done = threading.Event()
+    deadline = time.monotonic() + timeout
     for _processor, health in _state.get("processors", ()):
         if health.failing:
             # The collector is unreachable now: do not make the program wait
@@ -203,19 +193,7 @@ def _flush_at_exit() -> None:
                 health.shutdown()
             except Exception:
                 pass
-
-    def shutdown() -> None:
-        try:
-            provider.shutdown()
-        except Exception:
-            pass
-        done.set()
-
-    try:
-        worker = threading.Thread(target=shutdown, name="trace-run-exit-flush", daemon=True)
-        worker.start()
-    except RuntimeError:  # 3.12+: no new threads at interpreter shutdown
-        shutdown()
+    done = _shut_down_ours()
     if not done.wait(timeout / 2):
         # Half the time is gone and an export is still running: it is retrying
         # against a collector that does not answer. End the retries.
@@ -228,40 +206,93 @@ def _flush_at_exit() -> None:
     if not done.wait(timeout / 2):
         log.warning("flushing spans at exit took longer than %d ms; the rest are dropped"
                     % config.get("OTEL_TRACE_RUN_EXIT_TIMEOUT"))
+    _flush_program(deadline)
     report_drops()
 
 
+def _in_thread(work, name: str) -> threading.Event:
+    """Run work() on a daemon thread; the event is set when it returns (or raised)."""
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            work()
+        except Exception:
+            pass
+        done.set()
+
+    try:
+        threading.Thread(target=run, name=name, daemon=True).start()
+    except RuntimeError:  # 3.12+: no new threads at interpreter shutdown
+        run()
+    return done
+
+
+def _shut_down_ours() -> threading.Event:
+    """Our provider's shutdown (send what it holds, end its threads), started once: at exit, or
+    earlier when the program's own provider takes over."""
+    with _lock:
+        done = _state.get("shut_down")
+        if done is None:
+            done = _state["shut_down"] = _in_thread(_shut_down, "trace-run-exit-flush")
+    return done
+
+
+def _shut_down() -> None:
+    _state["provider"].shutdown()
+    if "program_provider" in _state:
+        import logging
+
+        for name in _EXPORT_LOGGERS:  # the program's exporters may speak again (ours have stopped)
+            logging.getLogger(name).disabled = False
+
+
+def follow_program(provider) -> None:
+    """The program set up its own provider (program_provider): ours sends what it holds and stops."""
+    _state["program_provider"] = provider
+    _shut_down_ours()
+
+
+def _flush_program(deadline: float) -> None:
+    """Flush the program's own provider, within what is left of the exit timeout; never shut it
+    down (the program's to do). At a normal exit the SDK's own atexit hook has shut it down before
+    ours runs, and this returns at once; after SIGTERM, or in a child that leaves through
+    os._exit, it is what still sends the program's spans."""
+    provider = _state.get("program_provider")
+    flush = getattr(provider, "force_flush", None)
+    left = deadline - time.monotonic()
+    if flush is None or left <= 0:
+        return
+    _in_thread(lambda: flush(int(left * 1000)), "trace-run-exit-flush").wait(left)
+
+
 def stats() -> list:
-    """Per exporter: target, spans ended, exported, failed, dropped."""
+    """Per exporter, where each span that ended went: exported (acknowledged), failed (refused or
+    unreachable), unanswered (sent, no answer before a timeout or the exit: may have arrived),
+    dropped (never sent). These four add up to `ended`."""
     out = []
     for processor, health in _state.get("processors", ()):
+        counts = health.counts()  # first: a batch taken from the queue after this is still "not handed"
+        ended = processor.ended
         out.append({
             "target": health.target,
-            "ended": processor.ended,
-            "exported": health.exported,
-            "failed": health.failed,
-            "dropped": processor.dropped(),
+            "ended": ended,
+            "exported": counts["exported"],
+            "failed": counts["failed"],
+            "unanswered": counts["unanswered"] + counts["in_flight"],
+            "dropped": max(0, ended - counts["handed"]) + counts["unsent"],
         })
     return out
 
 
 def report_drops() -> None:
     for s in stats():
-        lost = max(0, s["ended"] - s["exported"])
+        lost = s["dropped"] + s["failed"] + s["unanswered"]
         if lost:
+            unanswered = (", %d sent without an answer before the exit or a timeout (they may have arrived)"
+                          % s["unanswered"]) if s["unanswered"] else ""
             log.warning("%d of %d spans were not exported to %s (%d dropped from the queue or unsent at exit, "
-                        "%d failed to send)" % (lost, s["ended"], s["target"], max(0, lost - s["failed"]), s["failed"]))
-
-
-def force_flush(timeout_millis: int = 5000) -> None:
-    provider = _state.get("provider")
-    if provider is not None:
-        provider.force_flush(timeout_millis)
-
-
-def reset_after_fork_for_tests() -> None:
-    global _exit_done
-    _exit_done = False
+                        "%d failed to send%s)" % (lost, s["ended"], s["target"], s["dropped"], s["failed"], unanswered))
 
 
 def state() -> dict:

@@ -11,7 +11,9 @@ import os
 import sys
 from urllib.parse import urlsplit
 
-from . import config, log
+from trace_run.core import config, log
+from trace_run.core.urlmask import masked, scrubber, without_userinfo
+from trace_run.core.version import VERSION
 
 DEFAULT_HTTP = "http://localhost:4318"
 DEFAULT_GRPC = "http://localhost:4317"
@@ -45,7 +47,7 @@ def _signal(name: str):
 
 
 def service_name() -> str:
-    name = os.environ.get("OTEL_SERVICE_NAME", "").strip()
+    name = config.get("OTEL_SERVICE_NAME").strip()
     if name:
         return name
     attrs = config.get("OTEL_RESOURCE_ATTRIBUTES")
@@ -65,7 +67,7 @@ def resource_attributes() -> dict:
         "telemetry.sdk.name": "opentelemetry",
         "telemetry.sdk.version": _sdk_version(),
         "telemetry.distro.name": "trace-run",
-        "telemetry.distro.version": "0.1.0",
+        "telemetry.distro.version": VERSION,
         "process.pid": os.getpid(),
         "process.executable.path": sys.executable,
         "process.runtime.name": sys.implementation.name,
@@ -96,6 +98,7 @@ def resolve() -> dict:
         "sampler": _resolve_sampler(),
         "propagators": _resolve_propagators(),
         "batch": _resolve_batch(),
+        "span_class": config.get("OTEL_TRACE_RUN_SPAN_CLASS"),
         "limits": {
             v: config.get(v)
             for v in (
@@ -145,14 +148,20 @@ def _resolve_otlp() -> dict:
         config.warn("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json", "http/protobuf",
                     "the Python OTLP exporter has no JSON encoding")
         protocol = "http/protobuf"
+    variable = "OTEL_EXPORTER_OTLP_ENDPOINT"
     if config.is_set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") and config.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
-        endpoint = config.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        variable = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+        endpoint = config.get(variable)
     else:
         base = config.get("OTEL_EXPORTER_OTLP_ENDPOINT")
         if protocol == "grpc":
             endpoint = base or DEFAULT_GRPC
         else:
-            endpoint = (base or DEFAULT_HTTP).rstrip("/") + "/v1/traces"
+            endpoint = _with_traces_path(base or DEFAULT_HTTP)
+    if protocol == "grpc" and without_userinfo(endpoint) != endpoint:
+        config.warn(variable, endpoint, masked(without_userinfo(endpoint)), "gRPC sends no user:password from "
+                    "the address; put credentials in OTEL_EXPORTER_OTLP_HEADERS, e.g. authorization=Basic ...")
+        endpoint = without_userinfo(endpoint)
     port = None
     try:
         port = urlsplit(endpoint).port
@@ -161,10 +170,10 @@ def _resolve_otlp() -> dict:
         endpoint = DEFAULT_GRPC if protocol == "grpc" else DEFAULT_HTTP + "/v1/traces"
     if protocol != "grpc" and port == 4317:
         config.notice("OTLP endpoint %s looks like a gRPC port (4317) but the protocol is http/protobuf; "
-                    "set OTEL_EXPORTER_OTLP_PROTOCOL=grpc or use port 4318" % endpoint)
+                    "set OTEL_EXPORTER_OTLP_PROTOCOL=grpc or use port 4318" % masked(endpoint))
     elif protocol == "grpc" and port == 4318:
         config.notice("OTLP endpoint %s looks like an OTLP/HTTP port (4318) but the protocol is grpc; "
-                    "set OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf or use port 4317" % endpoint)
+                    "set OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf or use port 4317" % masked(endpoint))
     timeout = _signal("TIMEOUT") or 10000
     insecure = _signal("INSECURE")
     return {
@@ -182,6 +191,13 @@ def _resolve_otlp() -> dict:
     }
 
 
+def _with_traces_path(base: str) -> str:
+    """The base endpoint with `/v1/traces` appended to its path (before any `?query`)."""
+    q = base.find("?")
+    path, query = (base, "") if q < 0 else (base[:q], base[q:])
+    return path.rstrip("/") + "/v1/traces" + query
+
+
 def _resolve_sampler() -> dict:
     name = config.get("OTEL_TRACES_SAMPLER").strip().lower() or "parentbased_always_on"
     arg_text = config.raw("OTEL_TRACES_SAMPLER_ARG").strip()
@@ -192,6 +208,8 @@ def _resolve_sampler() -> dict:
         if name in installed:
             return {"name": name, "entry_point": installed[name].value, "arg": arg_text}
         config.warn("OTEL_TRACES_SAMPLER", name, "parentbased_always_on", "unknown sampler")
+        if arg_text and not _is_number(arg_text):  # every bad variable is named, not only the first
+            config.warn("OTEL_TRACES_SAMPLER_ARG", arg_text, "no argument", "not a number")
         return {"name": "parentbased_always_on"}
     if name in _RATIO_SAMPLERS:
         ratio = 1.0
@@ -216,6 +234,14 @@ def _resolve_sampler() -> dict:
                 rate = 100.0
         sampler["per_second"] = rate
     return sampler
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _resolve_propagators() -> list:
@@ -271,9 +297,10 @@ def _resolve_batch() -> dict:
 def build(plan: dict):
     """TracerProvider, propagator and the list of (processor, health) pairs."""
     from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+    from opentelemetry.sdk.trace import SpanLimits
 
     from . import exporthealth
+    from .program_provider import AgentTracerProvider
 
     limits = plan["limits"]
     span_limits = SpanLimits(
@@ -290,14 +317,17 @@ def build(plan: dict):
     # deadlocks unless concurrent.futures' own at-fork hook (registered first) has run.
     import concurrent.futures.thread  # noqa: F401
 
-    provider = TracerProvider(
+    provider = AgentTracerProvider(
         resource=Resource(plan["resource"]),
         sampler=build_sampler(plan["sampler"]),
         span_limits=span_limits,
         shutdown_on_exit=False,  # we flush at exit ourselves, with a bounded timeout
     )
+    provider.fast_spans = plan.get("span_class", "trace-run") == "trace-run"
+    if provider.fast_spans:  # now, not at the first get_tracer: that may be an event loop's first request
+        from . import fastspan  # noqa: F401
     if config.get("OTEL_TRACE_RUN_TEST_FAULT"):
-        from trace_run.instrumentors.guard import inject_faults
+        from trace_run.core.guard import inject_faults
 
         inject_faults(provider, config.get("OTEL_TRACE_RUN_TEST_FAULT"))
     processors = []
@@ -306,7 +336,7 @@ def build(plan: dict):
             processor, health = _build_pipeline(spec, plan["batch"], exporthealth)
         except Exception as exc:
             log.warning("exporter %s not set up (%s: %s); its spans are not exported"
-                        % (spec["name"], type(exc).__name__, exc))
+                        % (spec["name"], type(exc).__name__, scrubber(spec.get("endpoint", ""))(str(exc))))
             continue
         provider.add_span_processor(processor)
         processors.append((processor, health))
@@ -316,6 +346,8 @@ def build(plan: dict):
 def _build_pipeline(spec: dict, batch: dict, exporthealth):
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 
+    from .green import StartsOnFirstSpan  # its export thread starts after gevent/eventlet patched threading
+    from .lazy_exporter import LazyExporter
     from .redact import wrap as redacted  # attribute redaction in front of an exporter (not the fast OTLP one)
 
     name = spec["name"]
@@ -323,12 +355,12 @@ def _build_pipeline(spec: dict, batch: dict, exporthealth):
         from .console import TreeConsoleExporter
 
         exporter = TreeConsoleExporter()
-        health = exporthealth.ExportHealth(exporter, "console")
+        health = exporthealth.CountingExporter(exporter, "console")
         return exporthealth.CountingProcessor(SimpleSpanProcessor(redacted(health)), health), health
     if name == "console_json":
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
-        health = exporthealth.ExportHealth(ConsoleSpanExporter(), "console_json")
+        health = exporthealth.CountingExporter(ConsoleSpanExporter(), "console_json")
         return exporthealth.CountingProcessor(SimpleSpanProcessor(redacted(health)), health), health
     warm = None
     if name == "otlp":
@@ -346,19 +378,24 @@ def _build_pipeline(spec: dict, batch: dict, exporthealth):
                 kind = "grpc" if spec["protocol"] == "grpc" else "http"
                 importlib.import_module("opentelemetry.exporter.otlp.proto.%s.trace_exporter" % kind)
 
-        target = "%s (%s)" % (spec["endpoint"], spec["protocol"])
+        target = "%s (%s)" % (masked(spec["endpoint"]), spec["protocol"])
     else:
         def exporter():
             return _entry_points("opentelemetry_traces_exporter")[name].load()()
 
         target = name
-    health = exporthealth.ExportHealth(exporter, target, warm=warm)
+    # the queue is bounded in bytes too (of encoded spans), and batches are split to fit a request
+    budget = exporthealth.QueueBudget(batch["max_queue_size"], config.get("OTEL_TRACE_RUN_MAX_QUEUE_BYTES"))
+    lazy = LazyExporter(exporter, target, warm=warm, scrub=scrubber(spec.get("endpoint", "")))
+    health = exporthealth.CountingExporter(lazy, target, budget=budget,
+                                           max_request_bytes=config.get("OTEL_TRACE_RUN_MAX_REQUEST_BYTES"),
+                                           scrub=scrubber(spec.get("endpoint", "")))
     if name == "otlp" and spec.get("encoder") == "fast":
         # spans are redacted and encoded as they end; the queue holds bytes (see otlp_encoder.Encoded)
-        processor = BatchSpanProcessor(health, **batch)
-        return exporthealth.CountingProcessor(processor, health, prepare=_preencoder(health)), health
-    processor = BatchSpanProcessor(redacted(health), **batch)
-    return exporthealth.CountingProcessor(processor, health), health
+        processor = StartsOnFirstSpan(lambda: BatchSpanProcessor(health, **batch))
+        return exporthealth.CountingProcessor(processor, health, prepare=_preencoder(health), budget=budget), health
+    processor = StartsOnFirstSpan(lambda: BatchSpanProcessor(redacted(health), **batch))
+    return exporthealth.CountingProcessor(processor, health, budget=budget), health
 
 
 def _preencoder(health):
@@ -378,7 +415,7 @@ def _preencoder(health):
             log.warning_once("redact-failed", "spans dropped: attribute redaction failed (%s: %s); "
                              "they are not exported unredacted" % (type(exc).__name__, exc))
             return None
-        if not getattr(health._exporter, "accepts_encoded", False):  # not built yet, or a stock exporter
+        if not getattr(health.built, "accepts_encoded", False):  # not built yet, or a stock exporter
             return span
         try:
             return preencode(span)
@@ -392,11 +429,15 @@ def _preencoder(health):
 def build_otlp_exporter(spec: dict):
     if spec["protocol"] == "grpc":
         import grpc
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as Stock
+        from trace_run.core.compat import accepts_keyword
+
+        from .otlp_answer import GRPC_OPTIONS
 
         if spec.get("encoder") == "fast":
             from .otlp_grpc import OTLPGrpcSpanExporter as OTLPSpanExporter
         else:
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+            OTLPSpanExporter = Stock
 
         credentials = None
         if spec["certificate"] or spec["client_key"] or spec["client_certificate"]:
@@ -407,7 +448,7 @@ def build_otlp_exporter(spec: dict):
             )
         endpoint = spec["endpoint"]
         insecure = spec["insecure"] or (endpoint.startswith("http://") and credentials is None)
-        return OTLPSpanExporter(
+        kwargs = dict(
             endpoint=endpoint,
             insecure=insecure,
             credentials=credentials,
@@ -415,9 +456,13 @@ def build_otlp_exporter(spec: dict):
             timeout=spec["timeout_s"],
             compression=grpc.Compression.Gzip if spec["compression"] == "gzip" else grpc.Compression.NoCompression,
         )
+        if accepts_keyword(Stock.__init__, "channel_options"):
+            kwargs["channel_options"] = GRPC_OPTIONS  # the answer is read up to a cap
+        return OTLPSpanExporter(**kwargs)
+    _import_what_the_first_export_imports()
     session = _session_keeping_ca() if spec["certificate"] else None
     # a requests Session from an entry point (the SDK's credential provider): the stock exporter loads it
-    provider = any(os.environ.get("OTEL_PYTHON_EXPORTER_OTLP_HTTP_%sCREDENTIAL_PROVIDER" % s) for s in ("TRACES_", ""))
+    provider = any(config.get("OTEL_PYTHON_EXPORTER_OTLP_HTTP_%sCREDENTIAL_PROVIDER" % s) for s in ("TRACES_", ""))
     if spec.get("encoder") == "fast" and not provider:
         try:
             from .otlp_http import OTLPHTTPSpanExporter
@@ -428,11 +473,12 @@ def build_otlp_exporter(spec: dict):
             return OTLPHTTPSpanExporter(spec["endpoint"], spec["headers"], spec["timeout_s"], spec["compression"],
                                         verify=spec["certificate"] or True, cert=cert, session=session)
         except (ImportError, AttributeError, TypeError) as exc:  # an SDK without the pieces it builds on
-            log.debug("trace-run's OTLP/HTTP exporter not available here (%s); using the SDK's" % exc)
+            log.debug("trace-run's OTLP/HTTP exporter not available here (%s); using the SDK's"
+                      % scrubber(spec["endpoint"])(str(exc)))
     from opentelemetry.exporter.otlp.proto.http import Compression
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-    return OTLPSpanExporter(
+    kwargs = dict(
         endpoint=spec["endpoint"],
         certificate_file=spec["certificate"],
         client_key_file=spec["client_key"],
@@ -442,6 +488,34 @@ def build_otlp_exporter(spec: dict):
         compression=Compression.Gzip if spec["compression"] == "gzip" else Compression.NoCompression,
         session=session,
     )
+    if not provider:  # the stock exporter on a transport reading the answer up to a cap
+        try:
+            return OTLPSpanExporter(**kwargs, _transport=_capped_requests_transport(spec, session))
+        except (ImportError, TypeError):  # an SDK without these pieces: its own transport
+            pass
+    return OTLPSpanExporter(**kwargs)
+
+
+def _import_what_the_first_export_imports() -> None:
+    """requests imports `netrc` inside its first request. Done here, on the builder thread, which a fork
+    waits for; not on the export thread, which it does not: a child forked while that thread held the
+    module's import lock inherits the lock without its owner, and its own export (its exit flush) hangs
+    there until the exit timeout drops its spans."""
+    import netrc  # noqa: F401
+
+
+def _capped_requests_transport(spec: dict, session):
+    """The transport the stock OTLP/HTTP exporter builds from the same settings, reading answers capped."""
+    from trace_run.core.compat import http_transport
+
+    from .otlp_answer import capped
+
+    RequestsHTTPTransport = http_transport("requests")[0]
+
+    cert = spec["client_certificate"]
+    if cert and spec["client_key"]:
+        cert = (cert, spec["client_key"])
+    return capped(RequestsHTTPTransport)(verify=spec["certificate"] or True, cert=cert, session=session)
 
 
 def _session_keeping_ca():

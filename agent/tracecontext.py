@@ -5,10 +5,13 @@ Where the SDK's propagator differs, this one follows the Recommendation:
 - a version other than 00 and ff is parsed by the version-00 prefix rules
   (55 characters, then the end or a `-`); only the `sampled` flag is kept;
 - flags other than `sampled` are never sent (Level 1: "Vendors MUST set those to zero");
-- tracestate: keys by the grammar (simple and `tenant@vendor`), values 1-256
-  printable characters without `,` and `=`, at most 32 members, a duplicated
-  key or any bad member discards the whole tracestate, empty and
-  whitespace-only members are skipped, several headers are combined in order;
+- tracestate: keys by the current Recommendation's grammar (1-256 characters
+  of `a-z 0-9 _ - * / @`, the first a letter or digit: `foo@`, `1foo` and
+  `a@b@c` are keys, `@foo` is not; the older `tenant@vendor` split is gone),
+  values 1-256 printable characters without `,` and `=`, at most 32 members;
+  any bad member discards the whole tracestate, a duplicated key keeps its
+  first (leftmost) member, empty and whitespace-only members are skipped,
+  several headers are combined in order;
 - on injection a tracestate over 512 characters is shortened as the spec says:
   members over 128 characters go first, then members from the end.
 No call logs or raises on bad input: the bad part is ignored.
@@ -34,10 +37,7 @@ _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 _MAX_TRACEPARENT = 1024  # no limit in the spec for future versions; a bound against abuse
 
-_KEY_RE = re.compile(
-    r"[a-z][a-z0-9_\-*/]{0,255}"
-    r"|[a-z0-9][a-z0-9_\-*/]{0,240}@[a-z][a-z0-9_\-*/]{0,13}"
-)
+_KEY_RE = re.compile(r"[a-z0-9][a-z0-9_\-*/@]{0,255}")
 _VALUE_RE = re.compile(r"[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]")
 MAX_MEMBERS = 32
 MAX_HEADER = 512  # what Level 1 says vendors SHOULD propagate at least
@@ -65,9 +65,23 @@ def parse_traceparent(value: str) -> Optional[tuple]:
     return int(trace_id, 16), int(span_id, 16), int(flags, 16) & 0x01
 
 
+class _ParsedTraceState(TraceState):
+    """A TraceState of members this module has already checked.
+
+    The API's constructor validates keys by the older `tenant@vendor` grammar
+    and logs each key it rejects (`foo@` among them), so the checked pairs go
+    in as they are.
+    """
+
+    def __init__(self, pairs: dict) -> None:
+        super().__init__()
+        self._dict = pairs
+
+
 def parse_tracestate(values) -> Optional[TraceState]:
     """A TraceState from one or more header values, or None when the list is invalid."""
     pairs: dict = {}
+    count = 0
     for header in values:
         if not isinstance(header, str):
             return None
@@ -78,12 +92,11 @@ def parse_tracestate(values) -> Optional[TraceState]:
             key, sep, val = member.partition("=")
             if not sep or _KEY_RE.fullmatch(key) is None or _VALUE_RE.fullmatch(val) is None:
                 return None
-            if key in pairs:
+            count += 1
+            if count > MAX_MEMBERS:
                 return None
-            pairs[key] = val
-            if len(pairs) > MAX_MEMBERS:
-                return None
-    return TraceState(list(pairs.items()))
+            pairs.setdefault(key, val)  # one entry per key: the leftmost is the latest position
+    return _ParsedTraceState(pairs)
 
 
 def tracestate_header(state: TraceState) -> str:

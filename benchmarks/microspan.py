@@ -13,7 +13,9 @@ Modes (each in a fresh process, pinned to CPU 1; the receiver on CPU 0):
 - sdk:    the bare SDK: TracerProvider + BatchSpanProcessor + the stock OTLP/HTTP exporter;
           also the official encoder alone (encode_spans(...).SerializeToString()) and, in the
           tracerun venv, trace-run's encoder alone on the same spans (its bytes must be equal);
-- global: whatever the agent installed (`trace-run python ...`, `opentelemetry-instrument python ...`).
+- global: whatever the agent installed (`trace-run python ...`, `opentelemetry-instrument python ...`);
+- ddtrace: `ddtrace-run python ...`, spans made with ddtrace's own tracer (`tracer.trace` + the same
+          5 tags), sent to the same receiver answering as the Datadog agent (MessagePack).
 Every mode except noop must deliver all its spans to the receiver, or the table says so.
 """
 
@@ -43,10 +45,31 @@ def _spans(tracer, n: int) -> None:
             pass
 
 
+class _DatadogTracer:
+    """ddtrace's tracer behind the one call _spans makes (`start_as_current_span`)."""
+
+    def __init__(self):
+        try:
+            from ddtrace.trace import tracer
+        except ImportError:  # ddtrace < 3
+            from ddtrace import tracer
+        self.tracer = tracer
+
+    def start_as_current_span(self, name, kind=None, attributes=None):
+        span = self.tracer.trace(name, service="microspan", span_type="sql")
+        span.set_tags(attributes)
+        return span
+
+    def force_flush(self):
+        self.tracer.flush()
+
+
 def measure(mode: str, endpoint: str, batches: int) -> dict:
     from opentelemetry import trace
 
-    if mode in ("sdk", "sdk_off"):
+    if mode == "ddtrace":
+        provider = tracer = _DatadogTracer()
+    elif mode in ("sdk", "sdk_off"):
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.trace import TracerProvider, sampling
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -141,7 +164,7 @@ def _encode_only(endpoint: str) -> dict:
 # -- driver (runs with the harness's python) ------------------------------------------------------
 
 
-def run_all(short: bool = False, configs=("bare", "tracerun", "otel")) -> tuple:
+def run_all(short: bool = False, configs=("bare", "tracerun", "otel", "ddtrace")) -> tuple:
     import subprocess
 
     sys.path.insert(0, HERE)
@@ -159,15 +182,19 @@ def run_all(short: bool = False, configs=("bare", "tracerun", "otel")) -> tuple:
                   ("trace-run", "tracerun", ["trace-run"], "global")]
     if "otel" in configs:
         cases += [("opentelemetry-instrument", "otel", ["opentelemetry-instrument"], "global")]
+    if "ddtrace" in configs:
+        cases += [("ddtrace-run (ddtrace's own tracer)", "ddtrace", ["ddtrace-run"], "ddtrace")]
     samples: dict = {c[0]: [] for c in cases}
     try:
         for _ in range(repeats):
             for label, venv, launcher, mode in cases:
-                env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PYTHON"))}
+                env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "DD_", "PYTHON"))}
                 env.update({"PATH": os.path.join(venvs.path(venv), "bin") + os.pathsep + env.get("PATH", ""),
                             "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
                             "OTEL_EXPORTER_OTLP_ENDPOINT": sink.url, "OTEL_SERVICE_NAME": "microspan",
-                            "OTEL_METRICS_EXPORTER": "none", "OTEL_LOGS_EXPORTER": "none"})
+                            "OTEL_METRICS_EXPORTER": "none", "OTEL_LOGS_EXPORTER": "none",
+                            "DD_TRACE_AGENT_URL": sink.url, "DD_INSTRUMENTATION_TELEMETRY_ENABLED": "false",
+                            "DD_REMOTE_CONFIGURATION_ENABLED": "false", "DD_TRACE_STARTUP_LOGS": "false"})
                 before = sink.stats()["spans"]
                 cmd = pinned(APP_CPU) + [venvs.bin_path(venv, x) for x in launcher] + [
                     venvs.bin_path(venv), os.path.abspath(__file__), mode, sink.url, str(batches)]
@@ -215,7 +242,7 @@ def run_all(short: bool = False, configs=("bare", "tracerun", "otel")) -> tuple:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) >= 4 and sys.argv[1] in ("noop", "sdk", "sdk_off", "global"):
+    if len(sys.argv) >= 4 and sys.argv[1] in ("noop", "sdk", "sdk_off", "global", "ddtrace"):
         print(json.dumps(measure(sys.argv[1], sys.argv[2], int(sys.argv[3]))))
     else:
         text, _ = run_all(short="--short" in sys.argv)

@@ -1,19 +1,27 @@
 """Helper processes of the overhead benchmark (stdlib only, each in its own process).
 
-    python servers.py sink PORTFILE        OTLP/HTTP receiver that counts spans (and names)
+    python servers.py sink PORTFILE        span-counting receiver: OTLP/HTTP (POST /v1/traces) and
+                                           the Datadog agent's API (PUT /v0.4|/v0.5/traces, GET /info)
+    python servers.py grpc-sink PORTFILE   the same counting for OTLP/gRPC (needs grpcio: run it
+                                           with the `sink` venv's python); stats over HTTP
     python servers.py downstream PORTFILE  tiny HTTP server the app calls with `requests`
     python servers.py drive URL SECONDS    load driver when `wrk` is missing (one connection
                                            at a time, like `wrk -c1`); prints JSON
 
-The sink decodes only the protobuf framing it needs (ResourceSpans > ScopeSpans >
-Span, and the span name), so it stays cheap and independent of any OTel package.
-`GET /stats` on the sink returns {"spans", "exports", "bytes", "names"} as JSON.
+The sinks keep the bodies they receive as they are and decode them when `GET /stats` is asked
+(after a run; or when more than 16 MB wait), so that decoding takes no CPU from the load driver
+during a measured run. OTLP is decoded with only the protobuf framing needed (ResourceSpans >
+ScopeSpans > Span, and the span name); Datadog payloads with msgpack_lite.py.
+`GET /stats` returns {"spans", "kept", "exports", "bytes", "names", "paths"} as JSON: "kept" are the
+spans a backend keeps (for ddtrace, those of traces with sampling priority > 0; for OTLP, all).
+The PORTFILE holds the port, or for grpc-sink "GRPC_PORT STATS_PORT".
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import os
 import socket
 import sys
 import threading
@@ -74,11 +82,62 @@ def span_names(body: bytes) -> list:
     return names
 
 
+class Received:
+    """What a sink got: bodies kept raw during a run, decoded when the stats are read."""
+
+    DECODE_AT = 16 << 20  # bytes waiting before they are decoded anyway (long memory runs)
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pending: list = []
+        self.pending_bytes = 0
+        self.stats = {"spans": 0, "kept": 0, "exports": 0, "bytes": 0, "names": {}, "paths": {}, "errors": 0}
+
+    def add(self, path: str, body: bytes) -> None:
+        with self.lock:
+            s = self.stats
+            s["exports"] += 1
+            s["bytes"] += len(body)
+            s["paths"][path] = s["paths"].get(path, 0) + 1
+            self.pending.append((path, body))
+            self.pending_bytes += len(body)
+            if self.pending_bytes > self.DECODE_AT:
+                self._decode()
+
+    def snapshot(self) -> bytes:
+        with self.lock:
+            self._decode()
+            return json.dumps(self.stats).encode()
+
+    def _decode(self) -> None:
+        from msgpack_lite import datadog_spans
+
+        s = self.stats
+        for path, body in self.pending:
+            try:
+                spans = datadog_spans(path, body) if "/traces" in path and path.startswith("/v0.") else \
+                    [(n, True) for n in span_names(body)]
+            except (ValueError, IndexError, KeyError, TypeError):
+                s["errors"] += 1
+                continue
+            s["spans"] += len(spans)
+            for name, kept in spans:
+                s["kept"] += kept
+                if kept:
+                    s["names"][name] = s["names"].get(name, 0) + 1
+        self.pending, self.pending_bytes = [], 0
+
+
+RECEIVED = Received()
+# What the Datadog agent (7.x) answers on /info, less what would switch features on in the tracer.
+AGENT_INFO = {"version": "7.60.0", "endpoints": ["/v0.4/traces", "/v0.5/traces", "/info", "/debugger/v1/input",
+                                                "/debugger/v2/input", "/debugger/v1/diagnostics"],
+              "client_drop_p0s": False, "span_meta_structs": False, "config": {"statsd_port": 0}}
+
+
 class _Sink(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body go out in two writes
-    lock = threading.Lock()
-    stats = {"spans": 0, "exports": 0, "bytes": 0, "names": {}}
 
     def log_message(self, *args) -> None:
         pass
@@ -97,20 +156,46 @@ class _Sink(BaseHTTPRequestHandler):
             body = gzip.decompress(body)
         elif encoding == "deflate":
             body = zlib.decompress(body)
-        names = span_names(body) if self.path.endswith("/v1/traces") else []
-        with self.lock:
-            s = self.stats
-            s["spans"] += len(names)
-            s["exports"] += 1
-            s["bytes"] += len(body)
-            for n in names:
-                s["names"][n] = s["names"].get(n, 0) + 1
-        self._reply(200, b"", "application/x-protobuf")
+        path = self.path.split("?")[0]
+        if path.endswith("/v1/traces") or (path.startswith("/v0.") and path.endswith("/traces")):
+            RECEIVED.add(path, body)
+        else:  # not spans (the microbenchmark's POST-only requests, ddtrace's other endpoints)
+            with RECEIVED.lock:
+                RECEIVED.stats["paths"][path] = RECEIVED.stats["paths"].get(path, 0) + 1
+        if path.startswith("/v0."):  # the Datadog agent answers with the sampling rates to apply
+            self._reply(200, b'{"rate_by_service": {"service:,env:": 1.0}}', "application/json")
+        else:
+            self._reply(200, b"", "application/x-protobuf")
+
+    do_PUT = do_POST
 
     def do_GET(self) -> None:
-        with self.lock:
-            body = json.dumps(self.stats).encode()
-        self._reply(200, body, "application/json")
+        if self.path.startswith("/info"):
+            self._reply(200, json.dumps(AGENT_INFO).encode(), "application/json")
+            return
+        self._reply(200, RECEIVED.snapshot(), "application/json")
+
+
+def serve_grpc(portfile: str) -> None:
+    """OTLP/gRPC receiver: TraceService/Export bodies counted like the HTTP sink's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    def export(request: bytes, context) -> bytes:
+        RECEIVED.add("/v1/traces", request)
+        return b""  # an empty ExportTraceServiceResponse
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "opentelemetry.proto.collector.trace.v1.TraceService",
+        {"Export": grpc.unary_unary_rpc_method_handler(export)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    stats = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
+    stats.daemon_threads = True
+    _write_port(portfile, "%d %d" % (port, stats.server_address[1]))
+    stats.serve_forever()
 
 
 class _Downstream(BaseHTTPRequestHandler):
@@ -129,14 +214,16 @@ class _Downstream(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
+def _write_port(portfile: str, text: str) -> None:
+    with open(portfile + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(portfile + ".tmp", portfile)
+
+
 def serve(handler, portfile: str) -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
-    with open(portfile + ".tmp", "w") as f:
-        f.write(str(server.server_address[1]))
-    import os
-
-    os.replace(portfile + ".tmp", portfile)
+    _write_port(portfile, str(server.server_address[1]))
     server.serve_forever()
 
 
@@ -182,6 +269,8 @@ def main(argv) -> int:
     mode = argv[1]
     if mode == "sink":
         serve(_Sink, argv[2])
+    elif mode == "grpc-sink":
+        serve_grpc(argv[2])
     elif mode == "downstream":
         serve(_Downstream, argv[2])
     elif mode == "drive":

@@ -3,11 +3,13 @@
     python benchmarks/startup.py [--runs N] [--short] [--json FILE]
 
 Measures, interleaved over N rounds, the wall time and peak RSS of
-- `python -c pass`, and
-- `python benchmarks/apps/startup_app.py` (imports Flask and builds a small app),
+- `python -c pass`,
+- `python benchmarks/apps/startup_app.py` (imports Flask and builds a small app), and
+- `python -c "import flask, requests, psycopg, redis"` (four libraries, four instrumentors),
 each bare, under the agent's sitecustomize alone (PYTHONPATH, what every child
-process of a traced program pays), and through the launcher (`trace-run python ...`,
-`opentelemetry-instrument python ...`: one more interpreter start for the launcher).
+process of a traced program pays), and through the launcher (`trace-run python ...`: a shell
+script that execs the command; `opentelemetry-instrument python ...`, `ddtrace-run python ...`:
+one more interpreter start each).
 Each agent is compared with the bare run of its own virtualenv, so that the
 packages installed beside it do not count against it. Then `python -X importtime`
 lists what the agent's sitecustomize path imports that a bare start does not.
@@ -35,15 +37,20 @@ from stats import fmt, median, pct, spread, table  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 APP = os.path.join(HERE, "apps", "startup_app.py")
 PROBE = os.path.join(HERE, "apps", "startup_probe.py")
-WORKLOADS = {"pass": ["-c", "pass"], "flask": [APP]}
+WORKLOADS = {"pass": ["-c", "pass"], "flask": [APP], "four": ["-c", "import flask, requests, psycopg, redis"]}
+WORKLOAD_LABELS = {"pass": "`python -c pass`", "flask": "flask app import",
+                   "four": "`import flask, requests, psycopg, redis`"}
 
 
 def clean_env(venv: str, **extra) -> dict:
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("OTEL_", "PYTHON", "VIRTUAL_ENV"))}
+           if not k.startswith(("OTEL_", "DD_", "PYTHON", "VIRTUAL_ENV"))}
     env["PATH"] = os.path.join(venvs.path(venv), "bin") + os.pathsep + env.get("PATH", "")
     env["VIRTUAL_ENV"] = venvs.path(venv)
     env["OTEL_SERVICE_NAME"] = "startup-bench"
+    # ddtrace: nothing sent at start-up (no agent is listening here; telemetry and remote config off)
+    env.update({"DD_INSTRUMENTATION_TELEMETRY_ENABLED": "false", "DD_REMOTE_CONFIGURATION_ENABLED": "false",
+                "DD_TRACE_STARTUP_LOGS": "false", "DD_TRACE_AGENT_URL": "http://127.0.0.1:9"})
     env.update(extra)
     return env
 
@@ -60,6 +67,7 @@ def configs() -> list:
     tr_inject = inject_dir("tracerun", "trace_run.agent.cli", "m.inject_dir()")
     otel_inject = inject_dir("otel", "opentelemetry.instrumentation.auto_instrumentation",
                              "__import__('os').path.dirname(m.__file__)")
+    dd_inject = inject_dir("ddtrace", "ddtrace.bootstrap", "__import__('os').path.dirname(m.__file__)")
     py = venvs.bin_path
     return [
         ("bare", "bare", [py("bare")], clean_env("bare"), None),
@@ -73,6 +81,11 @@ def configs() -> list:
          clean_env("otel", PYTHONPATH=otel_inject), "otel venv, no agent"),
         ("opentelemetry-instrument python ...", "otel", [py("otel", "opentelemetry-instrument"), "python"],
          clean_env("otel"), "otel venv, no agent"),
+        ("ddtrace venv, no agent", "ddtrace", [py("ddtrace")], clean_env("ddtrace"), None),
+        ("ddtrace sitecustomize only", "ddtrace", [py("ddtrace")],
+         clean_env("ddtrace", PYTHONPATH=dd_inject), "ddtrace venv, no agent"),
+        ("ddtrace-run python ...", "ddtrace", [py("ddtrace", "ddtrace-run"), "python"],
+         clean_env("ddtrace"), "ddtrace venv, no agent"),
     ]
 
 
@@ -146,9 +159,11 @@ def report(result: dict) -> tuple:
                 "median_ms": round(med, 2), "p25_ms": round(pct(ms, 25), 2), "p75_ms": round(pct(ms, 75), 2),
                 "min_ms": round(min(ms), 2), "rss_mib": round(median(rss), 1), "added": added,
             }
-            rows.append(["`%s`" % ("python -c pass" if w == "pass" else "flask app import"), label,
+            ratio = med / median([s[0] for s in samples[(base, w)]]) if base else 1.0
+            summary[f"{w} | {label}"]["ratio"] = round(ratio, 3)
+            rows.append([WORKLOAD_LABELS[w], label, "%.2fx" % ratio,
                          fmt(med), spread(ms), fmt(min(ms)), fmt(median(rss)), added or "(baseline)"])
-    text = table(["workload", "configuration", "median ms", "p25..p75", "min", "peak RSS MiB",
+    text = table(["workload", "configuration", "vs its venv", "median ms", "p25..p75", "min", "peak RSS MiB",
                   "added (median) vs its venv"], rows)
     return text, summary
 
@@ -180,7 +195,7 @@ def importtime_report(top: int = 15) -> tuple:
         added = {n: v for n, v in traced.items() if n not in bare}
         total_self = sum(v[0] for v in added.values()) / 1000.0
         ranked = sorted(added.items(), key=lambda kv: -kv[1][1])[:top]
-        title = "python -c pass" if w == "pass" else "flask app import"
+        title = WORKLOAD_LABELS[w].strip("`")
         out.append(f"Modules imported under trace-run and not in the bare run (`{title}`): {len(added)} modules, "
                    f"{total_self:.1f} ms of own import time in all (median of 5 runs)\n")
         out.append(table(["module (top by cumulative)", "self ms", "cumulative ms"],
@@ -222,19 +237,20 @@ def machine() -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=0, help="rounds (default 40, --short 10)")
+    parser.add_argument("--no-importtime", action="store_true", help="skip the -X importtime lists")
     parser.add_argument("--short", action="store_true", help="quick check: 10 rounds")
     parser.add_argument("--json", default=os.path.join(HERE, "results", "startup-latest.json"),
                         help="where to write the summary (a few KB)")
     args = parser.parse_args(argv)
     runs = args.runs or (10 if args.short else 40)
-    venvs.ensure_all()
+    venvs.ensure_all(("bare", "tracerun", "otel", "ddtrace"))
     m = machine()
     t0 = time.time()
     result = measure(runs)
     text, summary = report(result)
-    itext, idata = importtime_report()
+    itext, idata = ("(skipped)", {}) if args.no_importtime else importtime_report()
     m["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    versions = {n: venvs.versions(n) for n in venvs.NAMES}
+    versions = {n: venvs.versions(n) for n in ("bare", "tracerun", "otel", "ddtrace")}
     print(f"## Start-up ({runs} interleaved runs each; {m['date']}, {m['nproc']} cores, {m['cpu']}, "
           f"Python {m['python']}; load {m['load']} -> {m['load_after']})\n")
     print(text)

@@ -1,12 +1,17 @@
 """The virtualenvs the benchmarks compare, made on demand under benchmarks/.venvs/.
 
-- bare:     the sample apps' libraries only (the baseline);
+- bare:     the sample apps' libraries only (the baseline): Flask, FastAPI/Starlette, Django,
+            their servers (gunicorn, uvicorn) and the clients the apps call;
 - tracerun: the same plus trace-run from this checkout, installed NON-editable
             (an editable install adds a setuptools finder to every start-up);
 - otel:     the same plus `opentelemetry-instrument` from PyPI (opentelemetry-distro,
-            the OTLP exporters and the matching instrumentations).
+            the OTLP exporters and the matching instrumentations);
+- ddtrace:  the same plus `ddtrace-run` from PyPI (Datadog's agent, a peer that is not OpenTelemetry);
+- sink:     grpcio only: runs the OTLP/gRPC receiver (servers.py grpc-sink), so that the
+            harness itself needs nothing but the standard library.
 
-`python benchmarks/venvs.py` makes (or refreshes) all three and prints their versions.
+`python benchmarks/venvs.py [NAME...]` makes (or refreshes) them and prints their versions.
+A venv is refilled when its package list below changes (the stamp holds a hash of it).
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 VENVS = os.path.join(HERE, ".venvs")
 
-APP_DEPS = ["flask", "gunicorn", "psycopg[binary]", "redis", "requests"]
+APP_DEPS = ["flask", "gunicorn", "psycopg[binary]", "redis", "requests",
+            "fastapi", "starlette", "uvicorn", "uvloop", "httptools", "django"]
 OTEL_DEPS = [
     "opentelemetry-distro",
     "opentelemetry-exporter-otlp",
@@ -28,8 +34,13 @@ OTEL_DEPS = [
     "opentelemetry-instrumentation-requests",
     "opentelemetry-instrumentation-psycopg",
     "opentelemetry-instrumentation-redis",
+    "opentelemetry-instrumentation-fastapi",
+    "opentelemetry-instrumentation-starlette",
+    "opentelemetry-instrumentation-django",
 ]
-NAMES = ("bare", "tracerun", "otel")
+EXTRA_DEPS = {"otel": OTEL_DEPS, "ddtrace": ["ddtrace"]}
+SINK_DEPS = ["grpcio"]
+NAMES = ("bare", "tracerun", "otel", "ddtrace")
 
 
 def path(name: str) -> str:
@@ -68,7 +79,7 @@ def _create(name: str) -> bool:
 def _checkout_digest() -> str:
     """Hash of the files that make the installed trace-run, to reinstall when they change."""
     h = hashlib.sha256()
-    for top in ("pyproject.toml", "agent", "instrumentors", "bootstrap", "scripts"):
+    for top in ("pyproject.toml", "core", "agent", "instrumentors", "bootstrap", "viewer", "scripts"):
         full = os.path.join(ROOT, top)
         files = [full] if os.path.isfile(full) else sorted(
             os.path.join(d, f) for d, _, fs in os.walk(full) for f in fs
@@ -85,14 +96,15 @@ def ensure(name: str) -> str:
     """Make sure venv `name` exists with its packages; return its directory."""
     stamp = os.path.join(path(name), ".bench-stamp")
     created = _create(name)
-    if created or not os.path.exists(stamp):
-        _pip(name, "--upgrade", "pip")
-        deps = list(APP_DEPS)
-        if name == "otel":
-            deps += OTEL_DEPS
+    deps = SINK_DEPS if name == "sink" else APP_DEPS + EXTRA_DEPS.get(name, [])
+    want = hashlib.sha256(" ".join(deps).encode()).hexdigest()
+    have = open(stamp).read().strip() if os.path.exists(stamp) else ""
+    if created or have != want:
+        if created:
+            _pip(name, "--upgrade", "pip")
         _pip(name, *deps)
         with open(stamp, "w") as f:
-            f.write("ok\n")
+            f.write(want + "\n")
     if name == "tracerun":
         digest_file = os.path.join(path(name), ".trace-run-digest")
         digest = _checkout_digest()
@@ -113,7 +125,9 @@ def ensure_all(names=NAMES) -> None:
 
 def versions(name: str, wanted=("flask", "gunicorn", "opentelemetry-sdk", "opentelemetry-instrumentation",
                                 "opentelemetry-distro", "trace-run", "protobuf", "psycopg", "redis",
-                                "requests", "wrapt")) -> dict:
+                                "requests", "wrapt", "fastapi", "starlette", "uvicorn", "django", "ddtrace",
+                                "opentelemetry-instrumentation-fastapi",
+                                "opentelemetry-instrumentation-django")) -> dict:
     code = (
         "import importlib.metadata as m, json, sys\n"
         "out = {}\n"

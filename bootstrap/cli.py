@@ -89,11 +89,17 @@ def format_table(report: coverage.Report, include_all: bool = False) -> str:
     w1 = max(len(t[1]) for t in table)
     lines += ["%-*s  %-*s  %s" % (w0, a, w1, b, c) for a, b, c in table]
     counts = {k: sum(1 for r in report.rows if r.coverage == k) for k in
-              (coverage.BUILT_IN, coverage.THIRD_PARTY, coverage.COVERABLE, coverage.UNAVAILABLE)}
-    summary = "%d traced by trace-run, %d by installed instrumentors, %d coverable" % (
-        counts[coverage.BUILT_IN], counts[coverage.THIRD_PARTY], counts[coverage.COVERABLE])
+              (coverage.BUILT_IN, coverage.THIRD_PARTY, coverage.SELF_TRACED, coverage.COVERABLE,
+               coverage.UNAVAILABLE, coverage.UNSUPPORTED)}
+    summary = "%d traced by trace-run, %d by installed instrumentors, " % (
+        counts[coverage.BUILT_IN], counts[coverage.THIRD_PARTY])
+    if counts[coverage.SELF_TRACED]:
+        summary += "%d by themselves, " % counts[coverage.SELF_TRACED]
+    summary += "%d coverable" % counts[coverage.COVERABLE]
     if counts[coverage.UNAVAILABLE]:
         summary += ", %d without a package for this opentelemetry-instrumentation" % counts[coverage.UNAVAILABLE]
+    if counts[coverage.UNSUPPORTED]:
+        summary += ", %d in versions no upstream instrumentor supports" % counts[coverage.UNSUPPORTED]
     if report.requirements:
         summary += ": run `trace-bootstrap -a install` (or `-a requirements`) to cover them"
     lines += ["", summary + "."]
@@ -126,13 +132,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         from . import install
 
         target = python or sys.executable  # re-detection after pip runs in a fresh process
-        status = install.run(report, target, lambda: detect_in(target))
+        outcome = install.Outcome()
+        status = install.run(report, target, lambda: detect_in(target), outcome=outcome)
         if status == 0 and report.requirements:
             try:
                 report = coverage.build(detect_in(target))
             except UsageError as exc:
                 sys.stderr.write("trace-bootstrap: %s\n" % exc)
                 return 1
+            report.left_out({a.requirement: a.versions[-1] for a in outcome.absent},
+                            {u.requirement: "%s instruments %s%s" % (u.requirement, u.library, u.spec)
+                             for u in outcome.unsupported})
         if args.json:
             sys.stdout.write(json.dumps(report.as_dict(args.all), indent=2) + "\n")
         elif status == 0:

@@ -17,6 +17,9 @@ BUILT_IN = "built-in"
 THIRD_PARTY = "third-party"
 COVERABLE = "coverable"
 UNAVAILABLE = "unavailable"  # in the catalogue, but no package exists for this opentelemetry-instrumentation
+UNSUPPORTED = "unsupported"  # the upstream instrumentor does not support the installed version
+SELF_TRACED = "self-traced"  # the library makes its own spans: no instrumentor is needed
+AGENT_ONLY = "agent-only"  # only trace-run or OpenTelemetry itself needs it: not the program's to trace
 NONE = "none"
 
 
@@ -61,6 +64,19 @@ class Report:
                 if row.coverage == COVERABLE and req not in out:
                     out.append(req)
         return out
+
+    def left_out(self, absent: dict, unsupported: dict) -> None:
+        """Mark the rows -a install could not cover: requirement -> releases the index has / why."""
+        for row in self.rows:
+            if row.coverage != COVERABLE:
+                continue
+            for req in row.requirements:
+                if req in absent:
+                    row.coverage = UNAVAILABLE
+                    row.detail = "no %s on the package index (it has up to %s)" % (req, absent[req])
+                elif req in unsupported:
+                    row.coverage = UNSUPPORTED
+                    row.detail = "no upstream instrumentor supports %s (%s)" % (row.version, unsupported[req])
 
     def as_dict(self, include_all: bool = False) -> dict:
         rows = self.rows + (self.untraceable if include_all else [])
@@ -114,10 +130,60 @@ def _covering(installed: dict) -> dict:
         for entry in catalogue.THIRD_PARTY:  # catalogue packages count even without the extra
             if key in (canonical(p) for p in entry.packages):
                 libs.extend(entry.distributions)
+        ranges = d.get("instrument_ranges") or {}
+        libs = [lib for lib in libs if _supports(ranges.get(lib), installed.get(lib)) is not False]
         for lib in libs:
             if label not in out.setdefault(lib, []):
                 out[lib].append(label)
     return out
+
+
+def _supports(spec: Optional[str], d: Optional[dict]) -> Optional[bool]:
+    """Whether an instrumentor declaring `spec` supports the installed distribution `d` (None: unknown)."""
+    if not spec or not d:
+        return None
+    return in_range(d["version"], spec)
+
+
+def _unsupported_ranges(installed: dict, library: str) -> List[str]:
+    """"dist version instruments spec" of installed instrumentors whose range leaves the library out."""
+    out = []
+    for d in installed.values():
+        spec = (d.get("instrument_ranges") or {}).get(library)
+        if d.get("instrumentors") and _supports(spec, installed.get(library)) is False:
+            out.append("%s %s instruments %s%s" % (d["name"], d["version"], library, spec))
+    return out
+
+
+def agent_only(installed: dict) -> dict:
+    """Distributions that only trace-run or OpenTelemetry need -> the agent distributions that need them.
+
+    A distribution is the program's when it was asked for by name (REQUESTED) or when
+    anything other than the agent, and other than what only the agent needs, requires it.
+    """
+    def is_agent(name: str) -> bool:
+        return name in catalogue.AGENT_NAMES or name.startswith(catalogue.AGENT_PREFIXES)
+
+    requirers: dict = {}
+    for name, d in installed.items():
+        for req in d.get("requires") or ():
+            requirers.setdefault(req, []).append(name)
+    reach: list = [n for n in installed if is_agent(n)]
+    seen = set(reach)
+    while reach:
+        for req in installed.get(reach.pop(), {}).get("requires") or ():
+            if req in installed and req not in seen:
+                seen.add(req)
+                reach.append(req)
+    only = {n for n in seen if not is_agent(n) and not installed[n].get("requested")}
+    changed = True
+    while changed:
+        changed = False
+        for n in list(only):
+            if any(not is_agent(r) and r not in only for r in requirers.get(n, ())):
+                only.discard(n)
+                changed = True
+    return {n: sorted(r for r in requirers.get(n, ()) if is_agent(r)) for n in only}
 
 
 def _built_in_row(entry: catalogue.BuiltIn, library: str, name: str, version: str, installed: dict) -> Row:
@@ -136,8 +202,32 @@ def _built_in_row(entry: catalogue.BuiltIn, library: str, name: str, version: st
                supported=supported, in_range=ok)
 
 
-def _third_party_row(entry, d: dict, name: str, installed: dict, covered: List[str], otel: Optional[str]) -> Row:
+def _self_traced_row(entry: catalogue.SelfTraced, library: str, name: str, version: str, installed: dict) -> Row:
+    """A library that traces itself from `entry.since` on; before that trace-run's `entry.via` traces it."""
+    itself = in_range(version, ">=" + entry.since)
+    if itself is not False:
+        detail = "traces itself (since %s %s): no instrumentor needed" % (library, entry.since)
+        coverage, instrumentor = SELF_TRACED, None
+    else:
+        detail = "built in (%s): trace-run's spans until %s %s traces itself" % (entry.via, library, entry.since)
+        coverage, instrumentor = BUILT_IN, entry.via
+    if entry.package in installed:
+        detail += "; %s is installed but unused" % entry.package
+    return Row(library, name, version, coverage, detail, instrumentor=instrumentor, in_range=True)
+
+
+def _third_party_row(entry, d: dict, name: str, installed: dict, covered: List[str], otel: Optional[str],
+                     needed_by: Optional[List[str]] = None) -> Row:
     library, version = d["name"], d["version"]
+    if needed_by is not None and not covered:
+        detail = "needed only by %s, not by the program: nothing to trace" % ", ".join(needed_by or ["trace-run"])
+        return Row(library, name, version, AGENT_ONLY, detail)
+    outside = _unsupported_ranges(installed, name)
+    if not covered and (outside or _catalogue_excludes(entry, version, otel)):
+        why = outside or ["%s %s instruments %s%s" % (" ".join(entry.packages), otel or catalogue.RANGES_RELEASE,
+                                                       name, entry.supports)]
+        detail = "no upstream instrumentor supports %s (%s)" % (version, "; ".join(why))
+        return Row(library, name, version, UNSUPPORTED, detail)
     missing = [p for p in entry.packages if canonical(p) not in installed]
     ours = set(canonical(p) for p in entry.packages)
     foreign = [c for c in covered if canonical(c.rsplit(" ", 1)[0]) not in ours]  # e.g. a vendor's fork
@@ -156,11 +246,22 @@ def _third_party_row(entry, d: dict, name: str, installed: dict, covered: List[s
     return Row(library, name, version, COVERABLE, detail, covered_by=covered, requirements=reqs)
 
 
+def _catalogue_excludes(entry, version: str, otel: Optional[str]) -> bool:
+    """The range the catalogue read from upstream leaves `version` out (for releases up to the one read)."""
+    if not entry.supports:
+        return False
+    release, read = _parse_version(otel or catalogue.RANGES_RELEASE), _parse_version(catalogue.RANGES_RELEASE)
+    if release is None or read is None or release > read:
+        return False
+    return in_range(version, entry.supports) is False
+
+
 def build(detected: dict) -> Report:
     """The report for one environment, from detect.detect()'s data."""
     installed = {canonical(d["name"]): d for d in detected["distributions"]}
     otel = _version_of(installed, "opentelemetry-instrumentation")
     covering = _covering(installed)
+    only_agent = agent_only(installed)
     rows: List[Row] = []
     untraceable: List[Row] = []
     for entry in catalogue.BUILT_IN:
@@ -171,8 +272,10 @@ def build(detected: dict) -> Report:
         covered = covering.get(name, [])
         if isinstance(entry, catalogue.BuiltIn):
             rows.append(_built_in_row(entry, d["name"], name, d["version"], installed))
+        elif isinstance(entry, catalogue.SelfTraced):
+            rows.append(_self_traced_row(entry, d["name"], name, d["version"], installed))
         elif entry is not None:
-            rows.append(_third_party_row(entry, d, name, installed, covered, otel))
+            rows.append(_third_party_row(entry, d, name, installed, covered, otel, only_agent.get(name)))
         elif covered:
             rows.append(Row(d["name"], name, d["version"], THIRD_PARTY, "covered by " + ", ".join(covered),
                             covered_by=covered))

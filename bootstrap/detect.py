@@ -43,15 +43,36 @@ def _instrumentor_names(text):
     return names
 
 
-def _instruments(md):
-    """Libraries an instrumentor declares in its `instruments` extra (canonical names)."""
-    out = []
-    for req in md.get_all("Requires-Dist") or ():
+def instruments(requires_dist):
+    """Libraries an instrumentor declares in its `instruments` extra: {canonical name: version specifier}."""
+    out = {}
+    for req in requires_dist:
         spec, _, marker = req.partition(";")
         if marker and _INSTRUMENTS_EXTRA.search(marker):
             m = _NAME.match(spec)
             if m:
-                out.append(canonical(m.group(1)))
+                out[canonical(m.group(1))] = _specifier(spec[m.end():])
+    return out
+
+
+def _specifier(rest):
+    """`>=1,<2` from what follows a requirement's name (`[extra] (>=1,<2)`, `>=1, <2`)."""
+    rest = re.sub(r"^\s*\[[^]]*\]", "", rest).strip()
+    if rest.startswith("(") and rest.endswith(")"):
+        rest = rest[1:-1]
+    return ",".join(part.replace(" ", "") for part in rest.split(",") if part.strip())
+
+
+def _requires(md):
+    """Distributions this one always needs (canonical names; requirements of extras left out)."""
+    out = []
+    for req in md.get_all("Requires-Dist") or ():
+        spec, _, marker = req.partition(";")
+        if "extra" in marker:
+            continue
+        m = _NAME.match(spec)
+        if m and canonical(m.group(1)) not in out:
+            out.append(canonical(m.group(1)))
     return out
 
 
@@ -71,13 +92,16 @@ def detect():
         if key in seen:
             continue
         seen.add(key)
-        row = {"name": name, "version": md["Version"] or ""}
+        row = {"name": name, "version": md["Version"] or "", "requires": _requires(md),
+               "requested": dist.read_text("REQUESTED") is not None}
         text = dist.read_text("entry_points.txt")
         if text and GROUP in text:
             eps = _instrumentor_names(text)
             if eps:
                 row["instrumentors"] = eps
-                row["instruments"] = _instruments(md)
+                ranges = instruments(md.get_all("Requires-Dist") or ())
+                row["instruments"] = sorted(ranges)
+                row["instrument_ranges"] = ranges
         dists.append(row)
     return {
         "executable": sys.executable,

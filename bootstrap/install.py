@@ -2,27 +2,65 @@
 
 Every installed distribution is pinned through a constraints file, so pip can
 only add packages; a plan that would upgrade or downgrade something fails
-instead. Afterwards `pip check` looks for conflicts. When anything fails the
-environment is put back as it was (distributions pip added are removed) and
-the user is told what failed and what to run instead.
+instead. First pip resolves the plan without installing (`--dry-run
+--report`): a package the index has no release of for this
+opentelemetry-instrumentation is left out and named (pip stops at the first,
+so this repeats until the rest resolves), and a package whose declared
+`instruments` range leaves out the installed library is left out too. What
+remains is installed in one call; afterwards `pip check` looks for conflicts.
+Packages that do not exist are not a failure (exit 0, each one listed with
+what to do); when pip itself fails the environment is put back as it was
+(distributions pip added are removed) and the user is told what failed and
+what to run instead.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
-from typing import Callable, List, Optional, TextIO
+from typing import Callable, List, NamedTuple, Optional, TextIO
 
-from .coverage import Report
-from .detect import canonical
+from .coverage import Report, in_range
+from .detect import canonical, instruments
 
 _NETWORK_SIGNS = (
     "Failed to establish a new connection", "NewConnectionError", "Connection refused", "Network is unreachable",
     "Temporary failure in name resolution", "Name or service not known", "ProxyError", "Max retries exceeded",
     "ConnectTimeoutError", "Read timed out", "SSLError", "No route to host",
 )
+
+
+_NOT_ON_INDEX = re.compile(r"Could not find a version that satisfies the requirement (\S+) \(from versions: ([^)]*)\)")
+_PROBE_PIP = (22, 2)  # first pip with --dry-run and --report
+
+
+class Absent(NamedTuple):
+    """A requirement the index has no release of (`versions`: the releases it has)."""
+
+    requirement: str
+    versions: List[str]
+
+
+class Unsupported(NamedTuple):
+    """A requirement whose `instruments` range leaves out the installed library."""
+
+    requirement: str
+    library: str
+    version: str
+    spec: str
+
+
+class Outcome:
+    """What -a install did, for the table printed after it."""
+
+    def __init__(self) -> None:
+        self.installed: List[str] = []
+        self.absent: List[Absent] = []
+        self.unsupported: List[Unsupported] = []
 
 
 class Failure(Exception):
@@ -124,9 +162,11 @@ def _check(python: str) -> List[str]:
     return [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
 
 
-def run(report: Report, python: str, redetect: Callable[[], dict], progress: TextIO = sys.stderr) -> int:
-    """Install report.requirements into `python`'s environment; 0 on success."""
+def run(report: Report, python: str, redetect: Callable[[], dict], progress: TextIO = sys.stderr,
+        outcome: Optional[Outcome] = None) -> int:
+    """Install report.requirements into `python`'s environment; 0 on success (also when some do not exist)."""
     reqs = report.requirements
+    outcome = outcome if outcome is not None else Outcome()
     steps = 4
 
     def step(n: int, text: str) -> None:
@@ -140,7 +180,8 @@ def run(report: Report, python: str, redetect: Callable[[], dict], progress: Tex
         return 0
     try:
         step(2, "checking pip in %s" % python)
-        if not report.detected["pip"] or _pip(python, ["--version"], timeout=120).returncode != 0:
+        version = _pip(python, ["--version"], timeout=120) if report.detected["pip"] else None
+        if version is None or version.returncode != 0:
             raise Failure(
                 "%s has no pip" % python,
                 ["add pip to it: %s -m ensurepip, then run trace-bootstrap -a install again" % python,
@@ -153,29 +194,120 @@ def run(report: Report, python: str, redetect: Callable[[], dict], progress: Tex
             path = os.path.join(tmp, "constraints.txt")
             with open(path, "w", encoding="utf-8") as f:
                 f.write("\n".join(constraints(report)) + "\n")
-            proc = _pip(python, ["install", "--constraint", path] + reqs)
-        if proc.returncode != 0:
+            todo = list(reqs)
+            if _pip_version(version.stdout) >= _PROBE_PIP:
+                todo = _probe(report, python, todo, path, tmp, outcome, progress)
+            proc = _pip(python, ["install", "--constraint", path] + todo) if todo else None
+        if proc is not None and proc.returncode != 0:
             left = _restore(report, python, redetect, progress)
-            failure = _explain(proc, reqs, python, report.otel_instrumentation)
+            failure = _explain(proc, todo, python, report.otel_instrumentation)
             failure.left = left
             raise failure
         step(4, "checking the environment for conflicts (pip check)")
-        new_problems = [p for p in _check(python) if p not in before_problems]
+        new_problems = [p for p in _check(python) if p not in before_problems] if todo else []
     except Failure as failure:
         return _report_failure(failure, progress)
     except (OSError, subprocess.SubprocessError) as exc:
         return _report_failure(Failure("could not run pip (%s: %s)" % (type(exc).__name__, exc),
                                        ["%s -m pip install %s" % (python, " ".join(reqs))]), progress)
+    outcome.installed = todo
     for problem in before_problems:
         progress.write("note: already there before: %s\n" % problem)
     if new_problems:
         progress.write("trace-bootstrap: installed, but pip check reports conflicts:\n")
         for problem in new_problems:
             progress.write("    %s\n" % problem)
-        progress.write("to undo: %s -m pip uninstall -y %s\n" % (python, " ".join(r.split("==")[0] for r in reqs)))
+        progress.write("to undo: %s -m pip uninstall -y %s\n" % (python, " ".join(r.split("==")[0] for r in todo)))
         return 1
-    progress.write("done: installed %s; no conflicts\n" % " ".join(reqs))
+    if todo:
+        progress.write("done: installed %s; no conflicts\n" % " ".join(todo))
+    else:
+        progress.write("done: nothing could be installed\n")
+    _report_left_out(outcome, report, progress)
     return 0
+
+
+def _pip_version(text: str) -> tuple:
+    """(major, minor) from `pip X.Y.Z from ...` ((0, 0) when it does not say)."""
+    m = re.match(r"\s*pip (\d+)\.(\d+)", text or "")
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def _probe(report: Report, python: str, todo: List[str], constraint: str, tmp: str, outcome: Outcome,
+           progress: TextIO) -> List[str]:
+    """The requirements that exist and support the installed libraries (pip resolves, installs nothing)."""
+    todo = list(todo)
+    path = os.path.join(tmp, "report.json")
+    while todo:
+        proc = _pip(python, ["install", "--dry-run", "--quiet", "--report", path, "--constraint", constraint] + todo)
+        if proc.returncode == 0:
+            break
+        absent = _absent(proc.stdout + "\n" + proc.stderr, todo)
+        if absent is None:  # pip failed for another reason; a dry run changed nothing
+            raise _explain(proc, todo, python, report.otel_instrumentation)
+        progress.write("    not on the package index: %s (it has %s); going on without it\n" % (
+            absent.requirement, _releases(absent.versions)))
+        outcome.absent.append(absent)
+        todo.remove(absent.requirement)
+    if not todo:
+        return todo
+    try:
+        with open(path, encoding="utf-8") as f:
+            plan = json.load(f).get("install", [])
+    except (OSError, ValueError):
+        return todo
+    by_name = {canonical(r.split("==")[0]): r for r in todo}
+    for item in plan:
+        meta = item.get("metadata") or {}
+        req = by_name.get(canonical(meta.get("name", "")))
+        if req is None:
+            continue
+        for library, spec in instruments(meta.get("requires_dist") or ()).items():
+            d = report.installed.get(library)
+            if d and spec and in_range(d["version"], spec) is False:
+                progress.write("    %s instruments %s%s, not the installed %s; going on without it\n" % (
+                    req, library, spec, d["version"]))
+                outcome.unsupported.append(Unsupported(req, library, d["version"], spec))
+                todo.remove(req)
+                break
+    return todo
+
+
+def _absent(output: str, todo: List[str]) -> Optional[Absent]:
+    """The requirement pip found no such release of, when it is one of ours and the index has others."""
+    for m in _NOT_ON_INDEX.finditer(output):
+        versions = [v.strip() for v in m.group(2).split(",") if v.strip() and v.strip() != "none"]
+        if m.group(1) in todo and versions:
+            return Absent(m.group(1), versions)
+    return None
+
+
+def _releases(versions: List[str]) -> str:
+    shown = versions[-3:]
+    return ("..., " if len(versions) > 3 else "") + ", ".join(shown)
+
+
+def _library_of(report: Report, requirement: str) -> str:
+    return next((r.library for r in report.rows if requirement in r.requirements), "its library")
+
+
+def _report_left_out(outcome: Outcome, report: Report, progress: TextIO) -> None:
+    """Every requirement left out, each with what to do about it."""
+    otel = report.otel_instrumentation
+    if outcome.absent:
+        progress.write("not installed: the package index has no release of these for opentelemetry-instrumentation "
+                       "%s\n" % otel)
+        for a in outcome.absent:
+            progress.write(
+                "    %s (%s stays untraced): the index has up to %s. Run trace-bootstrap -a install again once "
+                "trace-run's OpenTelemetry packages are at a release that has it; or, to have it now, move "
+                "opentelemetry-instrumentation and its siblings to %s first\n" % (
+                    a.requirement, _library_of(report, a.requirement), a.versions[-1], a.versions[-1]))
+    if outcome.unsupported:
+        progress.write("not installed: they do not support the installed library\n")
+        for u in outcome.unsupported:
+            progress.write("    %s: no upstream instrumentor supports %s %s (it instruments %s%s); that library "
+                           "stays untraced\n" % (u.requirement, u.library, u.version, u.library, u.spec))
 
 
 def _restore(report: Report, python: str, redetect: Callable[[], dict], progress: TextIO) -> str:

@@ -1,54 +1,136 @@
 """The base every trace-run instrumentor subclasses.
 
-It is a real `BaseInstrumentor`, so programs can call
-`FlaskInstrumentor().instrument()` themselves. It remembers every attribute it
-wraps so that `uninstrument()` puts back the exact original objects.
-`call_in_span` is the one place a wrapped call runs inside a span: the
-instrumentation around it guarded, the call and its exception untouched.
+It has `BaseInstrumentor`'s interface (opentelemetry-instrumentation), so
+programs can call `FlaskInstrumentor().instrument()` themselves, and counts as
+one: it is registered as a virtual subclass the moment
+`opentelemetry.instrumentation.instrumentor` is imported, so `isinstance` and
+`issubclass` agree. It does not import that module itself: it pulls in
+`packaging` and the instrumentation's `_semconv` (~30 ms on every traced
+process start) for a dependency check the agent skips; a program calling
+`instrument()` without `skip_dep_check` gets the check, imported then.
+It remembers every attribute it wraps so that `uninstrument()` puts back the
+exact original objects. Wrappers that run a call inside a span are built by
+spans.py; the wrapper object is wrapt's C FunctionWrapper (core.wrapping).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Collection, Optional
+from functools import partial
+from typing import Any, Callable, Collection
 
-import wrapt
-from opentelemetry import context, trace
-from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
-from opentelemetry.instrumentation.utils import is_http_instrumentation_enabled, is_instrumentation_enabled
+from opentelemetry import trace
+from opentelemetry.context import get_current
+from trace_run.core import hooks, wrapping
+from trace_run.core.compat import SUPPRESS_HTTP_INSTRUMENTATION_KEY, SUPPRESS_INSTRUMENTATION_KEY
+from trace_run.core.guard import Guard
+from trace_run.core.version import SCHEMA_URL, VERSION
 
 from . import registry
-from .guard import Guard
 
-__all__ = [
-    "TraceRunInstrumentor", "is_instrumentation_enabled", "is_http_instrumentation_enabled", "call_in_span",
-    "call_in_span_async",
-]
+__all__ = ["TraceRunInstrumentor", "is_instrumentation_enabled", "is_http_instrumentation_enabled"]
 
 _MISSING = object()
-VERSION = "0.1.0"
+_SUPPRESS_PLAIN = "suppress_instrumentation"  # the old spelling opentelemetry-instrumentation also reads
+_UPSTREAM = "opentelemetry.instrumentation.instrumentor"
 
 
-class TraceRunInstrumentor(BaseInstrumentor):
+def is_instrumentation_enabled() -> bool:
+    """opentelemetry-instrumentation's `is_instrumentation_enabled`, without importing its utils
+    (which import all of wrapt): False inside `suppress_instrumentation()`."""
+    ctx = get_current()
+    return not (ctx.get(SUPPRESS_INSTRUMENTATION_KEY) or ctx.get(_SUPPRESS_PLAIN))
+
+
+def is_http_instrumentation_enabled() -> bool:
+    """False inside `suppress_instrumentation()` or `suppress_http_instrumentation()`."""
+    ctx = get_current()
+    return not (ctx.get(SUPPRESS_INSTRUMENTATION_KEY) or ctx.get(_SUPPRESS_PLAIN)
+                or ctx.get(SUPPRESS_HTTP_INSTRUMENTATION_KEY))
+
+
+def _upstream_log(level: str, message: str) -> None:
+    """Said where BaseInstrumentor says it: its logger (imported only on these rare paths)."""
+    import logging
+
+    getattr(logging.getLogger(_UPSTREAM), level)(message)
+
+
+class TraceRunInstrumentor:
     """Subclasses set `library` (a registry name) and implement `_patch()`."""
 
     library: str = ""
+    _instance = None
+    _is_instrumented_by_opentelemetry = False
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> TraceRunInstrumentor:
+        # BaseInstrumentor's: one instance per class (looked up through the MRO, as there).
+        if cls._instance is None:
+            cls._instance = object.__new__(cls)
+        return cls._instance
 
     def __init__(self) -> None:
-        # BaseInstrumentor is a per-class singleton: __init__ may run again.
+        # A per-class singleton: __init__ may run again.
         if not hasattr(self, "_patched"):
             self._patched: list = []
             self.guard = Guard(self.library or type(self).__name__)
             self._tracer = None
             self._tracer_provider = None
+            self.applied_by_agent = False  # set by the agent (boot) when it instruments the library
 
     # -- BaseInstrumentor interface --------------------------------------------
+    def instrument(self, **kwargs: Any) -> Any:
+        """BaseInstrumentor's, except when the agent instrumented the library already and the program
+        asks again (as programs written for opentelemetry-instrument do): no "already instrumented"
+        warning, and a `tracer_provider` it passes is the one the spans go to from then on."""
+        if self.applied_by_agent and self.is_instrumented_by_opentelemetry:
+            provider = kwargs.get("tracer_provider")
+            if provider is not None:
+                self._tracer_provider, self._tracer = provider, None
+            return None
+        if self._is_instrumented_by_opentelemetry:
+            _upstream_log("warning", "Attempting to instrument while already instrumented")
+            return None
+        skip_dep_check = kwargs.pop("skip_dep_check", False)
+        raise_exception_on_conflict = kwargs.pop("raise_exception_on_conflict", False)
+        if not skip_dep_check:
+            conflict = self._check_dependency_conflicts()
+            if conflict:
+                if raise_exception_on_conflict:
+                    from opentelemetry.instrumentation.dependencies import DependencyConflictError
+
+                    raise DependencyConflictError(conflict)
+                _upstream_log("error", _conflict_text(conflict, type(self).__name__))
+                return None
+        result = self._instrument(**kwargs)
+        self._is_instrumented_by_opentelemetry = True
+        return result
+
+    def uninstrument(self, **kwargs: Any) -> Any:
+        """BaseInstrumentor's: put every original back."""
+        if self._is_instrumented_by_opentelemetry:
+            result = self._uninstrument(**kwargs)
+            self._is_instrumented_by_opentelemetry = False
+            return result
+        _upstream_log("warning", "Attempting to uninstrument while already uninstrumented")
+        return None
+
+    @property
+    def is_instrumented_by_opentelemetry(self) -> bool:
+        return self._is_instrumented_by_opentelemetry
+
+    def _check_dependency_conflicts(self) -> Any:
+        """BaseInstrumentor's: the first missing or conflicting dependency, or None."""
+        from opentelemetry.instrumentation.dependencies import get_dependency_conflicts
+
+        return get_dependency_conflicts(self.instrumentation_dependencies())
+
     def instrumentation_dependencies(self) -> Collection[str]:
         entry = registry.BUILTIN.get(self.library)
         if entry is None or entry.distribution is None:
             return ()
         # psycopg2 ships as psycopg2 or psycopg2-binary: name the one installed.
         name = entry.distribution
-        for candidate in (entry.distribution,) + tuple(a for a in entry.aliases if "-" in a):
+        for candidate in entry.distributions:
             try:
                 from importlib.metadata import version
 
@@ -63,8 +145,23 @@ class TraceRunInstrumentor(BaseInstrumentor):
         self._tracer_provider = kwargs.get("tracer_provider")
         self._tracer = None
         self._patch(**kwargs)
+        entry = registry.BUILTIN.get(self.library)
+        if entry is not None and entry.submodules and not self.applied_by_agent:  # the agent armed these at start
+            self._instrumenting = True  # instrument() marks us instrumented only after this returns
+            try:
+                for module, method in entry.submodules:
+                    hooks.when_imported(module, partial(self.patch_submodule, method))
+            finally:
+                self._instrumenting = False
+
+    def patch_submodule(self, method: str, module: Any) -> None:
+        """A later part of the library (registry `submodules`) was imported: `method` patches it."""
+        if self.is_instrumented_by_opentelemetry or getattr(self, "_instrumenting", False):
+            with self.guard:
+                getattr(self, method)(module)
 
     def _uninstrument(self, **kwargs: Any) -> None:
+        self.applied_by_agent = False
         while self._patched:
             owner, attr, original = self._patched.pop()
             if original is _MISSING:
@@ -91,89 +188,35 @@ class TraceRunInstrumentor(BaseInstrumentor):
                 "trace_run.instrumentors." + (self.library or "custom"),
                 VERSION,
                 tracer_provider=self._tracer_provider,
-                schema_url="https://opentelemetry.io/schemas/1.26.0",
+                schema_url=SCHEMA_URL,
             )
         return tracer
 
     def wrap(self, owner: Any, attr: str, wrapper: Callable) -> None:
-        """wrapt-wrap owner.attr, remembering the exact original for uninstrument()."""
+        """Wrap owner.attr in a FunctionWrapper, remembering the exact original for uninstrument()."""
         original = owner.__dict__.get(attr, _MISSING) if hasattr(owner, "__dict__") else _MISSING
-        if isinstance(getattr(owner, attr, None), wrapt.ObjectProxy) and original is not _MISSING:
-            # Already wrapped (by us through another path, or by someone else): wrap again
-            # only if it is not ours.
-            if getattr(original, "_self_trace_run", False):
-                return
-        wrapt.wrap_function_wrapper(owner, attr, wrapper)
-        new = owner.__dict__.get(attr) if hasattr(owner, "__dict__") else getattr(owner, attr)
+        if isinstance(original, wrapping.ObjectProxy) and getattr(original, "_self_trace_run", False):
+            return  # ours already (through another path); someone else's wrapper is wrapped again
+        new = wrapping.wrap_function_wrapper(owner, attr, wrapper)
         try:
             new._self_trace_run = True
         except Exception:
             pass
         self._patched.append((owner, attr, original))
 
-    def set_original(self, owner: Any, attr: str, value: Any) -> None:
-        """Replace owner.attr with value (not a wrapt wrapper), restored on uninstrument()."""
-        original = owner.__dict__.get(attr, _MISSING) if hasattr(owner, "__dict__") else _MISSING
-        setattr(owner, attr, value)
-        self._patched.append((owner, attr, original))
+
+def _conflict_text(conflict: Any, name: str) -> str:
+    """The message BaseInstrumentor logs for a dependency conflict (`_format_message` where the
+    installed release has it)."""
+    format_message = getattr(conflict, "_format_message", None)
+    return format_message(name) if callable(format_message) else str(conflict)
 
 
-def call_in_span(guard: Guard, span: Any, token: Any, wrapped: Callable, args: tuple, kwargs: dict,
-                 fail: Callable[[Any, BaseException], None], done: Optional[Callable[[Any, Any], None]] = None) -> Any:
-    """wrapped(*args, **kwargs) as the work of `span`, which `token` made current.
-
-    Either may be None (starting them failed, or there is nothing to make current).
-    After the call the context is detached, then under `guard` the span is finished:
-    `fail(span, exc)` if the call raised (the same exception object is re-raised),
-    else `done(span, result)` (default: `span.end()`). Both must end the span.
-    The call itself runs outside the guard.
-    """
-    try:
-        result = wrapped(*args, **kwargs)
-    except BaseException as exc:
-        if token is not None:
-            context.detach(token)
-        if span is not None:
-            with guard:
-                fail(span, exc)
-        raise
-    if token is not None:
-        context.detach(token)
-    if span is not None:
-        with guard:
-            if done is None:
-                span.end()
-            else:
-                done(span, result)
-    return result
+def _register_as_base_instrumentor(module: Any) -> None:
+    """`isinstance(FlaskInstrumentor(), BaseInstrumentor)`: once the program can name it, it is true."""
+    base = getattr(module, "BaseInstrumentor", None)
+    if base is not None and hasattr(base, "register"):
+        base.register(TraceRunInstrumentor)
 
 
-async def call_in_span_async(guard: Guard, span: Any, token: Any, wrapped: Callable, args: tuple, kwargs: dict,
-                             fail: Callable[[Any, BaseException], None],
-                             done: Optional[Callable[[Any, Any], None]] = None) -> Any:
-    """call_in_span for coroutine functions (the same rules; the call is awaited)."""
-    try:
-        result = await wrapped(*args, **kwargs)
-    except BaseException as exc:
-        if token is not None:
-            context.detach(token)
-        if span is not None:
-            with guard:
-                fail(span, exc)
-        raise
-    if token is not None:
-        context.detach(token)
-    if span is not None:
-        with guard:
-            if done is None:
-                span.end()
-            else:
-                done(span, result)
-    return result
-
-
-def unwrap_all(obj: Any) -> Any:
-    """The innermost wrapped callable (for tests and identity checks)."""
-    while hasattr(obj, "__wrapped__"):
-        obj = obj.__wrapped__
-    return obj
+hooks.when_imported(_UPSTREAM, _register_as_base_instrumentor)

@@ -22,10 +22,11 @@ from typing import Any
 from opentelemetry import context, trace
 from opentelemetry.semconv._incubating.attributes import messaging_attributes as M
 from opentelemetry.trace import SpanKind
+from trace_run.core import lifecycle
 
-from . import hooks
+from . import errors, spans
 from . import messaging_common as mc
-from .base import TraceRunInstrumentor, call_in_span, is_instrumentation_enabled
+from .base import TraceRunInstrumentor, is_instrumentation_enabled
 from .chatter import chatter_enabled, is_our_quiet, quiet_context, suppress_chatter, unquiet
 
 _SYSTEM = "celery"
@@ -54,11 +55,10 @@ class CeleryInstrumentor(TraceRunInstrumentor):
 
         self._running: dict = {}  # id(task request) -> (span, token)
         self._child_token = None
-        self.wrap(celery.app.base.Celery, "send_task", self._send_task)
+        self.wrap(celery.app.base.Celery, "send_task",
+                  spans.wrapper(self.guard, self._start_send, errors.end_failed, enabled=is_instrumentation_enabled))
         for signal_name, method in _SIGNALS:
             getattr(signals, signal_name).connect(getattr(self, method), weak=False)
-        hooks.when_imported("celery.worker.worker", self._patch_worker)
-        hooks.when_imported("celery.backends.base", self._patch_backend)
 
     def _unpatch(self, **kwargs: Any) -> None:
         from celery import signals
@@ -66,15 +66,14 @@ class CeleryInstrumentor(TraceRunInstrumentor):
         for signal_name, method in _SIGNALS:
             getattr(signals, signal_name).disconnect(getattr(self, method))
 
-    def _patch_worker(self, module) -> None:
-        if self.is_instrumented_by_opentelemetry:
-            self.wrap(module.WorkController, "start", self._quiet)
+    # registry `submodules`: called when these parts of Celery are imported
+    def patch_worker(self, module) -> None:
+        self.wrap(module.WorkController, "start", self._quiet)
 
-    def _patch_backend(self, module) -> None:
-        if self.is_instrumented_by_opentelemetry:
-            for name in _HOUSEKEEPING:
-                if hasattr(module.Backend, name):
-                    self.wrap(module.Backend, name, self._quiet)
+    def patch_backend(self, module) -> None:
+        for name in _HOUSEKEEPING:
+            if hasattr(module.Backend, name):
+                self.wrap(module.Backend, name, self._quiet)
 
     @staticmethod
     def _quiet(wrapped, instance, args, kwargs):
@@ -83,25 +82,21 @@ class CeleryInstrumentor(TraceRunInstrumentor):
             return wrapped(*args, **kwargs)
 
     # -- producer --------------------------------------------------------------------
-    def _send_task(self, wrapped, instance, args, kwargs):
-        if not is_instrumentation_enabled():
-            return wrapped(*args, **kwargs)
-        span = token = None
-        with self.guard:
-            name = args[0] if args else kwargs.get("name")
-            name = name if isinstance(name, str) else ""
-            attrs = {
-                M.MESSAGING_SYSTEM: _SYSTEM,
-                M.MESSAGING_OPERATION_TYPE: _SEND,
-                M.MESSAGING_OPERATION_NAME: "publish",
-                TASK_NAME: name,
-            }
-            span = self.tracer.start_span("publish " + name, kind=SpanKind.PRODUCER, attributes=attrs)
-            ctx = context.set_value(_PUBLISH_KEY, span, trace.set_span_in_context(span))
-            if not chatter_enabled():
-                ctx = quiet_context(ctx)  # the broker and backend calls under it are not the program's
-            token = context.attach(ctx)
-        return call_in_span(self.guard, span, token, wrapped, args, kwargs, mc.end_with_error)
+    def _start_send(self, app: Any, args: tuple, kwargs: dict) -> tuple:
+        """`start` for spans.wrapper: the PRODUCER span of `send_task`."""
+        name = args[0] if args else kwargs.get("name")
+        name = name if isinstance(name, str) else ""
+        attrs = {
+            M.MESSAGING_SYSTEM: _SYSTEM,
+            M.MESSAGING_OPERATION_TYPE: _SEND,
+            M.MESSAGING_OPERATION_NAME: "publish",
+            TASK_NAME: name,
+        }
+        span = self.tracer.start_span("publish " + name, kind=SpanKind.PRODUCER, attributes=attrs)
+        ctx = context.set_value(_PUBLISH_KEY, span, trace.set_span_in_context(span))
+        if not chatter_enabled():
+            ctx = quiet_context(ctx)  # the broker and backend calls under it are not the program's
+        return span, context.attach(ctx), args, kwargs
 
     def _before_publish(self, sender=None, body=None, exchange=None, routing_key=None, headers=None, **_kw):
         span = context.get_value(_PUBLISH_KEY)
@@ -168,7 +163,7 @@ class CeleryInstrumentor(TraceRunInstrumentor):
         with self.guard:
             entry = self._running.get(id(sender.request)) if sender is not None else None
             if entry is not None and isinstance(exception, BaseException):
-                mc.record_error(entry[0], exception)
+                errors.record(entry[0], exception)
 
     # -- prefork children ----------------------------------------------------------------
     def _child_init(self, **_kw):
@@ -180,6 +175,4 @@ class CeleryInstrumentor(TraceRunInstrumentor):
     def _child_shutdown(self, **_kw):
         """The child ends with os._exit: send its spans first (bounded by OTEL_TRACE_RUN_EXIT_TIMEOUT)."""
         with self.guard:
-            from trace_run.agent import runtime
-
-            runtime.flush_at_exit()
+            lifecycle.flush_at_exit()

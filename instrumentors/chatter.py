@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Optional
 
 from opentelemetry import context
-from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
 from opentelemetry.context.context import Context
+from trace_run.core.compat import SUPPRESS_INSTRUMENTATION_KEY
 
 __all__ = ["chatter_enabled", "suppress_chatter", "quiet_context", "is_our_quiet", "unquiet"]
 
@@ -24,14 +24,14 @@ _PLAIN_KEY = "suppress_instrumentation"  # the old spelling opentelemetry-instru
 
 def chatter_enabled() -> bool:
     """OTEL_TRACE_RUN_CHATTER: trace libraries' background traffic too."""
-    from trace_run.agent import config
+    from trace_run.core import config
 
     return bool(config.get("OTEL_TRACE_RUN_CHATTER"))
 
 
 def quiet_context(base: Optional[Context] = None) -> Context:
     """`base` (default: current) with instrumentation suppressed as chatter."""
-    ctx = context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True, base)
+    ctx = context.set_value(SUPPRESS_INSTRUMENTATION_KEY, True, base)
     return context.set_value(_CHATTER_KEY, True, ctx)
 
 
@@ -42,7 +42,7 @@ def is_our_quiet(ctx: Optional[Context] = None) -> bool:
 
 def unquiet(ctx: Context) -> Context:
     """`ctx` with instrumentation enabled again (inside the handling of one message)."""
-    ctx = context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, False, ctx)
+    ctx = context.set_value(SUPPRESS_INSTRUMENTATION_KEY, False, ctx)
     return context.set_value(_CHATTER_KEY, False, ctx)
 
 

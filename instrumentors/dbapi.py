@@ -1,14 +1,15 @@
 """The one DB-API tracing core every SQL driver module uses.
 
-A driver module patches its cursor methods and hands each call to
-`SqlTracer.run` (or `run_async`, or `copy_context`) together with the
-connection's fixed attributes (`connection_attributes`). The core makes the
+A driver module declares, per cursor method, a wrapper made by
+`SqlTracer.wrapper` (or uses `stream` / `copy_context`), given how to find the
+connection's fixed attributes (`connection_attributes`); for C types,
+`traced_subclass` turns those wrappers into the methods of a subclass. The core makes the
 CLIENT span: name `{operation} {collection}`, sanitized `db.query.text`,
-SQLSTATE and `error.type` on failure, and optionally a sqlcommenter comment
+SQLSTATE and `error.type` on failure (errors.record_db), and optionally a sqlcommenter comment
 carrying `traceparent`. Query parameters are never read. The wrapped call runs
 outside the guard, so the driver's own exceptions reach the program unchanged.
-Redis, not SQL, shares the rules for when to trace (`client_active`), how a
-failure looks (`record_error`) and the connection attributes.
+Redis, not SQL, shares the rule for when to trace (`client_active`) and the
+connection attributes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import importlib
 import weakref
 from types import MethodType
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from opentelemetry import context, trace
 from opentelemetry.semconv.attributes.db_attributes import (
@@ -25,20 +26,19 @@ from opentelemetry.semconv.attributes.db_attributes import (
     DB_OPERATION_BATCH_SIZE,
     DB_OPERATION_NAME,
     DB_QUERY_TEXT,
-    DB_RESPONSE_STATUS_CODE,
     DB_SYSTEM_NAME,
 )
-from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, SERVER_PORT
-from opentelemetry.trace import SpanKind, Status, StatusCode
-from trace_run.agent import config
+from opentelemetry.trace import SpanKind
+from trace_run.core import config
 
-from .base import call_in_span, call_in_span_async, is_instrumentation_enabled
+from . import bounds, errors, spans
+from .base import is_instrumentation_enabled
 from .sql_sanitize import analyze, span_name
 
 __all__ = [
-    "SqlTracer", "connection_attributes", "error_type", "AttributeCache", "client_active", "record_error",
-    "end_with_error", "composed_query_text", "composable_commenter", "look_like",
+    "SqlTracer", "connection_attributes", "AttributeCache", "client_active", "traced_subclass", "TracedClasses",
+    "composed_query_text", "composable_commenter",
 ]
 
 _QUERY_KWARGS = ("query", "sql", "statement", "operation", "sql_script")
@@ -84,50 +84,14 @@ class AttributeCache:
         return attrs
 
 
-def error_type(exc: BaseException) -> str:
-    """Fully qualified class name, as `error.type` wants it."""
-    cls = type(exc)
-    module = cls.__module__
-    if module in ("builtins", "__main__", None):
-        return cls.__qualname__
-    return module + "." + cls.__qualname__
-
-
-def _status_code(exc: BaseException) -> str | None:
-    """SQLSTATE (psycopg, psycopg2) or SQLite's extended result code."""
-    for attr in ("sqlstate", "pgcode", "sqlite_errorcode"):
-        code = getattr(exc, attr, None)
-        if code not in (None, ""):
-            return str(code)
-    return None
-
-
 def client_active(instrumentor: Any) -> bool:
-    """Is there a client span to make for a call made now? (Not when suppressed or under a non-recording parent.)"""
+    """Is there a client span to make for a call made now? Not when suppressed, nor inside a trace that is
+    not sampled. A parent that has ended still counts (its context is sampled): work that outlives its
+    request, such as a background task run after the response, stays in the request's trace."""
     if not instrumentor.is_instrumented_by_opentelemetry or not is_instrumentation_enabled():
         return False
-    parent = trace.get_current_span()
-    return parent.is_recording() or not parent.get_span_context().is_valid
-
-
-def record_error(span: Any, exc: BaseException, code_of: Callable[[BaseException], Any] = _status_code) -> None:
-    """`error.type`, `db.response.status_code` (code_of(exc)) and ERROR status, for an Exception."""
-    if not isinstance(exc, Exception):
-        return
-    span.set_attribute(ERROR_TYPE, error_type(exc))
-    code = code_of(exc)
-    if code:
-        span.set_attribute(DB_RESPONSE_STATUS_CODE, code)
-    # The message is left out on purpose: PostgreSQL puts row values in it.
-    span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-
-
-def end_with_error(span: Any, exc: BaseException, code_of: Callable[[BaseException], Any] = _status_code) -> None:
-    """`fail` for base.call_in_span: record_error, then end the span."""
-    try:
-        record_error(span, exc, code_of)
-    finally:
-        span.end()
+    ctx = trace.get_current_span().get_span_context()
+    return not ctx.is_valid or ctx.trace_flags.sampled
 
 
 # -- psycopg and psycopg2 share these (their `sql` modules have the same API) ---------------
@@ -153,11 +117,43 @@ def composable_commenter(sql_module: str) -> Callable[[Any, str], Any]:
     return add_comment
 
 
-def look_like(cls: type, base: type) -> None:
-    """Traced subclasses keep the name and module of the class they extend (reprs, logs)."""
+def traced_subclass(base: type, wrappers: dict, cls: Optional[type] = None) -> type:
+    """A subclass of `base` (a C type whose methods cannot be patched in place) whose methods named in
+    `wrappers` run through those wrapt wrappers. `cls`: a subclass written out, for methods of its own.
+    It keeps the name and module of `base` (reprs, logs)."""
+    if cls is None:
+        cls = type(base.__name__, (base,), {})
+    cls._trace_run_traced = True
+    for name, wrapper in wrappers.items():
+        setattr(cls, name, _through(getattr(base, name), wrapper))
     cls.__name__ = base.__name__
     cls.__qualname__ = base.__qualname__
     cls.__module__ = base.__module__
+    return cls
+
+
+class TracedClasses:
+    """base class -> its traced subclass, made once by `make(base)`; a traced class is its own."""
+
+    def __init__(self, make: Callable[[type], type]):
+        self._make = make
+        self._made: dict = {}
+
+    def __call__(self, base: type) -> type:
+        if getattr(base, "_trace_run_traced", False):
+            return base
+        cls = self._made.get(base)
+        if cls is None:
+            cls = self._made[base] = self._make(base)
+        return cls
+
+
+def _through(original: Callable, wrapper: Callable) -> Callable:
+    def method(self, *args, **kwargs):
+        return wrapper(original.__get__(self), self, args, kwargs)
+
+    method.__name__ = getattr(original, "__name__", "method")
+    return method
 
 
 def _find_query(args: tuple, kwargs: dict) -> tuple:
@@ -214,9 +210,11 @@ class SqlTracer:
             text = query
         if self._query_text is not None and not isinstance(query, (str, bytes)):
             text = self._query_text(query, cursor)
-        analysis = analyze(text, config.get("OTEL_TRACE_RUN_DB_SANITIZE"))
+        analysis = analyze(text, config.get("OTEL_TRACE_RUN_DB_SANITIZE"), bounds.limit())
         attributes = dict(attrs)
         attributes[DB_QUERY_TEXT] = analysis.text
+        if analysis.truncated:
+            bounds.note(attributes, DB_QUERY_TEXT)
         if analysis.operation:
             attributes[DB_OPERATION_NAME] = analysis.operation
         if analysis.collection:
@@ -261,48 +259,78 @@ class SqlTracer:
             context.detach(token)
 
     # -- entry points ----------------------------------------------------------------
-    def run(self, attrs: dict, cursor: Any, wrapped: Callable, args: tuple, kwargs: dict, batch: Any = None,
-            statement: Any = None):
-        """Call wrapped(*args, **kwargs) inside a CLIENT span (`statement`: SQL when not in args)."""
-        if not self.active():
-            return wrapped(*args, **kwargs)
-        span = token = None
-        with self.guard:
-            span, token, args, kwargs = self._start(attrs, cursor, args, kwargs, batch, statement)
-        return call_in_span(self.guard, span, token, wrapped, args, kwargs, end_with_error)
+    def wrapper(self, attrs_of: Callable[[Any], dict], batch: tuple = (), statement: Callable | None = None,
+                is_async: bool = False, query_of: Callable | None = None) -> Callable:
+        """The wrapt wrapper of one cursor (or connection) method: a CLIENT span per call.
 
-    async def run_async(self, attrs: dict, cursor: Any, wrapped: Callable, args: tuple, kwargs: dict,
-                        batch: Any = None):
-        """The same for coroutine methods."""
-        if not self.active():
-            return await wrapped(*args, **kwargs)
-        span = token = None
-        with self.guard:
-            span, token, args, kwargs = self._start(attrs, cursor, args, kwargs, batch)
-        return await call_in_span_async(self.guard, span, token, wrapped, args, kwargs, end_with_error)
+        attrs_of(instance): the connection's attributes; batch: (position, keyword, ...) of the
+        parameter sequence whose length is `db.operation.batch_size`; statement(args, kwargs): the
+        SQL to record when the call has none (psycopg2 `callproc`, `copy_from`); query_of(instance): the
+        same when the instance holds it (an asyncpg prepared statement).
+        """
+        position, names = (batch[0], batch[1:]) if batch else (None, ())
+
+        def start(instance: Any, args: tuple, kwargs: dict) -> tuple:
+            seq = None
+            if position is not None:
+                seq = args[position] if len(args) > position else next(
+                    (kwargs[n] for n in names if kwargs.get(n) is not None), None)
+            if query_of is not None:
+                text = query_of(instance)
+            else:
+                text = statement(args, kwargs) if statement is not None else None
+            return self._start(attrs_of(instance), instance, args, kwargs, seq, text)
+
+        return spans.wrapper(self.guard, start, errors.end_failed_db, enabled=self.active, is_async=is_async)
+
+    def outliving(self, how: Callable, attrs_of: Callable[[Any], dict]) -> Callable:
+        """The wrapt wrapper of a call whose span outlives it: `how` is `stream`, `stream_async` or
+        `copy_context`."""
+        active = self.active
+
+        def wrapper(wrapped, instance, args, kwargs):
+            if not active():
+                return wrapped(*args, **kwargs)
+            return how(attrs_of(instance), instance, wrapped, args, kwargs)
+
+        return wrapper
 
     def stream(self, attrs: dict, cursor: Any, wrapped: Callable, args: tuple, kwargs: dict):
-        """For generator calls (psycopg `cursor.stream()`): the span lasts until the rows run out.
+        """For generator calls (psycopg `cursor.stream()`): the span lasts until the rows run out, or
+        until the caller closes the generator early (not an error: it stopped reading).
 
         The span is not made current: the generator may be resumed from any context.
         """
         span = self._open_detached(attrs, cursor, args, kwargs)
         try:
-            yield from wrapped(*args, **kwargs)
+            yield from wrapped(*args, **kwargs)  # also passes close() on to the driver's generator
+        except GeneratorExit:
+            self._end_detached(span, None)
+            raise
         except BaseException as exc:
             self._end_detached(span, exc)
             raise
         self._end_detached(span, None)
 
     async def stream_async(self, attrs: dict, cursor: Any, wrapped: Callable, args: tuple, kwargs: dict):
-        """The same for async generators."""
+        """The same for async generators. `async for` does not pass `aclose()` on as `yield from`
+        passes `close()`: the driver's generator is closed here, else psycopg leaves the connection
+        ACTIVE (its clean-up runs only when that generator is closed)."""
         span = self._open_detached(attrs, cursor, args, kwargs)
+        rows = wrapped(*args, **kwargs)
         try:
-            async for row in wrapped(*args, **kwargs):
+            async for row in rows:
                 yield row
+        except GeneratorExit:
+            self._end_detached(span, None)
+            raise
         except BaseException as exc:
             self._end_detached(span, exc)
             raise
+        finally:
+            aclose = getattr(rows, "aclose", None)
+            if aclose is not None:
+                await aclose()
         self._end_detached(span, None)
 
     def _open_detached(self, attrs: dict, cursor: Any, args: tuple, kwargs: dict):
@@ -319,7 +347,7 @@ class SqlTracer:
                 if exc is None:
                     span.end()
                 else:
-                    end_with_error(span, exc)
+                    errors.end_failed_db(span, exc)
 
     def copy_context(self, attrs: dict, cursor: Any, wrapped: Callable, args: tuple, kwargs: dict):
         """For context-manager calls (psycopg `cursor.copy()`): the span covers the `with` block."""
@@ -333,19 +361,14 @@ class _SpanContext:
 
     def __init__(self, tracer: SqlTracer, attrs, cursor, wrapped, args, kwargs):
         self._tracer = tracer
-        self._attrs = attrs
-        self._cursor = cursor
-        self._wrapped = wrapped
-        self._args = args
-        self._kwargs = kwargs
+        self._call = (attrs, cursor, wrapped, args, kwargs)
         self._span = self._token = self._inner = None
 
     def _open(self) -> None:
-        args, kwargs = self._args, self._kwargs
+        attrs, cursor, wrapped, args, kwargs = self._call
         with self._tracer.guard:
-            self._span, self._token, args, kwargs = self._tracer._start(
-                self._attrs, self._cursor, args, kwargs, None)
-        self._inner = self._wrapped(*args, **kwargs)
+            self._span, self._token, args, kwargs = self._tracer._start(attrs, cursor, args, kwargs, None)
+        self._inner = wrapped(*args, **kwargs)
 
     def _close(self, exc: BaseException | None) -> None:
         span, self._span = self._span, None
@@ -353,7 +376,7 @@ class _SpanContext:
             return
         if exc is not None:
             with self._tracer.guard:
-                record_error(span, exc)
+                errors.record_db(span, exc)
         with self._tracer.guard:
             self._tracer._finish(span, self._token)
 

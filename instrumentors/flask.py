@@ -23,35 +23,33 @@ class FlaskInstrumentor(TraceRunInstrumentor):
         import flask
 
         http_common.reset()
-        excluded = http_common.excluded_urls("flask")
-        instrumentor = self
-        request = flask.request
+        self._excluded = http_common.excluded_urls(self.library)
+        self._request = flask.request
+        self.wrap(flask.Flask, "wsgi_app", self._wsgi_app)
+        self.wrap(flask.Flask, "full_dispatch_request", self._full_dispatch_request)
+        self.wrap(flask.Flask, "handle_exception", self._handle_exception)
 
-        def wsgi_app(wrapped, instance, args, kwargs):
-            environ, start_response = _environ_args(*args, **kwargs)
-            return wsgi.handle(instrumentor.tracer, environ, start_response, wrapped, excluded)
+    def _wsgi_app(self, wrapped, instance, args, kwargs):
+        environ, start_response = _environ_args(*args, **kwargs)
+        return wsgi.handle(self.tracer, environ, start_response, wrapped, self._excluded)
 
-        def full_dispatch_request(wrapped, instance, args, kwargs):
-            with instrumentor.guard:
-                req = request._get_current_object()  # one context lookup, not one per attribute
-                environ = req.environ
-                state = environ.get(wsgi.ENVIRON_KEY)
-                rule = req.url_rule
-                if state is not None and rule is not None:
-                    wsgi.set_route(state.span, environ.get("REQUEST_METHOD", ""), rule.rule)
-            return wrapped(*args, **kwargs)
+    def _full_dispatch_request(self, wrapped, instance, args, kwargs):
+        with self.guard:
+            req = self._request._get_current_object()  # one context lookup, not one per attribute
+            environ = req.environ
+            state = environ.get(wsgi.ENVIRON_KEY)
+            rule = req.url_rule
+            if state is not None and rule is not None:
+                wsgi.set_route(state.span, environ.get("REQUEST_METHOD", ""), rule.rule)
+        return wrapped(*args, **kwargs)
 
-        def handle_exception(wrapped, instance, args, kwargs):
-            with instrumentor.guard:
-                exc = args[0] if args else kwargs.get("e")
-                state = request.environ.get(wsgi.ENVIRON_KEY)
-                if state is not None and isinstance(exc, BaseException):
-                    state.record(exc)
-            return wrapped(*args, **kwargs)
-
-        self.wrap(flask.Flask, "wsgi_app", wsgi_app)
-        self.wrap(flask.Flask, "full_dispatch_request", full_dispatch_request)
-        self.wrap(flask.Flask, "handle_exception", handle_exception)
+    def _handle_exception(self, wrapped, instance, args, kwargs):
+        with self.guard:
+            exc = args[0] if args else kwargs.get("e")
+            state = self._request.environ.get(wsgi.ENVIRON_KEY)
+            if state is not None and isinstance(exc, BaseException):
+                state.record(exc)
+        return wrapped(*args, **kwargs)
 
 
 def _environ_args(environ, start_response):

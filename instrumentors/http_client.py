@@ -13,8 +13,8 @@ from typing import Any
 
 from opentelemetry import propagate, trace
 
-from . import http_common
-from .base import TraceRunInstrumentor, call_in_span, is_http_instrumentation_enabled
+from . import errors, http_common, spans
+from .base import TraceRunInstrumentor, is_http_instrumentation_enabled
 
 _SPAN = "_trace_run_span"
 
@@ -33,87 +33,79 @@ class HttpClientInstrumentor(TraceRunInstrumentor):
         import http.client as hc
 
         http_common.reset()
-        excluded = http_common.excluded_urls("urllib")
-        instrumentor = self
-        https_class = getattr(hc, "HTTPSConnection", None)
+        self._excluded = http_common.excluded_urls(self.library)
+        self._https_class = getattr(hc, "HTTPSConnection", None)
+        self.wrap(hc.HTTPConnection, "putrequest", self._putrequest)
+        self.wrap(hc.HTTPConnection, "endheaders", self._endheaders)
+        self.wrap(hc.HTTPConnection, "getresponse", spans.wrapper(self.guard, _response_start, errors.end_failed, _end))
+        self.wrap(hc.HTTPConnection, "close", self._close)
 
-        def putrequest(wrapped, instance, args, kwargs):
-            pending = _pop(instance)
-            if pending is not None:
-                with instrumentor.guard:
-                    http_common.end_client(pending)
-            if not is_http_instrumentation_enabled():
-                return wrapped(*args, **kwargs)
-            span = None
-            with instrumentor.guard:
-                method = args[0] if args else kwargs.get("method")
-                url = args[1] if len(args) > 1 else kwargs.get("url", "/")
-                full = _full_url(instance, url, https_class)
-                if excluded is None or not excluded.search(full):
-                    span = http_common.start_client(instrumentor.tracer, method, full, instance.host,
-                                                    instance.port)
-            if span is None:
-                return wrapped(*args, **kwargs)
-            try:
-                result = wrapped(*args, **kwargs)
-            except BaseException as exc:
-                with instrumentor.guard:
-                    http_common.end_client(span, exc=exc)
-                raise
-            with instrumentor.guard:
-                carrier: dict = {}
-                propagate.inject(carrier, context=trace.set_span_in_context(span))
-                for key, value in carrier.items():
-                    instance.putheader(key, value)
-                instance.__dict__[_SPAN] = span
-            return result
+    def _end_pending(self, conn: Any) -> None:
+        """A request left without a response (the connection is reused or closed): its span ends."""
+        pending = _pop(conn)
+        if pending is not None:
+            with self.guard:
+                http_common.end_client(pending)
 
-        def endheaders(wrapped, instance, args, kwargs):
-            if _SPAN not in instance.__dict__:
-                return wrapped(*args, **kwargs)
-            try:
-                return wrapped(*args, **kwargs)
-            except BaseException as exc:
-                span = _pop(instance)
-                if span is not None:
-                    with instrumentor.guard:
-                        http_common.end_client(span, exc=exc)
-                raise
+    def _putrequest(self, wrapped, instance, args, kwargs):
+        self._end_pending(instance)
+        if not is_http_instrumentation_enabled():
+            return wrapped(*args, **kwargs)
+        span = None
+        with self.guard:
+            method = args[0] if args else kwargs.get("method")
+            url = args[1] if len(args) > 1 else kwargs.get("url", "/")
+            scheme = "https" if self._https_class is not None and isinstance(instance, self._https_class) else "http"
+            userinfo, at, host = instance.host.rpartition("@")  # urllib.request leaves `user:pw@` in the host
+            full = http_common.full_url(scheme, _host(host), instance.port, url, userinfo + at)
+            if self._excluded is None or not self._excluded.search(full):
+                span = http_common.start_client(self.tracer, method, full, _host(host), instance.port)
+        if span is None:
+            return wrapped(*args, **kwargs)
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            with self.guard:
+                errors.end_failed(span, exc)
+            raise
+        with self.guard:
+            carrier: dict = {}
+            propagate.inject(carrier, context=trace.set_span_in_context(span))
+            for key, value in carrier.items():
+                instance.putheader(key, value)
+            instance.__dict__[_SPAN] = span
+        return result
 
-        def getresponse(wrapped, instance, args, kwargs):
-            span = _pop(instance)
-            if span is None:
-                return wrapped(*args, **kwargs)
-            return call_in_span(instrumentor.guard, span, None, wrapped, args, kwargs, http_common.end_with_error,
-                                _end)
-
-        def close(wrapped, instance, args, kwargs):
+    def _endheaders(self, wrapped, instance, args, kwargs):
+        if _SPAN not in instance.__dict__:
+            return wrapped(*args, **kwargs)
+        try:
+            return wrapped(*args, **kwargs)
+        except BaseException as exc:
             span = _pop(instance)
             if span is not None:
-                with instrumentor.guard:
-                    http_common.end_client(span)
-            return wrapped(*args, **kwargs)
+                with self.guard:
+                    errors.end_failed(span, exc)
+            raise
 
-        self.wrap(hc.HTTPConnection, "putrequest", putrequest)
-        self.wrap(hc.HTTPConnection, "endheaders", endheaders)
-        self.wrap(hc.HTTPConnection, "getresponse", getresponse)
-        self.wrap(hc.HTTPConnection, "close", close)
+    def _close(self, wrapped, instance, args, kwargs):
+        self._end_pending(instance)
+        return wrapped(*args, **kwargs)
+
+
+def _response_start(conn: Any, args: tuple, kwargs: dict):
+    """The span putrequest left on the connection ends with its response (None: nothing to end)."""
+    span = _pop(conn)
+    return None if span is None else (span, None, args, kwargs)
 
 
 def _end(span, response) -> None:
     http_common.end_client(span, response.status, version=response.version, response_headers=response.getheaders())
 
 
-def _full_url(conn, url: Any, https_class) -> str:
-    if isinstance(url, bytes):
-        url = url.decode("utf-8", "replace")
-    url = str(url)
-    if "://" in url:
-        return url
-    scheme = "https" if https_class is not None and isinstance(conn, https_class) else "http"
-    host = conn.host
-    if ":" in host and not host.startswith("["):
-        host = "[%s]" % host
-    default = 443 if scheme == "https" else 80
-    netloc = host if conn.port == default else "%s:%s" % (host, conn.port)
-    return "%s://%s%s" % (scheme, netloc, url)
+def _host(host: str) -> str:
+    """`server.address`: the host alone, without userinfo or IPv6 brackets."""
+    host = host.rpartition("@")[2]
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host

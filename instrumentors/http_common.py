@@ -11,12 +11,16 @@ so upstream instrumentors honour it too.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
-from opentelemetry.context import _SUPPRESS_HTTP_INSTRUMENTATION_KEY
-from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
+
+# isort: off
+# opentelemetry.trace before opentelemetry.propagate: the agent builds the SDK when opentelemetry.trace
+# is imported, and the propagate module (which imports it half-way through) must not be half-built then.
+from opentelemetry import trace
+from opentelemetry import propagate
+# isort: on
 from opentelemetry.semconv.attributes.http_attributes import (
     HTTP_REQUEST_METHOD,
     HTTP_REQUEST_METHOD_ORIGINAL,
@@ -25,29 +29,24 @@ from opentelemetry.semconv.attributes.http_attributes import (
 from opentelemetry.semconv.attributes.network_attributes import NETWORK_PROTOCOL_VERSION
 from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, SERVER_PORT
 from opentelemetry.semconv.attributes.url_attributes import URL_FULL
-from opentelemetry.trace import SpanKind, Status, StatusCode
-from trace_run.agent import config
+from opentelemetry.trace import SpanKind
+from trace_run.core import config
+from trace_run.core.compat import SUPPRESS_HTTP_INSTRUMENTATION_KEY
+
+from . import bounds, errors, spans, url_redaction
+from .base import is_http_instrumentation_enabled
+from .url_redaction import REDACTED, redact_query, redact_url
 
 __all__ = [
-    "KNOWN_METHODS", "normalize_method", "redact_url", "redact_query", "excluded_urls", "capture",
-    "client_attributes", "start_client", "end_client", "end_with_error", "enter_client", "exit_client", "error_type",
-    "inject", "inject_copy", "reset", "ALWAYS_REDACTED", "REDACTED",
+    "KNOWN_METHODS", "normalize_method", "redact_url", "redact_query", "bounded_url", "bounded_query",
+    "excluded_urls", "capture",
+    "client_attributes", "start_client", "end_client", "client_wrapper", "enter_client",
+    "default_port", "full_url", "inject", "inject_copy", "reset", "ALWAYS_REDACTED", "REDACTED",
 ]
 
 KNOWN_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"))
 OTHER = "_OTHER"
-REDACTED = "REDACTED"
 ALWAYS_REDACTED = frozenset(("authorization", "cookie", "set-cookie", "proxy-authorization", "x-api-key"))
-
-# Query parameters whose values are credentials (semconv's list plus the AWS/GCS/Azure usual suspects).
-_SECRET_PARAMS = (
-    "awsaccesskeyid", "signature", "sig", "x-goog-signature", "x-amz-signature", "x-amz-credential",
-    "x-amz-security-token", "x-goog-credential",
-)
-_SECRET_QUERY_RE = re.compile(
-    r"(?i)(^|[?&;])(%s)=([^&;#]*)" % "|".join(re.escape(p) for p in _SECRET_PARAMS)
-)
-_SECRET_HINT_RE = re.compile(r"(?i)sig|awsaccess|x-amz-|x-goog-")
 
 # -- methods --------------------------------------------------------------------------
 
@@ -67,42 +66,37 @@ def span_name(method: str) -> str:
     return "HTTP" if method == OTHER else method
 
 
-# -- redaction ----------------------------------------------------------------------
+# -- redaction: url_redaction holds it (redact_url, redact_query are re-exported) ---------
 
 
-def redact_query(query: str) -> str:
-    """Signature-like query values become REDACTED; the rest is kept."""
-    if not query or not _SECRET_HINT_RE.search(query):
-        return query
-    return _SECRET_QUERY_RE.sub(lambda m: "%s%s=%s" % (m.group(1), m.group(2), REDACTED), query)
+_AUTHORITY_END = re.compile(r"[/?#]")
 
 
-def redact_url(url: Any) -> str:
-    """`https://REDACTED:REDACTED@host/p?X-Amz-Signature=REDACTED`: no credentials in traces."""
+def bounded_url(url: Any) -> tuple:
+    """(redact_url(url) within the value bound, whether it was cut). A huge URL is cut before it is
+    redacted, so redacting costs the bound, not the URL; the authority (where user:password sits) is
+    always redacted whole, and a query value cut short is still redacted."""
     if isinstance(url, bytes):
         url = url.decode("utf-8", "replace")
     url = str(url)
+    bound = bounds.limit()
+    if bound is None or len(url) <= bound:
+        return bounds.cut(redact_url(url), bound)
     scheme_end = url.find("://")
+    keep = bound
     if scheme_end >= 0:
-        start = scheme_end + 3
-        end = len(url)
-        for sep in "/?#":
-            i = url.find(sep, start)
-            if 0 <= i < end:
-                end = i
-        at = url.rfind("@", start, end)
-        if at >= 0:
-            userinfo = url[start:at]
-            masked = "REDACTED:REDACTED" if ":" in userinfo else REDACTED
-            url = url[:start] + masked + url[at:]
-    q = url.find("?")
-    if q >= 0:
-        frag = url.find("#", q)
-        query = url[q + 1:frag] if frag >= 0 else url[q + 1:]
-        red = redact_query(query)
-        if red is not query:
-            url = url[:q + 1] + red + (url[frag:] if frag >= 0 else "")
-    return url
+        m = _AUTHORITY_END.search(url, scheme_end + 3)
+        keep = max(bound, m.start() if m else len(url))
+    return bounds.cut(redact_url(url[:keep]), bound, force=True)
+
+
+def bounded_query(query: str, bound: Optional[int] = None) -> tuple:
+    """(redact_query(query) within the value bound, whether it was cut), as bounded_url."""
+    if bound is None:
+        bound = bounds.limit()
+    if bound is None or len(query) <= bound:
+        return bounds.cut(redact_query(query), bound)
+    return bounds.cut(redact_query(query[:bound]), bound, force=True)
 
 
 # -- settings (read once from the environment) -----------------------------------------
@@ -113,6 +107,7 @@ _settings: dict = {}
 def reset() -> None:
     """Forget settings read from the environment (tests; a new instrument())."""
     _settings.clear()
+    url_redaction.reset()
 
 
 def compile_patterns(name: str, patterns: list, flags: int = 0, full: bool = False):
@@ -129,6 +124,19 @@ def compile_patterns(name: str, patterns: list, flags: int = 0, full: bool = Fal
         return None
     joined = "|".join(good)
     return re.compile(("(?:%s)\\Z" % joined) if full else joined, flags)
+
+
+def middleware_setup(module: str, library: str, tracer_provider=None, excluded: Optional[str] = None) -> tuple:
+    """(tracer, excluded-URL matcher) of a server middleware applied by hand (WSGI or ASGI TraceMiddleware):
+    `excluded`, a comma list, replaces the variables of `library` when given."""
+    from opentelemetry import trace
+    from trace_run.core.version import SCHEMA_URL, VERSION
+
+    tracer = trace.get_tracer(module, VERSION, tracer_provider=tracer_provider, schema_url=SCHEMA_URL)
+    if excluded is None:
+        return tracer, excluded_urls(library)
+    patterns = [p.strip() for p in excluded.split(",") if p.strip()]
+    return tracer, compile_patterns("TraceMiddleware(excluded_urls=...)", patterns)
 
 
 def excluded_urls(library: str):
@@ -160,6 +168,7 @@ class HeaderCapture:
         """items: (name, value) pairs; several values for a name become a list."""
         out: dict = {}
         match = self.match.fullmatch
+        bound = bounds.limit()
         for name, value in items:
             if isinstance(name, bytes):
                 name = name.decode("latin-1")
@@ -170,7 +179,10 @@ class HeaderCapture:
                 continue
             if low in ALWAYS_REDACTED or (self.sanitize is not None and self.sanitize.fullmatch(low)):
                 value = "[REDACTED]"
-            out.setdefault(self.prefix + low, []).append(str(value))
+            value, was_cut = bounds.cut(str(value), bound)
+            out.setdefault(self.prefix + low, []).append(value)
+            if was_cut and self.prefix + low not in out.get(bounds.TRUNCATED, ()):
+                bounds.note(out, self.prefix + low)
         return out
 
 
@@ -195,15 +207,27 @@ def capture(direction: str) -> Optional[HeaderCapture]:
     return result
 
 
-# -- status and errors ---------------------------------------------------------------
+# -- URLs ---------------------------------------------------------------------------
 
 
-def error_type(exc: BaseException) -> str:
-    cls = type(exc)
-    module = cls.__module__
-    if module in ("builtins", "__main__"):
-        return cls.__qualname__
-    return "%s.%s" % (module, cls.__qualname__)
+def default_port(scheme: str) -> Optional[int]:
+    return {"http": 80, "https": 443}.get(scheme)
+
+
+def full_url(scheme: str, host: str, port: Optional[int], target: Any, userinfo: str = "") -> str:
+    """The URL a client asks for, from its connection and request target (`target` may be absolute)."""
+    if isinstance(target, bytes):
+        target = target.decode("utf-8", "replace")
+    target = str(target)
+    if "://" in target:
+        return target
+    if host and ":" in host and not host.startswith("["):
+        host = "[%s]" % host
+    netloc = host if not port or port == default_port(scheme) else "%s:%s" % (host, port)
+    return "%s://%s%s%s" % (scheme, userinfo, netloc, target)  # start_client redacts the userinfo
+
+
+# -- status ---------------------------------------------------------------------------
 
 
 def protocol_version(raw: Any) -> Optional[str]:
@@ -226,7 +250,10 @@ def protocol_version(raw: Any) -> Optional[str]:
 def client_attributes(method: Any, url: str, host: Optional[str], port: Optional[int]) -> tuple:
     """(span name, attributes) for a CLIENT span."""
     norm, original = normalize_method(method)
-    attrs = {HTTP_REQUEST_METHOD: norm, URL_FULL: redact_url(url)}
+    full, was_cut = bounded_url(url)
+    attrs = {HTTP_REQUEST_METHOD: norm, URL_FULL: full}
+    if was_cut:
+        bounds.note(attrs, URL_FULL)
     if original is not None:
         attrs[HTTP_REQUEST_METHOD_ORIGINAL] = original
     if host:
@@ -247,7 +274,7 @@ def start_client(tracer: trace.Tracer, method: Any, url: str, host: Optional[str
     name, attrs = client_attributes(method, url, host, port)
     cap = capture("CLIENT_REQUEST") if headers is not None else None
     if cap is not None:
-        attrs.update(cap.attributes(_items(headers)))
+        bounds.update(attrs, cap.attributes(_items(headers)))
     return tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attrs)
 
 
@@ -266,20 +293,12 @@ def _items(headers: Any) -> Iterable:
 def enter_client(span: trace.Span) -> object:
     """Make `span` current and mark the context so inner HTTP layers make no span of their own."""
     ctx = trace.set_span_in_context(span)
-    return otel_context.attach(otel_context.set_value(_SUPPRESS_HTTP_INSTRUMENTATION_KEY, True, ctx))
+    return otel_context.attach(otel_context.set_value(SUPPRESS_HTTP_INSTRUMENTATION_KEY, True, ctx))
 
 
-def call_excluded(wrapped, args, kwargs):
-    """An excluded URL: no span here, and none from the HTTP layers below either."""
-    token = otel_context.attach(otel_context.set_value(_SUPPRESS_HTTP_INSTRUMENTATION_KEY, True))
-    try:
-        return wrapped(*args, **kwargs)
-    finally:
-        otel_context.detach(token)
-
-
-def exit_client(token: object) -> None:
-    otel_context.detach(token)
+def suppress_below() -> object:
+    """An excluded URL: no span here, and none from the HTTP layers below either (detach the token)."""
+    return otel_context.attach(otel_context.set_value(SUPPRESS_HTTP_INSTRUMENTATION_KEY, True))
 
 
 def inject(headers: Any, span: trace.Span) -> None:
@@ -315,22 +334,45 @@ def end_client(span: trace.Span, status_code: Optional[int] = None, exc: Optiona
         if response_headers is not None:
             cap = capture("CLIENT_RESPONSE")
             if cap is not None:
-                span.set_attributes(cap.attributes(_items(response_headers)))
+                bounds.set_on_span(span, cap.attributes(_items(response_headers)))
         if exc is not None:
-            span.record_exception(exc)
-            span.set_attribute(ERROR_TYPE, error_type(exc))
-            span.set_status(Status(StatusCode.ERROR, "%s: %s" % (type(exc).__name__, exc)))
+            errors.record(span, exc)
         elif status_code is not None and status_code >= 400:
-            span.set_attribute(ERROR_TYPE, str(status_code))
-            span.set_status(Status(StatusCode.ERROR))
+            errors.record_status(span, status_code)
     span.end()
-
-
-def end_with_error(span: trace.Span, exc: BaseException) -> None:
-    """`fail` for base.call_in_span: the request raised (refused, timed out, ...)."""
-    end_client(span, exc=exc)
 
 
 def server_error(status_code: int) -> bool:
     """Servers: only 5xx is an error (4xx is the client's fault)."""
     return status_code >= 500
+
+
+def client_wrapper(instrumentor: Any, read: Callable, with_headers: Callable, end: Callable,
+                   is_async: bool = False) -> Callable:
+    """The wrapt wrapper of a client's send: one CLIENT span per request, made current, the inner HTTP
+    layers told to make none, the propagation headers on a copy of the request.
+
+    read(instance, args, kwargs) -> (method, url, host, port, headers, request): what the library was asked;
+    with_headers(request, span, args, kwargs) -> (args, kwargs) to call with, carrying the span's headers;
+    end(span, result) reads the response and ends the span with `end_client`.
+    """
+    reset()  # a new instrument(): settings are read again
+    excluded = excluded_urls(instrumentor.library)
+
+    def start(instance: Any, args: tuple, kwargs: dict) -> tuple:
+        method, url, host, port, headers, request = read(instance, args, kwargs)
+        if excluded is not None and excluded.search(url):
+            return None, suppress_below(), args, kwargs
+        span = start_client(instrumentor.tracer, method, url, host, port, headers)
+        args, kwargs = with_headers(request, span, args, kwargs)
+        return span, enter_client(span), args, kwargs
+
+    return spans.wrapper(instrumentor.guard, start, errors.end_failed, end, is_http_instrumentation_enabled,
+                         is_async)
+
+
+def replace_argument(args: tuple, kwargs: dict, index: int, name: str, value: Any) -> tuple:
+    """(args, kwargs) with the argument at position `index` or keyword `name` set to `value`."""
+    if len(args) > index:
+        return tuple(args[:index]) + (value,) + tuple(args[index + 1:]), kwargs
+    return args, dict(kwargs, **{name: value})

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import http_common
-from .base import TraceRunInstrumentor, call_in_span, call_in_span_async, is_http_instrumentation_enabled
+from .base import TraceRunInstrumentor
 
 
 class HttpxInstrumentor(TraceRunInstrumentor):
@@ -20,54 +20,23 @@ class HttpxInstrumentor(TraceRunInstrumentor):
     def _patch(self, **kwargs: Any) -> None:
         import httpx
 
-        http_common.reset()
-        excluded = http_common.excluded_urls("httpx")
-        instrumentor = self
+        self.wrap(httpx.HTTPTransport, "handle_request", http_common.client_wrapper(self, _read, _with_headers, _end))
+        self.wrap(httpx.AsyncHTTPTransport, "handle_async_request",
+                  http_common.client_wrapper(self, _read, _with_headers, _end, is_async=True))
 
-        def start(args, kwargs):
-            request = args[0] if args else kwargs["request"]
-            url = str(request.url)
-            if excluded is not None and excluded.search(url):
-                return None, args, kwargs
-            port = request.url.port or {"http": 80, "https": 443}.get(request.url.scheme)
-            span = http_common.start_client(instrumentor.tracer, request.method, url, request.url.host, port,
-                                            request.headers)
-            original = request
-            request = object.__new__(type(original))  # not copy.copy: Request pickling drops the stream
-            request.__dict__.update(original.__dict__)
-            request.headers = http_common.inject_copy(request.headers, span)
-            if args:
-                args = (request,) + tuple(args[1:])
-            else:
-                kwargs = dict(kwargs, request=request)
-            return span, args, kwargs
 
-        def handle_request(wrapped, instance, args, kwargs):
-            if not is_http_instrumentation_enabled():
-                return wrapped(*args, **kwargs)
-            span = None
-            with instrumentor.guard:
-                span, args, kwargs = start(args, kwargs)
-                token = http_common.enter_client(span) if span is not None else None
-            if span is None:
-                return http_common.call_excluded(wrapped, args, kwargs)
-            return call_in_span(instrumentor.guard, span, token, wrapped, args, kwargs, http_common.end_with_error,
-                                _end)
+def _read(transport: Any, args: tuple, kwargs: dict) -> tuple:
+    request = args[0] if args else kwargs["request"]
+    url = request.url
+    return request.method, str(url), url.host, url.port or http_common.default_port(url.scheme), request.headers, \
+        request
 
-        async def handle_async_request(wrapped, instance, args, kwargs):
-            if not is_http_instrumentation_enabled():
-                return await wrapped(*args, **kwargs)
-            span = None
-            with instrumentor.guard:
-                span, args, kwargs = start(args, kwargs)
-                token = http_common.enter_client(span) if span is not None else None
-            if span is None:
-                return await wrapped(*args, **kwargs)
-            return await call_in_span_async(instrumentor.guard, span, token, wrapped, args, kwargs,
-                                            http_common.end_with_error, _end)
 
-        self.wrap(httpx.HTTPTransport, "handle_request", handle_request)
-        self.wrap(httpx.AsyncHTTPTransport, "handle_async_request", handle_async_request)
+def _with_headers(original: Any, span: Any, args: tuple, kwargs: dict) -> tuple:
+    request = object.__new__(type(original))  # not copy.copy: Request pickling drops the stream
+    request.__dict__.update(original.__dict__)
+    request.headers = http_common.inject_copy(request.headers, span)
+    return http_common.replace_argument(args, kwargs, 0, "request", request)
 
 
 def _end(span, response) -> None:

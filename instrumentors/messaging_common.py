@@ -3,7 +3,6 @@
 - Header carriers: message headers are whatever the sender put there, so the
   getter accepts only a dict of str/bytes values and treats anything else as
   "no context"; extraction never raises.
-- Errors: how a failed publish or handler is recorded on its span.
 (Chatter suppression, used by the queue and pool instrumentors, is in chatter.py.)
 """
 
@@ -14,11 +13,9 @@ from typing import Any, Optional
 from opentelemetry import propagate
 from opentelemetry.context.context import Context
 from opentelemetry.propagators import textmap
-from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
-from opentelemetry.trace import Status, StatusCode
 
 __all__ = [
-    "HeaderGetter", "HeaderSetter", "GETTER", "SETTER", "extract", "inject", "record_error", "end_with_error",
+    "HeaderGetter", "HeaderSetter", "GETTER", "SETTER", "extract", "inject",
 ]
 
 
@@ -81,18 +78,3 @@ def extract(carrier: Any, getter: textmap.Getter = GETTER) -> Context:
 
 def inject(headers: dict, ctx: Optional[Context] = None) -> None:
     propagate.inject(headers, context=ctx, setter=SETTER)
-
-
-def record_error(span: Any, exc: BaseException) -> None:
-    """The exception as an event, ERROR status with its message, `error.type` (the class name)."""
-    span.record_exception(exc)
-    span.set_status(Status(StatusCode.ERROR, "%s: %s" % (type(exc).__name__, exc)))
-    span.set_attribute(ERROR_TYPE, type(exc).__qualname__)
-
-
-def end_with_error(span: Any, exc: BaseException) -> None:
-    """`fail` for base.call_in_span: record the error, end the span."""
-    try:
-        record_error(span, exc)
-    finally:
-        span.end()

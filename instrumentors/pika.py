@@ -3,10 +3,13 @@
 The trace context travels in the message's `properties.headers` (a copy: the
 caller's properties and headers dict are never changed). A consumer span
 covers the handling of one message:
-- `basic_consume` callbacks (BlockingConnection and SelectConnection): the callback's run;
+- `basic_consume` callbacks (BlockingConnection and SelectConnection) and the
+  callback of a SelectConnection `basic_get`: the callback's run. The span is
+  made where pika calls the callback (Channel._on_deliver / _on_getok,
+  BlockingChannel._dispatch_events): pika keeps the program's own callback;
 - the `consume()` generator: from the yield until the next message is asked
   for, the generator closes, or the channel is cancelled or closed;
-- `basic_get`: from its return until the message is acked/nacked/rejected,
+- BlockingChannel `basic_get`: from its return until the message is acked/nacked/rejected,
   the next `basic_get`, or the channel closes (at the latest, at exit).
 Message bodies are never recorded, only their size.
 """
@@ -25,8 +28,10 @@ from opentelemetry.semconv._incubating.attributes import messaging_attributes as
 from opentelemetry.semconv.attributes import server_attributes
 from opentelemetry.trace import SpanKind
 
+from . import errors
 from . import messaging_common as mc
-from .base import TraceRunInstrumentor, call_in_span, is_instrumentation_enabled
+from .base import TraceRunInstrumentor, is_instrumentation_enabled
+from .spans import call_in_span
 
 _SYSTEM = "rabbitmq"
 _SEND = M.MessagingOperationTypeValues.SEND.value
@@ -38,6 +43,10 @@ _in_blocking_publish: ContextVar = ContextVar("trace_run_pika_blocking_publish",
 _BLOCKING_MODULE = "pika.adapters.blocking_connection"
 _open_pulls: weakref.WeakSet = weakref.WeakSet()  # pull spans not ended yet (ended at exit)
 _NO_KWARGS: dict = {}  # a callback's keyword arguments (never changed: ** copies it)
+# The queue of each consumer (channel -> {consumer tag: queue}) and of each channel's pending basic_get:
+# a delivery does not name its queue, its span does.
+_consumer_queues: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_get_queues: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _arg(args: tuple, kwargs: dict, index: int, name: str, default: Any = None) -> Any:
@@ -56,22 +65,6 @@ def _bind(args: tuple, kwargs: dict, names: tuple) -> Any:
 
 
 _PUBLISH_ARGS = ("exchange", "routing_key", "body", "properties", "mandatory")
-_CONSUME_ARGS = ("queue", "on_message_callback", "auto_ack", "exclusive", "consumer_tag", "arguments", "callback")
-_GET_ARGS = ("queue", "callback", "auto_ack")
-# (argument names, name of the message callback, operation type of its spans)
-_CONSUME = (_CONSUME_ARGS, "on_message_callback", _PROCESS)
-_GET = (_GET_ARGS, "callback", _RECEIVE)
-
-
-def _impl(channel):
-    """The pika.channel.Channel behind a BlockingChannel."""
-    return channel._impl
-
-
-def _itself(channel):
-    return channel
-
-
 def _server(impl_channel) -> tuple:
     try:
         params = impl_channel.connection.params
@@ -171,11 +164,15 @@ class PikaInstrumentor(TraceRunInstrumentor):
         blocking = bc.BlockingChannel
         self.wrap(blocking, "basic_publish", self._blocking_publish)
         self.wrap(pika.channel.Channel, "basic_publish", self._channel_publish)
-        self.wrap(blocking, "basic_consume", self._blocking_consume)
-        self.wrap(pika.channel.Channel, "basic_consume", self._channel_consume)
+        self.wrap(blocking, "basic_consume", self._consume)
+        self.wrap(pika.channel.Channel, "basic_consume", self._consume)
         self.wrap(blocking, "consume", self._consume_generator)
         self.wrap(blocking, "basic_get", self._blocking_get)
         self.wrap(pika.channel.Channel, "basic_get", self._channel_get)
+        # Consumer spans are made where pika calls the program's callbacks, which stay where pika keeps them.
+        self.wrap(pika.channel.Channel, "_on_deliver", self._channel_deliver)
+        self.wrap(pika.channel.Channel, "_on_getok", self._channel_getok)
+        self.wrap(blocking, "_dispatch_events", self._blocking_dispatch)
         for name in ("basic_ack", "basic_nack", "basic_reject"):
             self.wrap(blocking, name, self._settle)
         for name in ("cancel", "close"):
@@ -211,7 +208,7 @@ class PikaInstrumentor(TraceRunInstrumentor):
         flag = _in_blocking_publish.set(True) if blocking else None
         token = context.attach(trace.set_span_in_context(span)) if span is not None else None
         try:
-            return call_in_span(self.guard, span, token, wrapped, args, kwargs, mc.end_with_error)
+            return call_in_span(self.guard, span, token, wrapped, args, kwargs, errors.end_failed)
         finally:
             if flag is not None:
                 _in_blocking_publish.reset(flag)
@@ -245,49 +242,101 @@ class PikaInstrumentor(TraceRunInstrumentor):
         )
         return span, trace.set_span_in_context(span, parent)
 
-    def _traced_callback(self, callback, impl_of, queue: str, operation_type: str):
-        """Wrap a user's (channel, method, properties, body) callback in a CONSUMER span."""
-        instrumentor = self
+    def _consumer_span(self, impl_channel, queue, method, properties, body, operation_type):
+        """A started CONSUMER span and its token (context attached), or (None, None) if tracing failed."""
+        with self.guard:
+            span, ctx = self._start_consumer(impl_channel, queue, method, properties, body, operation_type)
+            return span, context.attach(ctx)
+        return None, None
 
-        def on_message(channel, method, properties, body):
-            if not is_instrumentation_enabled():
-                return callback(channel, method, properties, body)
-            span = token = None
-            with instrumentor.guard:
-                span, ctx = instrumentor._start_consumer(
-                    impl_of(channel), queue, method, properties, body, operation_type
-                )
-                token = context.attach(ctx)
-            return call_in_span(instrumentor.guard, span, token, callback, (channel, method, properties, body),
-                                _NO_KWARGS, mc.end_with_error)
+    def _consume(self, wrapped, instance, args, kwargs):
+        """basic_consume as called; its queue is kept by consumer tag, for the span of each delivery.
 
-        on_message.__wrapped__ = callback
-        return on_message
-
-    def _blocking_consume(self, wrapped, instance, args, kwargs):
-        return self._with_traced_callback(wrapped, args, kwargs, _CONSUME, blocking=True)
-
-    def _channel_consume(self, wrapped, instance, args, kwargs):
-        return self._with_traced_callback(wrapped, args, kwargs, _CONSUME, blocking=False)
+        Only the live consumers' queues are kept. A BlockingChannel's own inner basic_consume is skipped:
+        the BlockingChannel's call keeps it.
+        """
+        tag = wrapped(*args, **kwargs)
+        with self.guard:
+            if not _is_blocking_internal(_arg(args, kwargs, 1, "on_message_callback")):
+                live = getattr(instance, "_consumer_infos", None)
+                live = instance._consumers if live is None else live
+                queues = {t: q for t, q in _consumer_queues.get(instance, {}).items() if t in live}
+                queues[tag] = _arg(args, kwargs, 0, "queue") or ""
+                _consumer_queues[instance] = queues
+        return tag
 
     def _channel_get(self, wrapped, instance, args, kwargs):
-        return self._with_traced_callback(wrapped, args, kwargs, _GET, blocking=False)
-
-    def _with_traced_callback(self, wrapped, args, kwargs, call: tuple, blocking: bool):
-        """wrapped(...) with its message callback argument (`call`: names, callback name, operation) traced.
-
-        The callbacks a BlockingChannel hands to its inner Channel are left alone (its own wrapper traced the user's).
-        """
-        names, key, operation_type = call
+        result = wrapped(*args, **kwargs)
         with self.guard:
-            bound = _bind(args, kwargs, names)
-            callback = bound.get(key) if bound else None
-            if callable(callback) and (blocking or not _is_blocking_internal(callback)):
-                bound[key] = self._traced_callback(
-                    callback, _impl if blocking else _itself, bound.get("queue") or "", operation_type
-                )
-                args, kwargs = (), bound
-        return wrapped(*args, **kwargs)
+            if not _is_blocking_internal(_arg(args, kwargs, 1, "callback")):
+                _get_queues[instance] = _arg(args, kwargs, 0, "queue") or ""
+        return result
+
+    def _channel_deliver(self, wrapped, instance, args, kwargs):
+        """Channel._on_deliver(method_frame, header_frame, body): the consumer's callback runs in a CONSUMER span.
+
+        pika keeps the program's own callback in `_consumers`; the span is made where pika calls it.
+        """
+        span = token = None
+        if is_instrumentation_enabled():
+            with self.guard:
+                tag = _arg(args, kwargs, 0, "method_frame").method.consumer_tag
+                callback = None if tag in instance._cancelled else instance._consumers.get(tag)
+                if callback is not None and not _is_blocking_internal(callback):
+                    queue = _consumer_queues.get(instance, {}).get(tag, "")
+                    span, token = self._frames_span(instance, queue, args, kwargs, _PROCESS)
+        if span is None:
+            return wrapped(*args, **kwargs)
+        return call_in_span(self.guard, span, token, wrapped, args, kwargs, errors.end_failed)
+
+    def _channel_getok(self, wrapped, instance, args, kwargs):
+        """Channel._on_getok(method_frame, header_frame, body): basic_get's callback runs in a CONSUMER span."""
+        span = token = None
+        if is_instrumentation_enabled():
+            with self.guard:
+                callback = instance._on_getok_callback
+                if callback is not None and not _is_blocking_internal(callback):
+                    span, token = self._frames_span(instance, _get_queues.pop(instance, ""), args, kwargs, _RECEIVE)
+        if span is None:
+            return wrapped(*args, **kwargs)
+        return call_in_span(self.guard, span, token, wrapped, args, kwargs, errors.end_failed)
+
+    def _frames_span(self, impl_channel, queue, args, kwargs, operation_type):
+        method = _arg(args, kwargs, 0, "method_frame").method
+        properties = _arg(args, kwargs, 1, "header_frame").properties
+        body = _arg(args, kwargs, 2, "body")
+        return self._consumer_span(impl_channel, queue, method, properties, body, operation_type)
+
+    def _blocking_dispatch(self, wrapped, instance, args, kwargs):
+        """BlockingChannel._dispatch_events: pika's loop (the same in pika 1.0-1.4), each consumer callback
+        in a CONSUMER span; the callback stays the program's own object in `_consumer_infos`."""
+        if not is_instrumentation_enabled():
+            return wrapped(*args, **kwargs)
+        from pika.adapters import blocking_connection as bc
+
+        while instance._pending_events:
+            evt = instance._pending_events.popleft()
+            kind = type(evt)
+            if kind is bc._ConsumerDeliveryEvt:
+                self._blocking_delivery(instance, evt)
+            elif kind is bc._ConsumerCancellationEvt:
+                del instance._consumer_infos[evt.method_frame.method.consumer_tag]
+                instance._impl.callbacks.process(instance.channel_number, instance._CONSUMER_CANCELLED_CB_KEY,
+                                                 instance, evt.method_frame)
+            else:
+                evt.dispatch()
+
+    def _blocking_delivery(self, channel, evt) -> None:
+        callback = channel._consumer_infos[evt.method.consumer_tag].on_message_callback
+        message = (channel, evt.method, evt.properties, evt.body)
+        queue = ""
+        with self.guard:
+            queue = _consumer_queues.get(channel, {}).get(evt.method.consumer_tag, "")
+        span, token = self._consumer_span(channel._impl, queue, evt.method, evt.properties, evt.body, _PROCESS)
+        if span is None:
+            callback(*message)
+        else:
+            call_in_span(self.guard, span, token, callback, message, _NO_KWARGS, errors.end_failed)
 
     # -- pull spans (consume() generator, basic_get) -----------------------------------
     def _open_pull(self, channel, queue, method, properties, body, settle_ends: bool):

@@ -9,6 +9,7 @@ errors of pipelined statements surface at the next sync, outside its span.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from .base import TraceRunInstrumentor
@@ -25,83 +26,42 @@ def _attributes(conn: Any) -> dict:
     return connection_attributes(SYSTEM, info.dbname, host, None if host and host.startswith("/") else info.port)
 
 
+_BATCH = (1, "params_seq")
+
+
+def _cached_attributes(guard: Any, cache: AttributeCache, cursor: Any) -> dict:
+    with guard:
+        return cache.get(cursor.connection)
+    return {"db.system.name": SYSTEM}
+
+
 class PsycopgInstrumentor(TraceRunInstrumentor):
     library = "psycopg"
 
     def _patch(self, **kwargs: Any) -> None:
         import psycopg
 
-        sql = self._sql = SqlTracer(self, SYSTEM, composed_query_text, composable_commenter("psycopg.sql"))
+        sql = SqlTracer(self, SYSTEM, composed_query_text, composable_commenter("psycopg.sql"))
         cache = AttributeCache(_attributes)
-        guard = self.guard
-
-        def attrs_of(cursor: Any) -> dict:
-            with guard:
-                return cache.get(cursor.connection)
-            return {"db.system.name": SYSTEM}
-
-        def execute(wrapped, instance, args, kwargs):
-            if not sql.active():
-                return wrapped(*args, **kwargs)
-            return sql.run(attrs_of(instance), instance, wrapped, args, kwargs)
-
-        def executemany(wrapped, instance, args, kwargs):
-            if not sql.active():
-                return wrapped(*args, **kwargs)
-            batch = args[1] if len(args) > 1 else kwargs.get("params_seq")
-            return sql.run(attrs_of(instance), instance, wrapped, args, kwargs, batch=batch)
-
-        def copy(wrapped, instance, args, kwargs):
-            if not sql.active():
-                return wrapped(*args, **kwargs)
-            return sql.copy_context(attrs_of(instance), instance, wrapped, args, kwargs)
-
-        def stream(wrapped, instance, args, kwargs):
-            if not sql.active():
-                return wrapped(*args, **kwargs)
-            return sql.stream(attrs_of(instance), instance, wrapped, args, kwargs)
-
-        def stream_async(wrapped, instance, args, kwargs):
-            if not sql.active():
-                return wrapped(*args, **kwargs)
-            return sql.stream_async(attrs_of(instance), instance, wrapped, args, kwargs)
-
-        async def execute_async(wrapped, instance, args, kwargs):
-            if not sql.active():
-                return await wrapped(*args, **kwargs)
-            return await sql.run_async(attrs_of(instance), instance, wrapped, args, kwargs)
-
-        async def executemany_async(wrapped, instance, args, kwargs):
-            if not sql.active():
-                return await wrapped(*args, **kwargs)
-            batch = args[1] if len(args) > 1 else kwargs.get("params_seq")
-            return await sql.run_async(attrs_of(instance), instance, wrapped, args, kwargs, batch=batch)
-
+        attrs_of = partial(_cached_attributes, self.guard, cache)
+        execute, executemany = sql.wrapper(attrs_of), sql.wrapper(attrs_of, batch=_BATCH)
+        execute_async = sql.wrapper(attrs_of, is_async=True)
+        executemany_async = sql.wrapper(attrs_of, batch=_BATCH, is_async=True)
+        copy = sql.outliving(sql.copy_context, attrs_of)
         self.wrap(psycopg.Cursor, "execute", execute)
         self.wrap(psycopg.Cursor, "executemany", executemany)
         self.wrap(psycopg.Cursor, "copy", copy)
-        self.wrap(psycopg.Cursor, "stream", stream)
+        self.wrap(psycopg.Cursor, "stream", sql.outliving(sql.stream, attrs_of))
         self.wrap(psycopg.ServerCursor, "execute", execute)
         self.wrap(psycopg.AsyncCursor, "execute", execute_async)
         self.wrap(psycopg.AsyncCursor, "executemany", executemany_async)
         self.wrap(psycopg.AsyncCursor, "copy", copy)
-        self.wrap(psycopg.AsyncCursor, "stream", stream_async)
+        self.wrap(psycopg.AsyncCursor, "stream", sql.outliving(sql.stream_async, attrs_of))
         self.wrap(psycopg.AsyncServerCursor, "execute", execute_async)
-        import sys
-
-        if "psycopg_pool" in sys.modules and hasattr(sys.modules["psycopg_pool"], "ConnectionPool"):
-            self.patch_pool(sys.modules["psycopg_pool"])  # instrumented by hand after the pool was imported
-
-    def _unpatch(self, **kwargs: Any) -> None:
-        self._pool_patched = False
 
     def patch_pool(self, psycopg_pool: Any) -> None:
-        """psycopg_pool's health checks are the pool's chatter, not the program's work.
-        (The agent calls this when psycopg_pool is imported: registry `extras`.)"""
-        if not self.is_instrumented_by_opentelemetry or getattr(self, "_pool_patched", False):
-            return
-        self._pool_patched = True
-
+        """psycopg_pool's health checks are the pool's chatter, not the program's work
+        (registry `submodules`: called when psycopg_pool is imported)."""
         def quiet(wrapped, instance, args, kwargs):
             with suppress_chatter():
                 return wrapped(*args, **kwargs)

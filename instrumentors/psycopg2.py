@@ -13,10 +13,18 @@ connection_factory that is a plain function gets its connection's
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from .base import TraceRunInstrumentor
-from .dbapi import SqlTracer, composable_commenter, composed_query_text, connection_attributes, look_like
+from .dbapi import (
+    SqlTracer,
+    TracedClasses,
+    composable_commenter,
+    composed_query_text,
+    connection_attributes,
+    traced_subclass,
+)
 
 SYSTEM = "postgresql"
 _NO_FACTORY = object()
@@ -31,15 +39,35 @@ def _attributes(conn: Any) -> dict:
     return connection_attributes(SYSTEM, dbname, host, port)
 
 
+def _callproc_statement(args: tuple, kwargs: dict) -> str:
+    return "SELECT * FROM %s()" % (args[0] if args else kwargs.get("procname", ""),)
+
+
+def _copy_statement(template: str):
+    def statement(args: tuple, kwargs: dict) -> str:
+        return template % (args[1] if len(args) > 1 else kwargs.get("table", ""),)
+
+    return statement
+
+
 class Psycopg2Instrumentor(TraceRunInstrumentor):
     library = "psycopg2"
 
     def _patch(self, **kwargs: Any) -> None:
         import psycopg2
 
-        self._sql = SqlTracer(self, SYSTEM, composed_query_text, composable_commenter("psycopg2.sql"))
-        self._connection_classes: dict = {}
-        self._cursor_classes: dict = {}
+        sql = SqlTracer(self, SYSTEM, composed_query_text, composable_commenter("psycopg2.sql"))
+        attrs_of = self._attributes_of
+        self._cursor_wrappers = {
+            "execute": sql.wrapper(attrs_of),
+            "executemany": sql.wrapper(attrs_of, batch=(1, "vars_list")),
+            "callproc": sql.wrapper(attrs_of, statement=_callproc_statement),
+            "copy_expert": sql.wrapper(attrs_of),
+            "copy_from": sql.wrapper(attrs_of, statement=_copy_statement("COPY %s FROM STDIN")),
+            "copy_to": sql.wrapper(attrs_of, statement=_copy_statement("COPY %s TO STDOUT")),
+        }
+        self.connection_class = TracedClasses(self._connection_class)
+        self.cursor_class = TracedClasses(partial(traced_subclass, wrappers=self._cursor_wrappers))
         self._default_cursor: dict = {}  # connection class -> the cursor class its cursor() picks
         self.wrap(psycopg2, "connect", self._connect)
 
@@ -73,21 +101,14 @@ class Psycopg2Instrumentor(TraceRunInstrumentor):
         return conn
 
     # -- traced subclasses ----------------------------------------------------------
-    def connection_class(self, base: type) -> type:
-        """A subclass of `base` handing out traced cursors (one per base)."""
-        if getattr(base, "_trace_run_traced", False):
-            return base
-        cls = self._connection_classes.get(base)
-        if cls is not None:
-            return cls
+    def _connection_class(self, base: type) -> type:
+        """A subclass of `base` handing out traced cursors."""
         import psycopg2.extensions
 
         instrumentor = self
         plain_cursor = base.cursor is psycopg2.extensions.connection.cursor
 
         class TracedConnection(base):
-            _trace_run_traced = True
-
             def cursor(self, *args, **kwargs):
                 given = kwargs.get("cursor_factory", _NO_FACTORY)
                 if given is _NO_FACTORY and len(args) > 1:
@@ -112,72 +133,16 @@ class Psycopg2Instrumentor(TraceRunInstrumentor):
                     kwargs["cursor_factory"] = instrumentor.cursor_class(factory)
                 return super().cursor(*args, **kwargs)
 
-        look_like(TracedConnection, base)
-        self._connection_classes[base] = TracedConnection
-        return TracedConnection
+        return traced_subclass(base, {}, TracedConnection)
 
-    def cursor_class(self, base: type) -> type:
-        """A subclass of cursor class `base` whose statements are traced (one per base)."""
-        if getattr(base, "_trace_run_traced", False):
-            return base
-        cls = self._cursor_classes.get(base)
-        if cls is not None:
-            return cls
-        sql = self._sql
-        guard = self.guard
-
-        def attrs_of(cursor: Any) -> dict:
-            conn = cursor.connection
-            attrs = getattr(conn, "_trace_run_attrs", None)
-            if attrs is None:
-                with guard:
-                    attrs = _attributes(conn)
-                    try:
-                        conn._trace_run_attrs = attrs
-                    except AttributeError:
-                        pass
-            return attrs if attrs is not None else {"db.system.name": SYSTEM}
-
-        class TracedCursor(base):
-            _trace_run_traced = True
-
-            def execute(self, *args, **kwargs):
-                if not sql.active():
-                    return super().execute(*args, **kwargs)
-                return sql.run(attrs_of(self), self, super().execute, args, kwargs)
-
-            def executemany(self, *args, **kwargs):
-                if not sql.active():
-                    return super().executemany(*args, **kwargs)
-                batch = args[1] if len(args) > 1 else kwargs.get("vars_list")
-                return sql.run(attrs_of(self), self, super().executemany, args, kwargs, batch=batch)
-
-            def callproc(self, *args, **kwargs):
-                if not sql.active():
-                    return super().callproc(*args, **kwargs)
-                name = args[0] if args else kwargs.get("procname", "")
-                return sql.run(attrs_of(self), self, super().callproc, args, kwargs,
-                               statement="SELECT * FROM %s()" % (name,))
-
-            def copy_expert(self, *args, **kwargs):
-                if not sql.active():
-                    return super().copy_expert(*args, **kwargs)
-                return sql.run(attrs_of(self), self, super().copy_expert, args, kwargs)
-
-            def copy_from(self, *args, **kwargs):
-                if not sql.active():
-                    return super().copy_from(*args, **kwargs)
-                table = args[1] if len(args) > 1 else kwargs.get("table", "")
-                return sql.run(attrs_of(self), self, super().copy_from, args, kwargs,
-                               statement="COPY %s FROM STDIN" % (table,))
-
-            def copy_to(self, *args, **kwargs):
-                if not sql.active():
-                    return super().copy_to(*args, **kwargs)
-                table = args[1] if len(args) > 1 else kwargs.get("table", "")
-                return sql.run(attrs_of(self), self, super().copy_to, args, kwargs,
-                               statement="COPY %s TO STDOUT" % (table,))
-
-        look_like(TracedCursor, base)
-        self._cursor_classes[base] = TracedCursor
-        return TracedCursor
+    def _attributes_of(self, cursor: Any) -> dict:
+        conn = cursor.connection
+        attrs = getattr(conn, "_trace_run_attrs", None)
+        if attrs is None:
+            with self.guard:
+                attrs = _attributes(conn)
+                try:
+                    conn._trace_run_attrs = attrs
+                except AttributeError:
+                    pass
+        return attrs if attrs is not None else {"db.system.name": SYSTEM}

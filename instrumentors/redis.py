@@ -3,7 +3,8 @@
 `db.query.text` is the command name followed by one `?` per argument
 (`SET ? ?`): keys, values and credentials never leave the process. With
 OTEL_TRACE_RUN_DB_SANITIZE=false arguments are shown, except those of
-commands that carry credentials (AUTH, HELLO, MIGRATE). A pipeline's span is
+commands that carry credentials (AUTH, HELLO, MIGRATE) and the passwords
+given to CONFIG SET and ACL SETUSER. A pipeline's span is
 named after its distinct commands (`SET INCR`) and carries the command count
 in `db.operation.batch.size`. Cluster clients are not instrumented.
 """
@@ -11,7 +12,7 @@ in `db.operation.batch.size`. Cluster clients are not instrumented.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, Optional
 
 from opentelemetry import context, trace
 from opentelemetry.semconv.attributes.db_attributes import (
@@ -21,13 +22,16 @@ from opentelemetry.semconv.attributes.db_attributes import (
     DB_SYSTEM_NAME,
 )
 from opentelemetry.trace import SpanKind
-from trace_run.agent import config
+from trace_run.core import config
 
-from .base import TraceRunInstrumentor, call_in_span, call_in_span_async
-from .dbapi import AttributeCache, client_active, connection_attributes, end_with_error
+from . import bounds, errors, spans
+from .base import TraceRunInstrumentor
+from .dbapi import AttributeCache, client_active, connection_attributes
 
 SYSTEM = "redis"
 _SECRET_COMMANDS = frozenset(("AUTH", "HELLO", "MIGRATE"))
+_SECRET_CONFIG = frozenset(("REQUIREPASS", "MASTERAUTH", "TLS-KEY-FILE-PASS", "TLS-CLIENT-KEY-FILE-PASS"))
+_ACL_SECRET_RULES = (">", "<", "#", "!")
 _MAX_PIPELINE_NAMES = 5
 _MAX_ARG_CHARS = 100
 
@@ -60,21 +64,30 @@ def command_text(args: tuple, sanitize: bool = True) -> str:
     op = _name(args[0])
     if sanitize or op.split(" ", 1)[0] in _SECRET_COMMANDS:
         return op + " ?" * (len(args) - 1)
-    return " ".join([op] + [_show(a) for a in args[1:]])
+    shown = [_show(a) for a in args[1:]]
+    if op.startswith(("CONFIG", "ACL")):
+        _mask_secrets(op, args, shown)
+    return " ".join([op] + shown)
 
 
-def _response_code(exc: BaseException) -> str | None:
-    """The error prefix Redis sends (`WRONGTYPE`, `ERR`, `NOSCRIPT`): a code, never data."""
-    if not exc.args or not isinstance(exc.args[0], str):
-        return None
-    first = exc.args[0].split(" ", 1)[0]
-    if first and first.isupper() and first.isalpha() and len(first) <= 20:
-        return first
-    return None
-
-
-# `fail` for call_in_span: error.type, the Redis error prefix as db.response.status_code, ERROR status.
-_end_with_error = partial(end_with_error, code_of=_response_code)
+def _mask_secrets(op: str, args: tuple, shown: list) -> None:
+    """`?` for the passwords in `CONFIG SET requirepass|masterauth ...` and in `ACL SETUSER`'s
+    `>pw`, `<pw`, `#hash`, `!hash` rules, as for AUTH. shown[i] shows args[i + 1]."""
+    words = op.split()
+    if len(words) > 1:  # redis-py sends "CONFIG SET" as one argument
+        sub, first = words[1], 0
+    elif shown:  # execute_command("CONFIG", "SET", ...)
+        sub, first = _name(args[1]), 1
+    else:
+        return
+    if words[0] == "CONFIG" and sub == "SET":
+        for i in range(first, len(shown) - 1, 2):
+            if _name(args[i + 1]) in _SECRET_CONFIG:
+                shown[i + 1] = "?"
+    elif words[0] == "ACL" and sub == "SETUSER":
+        for i in range(first + 1, len(shown)):  # shown[first] is the user name
+            if shown[i][:1] in _ACL_SECRET_RULES:
+                shown[i] = "?"
 
 
 class RedisInstrumentor(TraceRunInstrumentor):
@@ -84,16 +97,18 @@ class RedisInstrumentor(TraceRunInstrumentor):
         import redis.client
 
         self._attrs = AttributeCache(_pool_attributes)
-        self.wrap(redis.client.Redis, "execute_command", self._command)
-        self.wrap(redis.client.Pipeline, "immediate_execute_command", self._command)
-        self.wrap(redis.client.Pipeline, "execute", self._pipeline)
+        command = partial(spans.wrapper, self.guard, self._start_command, errors.end_failed_db, enabled=self._active)
+        pipeline = partial(spans.wrapper, self.guard, self._start_pipeline, errors.end_failed_db, enabled=self._active)
+        self.wrap(redis.client.Redis, "execute_command", command())
+        self.wrap(redis.client.Pipeline, "immediate_execute_command", command())
+        self.wrap(redis.client.Pipeline, "execute", pipeline())
         try:
             import redis.asyncio.client as aio
         except ImportError:  # pragma: no cover - redis without asyncio support
             return
-        self.wrap(aio.Redis, "execute_command", self._command_async)
-        self.wrap(aio.Pipeline, "immediate_execute_command", self._command_async)
-        self.wrap(aio.Pipeline, "execute", self._pipeline_async)
+        self.wrap(aio.Redis, "execute_command", command(is_async=True))
+        self.wrap(aio.Pipeline, "immediate_execute_command", command(is_async=True))
+        self.wrap(aio.Pipeline, "execute", pipeline(is_async=True))
 
     # -- span plumbing --------------------------------------------------------------
     _active = client_active  # the rule every DB client shares (a method: called with this instrumentor)
@@ -104,51 +119,24 @@ class RedisInstrumentor(TraceRunInstrumentor):
             return {DB_SYSTEM_NAME: SYSTEM}
         return dict(self._attrs.get(pool))
 
-    def _start_command(self, client: Any, args: tuple) -> tuple:
-        """(span, context token) for one command; (None, None) if that failed."""
-        with self.guard:
-            attrs = self._base(client)
-            op = _name(args[0]) if args else ""
-            if op:
-                attrs[DB_OPERATION_NAME] = op
-            attrs[DB_QUERY_TEXT] = command_text(args, config.get("OTEL_TRACE_RUN_DB_SANITIZE"))
-            return self._open(op or SYSTEM, attrs)
-        return None, None
+    def _start_command(self, client: Any, args: tuple, kwargs: dict) -> tuple:
+        """`start` for spans.wrapper: one command."""
+        attrs = self._base(client)
+        op = _name(args[0]) if args else ""
+        if op:
+            attrs[DB_OPERATION_NAME] = op
+        bounds.put(attrs, DB_QUERY_TEXT, command_text(args, config.get("OTEL_TRACE_RUN_DB_SANITIZE")))
+        return self._open(op or SYSTEM, attrs, args, kwargs)
 
-    def _start_pipeline(self, pipe: Any) -> tuple:
-        """(span, context token) for a pipeline's execute; (None, None) if that failed."""
-        with self.guard:
-            return self._open(*_pipeline_name_and_attributes(pipe, self._base(pipe)))
-        return None, None
+    def _start_pipeline(self, pipe: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
+        """`start` for spans.wrapper: a pipeline's execute (an empty one makes no span)."""
+        if not getattr(pipe, "command_stack", None):
+            return None
+        return self._open(*_pipeline_name_and_attributes(pipe, self._base(pipe)), args, kwargs)
 
-    def _open(self, name: str, attrs: dict) -> tuple:
+    def _open(self, name: str, attrs: dict, args: tuple, kwargs: dict) -> tuple:
         span = self.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attrs)
-        return span, context.attach(trace.set_span_in_context(span))
-
-    # -- wrappers ------------------------------------------------------------------------
-    def _command(self, wrapped, instance, args, kwargs):
-        if not self._active():
-            return wrapped(*args, **kwargs)
-        span, token = self._start_command(instance, args)
-        return call_in_span(self.guard, span, token, wrapped, args, kwargs, _end_with_error)
-
-    def _pipeline(self, wrapped, instance, args, kwargs):
-        if not self._active() or not getattr(instance, "command_stack", None):
-            return wrapped(*args, **kwargs)
-        span, token = self._start_pipeline(instance)
-        return call_in_span(self.guard, span, token, wrapped, args, kwargs, _end_with_error)
-
-    async def _command_async(self, wrapped, instance, args, kwargs):
-        if not self._active():
-            return await wrapped(*args, **kwargs)
-        span, token = self._start_command(instance, args)
-        return await call_in_span_async(self.guard, span, token, wrapped, args, kwargs, _end_with_error)
-
-    async def _pipeline_async(self, wrapped, instance, args, kwargs):
-        if not self._active() or not getattr(instance, "command_stack", None):
-            return await wrapped(*args, **kwargs)
-        span, token = self._start_pipeline(instance)
-        return await call_in_span_async(self.guard, span, token, wrapped, args, kwargs, _end_with_error)
+        return span, context.attach(trace.set_span_in_context(span)), args, kwargs
 
 
 def _pipeline_name_and_attributes(pipe: Any, attrs: dict) -> tuple:
@@ -173,5 +161,5 @@ def _pipeline_name_and_attributes(pipe: Any, attrs: dict) -> tuple:
     attrs[DB_OPERATION_NAME] = name
     if len(stack) > 1:  # the conventions count batches from two operations up
         attrs[DB_OPERATION_BATCH_SIZE] = len(stack)
-    attrs[DB_QUERY_TEXT] = "\n".join(lines)
+    bounds.put(attrs, DB_QUERY_TEXT, "\n".join(lines))
     return name, attrs

@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from . import http_common
-from .base import TraceRunInstrumentor, call_in_span, is_http_instrumentation_enabled
+from .base import TraceRunInstrumentor
 
 
 class RequestsInstrumentor(TraceRunInstrumentor):
@@ -22,41 +22,24 @@ class RequestsInstrumentor(TraceRunInstrumentor):
     def _patch(self, **kwargs: Any) -> None:
         from requests.adapters import HTTPAdapter
 
-        http_common.reset()
-        excluded = http_common.excluded_urls("requests")
-        instrumentor = self
+        self.wrap(HTTPAdapter, "send", http_common.client_wrapper(self, _read, _with_headers, _end))
 
-        def send(wrapped, instance, args, kwargs):
-            if not is_http_instrumentation_enabled():
-                return wrapped(*args, **kwargs)
-            span = token = None
-            with instrumentor.guard:
-                request = args[0] if args else kwargs["request"]
-                url = request.url
-                if excluded is None or not excluded.search(url):
-                    parts = urlsplit(url)
-                    span = http_common.start_client(instrumentor.tracer, request.method, url, parts.hostname,
-                                                    parts.port or _default_port(parts.scheme), request.headers)
-                    request = request.copy()  # copies the headers too
-                    http_common.inject(request.headers, span)
-                    if args:
-                        args = (request,) + tuple(args[1:])
-                    else:
-                        kwargs = dict(kwargs, request=request)
-                    token = http_common.enter_client(span)
-            if span is None:
-                return http_common.call_excluded(wrapped, args, kwargs)
-            return call_in_span(instrumentor.guard, span, token, wrapped, args, kwargs, http_common.end_with_error,
-                                _end)
 
-        self.wrap(HTTPAdapter, "send", send)
+def _read(adapter: Any, args: tuple, kwargs: dict) -> tuple:
+    request = args[0] if args else kwargs["request"]
+    url = request.url
+    parts = urlsplit(url)
+    port = parts.port or http_common.default_port(parts.scheme)
+    return request.method, url, parts.hostname, port, request.headers, request
+
+
+def _with_headers(request: Any, span: Any, args: tuple, kwargs: dict) -> tuple:
+    request = request.copy()  # copies the headers too
+    http_common.inject(request.headers, span)
+    return http_common.replace_argument(args, kwargs, 0, "request", request)
 
 
 def _end(span, response) -> None:
     raw = getattr(response, "raw", None)
     http_common.end_client(span, response.status_code, version=getattr(raw, "version", None),
                            response_headers=response.headers)
-
-
-def _default_port(scheme: str):
-    return {"http": 80, "https": 443}.get(scheme)

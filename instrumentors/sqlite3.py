@@ -8,12 +8,25 @@ hands out traced cursor subclasses. isinstance checks stay true.
 
 from __future__ import annotations
 
+from functools import partial
+from operator import attrgetter
 from typing import Any
 
 from .base import TraceRunInstrumentor
-from .dbapi import SqlTracer, connection_attributes, look_like
+from .dbapi import SqlTracer, TracedClasses, connection_attributes, traced_subclass
 
 SYSTEM = "sqlite"
+
+
+def _namespace(database: Any) -> str:
+    """`db.namespace`: the database file. A `file:` URI keeps only its path: its query may hold a
+    key (`?psk=...`, SQLCipher's `key=`)."""
+    name = database.decode() if isinstance(database, bytes) else str(database)
+    if name[:5].lower() != "file:":
+        return name
+    from urllib.parse import unquote, urlsplit
+
+    return unquote(urlsplit(name).path)
 
 
 class Sqlite3Instrumentor(TraceRunInstrumentor):
@@ -23,38 +36,32 @@ class Sqlite3Instrumentor(TraceRunInstrumentor):
         import sqlite3
         import sqlite3.dbapi2
 
-        self._sql = SqlTracer(self, SYSTEM)
-        self._connection_classes: dict = {}
-        self._cursor_classes: dict = {}
+        sql = SqlTracer(self, SYSTEM)
+        self._connection_wrappers = _statement_wrappers(sql, _own_attributes)
+        self._cursor_wrappers = _statement_wrappers(sql, _connection_attributes)
+        self.connection_class = TracedClasses(self._connection_class)
+        self.cursor_class = TracedClasses(partial(traced_subclass, wrappers=self._cursor_wrappers))
         self._default_cursor: dict = {}
-        connect = self._connect_wrapper()
-        self.wrap(sqlite3, "connect", connect)
+        self.wrap(sqlite3, "connect", self._connect)
         if sqlite3.dbapi2.__dict__.get("connect") is not None:
-            self.wrap(sqlite3.dbapi2, "connect", connect)
+            self.wrap(sqlite3.dbapi2, "connect", self._connect)
 
-    def _connect_wrapper(self):
-        import sqlite3
-
-        def connect(wrapped, instance, args, kwargs):
-            if not self.is_instrumented_by_opentelemetry:
-                return wrapped(*args, **kwargs)
-            with self.guard:
-                # connect(database, timeout, detect_types, isolation_level, check_same_thread, factory, ...)
-                if len(args) > 5:
-                    factory = args[5]
-                    args = args[:5] + (self.connection_class(factory),) + tuple(args[6:])
-                else:
-                    kwargs = dict(kwargs)
-                    kwargs["factory"] = self.connection_class(kwargs.get("factory") or sqlite3.Connection)
+    def _connect(self, wrapped, instance, args, kwargs):
+        if not self.is_instrumented_by_opentelemetry:
             return wrapped(*args, **kwargs)
+        with self.guard:
+            import sqlite3
 
-        return connect
+            # connect(database, timeout, detect_types, isolation_level, check_same_thread, factory, ...)
+            if len(args) > 5:
+                args = args[:5] + (self.connection_class(args[5]),) + tuple(args[6:])
+            else:
+                kwargs = dict(kwargs)
+                kwargs["factory"] = self.connection_class(kwargs.get("factory") or sqlite3.Connection)
+        return wrapped(*args, **kwargs)
 
-    def connection_class(self, base: type) -> type:
-        """A subclass of `base` whose statements and cursors are traced (one per base)."""
-        cls = self._connection_classes.get(base)
-        if cls is not None or getattr(base, "_trace_run_traced", False):
-            return cls or base
+    def _connection_class(self, base: type) -> type:
+        """A subclass of `base` whose statements and cursors are traced."""
         import sqlite3
 
         instrumentor = self
@@ -62,12 +69,10 @@ class Sqlite3Instrumentor(TraceRunInstrumentor):
         default_cursor = sqlite3.Cursor if base.cursor is sqlite3.Connection.cursor else None
 
         class TracedConnection(base):
-            _trace_run_traced = True
-
             def __init__(self, database, *args, **kwargs):
                 super().__init__(database, *args, **kwargs)
                 try:
-                    name = database.decode() if isinstance(database, bytes) else str(database)
+                    name = _namespace(database)
                 except Exception:
                     name = ""
                 self._trace_run_attrs = connection_attributes(SYSTEM, name)
@@ -82,45 +87,18 @@ class Sqlite3Instrumentor(TraceRunInstrumentor):
                         probe.close()
                 return super().cursor(instrumentor.cursor_class(factory), *args, **kwargs)
 
-            def execute(self, *args, **kwargs):
-                return instrumentor._sql.run(self._trace_run_attrs, self, super().execute, args, kwargs)
+        return traced_subclass(base, self._connection_wrappers, TracedConnection)
 
-            def executemany(self, *args, **kwargs):
-                batch = args[1] if len(args) > 1 else kwargs.get("parameters") or kwargs.get("seq_of_parameters")
-                return instrumentor._sql.run(self._trace_run_attrs, self, super().executemany, args, kwargs,
-                                             batch=batch)
 
-            def executescript(self, *args, **kwargs):
-                return instrumentor._sql.run(self._trace_run_attrs, self, super().executescript, args, kwargs)
+def _statement_wrappers(sql: SqlTracer, attrs_of) -> dict:
+    return {
+        "execute": sql.wrapper(attrs_of),
+        "executemany": sql.wrapper(attrs_of, batch=(1, "parameters", "seq_of_parameters")),
+        "executescript": sql.wrapper(attrs_of),
+    }
 
-        look_like(TracedConnection, base)
-        self._connection_classes[base] = TracedConnection
-        return TracedConnection
 
-    def cursor_class(self, base: type) -> type:
-        cls = self._cursor_classes.get(base)
-        if cls is not None or getattr(base, "_trace_run_traced", False):
-            return cls or base
-        instrumentor = self
-
-        class TracedCursor(base):
-            _trace_run_traced = True
-
-            def _trace_run_attrs(self) -> dict:
-                attrs = getattr(self.connection, "_trace_run_attrs", None)
-                return attrs if attrs is not None else {"db.system.name": SYSTEM}
-
-            def execute(self, *args, **kwargs):
-                return instrumentor._sql.run(self._trace_run_attrs(), self, super().execute, args, kwargs)
-
-            def executemany(self, *args, **kwargs):
-                batch = args[1] if len(args) > 1 else kwargs.get("parameters") or kwargs.get("seq_of_parameters")
-                return instrumentor._sql.run(self._trace_run_attrs(), self, super().executemany, args, kwargs,
-                                             batch=batch)
-
-            def executescript(self, *args, **kwargs):
-                return instrumentor._sql.run(self._trace_run_attrs(), self, super().executescript, args, kwargs)
-
-        look_like(TracedCursor, base)
-        self._cursor_classes[base] = TracedCursor
-        return TracedCursor
+_own_attributes = attrgetter("_trace_run_attrs")  # a connection's, set in its __init__
+def _connection_attributes(cursor: Any) -> dict:
+    attrs = getattr(cursor.connection, "_trace_run_attrs", None)
+    return attrs if attrs is not None else {"db.system.name": SYSTEM}

@@ -17,7 +17,6 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.semconv.attributes.client_attributes import CLIENT_ADDRESS
-from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.semconv.attributes.http_attributes import (
     HTTP_REQUEST_METHOD,
     HTTP_REQUEST_METHOD_ORIGINAL,
@@ -29,10 +28,10 @@ from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, S
 from opentelemetry.semconv.attributes.url_attributes import URL_PATH, URL_QUERY, URL_SCHEME
 from opentelemetry.semconv.attributes.user_agent_attributes import USER_AGENT_ORIGINAL
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from trace_run.core.guard import Guard
 
-from . import http_common
+from . import bounds, errors, http_common
 from .base import is_instrumentation_enabled
-from .guard import Guard
 
 ENVIRON_KEY = "trace_run.request"  # the request's _Request (span and state), for frameworks
 
@@ -77,10 +76,13 @@ def server_attributes(environ: dict) -> tuple:
     if original is not None:
         attrs[HTTP_REQUEST_METHOD_ORIGINAL] = original
     attrs[URL_SCHEME] = environ.get("wsgi.url_scheme", "http")
-    attrs[URL_PATH] = _text(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")) or "/"
+    bound = bounds.limit()  # once per request
+    bounds.put(attrs, URL_PATH, _text(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")) or "/", bound)
     query = environ.get("QUERY_STRING")
     if query:
-        attrs[URL_QUERY] = http_common.redact_query(_text(query))
+        attrs[URL_QUERY], was_cut = http_common.bounded_query(_text(query), bound)
+        if was_cut:
+            bounds.note(attrs, URL_QUERY)
     host = environ.get("HTTP_HOST")
     port = None
     if host:
@@ -107,17 +109,17 @@ def server_attributes(environ: dict) -> tuple:
         attrs[CLIENT_ADDRESS] = client
     agent = environ.get("HTTP_USER_AGENT")
     if agent:
-        attrs[USER_AGENT_ORIGINAL] = agent
+        bounds.put(attrs, USER_AGENT_ORIGINAL, agent, bound)
     version = http_common.protocol_version(environ.get("SERVER_PROTOCOL"))
     if version:
         attrs[NETWORK_PROTOCOL_VERSION] = version
     cap = http_common.capture("SERVER_REQUEST")
     if cap is not None:
-        attrs.update(cap.attributes(_environ_headers(environ)))
+        bounds.update(attrs, cap.attributes(_environ_headers(environ)))
     return http_common.span_name(method), attrs
 
 
-def _full_url(environ: dict) -> str:
+def _request_url(environ: dict) -> str:
     host = environ.get("HTTP_HOST") or "%s:%s" % (environ.get("SERVER_NAME", ""), environ.get("SERVER_PORT", ""))
     url = "%s://%s%s%s" % (environ.get("wsgi.url_scheme", "http"), host, environ.get("SCRIPT_NAME", ""),
                            environ.get("PATH_INFO", ""))
@@ -132,14 +134,6 @@ def set_route(span: trace.Span, method: str, route: str) -> None:
         norm, _ = http_common.normalize_method(method)
         span.update_name("%s %s" % (http_common.span_name(norm), route))
         span.set_attribute(HTTP_ROUTE, route)
-
-
-def record_error(span: trace.Span, exc: BaseException) -> None:
-    """An unhandled exception: an `exception` event, error.type, ERROR status."""
-    if span.is_recording():
-        span.record_exception(exc)
-        span.set_attribute(ERROR_TYPE, http_common.error_type(exc))
-        span.set_status(Status(StatusCode.ERROR, "%s: %s" % (type(exc).__name__, exc)))
 
 
 class _Request:
@@ -158,7 +152,7 @@ class _Request:
         """An exception the framework handled (e.g. turned into a 500): recorded once."""
         if exc is not self.recorded:
             self.recorded = exc
-            record_error(self.span, exc)
+            errors.record(self.span, exc)
 
     def start_response(self, start_response: Callable) -> Callable:
         def traced_start_response(status, headers, exc_info=None):
@@ -180,7 +174,7 @@ class _Request:
             span.set_attribute(HTTP_RESPONSE_STATUS_CODE, code)
             cap = http_common.capture("SERVER_RESPONSE")
             if cap is not None:
-                span.set_attributes(cap.attributes(headers))
+                bounds.set_on_span(span, cap.attributes(headers))
 
     def end(self, exc: Optional[BaseException] = None) -> None:
         if self.ended:
@@ -190,9 +184,10 @@ class _Request:
         if exc is not None:
             self.record(exc)
         elif self.status is not None and http_common.server_error(self.status) and span.is_recording():
-            if self.recorded is None:  # else error.type names the exception behind the 500
-                span.set_attribute(ERROR_TYPE, str(self.status))
-            span.set_status(Status(StatusCode.ERROR))
+            if self.recorded is None:
+                errors.record_status(span, self.status)
+            else:  # error.type names the exception behind the 500
+                span.set_status(Status(StatusCode.ERROR))
         span.end()
 
 
@@ -251,12 +246,14 @@ class _TracedBody:
 
 
 def handle(tracer: trace.Tracer, environ: dict, start_response: Callable, app: Callable,
-           excluded=None) -> Any:
-    """Run one WSGI request through `app` inside a SERVER span."""
+           excluded=None, body: Callable[[Any, _Request], Any] = _TracedBody) -> Any:
+    """Run one WSGI request through `app` inside a SERVER span; `body(result, request)` is what goes
+    back to the server and ends the span when the server is done with it (a framework may keep its own
+    response object instead of the _TracedBody wrapper)."""
     request = None
     with _guard:
         if ENVIRON_KEY not in environ and is_instrumentation_enabled():
-            if excluded is None or not excluded.search(_full_url(environ)):
+            if excluded is None or not excluded.search(_request_url(environ)):
                 parent = propagate.extract(environ, getter=getter)
                 name, attrs = server_attributes(environ)
                 span = tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attrs)
@@ -267,14 +264,14 @@ def handle(tracer: trace.Tracer, environ: dict, start_response: Callable, app: C
     start_response = request.start_response(start_response)
     token = otel_context.attach(request.ctx)
     try:
-        body = app(environ, start_response)
+        result = app(environ, start_response)
     except BaseException as exc:
         with _guard:
             request.end(exc)
         raise
     finally:
         otel_context.detach(token)
-    return _TracedBody(body, request)
+    return body(result, request)
 
 
 class TraceMiddleware:
@@ -282,13 +279,7 @@ class TraceMiddleware:
 
     def __init__(self, app: Callable, tracer_provider=None, excluded_urls: Optional[str] = None):
         self.app = app
-        self._tracer = trace.get_tracer("trace_run.instrumentors.wsgi", "0.1.0", tracer_provider=tracer_provider,
-                                        schema_url="https://opentelemetry.io/schemas/1.26.0")
-        if excluded_urls is None:
-            self._excluded = http_common.excluded_urls("flask")
-        else:
-            patterns = [p.strip() for p in excluded_urls.split(",") if p.strip()]
-            self._excluded = http_common.compile_patterns("TraceMiddleware(excluded_urls=...)", patterns)
+        self._tracer, self._excluded = http_common.middleware_setup(__name__, "flask", tracer_provider, excluded_urls)
 
     def __call__(self, environ: dict, start_response: Callable) -> Any:
         return handle(self._tracer, environ, start_response, self.app, self._excluded)

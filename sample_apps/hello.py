@@ -4,9 +4,13 @@ It serves two requests to itself and exits, so that
 
     OTEL_TRACES_EXPORTER=console trace-run python sample_apps/hello.py
 
-prints two trace trees: the SERVER span of `/hello/<name>` and, under it, the
-CLIENT span of its own call to `/greeting/<name>` and that request's SERVER
-span (a second local trace root would show up only without propagation).
+prints two traces, one per request, each in three parts with the same trace id
+(the console exporter prints one tree per local root span, as that root ends):
+the CLIENT span of main()'s call; the SERVER span of `/hello/<name>` with, under
+it, the CLIENT span of its own call to `/greeting/<name>`; and that request's
+SERVER span. Six trees in all; the two SERVER parts of a request each say
+"continues remote parent" (without propagation they would start traces of their
+own).
 """
 
 from __future__ import annotations

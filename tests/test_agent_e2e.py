@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from conftest import TRACE_RUN, clean_env, run_traced, write_script
+from support import TRACE_RUN, clean_env, run_traced, write_script
 
 MANUAL = """
     import sys
@@ -313,6 +313,23 @@ def test_log_correlation_puts_trace_ids_on_records(tmp_path, receiver):
     assert "trace_id=%s span_id=%s" % (span.trace_id, span.span_id) in lines[0]
     assert "resource.service.name=logsvc trace_sampled=True" in lines[0]
     assert "trace_id=0 span_id=0" in lines[1]
+
+
+def test_log_correlation_when_a_traced_library_comes_before_logging(tmp_path, receiver):
+    # sqlite3 does not import logging: setting up the SDK for it does (through opentelemetry.context),
+    # and the log-correlation hook must not run on that half-imported module.
+    script = write_script(tmp_path, """
+        import sqlite3
+        import logging
+        sqlite3.connect(":memory:").execute("SELECT 1")
+        logging.getLogger("app").warning("after a query")
+    """)
+    env = clean_env(**receiver.env(), OTEL_PYTHON_LOG_CORRELATION="true", OTEL_SERVICE_NAME="logsvc")
+    proc = run_traced(["python", script], env=env, check=True)
+    assert "log correlation not enabled" not in proc.stderr, proc.stderr
+    assert receiver.wait_for(count=1)[0].name == "SELECT"
+    lines = [line for line in proc.stderr.splitlines() if "after a query" in line]
+    assert len(lines) == 1 and "resource.service.name=logsvc" in lines[0], proc.stderr
 
 
 def test_log_correlation_respects_programs_own_basicconfig(tmp_path):

@@ -15,10 +15,10 @@ import os
 import socket
 import subprocess
 import sys
-import zipfile
 
 import pytest
-from conftest import BIN, clean_env
+from support import BIN, clean_env
+from support.wheels import write_wheel
 from trace_run.bootstrap import catalogue, coverage
 from trace_run.instrumentors import registry
 
@@ -46,23 +46,13 @@ def _run(cmd, env=None, timeout=600):
 
 
 def _build_wheels(root) -> str:
-    """Wheels of the tiny projects, written directly (the format is a zip; no build backend or index needed)."""
+    """Wheels of the tiny projects (no build backend or index needed)."""
     wheels = root / "wheels"
     wheels.mkdir()
     for name, (version, extra) in TINY_PROJECTS.items():
         module = name.replace("-", "_")
-        info = "%s-%s.dist-info" % (module, version)
-        files = {
-            module + "/__init__.py": "W = object\n",
-            info + "/METADATA": "Metadata-Version: 2.1\nName: %s\nVersion: %s\n%s" % (name, version, extra),
-            info + "/WHEEL": "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-        }
-        if name in ENTRY_POINTS:
-            files[info + "/entry_points.txt"] = ENTRY_POINTS[name]
-        files[info + "/RECORD"] = "".join("%s,,\n" % f for f in list(files) + [info + "/RECORD"])
-        with zipfile.ZipFile(str(wheels / ("%s-%s-py3-none-any.whl" % (module, version))), "w") as z:
-            for path, text in files.items():
-                z.writestr(path, text)
+        write_wheel(str(wheels), name, version, {module + "/__init__.py": "W = object\n"}, extra,
+                    ENTRY_POINTS.get(name, ""))
     return str(wheels)
 
 
@@ -133,6 +123,9 @@ def test_every_built_in_entry_names_a_registry_instrumentor():
     for entry in registry.BUILTIN.values():  # every supported range is a valid specifier
         if entry.distribution is not None:
             assert coverage.in_range("0", entry.supported) is not None, entry.supported
+    # the standard library's rows, as the README's trace-bootstrap example shows them
+    assert [e.label for e in catalogue.BUILT_IN if e.label] == [
+        "http.client / urllib (stdlib)", "sqlite3 (stdlib)", "threading / concurrent.futures (stdlib)"]
 
 
 def test_third_party_entries_are_upstream_packages_for_libraries_we_do_not_cover():
@@ -144,11 +137,12 @@ def test_third_party_entries_are_upstream_packages_for_libraries_we_do_not_cover
             seen.add(d)
         for p in entry.packages:
             assert p.startswith("opentelemetry-instrumentation-") and p == coverage.canonical(p), p
-    for name in ("django", "fastapi", "starlette", "sqlalchemy", "aiohttp", "grpcio", "boto3", "botocore",
+    for name in ("django", "fastapi", "sqlalchemy", "aiohttp", "grpcio", "boto3", "botocore",
                  "pymongo", "mysql-connector-python", "pymysql", "mysqlclient", "kafka-python", "confluent-kafka",
                  "asyncpg", "elasticsearch", "tornado", "pyramid", "falcon", "jinja2", "pymemcache",
                  "cassandra-driver", "aio-pika"):
         assert name in catalogue.BY_DISTRIBUTION, name
+    assert "asyncpg" in built_in  # built in since issue 16: no upstream package recommended for it
 
 
 def test_coverage_rules_on_a_made_up_environment():
@@ -182,10 +176,70 @@ def test_coverage_rules_on_a_made_up_environment():
     assert rows["falcon"].coverage == coverage.THIRD_PARTY  # a vendor's instrumentor counts
     assert rows["falcon"].covered_by == ["vendor-falcon-instrumentation 1.0"]
     assert rows["sqlite3 (stdlib)"].coverage == coverage.BUILT_IN and report.trace_run == "0.1.0"
+    assert rows["django"].coverage == coverage.BUILT_IN and rows["django"].in_range is True  # built in since issue 16
     assert report.requirements == [
         "opentelemetry-instrumentation-aiohttp-server==0.66b2", "opentelemetry-instrumentation-boto3sqs==0.66b2",
-        "opentelemetry-instrumentation-django==0.66b2", "opentelemetry-instrumentation-openai-v2",
+        "opentelemetry-instrumentation-openai-v2",
     ]
+
+
+def test_coverage_rules_for_ranges_self_tracing_and_the_program_s_own_libraries():
+    def dist(name, version, requires=(), **kw):
+        return dict(name=name, version=version, requires=list(requires), **kw)
+
+    detected = {
+        "executable": "/x/bin/python", "python_version": "3.11.7", "prefix": "/x", "pip": True,
+        "distributions": [
+            dist("trace-run", "0.1.0", ["opentelemetry-exporter-otlp-proto-grpc"]),
+            dist("opentelemetry-instrumentation", "0.66b2"),
+            dist("opentelemetry-exporter-otlp-proto-grpc", "1.45.2", ["grpcio", "protobuf"]),
+            dist("grpcio", "1.85.3"), dist("protobuf", "6.0"),
+            dist("pymongo", "4.0", ["dnspython"]), dist("dnspython", "2.0"),  # the program's, asked for by nobody
+            dist("boto3", "1.0", requested=True), dist("botocore", "1.0"),
+            dist("opentelemetry-exporter-x", "1.0", ["botocore"]),  # botocore: only the agent needs it
+            dist("SQLAlchemy", "2.1.9"), dist("fastapi", "0.142.0"),
+            dist("pymysql", "1.1.0"),
+            dist("opentelemetry-instrumentation-pymysql", "0.66b2", instrumentors=["pymysql"],
+                 instruments=["pymysql"], instrument_ranges={"pymysql": "<1"}),
+        ],
+    }
+    rows = {r.name: r for r in coverage.build(detected).rows}
+    assert rows["grpcio"].coverage == coverage.AGENT_ONLY and not rows["grpcio"].requirements
+    assert rows["botocore"].coverage == coverage.AGENT_ONLY
+    assert rows["boto3"].coverage == coverage.COVERABLE  # asked for by name (REQUESTED)
+    assert rows["pymongo"].coverage == coverage.COVERABLE
+    assert rows["sqlalchemy"].coverage == coverage.UNSUPPORTED
+    assert rows["sqlalchemy"].detail.startswith("no upstream instrumentor supports 2.1.9")
+    assert rows["fastapi"].coverage == coverage.SELF_TRACED
+    assert rows["pymysql"].coverage == coverage.UNSUPPORTED  # the installed instrumentor's range says so
+    assert "opentelemetry-instrumentation-pymysql 0.66b2 instruments pymysql<1" in rows["pymysql"].detail
+    detected["distributions"][-1]["instrument_ranges"] = {"pymysql": ">=0.9"}
+    assert {r.name: r for r in coverage.build(detected).rows}["pymysql"].coverage == coverage.THIRD_PARTY
+
+
+def test_fastapi_traces_itself_from_its_release_and_gets_trace_runs_starlette_spans_before():
+    def report(version, *extra):
+        detected = {"executable": "/x/bin/python", "python_version": "3.11.7", "prefix": "/x", "pip": True,
+                    "distributions": [dict(name="opentelemetry-instrumentation", version="0.66b2"),
+                                      dict(name="fastapi", version=version), dict(name="starlette", version="0.48.0"),
+                                      dict(name="asyncpg", version="0.30.0")] + list(extra)}
+        return coverage.build(detected)
+
+    (since,) = [e.since for e in catalogue.SELF_TRACED if e.distribution == "fastapi"]
+    assert since == registry.SELF_TRACED["fastapi"].since == "0.142.0"  # fastapi.telemetry's first release
+    new = report("0.142.0")
+    rows = {r.name: r for r in new.rows}
+    assert rows["fastapi"].coverage == coverage.SELF_TRACED and not new.requirements
+    assert rows["starlette"].coverage == rows["asyncpg"].coverage == coverage.BUILT_IN
+    upstream = dict(name="opentelemetry-instrumentation-fastapi", version="0.66b2", instrumentors=["fastapi"],
+                    instruments=["fastapi"])
+    old = report("0.141.1", upstream)
+    row = {r.name: r for r in old.rows}["fastapi"]
+    assert row.coverage == coverage.BUILT_IN and row.instrumentor == "starlette" and not old.requirements
+    assert row.detail == ("built in (starlette): trace-run's spans until fastapi 0.142.0 traces itself; "
+                          "opentelemetry-instrumentation-fastapi is installed but unused")
+    assert "fastapi" in registry.COVERED_NAMES  # the agent never applies the upstream one
+    assert "| FastAPI (before 0.142.0" in registry.markdown_table()
 
 
 # ---------------------------------------------------------------- reading environments
@@ -282,7 +336,6 @@ def test_pip_failures_are_explained():
     assert failure.what == "pip install failed (exit status 2)"
 
 
-
 def _closed_port() -> socket.socket:
     """A bound, never listening socket: connections to it are refused."""
     s = socket.socket()
@@ -341,10 +394,88 @@ def test_install_succeeds_and_upgrades_nothing(libs_venv, tmp_path):  # last: it
     assert proc.returncode == 0, proc.stderr
     for n in range(1, 5):
         assert "[%d/4] " % n in proc.stderr
-    assert "done: installed %s %s; no conflicts" % (FALCON_REQ, JINJA_REQ) in proc.stderr
+    assert "done: installed %s; no conflicts" % JINJA_REQ in proc.stderr
+    # the tiny falcon is 99.0.0: pip's plan shows the real package's instruments range leaves it out
+    assert "%s instruments falcon<5.0.0,>=1.4.1, not the installed 99.0.0; going on without it" % FALCON_REQ in (
+        proc.stderr)
+    assert "    %s: no upstream instrumentor supports falcon 99.0.0" % FALCON_REQ in proc.stderr
     lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line.strip()}
     assert "covered by opentelemetry-instrumentation-jinja2 %s" % OTEL_VERSION in lines["Jinja2"]
+    assert "no upstream instrumentor supports 99.0.0 (%s instruments falcon<5.0.0" % FALCON_REQ in lines["falcon"]
     after = installed_versions(libs_venv)
     assert {k: after[k] for k in before} == before  # nothing upgraded or downgraded
     assert after["opentelemetry-instrumentation-jinja2"] == OTEL_VERSION
-    assert bootstrap("--python", libs_venv, "-a", "requirements").stdout == ""
+    assert "opentelemetry-instrumentation-falcon" not in after
+    # the catalogue holds no range for falcon: only pip's plan knew; a new -a install asks it again
+    assert bootstrap("--python", libs_venv, "-a", "requirements").stdout == FALCON_REQ + "\n"
+
+
+# ---------------------------------------------------------------- the issue-17 environment
+#
+# trace-run's own OpenTelemetry packages at 0.66b2 (a release the index has no jinja2 or starlette
+# instrumentor of), Flask (brings Jinja2), SQLAlchemy 2.1.9 (the upstream instrumentor declares <2.1),
+# FastAPI 0.141.1 (the last release before it traces itself, traced by trace-run's Starlette spans; brings
+# starlette), uvicorn, and grpcio
+# pulled in only by the OTLP gRPC exporter. The tests below run in this order: install, then upgrade.
+
+ISSUE_OTEL = "0.66b2"
+ISSUE_REQ = {name: "opentelemetry-instrumentation-%s==%s" % (name, ISSUE_OTEL)
+             for name in ("fastapi", "jinja2", "starlette")}
+
+
+@pytest.fixture(scope="module")
+def issue_venv(tmp_path_factory):
+    venv = tmp_path_factory.mktemp("issue") / "venv"
+    _run([sys.executable, "-m", "venv", str(venv)])
+    py = _venv_python(venv)
+    _run([py, "-m", "pip", "install", "-q", "opentelemetry-instrumentation==" + ISSUE_OTEL,
+          "opentelemetry-exporter-otlp-proto-grpc==1.45.2", "flask", "sqlalchemy==2.1.9", "fastapi==0.141.1",
+          "uvicorn"])
+    return py
+
+
+def test_coverage_checks_ranges_and_recommends_only_for_the_program(issue_venv):
+    data = report_of(issue_venv)
+    rows = rows_by_name(data)
+    assert rows["sqlalchemy"]["coverage"] == "unsupported" and not rows["sqlalchemy"]["requirements"]
+    assert rows["sqlalchemy"]["detail"].startswith("no upstream instrumentor supports 2.1.9 (")
+    assert rows["grpcio"]["coverage"] == "agent-only" and not rows["grpcio"]["requirements"]
+    assert "needed only by opentelemetry-exporter-otlp-proto-grpc" in rows["grpcio"]["detail"]
+    # 0.141.1 does not trace itself: trace-run's Starlette spans trace it, no upstream package is asked for
+    assert rows["fastapi"]["coverage"] == "built-in" and not rows["fastapi"]["requirements"]
+    assert rows["fastapi"]["detail"] == "built in (starlette): trace-run's spans until fastapi 0.142.0 traces itself"
+    assert rows["starlette"]["coverage"] == "built-in" and not rows["starlette"]["requirements"]
+    assert data["requirements"] == [ISSUE_REQ["jinja2"]]
+
+
+def test_install_installs_what_exists_and_lists_every_missing_package(issue_venv):
+    before = installed_versions(issue_venv)
+    proc = bootstrap("--python", issue_venv, "-a", "install")
+    assert proc.returncode == 0, proc.stderr
+    for name in ("jinja2",):  # starlette is built in: no upstream package asked for
+        assert "not on the package index: %s (it has " % ISSUE_REQ[name] in proc.stderr, (
+            "premise: the index has no %s" % ISSUE_REQ[name], proc.stderr)
+    assert "done: nothing could be installed" in proc.stderr
+    left = proc.stderr.split("not installed: the package index has no release of these for "
+                             "opentelemetry-instrumentation 0.66b2\n", 1)[1].splitlines()
+    assert left[0].startswith("    %s (Jinja2 stays untraced): the index has up to 0.66b1." % ISSUE_REQ["jinja2"])
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line.strip()}
+    assert "no %s on the package index" % ISSUE_REQ["jinja2"] in lines["Jinja2"]
+    assert "built in (starlette)" in lines["fastapi"]
+    after = installed_versions(issue_venv)
+    assert {k: after[k] for k in before} == before  # nothing upgraded or downgraded
+    assert bootstrap("--python", issue_venv, "-a", "requirements").stdout.splitlines() == [
+        ISSUE_REQ["jinja2"]]
+
+
+def test_a_library_that_traces_itself_gets_no_instrumentor(issue_venv):
+    # fastapi.telemetry appears; an upstream instrumentor installed by hand is never applied by trace-run
+    _run([issue_venv, "-m", "pip", "install", "-q", "fastapi==0.142.0", ISSUE_REQ["fastapi"]])
+    row = rows_by_name(report_of(issue_venv))["fastapi"]
+    assert row["coverage"] == "self-traced" and not row["requirements"]
+    assert row["detail"] == ("traces itself (since fastapi 0.142.0): no instrumentor needed; "
+                             "opentelemetry-instrumentation-fastapi is installed but unused")
+    _run([issue_venv, "-m", "pip", "uninstall", "-q", "-y", "opentelemetry-instrumentation-fastapi"])
+    data = report_of(issue_venv)
+    assert rows_by_name(data)["fastapi"]["detail"] == "traces itself (since fastapi 0.142.0): no instrumentor needed"
+    assert data["requirements"] == [ISSUE_REQ["jinja2"]]

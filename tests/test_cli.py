@@ -1,9 +1,9 @@
 """The launcher: usage, errors, exec, PYTHONPATH handling."""
 
 import os
-import sys
 
-from conftest import HERE, TRACE_RUN, clean_env, run_traced, write_script
+from support import HERE, TRACE_RUN, clean_env, run_traced, write_script
+from trace_run.agent.cli import inject_dir
 
 
 def test_no_command_prints_usage_and_exits_2():
@@ -27,10 +27,14 @@ def test_help_and_version():
 
 def test_installed_command_is_the_plain_script_not_an_entry_point_wrapper():
     # pip's entry-point wrapper imports `re` for argv[0]; that import cost as much as the rest of
-    # the launcher. The installed command must be scripts/trace-run with only its shebang rewritten.
-    with open(TRACE_RUN) as f:
+    # the launcher. The installed commands must be scripts/trace-run unchanged (a shell script) and
+    # scripts/trace-run-python with only its shebang rewritten.
+    scripts = os.path.join(os.path.dirname(HERE), "scripts")
+    with open(TRACE_RUN) as f, open(os.path.join(scripts, "trace-run")) as g:
+        assert f.read() == g.read()
+    with open(TRACE_RUN + "-python") as f:
         shebang, installed = f.readline(), f.read()
-    with open(os.path.join(os.path.dirname(HERE), "scripts", "trace-run")) as f:
+    with open(os.path.join(scripts, "trace-run-python")) as f:
         assert f.readline() == "#!python\n"
         source = f.read()
     assert shebang.startswith("#!/") and "python" in shebang
@@ -61,7 +65,7 @@ def test_injection_dir_first_and_user_pythonpath_kept(tmp_path):
     env = clean_env(PYTHONPATH="/some/where" + os.pathsep + "/else")
     proc = run_traced(["python", "-c", "import os; print(os.environ['PYTHONPATH'])"], env=env, check=True)
     parts = proc.stdout.strip().split(os.pathsep)
-    assert parts[0].endswith(os.path.join("agent", "inject")) or parts[0].endswith("inject")
+    assert os.path.realpath(parts[0]) == os.path.realpath(inject_dir())
     assert sorted(os.listdir(parts[0])) in (["sitecustomize.py"], ["__pycache__", "sitecustomize.py"])
     assert parts[1:] == ["/some/where", "/else"]
 
@@ -83,5 +87,18 @@ def test_agent_never_imports_instrumented_libraries_or_sdk_at_start():
 
 
 def test_trace_run_script_is_on_path():
-    assert os.path.exists(TRACE_RUN), TRACE_RUN
-    assert sys.executable
+    # The tests' PATH finds the trace-run installed beside this interpreter, and it is executable.
+    proc = run_traced(["sh", "-c", "command -v trace-run"], trace_run=False, check=True)
+    assert proc.stdout.strip() == TRACE_RUN
+    assert os.access(TRACE_RUN, os.X_OK)
+
+
+def test_script_without_run_bit_suggests_python(tmp_path):
+    write_script(tmp_path, "print('hi')\n")
+    cases = {"app.py": (127, "not a command on PATH"), "./app.py": (126, "not an executable command")}
+    for command, (code, what) in cases.items():
+        proc = run_traced([command], cwd=str(tmp_path))
+        assert proc.returncode == code, (command, proc)
+        assert proc.stderr == ("trace-run: cannot run %s: it is a Python file, %s; "
+                               "run it with: trace-run python %s\n" % (command, what, command))
+        assert proc.stdout == ""

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import io
 import os
-import re
+import subprocess
 import sys
 import threading
 import time
 
 import pytest
-from trace_run.agent import config
-from trace_run.instrumentors import guard, hooks, registry
+from trace_run.core import config, guard, hooks
+from trace_run.instrumentors import registry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,12 +34,25 @@ def test_every_registered_variable_is_documented_once():
         assert v.name.startswith("OTEL_")
 
 
-def test_readme_supported_libraries_match_the_registry():
-    rows = [line for line in _readme_block("libraries").splitlines()[2:]]
-    names = [re.search(r"\| `([^`]+)` \|", row).group(1) for row in rows]
-    assert names == list(registry.BUILTIN)
-    for row, entry in zip(rows, registry.BUILTIN.values()):
-        assert "| %s |" % entry.supported in row
+def test_readme_supported_libraries_table_is_generated_from_the_registry():
+    assert _readme_block("libraries") == registry.markdown_table()
+
+
+def test_registry_writes_the_readme_libraries_table(tmp_path):
+    stale = tmp_path / "README.md"
+    stale.write_text("# x\n\n<!-- libraries:start -->\n| old |\n<!-- libraries:end -->\n\ntail\n")
+    proc = subprocess.run([sys.executable, "-m", "trace_run.instrumentors.registry", "--write", str(stale)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    text = stale.read_text()
+    assert text == "# x\n\n<!-- libraries:start -->\n%s\n<!-- libraries:end -->\n\ntail\n" % registry.markdown_table()
+    assert "`psycopg2` | >=2.8,<3 |" in text
+    again = subprocess.run([sys.executable, "-m", "trace_run.instrumentors.registry", "--write", str(stale)],
+                           capture_output=True, text=True, timeout=60)
+    assert "already up to date" in again.stderr and stale.read_text() == text
+    bad = subprocess.run([sys.executable, "-m", "trace_run.instrumentors.registry", "--write",
+                          str(tmp_path / "missing.md")], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and bad.stderr.startswith("trace-run: ")
 
 
 def test_every_registry_entry_points_at_an_instrumentor_class():
@@ -221,3 +234,28 @@ def test_the_same_bad_value_is_reported_once(capsys):
     assert len(config.WARNINGS) == 1
     assert capsys.readouterr().err.count("OTEL_TRACES_EXPORTER='nosuch'") == 1
     config.reset()
+
+
+def test_config_module_rewrites_the_readme_table_with_write(tmp_path):
+    import subprocess
+
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    head, rest = readme.split("<!-- variables:start -->", 1)
+    tail = rest.split("<!-- variables:end -->", 1)[1]
+    stale = tmp_path / "README.md"
+    old_table = "<!-- variables:start -->\n| old | table |\n<!-- variables:end -->"
+    stale.write_text(head + old_table + tail, encoding="utf-8")
+    proc = subprocess.run([sys.executable, "-m", "trace_run.core.config", "--write", str(stale)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout == "", proc.stderr
+    assert stale.read_text(encoding="utf-8") == readme  # the table regenerated, nothing else touched
+    printed = subprocess.run([sys.executable, "-m", "trace_run.core.config"], capture_output=True, text=True,
+                             timeout=60)
+    assert printed.stdout == config.markdown_table() + "\n"
+
+
+def test_readme_links_the_checkout_sample_near_the_top():
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    top = readme.split("\n## How it works", 1)[0]
+    assert "](sample_apps/checkout/README.md)" in top
+    assert os.path.isfile(os.path.join(ROOT, "sample_apps", "checkout", "README.md"))

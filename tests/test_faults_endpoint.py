@@ -17,7 +17,7 @@ import time
 
 import pytest
 from apps.fault_servers import FaultServer, free_port, make_ca, server_tls_context
-from conftest import HERE, TRACE_RUN, clean_env, run_traced
+from support import HERE, TRACE_RUN, clean_env, run_traced
 
 APP = os.path.join(HERE, "apps", "fault_app.py")
 APP_ARGS = ["--spans", "5", "--requests", "2", "--raise"]

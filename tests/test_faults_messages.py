@@ -10,9 +10,9 @@ import uuid
 
 import pika
 import pytest
-from conftest import AMQP_URL, HERE, TRACE_RUN, clean_env
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import AMQP_URL, HERE, TRACE_RUN, clean_env
 
 APP = os.path.join(HERE, "apps", "fault_consumer.py")
 TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=80)
@@ -36,7 +36,7 @@ HEADERS = st.one_of(
 
 @pytest.fixture(scope="module")
 def consumer():
-    from otlp_receiver import Receiver
+    from support.otlp_receiver import Receiver
 
     receiver = Receiver().start()
     queue = "trace-run-fuzz-" + uuid.uuid4().hex[:8]

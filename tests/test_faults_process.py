@@ -12,7 +12,7 @@ import time
 
 import pytest
 from apps.fault_servers import free_port
-from conftest import HERE, TRACE_RUN, clean_env, run_traced, write_script
+from support import HERE, TRACE_RUN, clean_env, run_traced, write_script
 
 APPS = os.path.join(HERE, "apps")
 
@@ -57,18 +57,26 @@ def _exactly_once(spans, name):
 def test_gunicorn_workers_recycled_every_request_traced_once(receiver, mode):
     port = free_port()
     env = clean_env(**receiver.env(), OTEL_SERVICE_NAME="gunicorn-app")
+    # --graceful-timeout: a worker forked just before the master's SIGTERM reaches it, and not yet past its
+    # own signal set-up, keeps the master's handler and ignores it (gunicorn's race, bare too); the master
+    # then kills it after the graceful timeout (30 s by default: the wait below would run out first)
     proc = subprocess.Popen([TRACE_RUN, "gunicorn", "-b", "127.0.0.1:%d" % port, "-w", "2", "--max-requests", "3",
-                             "--chdir", APPS, *mode, "fault_workers_app:app"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                             "--graceful-timeout", "5", "--chdir", APPS, *mode, "fault_workers_app:app"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     trace_ids = ["%032x" % (0xC0FFEE0000 + i) for i in range(12)]
     try:
         _wait_port(port, proc)
         for tid in trace_ids:
             assert _get(port, "/work", tid) == 200
         spans = receiver.wait_for(lambda ss: len([s for s in ss if s.name == "handler-work"]) >= 12, timeout=15)
+        time.sleep(0.5)  # the last recycled worker's replacement boots (that race is rarer still)
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise AssertionError("gunicorn did not stop: %s" % proc.communicate()[1][-4000:]) from None
     time.sleep(0.3)
     spans = list(receiver.spans)
     for tid in trace_ids:

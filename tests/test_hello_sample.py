@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 
-from conftest import clean_env, python, run_traced
+from support import clean_env, python, run_traced
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HELLO = os.path.join(ROOT, "sample_apps", "hello.py")
@@ -67,6 +67,28 @@ def _pieces(lines: list) -> list:
     return [(service, remote, tuple(rows)) for service, remote, rows in pieces]
 
 
+_VARYING = [(re.compile(r"\b[0-9a-f]{32}\b"), "TRACE"), (re.compile(r"\b[0-9a-f]{16}\b"), "SPAN"),
+            (re.compile(r" +\d+\.\d+ ms"), " N ms"), (re.compile(r"(127\.0\.0\.1:|server\.port=)\d+"), r"\1PORT"),
+            (re.compile(r"^  \|[ #]+\|"), "  |BAR|")]
+
+
+def _normalized(line: str) -> str:
+    for pattern, replacement in _VARYING:
+        line = pattern.sub(replacement, line)
+    return line
+
+
+def test_hello_docstring_says_what_it_prints():
+    with open(HELLO) as f:
+        doc = f.read().split('"""')[1]
+    proc = run_traced([python(), HELLO], env=clean_env(OTEL_TRACES_EXPORTER="console"), timeout=60, check=True)
+    pieces = _pieces(proc.stdout.splitlines())
+    assert "two traces, one per request, each in three parts" in doc and "Six trees in all" in doc
+    assert len(pieces) == 6 and len({line.split()[1] for line in proc.stdout.splitlines()
+                                     if line.startswith("trace ")}) == 2
+    assert sum(remote for _, remote, _ in pieces) == 4  # the two SERVER parts of each request
+
+
 def test_readme_quick_start_output_is_what_hello_prints():
     env = clean_env(OTEL_TRACES_EXPORTER="console")
     proc = run_traced([python(), HELLO], env=env, timeout=60, check=True)
@@ -84,6 +106,9 @@ def test_readme_quick_start_output_is_what_hello_prints():
         if tree:
             for attr in re.findall(r"([a-z.]+)=", tree["attrs"]):
                 assert any(attr + "=" in r for r in real), "attribute %s not in the real output" % attr
+    # verbatim but for ids, durations, ports and bars: no invented `...`, nothing reordered within a part
+    assert set(map(_normalized, example)) <= set(map(_normalized, real)), [
+        line for line in example if _normalized(line) not in set(map(_normalized, real))]
     example_pieces = _pieces(example)
     assert len(example_pieces) == 3, "the example shows one request: three trees"
     for piece in example_pieces:  # every tree, with its shape, is one hello.py prints

@@ -7,10 +7,10 @@ failure, on the decoded messages too.
 from __future__ import annotations
 
 import math
+import threading
 import time
 
 import pytest
-from conftest import clean_env, run_traced, write_script
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry import trace
@@ -22,13 +22,23 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
-from trace_run.agent import otlp_encoder
+from support import clean_env, run_traced, write_script
+from trace_run.agent import fastspan, otlp_encoder
 from trace_run.agent.otlp_encoder import Encoder, encode_spans
 
 
-def _provider(resource=None, limits=None):
+class _FastProvider(TracerProvider):
+    """Its tracers make trace-run's own span class (agent/fastspan.py), as the agent's provider's do.
+    (tests/test_fastspan.py runs this file's other checks on that class too.)"""
+
+    def get_tracer(self, *args, **kwargs):
+        return fastspan.adopt(super().get_tracer(*args, **kwargs))
+
+
+def _provider(resource=None, limits=None, span_class="sdk"):
     exporter = InMemorySpanExporter()
-    provider = TracerProvider(resource=resource or Resource({"service.name": "enc", "n": 3}), span_limits=limits)
+    provider = (_FastProvider if span_class == "trace-run" else TracerProvider)(
+        resource=resource or Resource({"service.name": "enc", "n": 3}), span_limits=limits)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     return provider, exporter
 
@@ -36,6 +46,10 @@ def _provider(resource=None, limits=None):
 def _assert_same(spans):
     expected = official_encode(spans).SerializePartialToString()
     got = encode_spans(spans)
+    own = [s for s in spans if type(s) is fastspan.Span]
+    if own:  # the encoder reads these through their fields: the same bytes as through the properties
+        encoder = Encoder(pause=False)
+        assert [encoder.span(s) for s in own] == [encoder._any_span(s) for s in own]
     # decoded first: a difference then reads as fields, not as bytes
     assert ExportTraceServiceRequest.FromString(got) == ExportTraceServiceRequest.FromString(expected)
     assert got == expected
@@ -179,6 +193,46 @@ def test_cached_attributes_stay_right_when_the_cache_starts_over(monkeypatch):
     assert all(len(cache) <= 4 for cache in encoder._attr_caches.values())
 
 
+def test_our_own_spans_take_the_field_path_and_others_the_property_path(monkeypatch):
+    provider, exporter = _provider(span_class="trace-run")
+    sdk_provider, sdk_exporter = _provider()
+    links = []
+    for p in (provider, sdk_provider):
+        with p.get_tracer("t").start_as_current_span("s", links=links, attributes={"k": "v"}) as span:
+            span.add_event("e")
+        links = [Link(span.get_span_context(), {"why": "retry"})]
+    with provider.get_tracer("t").start_as_current_span("linked", links=links) as span:
+        span.set_status(Status(StatusCode.ERROR, "no"))
+    ours, theirs = list(exporter.get_finished_spans()), list(sdk_exporter.get_finished_spans())
+    assert [type(s) for s in ours] == [fastspan.Span] * 2 and type(theirs[0]) is not fastspan.Span
+    by_properties = Encoder(pause=False)._any_span
+    expected = {id(s): by_properties(s) for s in ours + theirs}
+    read = []
+    monkeypatch.setattr(Encoder, "_any_span", lambda self, span: read.append(span.name) or by_properties(span))
+    encoder = Encoder(pause=False)
+    assert {id(s): encoder.span(s) for s in ours + theirs} == expected
+    assert read == ["s"]  # the SDK's span only
+    # a span made by the SDK's constructor (a program's own, or the fallback) is one of ours too
+    made = fastspan.Span("by-hand", ours[0].context, resource=ours[0].resource, attributes={"a": 1})
+    made.start()
+    made.end()
+    assert encoder.span(made) == by_properties(made)
+    _assert_same(ours + theirs + [made])
+
+
+def test_where_span_context_is_not_the_tuple_it_reads_every_span_takes_the_property_path(monkeypatch):
+    monkeypatch.setattr(otlp_encoder, "_OWN_SPAN", [])
+    monkeypatch.setattr(otlp_encoder, "_context_layout", lambda: False)
+    provider, exporter = _provider(span_class="trace-run")
+    with provider.get_tracer("t").start_as_current_span("s", attributes={"k": 1}):
+        pass
+    spans = exporter.get_finished_spans()
+    assert otlp_encoder._own_span_type() is None
+    assert Encoder(pause=False).encode(spans) == official_encode(spans).SerializePartialToString()
+    monkeypatch.undo()
+    assert otlp_encoder._context_layout() is True  # the installed API's SpanContext is that tuple
+
+
 def test_a_batch_bigger_than_a_slice_pauses_and_still_matches(monkeypatch):
     pauses = []
     monkeypatch.setattr(otlp_encoder.time, "sleep", pauses.append)
@@ -268,9 +322,16 @@ def test_an_sdk_without_the_pieces_gets_the_stock_exporter(monkeypatch):
     assert type(sdk.build_otlp_exporter(dict(spec, encoder="sdk"))) is OTLPSpanExporter
     # a session from the SDK's credential-provider entry point: only the stock exporter loads it
     # (no such provider is installed here: the stock exporter's own error proves it was the one built)
+    from trace_run.core import config
+
     monkeypatch.setenv("OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER", "no_such_provider")
-    with pytest.raises(RuntimeError, match="no_such_provider"):
-        sdk.build_otlp_exporter(spec)
+    config.reset()  # read through the registry, which caches what it read
+    try:
+        with pytest.raises(RuntimeError, match="no_such_provider"):
+            sdk.build_otlp_exporter(spec)
+    finally:
+        monkeypatch.delenv("OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER")
+        config.reset()
 
 
 def test_grpc_exporter_sends_the_official_bytes(receiver):
@@ -286,8 +347,9 @@ def test_grpc_exporter_sends_the_official_bytes(receiver):
 
 def test_grpc_exporter_without_the_internals_keeps_the_official_encoder(receiver, monkeypatch):
     from trace_run.agent import otlp_grpc
+    from trace_run.core import compat
 
-    monkeypatch.setattr(otlp_grpc, "_NEEDS", otlp_grpc._NEEDS + ("_no_such_attribute",))
+    monkeypatch.setattr(compat, "GRPC_EXPORTER_NEEDS", compat.GRPC_EXPORTER_NEEDS + ("_no_such_attribute",))
     exporter = otlp_grpc.OTLPGrpcSpanExporter(endpoint=receiver.grpc_endpoint, insecure=True)
     assert not hasattr(exporter, "_encoder")
     spans = _spans()
@@ -297,7 +359,8 @@ def test_grpc_exporter_without_the_internals_keeps_the_official_encoder(receiver
 
 
 def _pipeline(receiver, monkeypatch, **env):
-    from trace_run.agent import config, sdk
+    from trace_run.agent import sdk
+    from trace_run.core import config
 
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.http_endpoint)
     for k, v in env.items():
@@ -308,18 +371,35 @@ def _pipeline(receiver, monkeypatch, **env):
     return provider, processors[0][0]
 
 
+def _built(counting) -> None:
+    """The first span end starts the exporter's build on a thread of its own: wait for it."""
+    deadline = time.monotonic() + 10
+    while counting.health.built is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def test_the_fast_pipeline_queues_bytes_and_delivers_redacted_spans(receiver, monkeypatch):
     provider, counting = _pipeline(receiver, monkeypatch, OTEL_TRACE_RUN_REDACT_ATTRIBUTES="user.email")
     queued = []
     real = counting._on_end
     monkeypatch.setattr(counting, "_on_end", lambda item: (queued.append(type(item).__name__), real(item)))
+    lazy = counting.health._lazy
+    gate, factory = threading.Event(), lazy._factory
+    monkeypatch.setattr(lazy, "_factory", lambda: (gate.wait(10), factory())[1])  # the build is under way
     tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span("before-the-build", attributes={"user.email": "a@b.c"}):
+        pass
+    gate.set()
+    _built(counting)
+    assert queued == ["_RedactedSpan"]  # ended before the exporter existed: queued redacted, encoded on export
+    queued.clear()
     with tracer.start_as_current_span("parent", attributes={"user.email": "a@b.c", "kept": 1}):
         with tracer.start_as_current_span("child"):
             pass
     provider.force_flush()
     assert queued == ["Encoded", "Encoded"]
-    spans = receiver.wait_for(count=2)
+    spans = receiver.wait_for(count=3)
+    assert [s.attributes for s in spans if s.name == "before-the-build"] == [{}]
     parent = [s for s in spans if s.name == "parent"][0]
     assert parent.attributes == {"kept": 1}
     assert [s for s in spans if s.name == "child"][0].parent_id == parent.span_id
@@ -341,7 +421,7 @@ def test_a_fast_pipeline_falling_back_to_the_stock_exporter_queues_spans_it_can_
     with provider.get_tracer("t").start_as_current_span("old-sdk", attributes={"user.email": "a@b.c", "k": 1}):
         pass
     provider.force_flush()
-    assert type(counting.health._exporter).__name__ == "OTLPSpanExporter"
+    assert type(counting.health.built).__name__ == "OTLPSpanExporter"
     assert queued == ["_RedactedSpan"]  # redacted as it ended, not pre-encoded: the stock exporter takes spans
     assert [(s.name, s.attributes) for s in receiver.wait_for(count=1)] == [("old-sdk", {"k": 1})]  # redacted
     provider.shutdown()

@@ -7,11 +7,11 @@ import base64
 
 import pytest
 from apps.fault_servers import free_port
-from conftest import clean_env, run_traced, write_script
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as official_encode
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from support import clean_env, run_traced, write_script
 from trace_run.agent.http_transport import urllib3_sends_the_same
 from trace_run.agent.otlp_http import OTLPHTTPSpanExporter
 
@@ -143,4 +143,4 @@ def test_info_names_the_transport_and_why(tmp_path):
     line = [x for x in run_traced(["--info"], env=env).stdout.splitlines() if x.strip().startswith("otlp")]
     assert line and "fast encoder, urllib3 transport," in line[0]
     proxied = run_traced(["--info"], env=dict(env, HTTPS_PROXY="http://proxy.example:3128")).stdout
-    assert "requests transport (https, a CA file, a proxy variable or a .netrc)" in proxied
+    assert "requests transport (https, a CA file, a proxy variable, a .netrc or credentials in the endpoint)" in proxied

@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from conftest import clean_env, run_traced, write_script
 from opentelemetry import trace
 from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from support import clean_env, run_traced, write_script
 from trace_run.agent import redact
 
 

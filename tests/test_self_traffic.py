@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import clean_env, run_traced, write_script
+from support import clean_env, run_traced, write_script
 
 PROGRAM = """
     import requests, urllib3, http.client, urllib.request  # every HTTP client instrumented

@@ -1,14 +1,29 @@
-"""W3C Trace Context Level 1, rule by rule (both directions).
+"""W3C Trace Context Level 1, rule by rule (both directions), then end to end.
 
 Each row names the rule; where the SDK's propagator differs the row says so.
+The end-to-end tests use the W3C harness's method: a Flask service under
+trace-run (tests/apps/w3c_service.py, the service the real harness was run
+against) gets traceparent/tracestate and calls back a server of the test,
+which reads the trace context the service propagated.
 """
 
 from __future__ import annotations
 
+import http.client
+import json
+import logging
+import os
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import pytest
+from apps.fault_servers import free_port
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from opentelemetry.trace.span import TraceState
+from support import HERE, TRACE_RUN, clean_env, python
 from trace_run.agent.tracecontext import W3CTraceContextPropagator
 
 P = W3CTraceContextPropagator()
@@ -105,25 +120,29 @@ STATE_ROWS = [
     ("empty header first", ["", "foo=1"], "foo=1"),
     ("empty and whitespace-only members skipped", "foo=1,, \t ,bar=2,", "foo=1,bar=2"),
     ("OWS around members", "foo=1 \t , \t bar=2, \t baz=3", "foo=1,bar=2,baz=3"),
-    ("duplicated key discards", "foo=1,foo=1", None),
-    ("duplicated key with other values discards", "foo=1,foo=2", None),
-    ("duplicated key across headers discards", ["foo=1", "foo=1"], None),
+    # a duplicated key keeps its first member (the SDK and the older trace-run dropped the whole tracestate)
+    ("duplicated key keeps one", "foo=1,foo=1", "foo=1"),
+    ("duplicated key with other values keeps the first", "foo=1,bar=2,foo=3", "foo=1,bar=2"),
+    ("duplicated key across headers keeps the first", ["foo=1", "foo=2"], "foo=1"),
     ("key with space discards", "foo =1", None),
     ("upper-case key discards", "FOO=1", None),
     ("key with dot discards", "foo.bar=1", None),
-    ("key starting with digit (simple) discards", "1foo=1", None),
+    # keys by the current Recommendation: ( lcalpha / DIGIT ) 0*255( keychar ), `@` is a keychar
+    ("key may start with a digit", "1foo=1", "1foo=1"),
     ("vendor key", "tenant@vendor=1", "tenant@vendor=1"),
     ("tenant may start with a digit", "1tenant@vendor=1", "1tenant@vendor=1"),
-    ("empty vendor discards", "foo@=1,bar=2", None),
-    ("empty tenant discards", "@foo=1,bar=2", None),
-    ("double at discards", "foo@@bar=1,bar=2", None),
-    ("two ats discard", "foo@bar@baz=1,bar=2", None),
-    ("vendor starting with a digit discards", "foo@1bar=1", None),
+    ("key ending in @", "foo@=1,bar=2", "foo@=1,bar=2"),
+    ("key starting with @ discards", "@foo=1,bar=2", None),
+    ("key with @@", "foo@@bar=1,bar=2", "foo@@bar=1,bar=2"),
+    ("key with two @", "foo@bar@baz=1,bar=2", "foo@bar@baz=1,bar=2"),
+    ("@ followed by a digit", "foo@1bar=1", "foo@1bar=1"),
+    ("key starting with _ discards", "_foo=1", None),
     ("key of 256 chars", "z" * 256 + "=1", "z" * 256 + "=1"),
     ("key of 257 chars discards", "z" * 257 + "=1", None),
-    ("tenant 241 + vendor 14", "t" * 241 + "@" + "v" * 14 + "=1", "t" * 241 + "@" + "v" * 14 + "=1"),
-    ("tenant of 242 discards", "t" * 242 + "@v=1", None),
-    ("vendor of 15 discards", "t@" + "v" * 15 + "=1", None),
+    ("256 chars with @ at 242", "t" * 241 + "@" + "v" * 14 + "=1", "t" * 241 + "@" + "v" * 14 + "=1"),
+    ("256 chars with @ at 243", "t" * 242 + "@" + "v" * 13 + "=1", "t" * 242 + "@" + "v" * 13 + "=1"),
+    ("@ then 15 chars", "t@" + "v" * 15 + "=1", "t@" + "v" * 15 + "=1"),
+    ("257 chars with an @ discards", "t" * 242 + "@" + "v" * 14 + "=1", None),
     ("all allowed key characters", "abcdefghijklmnopqrstuvwxyz0123456789_-*/=1",
      "abcdefghijklmnopqrstuvwxyz0123456789_-*/=1"),
     ("value of 256 chars", "foo=" + "v" * 256, "foo=" + "v" * 256),
@@ -136,6 +155,7 @@ STATE_ROWS = [
     ("member without = discards", "foo", None),
     ("32 members", ",".join("k%02d=1" % i for i in range(32)), ",".join("k%02d=1" % i for i in range(32))),
     ("33 members discard", ",".join("k%02d=1" % i for i in range(33)), None),
+    ("33 members with a duplicate discard", ",".join("k%02d=1" % i for i in range(32)) + ",k00=2", None),
 ]
 
 
@@ -207,3 +227,140 @@ def test_is_the_propagator_for_tracecontext():
 
     composite = sdk.build_propagator(["tracecontext"])
     assert any(isinstance(p, W3CTraceContextPropagator) for p in composite._propagators)
+
+
+def test_keys_of_the_new_grammar_log_nothing(caplog):
+    # the API's TraceState constructor would log "Invalid key/value pair" for foo@ and drop it
+    with caplog.at_level(logging.DEBUG):
+        ctx = extract({"traceparent": VALID, "tracestate": "foo@=1,a@b@c=2,foo@=3"})
+    assert ctx.trace_state.to_header() == "foo@=1,a@b@c=2"
+    assert caplog.records == []
+
+
+# -- end to end: the W3C harness's method against a Flask service under trace-run ----------------
+
+HARNESS_TRACE = "12345678901234567890123456789012"
+HARNESS_PARENT = "00-%s-1234567890123456-00" % HARNESS_TRACE
+
+
+class _Callbacks(ThreadingHTTPServer):
+    """Stands in for the harness: records the trace context of each callback it receives."""
+
+    daemon_threads = True
+
+    def __init__(self):
+        self.seen: dict = {}
+        self.arrived = threading.Condition()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(handler):  # noqa: N805 - the server is `self` here
+                handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+                with self.arrived:
+                    self.seen[handler.path] = (handler.headers.get_all("traceparent") or [],
+                                               handler.headers.get_all("tracestate") or [])
+                    self.arrived.notify_all()
+                handler.send_response(200)
+                handler.send_header("Content-Length", "0")
+                handler.end_headers()
+
+            def log_message(handler, *args):  # noqa: N805
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+    def wait(self, path: str, timeout: float = 20.0):
+        with self.arrived:
+            self.arrived.wait_for(lambda: path in self.seen, timeout)
+            return self.seen.pop(path)
+
+
+@pytest.fixture(scope="module")
+def w3c_service():
+    """(post, callbacks): the service under trace-run, and a function that sends it one request."""
+    callbacks = _Callbacks()
+    threading.Thread(target=callbacks.serve_forever, daemon=True).start()
+    port = free_port()
+    proc = subprocess.Popen([TRACE_RUN, python(), os.path.join(HERE, "apps", "w3c_service.py"), str(port)],
+                            env=clean_env(OTEL_TRACES_EXPORTER="none"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # the dev server logs every request: not into a pipe
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            http.client.HTTPConnection("127.0.0.1", port, timeout=1).connect()
+            break
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, "service did not start"
+            time.sleep(0.1)
+    counter = iter(range(1_000_000))
+
+    def post(headers: list):
+        """Send `headers` (name, value pairs; a name may repeat) and return the callback's
+        (traceparent values, tracestate as a dict or None when absent)."""
+        path = "/callback/%d" % next(counter)
+        body = json.dumps([{"url": "http://127.0.0.1:%d%s" % (callbacks.server_port, path), "arguments": []}])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+        conn.putrequest("POST", "/test")
+        for name, value in headers + [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]:
+            conn.putheader(name, value)
+        conn.endheaders(body.encode())
+        assert conn.getresponse().status == 200
+        conn.close()
+        parents, states = callbacks.wait(path)
+        assert len(parents) == 1, parents
+        members = [m.strip() for m in ",".join(states).split(",") if m.strip()]
+        return parents[0], (dict(m.split("=", 1) for m in members) if states else None)
+
+    yield post
+    proc.terminate()
+    proc.wait(timeout=30)
+    callbacks.shutdown()
+
+
+def _continued(post, *states):
+    """Propagated tracestate (dict or None) for a request with HARNESS_PARENT and these tracestate lines."""
+    parent, state = post([("traceparent", HARNESS_PARENT)] + [("tracestate", s) for s in states])
+    assert parent.split("-")[1] == HARNESS_TRACE, parent  # the trace goes on
+    assert parent.split("-")[2] != "1234567890123456", parent  # through a span of the service
+    return state
+
+
+def test_harness_duplicated_keys_are_inherited(w3c_service):
+    # test_tracestate_duplicated_keys: inherited, duplicates kept as they are or all but one dropped
+    assert _continued(w3c_service, "foo=1,foo=1") == {"foo": "1"}
+    assert _continued(w3c_service, "foo=1,foo=2") == {"foo": "1"}
+    assert _continued(w3c_service, "foo=1", "foo=1") == {"foo": "1"}
+    assert _continued(w3c_service, "foo=1", "foo=2") == {"foo": "1"}
+    assert _continued(w3c_service, "bar=0,foo=1,baz=2,foo=3") == {"bar": "0", "foo": "1", "baz": "2"}
+
+
+def test_harness_keys_with_at_signs_are_inherited(w3c_service):
+    # test_tracestate_key_illegal_vendor_format: foo@, foo@@bar, foo@bar@baz are keys; @foo is not
+    assert _continued(w3c_service, "foo@=1,bar=2") == {"foo@": "1", "bar": "2"}
+    assert _continued(w3c_service, "foo@@bar=1,bar=2") == {"foo@@bar": "1", "bar": "2"}
+    assert _continued(w3c_service, "foo@bar@baz=1,bar=2") == {"foo@bar@baz": "1", "bar": "2"}
+    assert _continued(w3c_service, "@foo=1,bar=2") is None
+
+
+def test_harness_key_length_limit(w3c_service):
+    # test_tracestate_key_length_limit: 256 characters whatever the place of an @, 257 never
+    for key in ("z" * 256, "t" * 241 + "@" + "v" * 14, "t" * 242 + "@" + "v" * 13, "t@" + "v" * 15):
+        assert _continued(w3c_service, "foo=1", key + "=1") == {"foo": "1", key: "1"}, key
+    assert _continued(w3c_service, "foo=1", "z" * 257 + "=1") is None
+    assert _continued(w3c_service, "foo=1", "t" * 242 + "@" + "v" * 14 + "=1") is None
+
+
+def test_harness_neighbours_still_pass(w3c_service):
+    # what already conformed stays so: bad keys and values, member count, OWS, order, no tracestate
+    assert _continued(w3c_service, "foo =1") is None
+    assert _continued(w3c_service, "FOO=1") is None
+    assert _continued(w3c_service, "foo.bar=1") is None
+    assert _continued(w3c_service, "foo=bar=baz") is None
+    assert _continued(w3c_service, "foo=1", "") == {"foo": "1"}
+    assert _continued(w3c_service) is None
+    assert _continued(w3c_service, " foo=1 \t,\t bar=2 ") == {"foo": "1", "bar": "2"}
+    many = ["bar%02d=%02d" % (i, i) for i in range(1, 33)]
+    assert _continued(w3c_service, ",".join(many[:10]), ",".join(many[10:])) == dict(m.split("=") for m in many)
+    assert _continued(w3c_service, ",".join(many), "bar33=33") is None
+    parent, state = w3c_service([("traceparent", "00-%s-1234567890123456-0x" % HARNESS_TRACE),
+                                 ("tracestate", "foo=1")])
+    assert parent.split("-")[1] != HARNESS_TRACE and state is None  # a bad traceparent restarts the trace

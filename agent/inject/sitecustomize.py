@@ -16,9 +16,14 @@ def _trace_run_boot():
 
 
 def _trace_run_start(here):
+    # Set by the launcher for the command it runs. A descendant (say another interpreter the
+    # program starts, with no trace-run in it) is not what the user asked to trace: it is quiet.
+    launched = os.environ.pop("OTEL_TRACE_RUN_LAUNCHED", None) is not None
     try:
         from trace_run.agent import boot
     except Exception as exc:  # e.g. trace-run not installed in this interpreter
+        if not launched and os.environ.get("OTEL_LOG_LEVEL", "").strip().lower() != "debug":
+            return
         try:
             sys.stderr.write(
                 "trace-run: agent not started (cannot import trace_run in %s: %s); "

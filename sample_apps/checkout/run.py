@@ -7,9 +7,10 @@ the notifications Celery worker, each under `trace-run` with its own
 OTEL_SERVICE_NAME, drives the checkouts, prints each one's trace id and
 outcome, and stops everything (also on Ctrl-C or an error).
 
-This driver is not traced itself. It plays the browser: it sends each
-checkout with a `traceparent` header of its own making, so it knows the
-trace id of every checkout without any tracing code in the services.
+The driver traces itself, like a browser with a tracing SDK: it starts
+trace-run's agent in its own process (service `checkout-driver`) and makes one
+root span per checkout, so each checkout is one trace with exactly one root,
+the services' spans all under it, and the driver knows every trace id.
 
 Every OTEL_* variable given to run.py is passed on to the services (for
 example OTEL_EXPORTER_OTLP_ENDPOINT, or OTEL_TRACES_EXPORTER=console to see
@@ -45,8 +46,10 @@ SERVICES = WEB_SERVICES + (WORKER,)
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 CARDS = ("4111111111111111", "5555555555554444", "4242424242424242", "378282246310005")
+DRIVER_SERVICE = "checkout-driver"
 
 
+_stopping = threading.Event()  # a stop signal arrived
 _output = threading.Lock()  # the driver's lines and the services' lines never mix mid-line
 
 
@@ -58,7 +61,7 @@ def say(text: str, stream=None) -> None:
 
 
 class Stop(Exception):
-    """SIGTERM/SIGHUP to run.py: stop like on Ctrl-C."""
+    """SIGINT, SIGTERM or SIGHUP to run.py: stop the services and exit 130."""
 
 
 def find_trace_run() -> str:
@@ -69,6 +72,36 @@ def find_trace_run() -> str:
     if not found:
         sys.exit("run.py: trace-run not found next to %s nor on PATH; pip install trace-run" % sys.executable)
     return found
+
+
+def trace_driver():
+    """Start trace-run's agent in this process (as `trace-run python run.py` would) and return a tracer.
+
+    The driver's spans go where the services' go (the same OTEL_* settings). Each service still
+    gets its own OTEL_SERVICE_NAME (Service.start). None when trace_run cannot be imported here:
+    the checkouts then carry a traceparent of the driver's making and have no root span.
+    """
+    os.environ["OTEL_SERVICE_NAME"] = DRIVER_SERVICE
+    try:
+        from trace_run.agent import boot
+    except ImportError as exc:
+        say("run.py: the driver runs untraced (cannot import trace_run: %s)" % exc, sys.stderr)
+        return None
+    boot.start()
+    from opentelemetry import trace
+
+    return trace.get_tracer("checkout-driver")
+
+
+def untraced():
+    """The driver's own bookkeeping queries (schema, waiting for receipts) belong to no checkout."""
+    try:
+        from opentelemetry.instrumentation.utils import suppress_instrumentation
+    except ImportError:
+        import contextlib
+
+        return contextlib.nullcontext()
+    return suppress_instrumentation()
 
 
 def prepare_schema() -> None:
@@ -212,37 +245,64 @@ def stop_all(services: dict) -> None:
         svc.close_socket()
 
 
-def drive(storefront_url: str, checkouts: int, slow: int, results: list) -> None:
-    """POST /checkout N times, each in a trace whose id we chose; append one result per checkout."""
-    import requests
+def drive(storefront_url: str, checkouts: int, slow: int, results: list, tracer=None) -> None:
+    """POST /checkout N times, each under one root span of the driver's; append one result per checkout."""
+    import contextlib
+
+    import requests  # noqa: F401  (imported now: its first import is not part of the first checkout)
 
     for i in range(1, checkouts + 1):
-        trace_id = secrets.token_hex(16)
-        parent_id = secrets.token_hex(8)
-        cart = {
-            "user_id": "user-%d" % (100 + i),
-            "email": "customer%d@example.com" % i,
-            "card_number": CARDS[(i - 1) % len(CARDS)],
-            "items": [{"sku": "mug", "price": 12.5, "quantity": i}, {"sku": "tea", "price": 7.25}],
-            "simulate_slow_fraud_check": i == slow,
-        }
-        started = time.monotonic()
-        resp = requests.post(storefront_url + "/checkout", json=cart, timeout=60,
-                             headers={"traceparent": "00-%s-%s-01" % (trace_id, parent_id)})
-        elapsed = time.monotonic() - started
-        try:
-            body = resp.json()
-        except ValueError:
-            body = {"error": resp.text[:200]}
-        ok = resp.status_code == 200
-        result = {
-            "checkout": i, "trace_id": trace_id, "parent_span_id": parent_id, "slow": i == slow,
-            "ok": ok, "status": resp.status_code, "order_id": body.get("order_id"),
-            "error": None if ok else body.get("error", "HTTP %d" % resp.status_code), "seconds": round(elapsed, 3),
-        }
-        results.append(result)
-        outcome = "ok      order %s" % result["order_id"] if ok else "FAILED  %s" % result["error"]
-        say("checkout %d/%d  trace %s  %-32s %6.2f s" % (i, checkouts, trace_id, outcome, elapsed))
+        if _stopping.is_set():  # the signal's exception was swallowed (it landed in a finalizer, see main)
+            raise Stop()
+        root = contextlib.nullcontext() if tracer is None else tracer.start_as_current_span(
+            "checkout", attributes={"checkout.number": i, "checkout.slow_fraud_check": i == slow})
+        with root as span:
+            checkout(storefront_url, i, checkouts, slow, results, span)
+
+
+def checkout(storefront_url: str, i: int, checkouts: int, slow: int, results: list, span) -> None:
+    """One POST /checkout; `span` is the driver's root span of it (None when the driver is untraced)."""
+    import requests
+
+    headers = {}
+    context = span.get_span_context() if span is not None else None
+    if context is not None and context.is_valid:
+        from opentelemetry import propagate
+
+        trace_id, root_id = "%032x" % context.trace_id, "%016x" % context.span_id
+        propagate.inject(headers)  # the requests instrumentation, when on, puts its CLIENT span's id here
+    else:
+        trace_id, root_id = secrets.token_hex(16), ""
+        headers["traceparent"] = "00-%s-%s-01" % (trace_id, secrets.token_hex(8))
+    cart = {
+        "user_id": "user-%d" % (100 + i),
+        "email": "customer%d@example.com" % i,
+        "card_number": CARDS[(i - 1) % len(CARDS)],
+        "items": [{"sku": "mug", "price": 12.5, "quantity": i}, {"sku": "tea", "price": 7.25}],
+        "simulate_slow_fraud_check": i == slow,
+    }
+    started = time.monotonic()
+    resp = requests.post(storefront_url + "/checkout", json=cart, timeout=60, headers=headers)
+    elapsed = time.monotonic() - started
+    try:
+        body = resp.json()
+    except ValueError:
+        body = {"error": resp.text[:200]}
+    ok = resp.status_code == 200
+    result = {
+        "checkout": i, "trace_id": trace_id, "root_span_id": root_id, "slow": i == slow,
+        "ok": ok, "status": resp.status_code, "order_id": body.get("order_id"),
+        "error": None if ok else body.get("error", "HTTP %d" % resp.status_code), "seconds": round(elapsed, 3),
+    }
+    results.append(result)
+    if span is not None:
+        span.set_attribute("checkout.outcome", "ok" if ok else "failed")
+        if not ok:
+            from opentelemetry.trace import Status, StatusCode
+
+            span.set_status(Status(StatusCode.ERROR, result["error"]))
+    outcome = "ok      order %s" % result["order_id"] if ok else "FAILED  %s" % result["error"]
+    say("checkout %d/%d  trace %s  %-32s %6.2f s" % (i, checkouts, trace_id, outcome, elapsed))
 
 
 def wait_for_receipts(order_ids: list, timeout: float = 30.0) -> bool:
@@ -262,6 +322,13 @@ def wait_for_receipts(order_ids: list, timeout: float = 30.0) -> bool:
             time.sleep(0.1)
 
 
+def _stop(signum, frame) -> None:
+    # Python ignores (prints) an exception raised while a finalizer runs, and urllib3 closes each
+    # checkout's pool in one: the flag stops the drive at the next checkout if this one is lost
+    _stopping.set()
+    raise Stop()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkouts", type=int, default=3, help="how many checkouts to drive (default 3)")
@@ -272,14 +339,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     slow = args.slow if args.slow is not None else min(2, args.checkouts)
 
-    def stop(signum, frame):
-        raise Stop()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGHUP, stop)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _stop)
 
     trace_run = find_trace_run()
-    prepare_schema()
+    tracer = trace_driver()
+    with untraced():
+        prepare_schema()
     logdir = tempfile.mkdtemp(prefix="checkout-")
     services = {}
     results = []
@@ -290,8 +356,9 @@ def main(argv=None) -> int:
         start_all(services, trace_run)
         say("run.py: all services ready: " + ", ".join(
             "%s %s" % (s.name, s.url if s.port else "(celery worker)") for s in services.values()))
-        drive(services["storefront"].url, args.checkouts, slow, results)
-        receipts = wait_for_receipts([r["order_id"] for r in results if r["ok"]])
+        drive(services["storefront"].url, args.checkouts, slow, results, tracer)
+        with untraced():
+            receipts = wait_for_receipts([r["order_id"] for r in results if r["ok"]])
         if not receipts:
             say("run.py: not every receipt was sent in time; see %s" % services[WORKER].log_path, sys.stderr)
         as_expected = receipts and all(r["ok"] != r["slow"] for r in results) and all(

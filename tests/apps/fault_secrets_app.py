@@ -2,17 +2,27 @@
 
     python fault_secrets_app.py PG_DSN REDIS_URL AMQP_URL
 
-One JSON object per stdin line, {"tag": ..., "s": [secret, ...]} (at least 12 secrets):
-the program serves HTTP (Flask) and calls itself with requests and httpx, with secrets
-in signature query values, URL user:password and Authorization/Cookie/X-Api-Key
-headers; runs SQL with secret literals through psycopg (one of them in an error
-message) with a password in the DSN; stores and reads Redis values; publishes and
-consumes RabbitMQ message bodies. Then it flushes its spans and prints "ok TAG".
+One JSON object per stdin line, {"tag": ..., "s": [secret, ...]} (at least 19 secrets):
+the program serves HTTP (Flask) and calls itself with requests, httpx and urllib, with
+secrets in signature and token query values, URL user:password and Authorization/Cookie/
+X-Api-Key headers; a request to a closed port whose URL has a signature (its error text
+quotes the URL); handlers that let a PostgreSQL unique violation (its DETAIL holds the
+row value) and a Redis error echoing an argument escape; runs SQL with secret literals
+through psycopg (one of them in an error message) with a password in the DSN; opens
+SQLite through a URI with a key in its query; stores and reads Redis values; publishes
+and consumes RabbitMQ message bodies. Then it flushes its spans and prints "ok TAG".
 """
 
 import json
+import logging
+import os
+import socket
+import sqlite3
 import sys
+import tempfile
 import threading
+import urllib.error
+import urllib.request
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -28,9 +38,38 @@ pg_dsn, redis_url, amqp_url = sys.argv[1], sys.argv[2], sys.argv[3]
 app = Flask(__name__)
 
 
+app.logger.disabled = True  # the 500s below would fill the stderr pipe nobody reads until the end
+logging.getLogger("werkzeug").disabled = True
+
+
 @app.route("/echo/<int:n>")
 def echo(n):
     return jsonify(n=n, headers=len(request.headers))
+
+
+@app.route("/signup", methods=["POST"])
+def signup():
+    # A unique violation escapes: PostgreSQL's DETAIL names the row value.
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute("CREATE TEMP TABLE users (email text UNIQUE)")
+        for _ in range(2):
+            conn.execute("INSERT INTO users VALUES (%s)", (request.json["email"],))
+    return "unreachable"
+
+
+@app.route("/redis-fail", methods=["POST"])
+def redis_fail():
+    # Redis echoes the arguments of an unknown command in its error.
+    rds.execute_command("TRACE-RUN-NO-SUCH-COMMAND", request.json["value"])
+    return "unreachable"
+
+
+def closed_port() -> int:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return port
 
 
 server = make_server("127.0.0.1", 0, app, threaded=True)
@@ -56,12 +95,30 @@ for line in sys.stdin:
     # HTTP: query signatures, URL credentials, credential headers (captured by configuration).
     headers = {"Authorization": "Bearer " + s[0], "Cookie": "session=" + s[1], "X-Api-Key": s[2],
                "X-Request-Id": "req-" + tag}
-    r = requests.get(base + "/echo/1?X-Amz-Signature=%s&sig=%s&page=2" % (s[3], s[4]), headers=headers, timeout=10)
+    r = requests.get(base + "/echo/1?X-Amz-Signature=%s&sig=%s&page=2&token=%s" % (s[3], s[4], s[12]),
+                     headers=headers, timeout=10)
     assert r.status_code == 200, r.status_code
     user_url = base.replace("http://", "http://user%s:%s@" % (tag, s[5]))
     assert requests.get(user_url + "/echo/2", timeout=10).status_code == 200
     with httpx.Client(timeout=10) as client:
-        assert client.get(user_url + "/echo/3?signature=%s" % s[6], headers=headers).status_code == 200
+        assert client.get(user_url + "/echo/3?signature=%s&API_KEY=%s" % (s[6], s[13]),
+                          headers=headers).status_code == 200
+    # Error texts: a client error quoting its URL, urllib with user:password, escaping DB errors.
+    try:
+        requests.get("http://127.0.0.1:%d/x?X-Amz-Signature=%s;v=1" % (closed_port(), s[14]), timeout=10)
+    except requests.ConnectionError:
+        pass
+    try:
+        urllib.request.urlopen("http://u:%s@127.0.0.1:%d/echo/5" % (s[15], server.server_port), timeout=10)
+    except (urllib.error.URLError, OSError, UnicodeError):  # no such host (the IDNA codec may refuse it first)
+        pass
+    assert requests.post(base + "/signup", json={"email": s[16]}, timeout=10).status_code == 500
+    assert requests.post(base + "/redis-fail", json={"value": s[18]}, timeout=10).status_code == 500
+    # SQLite through a URI whose query holds a key.
+    with tempfile.TemporaryDirectory() as tmp:
+        lite = sqlite3.connect("file:%s?psk=%s&mode=rwc" % (os.path.join(tmp, "app.db"), s[17]), uri=True)
+        lite.execute("CREATE TABLE t (x)")
+        lite.close()
     # SQL: literals in the text, one in the server's error message, a password in the DSN.
     with psycopg.connect(with_password(pg_dsn, s[7])) as conn:
         with conn.cursor() as cur:

@@ -32,6 +32,7 @@ class FaultServer:
 
     `script` is a list of modes used one per request, the last one repeating:
       ok | hang | garbage | garbage200 | close | status:<code>[:<retry-after>]
+      | max:<bytes> (413 for a bigger body, else ok) | slow:<seconds> (takes the spans, answers later)
     """
 
     def __init__(self, script, port: int = 0, tls: ssl.SSLContext = None):
@@ -41,6 +42,7 @@ class FaultServer:
         self.span_ids: list = []  # span ids (hex) of every accepted span, duplicates kept
         self.bodies: list = []
         self.errors: list = []
+        self.too_big = 0  # requests refused by a max:<bytes> mode
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._sock = socket.socket()
@@ -111,15 +113,30 @@ class FaultServer:
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\n"
                              b"Content-Length: %d\r\n\r\n" % len(junk) + junk)
                 continue
+            if mode.startswith("max:") and length > int(mode[4:]):  # a collector's request size limit
+                with self._lock:
+                    self.too_big += 1
+                conn.sendall(b"HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 0\r\n\r\n")
+                continue
+            if mode.startswith("slow:"):  # takes the spans, answers after a while
+                self._accept(body)
+                if self._stop.wait(float(mode[5:])):
+                    return
+                self._answer_ok(conn)
+                continue
             if mode.startswith("status:"):
                 parts = mode.split(":")
                 extra = ("Retry-After: %s\r\n" % parts[2]) if len(parts) > 2 else ""
                 conn.sendall(("HTTP/1.1 %s Failing\r\n%sContent-Length: 0\r\n\r\n" % (parts[1], extra)).encode())
                 continue
             self._accept(body)
-            out = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\n"
-                         b"Content-Length: %d\r\n\r\n" % len(out) + out)
+            self._answer_ok(conn)
+
+    @staticmethod
+    def _answer_ok(conn: socket.socket) -> None:
+        out = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(out) + out)
 
     def _accept(self, body: bytes) -> None:
         request = trace_service_pb2.ExportTraceServiceRequest()

@@ -1,0 +1,354 @@
+"""trace-run's span class and the tracer that makes it: the SDK's pipeline, a shorter path to it.
+
+`Span` IS the SDK's span (a subclass of `opentelemetry.sdk.trace.Span`, so a
+`ReadableSpan` and an API `Span` to every processor, exporter, sampler and
+program), keeping its fields under the SDK's names; it inherits everything
+but the few methods where the time went:
+
+- made without the SDK's constructor: attributes of plain values (str, int,
+  float, bool within the limits: what instrumentors pass) go into the
+  BoundedAttributes without the per-value cleaning, which for them changes
+  nothing; events and links get their bounded lists when the first one comes;
+- `end` hands the span itself to the processors (it is read-only from then
+  on) instead of a copy; `set_attribute` skips the cleaning for plain values;
+- `Tracer.start_as_current_span` is one small context manager instead of
+  three generators (ProxyTracer's, the SDK tracer's, `use_span`).
+
+Anything else (other values, limits reached, a span made by hand with the
+SDK's constructor) takes the SDK's own code. Where the installed SDK differs
+from what this was checked against (its span has fields ours lacks, its
+BoundedAttributes stores otherwise), spans are made by the SDK's constructor:
+slower, the same. OTEL_TRACE_RUN_SPAN_CLASS=sdk switches all of it off.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from time import time_ns
+from typing import Any, Optional
+
+from opentelemetry import context as context_api
+from opentelemetry import trace as trace_api
+from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.sdk import trace as sdk_trace
+from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace.status import Status, StatusCode
+
+_logger = logging.getLogger("opentelemetry.sdk.trace")  # the SDK's messages, under the SDK's logger
+
+_new = object.__new__
+_Lock = threading.Lock
+_SPAN_KEY = getattr(trace_api, "_SPAN_KEY", None)
+_UNSET = Status(StatusCode.UNSET)
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
+_RECORD_AND_SAMPLE = Decision.RECORD_AND_SAMPLE
+_RECORD_ONLY = Decision.RECORD_ONLY
+_PLAIN = (str, int, float, bool)
+_INTERNAL = SpanKind.INTERNAL
+
+# What differs between the SDK releases trace-run supports (1.33 and later), checked once.
+_RANDOM_FLAG = getattr(TraceFlags, "RANDOM_TRACE_ID", None)  # W3C level 2 "random" flag (newer SDKs)
+_HAS_ON_ENDING = hasattr(sdk_trace.SpanProcessor, "_on_ending")
+_HAS_IS_ENABLED = hasattr(sdk_trace.Tracer, "_is_enabled")
+
+
+class _AttributeMaker:
+    """BoundedAttributes for one tracer's limits, made without cleaning when every key is a non-empty str
+    and every value a str/int/float/bool within the limits: for those the cleaning changes nothing, so the
+    result is the constructor's (checked once against it; else the constructor is used every time)."""
+
+    def __init__(self, maxlen: Optional[int], max_value_len: Optional[int]):
+        self.maxlen, self.max_value_len = maxlen, max_value_len
+        self.fast = False
+        try:
+            self._prepare()
+        except Exception:  # another BoundedAttributes than the one this was written for: its constructor
+            self.fast = False
+
+    def _prepare(self) -> None:
+        proto = BoundedAttributes(self.maxlen, None, immutable=False, max_value_len=self.max_value_len)
+        state = dict(vars(proto))
+        if not (isinstance(state.get("_dict"), dict) and "_lock" in state and state.get("dropped") == 0
+                and state.get("_immutable") is False and self.maxlen != 0):
+            return
+        self._state = state
+        self._dict_type = type(state["_dict"])
+        self._lock_type = type(proto._lock)
+        self._lock_factory = threading.RLock if self._lock_type is type(threading.RLock()) else threading.Lock
+        probe = {"a": "x" * min(3, self.max_value_len or 3), "b": 1, "c": 2.5, "d": True}
+        if self.maxlen is not None:
+            probe = dict(list(probe.items())[: self.maxlen])
+        real = BoundedAttributes(self.maxlen, probe, immutable=False, max_value_len=self.max_value_len)
+        self.fast = True
+        ours = self.make(probe)
+        same = (type(ours._lock) is self._lock_type and list(ours._dict.items()) == list(real._dict.items())
+                and {k: v for k, v in vars(ours).items() if k not in ("_lock", "_dict")}
+                == {k: v for k, v in vars(real).items() if k not in ("_lock", "_dict")})
+        self.fast = same
+
+    def plain(self, attributes) -> bool:
+        """Every item is one the cleaning leaves as it is, and there is room for all."""
+        maxlen, max_value_len = self.maxlen, self.max_value_len
+        if maxlen is not None and len(attributes) > maxlen:
+            return False
+        for key, value in attributes.items():
+            kind = type(value)
+            if type(key) is not str or not key or kind not in _PLAIN:
+                return False
+            if kind is str and max_value_len is not None and len(value) > max_value_len:
+                return False
+        return True
+
+    def make(self, attributes) -> BoundedAttributes:
+        if self.fast and (not attributes or self.plain(attributes)):
+            made = _new(BoundedAttributes)
+            state = made.__dict__
+            state.update(self._state)
+            state["_dict"] = self._dict_type(attributes) if attributes else self._dict_type()
+            state["_lock"] = self._lock_factory()
+            return made
+        return BoundedAttributes(self.maxlen, attributes, immutable=False, max_value_len=self.max_value_len)
+
+
+class Span(sdk_trace.Span):
+    """The SDK's span with a shorter path for what instrumentors do with it (see the module's doc)."""
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        maker = self._maker
+        kind = type(value)
+        if maker is not None and maker.fast and type(key) is str and key and kind in _PLAIN and (
+                kind is not str or maker.max_value_len is None or len(value) <= maker.max_value_len):
+            with self._lock:
+                if self._end_time is not None:
+                    _logger.warning("Setting attribute on ended span.")
+                    return
+                stored = self._attributes._dict
+                if key in stored:
+                    del stored[key]  # a key set again moves to the end, as in BoundedAttributes
+                    stored[key] = value
+                    return
+                if maker.maxlen is None or len(stored) < maker.maxlen:
+                    stored[key] = value
+                    return
+        super().set_attribute(key, value)  # full, or any other value: the SDK's way (and its messages)
+
+    def set_attributes(self, attributes) -> None:
+        maker = self._maker
+        if maker is not None and maker.fast and attributes and maker.plain(attributes):
+            with self._lock:
+                if self._end_time is not None:
+                    _logger.warning("Setting attribute on ended span.")
+                    return
+                stored = self._attributes._dict
+                if maker.maxlen is None or len(stored) + len(attributes) <= maker.maxlen:
+                    for key, value in attributes.items():
+                        if key in stored:
+                            del stored[key]
+                        stored[key] = value
+                    return
+        super().set_attributes(attributes)
+
+    # events and links get their bounded lists with the first one (most spans have neither)
+    def _add_event(self, event) -> None:
+        with self._lock:
+            if self._end_time is None:
+                if type(self._events) is tuple:
+                    self._events = self._new_events()
+                self._events.append(event)
+                return
+        _logger.warning("Tried calling %s on an ended span.", "_add_event")
+
+    def _add_link(self, link) -> None:
+        with self._lock:
+            if self._end_time is None:
+                if type(self._links) is tuple:
+                    self._links = sdk_trace.Span._new_links(self, ())
+                self._links.append(link)
+                return
+        _logger.warning("Tried calling %s on an ended span.", "_add_link")
+
+    def end(self, end_time: Optional[int] = None) -> None:
+        with self._lock:
+            if self._start_time is None:
+                raise RuntimeError("Calling end() on a not started span.")
+            if self._end_time is not None:
+                _logger.warning("Calling end() on an ended span.")
+                return
+            self._end_time = end_time if end_time is not None else time_ns()
+            self._attributes._immutable = True
+        record_end_metrics = self.__dict__.get("_record_end_metrics")
+        if record_end_metrics:
+            record_end_metrics()
+        processor = self._span_processor
+        if _HAS_ON_ENDING:
+            processor._on_ending(self)
+        processor.on_end(self)  # itself, not a copy: nothing about it can change any more
+
+
+Span._maker = None  # spans made by the SDK's constructor (by hand, or the fallback) take the SDK's paths
+
+
+def _sdk_span_fields(resource) -> frozenset:
+    """The fields the installed SDK's constructor gives a span."""
+    span = sdk_trace._Span("probe", SpanContext(1, 1, is_remote=False), resource=resource)
+    return frozenset(vars(span))
+
+
+class Tracer(sdk_trace.Tracer):
+    """The SDK's tracer making `Span`s. The agent's provider turns the SDK tracers it makes into these
+    (`adopt`): the SDK builds them, keeps them and updates them (resource after a fork, configuration)."""
+
+    _fields_ok: Optional[bool] = None  # our spans have every field the SDK's constructor gives (once)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._trace_run_setup()
+
+    def _trace_run_setup(self) -> None:
+        limits = self._span_limits
+        self._maker = _AttributeMaker(limits.max_span_attributes, limits.max_span_attribute_length)
+        self._metrics = getattr(self, "_tracer_metrics", None)
+        if Tracer._fields_ok is None:
+            expected = set(_FIELDS) | ({"_record_end_metrics"} if self._metrics is not None else set())
+            Tracer._fields_ok = _sdk_span_fields(self.resource) <= expected
+
+    def start_as_current_span(self, name: str, context=None, kind: SpanKind = _INTERNAL, attributes=None,
+                              links=(), start_time: Optional[int] = None, record_exception: bool = True,
+                              set_status_on_exception: bool = True, end_on_exit: bool = True):
+        return CurrentSpan(self, name, context, kind, attributes, links, start_time, record_exception,
+                           set_status_on_exception, end_on_exit)
+
+    def start_span(self, name: str, context=None, kind: SpanKind = _INTERNAL, attributes=None, links=(),
+                   start_time: Optional[int] = None, record_exception: bool = True,
+                   set_status_on_exception: bool = True) -> trace_api.Span:
+        # the SDK's Tracer.start_span, step for step (tests/test_fastspan.py compares the two)
+        links = links or ()
+        parent = trace_api.get_current_span(context).get_span_context()
+        if parent is not None and not isinstance(parent, SpanContext):
+            raise TypeError("parent_span_context must be a SpanContext or None.")
+        if _HAS_IS_ENABLED and not self._is_enabled():
+            return NonRecordingSpan(context=parent)
+        if parent is None or not parent.is_valid:
+            parent = None
+            trace_id = self.id_generator.generate_trace_id()
+        else:
+            trace_id = parent.trace_id
+        result = self.sampler.should_sample(context, trace_id, name, kind, attributes, links)
+        decision = result.decision
+        flags = _SAMPLED if decision is _RECORD_AND_SAMPLE else _NOT_SAMPLED
+        if _RANDOM_FLAG is not None:
+            random = self.id_generator.is_trace_id_random() if parent is None else parent.trace_flags.random_trace_id
+            if random:
+                flags = TraceFlags(flags | _RANDOM_FLAG)
+        span_context = SpanContext(trace_id, self.id_generator.generate_span_id(), is_remote=False,
+                                   trace_flags=flags, trace_state=result.trace_state)
+        metrics = self._metrics
+        record_end_metrics = metrics.start_span(parent, decision) if metrics is not None else None
+        if decision is not _RECORD_AND_SAMPLE and decision is not _RECORD_ONLY:
+            return NonRecordingSpan(context=span_context)
+        if not Tracer._fields_ok:
+            return self._sdk_constructed(name, span_context, parent, result, kind, links, record_exception,
+                                         set_status_on_exception, start_time, context, record_end_metrics)
+        maker = self._maker
+        span = _new(Span)
+        span.__dict__ = {
+            "_name": name, "_context": span_context, "_kind": kind,
+            "_instrumentation_info": self.instrumentation_info,
+            "_instrumentation_scope": self._instrumentation_scope, "_parent": parent,
+            "_start_time": start_time if start_time is not None else time_ns(), "_end_time": None,
+            "_attributes": maker.make(result.attributes), "_events": (), "_links": (), "_resource": self.resource,
+            "_status": _UNSET, "_sampler": self.sampler, "_trace_config": None,
+            "_record_exception": record_exception, "_set_status_on_exception": set_status_on_exception,
+            "_span_processor": self.span_processor, "_limits": self._span_limits, "_lock": _Lock(),
+            "_record_end_metrics": record_end_metrics, "_maker": maker,
+        }
+        if links:
+            span._links = sdk_trace.Span._new_links(span, links)  # the SDK's checks and limits
+        self.span_processor.on_start(span, parent_context=context)
+        return span
+
+    def _sdk_constructed(self, name, span_context, parent, result, kind, links, record_exception,
+                         set_status_on_exception, start_time, context, record_end_metrics) -> Span:
+        kwargs = dict(name=name, context=span_context, parent=parent, sampler=self.sampler,
+                      resource=self.resource, attributes=result.attributes, span_processor=self.span_processor,
+                      kind=kind, links=links, instrumentation_info=self.instrumentation_info,
+                      record_exception=record_exception, set_status_on_exception=set_status_on_exception,
+                      limits=self._span_limits, instrumentation_scope=self._instrumentation_scope)
+        if self._metrics is not None:
+            kwargs["record_end_metrics"] = record_end_metrics
+        span = Span(**kwargs)
+        span.start(start_time=start_time, parent_context=context)
+        return span
+
+
+# the fields trace-run's spans are made with (the SDK 1.33-1.45 constructor's, plus _maker)
+_FIELDS = ("_name", "_context", "_kind", "_instrumentation_info", "_instrumentation_scope", "_parent",
+           "_start_time", "_end_time", "_attributes", "_events", "_links", "_resource", "_status", "_sampler",
+           "_trace_config", "_record_exception", "_set_status_on_exception", "_span_processor", "_limits",
+           "_lock", "_record_end_metrics")
+
+
+def adopt(tracer: sdk_trace.Tracer) -> sdk_trace.Tracer:
+    """The SDK's tracer, now making trace-run's spans (its class swapped once; the provider keeps it)."""
+    if type(tracer) is sdk_trace.Tracer:
+        tracer.__class__ = Tracer
+        tracer._trace_run_setup()
+    return tracer
+
+
+class CurrentSpan:
+    """`start_as_current_span`'s context manager: a new span, current inside the block, ended after
+    it, with the API's `use_span` rules for an exception. Also a decorator (a new span per call)."""
+
+    __slots__ = ("_tracer", "_args", "_span", "_token")
+
+    def __init__(self, tracer, *args: Any) -> None:
+        self._tracer = tracer
+        self._args = args  # name, context, kind, attributes, links, start_time, record, set_status, end
+
+    def __enter__(self) -> trace_api.Span:
+        a = self._args
+        span = self._span = self._tracer.start_span(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7])
+        self._token = context_api.attach(context_api.set_value(_SPAN_KEY, span))
+        return span
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        span = self._span
+        try:
+            context_api.detach(self._token)
+        finally:
+            try:
+                if isinstance(exc, Exception) and span.is_recording():  # not BaseException: see use_span
+                    a = self._args
+                    if a[6]:
+                        span.record_exception(exc)
+                    if a[7]:
+                        span.set_status(Status(status_code=StatusCode.ERROR,
+                                               description=f"{type(exc).__name__}: {exc}"))
+            finally:
+                if self._args[8]:
+                    span.end()
+        return False
+
+    def __call__(self, function):
+        import functools
+        import inspect
+
+        tracer, args = self._tracer, self._args
+        if inspect.iscoroutinefunction(function):
+            @functools.wraps(function)
+            async def run_async(*f_args, **f_kwargs):
+                with CurrentSpan(tracer, *args):
+                    return await function(*f_args, **f_kwargs)
+
+            return run_async
+
+        @functools.wraps(function)
+        def run(*f_args, **f_kwargs):
+            with CurrentSpan(tracer, *args):
+                return function(*f_args, **f_kwargs)
+
+        return run

@@ -1,0 +1,222 @@
+"""Every private name of OpenTelemetry (and of CPython's C API) that trace-run uses, in one module.
+
+Each is reached through a feature check with a defined fallback: a release that renames or drops one
+costs trace-run that one feature (said at debug level, or as a warning where a user would notice) and
+never breaks the program. pyproject's dependency floor is the oldest set of releases this is tested
+with (the floor leg in .ci/run). Only `opentelemetry.context` is imported here up front: instrumentors
+import this module, the agent's start-up path does not.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+from opentelemetry import context as _context
+
+
+def _context_key(name: str, fallback: str) -> str:
+    """The API's own key if it has it; else one of ours (trace-run's instrumentors still agree with each other)."""
+    key = getattr(_context, name, None)
+    return key if isinstance(key, str) else _context.create_key(fallback)
+
+
+# The keys opentelemetry-instrumentation's suppress_instrumentation / suppress_http_instrumentation set.
+SUPPRESS_INSTRUMENTATION_KEY = _context_key("_SUPPRESS_INSTRUMENTATION_KEY", "suppress_instrumentation")
+SUPPRESS_HTTP_INSTRUMENTATION_KEY = _context_key("_SUPPRESS_HTTP_INSTRUMENTATION_KEY",
+                                                 "suppress_http_instrumentation")
+
+
+# -- the global TracerProvider ---------------------------------------------------------------
+
+
+def otlp_endpoint_of(processor: Any) -> Optional[str]:
+    """The OTLP endpoint a Batch/SimpleSpanProcessor sends to (the SDK's `_batch_processor._exporter`
+    or `span_exporter`, the exporter's `_endpoint`); None when it cannot be told (fallback: the
+    processor is added as asked)."""
+    exporter = getattr(getattr(processor, "_batch_processor", None), "_exporter", None)
+    if exporter is None:
+        exporter = getattr(processor, "span_exporter", None)
+    endpoint = getattr(exporter, "_endpoint", None)
+    if not isinstance(endpoint, str) or "otlp" not in type(exporter).__module__:
+        return None
+    return endpoint
+
+
+def can_set_tracer_provider_again() -> bool:
+    """The API sets its provider once (`_TRACER_PROVIDER_SET_ONCE`, `_TRACER_PROVIDER`). Fallback:
+    False, and the agent's provider stays (program_provider warns)."""
+    from opentelemetry import trace
+
+    once = getattr(trace, "_TRACER_PROVIDER_SET_ONCE", None)
+    return once is not None and hasattr(trace, "_TRACER_PROVIDER") and callable(type(once))
+
+
+def allow_setting_tracer_provider_again() -> None:
+    """Let the next `trace.set_tracer_provider` replace the current provider (after the check above)."""
+    from opentelemetry import trace
+
+    trace._TRACER_PROVIDER_SET_ONCE = type(trace._TRACER_PROVIDER_SET_ONCE)()
+
+
+def update_resource(provider: Any, attributes: dict) -> bool:
+    """Merge `attributes` into the provider's resource (the SDK's own at-fork path, `_update_resource`).
+    Fallback: False, nothing changes (a forked child's spans keep the parent's process.pid)."""
+    update = getattr(provider, "_update_resource", None)
+    if update is None:
+        return False
+    from opentelemetry.sdk.resources import Resource
+
+    update(Resource(attributes))
+    return True
+
+
+# -- OTLP exporters ----------------------------------------------------------------------------
+
+
+def otlp_http_client() -> tuple:
+    """(`_OTLPHTTPClient`, its Compression enum, the stock exporter's default headers) of the SDK.
+    Raises ImportError where the SDK has no such client: the stock OTLP/HTTP exporter is used instead."""
+    import importlib
+
+    common_http = importlib.import_module("opentelemetry.exporter.otlp.common.http")
+    proto_http = importlib.import_module("opentelemetry.exporter.otlp.proto.http")
+    client = getattr(common_http, "_OTLPHTTPClient", None)
+    headers = getattr(proto_http, "_OTLP_HTTP_HEADERS", None)
+    if client is None or headers is None:
+        raise ImportError("this SDK's OTLP/HTTP package has no _OTLPHTTPClient or _OTLP_HTTP_HEADERS")
+    return client, common_http.Compression, dict(headers)
+
+
+def http_transport(library: str) -> tuple:
+    """(transport class, result class) of the SDK's HTTP transport on `library` ("urllib3" or "requests").
+    Raises ImportError where the SDK has none: trace-run's exporter and the capped answer are not used."""
+    import importlib
+
+    module = importlib.import_module("opentelemetry.exporter.http.transport._" + library)
+    prefix = {"urllib3": "Urllib3", "requests": "Requests"}[library]
+    transport = getattr(module, prefix + "HTTPTransport", None)
+    result = getattr(module, prefix + "HTTPResult", None)
+    if transport is None or result is None:
+        raise ImportError("opentelemetry.exporter.http.transport._%s lacks %sHTTPTransport/Result" % (library, prefix))
+    return transport, result
+
+
+def transport_pool(transport: Any) -> Any:
+    """The urllib3 PoolManager of the SDK's urllib3 transport (`_pool`), or None (then: its own request)."""
+    return getattr(transport, "_pool", None)
+
+
+def transport_session(transport: Any) -> Any:
+    """The requests Session of the SDK's requests transport (`_session`), or None (then: its own request)."""
+    return getattr(transport, "_session", None)
+
+
+def exporter_transport(exporter: Any) -> Any:
+    """The HTTP transport behind an OTLP/HTTP exporter (trace-run's: `_client._transport`), or None."""
+    return getattr(getattr(exporter, "_client", None), "_transport", None)
+
+
+def exporter_session(exporter: Any) -> Any:
+    """The requests Session of the SDK's stock OTLP/HTTP exporter (`_session`), or None."""
+    return getattr(exporter, "_session", None)
+
+
+# The stock gRPC exporter's parts trace-run swaps its stub into (agent/otlp_grpc.py; an SDK that
+# reconnects builds its new client from `_stub` too), and the method it overrides to hand over bytes
+# already encoded.
+GRPC_EXPORTER_NEEDS = ("_stub", "_client", "_channel")
+GRPC_EXPORTER_OVERRIDES = ("_translate_data",)
+
+
+def grpc_exporter_missing(exporter: Any, stock: type) -> list:
+    """Which of those this exporter (built on the SDK's class `stock`) lacks. Fallback when any: it
+    keeps the official encoder."""
+    return ([name for name in GRPC_EXPORTER_NEEDS if not hasattr(exporter, name)]
+            + [name for name in GRPC_EXPORTER_OVERRIDES if not hasattr(stock, name)])
+
+
+def accepts_keyword(function: Any, name: str) -> bool:
+    """Does `function` take the keyword `name`? (Public arguments that older SDKs lack, such as the gRPC
+    exporter's `channel_options`: without it the channel's default 4 MiB limit caps the answer.)"""
+    import inspect
+
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
+def set_grpc_stub(exporter: Any, stub_class: type) -> None:
+    exporter._stub = stub_class  # also used when the SDK reconnects
+    exporter._client = stub_class(exporter._channel)
+
+
+def grpc_client(exporter: Any) -> Any:
+    return getattr(exporter, "_client", None)
+
+
+# -- the environment the SDK reads itself --------------------------------------------------------
+
+
+class sdk_environ:
+    """While the SDK is built: the variables in `drop` leave os.environ, those in `put` are set; all
+    put back after. The SDK reads some variables itself and raises on garbage (opentelemetry.sdk.trace
+    at import, opentelemetry.propagate on an unknown OTEL_PROPAGATORS name), which the registry has
+    already reported. No feature check: it works with any SDK (one that reads less needs none of it)."""
+
+    def __init__(self, drop, put: dict):
+        self._drop, self._put = set(drop), dict(put)
+        self._saved: dict = {}
+
+    def __enter__(self):
+        self._saved = {name: os.environ.get(name) for name in self._drop | set(self._put)}
+        for name in self._drop:
+            os.environ.pop(name, None)
+        os.environ.update(self._put)
+        return self
+
+    def __exit__(self, *exc):
+        for name, value in self._saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        return False
+
+
+# -- CPython ---------------------------------------------------------------------------------------
+
+
+def default_signal_from_any_thread(signum: int) -> bool:
+    """Give `signum` its default disposition from a thread that is not the main one (signal.signal
+    cannot): CPython's C API PyOS_setsig through ctypes. Fallback: False (the caller ends the process
+    itself)."""
+    try:
+        import ctypes
+
+        setsig: Optional[Any] = getattr(ctypes.pythonapi, "PyOS_setsig", None)
+        if setsig is None:
+            return False
+        setsig.restype, setsig.argtypes = ctypes.c_void_p, (ctypes.c_int, ctypes.c_void_p)
+        setsig(signum, None)  # SIG_DFL
+        return True
+    except Exception:
+        return False
+
+
+def before_threads_stop(callback: Any) -> bool:
+    """Call callback() on the main thread when it ends, before `concurrent.futures` refuses new work
+    (CPython's threading._register_atexit: its hooks run in reverse order of registration, so one
+    registered after concurrent.futures was imported runs first). Fallback: False (not called)."""
+    import threading
+
+    register = getattr(threading, "_register_atexit", None)
+    if register is None:
+        return False
+    try:
+        register(callback)
+    except RuntimeError:  # the interpreter is already shutting down
+        return False
+    return True

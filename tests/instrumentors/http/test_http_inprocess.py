@@ -1,0 +1,426 @@
+"""HTTP instrumentors in-process, with the in-memory exporter and a real local server."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+from opentelemetry import propagate
+from opentelemetry.instrumentation.utils import suppress_instrumentation
+from opentelemetry.trace import SpanKind, StatusCode
+from trace_run.agent.tracecontext import W3CTraceContextPropagator
+from trace_run.core import config
+from trace_run.instrumentors import http_common
+from trace_run.instrumentors.flask import FlaskInstrumentor
+from trace_run.instrumentors.http_client import HttpClientInstrumentor
+from trace_run.instrumentors.httpx import HttpxInstrumentor
+from trace_run.instrumentors.requests import RequestsInstrumentor
+from trace_run.instrumentors.urllib3 import Urllib3Instrumentor
+from trace_run.instrumentors.wsgi import TraceMiddleware
+
+ALL = (FlaskInstrumentor, RequestsInstrumentor, Urllib3Instrumentor, HttpClientInstrumentor, HttpxInstrumentor)
+
+
+def make_app():
+    import flask
+
+    app = flask.Flask("inprocess")
+    bp = flask.Blueprint("bp", __name__, url_prefix="/bp")
+
+    @app.route("/items/<int:item_id>")
+    def item(item_id):
+        return {"item": item_id}
+
+    @app.route("/headers")
+    def headers():
+        return {k.lower(): v for k, v in flask.request.headers.items()}
+
+    @app.route("/redirect")
+    def redirect_view():
+        return flask.redirect("/headers")
+
+    @app.route("/boom")
+    def boom():
+        raise KeyError("boom")
+
+    @bp.route("/things/<name>")
+    def thing(name):
+        return name
+
+    app.register_blueprint(bp)
+    return app
+
+
+@pytest.fixture(scope="module")
+def server():
+    from werkzeug.serving import make_server
+
+    srv = make_server("127.0.0.1", 0, make_app(), threaded=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield "http://127.0.0.1:%d" % srv.server_port
+    srv.shutdown()
+
+
+@pytest.fixture
+def traced(memory, monkeypatch):
+    """Everything instrumented into `memory`; returns the exporter."""
+    provider, exporter = memory
+    old = propagate.get_global_textmap()
+    propagate.set_global_textmap(W3CTraceContextPropagator())
+    config.reset()
+    http_common.reset()
+    for cls in ALL:
+        cls().instrument(tracer_provider=provider, skip_dep_check=True)
+    yield exporter
+    for cls in ALL:
+        cls().uninstrument()
+    propagate.set_global_textmap(old)
+    config.reset()
+    http_common.reset()
+
+
+def reinstrument(provider, **env):
+    for cls in ALL:
+        cls().uninstrument()
+    config.reset()
+    http_common.reset()
+    for cls in ALL:
+        cls().instrument(tracer_provider=provider, skip_dep_check=True)
+
+
+def clients(spans):
+    return [s for s in spans if s.kind == SpanKind.CLIENT]
+
+
+def server_of(exporter, client):
+    """The SERVER span under `client` (it ends on the server thread, maybe a moment later)."""
+    deadline = time.monotonic() + 5
+    while True:
+        found = [s for s in exporter.get_finished_spans()
+                 if s.kind == SpanKind.SERVER and s.parent and s.parent.span_id == client.context.span_id]
+        if found or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    assert len(found) == 1, found
+    return found[0]
+
+
+def server_spans(exporter, count):
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        found = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.SERVER]
+        if len(found) >= count:
+            break
+        time.sleep(0.01)
+    time.sleep(0.05)
+    return [s for s in exporter.get_finished_spans() if s.kind == SpanKind.SERVER]
+
+
+def test_requests_one_span_no_caller_mutation_and_redirects(traced, server):
+    import requests
+
+    headers = {"X-Mine": "1"}
+    r = requests.get(server + "/items/3?X-Amz-Signature=secret", headers=headers)
+    assert r.status_code == 200 and headers == {"X-Mine": "1"}
+    spans = traced.get_finished_spans()
+    (client,) = clients(spans)  # urllib3 and http.client below made none
+    assert client.name == "GET" and client.instrumentation_scope.name.endswith(".requests")
+    assert client.attributes["url.full"] == server + "/items/3?X-Amz-Signature=REDACTED"
+    assert server_of(traced, client).name == "GET /items/<int:item_id>"
+    traced.clear()
+    r = requests.get(server + "/redirect")
+    seen = r.json()
+    first, second = clients(traced.get_finished_spans())
+    assert first.attributes["http.response.status_code"] == 302
+    assert first.status.status_code == StatusCode.UNSET  # a redirect is not an error
+    assert second.attributes["http.response.status_code"] == 200 and second.status.status_code == StatusCode.UNSET
+    assert seen["traceparent"].split("-")[2] == "%016x" % second.context.span_id  # its own traceparent
+
+
+def test_requests_prepared_request_sent_twice_is_unchanged(traced, server):
+    import requests
+
+    session = requests.Session()
+    prepared = requests.Request("GET", server + "/headers").prepare()
+    a = session.send(prepared).json()["traceparent"]
+    b = session.send(prepared).json()["traceparent"]
+    assert "traceparent" not in prepared.headers and a != b
+
+
+def test_urllib3_headers_copy_and_retries(traced, server):
+    import urllib3
+
+    headers = {"X-Mine": "1"}
+    pool = urllib3.PoolManager()
+    r = pool.request("GET", server + "/headers", headers=headers)
+    assert headers == {"X-Mine": "1"} and "traceparent" in r.json()
+    (client,) = clients(traced.get_finished_spans())
+    assert client.instrumentation_scope.name.endswith(".urllib3")
+    traced.clear()
+    with pytest.raises(urllib3.exceptions.MaxRetryError) as info:
+        pool.request("GET", "http://user:pw@127.0.0.1:1/x", retries=urllib3.Retry(connect=2, backoff_factor=0))
+    (client,) = clients(traced.get_finished_spans())  # retries stay inside the one span
+    assert client.status.status_code == StatusCode.ERROR
+    assert client.attributes["error.type"] == "urllib3.exceptions.MaxRetryError"
+    assert client.events[0].attributes["exception.message"] == str(info.value)
+    assert client.attributes["url.full"] == "http://127.0.0.1:1/x"
+
+
+def test_http_client_keep_alive_two_requests_two_spans(traced, server):
+    import http.client
+    import urllib.request
+
+    host, port = server.split("//")[1].split(":")
+    conn = http.client.HTTPConnection(host, int(port))
+    for path in ("/items/1", "/items/2"):
+        conn.request("GET", path)
+        conn.getresponse().read()
+    conn.close()
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(server + "/boom")
+    assert info.value.code == 500
+    spans = traced.get_finished_spans()
+    a, b, c = clients(spans)
+    assert [s.attributes["url.full"] for s in (a, b, c)] == [server + "/items/1", server + "/items/2", server + "/boom"]
+    assert c.status.status_code == StatusCode.ERROR and c.attributes["error.type"] == "500"
+    boom = server_of(traced, c)
+    assert boom.name == "GET /boom" and boom.attributes["error.type"] == "KeyError"
+    assert boom.status.status_code == StatusCode.ERROR and boom.events[0].name == "exception"
+
+
+def test_httpx_sync_and_async_request_object_unchanged(traced, server):
+    import httpx
+
+    with httpx.Client() as c:
+        req = c.build_request("GET", server + "/headers")
+        first = c.send(req).json()["traceparent"]
+        second = c.send(req).json()["traceparent"]
+    assert "traceparent" not in req.headers and first != second
+
+    async def go():
+        async with httpx.AsyncClient() as c:
+            return await c.get(server + "/items/9", headers={"X-Mine": "1"})
+
+    assert asyncio.run(go()).status_code == 200
+    spans = traced.get_finished_spans()
+    assert len(clients(spans)) == 3
+    assert server_of(traced, clients(spans)[-1]).name == "GET /items/<int:item_id>"
+
+
+def test_httpx_transport_error_recorded_and_reraised(traced):
+    import httpx
+
+    with pytest.raises(httpx.ConnectError):
+        httpx.get("http://127.0.0.1:1/")
+    (client,) = clients(traced.get_finished_spans())
+    assert client.status.status_code == StatusCode.ERROR
+    assert client.attributes["error.type"] == "httpx.ConnectError"
+
+
+def test_suppressed_and_excluded(traced, server, memory, monkeypatch):
+    import requests
+
+    with suppress_instrumentation():
+        requests.get(server + "/items/1")
+    server_spans(traced, 1)  # the server thread is not suppressed
+    assert not clients(traced.get_finished_spans())
+    traced.clear()
+    monkeypatch.setenv("OTEL_PYTHON_EXCLUDED_URLS", "/items/1$")
+    monkeypatch.setenv("OTEL_PYTHON_REQUESTS_EXCLUDED_URLS", "/items/2$,[bad")  # replaces the general one
+    reinstrument(memory[0])
+    requests.get(server + "/items/1")  # not excluded for requests, excluded for Flask
+    requests.get(server + "/items/2")  # excluded for requests, traced by Flask
+    spans = traced.get_finished_spans()
+    assert [s.attributes["url.full"] for s in clients(spans)] == [server + "/items/1"]
+    assert [s.attributes["url.path"] for s in server_spans(traced, 1)] == ["/items/2"]
+    assert any("[bad" in w for w in config.WARNINGS)
+
+
+def test_clients_inside_an_unsampled_trace_make_no_span_and_propagate_its_context(traced, server):
+    import http.client
+
+    import httpx
+    import requests
+    import urllib3
+    from opentelemetry import context, trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    parent = SpanContext(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, is_remote=True,
+                         trace_flags=TraceFlags(0))
+    token = context.attach(trace.set_span_in_context(NonRecordingSpan(parent)))
+    try:
+        seen = [requests.get(server + "/headers").json()["traceparent"],
+                urllib3.PoolManager().request("GET", server + "/headers").json()["traceparent"],
+                httpx.get(server + "/headers").json()["traceparent"]]
+        conn = http.client.HTTPConnection(server.split("//")[1])
+        conn.request("GET", "/headers")
+        seen.append(__import__("json").loads(conn.getresponse().read())["traceparent"])
+    finally:
+        context.detach(token)
+    assert seen == ["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"] * 4
+    spans = traced.get_finished_spans()
+    assert not clients(spans)  # and the servers, children of an unsampled parent, record nothing either
+    assert not spans
+
+
+def test_a_client_call_under_an_ended_sampled_parent_still_makes_its_span(traced, server, memory):
+    import requests
+    from opentelemetry import context, trace
+
+    parent = memory[0].get_tracer("t").start_span("parent")
+    parent.end()  # not recording any more, but its trace is sampled
+    token = context.attach(trace.set_span_in_context(parent))
+    try:
+        requests.get(server + "/items/3")
+    finally:
+        context.detach(token)
+    spans = traced.get_finished_spans()
+    (client,) = clients(spans)
+    assert client.parent.span_id == parent.get_span_context().span_id
+    assert client.context.trace_id == parent.get_span_context().trace_id
+
+
+def test_client_header_capture_redacts(traced, server, memory, monkeypatch):
+    import requests
+
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST", "x-.*,authorization,cookie")
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_RESPONSE", "content-type")
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS", "x-token")
+    reinstrument(memory[0])
+    requests.get(server + "/items/1", headers={"X-Token": "t", "X-Plain": "p", "Authorization": "Basic x",
+                                               "Cookie": "c=1", "X-Api-Key": "k"})
+    (client,) = clients(traced.get_finished_spans())
+    a = client.attributes
+    assert a["http.request.header.x-plain"] == ("p",)
+    for name in ("x-token", "authorization", "cookie", "x-api-key"):
+        assert a["http.request.header." + name] == ("[REDACTED]",)
+    assert a["http.response.header.content-type"] == ("application/json",)
+
+
+def test_flask_in_process_routes_methods_and_exceptions(traced):
+    app = make_app()
+    app.testing = True  # exceptions propagate: the same object must reach the caller
+    c = app.test_client()
+    r = c.get("/bp/things/x")
+    assert r.status_code == 200
+    r.close()  # the span ends when the server closes the body
+    # Werkzeug upper-cases the method for the app; methods are case-sensitive to semconv
+    r = c.open("/items/1", environ_overrides={"REQUEST_METHOD": "get"})
+    assert r.status_code == 200
+    r.close()
+    with pytest.raises(KeyError) as info:
+        c.get("/boom")
+    spans = traced.get_finished_spans()
+    assert [s.name for s in spans] == ["GET /bp/things/<name>", "HTTP /items/<int:item_id>", "GET /boom"]
+    assert spans[1].attributes["http.request.method"] == "_OTHER"
+    assert spans[1].attributes["http.request.method_original"] == "get"
+    boom = spans[2]
+    assert boom.status.status_code == StatusCode.ERROR
+    assert [e.name for e in boom.events] == ["exception"]  # recorded once, not twice
+    assert boom.events[0].attributes["exception.message"] == str(info.value)
+
+
+def test_trace_middleware_by_hand_and_no_double_span(memory):
+    provider, exporter = memory
+    closed = []
+
+    class Body:
+        def __iter__(self):
+            yield b"a"
+            yield b"b"
+
+        def close(self):
+            closed.append(True)
+
+    def plain(environ, start_response):
+        start_response("503 Busy", [("Content-Type", "text/plain")])
+        return Body()
+
+    app = TraceMiddleware(TraceMiddleware(plain, tracer_provider=provider), tracer_provider=provider)
+    from werkzeug.test import Client
+
+    r = Client(app).get("/x?sig=1", headers={"traceparent": "00-%032x-%016x-01" % (5, 6)})
+    assert r.status_code == 503 and r.data == b"ab"
+    r.close()
+    assert closed
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "GET" and span.kind == SpanKind.SERVER
+    assert span.status.status_code == StatusCode.ERROR and span.attributes["error.type"] == "503"
+    assert span.context.trace_id == 5 and span.parent.span_id == 6
+    assert span.attributes["url.query"] == "sig=REDACTED"
+
+
+def _streamed_body(provider):
+    """A two-chunk streaming WSGI response through TraceMiddleware, as a server would get it."""
+
+    def streaming(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return iter([b"one", b"two"])
+
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/s", "SERVER_NAME": "h", "SERVER_PORT": "80",
+               "wsgi.url_scheme": "http", "SERVER_PROTOCOL": "HTTP/1.1"}
+    return TraceMiddleware(streaming, tracer_provider=provider)(environ, lambda status, headers, exc_info=None: None)
+
+
+def test_streamed_body_measured_whole_and_ended_without_close(memory):
+    """The span lasts until the last chunk is out, and ends even when the server never
+    calls close() (werkzeug skips it when the client resets the connection)."""
+    provider, exporter = memory
+
+    body = _streamed_body(provider)
+    assert next(body) == b"one"
+    assert not exporter.get_finished_spans()  # still streaming
+    assert next(body) == b"two"
+    assert not exporter.get_finished_spans()
+    with pytest.raises(StopIteration):
+        next(body)
+    (span,) = exporter.get_finished_spans()  # no close() was called
+    assert span.kind == SpanKind.SERVER and span.attributes["http.response.status_code"] == 200
+    body.close()
+    assert len(exporter.get_finished_spans()) == 1  # close() after the end ends nothing twice
+
+
+def test_body_dropped_by_a_failing_server_still_ends_the_span(memory):
+    """A server whose write fails (client gone) drops the body unexhausted and unclosed."""
+    provider, exporter = memory
+
+    body = _streamed_body(provider)
+    assert next(body) == b"one"
+    assert not exporter.get_finished_spans()
+    del body  # what the server does when writing b"one" raised BrokenPipeError
+    (span,) = exporter.get_finished_spans()
+    assert span.kind == SpanKind.SERVER and span.name == "GET"
+
+
+@pytest.mark.parametrize("url,expected", [
+    ("http://user:pw@h:1/p?q=1", "http://REDACTED:REDACTED@h:1/p?q=1"),
+    ("https://token@h/p", "https://REDACTED@h/p"),
+    ("https://h/p?a=1&X-Amz-Signature=abc&x-goog-signature=d#f", "https://h/p?a=1&X-Amz-Signature=REDACTED&"
+     "x-goog-signature=REDACTED#f"),
+    ("https://h/p?sig=s&Signature=t&AWSAccessKeyId=k&design=ok", "https://h/p?sig=REDACTED&Signature=REDACTED&"
+     "AWSAccessKeyId=REDACTED&design=ok"),
+    ("https://h/p/a@b?x=1", "https://h/p/a@b?x=1"),
+    ("/relative?sig=1", "/relative?sig=REDACTED"),
+])
+def test_redact_url(url, expected):
+    assert http_common.redact_url(url) == expected
+
+
+def test_app_created_before_instrumenting_is_traced(memory):
+    from flask import Flask  # bound before instrumenting, as in a program started without the agent
+
+    app = Flask("early")
+    app.add_url_rule("/early/<x>", "early", lambda x: x)
+    provider, exporter = memory
+    FlaskInstrumentor().instrument(tracer_provider=provider, skip_dep_check=True)
+    try:
+        r = app.test_client().get("/early/1")
+        r.close()
+    finally:
+        FlaskInstrumentor().uninstrument()
+    assert [s.name for s in exporter.get_finished_spans()] == ["GET /early/<x>"]
+    r = app.test_client().get("/early/2")
+    r.close()
+    assert len(exporter.get_finished_spans()) == 1  # uninstrumented: nothing more

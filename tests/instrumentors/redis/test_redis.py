@@ -1,0 +1,136 @@
+"""redis-py in process against the real Redis: clients, pools, pipelines, asyncio, errors, secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+import redis
+import redis.asyncio
+import redis.asyncio.client
+import redis.client
+from support import REDIS_URL
+from trace_run.core import config
+from trace_run.instrumentors.redis import RedisInstrumentor, command_text
+
+
+@pytest.fixture
+def traced(instrumented):
+    provider, exporter = instrumented(RedisInstrumentor)
+    return provider.get_tracer("test"), exporter
+
+
+@pytest.fixture
+def key():
+    name = "trr:" + uuid.uuid4().hex[:10]
+    yield name
+    redis.Redis.from_url(REDIS_URL).delete(name, name + ":2", name + ":n")
+
+
+def _spans(exporter):
+    return [s for s in exporter.get_finished_spans() if s.kind.name == "CLIENT"]
+
+
+def test_command_text():
+    assert command_text(("SET", "k", "v")) == "SET ? ?"
+    assert command_text((b"get", b"k")) == "GET ?"
+    assert command_text(("CLIENT SETNAME", "n")) == "CLIENT SETNAME ?"
+    assert command_text(("PING",)) == "PING"
+    assert command_text(("SET", "k", b"v" * 500), sanitize=False) == "SET k " + "v" * 100 + "..."
+    assert command_text(("AUTH", "user", "pw"), sanitize=False) == "AUTH ? ?"
+    assert command_text(("HELLO", 3, "AUTH", "u", "p"), sanitize=False) == "HELLO ? ? ? ?"
+    assert command_text(()) == ""
+
+
+def test_clients_pools_and_pipelines(key, traced):
+    tracer, exporter = traced
+    with tracer.start_as_current_span("request") as parent:
+        client = redis.Redis.from_url(REDIS_URL)
+        client.set(key, "secret-value")
+        assert redis.StrictRedis(host="127.0.0.1", port=6379, db=0).get(key) == b"secret-value"
+        pool = redis.ConnectionPool(host="127.0.0.1", port=6379, db=5)
+        redis.Redis(connection_pool=pool).exists(key)
+        with client.pipeline() as pipe:
+            pipe.set(key + ":2", "v").incr(key + ":n").get(key + ":2")
+            assert pipe.execute() == [True, 1, b"v"]
+        with client.pipeline(transaction=False) as pipe:
+            pipe.get(key).get(key)
+            assert pipe.execute() == [b"secret-value"] * 2
+        with client.pipeline() as pipe:
+            pipe.watch(key)
+            assert pipe.get(key) == b"secret-value"
+            pipe.multi()
+            pipe.set(key, "new")
+            pipe.execute()
+        assert client.pipeline().execute() == []  # nothing to do, no span
+    spans = _spans(exporter)
+    assert [(s.name, s.attributes["db.query.text"]) for s in spans] == [
+        ("SET", "SET ? ?"), ("GET", "GET ?"), ("EXISTS", "EXISTS ?"),
+        ("SET INCRBY GET", "MULTI\nSET ? ?\nINCRBY ? ?\nGET ?\nEXEC"),
+        ("GET", "GET ?\nGET ?"),
+        ("WATCH", "WATCH ?"), ("GET", "GET ?"), ("SET", "MULTI\nSET ? ?\nEXEC"),
+    ]
+    assert spans[3].attributes["db.operation.batch.size"] == 3
+    assert spans[4].attributes["db.operation.batch.size"] == 2
+    assert "db.operation.batch.size" not in spans[7].attributes
+    assert [s.attributes["db.namespace"] for s in spans[:3]] == ["0", "0", "5"]
+    for s in spans:
+        assert s.parent.span_id == parent.get_span_context().span_id
+        assert s.attributes["db.system.name"] == "redis"
+        assert s.attributes["server.address"] == "127.0.0.1" and s.attributes["server.port"] == 6379
+        assert "secret" not in str(s.to_json())
+
+
+def test_asyncio_client_and_pipeline(key, traced):
+    tracer, exporter = traced
+
+    async def main():
+        with tracer.start_as_current_span("request") as parent:
+            client = redis.asyncio.Redis.from_url(REDIS_URL)
+            await client.set(key, "v")
+            async with client.pipeline() as pipe:
+                pipe.get(key).incr(key + ":n")
+                assert await pipe.execute() == [b"v", 1]
+            with pytest.raises(redis.ResponseError):
+                await client.lpush(key, "x")
+            await client.aclose()
+            return parent
+
+    parent = asyncio.run(main())
+    spans = _spans(exporter)
+    assert [s.name for s in spans] == ["SET", "GET INCRBY", "LPUSH"]
+    assert spans[2].attributes["db.response.status_code"] == "WRONGTYPE"
+    assert all(s.parent.span_id == parent.get_span_context().span_id for s in spans)
+
+
+def test_errors_are_unchanged_and_recorded(key, traced):
+    tracer, exporter = traced
+    client = redis.Redis.from_url(REDIS_URL)
+    client.set(key, "v")
+    with pytest.raises(redis.ResponseError) as wrongtype:
+        client.lpush(key, "x")
+    assert type(wrongtype.value) is redis.ResponseError and str(wrongtype.value).startswith("WRONGTYPE")
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=2).get(key)
+    with pytest.raises(redis.AuthenticationError):
+        client.execute_command("AUTH", "someone", "hunter2-password")
+    spans = _spans(exporter)
+    failed = [(s.name, s.attributes["error.type"], s.attributes.get("db.response.status_code"),
+               s.attributes["db.query.text"]) for s in spans if s.status.status_code.name == "ERROR"]
+    assert failed[:2] == [("LPUSH", "redis.exceptions.ResponseError", "WRONGTYPE", "LPUSH ? ?"),
+                          ("GET", "redis.exceptions.ConnectionError", None, "GET ?")]
+    assert failed[2][0] == "AUTH" and failed[2][3] == "AUTH ? ?"
+    assert not any("hunter2" in str(s.to_json()) for s in spans)
+
+
+def test_sanitize_off_shows_arguments_but_never_credentials(key, traced, monkeypatch):
+    tracer, exporter = traced
+    monkeypatch.setenv("OTEL_TRACE_RUN_DB_SANITIZE", "false")
+    config.reset()
+    client = redis.Redis.from_url(REDIS_URL)
+    client.set(key, "shown")
+    with pytest.raises(redis.AuthenticationError):
+        client.execute_command("AUTH", "hunter2-password")
+    texts = [s.attributes["db.query.text"] for s in _spans(exporter)]
+    assert texts == ["SET %s shown" % key, "AUTH ?"]

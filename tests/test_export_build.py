@@ -1,0 +1,245 @@
+"""Where the exporter is built (issue 19): on a short-lived thread of its own, started when the first
+span ends, never on the thread ending it. An asyncio program's first request used to wait ~150 ms
+inside its event loop for the exporter's imports and file reads, and under blockbuster (Starlette's
+own test suite) that build raised BlockingError, so every span of the process was dropped."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+import pytest
+from support import clean_env, run_traced, write_script
+
+PARENT = "00f067aa0ba902b7"
+
+LOOP_APP = r"""
+import asyncio, sys, threading
+
+from blockbuster import BlockBuster
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+import uvicorn
+
+loop_thread = threading.get_ident()
+watching = False
+seen = []
+
+
+def audit(event, args):  # every module import and file open on the event loop's thread
+    if watching and threading.get_ident() == loop_thread and event in ("import", "open"):
+        seen.append("%s %s" % (event, args[0]))
+
+
+sys.addaudithook(audit)
+
+
+async def hello(request):
+    return PlainTextResponse("hello")
+
+
+app = Starlette(routes=[Route("/hello", hello)])
+
+
+async def get(port, trace_id):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(("GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                  "traceparent: 00-%s-PARENT-01\r\n\r\n" % trace_id).encode())
+    data = await reader.read()
+    writer.close()
+    return data.split(b"\r\n", 1)[0].decode()
+
+
+async def main():
+    global watching
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    buster = BlockBuster()  # from here on a blocking call on the loop's thread raises BlockingError
+    buster.activate()
+    watching = True
+    try:
+        for i in range(1, 4):
+            print(await get(port, "%032x" % i))
+    finally:
+        watching = False
+        buster.deactivate()
+    server.should_exit = True
+    await task
+    print("on the loop:", seen)
+
+
+asyncio.run(main())
+""".replace("PARENT", PARENT)
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_an_event_loops_first_requests_neither_import_nor_block_and_every_span_arrives(tmp_path, receiver, protocol):
+    env = clean_env(**receiver.env(protocol))
+    proc = run_traced(["python", write_script(tmp_path, LOOP_APP)], env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["HTTP/1.1 200 OK"] * 3 + ["on the loop: []"], proc.stderr
+    assert "trace-run:" not in proc.stderr, proc.stderr  # no "exporter ... not set up", no spans lost
+    spans = receiver.wait_for(count=3)
+    got = sorted((s.trace_id, s.parent_id, s.kind, s.name, s.attributes.get("http.response.status_code"))
+                 for s in spans)
+    assert got == [("%032x" % i, PARENT, "SERVER", "GET /hello", 200) for i in range(1, 4)]
+
+
+class _Slow:
+    """An exporter factory that takes as long as the test says, and notes the thread building it."""
+
+    def __init__(self):
+        self.release = threading.Event()
+        self.threads = []
+
+    def __call__(self):
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+        self.threads.append(threading.get_ident())
+        self.release.wait(10)
+        return InMemorySpanExporter()
+
+
+def _pipeline(factory):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from trace_run.agent.exporthealth import CountingExporter, CountingProcessor
+    from trace_run.agent.lazy_exporter import LazyExporter
+
+    lazy = LazyExporter(factory, "slow")
+    health = CountingExporter(lazy, "slow")
+    provider = TracerProvider()
+    counting = CountingProcessor(SimpleSpanProcessor(health), health)
+    provider.add_span_processor(counting)
+    return provider, lazy, health, counting
+
+
+def test_the_first_span_end_starts_the_build_elsewhere_and_returns_at_once():
+    slow = _Slow()
+    provider, lazy, health, counting = _pipeline(slow)
+    tracer = provider.get_tracer("t")
+    ended = []
+
+    def first_spans():
+        for name in ("one", "two"):
+            with tracer.start_as_current_span(name):
+                pass
+            ended.append(name)
+
+    program = threading.Thread(target=first_spans)
+    program.start()
+    deadline = time.monotonic() + 10
+    while not slow.threads and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # SimpleSpanProcessor exports on the ending thread: it waits for the build there (as the export
+    # thread does); the build itself runs on a thread of its own, started by the first span end
+    assert len(slow.threads) == 1 and slow.threads[0] != program.ident and health.built is None
+    slow.release.set()
+    program.join(10)
+    assert ended == ["one", "two"] and len(slow.threads) == 1
+    assert [s.name for s in health.built.get_finished_spans()] == ["one", "two"]
+    assert (counting.ended, counting.dropped(), health.counts()["exported"]) == (2, 0, 2)
+
+
+def test_a_fork_waits_for_a_build_under_way_and_the_child_builds_its_own():
+    slow = _Slow()
+    provider, lazy, health, counting = _pipeline(slow)
+    counting.health.build_soon()
+    deadline = time.monotonic() + 10
+    while not slow.threads and time.monotonic() < deadline:
+        time.sleep(0.01)
+    threading.Timer(0.2, slow.release.set).start()
+    started = time.monotonic()
+    lazy._before_fork()  # what os.fork() runs first: the child must not inherit half-done imports
+    assert lazy.built is not None and time.monotonic() - started >= 0.15
+    lazy._after_fork()  # in the child: nothing of the parent's build, and the next first span builds again
+    counting._reset()
+    assert lazy.built is None and counting._pending
+    with provider.get_tracer("t").start_as_current_span("in-child"):
+        pass
+    assert [s.name for s in health.exporter.get_finished_spans()] == ["in-child"]
+    assert len(slow.threads) == 2  # the child built its own (on demand: no builder thread in a forked child)
+
+
+def test_a_build_that_fails_on_its_thread_is_reported_once_and_its_spans_count_as_failed(capfd):
+    def broken():
+        raise OSError("no such certificate file")
+
+    provider, lazy, health, counting = _pipeline(broken)
+    for name in ("a", "b"):
+        with provider.get_tracer("t").start_as_current_span(name):
+            pass
+    err = capfd.readouterr().err
+    assert err.count("exporter for slow not set up (OSError: no such certificate file)") == 1, err
+    assert (counting.ended, health.counts()["failed"], counting.dropped()) == (2, 2, 0)
+
+
+def test_a_build_whose_file_was_closed_under_it_is_tried_again(capfd):
+    """A daemonizer's closerange while the builder imports: the file being read goes (EBADF) and the
+    second try builds it; no warning, no span lost."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    tries = []
+
+    def closed_once():
+        tries.append(1)
+        if len(tries) == 1:
+            raise OSError(9, "Bad file descriptor")
+        return InMemorySpanExporter()
+
+    provider, lazy, health, counting = _pipeline(closed_once)
+    with provider.get_tracer("t").start_as_current_span("after-closerange"):
+        pass
+    assert len(tries) == 2 and isinstance(lazy.built, InMemorySpanExporter)
+    assert [s.name for s in lazy.built.get_finished_spans()] == ["after-closerange"]
+    assert "trace-run:" not in capfd.readouterr().err
+
+
+def test_the_main_threads_end_waits_for_a_build_under_way_within_the_exit_timeout(monkeypatch):
+    """A program that ends right after its first span: threading's exit hooks stop concurrent.futures, which
+    the build needs (the SDK's Resource.create at import), so the main thread's end waits for it first."""
+    from trace_run.core import config
+
+    monkeypatch.setenv("OTEL_TRACE_RUN_EXIT_TIMEOUT", "300")
+    config.reset()
+    try:
+        slow = _Slow()
+        _provider, lazy, health, _counting = _pipeline(slow)
+        health.build_soon()
+        assert lazy._exit_hook is True  # registered with threading's exit hooks (compat.before_threads_stop)
+        started = time.monotonic()
+        lazy._finish_build_at_exit()  # a build that hangs: the wait ends with the exit timeout
+        waited = time.monotonic() - started
+        assert 0.25 <= waited < 3 and lazy.built is None
+        threading.Timer(0.1, slow.release.set).start()
+        lazy._finish_build_at_exit()
+        assert lazy.built is not None
+    finally:
+        monkeypatch.delenv("OTEL_TRACE_RUN_EXIT_TIMEOUT")
+        config.reset()
+
+
+def test_without_threadings_exit_hooks_the_build_is_not_waited_for(monkeypatch):
+    from trace_run.core import compat
+
+    monkeypatch.delattr(threading, "_register_atexit", raising=False)
+    assert compat.before_threads_stop(lambda: None) is False
+
+
+def test_the_build_imports_what_requests_imports_inside_its_first_request():
+    """requests imports `netrc` inside its first request: the build does it, on the thread a fork waits
+    for. Left to the export thread, a child forked meanwhile inherited that module's import lock without
+    its owner, and its exit flush hung there until the exit timeout dropped its spans (3.9 leg of CI)."""
+    code = ("import sys\n"
+            "from trace_run.agent import sdk\n"
+            "spec = dict(sdk._resolve_otlp(), endpoint='http://127.0.0.1:4318/v1/traces', encoder='sdk')\n"
+            "assert 'netrc' not in sys.modules\n"
+            "sdk.build_otlp_exporter(spec)\n"
+            "print('netrc' in sys.modules)\n")
+    proc = run_traced([sys.executable, "-c", code], env=clean_env(), trace_run=False)
+    assert proc.stdout == "True\n", proc.stderr

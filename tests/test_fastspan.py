@@ -1,0 +1,380 @@
+"""trace-run's span class (agent/fastspan.py) behaves as the SDK's, step for step.
+
+Each scenario runs twice, once on the SDK's own tracer and once on the same tracer adopted by
+trace-run, with the same ids, times and inputs; the finished spans, the spans handed to the
+processors, the warnings the SDK would log and what the program sees must be the same.
+The OpenTelemetry SDK's own span tests run against this class too (tests/sdk_upstream/, locally).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import decimal
+import itertools
+import logging
+
+import pytest
+from opentelemetry import context as context_api
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
+from opentelemetry.sdk.trace import Span as SdkSpan
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, Decision, ParentBased, StaticSampler
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.span import TraceState
+from trace_run.agent import fastspan
+
+
+class _Ids(IdGenerator):
+    def __init__(self):
+        self._n = itertools.count(1)
+
+    def generate_span_id(self) -> int:
+        return next(self._n)
+
+    def generate_trace_id(self) -> int:
+        return 0xABC0000 + next(self._n)
+
+
+class _Recorder(SimpleSpanProcessor):
+    """Keeps what on_start and on_end were given (as the SDK's processors see it)."""
+
+    def __init__(self, exporter):
+        super().__init__(exporter)
+        self.started, self.ended = [], []
+
+    def on_start(self, span, parent_context=None):
+        self.started.append((span.name, span.is_recording(), parent_context))
+        super().on_start(span, parent_context=parent_context)
+
+    def on_end(self, span):
+        assert isinstance(span, ReadableSpan)
+        self.ended.append(span.name)
+        super().on_end(span)
+
+
+def _pipeline(ours: bool, sampler=None, limits=None):
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=sampler, resource=Resource({"service.name": "t"}), id_generator=_Ids(),
+                              span_limits=limits)
+    recorder = _Recorder(exporter)
+    provider.add_span_processor(recorder)
+    tracer = provider.get_tracer("scope", "1.0", attributes={"s": 1})
+    if ours:
+        tracer = fastspan.adopt(tracer)
+        assert type(tracer) is fastspan.Tracer
+    return tracer, exporter, recorder
+
+
+def _view(span: ReadableSpan) -> dict:
+    """Everything an exporter can read from a finished span."""
+    def ctx(c):
+        return c and (c.trace_id, c.span_id, c.is_remote, int(c.trace_flags), c.trace_state.to_header())
+
+    return {
+        "name": span.name, "context": ctx(span.context), "parent": ctx(span.parent), "kind": span.kind,
+        "start": span.start_time is not None, "end": span.end_time is not None,
+        "attributes": list(span.attributes.items()), "dropped_attributes": span.dropped_attributes,
+        "events": [(e.name, list(e.attributes.items()) if e.name != "exception" else sorted(e.attributes),
+                    e.dropped_attributes) for e in span.events],
+        "dropped_events": span.dropped_events,
+        "links": [(ctx(link.context), list(link.attributes.items()), link.dropped_attributes) for link in span.links],
+        "dropped_links": span.dropped_links,
+        "status": (span.status.status_code, span.status.description),
+        "resource": dict(span.resource.attributes), "scope": span.instrumentation_scope,
+    }
+
+
+def _run_both(scenario, caplog, **pipeline) -> tuple:
+    results = []
+    for ours in (False, True):
+        tracer, exporter, recorder = _pipeline(ours, **pipeline)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="opentelemetry"):
+            returned = scenario(tracer)
+        spans = exporter.get_finished_spans()
+        if ours and spans:
+            assert all(type(s) is fastspan.Span for s in spans)
+        results.append({"spans": [_view(s) for s in spans], "returned": returned,
+                        "started": [(n, r, p is not None) for n, r, p in recorder.started], "ended": recorder.ended,
+                        "warnings": [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]})
+    sdk, ours = results
+    assert ours == sdk
+    return sdk
+
+
+def _remote(trace_state=None):
+    sc = SpanContext(0x1234, 0x99, is_remote=True, trace_flags=TraceFlags(1), trace_state=trace_state or TraceState())
+    return trace.set_span_in_context(NonRecordingSpan(sc))
+
+
+ATTRS = {"db.system.name": "postgresql", "db.namespace": "test", "server.port": 5432, "ratio": 0.5, "ok": True}
+
+
+def test_a_plain_span_and_its_child(caplog):
+    def scenario(tracer):
+        with tracer.start_as_current_span("root", kind=SpanKind.SERVER, attributes=ATTRS) as root:
+            root.set_attribute("http.response.status_code", 200)
+            root.set_attribute("db.namespace", "moved-to-the-end")
+            with tracer.start_as_current_span("child", kind=SpanKind.CLIENT) as child:
+                child.set_attributes({"a": "b", "n": 2})
+                assert trace.get_current_span() is child
+            assert trace.get_current_span() is root
+        return root.is_recording(), child.is_recording()
+
+    sdk = _run_both(scenario, caplog)
+    assert [s["name"] for s in sdk["spans"]] == ["child", "root"]
+    assert sdk["spans"][0]["parent"] == sdk["spans"][1]["context"]
+    assert sdk["returned"] == (False, False)
+
+
+def test_remote_parent_trace_state_and_start_span_with_context(caplog):
+    def scenario(tracer):
+        span = tracer.start_span("server", context=_remote(TraceState([("v", "1")])), kind=SpanKind.SERVER,
+                                 start_time=1000)
+        span.end(end_time=2000)
+        return span.get_span_context().trace_id, span.start_time, span.end_time
+
+    sdk = _run_both(scenario, caplog)
+    assert sdk["returned"] == (0x1234, 1000, 2000)
+    assert sdk["spans"][0]["context"][4] == "v=1" and sdk["spans"][0]["parent"][2] is True
+
+
+def test_values_the_sdk_cleans_are_cleaned_the_same_way(caplog):
+    def scenario(tracer):
+        with tracer.start_as_current_span("s", attributes={"list": [1, 2], "none": None, "": "empty key",
+                                                           "bytes": b"x", "tuple": ("a", "b")}) as span:
+            span.set_attribute("seq", ["x", "y"])
+            span.set_attribute("", 1)
+            span.set_attribute("obj", object())
+            span.set_attribute("decimal", decimal.Decimal("1.5"))
+            span.set_attributes({"k": [True], "j": 1})
+        return None
+
+    _run_both(scenario, caplog)
+
+
+@pytest.mark.parametrize("limits", [
+    SpanLimits(max_span_attributes=2, max_events=1, max_links=1, max_event_attributes=1, max_link_attributes=1),
+    SpanLimits(max_span_attribute_length=3, max_attribute_length=2),
+    SpanLimits(max_span_attributes=0, max_events=0, max_links=0),
+], ids=["counts", "lengths", "zero"])
+def test_span_limits(caplog, limits):
+    def scenario(tracer):
+        remote = trace.get_current_span(_remote()).get_span_context()
+        with tracer.start_as_current_span("s", attributes={"a": "abcdef", "b": 1, "c": "xy"},
+                                          links=[Link(remote, {"l1": "vvvv", "l2": 2}), Link(remote)]) as span:
+            span.set_attribute("d", "long value")
+            span.set_attribute("a", "again")
+            span.add_event("e1", {"x": "yyyy", "z": 1}, timestamp=5)
+            span.add_event("e2", timestamp=6)
+            span.add_link(remote, {"m": "nnnn"})
+        return None
+
+    _run_both(scenario, caplog, limits=limits)
+
+
+def test_events_links_status_name_after_and_before_end(caplog):
+    def scenario(tracer):
+        span = tracer.start_span("s")
+        span.add_event("ev", {"k": "v"}, timestamp=10)
+        span.add_link(SpanContext(7, 8, is_remote=False), {"why": "batch"})
+        span.add_link(SpanContext(0, 0, is_remote=False))  # not valid: left out
+        span.update_name("renamed")
+        span.set_status(StatusCode.ERROR, "bad")
+        span.set_status(Status(StatusCode.UNSET))  # ignored
+        span.set_status(Status(StatusCode.OK))
+        span.set_status(StatusCode.ERROR, "ignored after OK")
+        span.end()
+        span.end()  # warns, once more is nothing
+        span.set_attribute("late", 1)
+        span.set_attributes({"late": 2})
+        span.add_event("late")
+        span.add_link(SpanContext(7, 9, is_remote=False))
+        span.update_name("late")
+        span.set_status(StatusCode.ERROR)
+        return span.name, span.status.status_code, span.is_recording()
+
+    sdk = _run_both(scenario, caplog)
+    assert sdk["returned"] == ("renamed", StatusCode.OK, False)
+    assert "Calling end() on an ended span." in sdk["warnings"]
+    assert "Setting attribute on ended span." in sdk["warnings"]
+
+
+def test_exceptions_in_blocks(caplog):
+    def scenario(tracer):
+        for record, status in ((True, True), (False, False)):
+            with pytest.raises(ValueError):
+                with tracer.start_as_current_span("cm-%s" % record, record_exception=record,
+                                                  set_status_on_exception=status):
+                    raise ValueError("boom")
+        with pytest.raises(KeyboardInterrupt):  # not an Exception: the API's use_span leaves it alone
+            with tracer.start_as_current_span("interrupted"):
+                raise KeyboardInterrupt
+        span = tracer.start_span("span-as-cm")
+        with pytest.raises(RuntimeError):
+            with span:
+                raise RuntimeError("inner")
+        try:
+            raise LookupError("by hand")
+        except LookupError as exc:
+            with tracer.start_as_current_span("recorded") as s:
+                s.record_exception(exc, {"extra": 1}, timestamp=3)
+        with tracer.start_as_current_span("kept-open", end_on_exit=False) as open_span:
+            pass
+        return open_span.is_recording()
+
+    sdk = _run_both(scenario, caplog)
+    assert sdk["returned"] is True
+    by_name = {s["name"]: s for s in sdk["spans"]}
+    assert by_name["cm-True"]["status"] == (StatusCode.ERROR, "ValueError: boom")
+    assert by_name["cm-False"]["status"] == (StatusCode.UNSET, None) and not by_name["cm-False"]["events"]
+    assert by_name["interrupted"]["events"] == []
+    assert by_name["span-as-cm"]["status"][0] is StatusCode.ERROR
+
+
+def test_decorators_sync_and_async(caplog):
+    def scenario(tracer):
+        @tracer.start_as_current_span("work")
+        def work(x):
+            return trace.get_current_span().is_recording(), x
+
+        @tracer.start_as_current_span("async-work", kind=SpanKind.CONSUMER)
+        async def async_work():
+            return trace.get_current_span().is_recording()
+
+        return work(1), work(2), asyncio.run(async_work())
+
+    sdk = _run_both(scenario, caplog)
+    assert [s["name"] for s in sdk["spans"]] == ["work", "work", "async-work"]
+    assert sdk["returned"] == ((True, 1), (True, 2), True)
+
+
+@pytest.mark.parametrize("sampler", [ALWAYS_OFF, StaticSampler(Decision.RECORD_ONLY), ParentBased(ALWAYS_OFF)],
+                         ids=["off", "record-only", "parent-off"])
+def test_samplers(caplog, sampler):
+    def scenario(tracer):
+        with tracer.start_as_current_span("s", attributes={"a": 1}) as span:
+            span.set_attribute("b", 2)
+        return type(span).__name__ == "NonRecordingSpan", span.get_span_context().trace_flags.sampled
+
+    _run_both(scenario, caplog, sampler=sampler)
+
+
+def test_the_span_is_the_sdks_span_and_read_only_once_ended():
+    tracer, exporter, _ = _pipeline(True)
+    span = tracer.start_span("s", attributes={"a": 1})
+    assert isinstance(span, SdkSpan) and isinstance(span, ReadableSpan) and isinstance(span, trace.Span)
+    assert span.is_recording() and span.get_span_context().is_valid
+    span.end()
+    with pytest.raises(TypeError):
+        span.attributes["b"] = 2
+    with pytest.raises(TypeError):
+        span._attributes["b"] = 2
+    assert dict(exporter.get_finished_spans()[0].attributes) == {"a": 1}
+    assert "fastspan.Span" in repr(type(span)) and 's"' in repr(span)
+    assert '"name": "s"' in span.to_json()
+
+
+def test_sdk_span_class_by_configuration(monkeypatch, tmp_path):
+    """OTEL_TRACE_RUN_SPAN_CLASS=sdk: the agent's provider makes the SDK's spans; by default ours."""
+    from trace_run.agent import sdk
+    from trace_run.core import config
+
+    for value, expected in (("sdk", "_Span"), ("trace-run", "Span"), (None, "Span")):
+        if value is None:
+            monkeypatch.delenv("OTEL_TRACE_RUN_SPAN_CLASS", raising=False)
+        else:
+            monkeypatch.setenv("OTEL_TRACE_RUN_SPAN_CLASS", value)
+        monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+        config.reset()
+        provider, _, _ = sdk.build(sdk.resolve())
+        span = provider.get_tracer("x").start_span("s")
+        assert type(span).__name__ == expected, value
+        span.end()
+
+
+def test_context_is_restored_after_a_block_that_raises():
+    tracer, _, _ = _pipeline(True)
+    before = context_api.get_current()
+    with pytest.raises(ValueError):
+        with tracer.start_as_current_span("s"):
+            raise ValueError
+    assert context_api.get_current() == before
+
+
+class _AdoptingProvider(TracerProvider):
+    def get_tracer(self, *args, **kwargs):
+        return fastspan.adopt(super().get_tracer(*args, **kwargs))
+
+
+def _encoder_tests():
+    import test_otlp_encoder as enc
+
+    names = ["test_a_varied_batch_encodes_to_the_official_bytes",
+             "test_spans_encoded_as_they_end_frame_to_the_same_bytes",
+             "test_spans_of_equal_resources_share_a_group_and_different_ones_do_not",
+             "test_attributes_the_official_encoder_skips_are_skipped_too",
+             "test_any_span_encodes_to_the_official_bytes",
+             "test_cached_attributes_stay_right_when_the_cache_starts_over"]
+    return enc, [n for n in names if hasattr(enc, n)]
+
+
+@pytest.mark.parametrize("name", _encoder_tests()[1])
+def test_the_encoders_byte_equality_holds_for_our_spans(name, monkeypatch):
+    """tests/test_otlp_encoder.py's in-process checks, on spans of trace-run's class."""
+    enc, _ = _encoder_tests()
+    monkeypatch.setattr(enc, "TracerProvider", _AdoptingProvider)
+    exporters = []
+    real_provider = enc._provider
+
+    def recording(*args, **kwargs):
+        provider, exporter = real_provider(*args, **kwargs)
+        exporters.append(exporter)
+        return provider, exporter
+
+    monkeypatch.setattr(enc, "_provider", recording)
+    sig = __import__("inspect").signature(getattr(enc, name))
+    getattr(enc, name)(**({"monkeypatch": monkeypatch} if "monkeypatch" in sig.parameters else {}))
+    made = [s for e in exporters for s in e.get_finished_spans()]
+    assert made and all(type(s) is fastspan.Span for s in made)
+
+
+_PROGRAM = '''
+from opentelemetry import trace
+tracer = trace.get_tracer("app")
+with tracer.start_as_current_span("outer", attributes={"a": 1, "b": "two"}) as outer:
+    outer.add_event("ev", {"k": "v"})
+    with tracer.start_as_current_span("inner") as inner:
+        inner.set_attribute("n", 3)
+    try:
+        with tracer.start_as_current_span("failing"):
+            raise ValueError("no")
+    except ValueError:
+        pass
+print("class:", type(outer).__name__, type(outer).__module__)
+'''
+
+
+@pytest.mark.parametrize("span_class", ["trace-run", "sdk", "tiny"])
+def test_programs_under_trace_run_export_the_same_spans_with_either_class(receiver, tmp_path, span_class):
+    from support import clean_env, run_traced, write_script
+
+    script = write_script(tmp_path, _PROGRAM)
+    env = clean_env(OTEL_SERVICE_NAME="cls", OTEL_TRACE_RUN_SPAN_CLASS=span_class, **receiver.env("http/protobuf"))
+    proc = run_traced(["python", script], env=env, check=True)
+    spans = {s.name: s for s in receiver.wait_for(count=3)}
+    assert sorted(spans) == ["failing", "inner", "outer"]
+    outer, inner, failing = spans["outer"], spans["inner"], spans["failing"]
+    assert inner.parent_id == outer.span_id == failing.parent_id and inner.trace_id == outer.trace_id
+    assert outer.attributes == {"a": 1, "b": "two"} and inner.attributes == {"n": 3}
+    assert outer.events == [("ev", {"k": "v"})] and [e[0] for e in failing.events] == ["exception"]
+    assert failing.status == "ERROR" and failing.status_message == "ValueError: no", failing.status
+    expected = "class: _Span opentelemetry.sdk.trace" if span_class == "sdk" else "class: Span trace_run.agent.fastspan"
+    assert expected in proc.stdout, proc.stdout
+    if span_class == "tiny":  # a bad value: one line naming it and what is used instead
+        lines = [line for line in proc.stderr.splitlines() if "OTEL_TRACE_RUN_SPAN_CLASS" in line]
+        assert len(lines) == 1 and "tiny" in lines[0] and "trace-run" in lines[0], proc.stderr
