@@ -17,6 +17,8 @@ from typing import Callable, Optional, Sequence
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from trace_run.core import compat, config, hooks, log
 
+from . import closing_waits
+
 _FORK_WAIT_S = 2.0  # how long a fork waits for a build under way in another thread
 
 
@@ -35,7 +37,8 @@ class LazyExporter(SpanExporter):
         """The real exporter, built now if it is not yet (a broken one that fails every export if it cannot be)."""
         if self.built is None:
             # its imports' hooks (requests, urllib3, grpc) run once it is built (core.hooks.held)
-            with self._lock(), hooks.held():
+            # reading() outermost: the held hooks run (importing instrumentors) as held() ends
+            with closing_waits.reading(), self._lock(), hooks.held():
                 if self.built is None:
                     self.built = self._build()
         return self.built

@@ -243,3 +243,56 @@ def test_the_build_imports_what_requests_imports_inside_its_first_request():
             "print('netrc' in sys.modules)\n")
     proc = run_traced([sys.executable, "-c", code], env=clean_env(), trace_run=False)
     assert proc.stdout == "True\n", proc.stderr
+
+
+CLOSED_WHILE_READING = r"""
+import os, sys, threading, time
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from trace_run.agent.lazy_exporter import LazyExporter
+
+real_close = os.close
+holding = threading.Event()
+
+
+def factory():  # what each of the build's imports does: open a module's file, read it, close it
+    with open(__file__, "rb") as module_file:
+        holding.set()
+        time.sleep(0.3)
+        module_file.read()
+    return InMemorySpanExporter()
+
+
+lazy = LazyExporter(factory, "test")
+lazy.build_soon()
+holding.wait(5)
+started = time.monotonic()
+if sys.argv[2] == "closerange":  # a daemonizer
+    os.closerange(3, 1 << 16)
+else:  # an older one, descriptor by descriptor
+    for fd in range(3, 1024):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+waited = time.monotonic() - started
+with open(sys.argv[1], "w") as mine:
+    for line in ("mine", "still mine"):  # the second after the build's read is over
+        mine.write(line + "\n")
+        mine.flush()
+        time.sleep(0.4)
+lazy.get()
+print(type(lazy.built).__name__, waited >= 0.15, os.close is real_close)
+"""
+
+
+@pytest.mark.parametrize("closing", ["closerange", "close-loop"])
+def test_a_program_closing_every_descriptor_during_the_build_never_loses_its_own_file(tmp_path, closing):
+    """The build's imports each hold a module file for a moment: a program that closed every descriptor
+    then got that number for its own file, and the import's close closed it (EBADF on the program's next
+    write; CI's `pbkdf2-after-closerange`). The program's closes wait for the build's reads instead."""
+    script = write_script(tmp_path, CLOSED_WHILE_READING)
+    mine = tmp_path / "mine.txt"
+    proc = run_traced([sys.executable, script, str(mine), closing], env=clean_env(), trace_run=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["InMemorySpanExporter", "True", "True"]
+    assert mine.read_text() == "mine\nstill mine\n"
