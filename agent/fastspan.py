@@ -26,15 +26,17 @@ from __future__ import annotations
 import logging
 import threading
 from time import time_ns
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from opentelemetry import context as context_api
 from opentelemetry import trace as trace_api
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk import trace as sdk_trace
+from opentelemetry.sdk.trace import sampling
 from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 from opentelemetry.trace.status import Status, StatusCode
+from trace_run.core import compat
 
 _logger = logging.getLogger("opentelemetry.sdk.trace")  # the SDK's messages, under the SDK's logger
 
@@ -191,6 +193,19 @@ class Span(sdk_trace.Span):
 Span._maker = None  # spans made by the SDK's constructor (by hand, or the fallback) take the SDK's paths
 
 
+def _ignores_attributes(sampler, nested: bool = False) -> bool:
+    """Whether `sampler` decides without reading a span's attributes (exact types: a subclass may read them)."""
+    from .samplers import RateLimitingSampler
+
+    kind = type(sampler)
+    if kind in (sampling.StaticSampler, sampling.TraceIdRatioBased, RateLimitingSampler):
+        return True
+    if kind in (sampling.ParentBased, sampling.ParentBasedTraceIdRatio) and not nested:
+        delegates = compat.parent_based_delegates(sampler)
+        return delegates is not None and all(_ignores_attributes(d, True) for d in delegates)
+    return False
+
+
 def _sdk_span_fields(resource) -> frozenset:
     """The fields the installed SDK's constructor gives a span."""
     span = sdk_trace._Span("probe", SpanContext(1, 1, is_remote=False), resource=resource)
@@ -211,6 +226,7 @@ class Tracer(sdk_trace.Tracer):
         limits = self._span_limits
         self._maker = _AttributeMaker(limits.max_span_attributes, limits.max_span_attribute_length)
         self._metrics = getattr(self, "_tracer_metrics", None)
+        self._attribute_blind = _ignores_attributes(self.sampler)
         if Tracer._fields_ok is None:
             expected = set(_FIELDS) | ({"_record_end_metrics"} if self._metrics is not None else set())
             Tracer._fields_ok = _sdk_span_fields(self.resource) <= expected
@@ -224,6 +240,20 @@ class Tracer(sdk_trace.Tracer):
     def start_span(self, name: str, context=None, kind: SpanKind = _INTERNAL, attributes=None, links=(),
                    start_time: Optional[int] = None, record_exception: bool = True,
                    set_status_on_exception: bool = True) -> trace_api.Span:
+        return self._start(name, context, kind, attributes, links, start_time, record_exception,
+                           set_status_on_exception, None)
+
+    def start_span_deferring_attributes(self, name: str, context, kind: SpanKind,
+                                        make_attributes: Callable[[], dict]) -> trace_api.Span:
+        """`start_span(name, context, kind, attributes=make_attributes())`, but where the sampler never reads
+        attributes (the SDK's built-in samplers, trace-run's rate limiter) they are made only for a span that
+        records: an unsampled request does not pay for them. Any other sampler gets them first, as always."""
+        if not self._attribute_blind:
+            return self._start(name, context, kind, make_attributes(), (), None, True, True, None)
+        return self._start(name, context, kind, None, (), None, True, True, make_attributes)
+
+    def _start(self, name, context, kind, attributes, links, start_time, record_exception,
+               set_status_on_exception, make_attributes) -> trace_api.Span:
         # the SDK's Tracer.start_span, step for step (tests/test_fastspan.py compares the two)
         links = links or ()
         parent = trace_api.get_current_span(context).get_span_context()
@@ -249,8 +279,10 @@ class Tracer(sdk_trace.Tracer):
         record_end_metrics = metrics.start_span(parent, decision) if metrics is not None else None
         if decision is not _RECORD_AND_SAMPLE and decision is not _RECORD_ONLY:
             return NonRecordingSpan(context=span_context)
+        # an attribute-blind sampler hands back what it was given (nothing, here): the deferred ones go in its place
+        span_attributes = result.attributes if make_attributes is None else make_attributes()
         if not Tracer._fields_ok:
-            return self._sdk_constructed(name, span_context, parent, result, kind, links, record_exception,
+            return self._sdk_constructed(name, span_context, parent, span_attributes, kind, links, record_exception,
                                          set_status_on_exception, start_time, context, record_end_metrics)
         maker = self._maker
         span = _new(Span)
@@ -259,7 +291,7 @@ class Tracer(sdk_trace.Tracer):
             "_instrumentation_info": self.instrumentation_info,
             "_instrumentation_scope": self._instrumentation_scope, "_parent": parent,
             "_start_time": start_time if start_time is not None else time_ns(), "_end_time": None,
-            "_attributes": maker.make(result.attributes), "_events": (), "_links": (), "_resource": self.resource,
+            "_attributes": maker.make(span_attributes), "_events": (), "_links": (), "_resource": self.resource,
             "_status": _UNSET, "_sampler": self.sampler, "_trace_config": None,
             "_record_exception": record_exception, "_set_status_on_exception": set_status_on_exception,
             "_span_processor": self.span_processor, "_limits": self._span_limits, "_lock": _Lock(),
@@ -270,10 +302,10 @@ class Tracer(sdk_trace.Tracer):
         self.span_processor.on_start(span, parent_context=context)
         return span
 
-    def _sdk_constructed(self, name, span_context, parent, result, kind, links, record_exception,
+    def _sdk_constructed(self, name, span_context, parent, attributes, kind, links, record_exception,
                          set_status_on_exception, start_time, context, record_end_metrics) -> Span:
         kwargs = dict(name=name, context=span_context, parent=parent, sampler=self.sampler,
-                      resource=self.resource, attributes=result.attributes, span_processor=self.span_processor,
+                      resource=self.resource, attributes=attributes, span_processor=self.span_processor,
                       kind=kind, links=links, instrumentation_info=self.instrumentation_info,
                       record_exception=record_exception, set_status_on_exception=set_status_on_exception,
                       limits=self._span_limits, instrumentation_scope=self._instrumentation_scope)

@@ -57,6 +57,11 @@ class FollowingTracer(trace.ProxyTracer):
     def follow(self, real: trace.Tracer) -> None:
         self._real_tracer = real
         self.start_span = real.start_span
+        deferring = getattr(real, "start_span_deferring_attributes", None)  # trace-run's span class only
+        if deferring is not None:
+            self.start_span_deferring_attributes = deferring
+        else:
+            self.__dict__.pop("start_span_deferring_attributes", None)
 
     def start_as_current_span(self, *args: Any, **kwargs: Any) -> Any:
         """The real tracer's, looked up at each use: a function decorated before the move follows too.

@@ -186,6 +186,15 @@ class sdk_environ:
         return False
 
 
+def parent_based_delegates(sampler: Any) -> Optional[list]:
+    """The samplers a ParentBased sampler hands each decision to (its private `_root`,
+    `_remote_parent_sampled`, ...). Fallback: None (the caller treats the sampler as unknown)."""
+    names = ("_root", "_remote_parent_sampled", "_remote_parent_not_sampled", "_local_parent_sampled",
+             "_local_parent_not_sampled")
+    delegates = [getattr(sampler, name, None) for name in names]
+    return None if any(d is None for d in delegates) else delegates
+
+
 # -- CPython ---------------------------------------------------------------------------------------
 
 

@@ -24,7 +24,6 @@ from typing import Any, Callable, Optional
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind
 from trace_run.core.guard import Guard
 
 from . import http_common, wsgi
@@ -108,8 +107,7 @@ def _start(tracer: trace.Tracer, scope: dict, excluded) -> Optional[wsgi._Reques
     # On top of the current context, not an empty one: what an outer layer put there (FastAPI's request
     # telemetry when its own tracing is off, baggage) stays visible to the app.
     parent = propagate.extract(environ, getter=wsgi.getter, context=otel_context.get_current())
-    name, attrs = wsgi.server_attributes(environ)
-    span = tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attrs)
+    span = wsgi.start_server_span(tracer, environ, parent)
     return wsgi._Request(span, trace.set_span_in_context(span, parent))
 
 

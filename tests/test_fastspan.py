@@ -22,10 +22,20 @@ from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.id_generator import IdGenerator
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, Decision, ParentBased, StaticSampler
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    Decision,
+    ParentBased,
+    ParentBasedTraceIdRatio,
+    SamplingResult,
+    StaticSampler,
+    TraceIdRatioBased,
+)
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 from trace_run.agent import fastspan
+from trace_run.agent.samplers import RateLimitingSampler
 
 
 class _Ids(IdGenerator):
@@ -262,6 +272,61 @@ def test_samplers(caplog, sampler):
         return type(span).__name__ == "NonRecordingSpan", span.get_span_context().trace_flags.sampled
 
     _run_both(scenario, caplog, sampler=sampler)
+
+
+class _ReadsAttributes(StaticSampler):
+    """Samples a span only where its attributes say so (a subclass of a built-in: not trusted to ignore them)."""
+
+    def __init__(self):
+        super().__init__(Decision.RECORD_AND_SAMPLE)
+        self.seen = []
+
+    def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None,
+                      trace_state=None):
+        self.seen.append(dict(attributes or {}))
+        decision = Decision.RECORD_AND_SAMPLE if (attributes or {}).get("keep") else Decision.DROP
+        return SamplingResult(decision, attributes if decision is Decision.RECORD_AND_SAMPLE else None)
+
+
+@pytest.mark.parametrize("sampler, blind", [
+    (ALWAYS_OFF, True), (ALWAYS_ON, True), (ParentBased(ALWAYS_OFF), True), (ParentBasedTraceIdRatio(0.5), True),
+    (TraceIdRatioBased(0.0), True), (RateLimitingSampler(1000), True), (_ReadsAttributes(), False),
+    (ParentBased(_ReadsAttributes()), False), (ParentBased(ALWAYS_ON, remote_parent_sampled=_ReadsAttributes()), False),
+], ids=["off", "on", "parent-off", "parent-ratio", "ratio-0", "rate-limit", "reads", "parent-reads", "remote-reads"])
+def test_deferred_attributes_are_made_only_for_spans_that_record_where_the_sampler_ignores_them(sampler, blind):
+    """An unsampled request skips building its SERVER span's attributes; what is exported is what
+    start_span(..., attributes=...) exports; a sampler that may read attributes gets them first."""
+    made = []
+
+    def make():
+        made.append(1)
+        return {"http.request.method": "GET", "keep": True}
+
+    deferred, deferred_out, _ = _pipeline(True, sampler=sampler)
+    eager, eager_out, _ = _pipeline(True, sampler=sampler)
+    assert deferred._attribute_blind is blind
+    span = deferred.start_span_deferring_attributes("GET", None, SpanKind.SERVER, make)
+    reference = eager.start_span("GET", None, SpanKind.SERVER, attributes=make())
+    made.pop()
+    assert made == ([1] if span.is_recording() or not blind else [])
+    recording = span.is_recording()
+    assert recording == reference.is_recording()
+    span.end()
+    reference.end()
+    assert [_view(s) for s in deferred_out.get_finished_spans()] == [_view(s) for s in eager_out.get_finished_spans()]
+    if isinstance(sampler, _ReadsAttributes):
+        assert sampler.seen[-2:] == [{"http.request.method": "GET", "keep": True}] * 2 and recording
+
+
+def test_a_following_tracer_defers_only_through_trace_runs_span_class():
+    from trace_run.agent.program_provider import FollowingTracer
+
+    ours, _, _ = _pipeline(True)
+    sdk, _, _ = _pipeline(False)
+    following = FollowingTracer(ours, "scope")
+    assert following.start_span_deferring_attributes == ours.start_span_deferring_attributes
+    following.follow(sdk)  # the program set its own provider: the SDK's tracer has no such method
+    assert getattr(following, "start_span_deferring_attributes", None) is None
 
 
 def test_the_span_is_the_sdks_span_and_read_only_once_ended():
