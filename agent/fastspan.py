@@ -38,6 +38,8 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFl
 from opentelemetry.trace.status import Status, StatusCode
 from trace_run.core import compat
 
+from .samplers import RateLimitingSampler
+
 _logger = logging.getLogger("opentelemetry.sdk.trace")  # the SDK's messages, under the SDK's logger
 
 _new = object.__new__
@@ -195,8 +197,6 @@ Span._maker = None  # spans made by the SDK's constructor (by hand, or the fallb
 
 def _ignores_attributes(sampler, nested: bool = False) -> bool:
     """Whether `sampler` decides without reading a span's attributes (exact types: a subclass may read them)."""
-    from .samplers import RateLimitingSampler
-
     kind = type(sampler)
     if kind in (sampling.StaticSampler, sampling.TraceIdRatioBased, RateLimitingSampler):
         return True
