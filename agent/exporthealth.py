@@ -115,6 +115,10 @@ class CountingExporter(SpanExporter):
         """The real exporter if it exists yet, else None (nothing is built)."""
         return self._lazy.built if self._lazy is not None else self._inner
 
+    def prepare_for_fork(self) -> None:
+        if self._lazy is not None:
+            self._lazy.prepare_for_fork()
+
     def build_soon(self) -> None:
         """Start building the real exporter on a thread of its own (see LazyExporter.build_soon)."""
         if self._lazy is not None:

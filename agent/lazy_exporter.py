@@ -115,6 +115,10 @@ class LazyExporter(SpanExporter):
         except Exception:
             self._warm = None
 
+    def prepare_for_fork(self) -> None:
+        """What a fork runs first, also for a parent about to fork (gunicorn's master, see boot)."""
+        self._before_fork()
+
     def _after_fork(self) -> None:
         self.__dict__.pop("_build_lock", None)
         # a forked child builds on demand (its export or exit flush), as before the builder thread:

@@ -75,6 +75,14 @@ def _setup() -> None:
     _install_sigterm()
 
 
+def prepare_exporters_for_fork() -> None:
+    """Import what each exporter will import, now, in the parent (LazyExporter.prepare_for_fork)."""
+    for _processor, health in _state.get("processors", ()):
+        prepare = getattr(health, "prepare_for_fork", None)
+        if prepare is not None:
+            prepare()
+
+
 def install_textmap() -> None:
     """Make trace-run's propagator the global one, now or at a later call. A program whose first
     OpenTelemetry import is `opentelemetry.propagate` builds the SDK half-way through that module

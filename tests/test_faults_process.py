@@ -90,6 +90,57 @@ def test_gunicorn_workers_recycled_every_request_traced_once(receiver, mode):
     assert len(pids) >= 4, "workers were recycled (max-requests 3): %s" % pids
 
 
+POST_FORK_CONFIG = """
+import os, sys
+
+def post_fork(server, worker):  # in the worker, right after the fork: what it inherited
+    with open(os.environ["FORKS_FILE"], "a") as out:
+        out.write("%s %s\\n" % (worker.pid, os.environ["EXPORTER_MODULE"] in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("protocol, worker, prepared", [
+    ("grpc", "sync", True), ("http/protobuf", "sync", True), ("grpc", "gevent", False),
+], ids=["grpc-sync", "http-sync", "grpc-gevent"])
+def test_gunicorns_master_prepares_the_exporter_before_forking_its_workers(tmp_path, receiver, protocol, worker,
+                                                                          prepared):
+    """Without --preload the master imports nothing traced: trace-run sets the SDK and the exporter's modules
+    up in it before its first fork, so the workers share them (issue 19: worker RSS over OTLP/gRPC); not
+    under gevent, whose workers must import what uses ssl first. Every request's span still arrives once,
+    in its trace, and the master prints nothing (no at-fork handler imported inside a fork)."""
+    port = free_port()
+    config = tmp_path / "gunicorn_conf.py"
+    config.write_text(POST_FORK_CONFIG)
+    forks = tmp_path / "forks.txt"
+    env = clean_env(**receiver.env(protocol=protocol), OTEL_SERVICE_NAME="gunicorn-app", FORKS_FILE=str(forks),
+                    EXPORTER_MODULE="trace_run.agent.otlp_" + ("grpc" if protocol == "grpc" else "http"))
+    proc = subprocess.Popen([TRACE_RUN, "gunicorn", "-b", "127.0.0.1:%d" % port, "-w", "2", "-k", worker,
+                             "--graceful-timeout", "5", "--chdir", APPS, "-c", str(config), "fault_workers_app:app"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    trace_ids = ["%032x" % (0xFEED0000 + i) for i in range(6)]
+    try:
+        _wait_port(port, proc)
+        for tid in trace_ids:
+            assert _get(port, "/work", tid) == 200
+        receiver.wait_for(lambda ss: len([s for s in ss if s.name == "handler-work"]) >= 6, timeout=15)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise AssertionError("gunicorn did not stop: %s" % proc.communicate()[1][-4000:]) from None
+    inherited = [line.split()[1] for line in forks.read_text().splitlines()]
+    assert len(inherited) >= 2 and set(inherited) == {str(prepared)}, inherited
+    assert "Exception ignored" not in err and "Traceback" not in err, err[-3000:]
+    spans = list(receiver.spans)
+    for tid in trace_ids:
+        servers = [s for s in spans if s.trace_id == tid and s.kind == "SERVER"]
+        works = [s for s in spans if s.trace_id == tid and s.name == "handler-work"]
+        assert len(servers) == 1 and len(works) == 1, (tid, spans)
+        assert servers[0].parent_id == "ab" * 8 and works[0].parent_id == servers[0].span_id
+
+
 # -- multiprocessing, os.fork, daemon threads -------------------------------------------
 
 FORKS = """
