@@ -135,10 +135,10 @@ def _warm_in_gunicorn_master(arbiter_module) -> None:
     """gunicorn's master forks every worker, and (without --preload) imports nothing traced itself: the
     SDK and the exporter's modules are set up in it once it has started (its worker class loaded, its
     daemon fork done) and before it forks a worker, as --preload would, so the workers share those pages
-    (grpcio's: ~13 MiB less RSS per worker) and none imports them on its first request. Not in an at-fork
-    hook: a module imported there that registers at-fork handlers of its own (concurrent.futures)
-    releases in the parent a lock it never took. Not where gevent or eventlet is loaded: their workers
-    must be the first to import what uses ssl."""
+    (grpcio's: ~13 MiB less RSS per worker after start, ~3 MiB under sustained load) and none imports
+    them on its first request. Not in an at-fork hook: a module imported there that registers at-fork
+    handlers of its own (concurrent.futures) releases in the parent a lock it never took. Not where
+    gevent or eventlet is loaded: their workers must be the first to import what uses ssl."""
     arbiter = getattr(arbiter_module, "Arbiter", None)
     start = getattr(arbiter, "start", None)
     if start is None or getattr(start, "_trace_run_original", None) is not None:
