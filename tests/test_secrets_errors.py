@@ -33,7 +33,7 @@ def fetch():
     except requests.ConnectionError as exc:
         raise RuntimeError("upstream http://svc:%s@127.0.0.1:%d/x?token=%s failed" % (pw, closed, tok)) from exc
 
-server = make_server("127.0.0.1", 0, app, threaded=True)
+server = make_server("127.0.0.1", 0, app, threaded=False)  # shutdown(): the last span has ended
 threading.Thread(target=server.serve_forever, daemon=True).start()
 for call in (lambda: httpx.get(bad, timeout=5), lambda: urllib3.PoolManager().request("GET", bad, retries=0),
              lambda: urllib.request.urlopen(bad, timeout=5)):
@@ -104,7 +104,7 @@ def signup(driver):
 def redis_fail():
     redis.Redis.from_url(redis_url).execute_command("TRACE-RUN-NO-SUCH-COMMAND", value)
 
-server = make_server("127.0.0.1", 0, app, threaded=True)
+server = make_server("127.0.0.1", 0, app, threaded=False)  # shutdown(): the last span has ended
 threading.Thread(target=server.serve_forever, daemon=True).start()
 base = "http://127.0.0.1:%d" % server.server_port
 for path in ("/signup/psycopg", "/signup/psycopg2", "/redis"):

@@ -20,7 +20,9 @@ from werkzeug.serving import make_server
 query = sys.argv[1]
 app = Flask(__name__)
 app.add_url_rule("/q", "q", lambda: "ok")
-server = make_server("127.0.0.1", 0, app, threaded=True)
+# one thread: shutdown() returns once the last request is handled whole, its span ended (threaded, a
+# handler thread could still be closing the last response, its span unended, as the program exits)
+server = make_server("127.0.0.1", 0, app, threaded=False)
 threading.Thread(target=server.serve_forever, daemon=True).start()
 url = "http://127.0.0.1:%d/q?%s" % (server.server_port, query)
 assert requests.get(url, timeout=10).status_code == 200
