@@ -31,7 +31,7 @@ class LazyExporter(SpanExporter):
         self.target = target
         self.built: Optional[SpanExporter] = None
         self._exit_hook = False  # _finish_build_at_exit is registered
-        os.register_at_fork(before=self._before_fork, after_in_child=self._after_fork)
+        os.register_at_fork(before=self.prepare_for_fork, after_in_child=self._after_fork)
 
     def get(self) -> SpanExporter:
         """The real exporter, built now if it is not yet (a broken one that fails every export if it cannot be)."""
@@ -92,8 +92,9 @@ class LazyExporter(SpanExporter):
         is atomic: threads racing here share one lock."""
         return self.__dict__.get("_build_lock") or self.__dict__.setdefault("_build_lock", threading.RLock())
 
-    def _before_fork(self) -> None:
-        """Import the exporter's modules in the parent, once: else every child
+    def prepare_for_fork(self) -> None:
+        """What a fork runs first; also called by a parent about to fork (gunicorn's master, see boot).
+        Import the exporter's modules in the parent, once: else every child
         imports them itself on its first span (~100 ms each), and a child stopped
         by SIGTERM in the middle of that import cannot flush its spans."""
         builder = self.__dict__.get("_builder")
@@ -114,10 +115,6 @@ class LazyExporter(SpanExporter):
                 self._warm = None
         except Exception:
             self._warm = None
-
-    def prepare_for_fork(self) -> None:
-        """What a fork runs first, also for a parent about to fork (gunicorn's master, see boot)."""
-        self._before_fork()
 
     def _after_fork(self) -> None:
         self.__dict__.pop("_build_lock", None)

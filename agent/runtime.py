@@ -78,9 +78,7 @@ def _setup() -> None:
 def prepare_exporters_for_fork() -> None:
     """Import what each exporter will import, now, in the parent (LazyExporter.prepare_for_fork)."""
     for _processor, health in _state.get("processors", ()):
-        prepare = getattr(health, "prepare_for_fork", None)
-        if prepare is not None:
-            prepare()
+        health.prepare_for_fork()
 
 
 def install_textmap() -> None:

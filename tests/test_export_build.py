@@ -155,7 +155,7 @@ def test_a_fork_waits_for_a_build_under_way_and_the_child_builds_its_own():
         time.sleep(0.01)
     threading.Timer(0.2, slow.release.set).start()
     started = time.monotonic()
-    lazy._before_fork()  # what os.fork() runs first: the child must not inherit half-done imports
+    lazy.prepare_for_fork()  # what os.fork() runs first: the child must not inherit half-done imports
     assert lazy.built is not None and time.monotonic() - started >= 0.15
     lazy._after_fork()  # in the child: nothing of the parent's build, and the next first span builds again
     counting._reset()
