@@ -33,8 +33,10 @@ from opentelemetry import trace as trace_api
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk import trace as sdk_trace
 from opentelemetry.sdk.trace import sampling
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from opentelemetry.trace.status import Status, StatusCode
 from trace_run.core import compat
 
@@ -50,6 +52,8 @@ _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 _RECORD_AND_SAMPLE = Decision.RECORD_AND_SAMPLE
 _RECORD_ONLY = Decision.RECORD_ONLY
+_DROP = Decision.DROP
+_tuple_new = tuple.__new__
 _PLAIN = (str, int, float, bool)
 _INTERNAL = SpanKind.INTERNAL
 
@@ -206,6 +210,45 @@ def _ignores_attributes(sampler, nested: bool = False) -> bool:
     return False
 
 
+def _sampling_plan(sampler) -> Optional[tuple]:
+    """What `sampler` decides, as data, for the SDK's built-in samplers (exact types): per parent kind
+    (root, remote sampled, remote not sampled, local sampled, local not sampled) a Decision, or an int
+    bound for a trace-id ratio. `Tracer._start` then decides without the sampler's two calls and its
+    SamplingResult; the answer is the sampler's (tests/test_fastspan.py). None: call the sampler."""
+    kind = type(sampler)
+    if kind in (sampling.ParentBased, sampling.ParentBasedTraceIdRatio):
+        delegates = compat.parent_based_delegates(sampler)
+        if delegates is None:
+            return None
+        rules = tuple(_sampling_plan(d) for d in delegates)
+        return None if any(r is None for r in rules) else tuple(r[0] for r in rules)
+    if kind is sampling.StaticSampler:
+        rule = getattr(sampler, "_decision", None)
+        return (rule,) * 5 if isinstance(rule, Decision) else None
+    if kind is sampling.TraceIdRatioBased:
+        bound = getattr(sampler, "bound", None)
+        return (bound,) * 5 if type(bound) is int and getattr(sampler, "TRACE_ID_LIMIT", None) == _ID_LIMIT else None
+    return None
+
+
+_ID_LIMIT = (1 << 64) - 1
+
+
+def _context_is_a_plain_tuple() -> bool:
+    """SpanContext is the tuple (trace_id, span_id, is_remote, trace_flags, trace_state, is_valid) (checked
+    once): `_start` then makes it as SpanContext.__new__ does, without the call and the id range checks
+    that ids of the SDK's RandomIdGenerator always pass."""
+    try:
+        made = SpanContext(3, 5, False, _SAMPLED, None)
+        ours = _tuple_new(SpanContext, (3, 5, False, _SAMPLED, DEFAULT_TRACE_STATE, True))
+        return tuple(made) == tuple(ours) and made.is_valid is ours.is_valid and made.trace_state is ours.trace_state
+    except Exception:
+        return False
+
+
+_PLAIN_CONTEXT = _context_is_a_plain_tuple()
+
+
 def _sdk_span_fields(resource) -> frozenset:
     """The fields the installed SDK's constructor gives a span."""
     span = sdk_trace._Span("probe", SpanContext(1, 1, is_remote=False), resource=resource)
@@ -227,6 +270,8 @@ class Tracer(sdk_trace.Tracer):
         self._maker = _AttributeMaker(limits.max_span_attributes, limits.max_span_attribute_length)
         self._metrics = getattr(self, "_tracer_metrics", None)
         self._attribute_blind = _ignores_attributes(self.sampler)
+        self._plan = _sampling_plan(self.sampler)
+        self._plain_ids = _PLAIN_CONTEXT and type(self.id_generator) is RandomIdGenerator
         if Tracer._fields_ok is None:
             expected = set(_FIELDS) | ({"_record_end_metrics"} if self._metrics is not None else set())
             Tracer._fields_ok = _sdk_span_fields(self.resource) <= expected
@@ -266,21 +311,41 @@ class Tracer(sdk_trace.Tracer):
             trace_id = self.id_generator.generate_trace_id()
         else:
             trace_id = parent.trace_id
-        result = self.sampler.should_sample(context, trace_id, name, kind, attributes, links)
-        decision = result.decision
+        plan = self._plan
+        if plan is not None:  # the sampler's decision, as it would make it (see _sampling_plan)
+            if parent is None:
+                rule = plan[0]
+                trace_state = None
+            else:
+                sampled = parent.trace_flags.sampled
+                rule = (plan[1] if sampled else plan[2]) if parent.is_remote else (plan[3] if sampled else plan[4])
+                trace_state = parent.trace_state
+            if type(rule) is int:
+                decision = _RECORD_AND_SAMPLE if trace_id & _ID_LIMIT < rule else _DROP
+            else:
+                decision = rule
+            sampled_attributes = attributes
+        else:
+            result = self.sampler.should_sample(context, trace_id, name, kind, attributes, links)
+            decision, trace_state, sampled_attributes = result.decision, result.trace_state, result.attributes
         flags = _SAMPLED if decision is _RECORD_AND_SAMPLE else _NOT_SAMPLED
         if _RANDOM_FLAG is not None:
             random = self.id_generator.is_trace_id_random() if parent is None else parent.trace_flags.random_trace_id
             if random:
                 flags = TraceFlags(flags | _RANDOM_FLAG)
-        span_context = SpanContext(trace_id, self.id_generator.generate_span_id(), is_remote=False,
-                                   trace_flags=flags, trace_state=result.trace_state)
+        if self._plain_ids:
+            span_context = _tuple_new(SpanContext, (trace_id, self.id_generator.generate_span_id(), False, flags,
+                                                    DEFAULT_TRACE_STATE if trace_state is None else trace_state,
+                                                    True))
+        else:
+            span_context = SpanContext(trace_id, self.id_generator.generate_span_id(), is_remote=False,
+                                       trace_flags=flags, trace_state=trace_state)
         metrics = self._metrics
         record_end_metrics = metrics.start_span(parent, decision) if metrics is not None else None
         if decision is not _RECORD_AND_SAMPLE and decision is not _RECORD_ONLY:
             return NonRecordingSpan(context=span_context)
         # an attribute-blind sampler hands back what it was given (nothing, here): the deferred ones go in its place
-        span_attributes = result.attributes if make_attributes is None else make_attributes()
+        span_attributes = sampled_attributes if make_attributes is None else make_attributes()
         if not Tracer._fields_ok:
             return self._sdk_constructed(name, span_context, parent, span_attributes, kind, links, record_exception,
                                          set_status_on_exception, start_time, context, record_end_metrics)

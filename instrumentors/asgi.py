@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from trace_run.core.guard import Guard
 
 from . import http_common, wsgi
@@ -106,7 +106,7 @@ def _start(tracer: trace.Tracer, scope: dict, excluded) -> Optional[wsgi._Reques
         return None
     # On top of the current context, not an empty one: what an outer layer put there (FastAPI's request
     # telemetry when its own tracing is off, baggage) stays visible to the app.
-    parent = propagate.extract(environ, getter=wsgi.getter, context=otel_context.get_current())
+    parent = wsgi.extract(environ, otel_context.get_current())
     span = wsgi.start_server_span(tracer, environ, parent)
     return wsgi._Request(span, trace.set_span_in_context(span, parent))
 

@@ -443,3 +443,79 @@ def test_programs_under_trace_run_export_the_same_spans_with_either_class(receiv
     if span_class == "tiny":  # a bad value: one line naming it and what is used instead
         lines = [line for line in proc.stderr.splitlines() if "OTEL_TRACE_RUN_SPAN_CLASS" in line]
         assert len(lines) == 1 and "tiny" in lines[0] and "trace-run" in lines[0], proc.stderr
+
+
+class _TraceIds(IdGenerator):
+    """Trace ids from a list (on both sides of a ratio's bound), span ids counting up."""
+
+    def __init__(self, trace_ids):
+        self._trace_ids = itertools.cycle(trace_ids)
+        self._n = itertools.count(1)
+
+    def generate_span_id(self) -> int:
+        return next(self._n)
+
+    def generate_trace_id(self) -> int:
+        return next(self._trace_ids)
+
+
+_HALF = TraceIdRatioBased.get_bound_for_rate(0.5)
+_IDS = [1, _HALF - 1, _HALF, _HALF + 1, (1 << 64) - 1, (1 << 64) + _HALF - 1, (1 << 127) + 5, (1 << 128) - 1]
+_PARENTS = {
+    "root": None,
+    "invalid": trace.set_span_in_context(trace.INVALID_SPAN),
+    "remote-sampled": trace.set_span_in_context(NonRecordingSpan(SpanContext(
+        _HALF + 1, 7, True, TraceFlags(1), TraceState([("vendor", "x")])))),
+    "remote-unsampled": trace.set_span_in_context(NonRecordingSpan(SpanContext(_HALF - 1, 7, True, TraceFlags(0)))),
+    "local-sampled": trace.set_span_in_context(NonRecordingSpan(SpanContext(
+        (1 << 100) + 3, 8, False, TraceFlags(1), TraceState([("k", "v")])))),
+    "local-unsampled": trace.set_span_in_context(NonRecordingSpan(SpanContext(9, 8, False, TraceFlags(0)))),
+}
+
+
+@pytest.mark.parametrize("sampler", [
+    ALWAYS_ON, ALWAYS_OFF, StaticSampler(Decision.RECORD_ONLY), TraceIdRatioBased(0.5), TraceIdRatioBased(0.0),
+    TraceIdRatioBased(1.0), ParentBased(ALWAYS_ON), ParentBased(ALWAYS_OFF), ParentBasedTraceIdRatio(0.5),
+    ParentBased(TraceIdRatioBased(0.5), remote_parent_sampled=ALWAYS_OFF, remote_parent_not_sampled=ALWAYS_ON,
+                local_parent_sampled=TraceIdRatioBased(0.5),
+                local_parent_not_sampled=StaticSampler(Decision.RECORD_ONLY)),
+], ids=["on", "off", "record-only", "ratio", "ratio-0", "ratio-1", "parent-on", "parent-off", "parent-ratio", "mixed"])
+@pytest.mark.parametrize("plain_ids", [True, False], ids=["tuple-context", "constructed-context"])
+def test_the_built_in_samplers_are_decided_without_calling_them_as_they_decide(sampler, plain_ids):
+    """Tracer._start decides for the SDK's samplers from a plan (no should_sample call, and the span's
+    context made as SpanContext.__new__ makes it): for every kind of parent and trace ids on both
+    sides of a ratio's bound, the span and its context are the SDK tracer's."""
+    def run(ours: bool) -> list:
+        provider = TracerProvider(sampler=sampler, id_generator=_TraceIds(_IDS))
+        exporter = InMemorySpanExporter()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        tracer = provider.get_tracer("scope")
+        if ours:
+            tracer = fastspan.adopt(tracer)
+            assert tracer._plan is not None
+            tracer._plain_ids = plain_ids  # both ways of making the span's context
+        seen = []
+        for label, parent in _PARENTS.items():
+            for _ in _IDS:
+                span = tracer.start_span("s", context=parent, kind=SpanKind.SERVER, attributes={"a": 1})
+                c = span.get_span_context()
+                seen.append((label, isinstance(span, NonRecordingSpan), span.is_recording(), c.trace_id, c.span_id,
+                             c.is_remote, int(c.trace_flags), c.trace_state.to_header(), c.is_valid,
+                             type(c.trace_state),
+                             dict(getattr(span, "attributes", None) or {})))
+                span.end()
+        return seen + [[_view(s) for s in exporter.get_finished_spans()]]
+
+    sdk, ours = run(False), run(True)
+    assert ours == sdk
+    decided = {(row[0], row[2]) for row in sdk[:-1]}
+    if isinstance(sampler, TraceIdRatioBased) and sampler.rate == 0.5:
+        assert ("root", True) in decided and ("root", False) in decided  # the ids straddle the bound
+
+
+def test_other_samplers_are_asked_as_always():
+    assert fastspan._sampling_plan(RateLimitingSampler(10)) is None
+    assert fastspan._sampling_plan(_ReadsAttributes()) is None
+    assert fastspan._sampling_plan(ParentBased(ALWAYS_ON, local_parent_sampled=_ReadsAttributes())) is None
+    assert fastspan._sampling_plan(ParentBasedTraceIdRatio(0.25)) == (TraceIdRatioBased.get_bound_for_rate(0.25),) + (
+        Decision.RECORD_AND_SAMPLE, Decision.DROP, Decision.RECORD_AND_SAMPLE, Decision.DROP)

@@ -424,3 +424,73 @@ def test_app_created_before_instrumenting_is_traced(memory):
     r = app.test_client().get("/early/2")
     r.close()
     assert len(exporter.get_finished_spans()) == 1  # uninstrumented: nothing more
+
+
+def test_an_unsampled_request_streams_in_its_context_and_keeps_the_servers_start_response(monkeypatch):
+    """A span that does not record gets neither the status wrapper nor the span-ending body: the app's
+    start_response is the server's own, and a streamed body still runs in the request's context, so a
+    call it makes carries the trace and its not-sampled flag."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    provider = TracerProvider(sampler=ALWAYS_OFF)
+    seen, closed = [], []
+
+    def server_start_response(status, headers, exc_info=None):
+        seen.append(status)
+
+    def streaming(environ, start_response):
+        seen.append(start_response is server_start_response)
+
+        def chunks():
+            carrier = {}
+            propagate.inject(carrier)
+            yield carrier.get("traceparent", "none").encode()
+
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        body = chunks()
+        return type("Body", (), {"__iter__": lambda self: body, "close": lambda self: closed.append(True)})()
+
+    old = propagate.get_global_textmap()
+    propagate.set_global_textmap(W3CTraceContextPropagator())
+    try:
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/s", "SERVER_NAME": "h", "SERVER_PORT": "80",
+                   "wsgi.url_scheme": "http", "SERVER_PROTOCOL": "HTTP/1.1",
+                   "HTTP_TRACEPARENT": "00-%032x-%016x-00" % (0xAB, 0xCD)}
+        body = TraceMiddleware(streaming, tracer_provider=provider)(environ, server_start_response)
+        chunks = list(body)
+        body.close()
+    finally:
+        propagate.set_global_textmap(old)
+    assert seen == [True, "200 OK"] and closed == [True]
+    (header,) = chunks
+    trace_id, span_id, flags = header.decode().split("-")[1:]
+    assert int(trace_id, 16) == 0xAB and flags == "00" and int(span_id, 16) not in (0, 0xCD)
+    assert trace.get_current_span() is trace.INVALID_SPAN  # nothing left attached
+
+
+@pytest.mark.parametrize("headers", [{}, {"HTTP_TRACEPARENT": "00-%032x-%016x-01" % (7, 8)},
+                                     {"HTTP_BAGGAGE": "k=v"}, {"HTTP_TRACESTATE": "a=b"}, {"HTTP_TRACEPARENT": ""}],
+                         ids=["none", "traceparent", "baggage", "tracestate-alone", "empty-traceparent"])
+@pytest.mark.parametrize("outer", [False, True], ids=["no-context", "current-context"])
+@pytest.mark.parametrize("propagators", ["tracecontext,baggage", "baggage,tracecontext", "tracecontext,baggage,b3"])
+def test_the_server_side_extract_answers_as_the_propagators_do(headers, outer, propagators):
+    """wsgi.extract skips the propagators only where they would change nothing (the default pair, none
+    of their headers); everywhere its answer is propagate.extract's."""
+    from opentelemetry import baggage, trace
+    from trace_run.agent.sdk import build_propagator
+    from trace_run.instrumentors import wsgi
+
+    old = propagate.get_global_textmap()
+    propagate.set_global_textmap(build_propagator(propagators.split(",")))
+    environ = {"REQUEST_METHOD": "GET", **headers}
+    try:
+        outer_ctx = baggage.set_baggage("outer", "1") if outer else None
+        ours = wsgi.extract(environ, outer_ctx)
+        theirs = propagate.extract(environ, context=outer_ctx, getter=wsgi.getter)
+    finally:
+        propagate.set_global_textmap(old)
+    assert set(ours) == set(theirs)  # the same keys; the span and baggage under them compared below
+    assert trace.get_current_span(ours).get_span_context() == trace.get_current_span(theirs).get_span_context()
+    assert baggage.get_all(ours) == baggage.get_all(theirs)
