@@ -252,6 +252,11 @@ class CountingProcessor(SpanProcessor):
         text = repr(self._counter)
         return int(text[text.index("(") + 1 : -1])
 
+    @property
+    def inert_on_start(self) -> bool:
+        """on_start does nothing: it forwards to a processor that does nothing then (see fastspan._routed)."""
+        return getattr(self.processor, "inert_on_start", False) is True
+
     def on_start(self, span, parent_context=None) -> None:
         self.processor.on_start(span, parent_context=parent_context)
 

@@ -191,9 +191,10 @@ class Span(sdk_trace.Span):
         if record_end_metrics:
             record_end_metrics()
         processor = self._span_processor
-        if _HAS_ON_ENDING:
+        route = _route(processor)
+        if route[2]:
             processor._on_ending(self)
-        processor.on_end(self)  # itself, not a copy: nothing about it can change any more
+        route[3](self)  # itself, not a copy: nothing about it can change any more
 
 
 Span._maker = None  # spans made by the SDK's constructor (by hand, or the fallback) take the SDK's paths
@@ -208,6 +209,59 @@ def _ignores_attributes(sampler, nested: bool = False) -> bool:
         delegates = compat.parent_based_delegates(sampler)
         return delegates is not None and all(_ignores_attributes(d, True) for d in delegates)
     return False
+
+
+_ROUTE = "_trace_run_route"
+
+
+def does_nothing(function) -> bool:
+    """A function whose body is `pass` (or a constant, its docstring aside): a call to it can be left out."""
+    def bare(*args, **kwargs):
+        pass
+
+    def documented(*args, **kwargs):
+        """Doc."""
+
+    code = getattr(function, "__code__", None)
+    return code is not None and code.co_code in (bare.__code__.co_code, documented.__code__.co_code)
+
+
+def _routed(processor) -> tuple:
+    """(its processors, call on_start?, call _on_ending?, the on_end to call) for a span processor.
+    The SDK's SynchronousMultiSpanProcessor calls each of its processors in turn; where none of them does
+    anything on start (or on ending) the call is left out, and a lone processor gets on_end directly."""
+    processors = getattr(processor, "_span_processors", None)
+    if type(processor) is not sdk_trace.SynchronousMultiSpanProcessor or type(processors) is not tuple:
+        return processors, True, _HAS_ON_ENDING, processor.on_end
+
+    def idle(p, name: str) -> bool:  # a processor may say it does nothing on start (it forwards to one that doesn't)
+        if name in getattr(p, "__dict__", {}):
+            return False
+        return does_nothing(getattr(type(p), name, None)) or (
+            name == "on_start" and getattr(p, "inert_on_start", False) is True)
+
+    on_start = not all(idle(p, "on_start") for p in processors)
+    on_ending = _HAS_ON_ENDING and not all(idle(p, "_on_ending") for p in processors)
+    on_end = processors[0].on_end if len(processors) == 1 else processor.on_end
+    return processors, on_start, on_ending, on_end
+
+
+def _route(processor) -> tuple:
+    """`_routed(processor)`, kept on the processor until its processors change (the SDK then replaces
+    their tuple)."""
+    try:
+        state = processor.__dict__
+        route = state[_ROUTE]
+        if route[0] is state["_span_processors"]:
+            return route
+    except (AttributeError, KeyError, TypeError):
+        pass
+    route = _routed(processor)
+    try:
+        processor.__dict__[_ROUTE] = route
+    except (AttributeError, TypeError):
+        pass
+    return route
 
 
 def _sampling_plan(sampler) -> Optional[tuple]:
@@ -364,7 +418,9 @@ class Tracer(sdk_trace.Tracer):
         }
         if links:
             span._links = sdk_trace.Span._new_links(span, links)  # the SDK's checks and limits
-        self.span_processor.on_start(span, parent_context=context)
+        processor = self.span_processor
+        if _route(processor)[1]:
+            processor.on_start(span, parent_context=context)
         return span
 
     def _sdk_constructed(self, name, span_context, parent, attributes, kind, links, record_exception,

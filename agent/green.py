@@ -32,8 +32,9 @@ class StartsOnFirstSpan:
     eventlet.monkey_patch(), which imports psycopg2). Until then it holds nothing, so a
     process that ends no span never starts the BatchSpanProcessor's thread."""
 
-    def __init__(self, factory) -> None:
+    def __init__(self, factory, inert_on_start: bool = False) -> None:
         self._factory = factory
+        self.inert_on_start = inert_on_start  # what factory makes does nothing on start (fastspan skips the call)
         self._processor = None
         self._locks: dict = {}
         os.register_at_fork(after_in_child=self._locks.clear)  # a child never waits on its parent's builder

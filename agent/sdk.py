@@ -346,6 +346,7 @@ def build(plan: dict):
 def _build_pipeline(spec: dict, batch: dict, exporthealth):
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 
+    from .fastspan import does_nothing
     from .green import StartsOnFirstSpan  # its export thread starts after gevent/eventlet patched threading
     from .lazy_exporter import LazyExporter
     from .redact import wrap as redacted  # attribute redaction in front of an exporter (not the fast OTLP one)
@@ -390,11 +391,12 @@ def _build_pipeline(spec: dict, batch: dict, exporthealth):
     health = exporthealth.CountingExporter(lazy, target, budget=budget,
                                            max_request_bytes=config.get("OTEL_TRACE_RUN_MAX_REQUEST_BYTES"),
                                            scrub=scrubber(spec.get("endpoint", "")))
+    inert = does_nothing(BatchSpanProcessor.on_start)
     if name == "otlp" and spec.get("encoder") == "fast":
         # spans are redacted and encoded as they end; the queue holds bytes (see otlp_encoder.Encoded)
-        processor = StartsOnFirstSpan(lambda: BatchSpanProcessor(health, **batch))
+        processor = StartsOnFirstSpan(lambda: BatchSpanProcessor(health, **batch), inert_on_start=inert)
         return exporthealth.CountingProcessor(processor, health, prepare=_preencoder(health), budget=budget), health
-    processor = StartsOnFirstSpan(lambda: BatchSpanProcessor(redacted(health), **batch))
+    processor = StartsOnFirstSpan(lambda: BatchSpanProcessor(redacted(health), **batch), inert_on_start=inert)
     return exporthealth.CountingProcessor(processor, health, budget=budget), health
 
 

@@ -519,3 +519,55 @@ def test_other_samplers_are_asked_as_always():
     assert fastspan._sampling_plan(ParentBased(ALWAYS_ON, local_parent_sampled=_ReadsAttributes())) is None
     assert fastspan._sampling_plan(ParentBasedTraceIdRatio(0.25)) == (TraceIdRatioBased.get_bound_for_rate(0.25),) + (
         Decision.RECORD_AND_SAMPLE, Decision.DROP, Decision.RECORD_AND_SAMPLE, Decision.DROP)
+
+
+class _Ending(SimpleSpanProcessor):
+    def __init__(self, exporter):
+        super().__init__(exporter)
+        self.ending = []
+
+    def _on_ending(self, span):
+        self.ending.append(span.name)
+
+
+def test_processors_that_do_nothing_on_start_are_not_called_and_ones_added_later_are():
+    """The provider's processors are called as the SDK calls them, though a call to processors that do
+    nothing then is left out: one added while a span is open gets that span's end (as in the SDK), one
+    with its own on_start or _on_ending gets those calls."""
+    def scenario(ours: bool) -> tuple:
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider(id_generator=_Ids())
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        tracer = provider.get_tracer("scope")
+        if ours:
+            tracer = fastspan.adopt(tracer)
+        first = tracer.start_span("first")
+        if ours:
+            multi = provider._active_span_processor
+            route = fastspan._route(multi)
+            assert route[1:3] == (False, False) and route[3] == multi._span_processors[0].on_end
+        recorder, ending = _Recorder(InMemorySpanExporter()), _Ending(InMemorySpanExporter())
+        provider.add_span_processor(recorder)
+        second = tracer.start_span("second")
+        first.end()
+        provider.add_span_processor(ending)
+        second.end()
+        tracer.start_span("third").end()
+        return ([s.name for s in exporter.get_finished_spans()], [(n, r) for n, r, _ in recorder.started],
+                recorder.ended, getattr(ending, "ending", None) if fastspan._HAS_ON_ENDING else None,
+                [s.name for s in ending.span_exporter.get_finished_spans()])
+
+    sdk, ours = scenario(False), scenario(True)
+    assert ours == sdk
+    assert sdk[0] == ["first", "second", "third"] and sdk[1] == [("second", True), ("third", True)]
+    assert sdk[2] == ["first", "second", "third"] and sdk[4] == ["second", "third"]
+    assert sdk[3] == (["second", "third"] if fastspan._HAS_ON_ENDING else None)
+
+
+def test_does_nothing_tells_an_empty_body_from_a_real_one():
+    class P(SimpleSpanProcessor):
+        def on_start(self, span, parent_context=None):
+            self.started = True
+
+    assert fastspan.does_nothing(SimpleSpanProcessor.on_start)
+    assert not fastspan.does_nothing(P.on_start) and not fastspan.does_nothing(SimpleSpanProcessor.on_end)
