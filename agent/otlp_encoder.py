@@ -103,6 +103,7 @@ class Encoder:
     def __init__(self, pause: bool = True):
         self._pause = pause
         self._attr_caches: dict = {}  # field tag -> {(key, value): encoded field}
+        self._names: dict = {}  # span name -> (kind, encoded name and kind fields)
         self._resource_cache: dict = {}  # id -> (resource, bytes), see _cached
         self._scope_cache: dict = {}
 
@@ -117,15 +118,22 @@ class Encoder:
         if not attributes:
             return []
         out = []
+        append = out.append
         cache = self._attr_caches.get(tag)
         if cache is None:
             cache = self._attr_caches[tag] = {}
-        for key, value in attributes.items():
+        get = cache.get
+        for pair in attributes.items():  # the (key, value) pair is the cache's key as it is
+            value = pair[1]
             kind = type(value)
             # str and int values never compare equal to each other; bool is left out (True == 1)
-            cacheable = kind is int or (kind is str and len(value) <= _CACHEABLE_LEN)
-            item = cache.get((key, value)) if cacheable else None
+            if kind is str:
+                cacheable = len(value) <= _CACHEABLE_LEN
+            else:
+                cacheable = kind is int
+            item = get(pair) if cacheable else None
             if item is None:
+                key = pair[0]
                 try:
                     item = _field(tag, _key_value(key, value))
                 except Exception as exc:  # the official encoder logs and skips the attribute too
@@ -134,8 +142,8 @@ class Encoder:
                 if cacheable:
                     if len(cache) >= _CACHE_MAX:
                         cache.clear()  # high-cardinality values: start over rather than grow
-                    cache[(key, value)] = item
-            out.append(item)
+                    cache[pair] = item
+            append(item)
         return out
 
     @staticmethod
@@ -191,11 +199,14 @@ class Encoder:
             if parent:  # never false for a SpanContext; as _any_span reads it
                 parts.append(b"\x22\x08")
                 parts.append(parent_id.to_bytes(8, "big"))
-        name = fields["_name"]
-        if name:
-            parts.append(_field(b"\x2a", name.encode("utf-8")))
-        parts.append(_KIND[id(fields["_kind"])])
-        parts.append(_times(fields["_start_time"], fields["_end_time"]))
+        # name and kind: a few of each per program, encoded once
+        name, kind = fields["_name"], fields["_kind"]
+        named = self._names.get(name)
+        if named is None or named[0] is not kind:
+            named = self._name_field(name, kind)
+        parts.append(named[1])
+        start, end = fields["_start_time"], fields["_end_time"]
+        parts.append(_pack_times(0x39, start, 0x41, end) if start and end else _times(start, end))
         attributes = fields["_attributes"]
         if type(attributes) is _BoundedAttributes:
             parts += self._attribute_fields(b"\x4a", attributes._dict)
@@ -221,6 +232,16 @@ class Encoder:
         parts.append(_EMPTY_STATUS if status is _OWN_SPAN[1] else _status(status))
         parts.append(_FLAGS[1 if remote else 0])
         return b"".join(parts)
+
+    def _name_field(self, name, kind) -> tuple:
+        """(kind, the span's name and kind fields), kept for names short enough to be a span's kind of name."""
+        data = (_field(b"\x2a", name.encode("utf-8")) if name else b"") + _KIND[id(kind)]
+        named = (kind, data)
+        if type(name) is str and len(name) <= _CACHEABLE_LEN:
+            if len(self._names) >= _CACHE_MAX and name not in self._names:
+                self._names.clear()
+            self._names[name] = named
+        return named
 
     def _any_span(self, span) -> bytes:
         """Any ReadableSpan, read through its public properties."""
@@ -255,6 +276,12 @@ class Encoder:
 
     def preencode(self, span) -> Encoded:
         """The span's bytes now; `encode` frames them with the others of its batch later."""
+        if type(span) is (_OWN_SPAN[0] if _OWN_SPAN else _own_span_type()):
+            fields = span.__dict__
+            try:
+                return Encoded(self._own_span(fields), fields["_resource"], fields["_instrumentation_scope"])
+            except (KeyError, AttributeError, TypeError):  # fields under other names: read as any span
+                pass
         return Encoded(self.span(span), span.resource, span.instrumentation_scope)
 
     def _event(self, event) -> bytes:

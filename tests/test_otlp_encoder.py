@@ -492,3 +492,26 @@ def test_programs_export_the_same_spans_with_either_encoder(receiver, tmp_path, 
     if encoder == "turbo":  # a bad value: one line naming it and what is used instead
         lines = [line for line in proc.stderr.splitlines() if "OTEL_TRACE_RUN_OTLP_ENCODER" in line]
         assert len(lines) == 1 and "turbo" in lines[0] and "fast" in lines[0], proc.stderr
+
+
+def test_cached_names_and_attribute_pairs_stay_right_across_kinds_types_and_restarts(monkeypatch):
+    """The encoder keeps each span name's encoded name and kind, and each (key, value) pair's field:
+    the same name under another kind, values that compare equal across types (1, 1.0, True) and a cache
+    that starts over all give the official bytes, span by span, early-encoded or not."""
+    from opentelemetry.trace import SpanKind
+
+    monkeypatch.setattr(otlp_encoder, "_CACHE_MAX", 3)
+    encoder = Encoder(pause=False)
+    provider, exporter = _provider(span_class="trace-run")
+    tracer = provider.get_tracer("t")
+    kinds = [SpanKind.SERVER, SpanKind.CLIENT, SpanKind.INTERNAL]
+    values = [1, 1.0, True, "1", 2, "x" * 200]
+    for i in range(14):  # two names and "" (3 entries), the other cache starting over
+        with tracer.start_as_current_span("GET /r%d" % (i % 2) if i % 5 else "", kind=kinds[i % 3],
+                                          attributes={"v": values[i % len(values)], "n": i % 3}):
+            pass
+    spans = exporter.get_finished_spans()
+    assert all(type(s) is fastspan.Span for s in spans)
+    for _ in range(2):
+        assert encoder.encode([encoder.preencode(s) for s in spans]) == _assert_same(spans)
+    assert len(encoder._names) <= 3
