@@ -159,6 +159,14 @@ class Span(sdk_trace.Span):
                     return
         super().set_attributes(attributes)
 
+    def update_name(self, name: str) -> None:
+        # the SDK's, without its decorator's (*args, **kwargs) call: frameworks rename each server span
+        with self._lock:
+            if self._end_time is None:
+                self._name = name
+                return
+        _logger.warning("Tried calling %s on an ended span.", "update_name")
+
     # events and links get their bounded lists with the first one (most spans have neither)
     def _add_event(self, event) -> None:
         with self._lock:

@@ -230,8 +230,15 @@ def full_url(scheme: str, host: str, port: Optional[int], target: Any, userinfo:
 # -- status ---------------------------------------------------------------------------
 
 
+_PROTOCOLS = {"HTTP/1.1": "1.1", "HTTP/1.0": "1.0", "HTTP/2": "2", "HTTP/2.0": "2.0"}
+
+
 def protocol_version(raw: Any) -> Optional[str]:
     """'1.1' from 11, 'HTTP/1.1', b'HTTP/2' ..."""
+    if type(raw) is str:
+        known = _PROTOCOLS.get(raw)
+        if known is not None:
+            return known
     if raw is None:
         return None
     if isinstance(raw, int):

@@ -94,6 +94,8 @@ def _environ_headers(environ: dict):
 def _text(value: str) -> str:
     """WSGI strings are latin-1 decoded bytes; most paths are UTF-8."""
     try:
+        if value.isascii():  # the same either way
+            return value
         return value.encode("latin-1").decode("utf-8")
     except (UnicodeError, AttributeError):
         return value
@@ -101,31 +103,45 @@ def _text(value: str) -> str:
 
 def server_attributes(environ: dict) -> tuple:
     """(span name, attributes) of the SERVER span for one request."""
-    method, original = http_common.normalize_method(environ.get("REQUEST_METHOD", ""))
-    attrs: dict = {HTTP_REQUEST_METHOD: method}
-    if original is not None:
-        attrs[HTTP_REQUEST_METHOD_ORIGINAL] = original
-    attrs[URL_SCHEME] = environ.get("wsgi.url_scheme", "http")
+    get = environ.get
+    method = get("REQUEST_METHOD", "")
+    if type(method) is str and method in http_common.KNOWN_METHODS:  # normalize_method's common case
+        attrs: dict = {HTTP_REQUEST_METHOD: method}
+    else:
+        method, original = http_common.normalize_method(method)
+        attrs = {HTTP_REQUEST_METHOD: method}
+        if original is not None:
+            attrs[HTTP_REQUEST_METHOD_ORIGINAL] = original
+    attrs[URL_SCHEME] = get("wsgi.url_scheme", "http")
     bound = bounds.limit()  # once per request
-    bounds.put(attrs, URL_PATH, _text(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")) or "/", bound)
-    query = environ.get("QUERY_STRING")
+    path = _text(get("SCRIPT_NAME", "") + get("PATH_INFO", "")) or "/"
+    if bound is not None and len(path) > bound:
+        bounds.put(attrs, URL_PATH, path, bound)
+    else:
+        attrs[URL_PATH] = path
+    query = get("QUERY_STRING")
     if query:
         attrs[URL_QUERY], was_cut = http_common.bounded_query(_text(query), bound)
         if was_cut:
             bounds.note(attrs, URL_QUERY)
-    host = environ.get("HTTP_HOST")
+    host = get("HTTP_HOST")
     port = None
     if host:
-        if host.startswith("["):  # [::1]:8080
+        if host[0] == "[":  # [::1]:8080
             end = host.find("]")
             name, rest = host[1:end], host[end + 1:]
             port = rest[1:] if rest.startswith(":") else None
             host = name
-        elif host.count(":") == 1:
-            host, port = host.split(":")
+        else:
+            host, colon, after = host.partition(":")
+            if colon:
+                if ":" in after:  # an IPv6 address without brackets: kept whole, no port
+                    host, port = host + ":" + after, None
+                else:
+                    port = after
     else:
-        host = environ.get("SERVER_NAME")
-        port = environ.get("SERVER_PORT")
+        host = get("SERVER_NAME")
+        port = get("SERVER_PORT")
     if host:
         attrs[SERVER_ADDRESS] = host
     if port:
@@ -133,14 +149,17 @@ def server_attributes(environ: dict) -> tuple:
             attrs[SERVER_PORT] = int(port)
         except ValueError:
             pass
-    forwarded = environ.get("HTTP_X_FORWARDED_FOR")
-    client = forwarded.split(",")[0].strip() if forwarded else environ.get("REMOTE_ADDR")
+    forwarded = get("HTTP_X_FORWARDED_FOR")
+    client = forwarded.split(",")[0].strip() if forwarded else get("REMOTE_ADDR")
     if client:
         attrs[CLIENT_ADDRESS] = client
-    agent = environ.get("HTTP_USER_AGENT")
+    agent = get("HTTP_USER_AGENT")
     if agent:
-        bounds.put(attrs, USER_AGENT_ORIGINAL, agent, bound)
-    version = http_common.protocol_version(environ.get("SERVER_PROTOCOL"))
+        if bound is not None and len(agent) > bound:
+            bounds.put(attrs, USER_AGENT_ORIGINAL, agent, bound)
+        else:
+            attrs[USER_AGENT_ORIGINAL] = agent
+    version = http_common.protocol_version(get("SERVER_PROTOCOL"))
     if version:
         attrs[NETWORK_PROTOCOL_VERSION] = version
     cap = http_common.capture("SERVER_REQUEST")
@@ -172,8 +191,9 @@ def _request_url(environ: dict) -> str:
 def set_route(span: trace.Span, method: str, route: str) -> None:
     """Name the span `METHOD route-template` and set http.route (frameworks call this)."""
     if route and span.is_recording():
-        norm, _ = http_common.normalize_method(method)
-        span.update_name("%s %s" % (http_common.span_name(norm), route))
+        if type(method) is not str or method not in http_common.KNOWN_METHODS:
+            method = http_common.span_name(http_common.normalize_method(method)[0])
+        span.update_name("%s %s" % (method, route))
         span.set_attribute(HTTP_ROUTE, route)
 
 

@@ -494,3 +494,40 @@ def test_the_server_side_extract_answers_as_the_propagators_do(headers, outer, p
     assert set(ours) == set(theirs)  # the same keys; the span and baggage under them compared below
     assert trace.get_current_span(ours).get_span_context() == trace.get_current_span(theirs).get_span_context()
     assert baggage.get_all(ours) == baggage.get_all(theirs)
+
+
+_BASE = {"REQUEST_METHOD": "GET", "PATH_INFO": "/p", "wsgi.url_scheme": "http", "SERVER_NAME": "srv",
+         "SERVER_PORT": "8000", "REMOTE_ADDR": "10.0.0.1", "SERVER_PROTOCOL": "HTTP/1.1"}
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ({}, {"server.address": "srv", "server.port": 8000}),
+    ({"HTTP_HOST": "example.com"}, {"server.address": "example.com"}),
+    ({"HTTP_HOST": "example.com:8443"}, {"server.address": "example.com", "server.port": 8443}),
+    ({"HTTP_HOST": "[::1]:9000"}, {"server.address": "::1", "server.port": 9000}),
+    ({"HTTP_HOST": "[::1]"}, {"server.address": "::1"}),
+    ({"HTTP_HOST": "fe80::1"}, {"server.address": "fe80::1"}),
+    ({"HTTP_HOST": "h:notaport"}, {"server.address": "h"}),
+    ({"REQUEST_METHOD": "get"}, {"http.request.method": "_OTHER", "http.request.method_original": "get"}),
+    ({"REQUEST_METHOD": "PURGE"}, {"http.request.method": "_OTHER", "http.request.method_original": "PURGE"}),
+    ({"PATH_INFO": "/caf\xc3\xa9", "SCRIPT_NAME": "/app"}, {"url.path": "/app/caf\xe9"}),
+    ({"PATH_INFO": ""}, {"url.path": "/"}),
+    ({"PATH_INFO": "/\xff"}, {"url.path": "/\xff"}),
+    ({"HTTP_X_FORWARDED_FOR": " 1.2.3.4 , 10.0.0.9"}, {"client.address": "1.2.3.4"}),
+    ({"SERVER_PROTOCOL": "HTTP/2"}, {"network.protocol.version": "2"}),
+    ({"SERVER_PROTOCOL": "HTTP/3.0"}, {"network.protocol.version": "3.0"}),
+    ({"HTTP_USER_AGENT": "curl/8"}, {"user_agent.original": "curl/8"}),
+], ids=lambda v: repr(v)[:40])
+def test_server_attributes_of_one_request(extra, expected):
+    """The SERVER span's attributes, case by case (method, host and port, path decoding, client,
+    protocol): the name is the method, or HTTP for one outside the known set."""
+    from trace_run.instrumentors.wsgi import server_attributes
+
+    name, attrs = server_attributes({**_BASE, **extra})
+    want = {"http.request.method": "GET", "url.scheme": "http", "url.path": "/p", "server.address": "srv",
+            "server.port": 8000, "client.address": "10.0.0.1", "network.protocol.version": "1.1"}
+    if "HTTP_HOST" in extra:
+        del want["server.port"]
+    want.update(expected)
+    assert attrs == want
+    assert name == ("HTTP" if attrs["http.request.method"] == "_OTHER" else "GET")
