@@ -305,19 +305,25 @@ class Encoder:
         """An ExportTraceServiceRequest: spans grouped by resource, then by scope,
         each group in order of first appearance (as the official encoder does)."""
         groups: dict = {}  # id(resource) -> (resource, {scope key: (scope, [span bytes])})
+        entries: dict = {}  # (id(resource), id(scope)) -> its (scope, [span bytes])
         sleep = time.sleep if self._pause and len(spans) > SLICE else None
         for i, span in enumerate(spans):
             if sleep is not None and i and not i % SLICE:
                 sleep(PAUSE_S)
-            resource = span.resource
-            group = groups.get(id(resource))
-            if group is None:
-                group = _equal_group(groups, resource)
-            scope = span.instrumentation_scope or None
-            scopes = group[1]
-            entry = scopes.get(scope)
+            resource, scope = span.resource, span.instrumentation_scope
+            # by the objects' ids first: hashing an InstrumentationScope runs Python code (every span is
+            # alive until this returns, so no id is reused meanwhile)
+            entry = entries.get((id(resource), id(scope)))
             if entry is None:
-                entry = scopes[scope] = (scope, [])
+                group = groups.get(id(resource))
+                if group is None:
+                    group = _equal_group(groups, resource)
+                scopes = group[1]
+                key = scope or None
+                entry = scopes.get(key)
+                if entry is None:
+                    entry = scopes[key] = (key, [])
+                entries[(id(resource), id(scope))] = entry
             data = span.data if type(span) is Encoded else self.span(span)
             n = len(data)
             entry[1].append(b"\x12" + (_VARINT_1[n] if n < 128 else _varint(n)) + data)
