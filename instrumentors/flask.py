@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from opentelemetry import trace
+
 from . import http_common, wsgi
 from .base import TraceRunInstrumentor
 
@@ -34,13 +36,14 @@ class FlaskInstrumentor(TraceRunInstrumentor):
         return wsgi.handle(self.tracer, environ, start_response, wrapped, self._excluded)
 
     def _full_dispatch_request(self, wrapped, instance, args, kwargs):
-        with self.guard:
-            req = self._request._get_current_object()  # one context lookup, not one per attribute
-            environ = req.environ
-            state = environ.get(wsgi.ENVIRON_KEY)
-            rule = req.url_rule
-            if state is not None and rule is not None:
-                wsgi.set_route(state.span, environ.get("REQUEST_METHOD", ""), rule.rule)
+        if trace.get_current_span().is_recording():  # else no span of ours records here: nothing to name
+            with self.guard:
+                req = self._request._get_current_object()  # one context lookup, not one per attribute
+                environ = req.environ
+                state = environ.get(wsgi.ENVIRON_KEY)
+                rule = req.url_rule
+                if state is not None and rule is not None:
+                    wsgi.set_route(state.span, environ.get("REQUEST_METHOD", ""), rule.rule)
         return wrapped(*args, **kwargs)
 
     def _handle_exception(self, wrapped, instance, args, kwargs):
