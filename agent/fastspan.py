@@ -38,7 +38,7 @@ from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from opentelemetry.trace.status import Status, StatusCode
-from trace_run.core import compat
+from trace_run.core import compat, runtime_context
 
 from .samplers import RateLimitingSampler
 
@@ -363,7 +363,8 @@ class Tracer(sdk_trace.Tracer):
                set_status_on_exception, make_attributes) -> trace_api.Span:
         # the SDK's Tracer.start_span, step for step (tests/test_fastspan.py compares the two)
         links = links or ()
-        parent = trace_api.get_current_span(context).get_span_context()
+        current = (context if context is not None else runtime_context.get_current()).get(_SPAN_KEY)  # get_current_span
+        parent = (current if isinstance(current, trace_api.Span) else trace_api.INVALID_SPAN).get_span_context()
         if parent is not None and not isinstance(parent, SpanContext):
             raise TypeError("parent_span_context must be a SpanContext or None.")
         if _HAS_IS_ENABLED and not self._is_enabled():
@@ -473,13 +474,13 @@ class CurrentSpan:
     def __enter__(self) -> trace_api.Span:
         a = self._args
         span = self._span = self._tracer.start_span(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7])
-        self._token = context_api.attach(context_api.set_value(_SPAN_KEY, span))
+        self._token = runtime_context.attach(context_api.set_value(_SPAN_KEY, span))
         return span
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         span = self._span
         try:
-            context_api.detach(self._token)
+            runtime_context.detach(self._token)
         finally:
             try:
                 if isinstance(exc, Exception) and span.is_recording():  # not BaseException: see use_span

@@ -19,10 +19,10 @@ from functools import partial
 from typing import Any, Callable, Collection
 
 from opentelemetry import trace
-from opentelemetry.context import get_current
 from trace_run.core import hooks, wrapping
 from trace_run.core.compat import SUPPRESS_HTTP_INSTRUMENTATION_KEY, SUPPRESS_INSTRUMENTATION_KEY
 from trace_run.core.guard import Guard
+from trace_run.core.runtime_context import get_current
 from trace_run.core.version import SCHEMA_URL, VERSION
 
 from . import registry

@@ -28,6 +28,7 @@ from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, S
 from opentelemetry.semconv.attributes.url_attributes import URL_PATH, URL_QUERY, URL_SCHEME
 from opentelemetry.semconv.attributes.user_agent_attributes import USER_AGENT_ORIGINAL
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from trace_run.core import runtime_context
 from trace_run.core.guard import Guard
 
 from . import bounds, errors, http_common
@@ -61,13 +62,15 @@ def _is_default_pair(textmap) -> bool:
     from opentelemetry.baggage.propagation import W3CBaggagePropagator
     from opentelemetry.propagators.composite import CompositePropagator
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-    from trace_run.agent.tracecontext import W3CTraceContextPropagator
 
     if type(textmap) is not CompositePropagator:
         return False
     kinds = [type(p) for p in getattr(textmap, "_propagators", ())]
-    return len(kinds) == 2 and kinds[0] in (W3CTraceContextPropagator, TraceContextTextMapPropagator) \
-        and kinds[1] is W3CBaggagePropagator
+    if len(kinds) != 2 or kinds[1] is not W3CBaggagePropagator:
+        return False
+    # the SDK's tracecontext propagator, or the agent's (named, not imported: instrumentors never import the agent)
+    return kinds[0] is TraceContextTextMapPropagator or (
+        kinds[0].__module__, kinds[0].__qualname__) == ("trace_run.agent.tracecontext", "W3CTraceContextPropagator")
 
 
 def extract(environ: dict, context=None):
@@ -267,7 +270,7 @@ class _TracedBody:
         return self
 
     def __next__(self):
-        token = otel_context.attach(self._request.ctx)
+        token = runtime_context.attach(self._request.ctx)
         try:
             if self._iter is None:
                 self._iter = iter(self._body)
@@ -284,7 +287,7 @@ class _TracedBody:
                 self._request.end(exc)
             raise
         finally:
-            otel_context.detach(token)
+            runtime_context.detach(token)
 
     def __del__(self) -> None:
         # Last resort: a server whose write failed (the client went away) drops
@@ -321,13 +324,13 @@ class _UnrecordedBody:
         return self
 
     def __next__(self):
-        token = otel_context.attach(self._request.ctx)
+        token = runtime_context.attach(self._request.ctx)
         try:
             if self._iter is None:
                 self._iter = iter(self._body)
             return next(self._iter)
         finally:
-            otel_context.detach(token)
+            runtime_context.detach(token)
 
     def close(self) -> None:
         close = getattr(self._body, "close", None)
@@ -353,7 +356,7 @@ def handle(tracer: trace.Tracer, environ: dict, start_response: Callable, app: C
     recording = request.span.is_recording()
     if recording:  # else no status to keep: the server's start_response as it is
         start_response = request.start_response(start_response)
-    token = otel_context.attach(request.ctx)
+    token = runtime_context.attach(request.ctx)
     try:
         result = app(environ, start_response)
     except BaseException as exc:
@@ -361,7 +364,7 @@ def handle(tracer: trace.Tracer, environ: dict, start_response: Callable, app: C
             request.end(exc)
         raise
     finally:
-        otel_context.detach(token)
+        runtime_context.detach(token)
     if not recording and body is _TracedBody:
         return _UnrecordedBody(result, request)
     return body(result, request)
