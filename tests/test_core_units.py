@@ -259,3 +259,30 @@ def test_readme_links_the_checkout_sample_near_the_top():
     top = readme.split("\n## How it works", 1)[0]
     assert "](sample_apps/checkout/README.md)" in top
     assert os.path.isfile(os.path.join(ROOT, "sample_apps", "checkout", "README.md"))
+
+
+def test_runtime_context_is_the_apis_context_a_layer_shorter(caplog):
+    """attach/detach/get_current act on the very context the API's functions see; a token that cannot
+    be reset (used twice) is the API's case: logged, never raised into the program."""
+    import contextvars
+    import logging
+
+    from opentelemetry import context as context_api
+    from trace_run.core import runtime_context
+
+    assert runtime_context.attach == context_api._RUNTIME_CONTEXT._current_context.set
+    before = context_api.get_current()
+    ctx = context_api.set_value("k", "v")
+    token = runtime_context.attach(ctx)
+    assert context_api.get_value("k") == "v" and runtime_context.get_current() is context_api.get_current() is ctx
+    runtime_context.detach(token)
+    assert context_api.get_current() is before and runtime_context.get_current() is before
+    token = context_api.attach(ctx)  # the API's token, our detach
+    runtime_context.detach(token)
+    assert context_api.get_current() is before
+    with caplog.at_level(logging.ERROR, logger="opentelemetry.context"):
+        runtime_context.detach(token)  # used twice
+        other = contextvars.copy_context().run(lambda: runtime_context.attach(ctx))
+        runtime_context.detach(other)  # made in another context
+    assert [r.getMessage() for r in caplog.records] == ["Failed to detach context"] * 2
+    assert context_api.get_current() is before
