@@ -55,6 +55,8 @@ _RECORD_ONLY = Decision.RECORD_ONLY
 _DROP = Decision.DROP
 _tuple_new = tuple.__new__
 _PLAIN = (str, int, float, bool)
+_PLAIN_TYPES = frozenset(_PLAIN)
+_STR = frozenset((str,))
 _INTERNAL = SpanKind.INTERNAL
 
 # What differs between the SDK releases trace-run supports (1.33 and later), checked once.
@@ -102,12 +104,15 @@ class _AttributeMaker:
         maxlen, max_value_len = self.maxlen, self.max_value_len
         if maxlen is not None and len(attributes) > maxlen:
             return False
-        for key, value in attributes.items():
-            kind = type(value)
-            if type(key) is not str or not key or kind not in _PLAIN:
-                return False
-            if kind is str and max_value_len is not None and len(value) > max_value_len:
-                return False
+        # the types checked by set operations (C loops, not Python ones)
+        if not _PLAIN_TYPES.issuperset(map(type, attributes.values())) or not _STR.issuperset(map(type, attributes)):
+            return False
+        if "" in attributes:
+            return False
+        if max_value_len is not None:
+            for value in attributes.values():
+                if type(value) is str and len(value) > max_value_len:
+                    return False
         return True
 
     def make(self, attributes) -> BoundedAttributes:

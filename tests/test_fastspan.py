@@ -571,3 +571,14 @@ def test_does_nothing_tells_an_empty_body_from_a_real_one():
 
     assert fastspan.does_nothing(SimpleSpanProcessor.on_start)
     assert not fastspan.does_nothing(P.on_start) and not fastspan.does_nothing(SimpleSpanProcessor.on_end)
+
+
+@pytest.mark.parametrize("attributes, plain", [
+    ({"a": "x", "b": 1, "c": 2.5, "d": True}, True), ({}, True), ({1: "x"}, False), ({"": 1}, False),
+    ({"a": None}, False), ({"a": [1]}, False), ({"a": b"x"}, False), ({"a": "x" * 5}, True),
+    ({"a": "x" * 6}, False), ({"a": 1, "b": 2, "c": 3, "d": 4, "e": 5}, False), ({"a": decimal.Decimal(1)}, False),
+])
+def test_attributes_taken_as_they_are_only_where_the_cleaning_would_keep_them(attributes, plain):
+    maker = fastspan._AttributeMaker(4, 5)
+    assert maker.fast and maker.plain(attributes) is plain
+    assert fastspan._AttributeMaker(None, None).plain({"a": "x" * 1000, "b": False}) is True
