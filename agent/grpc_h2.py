@@ -16,6 +16,7 @@ the client is cooperative like any other socket code of the program.
 from __future__ import annotations
 
 import os
+import select
 import socket
 import ssl
 import struct
@@ -52,7 +53,7 @@ _HTTP_TO_GRPC = {400: INTERNAL, 401: UNAUTHENTICATED, 403: PERMISSION_DENIED, 40
 # RST_STREAM error codes as gRPC reports them (REFUSED_STREAM: the server never processed it)
 _RST_TO_GRPC = {0x7: UNAVAILABLE, 0x8: CANCELLED, 0xB: RESOURCE_EXHAUSTED, 0xC: PERMISSION_DENIED}
 
-_live: "weakref.WeakSet" = weakref.WeakSet()  # every Channel, for the at-fork reset
+_live: weakref.WeakSet = weakref.WeakSet()  # every Channel, for the at-fork reset
 
 
 def code_name(code: int) -> str:
@@ -152,23 +153,57 @@ class _Connection:
         self.sock.sendall(data)
 
     # -- receiving --------------------------------------------------------------------
+    def _take_frame(self):
+        """The first whole frame in the buffer, taken out of it; None if there is none yet."""
+        if len(self.buffer) < 9:
+            return None
+        length = int.from_bytes(self.buffer[:3], "big")
+        if length > DEFAULT_MAX_FRAME:  # we never raise SETTINGS_MAX_FRAME_SIZE
+            raise _ConnectionError(INTERNAL, "a frame of %d bytes, over the frame size" % length)
+        if len(self.buffer) < 9 + length:
+            return None
+        kind, flags = self.buffer[3], self.buffer[4]
+        stream_id = int.from_bytes(self.buffer[5:9], "big") & 0x7FFFFFFF
+        payload = bytes(self.buffer[9:9 + length])
+        del self.buffer[:9 + length]
+        return kind, flags, stream_id, payload
+
     def read_frame(self, deadline: float) -> tuple:
         while True:
-            if len(self.buffer) >= 9:
-                length = int.from_bytes(self.buffer[:3], "big")
-                if length > DEFAULT_MAX_FRAME:  # we never raise SETTINGS_MAX_FRAME_SIZE
-                    raise _ConnectionError(INTERNAL, "a frame of %d bytes, over the frame size" % length)
-                if len(self.buffer) >= 9 + length:
-                    kind, flags = self.buffer[3], self.buffer[4]
-                    stream_id = int.from_bytes(self.buffer[5:9], "big") & 0x7FFFFFFF
-                    payload = bytes(self.buffer[9:9 + length])
-                    del self.buffer[:9 + length]
-                    return kind, flags, stream_id, payload
+            frame = self._take_frame()
+            if frame is not None:
+                return frame
             _settimeout(self.sock, deadline)
             chunk = self.sock.recv(65536)
             if not chunk:
                 raise _ConnectionError(UNAVAILABLE, "the server closed the connection")
             self.buffer += chunk
+
+    def poll(self, deadline: float) -> None:
+        """Between calls: read and answer what arrived meanwhile (SETTINGS, PING, GOAWAY), without
+        waiting; a connection the server closed meanwhile raises _ConnectionError."""
+        sock = self.sock
+        while True:
+            if not (getattr(sock, "pending", None) and sock.pending()):
+                try:
+                    readable, _, _ = select.select([sock], [], [], 0)
+                except ValueError:  # a descriptor over FD_SETSIZE: not checked, the call finds out
+                    break
+                if not readable:
+                    break
+            sock.setblocking(False)
+            try:
+                chunk = sock.recv(65536)
+            except (BlockingIOError, ssl.SSLWantReadError):  # TLS records without data (session tickets)
+                break
+            if not chunk:
+                raise _ConnectionError(UNAVAILABLE, "the server closed the connection")
+            self.buffer += chunk
+        while True:
+            frame = self._take_frame()
+            if frame is None:
+                return
+            self.handle(*frame, deadline)
 
     def handle(self, kind: int, flags: int, stream_id: int, payload: bytes, deadline: float) -> None:
         """Act on one frame from the server."""
@@ -374,6 +409,15 @@ class Channel:
                 self._drop()  # GOAWAY, ids used up, or the program closed our descriptor: a new one
                 connection = None
             stream = None
+            if connection is not None:
+                try:
+                    connection.poll(deadline)
+                except Exception:  # closed or broken meanwhile: a new connection, not a failed call
+                    self._drop()
+                    connection = None
+                if connection is not None and connection.goaway is not None:
+                    self._drop()
+                    connection = None
             try:
                 if connection is None:
                     connection = self._connection = self._connect(deadline)

@@ -179,8 +179,9 @@ class OTLPGrpcH2SpanExporter(SpanExporter):
                         "(lower OTEL_BSP_MAX_EXPORT_BATCH_SIZE)" % (len(spans), len(data), self.max_request_bytes))
             return SpanExportResult.FAILURE
         if len(data) > SERVER_RECEIVE_LIMIT:
-            log.warning_once("grpc-over-4mib", "an OTLP/gRPC request of %d bytes: gRPC servers refuse more than "
-                             "%d by default (lower OTEL_TRACE_RUN_MAX_REQUEST_BYTES)" % (len(data), SERVER_RECEIVE_LIMIT))
+            log.warning_once("grpc-over-4mib", "an OTLP/gRPC request of %d bytes: gRPC servers refuse more "
+                             "than %d by default (lower OTEL_TRACE_RUN_MAX_REQUEST_BYTES)"
+                             % (len(data), SERVER_RECEIVE_LIMIT))
         try:
             return self._send(data)
         except Exception as error:  # never into the program: a failed export
