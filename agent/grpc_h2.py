@@ -418,17 +418,18 @@ class Channel:
                 if connection is not None and connection.goaway is not None:
                     self._drop()
                     connection = None
+            settled = False  # the connection is left between calls (else, whatever interrupted us: dropped)
             try:
                 if connection is None:
                     connection = self._connection = self._connect(deadline)
                 stream = _Stream(connection.next_id, connection.peer_initial)
                 connection.next_id += 2
                 connection.stream = stream
-                return self._call(connection, stream, path, message, metadata, timeout, deadline, compress)
-            except GrpcError as exc:
-                if exc.code in (RESOURCE_EXHAUSTED, CANCELLED, INTERNAL, DEADLINE_EXCEEDED) and \
-                        stream is not None and not stream.ended:
-                    self._drop()  # the answer was not read to its end: not reused
+                answer = self._call(connection, stream, path, message, metadata, timeout, deadline, compress)
+                settled = True
+                return answer
+            except GrpcError:
+                settled = stream is not None and stream.ended  # else the answer was not read to its end
                 raise
             except _ConnectionError as exc:
                 self._drop()
@@ -439,15 +440,18 @@ class Channel:
                                 sent=stream is not None and stream.sent)
             except ssl.SSLError as exc:
                 self._drop()
-                raise GrpcError(UNAVAILABLE, "TLS: %s" % (exc.reason or exc), sent=False)
+                raise GrpcError(UNAVAILABLE, "TLS: %s" % (exc.reason or exc), sent=stream is not None and stream.sent)
             except OSError as exc:
                 self._drop()
                 raise GrpcError(UNAVAILABLE, "%s: %s" % (type(exc).__name__, exc.strerror or exc),
                                 sent=stream is not None and stream.sent)
+            except Exception as exc:  # a bug of ours or a peer we did not foresee: this call fails, not the program
+                self._drop()
+                raise GrpcError(INTERNAL, "%s: %s" % (type(exc).__name__, exc), sent=stream is not None and stream.sent)
             finally:
                 if connection is not None:
                     connection.stream = None
-                if self._closed:
+                if self._closed or not settled:
                     self._drop()
 
     def _call(self, connection, stream, path, message, metadata, timeout, deadline, compress) -> bytes:
