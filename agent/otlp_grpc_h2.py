@@ -153,7 +153,7 @@ class OTLPGrpcH2SpanExporter(SpanExporter):
         host, port, tls = target(endpoint, insecure)
         context = tls_context(certificate, client_key, client_certificate) if tls else None
         self.endpoint = endpoint
-        self._channel = grpc_h2.Channel(host, port, tls=context, answer_cap=ANSWER_CAP, user_agent=user_agent())
+        self.channel = grpc_h2.Channel(host, port, tls=context, answer_cap=ANSWER_CAP, user_agent=user_agent())
         self._metadata = metadata(headers)
         self._timeout = timeout_s
         self._compress = compression == "gzip"
@@ -195,7 +195,7 @@ class OTLPGrpcH2SpanExporter(SpanExporter):
             try:
                 if remaining <= 0:
                     raise grpc_h2.GrpcError(grpc_h2.DEADLINE_EXCEEDED, "no time left")
-                answer = self._channel.unary(EXPORT_METHOD, data, self._metadata, remaining, self._compress)
+                answer = self.channel.unary(EXPORT_METHOD, data, self._metadata, remaining, self._compress)
             except grpc_h2.GrpcError as error:
                 backoff = retry_delay(error.trailers)
                 if backoff is None:
@@ -203,11 +203,11 @@ class OTLPGrpcH2SpanExporter(SpanExporter):
                 if (error.code not in RETRYABLE or attempt + 1 == MAX_TRIES
                         or backoff > deadline - time.monotonic() or self._shutdown):
                     log.debug("OTLP/gRPC export to %s failed: %s, %s" % (
-                        self._channel.authority, grpc_h2.code_name(error.code), error.message))
+                        self.channel.authority, grpc_h2.code_name(error.code), error.message))
                     self.unanswered = error.code == grpc_h2.DEADLINE_EXCEEDED and error.sent
                     return SpanExportResult.FAILURE
                 log.debug("OTLP/gRPC export to %s: %s (%s); retrying in %.2fs" % (
-                    self._channel.authority, grpc_h2.code_name(error.code), error.message, backoff))
+                    self.channel.authority, grpc_h2.code_name(error.code), error.message, backoff))
                 if self._stopping().wait(backoff):
                     return SpanExportResult.FAILURE
                 continue
@@ -221,7 +221,7 @@ class OTLPGrpcH2SpanExporter(SpanExporter):
         if not self._shutdown:
             self._shutdown = True
             self._stopping().set()
-            self._channel.close()
+            self.channel.close()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True

@@ -358,21 +358,21 @@ def test_forked_child_exports_on_its_own_connection(receiver):
     receiver.clear()
     exporter = OTLPGrpcH2SpanExporter(receiver.grpc_endpoint, insecure=True, timeout_s=5)
     assert exporter.export(_spans(1)) is SpanExportResult.SUCCESS
-    parent_connection = exporter._channel._connection
+    parent_connection = exporter.channel._connection
     assert parent_connection is not None
     pid = os.fork()
     if pid == 0:  # the child: no connection inherited, a new one works
         code = 1
         try:
-            if exporter._channel._connection is None and exporter.export(_spans(2)) is SpanExportResult.SUCCESS:
-                code = 0 if exporter._channel._connection is not parent_connection else 2
+            if exporter.channel._connection is None and exporter.export(_spans(2)) is SpanExportResult.SUCCESS:
+                code = 0 if exporter.channel._connection is not parent_connection else 2
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     # the parent's connection was not touched by the child: it goes on
     assert exporter.export(_spans(3)) is SpanExportResult.SUCCESS
-    assert exporter._channel._connection is parent_connection
+    assert exporter.channel._connection is parent_connection
     assert len(receiver.wait_for(count=6)) == 6
     exporter.shutdown()
 
