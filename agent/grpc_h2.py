@@ -62,14 +62,16 @@ def code_name(code: int) -> str:
 
 class GrpcError(Exception):
     """A call that did not succeed. `sent`: the whole request went out (the server may have it);
-    `trailers`: the answer's trailers, if any came ({name: value}, names lowercase, str)."""
+    `trailers`: the answer's trailers, if any came ({name: value}, names lowercase, str);
+    `answered`: the server did answer (an answer over the cap: its status was never read)."""
 
-    def __init__(self, code: int, message: str, sent: bool = False, trailers=None):
+    def __init__(self, code: int, message: str, sent: bool = False, trailers=None, answered: bool = False):
         super().__init__("%s: %s" % (code_name(code), message))
         self.code = code
         self.message = message
         self.sent = sent
         self.trailers = trailers or {}
+        self.answered = answered
 
 
 class _ConnectionError(Exception):
@@ -109,7 +111,7 @@ def _inflate(data: bytes, encoding: str, cap: int) -> bytes:
     except zlib.error as exc:
         raise GrpcError(INTERNAL, "the answer's compressed message is corrupt (%s)" % exc)
     if len(out) > cap:
-        raise GrpcError(RESOURCE_EXHAUSTED, "the answer is larger than %d bytes" % cap)
+        raise GrpcError(RESOURCE_EXHAUSTED, "the answer is larger than %d bytes" % cap, answered=True)
     return out
 
 
@@ -220,7 +222,7 @@ class _Connection:
             if stream is not None and stream_id == stream.id:
                 if len(stream.data) + len(data) > self.answer_cap + 5:
                     raise GrpcError(RESOURCE_EXHAUSTED, "the answer is larger than %d bytes" % self.answer_cap,
-                                    sent=stream.sent)
+                                    sent=stream.sent, answered=True)
                 stream.data += data
                 if flags & END_STREAM:
                     stream.ended = True
@@ -547,7 +549,7 @@ class Channel:
         flag, length = struct.unpack(">BI", data[:5])
         if length > self.answer_cap:
             raise GrpcError(RESOURCE_EXHAUSTED, "the answer is larger than %d bytes" % self.answer_cap,
-                            sent=stream.sent)
+                            sent=stream.sent, answered=True)
         message = data[5:5 + length]
         if len(message) < length:
             raise GrpcError(INTERNAL, "a truncated answer message", sent=stream.sent)

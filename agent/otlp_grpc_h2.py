@@ -200,7 +200,8 @@ class OTLPGrpcH2SpanExporter(SpanExporter):
                 backoff = retry_delay(error.trailers)
                 if backoff is None:
                     backoff = 2 ** attempt * random.uniform(0.8, 1.2)
-                if (error.code not in RETRYABLE or attempt + 1 == MAX_TRIES
+                # an answer over the cap came from the server (sending again would deliver the batch again)
+                if (error.code not in RETRYABLE or error.answered or attempt + 1 == MAX_TRIES
                         or backoff > deadline - time.monotonic() or self._shutdown):
                     log.debug("OTLP/gRPC export to %s failed: %s, %s" % (
                         self.channel.authority, grpc_h2.code_name(error.code), error.message))

@@ -290,6 +290,22 @@ def test_a_non_retryable_status_is_not_retried():
         server.stop()
 
 
+def test_a_huge_answer_is_read_only_up_to_the_cap_and_not_retried():
+    server = ScriptedGrpcServer(["huge:50000000", "ok"])  # 50 MB
+    exporter = OTLPGrpcH2SpanExporter(server.endpoint, insecure=True, timeout_s=20)
+    try:
+        started = time.monotonic()
+        assert exporter.export(_spans(2)) is SpanExportResult.FAILURE
+        assert time.monotonic() - started < 5
+        assert not exporter.unanswered  # it answered; its status was never read
+        assert exporter.channel._connection is None  # the rest is not read: that connection is closed
+        assert exporter.export(_spans(1)) is SpanExportResult.SUCCESS  # a new one
+        assert [c["mode"] for c in server.wait_calls(2)] == ["huge:50000000", "ok"]  # not sent twice
+    finally:
+        exporter.shutdown()
+        server.stop()
+
+
 def test_grpc_message_and_trailers_only_answers():
     server = ScriptedGrpcServer(["code:INVALID_ARGUMENT:100% bad / \u00e9"])
     channel = grpc_h2.Channel("127.0.0.1", server.port)
@@ -526,10 +542,33 @@ print(sorted(m for m in sys.modules if m == "grpc" or m.startswith("grpc.")))
 """
 
 
-def test_gevent_patched_program_exports_over_grpc(tmp_path, receiver):
+EVENTLET = r"""
+import eventlet
+eventlet.monkey_patch()
+import sys
+from opentelemetry import trace
+tracer = trace.get_tracer("eventlet-app")
+
+def work(i):
+    with tracer.start_as_current_span("greenlet-%d" % i):
+        eventlet.sleep(0.01)
+
+pool = eventlet.GreenPool()
+for i in range(5):
+    pool.spawn(work, i)
+pool.waitall()
+trace.get_tracer_provider().force_flush()
+print(sorted(m for m in sys.modules if m == "grpc" or m.startswith("grpc.")))
+"""
+
+
+@pytest.mark.parametrize("program", ["gevent", "eventlet"])
+def test_monkey_patched_program_exports_over_grpc(tmp_path, receiver, program):
     receiver.clear()
-    proc = run_traced(["python", write_script(tmp_path, GEVENT)], env=clean_env(**receiver.env("grpc")))
-    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    script = write_script(tmp_path, GEVENT if program == "gevent" else EVENTLET)
+    proc = run_traced(["python", script], env=clean_env(**receiver.env("grpc")))
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("trace-run")]
+    assert proc.returncode == 0 and ours == [] and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stdout.strip() == "[]"
     spans = receiver.wait_for(count=5)
     assert sorted(s.name for s in spans) == ["greenlet-%d" % i for i in range(5)]

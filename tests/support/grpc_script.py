@@ -2,7 +2,8 @@
 (gRPC's threads in the test process would make its forks abort now and again).
 
 Modes, one per call (the last one repeats): `ok`; `code:NAME[:message]` (fails with that status,
-e.g. `code:UNAVAILABLE`, `code:PERMISSION_DENIED:no such tenant`); `retryinfo:SECONDS` (UNAVAILABLE
+e.g. `code:UNAVAILABLE`, `code:PERMISSION_DENIED:no such tenant`); `huge:BYTES` (ok, with an answer
+that big); `retryinfo:SECONDS` (UNAVAILABLE
 with a google.rpc.RetryInfo asking for that delay); `sleep:SECONDS` (then ok). Every call is
 recorded (mode, span ids, metadata); spans are kept only from calls answered ok.
 """
@@ -47,9 +48,14 @@ class Service(trace_service_pb2_grpc.TraceServiceServicer):
             info = RetryInfo(retry_delay=Duration(seconds=int(seconds), nanos=int(seconds % 1 * 1e9)))
             context.set_trailing_metadata((("google.rpc.retryinfo-bin", info.SerializeToString()),))
             context.abort(grpc.StatusCode.UNAVAILABLE, "come back later")
+        elif mode.startswith("huge:"):  # an answer of that many bytes (a partial success's message)
+            answer = trace_service_pb2.ExportTraceServiceResponse()
+            answer.partial_success.error_message = "x" * int(mode.split(":")[1])
+            return answer
         return trace_service_pb2.ExportTraceServiceResponse()
 
-server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=4),
+                     options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
 trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Service(), server)
 if tls:
     read = lambda p: open(p, "rb").read()
