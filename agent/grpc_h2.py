@@ -367,6 +367,15 @@ class Channel:
         if connection is not None:
             connection.close()
 
+    def reconnect(self) -> None:
+        """The next call makes a new connection (the one in place is closed, or as its call ends)."""
+        lock = self._lock()
+        if lock.acquire(False):
+            try:
+                self._drop()
+            finally:
+                lock.release()
+
     def close(self) -> None:
         """Closes the connection now, or (a call under way) as that call ends; never waits for it."""
         self._closed = True

@@ -197,6 +197,8 @@ class OTLPGrpcH2SpanExporter(SpanExporter):
                     raise grpc_h2.GrpcError(grpc_h2.DEADLINE_EXCEEDED, "no time left")
                 answer = self.channel.unary(EXPORT_METHOD, data, self._metadata, remaining, self._compress)
             except grpc_h2.GrpcError as error:
+                if error.code == grpc_h2.UNAVAILABLE and attempt == 0:
+                    self.channel.reconnect()  # as the SDK renews its channel: maybe another server next time
                 backoff = retry_delay(error.trailers)
                 if backoff is None:
                     backoff = 2 ** attempt * random.uniform(0.8, 1.2)

@@ -250,18 +250,22 @@ def test_a_batch_over_one_mib_crosses_the_flow_control_windows(receiver):
 
 def test_unavailable_then_ok_is_retried_and_delivered_once():
     server = ScriptedGrpcServer(["code:UNAVAILABLE", "ok"])
-    exporter = OTLPGrpcH2SpanExporter(server.endpoint, insecure=True, timeout_s=10)
+    relay = _Relay(server.port)
+    exporter = OTLPGrpcH2SpanExporter("http://127.0.0.1:%d" % relay.port, insecure=True, timeout_s=10)
     spans = _spans(4)
     try:
         started = time.monotonic()
         assert exporter.export(spans) is SpanExportResult.SUCCESS
         waited = time.monotonic() - started
         calls = server.wait_calls(2)
+        connections = relay.accepted
     finally:
+        relay.stop()
         exporter.shutdown()
         server.stop()
     assert [c["mode"] for c in calls] == ["code:UNAVAILABLE", "ok"]
     assert len(server.span_ids) == 4 == len(set(server.span_ids))
+    assert connections == 2  # as the SDK renews its channel after UNAVAILABLE
     assert 0.75 <= waited < 5  # the SDK's first backoff: 1 s +-20 %
 
 
