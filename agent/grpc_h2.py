@@ -149,6 +149,17 @@ class _Connection:
                                S_INITIAL_WINDOW, DEFAULT_WINDOW)
         sock.sendall(PREFACE + _frame(SETTINGS, 0, 0, settings))
 
+    def handshake(self, deadline: float) -> None:
+        """Read the server's preface, a SETTINGS frame, before the first request: its frame size and
+        windows hold from the first byte of DATA (and a server that is not HTTP/2 is found out here)."""
+        try:
+            kind, flags, stream_id, payload = self.read_frame(deadline)
+        except _ConnectionError as exc:  # bytes that are no frame: an HTTP/1 server, something else
+            raise _ConnectionError(UNAVAILABLE, "the server did not start HTTP/2 (%s)" % exc.message)
+        if kind != SETTINGS or flags & ACK or stream_id:
+            raise _ConnectionError(UNAVAILABLE, "the server did not start HTTP/2 (no SETTINGS first)")
+        self.handle(kind, flags, stream_id, payload, deadline)
+
     # -- sending ----------------------------------------------------------------------
     def send(self, data: bytes, deadline: float) -> None:
         _settimeout(self.sock, deadline)
@@ -402,7 +413,9 @@ class Channel:
                 sock = self.tls.wrap_socket(sock, server_hostname=self.host)
                 if sock.selected_alpn_protocol() != "h2":
                     raise _ConnectionError(UNAVAILABLE, "the server did not agree to HTTP/2 (ALPN h2) over TLS")
-            return _Connection(sock, self.answer_cap)
+            connection = _Connection(sock, self.answer_cap)
+            connection.handshake(deadline)
+            return connection
         except BaseException:
             sock.close()
             raise

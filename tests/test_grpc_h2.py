@@ -341,14 +341,17 @@ def test_no_answer_within_the_timeout_is_unanswered():
         server.stop()
 
 
-def test_a_silent_listener_times_out_unanswered_and_nothing_listening_fails_at_once():
+def test_a_silent_listener_or_nothing_listening_fail_and_nothing_was_sent():
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
     port = listener.getsockname()[1]
     try:
+        # connected, but no HTTP/2 preface came back in time: the request never went out
         exporter = OTLPGrpcH2SpanExporter("http://127.0.0.1:%d" % port, insecure=True, timeout_s=0.5)
-        assert exporter.export(_spans(1)) is SpanExportResult.FAILURE and exporter.unanswered
+        started = time.monotonic()
+        assert exporter.export(_spans(1)) is SpanExportResult.FAILURE and not exporter.unanswered
+        assert time.monotonic() - started < 1.5
     finally:
         listener.close()
     exporter = OTLPGrpcH2SpanExporter("http://127.0.0.1:%d" % port, insecure=True, timeout_s=0.5)
@@ -593,3 +596,159 @@ def test_grpc_not_imported_on_the_default_path(monkeypatch):
     out = subprocess.run([sys.executable, "-c", code], env=clean_env(OTEL_TRACE_RUN_GRPC_CLIENT="grpcio"),
                          capture_output=True, text=True, timeout=60)
     assert out.stdout.startswith("OTLPGrpcSpanExporter [") and "'grpc'" in out.stdout, out.stderr
+
+
+# -- the protocol's corners, against a raw HTTP/2 server written here ------------------------------
+
+
+class RawH2Server:
+    """One HTTP/2 server connection at a time, answering each gRPC call as `mode` says, and recording
+    what the client sent: frames (type, flags, stream, length) and the request messages."""
+
+    def __init__(self, mode: str, window: int = 65535):
+        self.mode = mode
+        self.window = window  # our SETTINGS_INITIAL_WINDOW_SIZE (the client's send window per stream)
+        self.frames: list = []
+        self.messages: list = []
+        self.connections = 0
+        self.violations: list = []
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(4)
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._handle, args=(conn, self.connections), daemon=True).start()
+
+    @staticmethod
+    def _frame(kind, flags, stream, payload=b""):
+        return grpc_h2._frame(kind, flags, stream, payload)
+
+    def _read(self, conn, n):
+        data = b""
+        while len(data) < n:
+            chunk = conn.recv(n - len(data))
+            if not chunk:
+                raise EOFError
+            data += chunk
+        return data
+
+    def _handle(self, conn, number):
+        import struct
+
+        decoder = hpack.Decoder()
+        try:
+            assert self._read(conn, 24) == grpc_h2.PREFACE
+            conn.sendall(self._frame(grpc_h2.SETTINGS, 0, 0, struct.pack(">HI", grpc_h2.S_INITIAL_WINDOW, self.window)))
+            windows: dict = {}
+            conn_window = 65535
+            bodies: dict = {}
+            while True:
+                head = self._read(conn, 9)
+                length = int.from_bytes(head[:3], "big")
+                kind, flags = head[3], head[4]
+                stream = int.from_bytes(head[5:9], "big")
+                payload = self._read(conn, length)
+                self.frames.append((kind, flags, stream, length))
+                if kind == grpc_h2.HEADERS:
+                    decoder.decode(payload)
+                    windows[stream] = self.window
+                    bodies[stream] = b""
+                    if self.mode == "goaway" and number == 1:
+                        conn.sendall(self._frame(grpc_h2.GOAWAY, 0, 0, struct.pack(">II", 0, 0)))
+                        return
+                    if self.mode == "refused" and number == 1:
+                        conn.sendall(self._frame(grpc_h2.RST_STREAM, 0, stream, struct.pack(">I", 0x7)))
+                    if self.mode == "ping":
+                        conn.sendall(self._frame(grpc_h2.PING, 0, 0, b"12345678"))
+                elif kind == grpc_h2.DATA:
+                    windows[stream] -= length
+                    conn_window -= length
+                    if windows[stream] < 0 or conn_window < 0:
+                        self.violations.append((stream, windows[stream], conn_window))
+                    bodies[stream] += payload
+                    # give the window back in small steps, as a slow server would
+                    conn.sendall(self._frame(grpc_h2.WINDOW_UPDATE, 0, 0, struct.pack(">I", length))
+                                 + self._frame(grpc_h2.WINDOW_UPDATE, 0, stream, struct.pack(">I", length)))
+                    windows[stream] += length
+                    conn_window += length
+                    if flags & grpc_h2.END_STREAM:
+                        self.messages.append(bodies.pop(stream)[5:])
+                        self._answer(conn, stream)
+                elif kind == grpc_h2.PING and flags & grpc_h2.ACK:
+                    self.messages.append(("ping-ack", payload))
+        except (EOFError, OSError, AssertionError):
+            pass
+        finally:
+            conn.close()
+
+    def _answer(self, conn, stream):
+        block = hpack.encode([(":status", "200"), ("content-type", "application/grpc"),
+                              ("x-filler", "f" * 40000)])  # over one frame: HEADERS + CONTINUATION
+        size = 16384
+        pieces = [block[i:i + size] for i in range(0, len(block), size)]
+        out = self._frame(grpc_h2.HEADERS, 0, stream, pieces[0])
+        for i, piece in enumerate(pieces[1:], 2):
+            out += self._frame(grpc_h2.CONTINUATION, grpc_h2.END_HEADERS if i == len(pieces) else 0, stream, piece)
+        # ExportTraceServiceResponse{partial_success{rejected_spans: 1}}, then the trailers
+        message = b"\x0a\x02\x08\x01"
+        out += self._frame(grpc_h2.DATA, 0, stream, b"\x00" + len(message).to_bytes(4, "big") + message)
+        out += self._frame(grpc_h2.HEADERS, grpc_h2.END_HEADERS | grpc_h2.END_STREAM, stream,
+                           hpack.encode([("grpc-status", "0")]))
+        conn.sendall(out)
+
+    def stop(self):
+        self._listener.close()
+
+
+def test_flow_control_never_exceeds_a_small_window_and_continuation_is_read():
+    from trace_run.agent.otlp_encoder import Encoder
+
+    server = RawH2Server("ok", window=1000)  # the client may have 1000 bytes in flight per stream
+    exporter = OTLPGrpcH2SpanExporter("http://127.0.0.1:%d" % server.port, insecure=True, timeout_s=10)
+    spans = _spans(20, attribute_bytes=1000)
+    try:
+        assert exporter.export(spans) is SpanExportResult.SUCCESS  # answered in HEADERS + CONTINUATION
+        assert server.messages == [Encoder().encode(spans)]
+        data = [f for f in server.frames if f[0] == grpc_h2.DATA]
+        assert len(data) > 20 and max(f[3] for f in data) <= 1000 and server.violations == []
+    finally:
+        exporter.shutdown()
+        server.stop()
+
+
+def test_ping_is_acknowledged():
+    server = RawH2Server("ping")
+    exporter = OTLPGrpcH2SpanExporter("http://127.0.0.1:%d" % server.port, insecure=True, timeout_s=5)
+    try:
+        assert exporter.export(_spans(1)) is SpanExportResult.SUCCESS
+        assert exporter.export(_spans(1)) is SpanExportResult.SUCCESS  # the ACK is read before the next call
+        deadline = time.monotonic() + 5
+        while ("ping-ack", b"12345678") not in server.messages and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert ("ping-ack", b"12345678") in server.messages
+    finally:
+        exporter.shutdown()
+        server.stop()
+
+
+@pytest.mark.parametrize("mode", ["goaway", "refused"])
+def test_goaway_and_refused_stream_fail_retryably_and_the_retry_delivers(mode):
+    server = RawH2Server(mode)
+    exporter = OTLPGrpcH2SpanExporter("http://127.0.0.1:%d" % server.port, insecure=True, timeout_s=10)
+    try:
+        with pytest.raises(grpc_h2.GrpcError) as caught:
+            exporter.channel.unary("/x/y", b"", timeout=5)
+        assert caught.value.code == grpc_h2.UNAVAILABLE
+        assert exporter.export(_spans(1)) is SpanExportResult.SUCCESS  # on a new connection
+        assert server.connections == 2
+    finally:
+        exporter.shutdown()
+        server.stop()
