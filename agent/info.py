@@ -12,7 +12,11 @@ from trace_run.instrumentors import registry
 
 def _transport(exporter: dict) -> str:
     """Which HTTP transport trace-run's OTLP/HTTP exporter will use, and why (proxies: requests)."""
-    if exporter["protocol"] == "grpc" or exporter.get("encoder") != "fast":
+    if exporter["protocol"] == "grpc":
+        if exporter.get("encoder") == "fast" and exporter.get("grpc_client", "trace-run") == "trace-run":
+            return ", trace-run's gRPC client"
+        return ", grpcio"
+    if exporter.get("encoder") != "fast":
         return ""
     from .http_transport import urllib3_sends_the_same
 

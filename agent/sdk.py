@@ -188,6 +188,7 @@ def _resolve_otlp() -> dict:
         "client_key": _signal("CLIENT_KEY") or None,
         "client_certificate": _signal("CLIENT_CERTIFICATE") or None,
         "encoder": config.get("OTEL_TRACE_RUN_OTLP_ENCODER"),
+        "grpc_client": config.get("OTEL_TRACE_RUN_GRPC_CLIENT"),
     }
 
 
@@ -371,7 +372,9 @@ def _build_pipeline(spec: dict, batch: dict, exporthealth):
         def warm():
             import importlib
 
-            if spec.get("encoder") == "fast" and spec["protocol"] == "grpc":
+            if _grpc_h2(spec):
+                importlib.import_module("trace_run.agent.otlp_grpc_h2").warm()
+            elif spec.get("encoder") == "fast" and spec["protocol"] == "grpc":
                 importlib.import_module("trace_run.agent.otlp_grpc")
             elif spec.get("encoder") == "fast":
                 importlib.import_module("trace_run.agent.otlp_http").warm(spec["endpoint"])
@@ -428,7 +431,24 @@ def _preencoder(health):
     return prepare
 
 
+def _grpc_h2(spec: dict) -> bool:
+    """Is this OTLP/gRPC export on trace-run's own client (grpc_h2), not grpcio?"""
+    return (spec["protocol"] == "grpc" and spec.get("encoder") == "fast"
+            and spec.get("grpc_client", "trace-run") == "trace-run")
+
+
 def build_otlp_exporter(spec: dict):
+    if _grpc_h2(spec):
+        from .otlp_grpc_h2 import OTLPGrpcH2SpanExporter
+
+        endpoint = spec["endpoint"]
+        # as below: credentials given make an http:// endpoint TLS too (the SDK's rule)
+        credentials = spec["certificate"] or spec["client_key"] or spec["client_certificate"]
+        return OTLPGrpcH2SpanExporter(
+            endpoint, insecure=spec["insecure"] or (endpoint.startswith("http://") and not credentials),
+            certificate=spec["certificate"], client_key=spec["client_key"],
+            client_certificate=spec["client_certificate"], headers=spec["headers"], timeout_s=spec["timeout_s"],
+            compression=spec["compression"])
     if spec["protocol"] == "grpc":
         import grpc
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as Stock

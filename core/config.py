@@ -157,6 +157,9 @@ VARIABLES: list[Var] = [
     Var("OTEL_TRACE_RUN_OTLP_ENCODER", "enum", "fast",
         "OTLP span encoding: `fast` (trace-run's: the same bytes, ~5x faster) or `sdk` (the official encoder).",
         choices=("fast", "sdk")),
+    Var("OTEL_TRACE_RUN_GRPC_CLIENT", "enum", "trace-run",
+        "OTLP/gRPC client (with the `fast` encoder): `trace-run` (its own, on the standard library; grpc is never "
+        "imported) or `grpcio` (the SDK's exporter on grpcio).", choices=("trace-run", "grpcio")),
     Var("OTEL_TRACE_RUN_SPAN_CLASS", "enum", "trace-run",
         "Span class of trace-run's tracers: `trace-run` (the SDK's span with a shorter path, the same behaviour) "
         "or `sdk` (the SDK's own).", choices=("trace-run", "sdk")),

@@ -113,7 +113,7 @@ def test_gunicorns_master_prepares_the_exporter_before_forking_its_workers(tmp_p
     config.write_text(POST_FORK_CONFIG)
     forks = tmp_path / "forks.txt"
     env = clean_env(**receiver.env(protocol=protocol), OTEL_SERVICE_NAME="gunicorn-app", FORKS_FILE=str(forks),
-                    EXPORTER_MODULE="trace_run.agent.otlp_" + ("grpc" if protocol == "grpc" else "http"))
+                    EXPORTER_MODULE="trace_run.agent.otlp_" + ("grpc_h2" if protocol == "grpc" else "http"))
     proc = subprocess.Popen([TRACE_RUN, "gunicorn", "-b", "127.0.0.1:%d" % port, "-w", "2", "-k", worker,
                              "--graceful-timeout", "5", "--chdir", APPS, "-c", str(config), "fault_workers_app:app"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -475,11 +475,14 @@ _APP = """
 """
 
 
-@pytest.mark.parametrize("protocol,encoder", [("http/protobuf", "fast"), ("http/protobuf", "sdk"),
-                                               ("http/protobuf", "turbo"), ("grpc", "fast"), ("grpc", "sdk")])
-def test_programs_export_the_same_spans_with_either_encoder(receiver, tmp_path, protocol, encoder):
+@pytest.mark.parametrize("protocol,encoder,client", [
+    ("http/protobuf", "fast", ""), ("http/protobuf", "sdk", ""), ("http/protobuf", "turbo", ""),
+    ("grpc", "fast", "trace-run"), ("grpc", "fast", "grpcio"), ("grpc", "sdk", "")])
+def test_programs_export_the_same_spans_with_either_encoder(receiver, tmp_path, protocol, encoder, client):
     script = write_script(tmp_path, _APP)
     env = clean_env(OTEL_SERVICE_NAME="enc", OTEL_TRACE_RUN_OTLP_ENCODER=encoder, **receiver.env(protocol))
+    if client:
+        env["OTEL_TRACE_RUN_GRPC_CLIENT"] = client
     proc = run_traced(["python", script], env=env, check=True)
     spans = receiver.wait_for(count=2)
     assert sorted(s.name for s in spans) == ["inner", "outer"]
@@ -487,8 +490,8 @@ def test_programs_export_the_same_spans_with_either_encoder(receiver, tmp_path, 
     inner = [s for s in spans if s.name == "inner"][0]
     assert inner.parent_id == outer.span_id and inner.trace_id == outer.trace_id
     assert outer.attributes == {"a": 1, "b": "two"} and outer.resource["service.name"] == "enc"
-    # trace-run's OTLP/HTTP exporter never loads protobuf; gRPC needs it for its own messages
-    assert ("protobuf loaded: False" in proc.stdout) is (encoder != "sdk" and protocol != "grpc"), proc.stdout
+    # trace-run's OTLP/HTTP and gRPC exporters never load protobuf; grpcio's exporter needs it for its messages
+    assert ("protobuf loaded: False" in proc.stdout) is (encoder != "sdk" and client != "grpcio"), proc.stdout
     if encoder == "turbo":  # a bad value: one line naming it and what is used instead
         lines = [line for line in proc.stderr.splitlines() if "OTEL_TRACE_RUN_OTLP_ENCODER" in line]
         assert len(lines) == 1 and "turbo" in lines[0] and "fast" in lines[0], proc.stderr

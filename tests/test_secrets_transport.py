@@ -131,10 +131,11 @@ class _GrpcCollector:
         self.server.start()
 
 
+@pytest.mark.parametrize("client", ["trace-run", "grpcio"])
 @pytest.mark.parametrize("mutual", [False, True])
-def test_otlp_grpc_over_tls_with_test_ca(ca, mutual):
+def test_otlp_grpc_over_tls_with_test_ca(ca, mutual, client):
     collector = _GrpcCollector(ca, require_client_cert=mutual)
-    extra = {"OTEL_EXPORTER_OTLP_CERTIFICATE": ca["ca"]}
+    extra = {"OTEL_EXPORTER_OTLP_CERTIFICATE": ca["ca"], "OTEL_TRACE_RUN_GRPC_CLIENT": client}
     if mutual:
         extra.update(OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE=ca["client_cert"],
                      OTEL_EXPORTER_OTLP_CLIENT_KEY=ca["client_key"])
