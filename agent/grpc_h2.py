@@ -390,12 +390,7 @@ class Channel:
     def close(self) -> None:
         """Closes the connection now, or (a call under way) as that call ends; never waits for it."""
         self._closed = True
-        lock = self._lock()
-        if lock.acquire(False):
-            try:
-                self._drop()
-            finally:
-                lock.release()
+        self.reconnect()
 
     def _drop(self) -> None:
         connection, self._connection = self._connection, None

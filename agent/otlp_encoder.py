@@ -429,6 +429,21 @@ def _sampled_context():
 Encoded.context = _sampled_context()
 
 
+def encode_request(encoder: Encoder, spans: Sequence, max_bytes: int) -> Optional[bytes]:
+    """An exporter's request body for `spans`, or None (said in one line) where the batch cannot be
+    encoded or is over `max_bytes`: the batch fails, the program goes on (as the stock exporters)."""
+    try:
+        data = encoder.encode(spans)
+    except Exception as error:
+        log.warning("spans not encoded (%s: %s); this batch is dropped" % (type(error).__name__, error))
+        return None
+    if len(data) > max_bytes:
+        log.warning("a batch of %d spans is %d bytes, over the %d-byte request limit; it is dropped "
+                    "(lower OTEL_BSP_MAX_EXPORT_BATCH_SIZE)" % (len(spans), len(data), max_bytes))
+        return None
+    return data
+
+
 def encode_spans(spans: Sequence, encoder: Optional[Encoder] = None) -> bytes:
     """One-shot helper (tests, benchmarks): bytes of an ExportTraceServiceRequest."""
     return (encoder or Encoder(pause=False)).encode(spans)

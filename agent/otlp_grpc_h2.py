@@ -24,7 +24,7 @@ from trace_run.core import log
 
 from . import grpc_h2
 from .otlp_answer import ANSWER_CAP
-from .otlp_encoder import Encoder
+from .otlp_encoder import Encoder, encode_request
 
 EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 MAX_REQUEST_BYTES = 64 * 1024 * 1024  # as the OTLP/HTTP exporter: a bigger batch is dropped, not sent
@@ -169,14 +169,8 @@ class OTLPGrpcH2SpanExporter(SpanExporter):
         self.unanswered = False
         if self._shutdown:
             return SpanExportResult.FAILURE
-        try:
-            data = self._encoder.encode(spans)
-        except Exception as error:  # as the stock exporter: the batch fails, the program goes on
-            log.warning("spans not encoded (%s: %s); this batch is dropped" % (type(error).__name__, error))
-            return SpanExportResult.FAILURE
-        if len(data) > self.max_request_bytes:
-            log.warning("a batch of %d spans is %d bytes, over the %d-byte request limit; it is dropped "
-                        "(lower OTEL_BSP_MAX_EXPORT_BATCH_SIZE)" % (len(spans), len(data), self.max_request_bytes))
+        data = encode_request(self._encoder, spans, self.max_request_bytes)
+        if data is None:
             return SpanExportResult.FAILURE
         if len(data) > SERVER_RECEIVE_LIMIT:
             log.warning_once("grpc-over-4mib", "an OTLP/gRPC request of %d bytes: gRPC servers refuse more "

@@ -16,11 +16,11 @@ from __future__ import annotations
 from typing import Sequence
 
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from trace_run.core import compat, log
+from trace_run.core import compat
 
 from .http_transport import urllib3_sends_the_same
 from .otlp_answer import capped
-from .otlp_encoder import Encoder
+from .otlp_encoder import Encoder, encode_request
 
 MAX_REQUEST_BYTES = 64 * 1024 * 1024  # the stock exporter's default limit
 
@@ -87,14 +87,8 @@ class OTLPHTTPSpanExporter(SpanExporter):
     def export(self, spans: Sequence) -> SpanExportResult:
         if self._shutdown:
             return SpanExportResult.FAILURE
-        try:
-            data = self._encoder.encode(spans)
-        except Exception as error:  # as the stock exporter: the batch fails, the program goes on
-            log.warning("spans not encoded (%s: %s); this batch is dropped" % (type(error).__name__, error))
-            return SpanExportResult.FAILURE
-        if len(data) > self.max_request_bytes:
-            log.warning("a batch of %d spans is %d bytes, over the %d-byte request limit; it is dropped "
-                        "(lower OTEL_BSP_MAX_EXPORT_BATCH_SIZE)" % (len(spans), len(data), self.max_request_bytes))
+        data = encode_request(self._encoder, spans, self.max_request_bytes)
+        if data is None:
             return SpanExportResult.FAILURE
         sent = self._client.export(data)
         # the request went out and no answer came in time: the collector may have it (see exporthealth)
