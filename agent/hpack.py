@@ -212,6 +212,16 @@ class Decoder:
             raise HPACKError("index beyond the dynamic table")
         return self.table[index]
 
+    def _literal(self, data: bytes, pos: int, prefix: int) -> tuple:
+        """(name, value, next position) of a literal field: its name indexed or literal, its value literal."""
+        index, pos = decode_integer(data, pos, prefix)
+        if index:
+            name = self._entry(index)[0]
+        else:
+            name, pos = _decode_string(data, pos)
+        value, pos = _decode_string(data, pos)
+        return name, value, pos
+
     def decode(self, data: bytes) -> list:
         """[(name, value)] as bytes, in order."""
         headers = []
@@ -224,12 +234,7 @@ class Decoder:
                 index, pos = decode_integer(data, pos, 7)
                 name, value = self._entry(index)
             elif byte & 0x40:  # literal, incremental indexing
-                index, pos = decode_integer(data, pos, 6)
-                if index:
-                    name = self._entry(index)[0]
-                else:
-                    name, pos = _decode_string(data, pos)
-                value, pos = _decode_string(data, pos)
+                name, value, pos = self._literal(data, pos, 6)
                 self._add(name, value)
             elif byte & 0x20:  # dynamic table size update
                 if seen_field:
@@ -241,12 +246,7 @@ class Decoder:
                 self._evict()
                 continue
             else:  # literal without indexing (0000) or never indexed (0001)
-                index, pos = decode_integer(data, pos, 4)
-                if index:
-                    name = self._entry(index)[0]
-                else:
-                    name, pos = _decode_string(data, pos)
-                value, pos = _decode_string(data, pos)
+                name, value, pos = self._literal(data, pos, 4)
             seen_field = True
             total += 32 + len(name) + len(value)
             if total > self.max_header_list_size:

@@ -255,9 +255,9 @@ class _Request:
         span.end()
 
 
-class _TracedBody:
-    """The app's response iterable; the span is current while it yields and ends once the body
-    is exhausted or closed, whichever comes first."""
+class _UnrecordedBody:
+    """The body of a request whose span does not record: nothing to end, but the request's context is
+    current while it yields (a call made by a streamed body keeps the trace and its not-sampled flag)."""
 
     __slots__ = ("_body", "_iter", "_request")
 
@@ -268,6 +268,27 @@ class _TracedBody:
 
     def __iter__(self):
         return self
+
+    def __next__(self):
+        token = runtime_context.attach(self._request.ctx)
+        try:
+            if self._iter is None:
+                self._iter = iter(self._body)
+            return next(self._iter)
+        finally:
+            runtime_context.detach(token)
+
+    def close(self) -> None:
+        close = getattr(self._body, "close", None)
+        if close is not None:
+            close()
+
+
+class _TracedBody(_UnrecordedBody):
+    """The app's response iterable; the span is current while it yields and ends once the body
+    is exhausted or closed, whichever comes first."""
+
+    __slots__ = ()
 
     def __next__(self):
         token = runtime_context.attach(self._request.ctx)
@@ -301,41 +322,10 @@ class _TracedBody:
 
     def close(self) -> None:
         try:
-            close = getattr(self._body, "close", None)
-            if close is not None:
-                close()
+            super().close()
         finally:
             with _guard:
                 self._request.end()
-
-
-class _UnrecordedBody:
-    """The body of a request whose span does not record: nothing to end, but the request's context is
-    current while it yields (a call made by a streamed body keeps the trace and its not-sampled flag)."""
-
-    __slots__ = ("_body", "_iter", "_request")
-
-    def __init__(self, body, request: _Request):
-        self._body = body
-        self._iter = None
-        self._request = request
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        token = runtime_context.attach(self._request.ctx)
-        try:
-            if self._iter is None:
-                self._iter = iter(self._body)
-            return next(self._iter)
-        finally:
-            runtime_context.detach(token)
-
-    def close(self) -> None:
-        close = getattr(self._body, "close", None)
-        if close is not None:
-            close()
 
 
 def handle(tracer: trace.Tracer, environ: dict, start_response: Callable, app: Callable,
