@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from opentelemetry import propagate, trace
-
-from . import errors, http_common, spans
+from . import errors, http_common, propagation, spans
 from .base import TraceRunInstrumentor, is_http_instrumentation_enabled
 
 _SPAN = "_trace_run_span"
@@ -70,7 +68,7 @@ class HttpClientInstrumentor(TraceRunInstrumentor):
             raise
         with self.guard:
             carrier: dict = {}
-            propagate.inject(carrier, context=trace.set_span_in_context(span))
+            propagation.inject(carrier, span)
             for key, value in carrier.items():
                 instance.putheader(key, value)
             instance.__dict__[_SPAN] = span

@@ -15,12 +15,10 @@ from typing import Any, Callable, Iterable, Optional
 
 from opentelemetry import context as otel_context
 
-# isort: off
-# opentelemetry.trace before opentelemetry.propagate: the agent builds the SDK when opentelemetry.trace
-# is imported, and the propagate module (which imports it half-way through) must not be half-built then.
+# opentelemetry.trace before opentelemetry.propagate (imported by .propagation): the agent builds the SDK
+# when opentelemetry.trace is imported, and the propagate module (which imports it half-way through)
+# must not be half-built then.
 from opentelemetry import trace
-from opentelemetry import propagate
-# isort: on
 from opentelemetry.semconv.attributes.http_attributes import (
     HTTP_REQUEST_METHOD,
     HTTP_REQUEST_METHOD_ORIGINAL,
@@ -33,7 +31,7 @@ from opentelemetry.trace import SpanKind
 from trace_run.core import config
 from trace_run.core.compat import SUPPRESS_HTTP_INSTRUMENTATION_KEY
 
-from . import bounds, errors, spans, url_redaction
+from . import bounds, errors, propagation, spans, url_redaction
 from .base import is_http_instrumentation_enabled
 from .url_redaction import REDACTED, redact_query, redact_url
 
@@ -310,7 +308,7 @@ def suppress_below() -> object:
 
 def inject(headers: Any, span: trace.Span) -> None:
     """Add the propagation headers of `span` to `headers` (a dict-like we own)."""
-    propagate.inject(headers, context=trace.set_span_in_context(span))
+    propagation.inject(headers, span)
 
 
 def inject_copy(headers: Any, span: trace.Span) -> Any:
@@ -320,7 +318,7 @@ def inject_copy(headers: Any, span: trace.Span) -> Any:
     else:
         copy = getattr(headers, "copy", None)
         new = copy() if copy is not None else dict(headers)
-    propagate.inject(new, context=trace.set_span_in_context(span))
+    propagation.inject(new, span)
     return new
 
 

@@ -31,7 +31,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from trace_run.core import runtime_context
 from trace_run.core.guard import Guard
 
-from . import bounds, errors, http_common
+from . import bounds, errors, http_common, propagation
 from .base import is_instrumentation_enabled
 
 ENVIRON_KEY = "trace_run.request"  # the request's _Request (span and state), for frameworks
@@ -53,35 +53,10 @@ class WSGIGetter(Getter):
 getter = WSGIGetter()
 _guard = Guard("wsgi")
 _EMPTY = otel_context.Context()
-_known_textmap: tuple = (None, False)  # (the global propagator, whether it is the default pair; see extract)
-
-
-def _is_default_pair(textmap) -> bool:
-    """OTEL_PROPAGATORS' default, tracecontext then baggage (exact types): without their headers a carrier
-    changes nothing but turns a None context into an empty one."""
-    from opentelemetry.baggage.propagation import W3CBaggagePropagator
-    from opentelemetry.propagators.composite import CompositePropagator
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
-    if type(textmap) is not CompositePropagator:
-        return False
-    kinds = [type(p) for p in getattr(textmap, "_propagators", ())]
-    if len(kinds) != 2 or kinds[1] is not W3CBaggagePropagator:
-        return False
-    # the SDK's tracecontext propagator, or the agent's (named, not imported: instrumentors never import the agent)
-    return kinds[0] is TraceContextTextMapPropagator or (
-        kinds[0].__module__, kinds[0].__qualname__) == ("trace_run.agent.tracecontext", "W3CTraceContextPropagator")
-
-
 def extract(environ: dict, context=None):
     """`propagate.extract(environ, context, getter)`; with the default propagators and neither a
     traceparent nor a baggage header (most requests), its answer without running them (~1.5 us)."""
-    global _known_textmap
-    textmap = propagate.get_global_textmap()
-    known = _known_textmap
-    if known[0] is not textmap:
-        known = _known_textmap = (textmap, _is_default_pair(textmap))
-    if known[1] and "HTTP_TRACEPARENT" not in environ and "HTTP_BAGGAGE" not in environ:
+    if "HTTP_TRACEPARENT" not in environ and "HTTP_BAGGAGE" not in environ and propagation.default_pair():
         return _EMPTY if context is None else context
     return propagate.extract(environ, context=context, getter=getter)
 

@@ -41,6 +41,12 @@ def make_app():
     def redirect_view():
         return flask.redirect("/headers")
 
+    @app.route("/login")
+    def login():
+        response = flask.redirect("/headers")
+        response.set_cookie("sid", "s-1")
+        return response
+
     @app.route("/boom")
     def boom():
         raise KeyError("boom")
@@ -147,6 +153,39 @@ def test_requests_prepared_request_sent_twice_is_unchanged(traced, server):
     a = session.send(prepared).json()["traceparent"]
     b = session.send(prepared).json()["traceparent"]
     assert "traceparent" not in prepared.headers and a != b
+
+
+def test_requests_cookies_and_the_callers_request_survive_the_sent_copy(traced, server):
+    """The request sent is a copy sharing the caller's cookie jar (requests copies a jar before it changes
+    one): a cookie set on a redirect reaches the next request and the session, the caller's object and
+    jar stay as they were, and a PreparedRequest subclass is copied by its own copy()."""
+    import requests
+
+    session = requests.Session()
+    r = session.get(server + "/login")
+    assert r.json()["cookie"] == "sid=s-1" and session.cookies.get("sid") == "s-1"
+    first, second = clients(traced.get_finished_spans())
+    assert r.json()["traceparent"].split("-")[2] == "%016x" % second.context.span_id
+    assert r.history[0].request.headers["traceparent"].split("-")[2] == "%016x" % first.context.span_id
+
+    prepared = session.prepare_request(requests.Request("GET", server + "/headers", cookies={"k": "v"}))
+    prepared.note = "the caller's"
+    jar, cookies_before = prepared._cookies, dict(prepared._cookies)
+    sent = session.send(prepared)
+    assert sent.json()["cookie"] == "sid=s-1; k=v" and "traceparent" not in prepared.headers
+    assert sent.request is not prepared and sent.request.note == "the caller's" and "traceparent" in sent.request.headers
+    assert prepared._cookies is jar and dict(jar) == cookies_before
+
+    copies = []
+
+    class Counted(requests.PreparedRequest):
+        def copy(self):
+            copies.append(self)
+            return super().copy()
+
+    own = Counted()
+    own.prepare(method="GET", url=server + "/headers")
+    assert "traceparent" in session.send(own).json() and copies == [own]
 
 
 def test_urllib3_headers_copy_and_retries(traced, server):
@@ -480,7 +519,7 @@ def test_the_server_side_extract_answers_as_the_propagators_do(headers, outer, p
     of their headers); everywhere its answer is propagate.extract's."""
     from opentelemetry import baggage, trace
     from trace_run.agent.sdk import build_propagator
-    from trace_run.instrumentors import wsgi
+    from trace_run.instrumentors import propagation, wsgi
 
     old = propagate.get_global_textmap()
     propagate.set_global_textmap(build_propagator(propagators.split(",")))
@@ -489,12 +528,62 @@ def test_the_server_side_extract_answers_as_the_propagators_do(headers, outer, p
         outer_ctx = baggage.set_baggage("outer", "1") if outer else None
         ours = wsgi.extract(environ, outer_ctx)
         theirs = propagate.extract(environ, context=outer_ctx, getter=wsgi.getter)
-        assert wsgi._known_textmap[1] is (propagators == "tracecontext,baggage")  # where it may skip them
+        assert propagation.default_pair() is (propagators == "tracecontext,baggage")  # where it may skip them
     finally:
         propagate.set_global_textmap(old)
     assert set(ours) == set(theirs)  # the same keys; the span and baggage under them compared below
     assert trace.get_current_span(ours).get_span_context() == trace.get_current_span(theirs).get_span_context()
     assert baggage.get_all(ours) == baggage.get_all(theirs)
+
+
+def _sdk_pair():
+    from opentelemetry.baggage.propagation import W3CBaggagePropagator
+    from opentelemetry.propagators.composite import CompositePropagator
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    return CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
+
+
+@pytest.mark.parametrize("span_context", [
+    dict(trace_id=0xA1, span_id=0xB2, trace_flags=1), dict(trace_id=0xA1, span_id=0xB2, trace_flags=0),
+    dict(trace_id=0xA1, span_id=0xB2, trace_flags=3), dict(trace_id=0xA1, span_id=0xB2, trace_flags=2),
+    dict(trace_id=0xA1, span_id=0xB2, trace_flags=1, trace_state=[("vendor", "v1"), ("other", "o")]),
+    dict(trace_id=0, span_id=0xB2, trace_flags=1), dict(trace_id=0, span_id=0, trace_flags=0)],
+    ids=["sampled", "unsampled", "random-bit-sampled", "random-bit", "tracestate", "zero-trace-id", "invalid"])
+@pytest.mark.parametrize("with_baggage", [False, True], ids=["no-baggage", "baggage"])
+@pytest.mark.parametrize("propagators", ["tracecontext,baggage", "sdk-pair", "baggage,tracecontext",
+                                         "tracecontext,baggage,b3", "tracecontext"])
+def test_the_client_side_inject_writes_what_the_propagators_write(span_context, with_baggage, propagators):
+    """propagation.inject skips the propagators only where their answer is known (the default pair, the
+    agent's or the SDK's, no trace state, no baggage, a valid context); its headers are
+    propagate.inject's everywhere, into a plain dict and into requests' case-insensitive one."""
+    from opentelemetry import baggage, context, trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+    from requests.structures import CaseInsensitiveDict
+    from trace_run.agent.sdk import build_propagator
+    from trace_run.instrumentors import propagation
+
+    fields = dict(span_context)
+    fields["trace_flags"] = TraceFlags(fields["trace_flags"])
+    fields["trace_state"] = TraceState(fields.get("trace_state", []))
+    span = NonRecordingSpan(SpanContext(is_remote=False, **fields))
+    old = propagate.get_global_textmap()
+    textmap = _sdk_pair() if propagators == "sdk-pair" else build_propagator(propagators.split(","))
+    propagate.set_global_textmap(textmap)
+    token = context.attach(baggage.set_baggage("tenant", "t-1")) if with_baggage else None
+    try:
+        for make in (dict, CaseInsensitiveDict):
+            ours, theirs = make(accept="*/*"), make(accept="*/*")
+            propagation.inject(ours, span)
+            propagate.inject(theirs, context=trace.set_span_in_context(span))
+            assert dict(ours) == dict(theirs)
+            if fields["trace_id"] and fields["span_id"]:
+                assert ours["traceparent"].startswith("00-%032x-%016x-" % (fields["trace_id"], fields["span_id"]))
+        assert propagation.default_pair() is (propagators in ("tracecontext,baggage", "sdk-pair"))
+    finally:
+        if token is not None:
+            context.detach(token)
+        propagate.set_global_textmap(old)
 
 
 _BASE = {"REQUEST_METHOD": "GET", "PATH_INFO": "/p", "wsgi.url_scheme": "http", "SERVER_NAME": "srv",
