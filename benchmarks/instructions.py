@@ -14,7 +14,12 @@ when the program ends and flushes).
 Cells, for each venv given (default: benchmarks/.venvs/tracerun, made by venvs.py):
 - /plain request, bare (no agent), unsampled (always_off) and sampled (always_on): the Flask app of
   overhead.py called in-process (profile_route.call);
-- a span with 5 attributes made by `start_as_current_span` and ended (microspan.py's), sampled.
+- a span with 5 attributes made by `start_as_current_span` and ended (microspan.py's), sampled;
+- with --all, the /all request the same three ways (PostgreSQL, Redis and a `requests` call to
+  servers.py's downstream server, started here; those servers' own work is not counted).
+Every run gets the same environment variables, OTEL_TRACES_SAMPLER included (bare ignores it):
+`requests` reads the whole environment on every call, so one more variable costs ~40k instructions
+per call.
 Spans go to an OTLP/HTTP receiver this script starts (it answers 200 and discards), with a batch
 big enough that nothing is exported before the end. Needs valgrind (`apt-get install valgrind`).
 """
@@ -90,10 +95,10 @@ def measure(venv: str, script: str, sampler: str, n: int, endpoint: str) -> int:
     env.update(PATH=bin_dir + os.pathsep + env.get("PATH", ""), PYTHONHASHSEED="0",
                OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
                OTEL_BSP_SCHEDULE_DELAY="600000", OTEL_BSP_MAX_QUEUE_SIZE="1000000",
-               OTEL_BSP_MAX_EXPORT_BATCH_SIZE="1000000", OTEL_SERVICE_NAME="instructions")
+               OTEL_BSP_MAX_EXPORT_BATCH_SIZE="1000000", OTEL_SERVICE_NAME="instructions",
+               OTEL_TRACES_SAMPLER="always_on" if sampler == "bare" else sampler)
     argv = [os.path.join(bin_dir, "python"), "-c", script]
     if sampler != "bare":
-        env["OTEL_TRACES_SAMPLER"] = sampler
         argv = [os.path.join(bin_dir, "trace-run")] + argv
     return (_count(bin_dir, argv + [str(n)], env) - _count(bin_dir, argv + ["0"], env)) // n
 
@@ -102,6 +107,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--venv", action="append", help="a venv with trace-run and the app's libraries (repeatable)")
     parser.add_argument("--n", type=int, default=1000, help="requests (and 2x spans) per counted run")
+    parser.add_argument("--all", action="store_true", help="also the /all request (needs PostgreSQL and Redis)")
     args = parser.parse_args()
     venvs = args.venv or [os.path.join(HERE, ".venvs", "tracerun")]
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
@@ -117,7 +123,37 @@ def main() -> None:
         span = measure(venv, _SPAN, "always_on", 2 * args.n, endpoint)
         print("| %s | %d | %d (+%d) | %d (+%d) | %d |" % (venv, bare, off, off - bare, on, on - bare, span))
         sys.stdout.flush()
+    if args.all:
+        _all_cells(venvs, max(args.n // 5, 100), endpoint)
     server.shutdown()
+
+
+def _all_cells(venvs: list, n: int, endpoint: str) -> None:
+    """The /all rows: the app process only (PostgreSQL, Redis and the downstream server are not counted)."""
+    import tempfile
+    import time
+
+    portfile = os.path.join(tempfile.mkdtemp(prefix="instructions-"), "port")
+    downstream = subprocess.Popen([sys.executable, os.path.join(HERE, "servers.py"), "downstream", portfile])
+    try:
+        deadline = time.monotonic() + 30
+        while not (os.path.exists(portfile) and open(portfile).read().strip()):
+            if time.monotonic() > deadline or downstream.poll() is not None:
+                raise SystemExit("the downstream server (servers.py downstream) did not start")
+            time.sleep(0.1)
+        os.environ["BENCH_DOWNSTREAM_URL"] = "http://127.0.0.1:%s/" % open(portfile).read().strip()
+        script = _ROUTE.replace('"plain"', '"all"').replace('"/plain"', '"/all"') % {"here": HERE}
+        print()
+        print("| venv | /all bare | /all unsampled (over bare) | /all sampled (over bare) |")
+        print("| --- | --- | --- | --- |")
+        for venv in venvs:
+            bare = measure(venv, script, "bare", n, endpoint)
+            off = measure(venv, script, "always_off", n, endpoint)
+            on = measure(venv, script, "always_on", n, endpoint)
+            print("| %s | %d | %d (+%d) | %d (+%d) |" % (venv, bare, off, off - bare, on, on - bare))
+            sys.stdout.flush()
+    finally:
+        downstream.kill()
 
 
 if __name__ == "__main__":
