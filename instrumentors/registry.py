@@ -8,8 +8,8 @@ README's "Supported libraries" table (`python -m
 trace_run.instrumentors.registry --write README.md`) are made from it.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` (imported at every start, it costs one module more): the two
+# annotations that need it are quoted.
 import sys
 
 
@@ -36,7 +36,7 @@ class Entry:
         self.stdlib_label = stdlib_label  # trace-bootstrap's row for a standard-library entry
 
     @property
-    def distribution(self) -> str | None:
+    def distribution(self) -> "str | None":
         return self.distributions[0] if self.distributions else None
 
 
@@ -123,7 +123,7 @@ SELF_TRACED: dict = {
 COVERED_NAMES = set(BUILTIN) | {a for e in BUILTIN.values() for a in e.aliases} | {"wsgi", "dbapi"} | set(SELF_TRACED)
 
 
-def lookup(name: str) -> Entry | None:
+def lookup(name: str) -> "Entry | None":
     """The entry for a library name or alias, or None."""
     name = name.strip().lower()
     entry = BUILTIN.get(name)
