@@ -66,8 +66,9 @@ def _start(inject_dir: str) -> None:
 
 def _drop_from_pythonpath(inject_dir: str) -> None:
     parts = os.environ.get("PYTHONPATH", "").split(os.pathsep)
-    real = os.path.realpath(inject_dir)
-    kept = [p for p in parts if p and os.path.realpath(p) != real]
+    real = os.path.realpath(inject_dir) if [p for p in parts if p and p != inject_dir] else inject_dir
+    # realpath (an lstat per path component) only for the parts the launcher did not write as it is
+    kept = [p for p in parts if p and p != inject_dir and os.path.realpath(p) != real]
     if kept:
         os.environ["PYTHONPATH"] = os.pathsep.join(kept)
     else:
