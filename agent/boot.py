@@ -6,7 +6,7 @@ instrumentors load only when the program imports a library we trace.
 import os
 import sys
 
-from trace_run.core import config, hooks, log
+from trace_run.core import config, hooks
 from trace_run.instrumentors import registry
 
 # Modules the OTLP exporters import: while one of them is executing its import (say `import requests`
@@ -25,11 +25,13 @@ def start(inject_dir: str = "") -> None:
     try:
         _start(inject_dir)
     except Exception as exc:
-        log.error("agent not started (%s: %s); the program runs untraced" % (type(exc).__name__, exc))
+        _log().error("agent not started (%s: %s); the program runs untraced" % (type(exc).__name__, exc))
 
 
 def _start(inject_dir: str) -> None:
-    log.set_level(config.get("OTEL_LOG_LEVEL"))
+    level = config.get("OTEL_LOG_LEVEL")
+    if level != "info" or "trace_run.core.log" in sys.modules:  # log's threshold starts at info's
+        _log().set_level(level)
     if inject_dir and not config.get("OTEL_TRACE_RUN_INHERIT"):
         _drop_from_pythonpath(inject_dir)
     if config.get("OTEL_SDK_DISABLED"):
@@ -62,6 +64,13 @@ def _start(inject_dir: str) -> None:
         from . import info
 
         info.print_info(sys.stderr, active())
+
+
+def _log():
+    """trace_run.core.log, imported once there is something to say (one module less at every start)."""
+    from trace_run.core import log
+
+    return log
 
 
 def _drop_from_pythonpath(inject_dir: str) -> None:
@@ -117,7 +126,7 @@ def activate_entry(entry) -> None:
         _active[entry.name] = instrumentor
     except Exception as exc:
         _active[entry.name] = "%s: %s" % (type(exc).__name__, exc)
-        log.warning("%s instrumentation not applied (%s: %s); %s runs untraced"
+        _log().warning("%s instrumentation not applied (%s: %s); %s runs untraced"
                     % (entry.name, type(exc).__name__, exc, entry.name))
         from trace_run.core import guard
 
@@ -129,7 +138,7 @@ def _sdk_on_import(_module) -> None:
     try:
         _runtime().ensure_sdk()
     except Exception as exc:
-        log.error("tracing SDK not set up (%s: %s); the program runs untraced" % (type(exc).__name__, exc))
+        _log().error("tracing SDK not set up (%s: %s); the program runs untraced" % (type(exc).__name__, exc))
 
 
 def _warm_in_gunicorn_master(arbiter_module) -> None:
@@ -166,7 +175,7 @@ def _prepare_for_workers() -> None:
         runtime.ensure_sdk()
         runtime.prepare_exporters_for_fork()
     except Exception as exc:
-        log.debug("exporter not prepared in gunicorn's master (%s: %s); each worker builds its own"
+        _log().debug("exporter not prepared in gunicorn's master (%s: %s); each worker builds its own"
                   % (type(exc).__name__, exc))
 
 
@@ -176,7 +185,7 @@ def _log_correlation(logging_module) -> None:
 
         logcorr.install(logging_module)
     except Exception as exc:
-        log.warning("log correlation not enabled (%s: %s)" % (type(exc).__name__, exc))
+        _log().warning("log correlation not enabled (%s: %s)" % (type(exc).__name__, exc))
 
 
 def _mp_child_flush(_obj) -> None:

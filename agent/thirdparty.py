@@ -15,7 +15,7 @@ stderr bare through Python's last-resort handler.
 import os
 import sys
 
-from trace_run.core import config, hooks, log
+from trace_run.core import config, hooks
 from trace_run.instrumentors import registry
 
 # Entry point names whose import name differs (None: nothing to hook on).
@@ -82,6 +82,13 @@ def _load_cached() -> list:
     return eps
 
 
+def _log():
+    """trace_run.core.log, imported once there is something to say (not at start)."""
+    from trace_run.core import log
+
+    return log
+
+
 def module_for(ep_name: str):
     if ep_name in _MODULE_FOR:
         return _MODULE_FOR[ep_name]
@@ -144,13 +151,13 @@ def _applier(name: str, value: str):
                 return
             conflict = _conflict(instrumentor)
             if conflict:
-                log.warning("third-party instrumentor %s not applied: %s" % (name, conflict))
+                _log().warning("third-party instrumentor %s not applied: %s" % (name, conflict))
                 return
             entered = instrumentor
             instrumentor.instrument()
         except (Exception, SystemExit) as exc:  # an instrumentor calling sys.exit() does not end the program
             _failed.add(name)
-            log.warning("third-party instrumentor %s not applied (%s: %s)%s"
+            _log().warning("third-party instrumentor %s not applied (%s: %s)%s"
                         % (name, type(exc).__name__, exc, _left_off(entered)))
 
     return apply
@@ -218,8 +225,8 @@ def _forward_record(record) -> None:
     except Exception:
         text = "%s: %s" % (record.name, record.msg)
     if record.levelno >= 40:
-        log.error(text)
+        _log().error(text)
     elif record.levelno >= 30:
-        log.warning(text)
+        _log().warning(text)
     else:
-        log.debug(text)
+        _log().debug(text)

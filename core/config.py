@@ -8,8 +8,6 @@ start, so it imports nothing beyond `os` and `sys`.
 import os
 import sys
 
-from . import log
-
 
 class Var:
     """One variable: name, kind, default (as the user would write it), one-line doc."""
@@ -203,6 +201,8 @@ def notice(msg: str) -> None:
     """A configuration warning that is not about one bad value (shown by --info too)."""
     if msg not in WARNINGS:
         WARNINGS.append(msg)
+        from . import log  # imported once there is something to say (one module less at every start)
+
         log.warning(msg)
 
 
