@@ -41,21 +41,23 @@ def _start(inject_dir: str) -> None:
     config.validate_all()
     disabled = {n.lower() for n in config.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS")}
     everything_off = "*" in disabled
+    armed = []  # (module, callback), armed together: one lock and one finder check for all
     for name, entry in registry.BUILTIN.items():
-        if everything_off or name in disabled or disabled.intersection(entry.aliases):
+        if everything_off or name in disabled or not disabled.isdisjoint(entry.aliases):
             continue
         for module in entry.modules:
-            hooks.when_imported(module, _activator(entry))
+            armed.append((module, _activator(entry)))
         for module, method in entry.submodules:
-            hooks.when_imported(module, _extra(entry, method))
+            armed.append((module, _extra(entry, method)))
     hooks.track(EXPORTER_DEPS)
     # A program that uses the API by hand gets a working SDK behind it.
-    hooks.when_imported("opentelemetry.trace", _sdk_on_import)
+    armed.append(("opentelemetry.trace", _sdk_on_import))
     if config.get("OTEL_PYTHON_LOG_CORRELATION") and not ("logging" in disabled or everything_off):
-        hooks.when_imported("logging", _log_correlation)
-    hooks.when_imported("gunicorn.arbiter", _warm_in_gunicorn_master)
+        armed.append(("logging", _log_correlation))
+    armed.append(("gunicorn.arbiter", _warm_in_gunicorn_master))
     # Children forked by multiprocessing exit through os._exit: flush them first.
-    hooks.when_imported("multiprocessing.util", _mp_flush_on_exit)
+    armed.append(("multiprocessing.util", _mp_flush_on_exit))
+    hooks.when_imported_each(armed)
     if config.get("OTEL_TRACE_RUN_THIRD_PARTY") and not everything_off:
         from . import thirdparty
 

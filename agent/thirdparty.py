@@ -122,9 +122,8 @@ def classify(disabled: set) -> list:
 def arm(disabled: set) -> None:
     rows = classify(disabled)
     found[:] = rows
-    for name, module, value, _dist, status in rows:
-        if status.startswith("armed"):
-            hooks.when_imported(module, _applier(name, value))
+    hooks.when_imported_each([(module, _applier(name, value)) for name, module, value, _dist, status in rows
+                              if status.startswith("armed")])
 
 
 _failed: set = set()  # instrumentors whose instrument() failed in this process: never tried again
