@@ -6,7 +6,9 @@ import sys
 
 
 def _trace_run_boot():
-    here = os.path.realpath(os.path.dirname(os.path.abspath(__file__)))
+    # The injection folders whose sitecustomize ran, as sys.path names them (realpath, an lstat per path
+    # component, only where another name may be the same folder: see _trace_run_chain).
+    here = os.path.dirname(os.path.abspath(__file__))
     seen = sys.__dict__.setdefault("_trace_run_dirs", [])
     first = not seen
     seen.append(here)
@@ -42,6 +44,7 @@ def _trace_run_chain(seen):
     already (a folder's names are listed once per process and shared with every import): no folder
     listed again, no realpath but for a folder that has a sitecustomize, no importlib helpers
     imported (~2 ms) unless there is one to run."""
+    real = None
     for entry in sys.path:
         finder = _trace_run_finder(entry)
         if finder is None:
@@ -52,7 +55,11 @@ def _trace_run_chain(seen):
         spec = find_spec("sitecustomize")
         if spec is None or spec.loader is None:  # none, or a namespace portion (which runs nothing)
             continue
-        if os.path.realpath(entry or os.curdir) in seen:
+        if spec.origin == __file__:
+            continue  # this very file, found as site found it
+        if real is None:
+            real = {os.path.realpath(d) for d in seen}
+        if os.path.realpath(entry or os.curdir) in real:
             continue  # an injection folder (ours, or another trace-run's), by any name
         return _trace_run_exec(spec)
 
@@ -82,7 +89,8 @@ def _trace_run_finder(entry):
 def _trace_run_chain_by_pathfinder(seen):
     from importlib.machinery import PathFinder
 
-    rest = [p for p in sys.path if os.path.realpath(p or os.curdir) not in seen]
+    real = {os.path.realpath(d) for d in seen}
+    rest = [p for p in sys.path if os.path.realpath(p or os.curdir) not in real]
     spec = PathFinder.find_spec("sitecustomize", rest)
     if spec is not None and spec.loader is not None:
         _trace_run_exec(spec)
