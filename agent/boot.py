@@ -59,9 +59,12 @@ def _start(inject_dir: str) -> None:
     armed.append(("multiprocessing.util", _mp_flush_on_exit))
     hooks.when_imported_each(armed)
     if config.get("OTEL_TRACE_RUN_THIRD_PARTY") and not everything_off:
-        from . import thirdparty
+        from . import thirdparty_cache
 
-        thirdparty.arm(disabled)
+        if thirdparty_cache.load():  # none installed (the usual case): thirdparty is not imported
+            from . import thirdparty
+
+            thirdparty.arm(disabled)
     if config.get("OTEL_TRACE_RUN_INFO"):
         from . import info
 

@@ -14,7 +14,7 @@ START = [
     "trace_run",
     "trace_run.agent",
     "trace_run.agent.boot",
-    "trace_run.agent.thirdparty",  # its cache of installed instrumentors is read at start
+    "trace_run.agent.thirdparty_cache",  # the list of installed instrumentors, read at start
     "trace_run.core",
     "trace_run.core.config",
     "trace_run.core.hooks",
@@ -24,14 +24,22 @@ START = [
 MODULES = "import sys; print(' '.join(sorted(sys.modules)))"
 
 
+def _upstream_instrumentors() -> list:
+    from importlib.metadata import entry_points
+
+    return list(entry_points(group="opentelemetry_instrumentor"))
+
+
 def test_start_imports_these_modules_and_nothing_else(tmp_path):
     env = clean_env(OTEL_TRACES_EXPORTER="none", OTEL_SERVICE_NAME="start-imports")
+    # thirdparty only where there is an upstream instrumentor to arm (the tests' venv has Django's)
+    expected = sorted(START + ["trace_run.agent.thirdparty"] if _upstream_instrumentors() else START)
     bare = set(subprocess.run([sys.executable, "-c", MODULES], env=env, capture_output=True, text=True,
                               check=True, cwd=str(tmp_path)).stdout.split())
     run_traced(["python", "-c", "pass"], env=env, check=True, cwd=str(tmp_path))  # the instrumentor cache is written
     proc = run_traced(["python", "-c", MODULES], env=env, check=True, cwd=str(tmp_path))
     assert proc.stderr == ""
-    assert sorted(set(proc.stdout.split()) - bare) == START
+    assert sorted(set(proc.stdout.split()) - bare) == expected
 
 
 def test_a_message_at_start_comes_at_the_configured_level(tmp_path):
@@ -44,3 +52,18 @@ def test_a_message_at_start_comes_at_the_configured_level(tmp_path):
         proc = run_traced(["python", "-c", "pass"], env=env, check=True, cwd=str(tmp_path))
         assert proc.stderr.startswith("trace-run: warning: OTEL_BSP_SCHEDULE_DELAY='soon' is invalid "
                                       "(not a whole number); using 5000\n"), (level, proc.stderr)
+
+
+def test_thirdparty_imported_at_start_only_where_the_cached_list_has_instrumentors(tmp_path):
+    env = clean_env(OTEL_TRACES_EXPORTER="none", XDG_CACHE_HOME=str(tmp_path / "cache"))
+    code = "import sys; print('trace_run.agent.thirdparty' in sys.modules)"
+    first = run_traced(["python", "-c", code], env=env, check=True, cwd=str(tmp_path))  # read and cached
+    assert first.stdout == "%s\n" % bool(_upstream_instrumentors())
+    (cached,) = (tmp_path / "cache" / "trace-run").iterdir()
+    key = cached.read_text().split("\n")[0]
+    cached.write_text(key + "\n")  # the same environment, with no instrumentor installed
+    proc = run_traced(["python", "-c", code], env=env, check=True, cwd=str(tmp_path))
+    assert proc.stdout == "False\n" and proc.stderr == "", proc.stderr
+    cached.write_text(key + "\ntr_probe\ttr_probe_instrumentation:Instrumentor\ttr-probe")
+    proc = run_traced(["python", "-c", code], env=env, check=True, cwd=str(tmp_path))
+    assert proc.stdout == "True\n" and proc.stderr == "", proc.stderr
