@@ -124,3 +124,30 @@ def test_usercustomize_of_a_pip_install_user_runs_once_in_the_program(tmp_path, 
     assert proc.returncode == 0 and without_importtime(proc.stderr) == "", proc.stderr
     assert interpreter_starts(proc.stderr) == 1, proc.stderr
     assert len(_ran(log)) == 2
+
+
+def _other_pythons() -> list:
+    """Other interpreters on this machine (pyenv's), without trace-run: the injection folder's chain alone."""
+    root = "/root/.pyenv/versions"
+    found = []
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        python = os.path.join(root, name, "bin", "python")
+        if name.startswith(("3.9", "3.10", "3.12", "3.13")) and os.path.exists(python):
+            found.append(python)
+    return found
+
+
+@pytest.mark.parametrize("python", _other_pythons() or [pytest.param(None, marks=pytest.mark.skip("none here"))])
+def test_sitecustomize_in_a_zip_runs_under_other_python_versions(tmp_path, python):
+    # Python 3.9's zipimporter has no exec_module: the chain uses its load_module
+    from trace_run.agent.cli import inject_dir
+
+    log = tmp_path / "ran.log"
+    archive = _zip(tmp_path, log)
+    code = "import os, sys; print(os.getpid(), sys.modules['sitecustomize'].__file__)"
+    proc = subprocess.run([python, "-c", code], env=clean_env(PYTHONPATH=os.pathsep.join([inject_dir(), archive])),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    pid, origin = proc.stdout.split()
+    assert origin == os.path.join(archive, "sitecustomize.py")
+    assert _ran(log) == ["%s -c" % pid]

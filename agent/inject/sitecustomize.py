@@ -97,10 +97,18 @@ def _trace_run_chain_by_pathfinder(seen):
 
 
 def _trace_run_exec(spec):
+    ours = sys.modules.get("sitecustomize")
+    if not hasattr(spec.loader, "exec_module"):  # Python 3.9's zipimporter: the legacy protocol
+        del sys.modules["sitecustomize"]  # or load_module would run it in this module's namespace
+        try:
+            spec.loader.load_module("sitecustomize")
+        except BaseException:
+            sys.modules["sitecustomize"] = ours
+            raise
+        return
     from importlib.util import module_from_spec
 
     module = module_from_spec(spec)
-    ours = sys.modules.get("sitecustomize")
     sys.modules["sitecustomize"] = module
     try:
         spec.loader.exec_module(module)
