@@ -7,13 +7,48 @@ import os
 import sys
 
 from trace_run.core import config, hooks
-from trace_run.instrumentors import registry
 
 # Modules the OTLP exporters import: while one of them is executing its import (say `import requests`
 # fired our urllib3 hook), building the exporter would meet it half-initialised, so the build waits.
 EXPORTER_DEPS = ("requests", "urllib3", "http.client", "grpc", "google.protobuf")
 _started = False
 _active: dict = {}  # library name -> instrumentor instance, or the error text
+
+# The registry's modules to hook, derived from it (`python -m trace_run.instrumentors.registry --write-hooks
+# agent/boot.py`; tests/test_core_units.py checks it is): the start imports neither the registry nor the
+# instrumentors package (~0.4 ms of every process start); the registry loads with the first traced library.
+# hooks:start
+HOOKS = (  # (module, library, method): importing module activates the library's instrumentor, then calls method
+    ("flask", "flask", ""),
+    ("starlette.applications", "starlette", ""),
+    ("fastapi.applications", "starlette", "patch_fastapi"),
+    ("django", "django", ""),
+    ("django.core.handlers.base", "django", "patch_base"),
+    ("django.core.handlers.wsgi", "django", "patch_wsgi"),
+    ("django.core.handlers.asgi", "django", "patch_asgi"),
+    ("django.core.management.base", "django", "patch_management"),
+    ("requests", "requests", ""),
+    ("urllib3", "urllib3", ""),
+    ("http.client", "urllib", ""),
+    ("httpx", "httpx", ""),
+    ("psycopg", "psycopg", ""),
+    ("psycopg_pool", "psycopg", "patch_pool"),
+    ("psycopg2", "psycopg2", ""),
+    ("asyncpg", "asyncpg", ""),
+    ("sqlite3", "sqlite3", ""),
+    ("redis", "redis", ""),
+    ("pika", "pika", ""),
+    ("celery", "celery", ""),
+    ("celery.worker.worker", "celery", "patch_worker"),
+    ("celery.backends.base", "celery", "patch_backend"),
+    ("opentelemetry.trace", "threading", ""),
+)
+ALIASES = {  # library -> its other names (OTEL_PYTHON_DISABLED_INSTRUMENTATIONS)
+    "urllib": ("http.client", "http_client"),
+    "psycopg2": ("psycopg2-binary",),
+    "threading": ("concurrent.futures",),
+}
+# hooks:end
 
 
 def start(inject_dir: str = "") -> None:
@@ -42,13 +77,10 @@ def _start(inject_dir: str) -> None:
     disabled = {n.lower() for n in config.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS")}
     everything_off = "*" in disabled
     armed = []  # (module, callback), armed together: one lock and one finder check for all
-    for name, entry in registry.BUILTIN.items():
-        if everything_off or name in disabled or not disabled.isdisjoint(entry.aliases):
+    for module, name, method in () if everything_off else HOOKS:
+        if disabled and (name in disabled or not disabled.isdisjoint(ALIASES.get(name, ()))):
             continue
-        for module in entry.modules:
-            armed.append((module, _activator(entry)))
-        for module, method in entry.submodules:
-            armed.append((module, _extra(entry, method)))
+        armed.append((module, _extra(name, method) if method else _activator(name)))
     hooks.track(EXPORTER_DEPS)
     # A program that uses the API by hand gets a working SDK behind it.
     armed.append(("opentelemetry.trace", _sdk_on_import))
@@ -89,17 +121,24 @@ def _drop_from_pythonpath(inject_dir: str) -> None:
         os.environ.pop("PYTHONPATH", None)
 
 
-def _activator(entry):
+def _entry(name: str):
+    """The registry's entry for a library (the registry is imported once a traced library is)."""
+    from trace_run.instrumentors import registry
+
+    return registry.BUILTIN[name]
+
+
+def _activator(name: str):
     def activate(_module) -> None:
-        activate_entry(entry)
+        activate_entry(_entry(name))
 
     return activate
 
 
-def _extra(entry, method: str):
+def _extra(name: str, method: str):
     def apply(module) -> None:
-        activate_entry(entry)
-        instrumentor = _active.get(entry.name)
+        activate_entry(_entry(name))
+        instrumentor = _active.get(name)
         if instrumentor is not None and not isinstance(instrumentor, str):
             instrumentor.patch_submodule(method, module)
 
@@ -123,6 +162,8 @@ def activate_entry(entry) -> None:
         runtime = _runtime()
         runtime.ensure_sdk()
         runtime.install_textmap()
+        from trace_run.instrumentors import registry
+
         cls = registry.load(entry)
         instrumentor = cls()
         if not instrumentor.is_instrumented_by_opentelemetry:

@@ -18,8 +18,6 @@ START = [
     "trace_run.core",
     "trace_run.core.config",
     "trace_run.core.hooks",
-    "trace_run.instrumentors",
-    "trace_run.instrumentors.registry",
 ]
 MODULES = "import sys; print(' '.join(sorted(sys.modules)))"
 
@@ -32,8 +30,10 @@ def _upstream_instrumentors() -> list:
 
 def test_start_imports_these_modules_and_nothing_else(tmp_path):
     env = clean_env(OTEL_TRACES_EXPORTER="none", OTEL_SERVICE_NAME="start-imports")
-    # thirdparty only where there is an upstream instrumentor to arm (the tests' venv has Django's)
-    expected = sorted(START + ["trace_run.agent.thirdparty"] if _upstream_instrumentors() else START)
+    # thirdparty (and the registry it classifies them by) only where there is an upstream instrumentor to
+    # arm (the tests' venv has Django's)
+    thirdparty = ["trace_run.agent.thirdparty", "trace_run.instrumentors", "trace_run.instrumentors.registry"]
+    expected = sorted(START + thirdparty if _upstream_instrumentors() else START)
     bare = set(subprocess.run([sys.executable, "-c", MODULES], env=env, capture_output=True, text=True,
                               check=True, cwd=str(tmp_path)).stdout.split())
     run_traced(["python", "-c", "pass"], env=env, check=True, cwd=str(tmp_path))  # the instrumentor cache is written
@@ -56,14 +56,29 @@ def test_a_message_at_start_comes_at_the_configured_level(tmp_path):
 
 def test_thirdparty_imported_at_start_only_where_the_cached_list_has_instrumentors(tmp_path):
     env = clean_env(OTEL_TRACES_EXPORTER="none", XDG_CACHE_HOME=str(tmp_path / "cache"))
-    code = "import sys; print('trace_run.agent.thirdparty' in sys.modules)"
+    code = "import sys; print('trace_run.agent.thirdparty' in sys.modules, 'trace_run.instrumentors' in sys.modules)"
     first = run_traced(["python", "-c", code], env=env, check=True, cwd=str(tmp_path))  # read and cached
-    assert first.stdout == "%s\n" % bool(_upstream_instrumentors())
+    assert first.stdout == "%s %s\n" % ((bool(_upstream_instrumentors()),) * 2)
     (cached,) = (tmp_path / "cache" / "trace-run").iterdir()
     key = cached.read_text().split("\n")[0]
     cached.write_text(key + "\n")  # the same environment, with no instrumentor installed
     proc = run_traced(["python", "-c", code], env=env, check=True, cwd=str(tmp_path))
-    assert proc.stdout == "False\n" and proc.stderr == "", proc.stderr
+    assert proc.stdout == "False False\n" and proc.stderr == "", proc.stderr
     cached.write_text(key + "\ntr_probe\ttr_probe_instrumentation:Instrumentor\ttr-probe")
     proc = run_traced(["python", "-c", code], env=env, check=True, cwd=str(tmp_path))
-    assert proc.stdout == "True\n" and proc.stderr == "", proc.stderr
+    assert proc.stdout == "True True\n" and proc.stderr == "", proc.stderr
+
+
+def test_disabled_libraries_by_name_or_alias_get_no_hook(tmp_path):
+    code = "from trace_run.core import hooks; print(' '.join(sorted(hooks._hooks)))"
+    env = clean_env(OTEL_TRACES_EXPORTER="none", OTEL_TRACE_RUN_THIRD_PARTY="false")
+    everything = set(run_traced(["python", "-c", code], env=env, check=True, cwd=str(tmp_path)).stdout.split())
+    assert {"flask", "http.client", "psycopg2", "django", "django.core.handlers.wsgi", "psycopg_pool"} <= everything
+    env["OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"] = "http_client, Psycopg2-binary,django"
+    armed = set(run_traced(["python", "-c", code], env=env, check=True, cwd=str(tmp_path)).stdout.split())
+    assert everything - armed == {"http.client", "psycopg2", "django", "django.core.handlers.base",
+                                  "django.core.handlers.wsgi", "django.core.handlers.asgi",
+                                  "django.core.management.base"}
+    env["OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"] = "*"
+    armed = set(run_traced(["python", "-c", code], env=env, check=True, cwd=str(tmp_path)).stdout.split())
+    assert armed == {"opentelemetry.trace", "gunicorn.arbiter", "multiprocessing.util"}
