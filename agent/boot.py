@@ -6,14 +6,49 @@ instrumentors load only when the program imports a library we trace.
 import os
 import sys
 
-from trace_run.core import config, hooks, log
-from trace_run.instrumentors import registry
+from trace_run.core import config, hooks
 
 # Modules the OTLP exporters import: while one of them is executing its import (say `import requests`
 # fired our urllib3 hook), building the exporter would meet it half-initialised, so the build waits.
 EXPORTER_DEPS = ("requests", "urllib3", "http.client", "grpc", "google.protobuf")
 _started = False
 _active: dict = {}  # library name -> instrumentor instance, or the error text
+
+# The registry's modules to hook, derived from it (`python -m trace_run.instrumentors.registry --write-hooks
+# agent/boot.py`; tests/test_core_units.py checks it is): the start imports neither the registry nor the
+# instrumentors package (~0.4 ms of every process start); the registry loads with the first traced library.
+# hooks:start
+HOOKS = (  # (module, library, method): importing module activates the library's instrumentor, then calls method
+    ("flask", "flask", ""),
+    ("starlette.applications", "starlette", ""),
+    ("fastapi.applications", "starlette", "patch_fastapi"),
+    ("django", "django", ""),
+    ("django.core.handlers.base", "django", "patch_base"),
+    ("django.core.handlers.wsgi", "django", "patch_wsgi"),
+    ("django.core.handlers.asgi", "django", "patch_asgi"),
+    ("django.core.management.base", "django", "patch_management"),
+    ("requests", "requests", ""),
+    ("urllib3", "urllib3", ""),
+    ("http.client", "urllib", ""),
+    ("httpx", "httpx", ""),
+    ("psycopg", "psycopg", ""),
+    ("psycopg_pool", "psycopg", "patch_pool"),
+    ("psycopg2", "psycopg2", ""),
+    ("asyncpg", "asyncpg", ""),
+    ("sqlite3", "sqlite3", ""),
+    ("redis", "redis", ""),
+    ("pika", "pika", ""),
+    ("celery", "celery", ""),
+    ("celery.worker.worker", "celery", "patch_worker"),
+    ("celery.backends.base", "celery", "patch_backend"),
+    ("opentelemetry.trace", "threading", ""),
+)
+ALIASES = {  # library -> its other names (OTEL_PYTHON_DISABLED_INSTRUMENTATIONS)
+    "urllib": ("http.client", "http_client"),
+    "psycopg2": ("psycopg2-binary",),
+    "threading": ("concurrent.futures",),
+}
+# hooks:end
 
 
 def start(inject_dir: str = "") -> None:
@@ -25,11 +60,13 @@ def start(inject_dir: str = "") -> None:
     try:
         _start(inject_dir)
     except Exception as exc:
-        log.error("agent not started (%s: %s); the program runs untraced" % (type(exc).__name__, exc))
+        _log().error("agent not started (%s: %s); the program runs untraced" % (type(exc).__name__, exc))
 
 
 def _start(inject_dir: str) -> None:
-    log.set_level(config.get("OTEL_LOG_LEVEL"))
+    level = config.get("OTEL_LOG_LEVEL")
+    if level != "info" or "trace_run.core.log" in sys.modules:  # log's threshold starts at info's
+        _log().set_level(level)
     if inject_dir and not config.get("OTEL_TRACE_RUN_INHERIT"):
         _drop_from_pythonpath(inject_dir)
     if config.get("OTEL_SDK_DISABLED"):
@@ -39,52 +76,69 @@ def _start(inject_dir: str) -> None:
     config.validate_all()
     disabled = {n.lower() for n in config.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS")}
     everything_off = "*" in disabled
-    for name, entry in registry.BUILTIN.items():
-        if everything_off or name in disabled or disabled.intersection(entry.aliases):
+    armed = []  # (module, callback), armed together: one lock and one finder check for all
+    for module, name, method in () if everything_off else HOOKS:
+        if disabled and (name in disabled or not disabled.isdisjoint(ALIASES.get(name, ()))):
             continue
-        for module in entry.modules:
-            hooks.when_imported(module, _activator(entry))
-        for module, method in entry.submodules:
-            hooks.when_imported(module, _extra(entry, method))
+        armed.append((module, _extra(name, method) if method else _activator(name)))
     hooks.track(EXPORTER_DEPS)
     # A program that uses the API by hand gets a working SDK behind it.
-    hooks.when_imported("opentelemetry.trace", _sdk_on_import)
+    armed.append(("opentelemetry.trace", _sdk_on_import))
     if config.get("OTEL_PYTHON_LOG_CORRELATION") and not ("logging" in disabled or everything_off):
-        hooks.when_imported("logging", _log_correlation)
-    hooks.when_imported("gunicorn.arbiter", _warm_in_gunicorn_master)
+        armed.append(("logging", _log_correlation))
+    armed.append(("gunicorn.arbiter", _warm_in_gunicorn_master))
     # Children forked by multiprocessing exit through os._exit: flush them first.
-    hooks.when_imported("multiprocessing.util", _mp_flush_on_exit)
+    armed.append(("multiprocessing.util", _mp_flush_on_exit))
+    hooks.when_imported_each(armed)
     if config.get("OTEL_TRACE_RUN_THIRD_PARTY") and not everything_off:
-        from . import thirdparty
+        from . import thirdparty_cache
 
-        thirdparty.arm(disabled)
+        if thirdparty_cache.load():  # none installed (the usual case): thirdparty is not imported
+            from . import thirdparty
+
+            thirdparty.arm(disabled)
     if config.get("OTEL_TRACE_RUN_INFO"):
         from . import info
 
         info.print_info(sys.stderr, active())
 
 
+def _log():
+    """trace_run.core.log, imported once there is something to say (one module less at every start)."""
+    from trace_run.core import log
+
+    return log
+
+
 def _drop_from_pythonpath(inject_dir: str) -> None:
     parts = os.environ.get("PYTHONPATH", "").split(os.pathsep)
-    real = os.path.realpath(inject_dir)
-    kept = [p for p in parts if p and os.path.realpath(p) != real]
+    real = os.path.realpath(inject_dir) if [p for p in parts if p and p != inject_dir] else inject_dir
+    # realpath (an lstat per path component) only for the parts the launcher did not write as it is
+    kept = [p for p in parts if p and p != inject_dir and os.path.realpath(p) != real]
     if kept:
         os.environ["PYTHONPATH"] = os.pathsep.join(kept)
     else:
         os.environ.pop("PYTHONPATH", None)
 
 
-def _activator(entry):
+def _entry(name: str):
+    """The registry's entry for a library (the registry is imported once a traced library is)."""
+    from trace_run.instrumentors import registry
+
+    return registry.BUILTIN[name]
+
+
+def _activator(name: str):
     def activate(_module) -> None:
-        activate_entry(entry)
+        activate_entry(_entry(name))
 
     return activate
 
 
-def _extra(entry, method: str):
+def _extra(name: str, method: str):
     def apply(module) -> None:
-        activate_entry(entry)
-        instrumentor = _active.get(entry.name)
+        activate_entry(_entry(name))
+        instrumentor = _active.get(name)
         if instrumentor is not None and not isinstance(instrumentor, str):
             instrumentor.patch_submodule(method, module)
 
@@ -108,6 +162,8 @@ def activate_entry(entry) -> None:
         runtime = _runtime()
         runtime.ensure_sdk()
         runtime.install_textmap()
+        from trace_run.instrumentors import registry
+
         cls = registry.load(entry)
         instrumentor = cls()
         if not instrumentor.is_instrumented_by_opentelemetry:
@@ -116,7 +172,7 @@ def activate_entry(entry) -> None:
         _active[entry.name] = instrumentor
     except Exception as exc:
         _active[entry.name] = "%s: %s" % (type(exc).__name__, exc)
-        log.warning("%s instrumentation not applied (%s: %s); %s runs untraced"
+        _log().warning("%s instrumentation not applied (%s: %s); %s runs untraced"
                     % (entry.name, type(exc).__name__, exc, entry.name))
         from trace_run.core import guard
 
@@ -128,7 +184,7 @@ def _sdk_on_import(_module) -> None:
     try:
         _runtime().ensure_sdk()
     except Exception as exc:
-        log.error("tracing SDK not set up (%s: %s); the program runs untraced" % (type(exc).__name__, exc))
+        _log().error("tracing SDK not set up (%s: %s); the program runs untraced" % (type(exc).__name__, exc))
 
 
 def _warm_in_gunicorn_master(arbiter_module) -> None:
@@ -165,7 +221,7 @@ def _prepare_for_workers() -> None:
         runtime.ensure_sdk()
         runtime.prepare_exporters_for_fork()
     except Exception as exc:
-        log.debug("exporter not prepared in gunicorn's master (%s: %s); each worker builds its own"
+        _log().debug("exporter not prepared in gunicorn's master (%s: %s); each worker builds its own"
                   % (type(exc).__name__, exc))
 
 
@@ -175,7 +231,7 @@ def _log_correlation(logging_module) -> None:
 
         logcorr.install(logging_module)
     except Exception as exc:
-        log.warning("log correlation not enabled (%s: %s)" % (type(exc).__name__, exc))
+        _log().warning("log correlation not enabled (%s: %s)" % (type(exc).__name__, exc))
 
 
 def _mp_child_flush(_obj) -> None:

@@ -1,9 +1,8 @@
 """Third-party instrumentors (entry point group `opentelemetry_instrumentor`).
 
 Applied lazily, keyed on the library they instrument, and only for libraries
-we do not cover. Reading entry points needs package metadata (~30 ms), so the
-list is cached per environment, keyed on the modification times of the
-sys.path folders (an install or uninstall changes them).
+we do not cover. The list of installed ones comes from thirdparty_cache: where
+it is empty, the agent's start does not import this module.
 
 An instrumentor whose declared `instruments` range leaves out the installed
 library is not applied, with one trace-run line saying so; what upstream
@@ -12,11 +11,10 @@ becomes trace-run's own lines too, each message once, instead of reaching
 stderr bare through Python's last-resort handler.
 """
 
-import os
-import sys
-
-from trace_run.core import config, hooks, log
+from trace_run.core import config, hooks
 from trace_run.instrumentors import registry
+
+from . import thirdparty_cache
 
 # Entry point names whose import name differs (None: nothing to hook on).
 _MODULE_FOR = {
@@ -31,55 +29,11 @@ _MODULE_FOR = {
 found: list = []  # (name, module, value, distribution, status)
 
 
-def _cache_path() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    digest = 0
-    for ch in sys.prefix:  # a stable name per environment (hash() is salted per process)
-        digest = (digest * 31 + ord(ch)) & 0xFFFFFFFF
-    return os.path.join(base, "trace-run", "instrumentors-%08x.txt" % digest)
+def _log():
+    """trace_run.core.log, imported once there is something to say (not at start)."""
+    from trace_run.core import log
 
-
-def _key() -> str:
-    parts = [sys.version.split()[0], sys.prefix]
-    for p in sys.path:
-        try:
-            parts.append("%s:%d" % (p, os.stat(p or ".").st_mtime_ns))
-        except OSError:
-            continue
-    return "|".join(parts)
-
-
-def _discover() -> list:
-    from .sdk import _entry_points
-
-    eps = _entry_points("opentelemetry_instrumentor")
-    out = []
-    for name, ep in sorted(eps.items()):
-        dist = getattr(getattr(ep, "dist", None), "name", "") or ""
-        out.append((name, ep.value, dist))
-    return out
-
-
-def _load_cached() -> list:
-    path = _cache_path()
-    key = _key()
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().split("\n")
-        if lines and lines[0] == key:
-            return [tuple(line.split("\t")) for line in lines[1:] if line.count("\t") == 2]
-    except OSError:
-        pass
-    eps = _discover()
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = "%s.%d" % (path, os.getpid())
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(key + "\n" + "\n".join("\t".join(e) for e in eps))
-        os.replace(tmp, path)
-    except OSError:
-        pass
-    return eps
+    return log
 
 
 def module_for(ep_name: str):
@@ -95,7 +49,7 @@ def module_for(ep_name: str):
 def classify(disabled: set) -> list:
     """(name, module, value, distribution, status) for each installed instrumentor."""
     rows = []
-    for name, value, dist in _load_cached():
+    for name, value, dist in thirdparty_cache.load():
         module = module_for(name)
         if name in registry.SELF_TRACED:
             e = registry.SELF_TRACED[name]
@@ -115,9 +69,8 @@ def classify(disabled: set) -> list:
 def arm(disabled: set) -> None:
     rows = classify(disabled)
     found[:] = rows
-    for name, module, value, _dist, status in rows:
-        if status.startswith("armed"):
-            hooks.when_imported(module, _applier(name, value))
+    hooks.when_imported_each([(module, _applier(name, value)) for name, module, value, _dist, status in rows
+                              if status.startswith("armed")])
 
 
 _failed: set = set()  # instrumentors whose instrument() failed in this process: never tried again
@@ -144,13 +97,13 @@ def _applier(name: str, value: str):
                 return
             conflict = _conflict(instrumentor)
             if conflict:
-                log.warning("third-party instrumentor %s not applied: %s" % (name, conflict))
+                _log().warning("third-party instrumentor %s not applied: %s" % (name, conflict))
                 return
             entered = instrumentor
             instrumentor.instrument()
         except (Exception, SystemExit) as exc:  # an instrumentor calling sys.exit() does not end the program
             _failed.add(name)
-            log.warning("third-party instrumentor %s not applied (%s: %s)%s"
+            _log().warning("third-party instrumentor %s not applied (%s: %s)%s"
                         % (name, type(exc).__name__, exc, _left_off(entered)))
 
     return apply
@@ -218,8 +171,8 @@ def _forward_record(record) -> None:
     except Exception:
         text = "%s: %s" % (record.name, record.msg)
     if record.levelno >= 40:
-        log.error(text)
+        _log().error(text)
     elif record.levelno >= 30:
-        log.warning(text)
+        _log().warning(text)
     else:
-        log.debug(text)
+        _log().debug(text)

@@ -168,16 +168,28 @@ def busy() -> bool:
 
 def when_imported(name: str, callback) -> None:
     """Call callback(module) after `name` is imported; at once if it already is."""
-    module = sys.modules.get(name)
-    if module is not None:
-        callback(module)
-        return
-    with _lock:
-        _hooks.setdefault(name, []).append(callback)
-    track(())
-    # It may have been imported by another thread meanwhile.
-    module = sys.modules.get(name)
-    if module is not None and getattr(module, "__spec__", None) is not None:
-        if not isinstance(module.__spec__.loader, _Loader):
-            _fire(name, module)
+    when_imported_each(((name, callback),))
 
+
+def when_imported_each(pairs) -> None:
+    """when_imported(name, callback) for each (name, callback) pair, in order, under one lock (the agent
+    arms ~30 at every process start). Callbacks of modules already imported run once all are armed."""
+    now = []
+    armed = []
+    with _lock:
+        for name, callback in pairs:
+            module = sys.modules.get(name)
+            if module is None:
+                _hooks.setdefault(name, []).append(callback)
+                armed.append(name)
+            else:
+                now.append((callback, module))
+    if _finder is None:
+        track(())
+    for callback, module in now:
+        callback(module)
+    for name in armed:  # imported by another thread meanwhile, before our finder saw it
+        module = sys.modules.get(name)
+        if module is not None and getattr(module, "__spec__", None) is not None:
+            if not isinstance(module.__spec__.loader, _Loader):
+                _fire(name, module)

@@ -1,15 +1,16 @@
 """Which libraries trace-run instruments: one declaration per library, everything else derived.
 
-Data only (importing it costs nothing): the agent arms one post-import hook
-per entry (on `modules`, and on each of `submodules`) and imports `target`
-only when the program imports the library. bootstrap's catalogue, the
-upstream instrumentor names trace-run covers (agent/thirdparty.py) and the
-README's "Supported libraries" table (`python -m
-trace_run.instrumentors.registry --write README.md`) are made from it.
+Data only: the agent arms one post-import hook per entry (on `modules`, and
+on each of `submodules`) and imports `target` only when the program imports
+the library. bootstrap's catalogue, the upstream instrumentor names trace-run
+covers (agent/thirdparty.py), the README's "Supported libraries" table
+(`python -m trace_run.instrumentors.registry --write README.md`) and the
+agent's table of hooks, which its start arms without importing this module
+(`--write-hooks agent/boot.py`), are made from it.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` (imported at every start, it costs one module more): the two
+# annotations that need it are quoted.
 import sys
 
 
@@ -36,7 +37,7 @@ class Entry:
         self.stdlib_label = stdlib_label  # trace-bootstrap's row for a standard-library entry
 
     @property
-    def distribution(self) -> str | None:
+    def distribution(self) -> "str | None":
         return self.distributions[0] if self.distributions else None
 
 
@@ -123,7 +124,7 @@ SELF_TRACED: dict = {
 COVERED_NAMES = set(BUILTIN) | {a for e in BUILTIN.values() for a in e.aliases} | {"wsgi", "dbapi"} | set(SELF_TRACED)
 
 
-def lookup(name: str) -> Entry | None:
+def lookup(name: str) -> "Entry | None":
     """The entry for a library name or alias, or None."""
     name = name.strip().lower()
     entry = BUILTIN.get(name)
@@ -157,13 +158,58 @@ def markdown_table() -> str:
     return "\n".join(rows)
 
 
+# -- boot's table of the modules it hooks at start ------------------------------------------
+
+HOOKS_START, HOOKS_END = "# hooks:start\n", "# hooks:end\n"
+
+
+def hooks_table() -> str:
+    """agent/boot.py's HOOKS and ALIASES, derived from BUILTIN: the agent's start arms its hooks from
+    them without importing this module (with the instrumentors package: ~0.4 ms of every start)."""
+    def quoted(items) -> str:
+        return "(%s%s)" % (", ".join('"%s"' % i for i in items), "," if len(items) == 1 else "")
+
+    rows = []
+    for e in BUILTIN.values():
+        rows += ['    ("%s", "%s", ""),' % (m, e.name) for m in e.modules]
+        rows += ['    ("%s", "%s", "%s"),' % (m, e.name, method) for m, method in e.submodules]
+    aliases = ['    "%s": %s,' % (e.name, quoted(e.aliases)) for e in BUILTIN.values() if e.aliases]
+    return ("HOOKS = (  # (module, library, method): importing module activates the library's instrumentor,"
+            " then calls method\n%s\n)\nALIASES = {  # library -> its other names (OTEL_PYTHON_DISABLED_"
+            "INSTRUMENTATIONS)\n%s\n}\n") % ("\n".join(rows), "\n".join(aliases))
+
+
+def write_hooks(path: str) -> bool:
+    """Put hooks_table() between the `# hooks:start/end` lines of `path` (agent/boot.py); True if it changed."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    start, end = text.find(HOOKS_START), text.find(HOOKS_END)
+    if start < 0 or end < start:
+        raise ValueError("%s has no %s ... %s lines" % (path, HOOKS_START.strip(), HOOKS_END.strip()))
+    new = text[:start + len(HOOKS_START)] + hooks_table() + text[end:]
+    if new != text:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(new)
+    return new != text
+
+
 def main(argv: list) -> int:
-    """`python -m trace_run.instrumentors.registry` prints the table; `--write README.md` puts it in place."""
+    """`python -m trace_run.instrumentors.registry` prints the table; `--write README.md` puts it in place;
+    `--write-hooks agent/boot.py` writes boot's table of hooks."""
     if not argv:
         sys.stdout.write(markdown_table() + "\n")
         return 0
+    if argv[0] == "--write-hooks" and len(argv) == 2:
+        try:
+            changed = write_hooks(argv[1])
+        except (OSError, ValueError) as exc:
+            sys.stderr.write("trace-run: %s\n" % exc)
+            return 1
+        sys.stderr.write("%s: hooks table %s\n" % (argv[1], "rewritten" if changed else "already up to date"))
+        return 0
     if argv[0] != "--write" or len(argv) != 2:
-        sys.stderr.write("usage: python -m trace_run.instrumentors.registry [--write README.md]\n")
+        sys.stderr.write("usage: python -m trace_run.instrumentors.registry [--write README.md | "
+                         "--write-hooks agent/boot.py]\n")
         return 2
     try:
         with open(argv[1], encoding="utf-8") as f:

@@ -109,3 +109,20 @@ def test_a_child_forked_during_another_threads_import_is_not_busy_and_imports(mo
 
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "child 0 parent busy False", proc.stdout + proc.stderr
+
+
+def test_when_imported_each_arms_in_order_and_runs_those_already_imported(module_dir):
+    (module_dir / "tr_probe_each_a.py").write_text("VALUE = 'a'\n")
+    (module_dir / "tr_probe_each_b.py").write_text("VALUE = 'b'\n")
+    import tr_probe_each_a  # noqa: F401  already imported: its callback runs at once
+
+    fired = []
+    hooks.when_imported_each([
+        ("tr_probe_each_b", lambda m: fired.append("b1 " + m.VALUE)),
+        ("tr_probe_each_a", lambda m: fired.append("a " + m.VALUE)),
+        ("tr_probe_each_b", lambda m: fired.append("b2 " + m.VALUE)),
+    ])
+    assert fired == ["a a"]
+    import tr_probe_each_b  # noqa: F401
+
+    assert fired == ["a a", "b1 b", "b2 b"]

@@ -55,6 +55,32 @@ def test_registry_writes_the_readme_libraries_table(tmp_path):
     assert bad.returncode == 1 and bad.stderr.startswith("trace-run: ")
 
 
+def test_boot_hooks_table_is_generated_from_the_registry():
+    from trace_run.agent import boot
+
+    text = open(boot.__file__, encoding="utf-8").read()
+    block = text[text.index(registry.HOOKS_START) + len(registry.HOOKS_START):text.index(registry.HOOKS_END)]
+    assert block == registry.hooks_table()
+    expected = [(m, e.name, "") for e in registry.BUILTIN.values() for m in e.modules]
+    expected += [(m, e.name, method) for e in registry.BUILTIN.values() for m, method in e.submodules]
+    assert sorted(boot.HOOKS) == sorted(expected)
+    assert boot.ALIASES == {e.name: e.aliases for e in registry.BUILTIN.values() if e.aliases}
+
+
+def test_registry_writes_boots_hooks_table(tmp_path):
+    stale = tmp_path / "boot.py"
+    stale.write_text("x = 1\n# hooks:start\nHOOKS = ()\n# hooks:end\ny = 2\n")
+    args = [sys.executable, "-m", "trace_run.instrumentors.registry", "--write-hooks", str(stale)]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert stale.read_text() == "x = 1\n# hooks:start\n%s# hooks:end\ny = 2\n" % registry.hooks_table()
+    again = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert "already up to date" in again.stderr
+    (tmp_path / "plain.py").write_text("x = 1\n")
+    bad = subprocess.run(args[:-1] + [str(tmp_path / "plain.py")], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and bad.stderr.startswith("trace-run: ")
+
+
 def test_every_registry_entry_points_at_an_instrumentor_class():
     from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 

@@ -6,7 +6,9 @@ import sys
 
 
 def _trace_run_boot():
-    here = os.path.realpath(os.path.dirname(os.path.abspath(__file__)))
+    # The injection folders whose sitecustomize ran, as sys.path names them (realpath, an lstat per path
+    # component, only where another name may be the same folder: see _trace_run_chain).
+    here = os.path.dirname(os.path.abspath(__file__))
     seen = sys.__dict__.setdefault("_trace_run_dirs", [])
     first = not seen
     seen.append(here)
@@ -36,34 +38,83 @@ def _trace_run_start(here):
 
 
 def _trace_run_chain(seen):
-    """Run the next sitecustomize on sys.path, as `site` would have without us."""
-    rest = [p for p in sys.path if os.path.realpath(p or os.curdir) not in seen]
-    if not any(_trace_run_may_hold_sitecustomize(p) for p in rest):
-        return  # the common case: skip importing importlib's helpers (~2 ms)
+    """Run the next sitecustomize on sys.path, as `site` would have without us.
+
+    Asked of each folder's path entry finder, which the import system has mostly made and filled
+    already (a folder's names are listed once per process and shared with every import): no folder
+    listed again, no realpath but for a folder that has a sitecustomize, no importlib helpers
+    imported (~2 ms) unless there is one to run."""
+    real = None
+    for entry in sys.path:
+        finder = _trace_run_finder(entry)
+        if finder is None:
+            continue
+        find_spec = getattr(finder, "find_spec", None)
+        if find_spec is None:  # a legacy finder (Python 3.9's zipimporter): the import system's own search
+            return _trace_run_chain_by_pathfinder(seen)
+        spec = find_spec("sitecustomize")
+        if spec is None or spec.loader is None:  # none, or a namespace portion (which runs nothing)
+            continue
+        if spec.origin == __file__:
+            continue  # this very file, found as site found it
+        if real is None:
+            real = {os.path.realpath(d) for d in seen}
+        if os.path.realpath(entry or os.curdir) in real:
+            continue  # an injection folder (ours, or another trace-run's), by any name
+        return _trace_run_exec(spec)
+
+
+def _trace_run_finder(entry):
+    """sys.path_importer_cache's finder for a sys.path entry, made by sys.path_hooks as PathFinder makes it."""
+    if entry == "":
+        try:
+            entry = os.getcwd()
+        except OSError:
+            return None
+    try:
+        return sys.path_importer_cache[entry]
+    except KeyError:
+        pass
+    finder = None
+    for hook in sys.path_hooks:
+        try:
+            finder = hook(entry)
+            break
+        except ImportError:
+            continue
+    sys.path_importer_cache[entry] = finder
+    return finder
+
+
+def _trace_run_chain_by_pathfinder(seen):
     from importlib.machinery import PathFinder
+
+    real = {os.path.realpath(d) for d in seen}
+    rest = [p for p in sys.path if os.path.realpath(p or os.curdir) not in real]
+    spec = PathFinder.find_spec("sitecustomize", rest)
+    if spec is not None and spec.loader is not None:
+        _trace_run_exec(spec)
+
+
+def _trace_run_exec(spec):
+    ours = sys.modules.get("sitecustomize")
+    if not hasattr(spec.loader, "exec_module"):  # Python 3.9's zipimporter: the legacy protocol
+        del sys.modules["sitecustomize"]  # or load_module would run it in this module's namespace
+        try:
+            spec.loader.load_module("sitecustomize")
+        except BaseException:
+            sys.modules["sitecustomize"] = ours
+            raise
+        return
     from importlib.util import module_from_spec
 
-    spec = PathFinder.find_spec("sitecustomize", rest)
-    if spec is None or spec.loader is None:
-        return
     module = module_from_spec(spec)
-    ours = sys.modules.get("sitecustomize")
     sys.modules["sitecustomize"] = module
     try:
         spec.loader.exec_module(module)
     except BaseException:
         sys.modules["sitecustomize"] = ours
         raise
-
-
-def _trace_run_may_hold_sitecustomize(folder):
-    if not os.path.isdir(folder or os.curdir):
-        return os.path.exists(folder)  # a zip file: let the import system look
-    try:
-        names = os.listdir(folder or os.curdir)
-    except OSError:
-        return False
-    return any(n == "sitecustomize" or n.startswith("sitecustomize.") for n in names)
 
 
 _trace_run_boot()
