@@ -173,7 +173,8 @@ def test_requests_cookies_and_the_callers_request_survive_the_sent_copy(traced, 
     jar, cookies_before = prepared._cookies, dict(prepared._cookies)
     sent = session.send(prepared)
     assert sent.json()["cookie"] == "sid=s-1; k=v" and "traceparent" not in prepared.headers
-    assert sent.request is not prepared and sent.request.note == "the caller's" and "traceparent" in sent.request.headers
+    assert sent.request is not prepared and sent.request.note == "the caller's"
+    assert "traceparent" in sent.request.headers
     assert prepared._cookies is jar and dict(jar) == cookies_before
 
     copies = []
