@@ -376,16 +376,26 @@ def write_table(path: str) -> bool:
     return new != text
 
 
+def rewrite(path: str, write, what: str) -> int:
+    """A `--write FILE` command: write(path) -> whether it changed; one line saying which (1 on a failure)."""
+    try:
+        changed = write(path)
+    except (OSError, ValueError) as exc:
+        sys.stderr.write("trace-run: %s\n" % exc)
+        return 1
+    sys.stderr.write("%s: %s %s\n" % (path, what, "rewritten" if changed else "already up to date"))
+    return 0
+
+
 def main(argv: list) -> int:
     """`python -m trace_run.core.config` prints the table; `--write README.md` puts it in place."""
     if argv[:1] == ["--write"] and len(argv) == 2:
-        try:
-            changed = write_table(argv[1])
-        except (OSError, ValueError) as exc:
-            sys.stderr.write("trace-run: %s\n" % exc)
-            return 1
-        sys.stderr.write("%s: variables table %s\n" % (argv[1], "rewritten" if changed else "already up to date"))
-        return 0
+        return rewrite(argv[1], write_table, "variables table")
+    if argv:
+        sys.stderr.write("usage: python -m trace_run.core.config [--write README.md]\n")
+        return 2
+    sys.stdout.write(markdown_table() + "\n")
+    return 0
     if argv:
         sys.stderr.write("usage: python -m trace_run.core.config [--write README.md]\n")
         return 2

@@ -193,37 +193,32 @@ def write_hooks(path: str) -> bool:
     return new != text
 
 
+def write_table(path: str) -> bool:
+    """Put the libraries table between its markers in `path`; whether the file changed."""
+    with open(path, encoding="utf-8") as f:
+        before, marked, after = _split(f.read())
+    changed = marked != "%s\n%s\n" % (START, markdown_table())
+    if changed:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("%s%s\n%s\n%s" % (before, START, markdown_table(), after))
+    return changed
+
+
 def main(argv: list) -> int:
     """`python -m trace_run.instrumentors.registry` prints the table; `--write README.md` puts it in place;
     `--write-hooks agent/boot.py` writes boot's table of hooks."""
+    from trace_run.core.config import rewrite
+
     if not argv:
         sys.stdout.write(markdown_table() + "\n")
         return 0
     if argv[0] == "--write-hooks" and len(argv) == 2:
-        try:
-            changed = write_hooks(argv[1])
-        except (OSError, ValueError) as exc:
-            sys.stderr.write("trace-run: %s\n" % exc)
-            return 1
-        sys.stderr.write("%s: hooks table %s\n" % (argv[1], "rewritten" if changed else "already up to date"))
-        return 0
-    if argv[0] != "--write" or len(argv) != 2:
-        sys.stderr.write("usage: python -m trace_run.instrumentors.registry [--write README.md | "
-                         "--write-hooks agent/boot.py]\n")
-        return 2
-    try:
-        with open(argv[1], encoding="utf-8") as f:
-            before, marked, after = _split(f.read())
-        text = "%s%s\n%s\n%s" % (before, START, markdown_table(), after)
-        changed = marked != "%s\n%s\n" % (START, markdown_table())
-        if changed:
-            with open(argv[1], "w", encoding="utf-8") as f:
-                f.write(text)
-    except (OSError, ValueError) as exc:
-        sys.stderr.write("trace-run: %s\n" % exc)
-        return 1
-    sys.stderr.write("%s: libraries table %s\n" % (argv[1], "rewritten" if changed else "already up to date"))
-    return 0
+        return rewrite(argv[1], write_hooks, "hooks table")
+    if argv[0] == "--write" and len(argv) == 2:
+        return rewrite(argv[1], write_table, "libraries table")
+    sys.stderr.write("usage: python -m trace_run.instrumentors.registry [--write README.md | "
+                     "--write-hooks agent/boot.py]\n")
+    return 2
 
 
 def _split(text: str) -> tuple:

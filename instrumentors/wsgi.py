@@ -266,11 +266,8 @@ class _TracedBody(_UnrecordedBody):
     __slots__ = ()
 
     def __next__(self):
-        token = runtime_context.attach(self._request.ctx)
         try:
-            if self._iter is None:
-                self._iter = iter(self._body)
-            return next(self._iter)
+            return super().__next__()
         except StopIteration:
             # The whole body is out. Servers close() the iterable next, but
             # werkzeug skips close() when the client reset the connection while
@@ -282,8 +279,6 @@ class _TracedBody(_UnrecordedBody):
             with _guard:
                 self._request.end(exc)
             raise
-        finally:
-            runtime_context.detach(token)
 
     def __del__(self) -> None:
         # Last resort: a server whose write failed (the client went away) drops
