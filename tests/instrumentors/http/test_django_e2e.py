@@ -25,7 +25,8 @@ BIN = os.path.dirname(sys.executable)
 PARENT_TRACE, PARENT_SPAN = "%032x" % 7, "%016x" % 9
 PARENT = "00-%s-%s-01" % (PARENT_TRACE, PARENT_SPAN)
 SCOPE = "trace_run.instrumentors.django"
-QUERY = 'SELECT "trace_run_django_items"'  # the ORM quotes the table name
+TABLE = "trace_run_django_items_%d" % os.getpid()  # this test process's own (parallel workers keep apart)
+QUERY = 'SELECT "%s"' % TABLE  # the ORM quotes the table name
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +34,12 @@ def items_table():
     import psycopg
 
     with psycopg.connect(PG_DSN, autocommit=True) as conn:
-        conn.execute("DROP TABLE IF EXISTS trace_run_django_items")
-        conn.execute("CREATE TABLE trace_run_django_items (id serial PRIMARY KEY, name text)")
-        conn.execute("INSERT INTO trace_run_django_items (id, name) VALUES (3, 'three')")
+        conn.execute("DROP TABLE IF EXISTS %s" % TABLE)
+        conn.execute("CREATE TABLE %s (id serial PRIMARY KEY, name text)" % TABLE)
+        conn.execute("INSERT INTO %s (id, name) VALUES (3, 'three')" % TABLE)
     yield
     with psycopg.connect(PG_DSN, autocommit=True) as conn:
-        conn.execute("DROP TABLE IF EXISTS trace_run_django_items")
+        conn.execute("DROP TABLE IF EXISTS %s" % TABLE)
 
 
 SERVERS = {
@@ -56,7 +57,8 @@ class Served:
         self.rx = Receiver().start()
         self.port = free_port()
         cmd = [TRACE_RUN] + [c.replace("{port}", str(self.port)) for c in SERVERS[how]]
-        env = clean_env(**self.rx.env(OTEL_SERVICE_NAME="django-" + how, TRACE_RUN_TEST_PG_DSN=PG_DSN, **env))
+        env = clean_env(**self.rx.env(OTEL_SERVICE_NAME="django-" + how, TRACE_RUN_TEST_PG_DSN=PG_DSN,
+                                      TRACE_RUN_TEST_DJANGO_TABLE=TABLE, **env))
         self.proc = subprocess.Popen(cmd, cwd=SITE, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      text=True, start_new_session=True)
         wait_port(self.port, self.proc, timeout=30)

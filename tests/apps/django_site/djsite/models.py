@@ -1,3 +1,5 @@
+import os
+
 from django.db import models
 
 
@@ -8,5 +10,6 @@ class Item(models.Model):
 
     class Meta:
         app_label = "djsite"
-        db_table = "trace_run_django_items"
+        # the test names it: a table per test process, so that parallel test workers keep apart
+        db_table = os.environ.get("TRACE_RUN_TEST_DJANGO_TABLE", "trace_run_django_items")
         managed = False
