@@ -16,12 +16,13 @@ from typing import Sequence
 
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from trace_run.core import hooks, log
+from trace_run.core import compat, hooks, log
 
 from . import owned_sockets
 from .lazy_exporter import LazyExporter
 from .otlp_encoder import Encoded
 
+_SAMPLED = 0x01  # TraceFlags.SAMPLED
 _FRAME = 6  # bytes framing one encoded span in a request (tag, length)
 
 
@@ -239,7 +240,18 @@ class CountingProcessor(SpanProcessor):
         self._pending = health.built is None
         self._counter = itertools.count()
         self._on_end = processor.on_end
+        self._sampled_only = False  # _on_end takes sampled spans only (it is the batch queue's emit)
+        when_built = getattr(processor, "when_built", None)
+        if when_built is not None:
+            when_built(self._queue_directly)
         os.register_at_fork(after_in_child=self._reset)
+
+    def _queue_directly(self, built: SpanProcessor) -> None:
+        """Once the processor is the SDK's batch processor, sampled spans go straight to its queue: the
+        StartsOnFirstSpan in front of it and its own sampled check are two calls a span need not pay."""
+        emit = compat.batch_emit(built)
+        if emit is not None and self._on_end is not _ignore:
+            self._on_end, self._sampled_only = emit, True
 
     def _reset(self) -> None:
         self._counter = itertools.count()
@@ -264,14 +276,16 @@ class CountingProcessor(SpanProcessor):
         next(self._counter)
         if self._pending:
             self._build()
-        if span.context.trace_flags.sampled:
+        if span.context.trace_flags & _SAMPLED:
             if self._prepare is not None:
                 span = self._prepare(span)
                 if span is None:
                     return
             if self._admit is not None and not self._admit(span):
                 return  # over the queue's bounds: dropped (counted as ended and never handed)
-        self._on_end(span)
+            self._on_end(span)
+        elif not self._sampled_only:
+            self._on_end(span)
 
     def _build(self) -> None:
         if not hooks.busy():  # else (a module the exporter imports is half-imported): a later span end starts it

@@ -24,6 +24,7 @@ slower, the same. OTEL_TRACE_RUN_SPAN_CLASS=sdk switches all of it off.
 from __future__ import annotations
 
 import logging
+import random as _random
 import threading
 from time import time_ns
 from typing import Any, Callable, Optional
@@ -63,6 +64,22 @@ _INTERNAL = SpanKind.INTERNAL
 _RANDOM_FLAG = getattr(TraceFlags, "RANDOM_TRACE_ID", None)  # W3C level 2 "random" flag (newer SDKs)
 _HAS_ON_ENDING = hasattr(sdk_trace.SpanProcessor, "_on_ending")
 _HAS_IS_ENABLED = hasattr(sdk_trace.Tracer, "_is_enabled")
+# the SDK's Tracer._is_enabled is `return self._tracer_config.is_enabled`: read where it is
+_ENABLED_BY_CONFIG = _HAS_IS_ENABLED and getattr(getattr(sdk_trace.Tracer._is_enabled, "__code__", None),
+                                                 "co_names", None) == ("_tracer_config", "is_enabled")
+_NOOP_END = compat.tracer_metrics_noop()  # what a span's end calls when the SDK's own metrics are off
+if _RANDOM_FLAG is not None:
+    _SAMPLED_RANDOM, _NOT_SAMPLED_RANDOM = TraceFlags(_SAMPLED | _RANDOM_FLAG), TraceFlags(_NOT_SAMPLED | _RANDOM_FLAG)
+# the SDK's RandomIdGenerator as it ships: `_start` draws its ids itself, as it does (random.getrandbits, 0 redrawn)
+_SDK_IDS = tuple(getattr(RandomIdGenerator, name, None)
+                 for name in ("generate_trace_id", "generate_span_id", "is_trace_id_random"))
+
+
+def _sdk_random_ids(generator) -> bool:
+    kind = type(generator)
+    return (kind is RandomIdGenerator and not getattr(generator, "__dict__", None)
+            and tuple(getattr(kind, name, None) for name in ("generate_trace_id", "generate_span_id",
+                                                             "is_trace_id_random")) == _SDK_IDS)
 
 
 class _AttributeMaker:
@@ -201,7 +218,7 @@ class Span(sdk_trace.Span):
             self._end_time = end_time if end_time is not None else time_ns()
             self._attributes._immutable = True
         record_end_metrics = self.__dict__.get("_record_end_metrics")
-        if record_end_metrics:
+        if record_end_metrics and record_end_metrics is not _NOOP_END:
             record_end_metrics()
         processor = self._span_processor
         route = _route(processor)
@@ -314,6 +331,11 @@ def _context_is_a_plain_tuple() -> bool:
 
 
 _PLAIN_CONTEXT = _context_is_a_plain_tuple()
+_Context = context_api.Context
+_dict_set = dict.__setitem__
+# the API's Context is a dict that refuses changes: a copy made as a dict, then set as one, is set_value's
+_DICT_CONTEXT = (issubclass(_Context, dict) and _Context.__init__ is dict.__init__
+                 and _Context.__new__ is dict.__new__)
 
 
 def _sdk_span_fields(resource) -> frozenset:
@@ -336,9 +358,12 @@ class Tracer(sdk_trace.Tracer):
         limits = self._span_limits
         self._maker = _AttributeMaker(limits.max_span_attributes, limits.max_span_attribute_length)
         self._metrics = getattr(self, "_tracer_metrics", None)
+        # the SDK's metrics off: every span gets the same function to call at its end, which does nothing
+        self._metrics_off = _NOOP_END is not None and compat.is_noop_tracer_metrics(self._metrics)
         self._attribute_blind = _ignores_attributes(self.sampler)
         self._plan = _sampling_plan(self.sampler)
         self._plain_ids = _PLAIN_CONTEXT and type(self.id_generator) is RandomIdGenerator
+        self._random_ids = _sdk_random_ids(self.id_generator)
         if Tracer._fields_ok is None:
             expected = set(_FIELDS) | ({"_record_end_metrics"} if self._metrics is not None else set())
             Tracer._fields_ok = _sdk_span_fields(self.resource) <= expected
@@ -372,11 +397,11 @@ class Tracer(sdk_trace.Tracer):
         parent = (current if isinstance(current, trace_api.Span) else trace_api.INVALID_SPAN).get_span_context()
         if parent is not None and not isinstance(parent, SpanContext):
             raise TypeError("parent_span_context must be a SpanContext or None.")
-        if _HAS_IS_ENABLED and not self._is_enabled():
+        if _HAS_IS_ENABLED and not (self._tracer_config.is_enabled if _ENABLED_BY_CONFIG else self._is_enabled()):
             return NonRecordingSpan(context=parent)
         if parent is None or not parent.is_valid:
             parent = None
-            trace_id = self.id_generator.generate_trace_id()
+            trace_id = (_random.getrandbits(128) if self._random_ids else 0) or self.id_generator.generate_trace_id()
         else:
             trace_id = parent.trace_id
         plan = self._plan
@@ -396,20 +421,26 @@ class Tracer(sdk_trace.Tracer):
         else:
             result = self.sampler.should_sample(context, trace_id, name, kind, attributes, links)
             decision, trace_state, sampled_attributes = result.decision, result.trace_state, result.attributes
-        flags = _SAMPLED if decision is _RECORD_AND_SAMPLE else _NOT_SAMPLED
-        if _RANDOM_FLAG is not None:
-            random = self.id_generator.is_trace_id_random() if parent is None else parent.trace_flags.random_trace_id
-            if random:
-                flags = TraceFlags(flags | _RANDOM_FLAG)
+        sampled = decision is _RECORD_AND_SAMPLE
+        if _RANDOM_FLAG is not None and (
+                (self._random_ids or self.id_generator.is_trace_id_random()) if parent is None
+                else parent.trace_flags & _RANDOM_FLAG):
+            flags = _SAMPLED_RANDOM if sampled else _NOT_SAMPLED_RANDOM
+        else:
+            flags = _SAMPLED if sampled else _NOT_SAMPLED
         if self._plain_ids:
-            span_context = _tuple_new(SpanContext, (trace_id, self.id_generator.generate_span_id(), False, flags,
+            span_id = (_random.getrandbits(64) if self._random_ids else 0) or self.id_generator.generate_span_id()
+            span_context = _tuple_new(SpanContext, (trace_id, span_id, False, flags,
                                                     DEFAULT_TRACE_STATE if trace_state is None else trace_state,
                                                     True))
         else:
             span_context = SpanContext(trace_id, self.id_generator.generate_span_id(), is_remote=False,
                                        trace_flags=flags, trace_state=trace_state)
         metrics = self._metrics
-        record_end_metrics = metrics.start_span(parent, decision) if metrics is not None else None
+        if self._metrics_off:
+            record_end_metrics = _NOOP_END
+        else:
+            record_end_metrics = metrics.start_span(parent, decision) if metrics is not None else None
         if decision is not _RECORD_AND_SAMPLE and decision is not _RECORD_ONLY:
             return NonRecordingSpan(context=span_context)
         # an attribute-blind sampler hands back what it was given (nothing, here): the deferred ones go in its place
@@ -479,7 +510,12 @@ class CurrentSpan:
     def __enter__(self) -> trace_api.Span:
         a = self._args
         span = self._span = self._tracer.start_span(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7])
-        self._token = runtime_context.attach(context_api.set_value(_SPAN_KEY, span))
+        if _DICT_CONTEXT:  # context_api.set_value(_SPAN_KEY, span): the current context's copy, with the span
+            context = _Context(runtime_context.get_current())
+            _dict_set(context, _SPAN_KEY, span)
+        else:
+            context = context_api.set_value(_SPAN_KEY, span)
+        self._token = runtime_context.attach(context)
         return span
 
     def __exit__(self, exc_type, exc, tb) -> bool:
@@ -504,18 +540,20 @@ class CurrentSpan:
         import functools
         import inspect
 
+        # a new span per call, from the tracer's start_as_current_span at that time (a program's
+        # TracerProvider may have taken over from the agent's since: see program_provider)
         tracer, args = self._tracer, self._args
         if inspect.iscoroutinefunction(function):
             @functools.wraps(function)
             async def run_async(*f_args, **f_kwargs):
-                with CurrentSpan(tracer, *args):
+                with tracer.start_as_current_span(*args):
                     return await function(*f_args, **f_kwargs)
 
             return run_async
 
         @functools.wraps(function)
         def run(*f_args, **f_kwargs):
-            with CurrentSpan(tracer, *args):
+            with tracer.start_as_current_span(*args):
                 return function(*f_args, **f_kwargs)
 
         return run

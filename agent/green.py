@@ -36,6 +36,7 @@ class StartsOnFirstSpan:
         self._factory = factory
         self.inert_on_start = inert_on_start  # what factory makes does nothing on start (fastspan skips the call)
         self._processor = None
+        self._built: list = []  # called with the processor once it is built (see when_built)
         self._locks: dict = {}
         os.register_at_fork(after_in_child=self._locks.clear)  # a child never waits on its parent's builder
 
@@ -47,10 +48,16 @@ class StartsOnFirstSpan:
             if self._processor is None:
                 try:
                     self._processor = self._factory()
+                    for callback in self._built:
+                        callback(self._processor)
                 except Exception as exc:  # RuntimeError: no new thread at interpreter shutdown (3.12)
                     log.warning_once("export-thread", "spans dropped: the export thread did not start (%s: %s)"
                                      % (type(exc).__name__, exc))
         return self._processor
+
+    def when_built(self, callback) -> None:
+        """callback(processor) once it is built: a caller may then hand it spans itself."""
+        self._built.append(callback)
 
     def on_start(self, span, parent_context=None) -> None:
         if self._processor is not None:

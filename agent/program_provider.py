@@ -13,6 +13,7 @@ pipeline sends what it holds and shuts down (runtime.follow_program).
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import weakref
 from typing import Any, Callable, Iterable, Optional
@@ -62,11 +63,23 @@ class FollowingTracer(trace.ProxyTracer):
             self.start_span_deferring_attributes = deferring
         else:
             self.__dict__.pop("start_span_deferring_attributes", None)
+        # trace-run's span class: its context manager, made around this tracer (it starts spans with the
+        # start_span above, so one made before the move follows too)
+        fast = sys.modules.get("trace_run.agent.fastspan")
+        self._current_span = fast.CurrentSpan if fast is not None and type(real) is fast.Tracer else None
 
-    def start_as_current_span(self, *args: Any, **kwargs: Any) -> Any:
+    def start_as_current_span(self, name: str, context: Any = None, kind: trace.SpanKind = trace.SpanKind.INTERNAL,
+                              attributes: Any = None, links: Any = None, start_time: Optional[int] = None,
+                              record_exception: bool = True, set_status_on_exception: bool = True,
+                              end_on_exit: bool = True) -> Any:
         """The real tracer's, looked up at each use: a function decorated before the move follows too.
         One small object, not ProxyTracer's generator around the real tracer's."""
-        return _Following(self, args, kwargs)
+        current_span = self._current_span
+        if current_span is not None:
+            return current_span(self, name, context, kind, attributes, links, start_time, record_exception,
+                                set_status_on_exception, end_on_exit)
+        return _Following(self, (name, context, kind, attributes, links, start_time, record_exception,
+                                 set_status_on_exception, end_on_exit), {})
 
     def __getattr__(self, name: str) -> Any:
         # the SDK tracer's other attributes (sampler, resource, ...) for code that reads them

@@ -43,6 +43,38 @@ def otlp_endpoint_of(processor: Any) -> Optional[str]:
     return endpoint
 
 
+def batch_emit(processor: Any) -> Optional[Any]:
+    """What the SDK's BatchSpanProcessor's on_end calls for a sampled span (its `_batch_processor.emit`,
+    SDK 1.34 and later): a caller that has checked the flag already queues with one call less. None:
+    call on_end."""
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    if type(processor) is not BatchSpanProcessor:
+        return None
+    emit = getattr(getattr(processor, "_batch_processor", None), "emit", None)
+    return emit if callable(emit) else None
+
+
+def tracer_metrics_noop() -> Optional[Any]:
+    """The function the SDK's no-op tracer metrics (SDK 1.40 and later, its metrics off: the default)
+    hand every span to call when it ends (`_tracer_metrics.noop`): a span may leave that call out.
+    None where this SDK has none."""
+    try:
+        from opentelemetry.sdk.trace._tracer_metrics import NoOpTracerMetrics
+    except ImportError:
+        return None
+    made = NoOpTracerMetrics().start_span(None, None)
+    return made if callable(made) and made is NoOpTracerMetrics().start_span(None, None) else None
+
+
+def is_noop_tracer_metrics(metrics: Any) -> bool:
+    try:
+        from opentelemetry.sdk.trace._tracer_metrics import NoOpTracerMetrics
+    except ImportError:
+        return False
+    return type(metrics) is NoOpTracerMetrics
+
+
 def can_set_tracer_provider_again() -> bool:
     """The API sets its provider once (`_TRACER_PROVIDER_SET_ONCE`, `_TRACER_PROVIDER`). Fallback:
     False, and the agent's provider stays (program_provider warns)."""

@@ -582,3 +582,50 @@ def test_attributes_taken_as_they_are_only_where_the_cleaning_would_keep_them(at
     maker = fastspan._AttributeMaker(4, 5)
     assert maker.fast and maker.plain(attributes) is plain
     assert fastspan._AttributeMaker(None, None).plain({"a": "x" * 1000, "b": False}) is True
+
+
+def test_ids_of_the_sdks_random_generator_are_drawn_as_it_draws_them(monkeypatch):
+    """With the SDK's RandomIdGenerator, `_start` calls random.getrandbits itself (a patched one too), redraws
+    a zero id as the generator does, and sets the random-trace-id flag where this SDK has it."""
+    import random
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+    tracer = fastspan.adopt(provider.get_tracer("ids"))
+    assert tracer._random_ids
+    drawn = iter([0, 7, 0, 9])  # each first draw is 0 (an invalid id): drawn again
+    monkeypatch.setattr(random, "getrandbits", lambda bits: next(drawn))
+    span = tracer.start_span("s")
+    context = span.get_span_context()
+    assert (context.trace_id, context.span_id) == (7, 9) and context.is_valid
+    assert context.trace_flags.sampled
+    if fastspan._RANDOM_FLAG is not None:
+        assert context.trace_flags.random_trace_id and type(context.trace_flags) is TraceFlags
+    monkeypatch.undo()
+    assert not fastspan._sdk_random_ids(_Ids()) and fastspan._sdk_random_ids(provider.id_generator)
+
+
+def test_the_programs_own_spans_follow_a_provider_it_sets_later():
+    """A FollowingTracer's start_as_current_span is trace-run's context manager around it while the agent's
+    provider is in use; a function decorated then makes its spans with the program's provider after the move."""
+    from trace_run.agent.program_provider import FollowingTracer, _Following
+
+    ours, ours_out, _ = _pipeline(True)
+    following = FollowingTracer(ours, "scope")
+    manager = following.start_as_current_span("with", kind=SpanKind.CLIENT, attributes={"a": 1})
+    assert type(manager) is fastspan.CurrentSpan
+    with manager as span:
+        assert trace.get_current_span() is span
+
+    @following.start_as_current_span("decorated")
+    def work():
+        return trace.get_current_span()
+
+    assert work().name == "decorated"
+    program, program_out, _ = _pipeline(False)
+    following.follow(program)
+    assert type(following.start_as_current_span("after")) is _Following
+    assert isinstance(work(), SdkSpan)
+    assert [s.name for s in ours_out.get_finished_spans()] == ["with", "decorated"]
+    assert [s.name for s in program_out.get_finished_spans()] == ["decorated"]
+    assert dict(ours_out.get_finished_spans()[0].attributes) == {"a": 1}

@@ -392,6 +392,10 @@ def test_the_fast_pipeline_queues_bytes_and_delivers_redacted_spans(receiver, mo
     gate.set()
     _built(counting)
     assert queued == ["_RedactedSpan"]  # ended before the exporter existed: queued redacted, encoded on export
+    # the batch processor is built now: sampled spans go straight to its queue
+    real = counting._on_end
+    assert real == counting.processor._processor._batch_processor.emit and counting._sampled_only
+    monkeypatch.setattr(counting, "_on_end", lambda item: (queued.append(type(item).__name__), real(item)))
     queued.clear()
     with tracer.start_as_current_span("parent", attributes={"user.email": "a@b.c", "kept": 1}):
         with tracer.start_as_current_span("child"):
