@@ -80,9 +80,13 @@ def site():
 
 @pytest.fixture
 def traced(site, instrumented):
+    from django.db import connections
+
     fresh_settings()
+    connections.close_all()  # a connection an earlier test opened was made under that test's instrumentation
     instrumented(Sqlite3Instrumentor)
     yield instrumented(DjangoInstrumentor)
+    connections.close_all()
     fresh_settings()
 
 
