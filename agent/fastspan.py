@@ -364,6 +364,11 @@ class Tracer(sdk_trace.Tracer):
         self._plan = _sampling_plan(self.sampler)
         self._plain_ids = _PLAIN_CONTEXT and type(self.id_generator) is RandomIdGenerator
         self._random_ids = _sdk_random_ids(self.id_generator)
+        # a span's fields, in the constructor's order: those the same for every span of this tracer set here
+        self._span_fields = dict.fromkeys(_FIELDS + ("_maker",))
+        self._span_fields.update({
+            "_instrumentation_info": self.instrumentation_info, "_instrumentation_scope": self._instrumentation_scope,
+            "_events": (), "_links": (), "_status": _UNSET, "_maker": self._maker})
         if Tracer._fields_ok is None:
             expected = set(_FIELDS) | ({"_record_end_metrics"} if self._metrics is not None else set())
             Tracer._fields_ok = _sdk_span_fields(self.resource) <= expected
@@ -450,17 +455,22 @@ class Tracer(sdk_trace.Tracer):
                                          set_status_on_exception, start_time, context, record_end_metrics)
         maker = self._maker
         span = _new(Span)
-        span.__dict__ = {
-            "_name": name, "_context": span_context, "_kind": kind,
-            "_instrumentation_info": self.instrumentation_info,
-            "_instrumentation_scope": self._instrumentation_scope, "_parent": parent,
-            "_start_time": start_time if start_time is not None else time_ns(), "_end_time": None,
-            "_attributes": maker.make(span_attributes), "_events": (), "_links": (), "_resource": self.resource,
-            "_status": _UNSET, "_sampler": self.sampler, "_trace_config": None,
-            "_record_exception": record_exception, "_set_status_on_exception": set_status_on_exception,
-            "_span_processor": self.span_processor, "_limits": self._span_limits, "_lock": _Lock(),
-            "_record_end_metrics": record_end_metrics, "_maker": maker,
-        }
+        # the tracer's fields template (what every span of it starts with), then this span's own
+        span.__dict__ = fields = self._span_fields.copy()
+        fields["_name"] = name
+        fields["_context"] = span_context
+        fields["_kind"] = kind
+        fields["_parent"] = parent
+        fields["_start_time"] = start_time if start_time is not None else time_ns()
+        fields["_attributes"] = maker.make(span_attributes)
+        fields["_resource"] = self.resource
+        fields["_sampler"] = self.sampler
+        fields["_record_exception"] = record_exception
+        fields["_set_status_on_exception"] = set_status_on_exception
+        fields["_span_processor"] = self.span_processor
+        fields["_limits"] = self._span_limits
+        fields["_lock"] = _Lock()
+        fields["_record_end_metrics"] = record_end_metrics
         if links:
             span._links = sdk_trace.Span._new_links(span, links)  # the SDK's checks and limits
         processor = self.span_processor
