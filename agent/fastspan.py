@@ -67,19 +67,19 @@ _HAS_IS_ENABLED = hasattr(sdk_trace.Tracer, "_is_enabled")
 # the SDK's Tracer._is_enabled is `return self._tracer_config.is_enabled`: read where it is
 _ENABLED_BY_CONFIG = _HAS_IS_ENABLED and getattr(getattr(sdk_trace.Tracer._is_enabled, "__code__", None),
                                                  "co_names", None) == ("_tracer_config", "is_enabled")
-_NOOP_END = compat.tracer_metrics_noop()  # what a span's end calls when the SDK's own metrics are off
+# what a span's end calls when the SDK's own metrics are off (and their class)
+_NOOP_METRICS, _NOOP_END = compat.noop_tracer_metrics()
 if _RANDOM_FLAG is not None:
     _SAMPLED_RANDOM, _NOT_SAMPLED_RANDOM = TraceFlags(_SAMPLED | _RANDOM_FLAG), TraceFlags(_NOT_SAMPLED | _RANDOM_FLAG)
 # the SDK's RandomIdGenerator as it ships: `_start` draws its ids itself, as it does (random.getrandbits, 0 redrawn)
-_SDK_IDS = tuple(getattr(RandomIdGenerator, name, None)
-                 for name in ("generate_trace_id", "generate_span_id", "is_trace_id_random"))
+_ID_METHODS = ("generate_trace_id", "generate_span_id", "is_trace_id_random")
+_SDK_IDS = tuple(getattr(RandomIdGenerator, name, None) for name in _ID_METHODS)
 
 
 def _sdk_random_ids(generator) -> bool:
     kind = type(generator)
     return (kind is RandomIdGenerator and not getattr(generator, "__dict__", None)
-            and tuple(getattr(kind, name, None) for name in ("generate_trace_id", "generate_span_id",
-                                                             "is_trace_id_random")) == _SDK_IDS)
+            and tuple(getattr(kind, name, None) for name in _ID_METHODS) == _SDK_IDS)
 
 
 class _AttributeMaker:
@@ -359,7 +359,7 @@ class Tracer(sdk_trace.Tracer):
         self._maker = _AttributeMaker(limits.max_span_attributes, limits.max_span_attribute_length)
         self._metrics = getattr(self, "_tracer_metrics", None)
         # the SDK's metrics off: every span gets the same function to call at its end, which does nothing
-        self._metrics_off = _NOOP_END is not None and compat.is_noop_tracer_metrics(self._metrics)
+        self._metrics_off = _NOOP_END is not None and type(self._metrics) is _NOOP_METRICS
         self._attribute_blind = _ignores_attributes(self.sampler)
         self._plan = _sampling_plan(self.sampler)
         self._plain_ids = _PLAIN_CONTEXT and type(self.id_generator) is RandomIdGenerator
@@ -547,23 +547,26 @@ class CurrentSpan:
         return False
 
     def __call__(self, function):
-        import functools
-        import inspect
+        return span_each_call(self._tracer, self._args, function)
 
-        # a new span per call, from the tracer's start_as_current_span at that time (a program's
-        # TracerProvider may have taken over from the agent's since: see program_provider)
-        tracer, args = self._tracer, self._args
-        if inspect.iscoroutinefunction(function):
-            @functools.wraps(function)
-            async def run_async(*f_args, **f_kwargs):
-                with tracer.start_as_current_span(*args):
-                    return await function(*f_args, **f_kwargs)
 
-            return run_async
+def span_each_call(tracer: trace_api.Tracer, args: tuple, function: Callable) -> Callable:
+    """`function` decorated by `tracer.start_as_current_span(*args)`: a new span per call, from the
+    context manager the tracer gives at that time (the program's TracerProvider may have taken over)."""
+    import functools
+    import inspect
 
+    if inspect.iscoroutinefunction(function):
         @functools.wraps(function)
-        def run(*f_args, **f_kwargs):
+        async def run_async(*f_args: Any, **f_kwargs: Any) -> Any:
             with tracer.start_as_current_span(*args):
-                return function(*f_args, **f_kwargs)
+                return await function(*f_args, **f_kwargs)
 
-        return run
+        return run_async
+
+    @functools.wraps(function)
+    def run(*f_args: Any, **f_kwargs: Any) -> Any:
+        with tracer.start_as_current_span(*args):
+            return function(*f_args, **f_kwargs)
+
+    return run

@@ -79,7 +79,7 @@ class FollowingTracer(trace.ProxyTracer):
             return current_span(self, name, context, kind, attributes, links, start_time, record_exception,
                                 set_status_on_exception, end_on_exit)
         return _Following(self, (name, context, kind, attributes, links, start_time, record_exception,
-                                 set_status_on_exception, end_on_exit), {})
+                                 set_status_on_exception, end_on_exit))
 
     def __getattr__(self, name: str) -> Any:
         # the SDK tracer's other attributes (sampler, resource, ...) for code that reads them
@@ -91,37 +91,22 @@ class FollowingTracer(trace.ProxyTracer):
 class _Following:
     """FollowingTracer.start_as_current_span: the current real tracer's context manager, made on entry."""
 
-    __slots__ = ("_tracer", "_args", "_kwargs", "_cm")
+    __slots__ = ("_tracer", "_args", "_cm")
 
-    def __init__(self, tracer: FollowingTracer, args: tuple, kwargs: dict) -> None:
-        self._tracer, self._args, self._kwargs = tracer, args, kwargs
+    def __init__(self, tracer: FollowingTracer, args: tuple) -> None:
+        self._tracer, self._args = tracer, args
 
     def __enter__(self) -> Any:
-        self._cm = self._tracer._real_tracer.start_as_current_span(*self._args, **self._kwargs)
+        self._cm = self._tracer._real_tracer.start_as_current_span(*self._args)
         return self._cm.__enter__()
 
     def __exit__(self, *exc: Any) -> Any:
         return self._cm.__exit__(*exc)
 
     def __call__(self, function: Callable) -> Callable:
-        import functools
-        import inspect
+        from .fastspan import span_each_call
 
-        tracer, args, kwargs = self._tracer, self._args, self._kwargs
-        if inspect.iscoroutinefunction(function):
-            @functools.wraps(function)
-            async def run_async(*f_args: Any, **f_kwargs: Any) -> Any:
-                with _Following(tracer, args, kwargs):
-                    return await function(*f_args, **f_kwargs)
-
-            return run_async
-
-        @functools.wraps(function)
-        def run(*f_args: Any, **f_kwargs: Any) -> Any:
-            with _Following(tracer, args, kwargs):
-                return function(*f_args, **f_kwargs)
-
-        return run
+        return span_each_call(self._tracer, self._args, function)
 
 
 class AgentTracerProvider(TracerProvider):

@@ -55,24 +55,17 @@ def batch_emit(processor: Any) -> Optional[Any]:
     return emit if callable(emit) else None
 
 
-def tracer_metrics_noop() -> Optional[Any]:
-    """The function the SDK's no-op tracer metrics (SDK 1.40 and later, its metrics off: the default)
-    hand every span to call when it ends (`_tracer_metrics.noop`): a span may leave that call out.
-    None where this SDK has none."""
+def noop_tracer_metrics() -> tuple:
+    """(the SDK's no-op tracer-metrics class, the function it hands every span to call at its end) for
+    SDK 1.40 and later, whose metrics are off by default: a span of that class may leave the call out.
+    (None, None) where this SDK has none (`_tracer_metrics`)."""
     try:
         from opentelemetry.sdk.trace._tracer_metrics import NoOpTracerMetrics
     except ImportError:
-        return None
-    made = NoOpTracerMetrics().start_span(None, None)
-    return made if callable(made) and made is NoOpTracerMetrics().start_span(None, None) else None
-
-
-def is_noop_tracer_metrics(metrics: Any) -> bool:
-    try:
-        from opentelemetry.sdk.trace._tracer_metrics import NoOpTracerMetrics
-    except ImportError:
-        return False
-    return type(metrics) is NoOpTracerMetrics
+        return None, None
+    end = NoOpTracerMetrics().start_span(None, None)
+    return (NoOpTracerMetrics, end) if callable(end) and end is NoOpTracerMetrics().start_span(None, None) \
+        else (None, None)
 
 
 def can_set_tracer_provider_again() -> bool:

@@ -396,11 +396,6 @@ def main(argv: list) -> int:
         return 2
     sys.stdout.write(markdown_table() + "\n")
     return 0
-    if argv:
-        sys.stderr.write("usage: python -m trace_run.core.config [--write README.md]\n")
-        return 2
-    sys.stdout.write(markdown_table() + "\n")
-    return 0
 
 
 if __name__ == "__main__":
