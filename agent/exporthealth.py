@@ -276,7 +276,11 @@ class CountingProcessor(SpanProcessor):
         next(self._counter)
         if self._pending:
             self._build()
-        if span.context.trace_flags & _SAMPLED:
+        try:  # span.context.trace_flags, without the two properties (SpanContext is a tuple, its flags 4th)
+            flags = span._context[3]
+        except (AttributeError, TypeError, IndexError):
+            flags = span.context.trace_flags
+        if flags & _SAMPLED:
             if self._prepare is not None:
                 span = self._prepare(span)
                 if span is None:

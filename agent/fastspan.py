@@ -55,6 +55,10 @@ _RECORD_AND_SAMPLE = Decision.RECORD_AND_SAMPLE
 _RECORD_ONLY = Decision.RECORD_ONLY
 _DROP = Decision.DROP
 _tuple_new = tuple.__new__
+_SPAN_TYPES, _checked_span = runtime_context.SPAN_TYPES, runtime_context.checked_span
+_INVALID_CONTEXT = trace_api.INVALID_SPAN_CONTEXT
+_Context = context_api.Context
+_dict_set = dict.__setitem__
 _PLAIN = (str, int, float, bool)
 _PLAIN_TYPES = frozenset(_PLAIN)
 _STR = frozenset((str,))
@@ -71,7 +75,7 @@ _ENABLED_BY_CONFIG = _HAS_IS_ENABLED and getattr(getattr(sdk_trace.Tracer._is_en
 _NOOP_METRICS, _NOOP_END = compat.noop_tracer_metrics()
 if _RANDOM_FLAG is not None:
     _SAMPLED_RANDOM, _NOT_SAMPLED_RANDOM = TraceFlags(_SAMPLED | _RANDOM_FLAG), TraceFlags(_NOT_SAMPLED | _RANDOM_FLAG)
-# the SDK's RandomIdGenerator as it ships: `_start` draws its ids itself, as it does (random.getrandbits, 0 redrawn)
+# the SDK's RandomIdGenerator as it ships: `start_span` draws its ids itself, as it does (random.getrandbits, 0 redrawn)
 _ID_METHODS = ("generate_trace_id", "generate_span_id", "is_trace_id_random")
 _SDK_IDS = tuple(getattr(RandomIdGenerator, name, None) for name in _ID_METHODS)
 
@@ -221,7 +225,13 @@ class Span(sdk_trace.Span):
         if record_end_metrics and record_end_metrics is not _NOOP_END:
             record_end_metrics()
         processor = self._span_processor
-        route = _route(processor)
+        try:  # _route(processor), its cache read here
+            state = processor.__dict__
+            route = state[_ROUTE]
+            if route[0] is not state["_span_processors"]:
+                route = _route(processor)
+        except (AttributeError, KeyError, TypeError):
+            route = _route(processor)
         if route[2]:
             processor._on_ending(self)
         route[3](self)  # itself, not a copy: nothing about it can change any more
@@ -297,7 +307,7 @@ def _route(processor) -> tuple:
 def _sampling_plan(sampler) -> Optional[tuple]:
     """What `sampler` decides, as data, for the SDK's built-in samplers (exact types): per parent kind
     (root, remote sampled, remote not sampled, local sampled, local not sampled) a Decision, or an int
-    bound for a trace-id ratio. `Tracer._start` then decides without the sampler's two calls and its
+    bound for a trace-id ratio. `Tracer.start_span` then decides without the sampler's two calls and its
     SamplingResult; the answer is the sampler's (tests/test_fastspan.py). None: call the sampler."""
     kind = type(sampler)
     if kind in (sampling.ParentBased, sampling.ParentBasedTraceIdRatio):
@@ -320,7 +330,7 @@ _ID_LIMIT = (1 << 64) - 1
 
 def _context_is_a_plain_tuple() -> bool:
     """SpanContext is the tuple (trace_id, span_id, is_remote, trace_flags, trace_state, is_valid) (checked
-    once): `_start` then makes it as SpanContext.__new__ does, without the call and the id range checks
+    once): `start_span` then makes it as SpanContext.__new__ does, without the call and the id range checks
     that ids of the SDK's RandomIdGenerator always pass."""
     try:
         made = SpanContext(3, 5, False, _SAMPLED, None)
@@ -331,11 +341,6 @@ def _context_is_a_plain_tuple() -> bool:
 
 
 _PLAIN_CONTEXT = _context_is_a_plain_tuple()
-_Context = context_api.Context
-_dict_set = dict.__setitem__
-# the API's Context is a dict that refuses changes: a copy made as a dict, then set as one, is set_value's
-_DICT_CONTEXT = (issubclass(_Context, dict) and _Context.__init__ is dict.__init__
-                 and _Context.__new__ is dict.__new__)
 
 
 def _sdk_span_fields(resource) -> frozenset:
@@ -379,11 +384,6 @@ class Tracer(sdk_trace.Tracer):
         return CurrentSpan(self, name, context, kind, attributes, links, start_time, record_exception,
                            set_status_on_exception, end_on_exit)
 
-    def start_span(self, name: str, context=None, kind: SpanKind = _INTERNAL, attributes=None, links=(),
-                   start_time: Optional[int] = None, record_exception: bool = True,
-                   set_status_on_exception: bool = True) -> trace_api.Span:
-        return self._start(name, context, kind, attributes, links, start_time, record_exception,
-                           set_status_on_exception, None)
 
     def start_span_deferring_attributes(self, name: str, context, kind: SpanKind,
                                         make_attributes: Callable[[], dict]) -> trace_api.Span:
@@ -391,33 +391,48 @@ class Tracer(sdk_trace.Tracer):
         attributes (the SDK's built-in samplers, trace-run's rate limiter) they are made only for a span that
         records: an unsampled request does not pay for them. Any other sampler gets them first, as always."""
         if not self._attribute_blind:
-            return self._start(name, context, kind, make_attributes(), (), None, True, True, None)
-        return self._start(name, context, kind, None, (), None, True, True, make_attributes)
+            return self.start_span(name, context, kind, make_attributes())
+        return self.start_span(name, context, kind, None, (), None, True, True, make_attributes)
 
-    def _start(self, name, context, kind, attributes, links, start_time, record_exception,
-               set_status_on_exception, make_attributes) -> trace_api.Span:
-        # the SDK's Tracer.start_span, step for step (tests/test_fastspan.py compares the two)
+    def start_span(self, name: str, context=None, kind: SpanKind = _INTERNAL, attributes=None, links=(),
+                   start_time: Optional[int] = None, record_exception: bool = True,
+                   set_status_on_exception: bool = True, _make_attributes=None) -> trace_api.Span:
+        """The SDK's Tracer.start_span, step for step (tests/test_fastspan.py compares the two).
+        `_make_attributes`: see start_span_deferring_attributes."""
         links = links or ()
-        current = (context if context is not None else runtime_context.get_current()).get(_SPAN_KEY)  # get_current_span
-        parent = (current if isinstance(current, trace_api.Span) else trace_api.INVALID_SPAN).get_span_context()
-        if parent is not None and not isinstance(parent, SpanContext):
-            raise TypeError("parent_span_context must be a SpanContext or None.")
+        # trace.get_current_span(context).get_span_context(), the API Span check remembered per class
+        current = (context if context is not None else runtime_context.get_current()).get(_SPAN_KEY)
+        if current is None:
+            parent = _INVALID_CONTEXT  # INVALID_SPAN's
+        else:
+            if type(current) not in _SPAN_TYPES:
+                current = _checked_span(current)
+            parent = current.get_span_context()
+            if parent is not None and not isinstance(parent, SpanContext):
+                raise TypeError("parent_span_context must be a SpanContext or None.")
         if _HAS_IS_ENABLED and not (self._tracer_config.is_enabled if _ENABLED_BY_CONFIG else self._is_enabled()):
             return NonRecordingSpan(context=parent)
-        if parent is None or not parent.is_valid:
+        if parent is None:
+            valid = False
+        elif _PLAIN_CONTEXT and type(parent) is SpanContext:  # its fields as the tuple holds them, not by property
+            trace_id, _, parent_remote, parent_flags, parent_state, valid = parent
+        else:
+            valid = parent.is_valid
+            if valid:
+                trace_id, parent_remote, parent_flags, parent_state = (
+                    parent.trace_id, parent.is_remote, parent.trace_flags, parent.trace_state)
+        if not valid:
             parent = None
             trace_id = (_random.getrandbits(128) if self._random_ids else 0) or self.id_generator.generate_trace_id()
-        else:
-            trace_id = parent.trace_id
         plan = self._plan
         if plan is not None:  # the sampler's decision, as it would make it (see _sampling_plan)
             if parent is None:
                 rule = plan[0]
                 trace_state = None
             else:
-                sampled = parent.trace_flags.sampled
-                rule = (plan[1] if sampled else plan[2]) if parent.is_remote else (plan[3] if sampled else plan[4])
-                trace_state = parent.trace_state
+                sampled = parent_flags & 0x01  # TraceFlags.sampled
+                rule = (plan[1] if sampled else plan[2]) if parent_remote else (plan[3] if sampled else plan[4])
+                trace_state = parent_state
             if type(rule) is int:
                 decision = _RECORD_AND_SAMPLE if trace_id & _ID_LIMIT < rule else _DROP
             else:
@@ -429,7 +444,7 @@ class Tracer(sdk_trace.Tracer):
         sampled = decision is _RECORD_AND_SAMPLE
         if _RANDOM_FLAG is not None and (
                 (self._random_ids or self.id_generator.is_trace_id_random()) if parent is None
-                else parent.trace_flags & _RANDOM_FLAG):
+                else parent_flags & _RANDOM_FLAG):
             flags = _SAMPLED_RANDOM if sampled else _NOT_SAMPLED_RANDOM
         else:
             flags = _SAMPLED if sampled else _NOT_SAMPLED
@@ -449,7 +464,7 @@ class Tracer(sdk_trace.Tracer):
         if decision is not _RECORD_AND_SAMPLE and decision is not _RECORD_ONLY:
             return NonRecordingSpan(context=span_context)
         # an attribute-blind sampler hands back what it was given (nothing, here): the deferred ones go in its place
-        span_attributes = sampled_attributes if make_attributes is None else make_attributes()
+        span_attributes = sampled_attributes if _make_attributes is None else _make_attributes()
         if not Tracer._fields_ok:
             return self._sdk_constructed(name, span_context, parent, span_attributes, kind, links, record_exception,
                                          set_status_on_exception, start_time, context, record_end_metrics)
@@ -474,7 +489,14 @@ class Tracer(sdk_trace.Tracer):
         if links:
             span._links = sdk_trace.Span._new_links(span, links)  # the SDK's checks and limits
         processor = self.span_processor
-        if _route(processor)[1]:
+        try:  # _route(processor), its cache read here
+            state = processor.__dict__
+            route = state[_ROUTE]
+            if route[0] is not state["_span_processors"]:
+                route = _route(processor)
+        except (AttributeError, KeyError, TypeError):
+            route = _route(processor)
+        if route[1]:
             processor.on_start(span, parent_context=context)
         return span
 
@@ -520,11 +542,11 @@ class CurrentSpan:
     def __enter__(self) -> trace_api.Span:
         a = self._args
         span = self._span = self._tracer.start_span(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7])
-        if _DICT_CONTEXT:  # context_api.set_value(_SPAN_KEY, span): the current context's copy, with the span
+        if runtime_context.DICT_CONTEXT:  # runtime_context.with_span(span), inline
             context = _Context(runtime_context.get_current())
             _dict_set(context, _SPAN_KEY, span)
         else:
-            context = context_api.set_value(_SPAN_KEY, span)
+            context = runtime_context.with_span(span)
         self._token = runtime_context.attach(context)
         return span
 

@@ -20,6 +20,7 @@ import struct
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from operator import itemgetter
 from typing import Any, Optional
 
 from trace_run.core import log
@@ -28,6 +29,8 @@ SLICE = 128  # spans encoded between two GIL hand-overs
 PAUSE_S = 0.0001  # a real sleep: a thread waiting for the GIL takes it (sleep(0) rarely hands it over)
 _CACHE_MAX = 2048  # cached encoded attributes (key, short str value); bounded memory
 _CACHEABLE_LEN = 128
+_BLOCK_TYPES = frozenset((str, int))  # attribute blocks kept whole (Encoder._span_attributes)
+_BLOCK_MAX_BYTES = 1024
 
 _VARINT_1 = [bytes((i,)) for i in range(128)]
 _pack_times = struct.Struct("<BQBQ").pack  # start (field 7) and end (field 8), fixed64
@@ -35,6 +38,7 @@ _pack_double = struct.Struct("<d").pack
 _pack_u64 = struct.Struct("<Q").pack
 _FLAGS = (b"\x85\x01\x00\x01\x00\x00", b"\x85\x01\x00\x03\x00\x00")  # field 16 fixed32: 0x100 | 0x200
 _EMPTY_STATUS = b"\x7a\x00"
+_tuple_new = tuple.__new__
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
@@ -83,17 +87,20 @@ def _key_value(key: str, value: Any) -> bytes:
     return out + _field(b"\x12", _value(value))
 
 
-class Encoded:
-    """A span encoded as it ends. Queued until its batch is exported, a span is ~10
-    objects that age through the garbage collector's generations and make its full
-    collections (tens of ms at a time) frequent; this is one object and ~250 bytes."""
+class Encoded(tuple):
+    """A span encoded as it ends: (data, resource, instrumentation_scope). Queued until its batch is
+    exported, a span is ~10 objects that age through the garbage collector's generations and make its
+    full collections (tens of ms at a time) frequent; this is one object and ~250 bytes. A tuple: made
+    and read without running Python code."""
 
-    __slots__ = ("data", "resource", "instrumentation_scope")
+    __slots__ = ()
 
-    def __init__(self, data: bytes, resource, instrumentation_scope):
-        self.data = data
-        self.resource = resource
-        self.instrumentation_scope = instrumentation_scope
+    def __new__(cls, data: bytes, resource, instrumentation_scope) -> Encoded:
+        return _tuple_new(cls, (data, resource, instrumentation_scope))
+
+    data = property(itemgetter(0))
+    resource = property(itemgetter(1))
+    instrumentation_scope = property(itemgetter(2))
 
 
 class Encoder:
@@ -106,6 +113,7 @@ class Encoder:
         self._names: dict = {}  # span name -> (kind, encoded name and kind fields)
         self._resource_cache: dict = {}  # id -> (resource, bytes), see _cached
         self._scope_cache: dict = {}
+        self._blocks: dict = {}  # a span's attributes, all str or int, as items -> their encoded fields, joined
 
     def _attributes(self, tag: bytes, attributes) -> list:
         if not attributes:
@@ -145,6 +153,24 @@ class Encoder:
                     cache[pair] = item
             append(item)
         return out
+
+    def _span_attributes(self, attributes: dict):
+        """A span's encoded attribute fields. Spans made by the same code mostly carry the same attributes
+        (a query, its database and server): where every value is a str or an int, the whole block is
+        kept by its items (one lookup, not one per attribute). Other types are never kept: True == 1.0
+        == 1, and each encodes differently."""
+        if not _BLOCK_TYPES.issuperset(map(type, attributes.values())):
+            return self._attribute_fields(b"\x4a", attributes)
+        items = tuple(attributes.items())
+        block = self._blocks.get(items)
+        if block is None:
+            fields = self._attribute_fields(b"\x4a", attributes)
+            block = (b"".join(fields),)
+            if len(fields) == len(items) and len(block[0]) <= _BLOCK_MAX_BYTES:  # none skipped; memory bounded
+                if len(self._blocks) >= _CACHE_MAX:
+                    self._blocks.clear()
+                self._blocks[items] = block
+        return block
 
     @staticmethod
     def _cached(cache: dict, limit: int, obj, build) -> bytes:
@@ -191,7 +217,7 @@ class Encoder:
         trace_id, span_id, _, _, state, _ = fields["_context"]
         parent = fields["_parent"]
         parts = [b"\x0a\x10", trace_id.to_bytes(16, "big"), b"\x12\x08", span_id.to_bytes(8, "big")]
-        if state:
+        if state is not _EMPTY_TRACE_STATE and state:  # (a TraceState's len runs Python code)
             parts.append(_field(b"\x1a", ",".join([k + "=" + v for k, v in state.items()]).encode("utf-8")))
         remote = False
         if parent is not None:
@@ -209,7 +235,8 @@ class Encoder:
         parts.append(_pack_times(0x39, start, 0x41, end) if start and end else _times(start, end))
         attributes = fields["_attributes"]
         if type(attributes) is _BoundedAttributes:
-            parts += self._attribute_fields(b"\x4a", attributes._dict)
+            if attributes._dict:
+                parts += self._span_attributes(attributes._dict)
             if attributes.dropped:
                 parts.append(b"\x50" + _varint(attributes.dropped))
         elif attributes:  # anything else, as ReadableSpan's attributes and dropped_attributes read it
@@ -279,7 +306,8 @@ class Encoder:
         if type(span) is (_OWN_SPAN[0] if _OWN_SPAN else _own_span_type()):
             fields = span.__dict__
             try:
-                return Encoded(self._own_span(fields), fields["_resource"], fields["_instrumentation_scope"])
+                return _tuple_new(Encoded, (self._own_span(fields), fields["_resource"],
+                                            fields["_instrumentation_scope"]))
             except (KeyError, AttributeError, TypeError):  # fields under other names: read as any span
                 pass
         return Encoded(self.span(span), span.resource, span.instrumentation_scope)
@@ -369,10 +397,13 @@ def _own_span_type() -> Optional[type]:
     from opentelemetry.attributes import BoundedAttributes as _BoundedAttributes
 
     _OWN_SPAN[:] = [module.Span if _context_layout() else None, module._UNSET]
+    global _EMPTY_TRACE_STATE
+    from opentelemetry.trace.span import DEFAULT_TRACE_STATE as _EMPTY_TRACE_STATE
     return _OWN_SPAN[0]
 
 
 _BoundedAttributes = None  # opentelemetry.attributes.BoundedAttributes, with fastspan.Span
+_EMPTY_TRACE_STATE = None  # the API's DEFAULT_TRACE_STATE (empty), with fastspan.Span
 
 
 def _context_layout() -> bool:

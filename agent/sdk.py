@@ -411,17 +411,22 @@ def _preencoder(health):
 
     preencode = Encoder(pause=False).preencode
     rules = rules_from_config()
+    redacting = bool(rules)  # the rules are fixed for the process: asked once, not per span
+    accepts = False  # the built exporter takes encoded spans: once it does, it goes on doing so
 
     def prepare(span):
-        try:
-            if rules:
+        nonlocal accepts
+        if redacting:
+            try:
                 span = redact_span(span, rules)
-        except Exception as exc:  # never export what the rules would have removed
-            log.warning_once("redact-failed", "spans dropped: attribute redaction failed (%s: %s); "
-                             "they are not exported unredacted" % (type(exc).__name__, exc))
-            return None
-        if not getattr(health.built, "accepts_encoded", False):  # not built yet, or a stock exporter
-            return span
+            except Exception as exc:  # never export what the rules would have removed
+                log.warning_once("redact-failed", "spans dropped: attribute redaction failed (%s: %s); "
+                                 "they are not exported unredacted" % (type(exc).__name__, exc))
+                return None
+        if not accepts:
+            if not getattr(health.built, "accepts_encoded", False):  # not built yet, or a stock exporter
+                return span
+            accepts = True
         try:
             return preencode(span)
         except Exception as exc:  # the exporter encodes it (and reports what it cannot)

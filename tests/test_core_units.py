@@ -312,3 +312,37 @@ def test_runtime_context_is_the_apis_context_a_layer_shorter(caplog):
         runtime_context.detach(other)  # made in another context
     assert [r.getMessage() for r in caplog.records] == ["Failed to detach context"] * 2
     assert context_api.get_current() is before
+
+
+def test_runtime_context_reads_and_sets_the_span_as_the_api_does():
+    """current_span/span_in answer as trace.get_current_span for what a context may hold (nothing, a
+    span, a non-span, a proxy around either); with_span makes the context set_span_in_context makes."""
+    import wrapt
+    from opentelemetry import context as context_api
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from trace_run.core import runtime_context
+
+    span = TracerProvider().get_tracer("t").start_span("s")
+    held = [None, span, "not a span", 42, wrapt.ObjectProxy(span), wrapt.ObjectProxy("not a span"),
+            trace.NonRecordingSpan(span.get_span_context())]
+    for _ in range(2):  # first through isinstance, then through the remembered classes
+        for value in held:
+            ctx = context_api.set_value(trace._SPAN_KEY, value)
+            assert runtime_context.span_in(ctx) is trace.get_current_span(ctx), value
+            token = context_api.attach(ctx)
+            try:
+                assert runtime_context.current_span() is trace.get_current_span(), value
+            finally:
+                context_api.detach(token)
+    assert wrapt.ObjectProxy not in runtime_context.SPAN_TYPES  # a proxy's class says nothing of the next one
+    base = context_api.set_value("k", "v")
+    for parent in (base, None):
+        made, expected = runtime_context.with_span(span, parent), trace.set_span_in_context(span, parent)
+        assert type(made) is type(expected) and made == expected and made is not parent
+    token = context_api.attach(base)
+    try:
+        assert runtime_context.with_span(span) == trace.set_span_in_context(span) == {**base, trace._SPAN_KEY: span}
+    finally:
+        context_api.detach(token)
+    span.end()

@@ -459,6 +459,10 @@ class _TraceIds(IdGenerator):
         return next(self._trace_ids)
 
 
+class _OwnContext(SpanContext):
+    """A program's own SpanContext subclass."""
+
+
 _HALF = TraceIdRatioBased.get_bound_for_rate(0.5)
 _IDS = [1, _HALF - 1, _HALF, _HALF + 1, (1 << 64) - 1, (1 << 64) + _HALF - 1, (1 << 127) + 5, (1 << 128) - 1]
 _PARENTS = {
@@ -470,6 +474,11 @@ _PARENTS = {
     "local-sampled": trace.set_span_in_context(NonRecordingSpan(SpanContext(
         (1 << 100) + 3, 8, False, TraceFlags(1), TraceState([("k", "v")])))),
     "local-unsampled": trace.set_span_in_context(NonRecordingSpan(SpanContext(9, 8, False, TraceFlags(0)))),
+    # a SpanContext subclass is read through its properties, not as the tuple
+    "subclass-remote-sampled": trace.set_span_in_context(NonRecordingSpan(_OwnContext(
+        _HALF + 1, 7, True, TraceFlags(1), TraceState([("vendor", "y")])))),
+    "subclass-local-unsampled": trace.set_span_in_context(NonRecordingSpan(_OwnContext(9, 8, False, TraceFlags(0)))),
+    "not-a-span": context_api.set_value(trace._SPAN_KEY, "not a span"),  # get_current_span's INVALID_SPAN
 }
 
 
@@ -482,7 +491,7 @@ _PARENTS = {
 ], ids=["on", "off", "record-only", "ratio", "ratio-0", "ratio-1", "parent-on", "parent-off", "parent-ratio", "mixed"])
 @pytest.mark.parametrize("plain_ids", [True, False], ids=["tuple-context", "constructed-context"])
 def test_the_built_in_samplers_are_decided_without_calling_them_as_they_decide(sampler, plain_ids):
-    """Tracer._start decides for the SDK's samplers from a plan (no should_sample call, and the span's
+    """Tracer.start_span decides for the SDK's samplers from a plan (no should_sample call, and the span's
     context made as SpanContext.__new__ makes it): for every kind of parent and trace ids on both
     sides of a ratio's bound, the span and its context are the SDK tracer's."""
     def run(ours: bool) -> list:
@@ -585,7 +594,7 @@ def test_attributes_taken_as_they_are_only_where_the_cleaning_would_keep_them(at
 
 
 def test_ids_of_the_sdks_random_generator_are_drawn_as_it_draws_them(monkeypatch):
-    """With the SDK's RandomIdGenerator, `_start` calls random.getrandbits itself (a patched one too), redraws
+    """With the SDK's RandomIdGenerator, `start_span` calls random.getrandbits itself (a patched one too), redraws
     a zero id as the generator does, and sets the random-trace-id flag where this SDK has it."""
     import random
 

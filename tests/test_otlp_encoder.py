@@ -522,3 +522,24 @@ def test_cached_names_and_attribute_pairs_stay_right_across_kinds_types_and_rest
     for _ in range(2):
         assert encoder.encode([encoder.preencode(s) for s in spans]) == _assert_same(spans)
     assert len(encoder._names) <= 3
+
+
+def test_whole_attribute_blocks_are_kept_only_for_str_and_int_values_and_stay_right():
+    """A span's attributes are kept encoded as one block, by their items, where every value is a str or
+    an int: equal-comparing values of other types (True, 1.0), a value the encoder skips (an int over
+    int64) and blocks over the byte bound never enter it; span by span, the bytes stay the official ones."""
+    encoder = Encoder(pause=False)
+    provider, exporter = _provider(span_class="trace-run")
+    tracer = provider.get_tracer("t")
+    blocks = [{"db.system.name": "postgresql", "server.port": port} for port in (1, True, 1.0, "1")]
+    blocks += [{"n": 1 << 70}, {"q": "x" * 2000}, {"a": 1, "b": "two"}]
+    for _ in range(3):  # the second and third rounds read what the first kept
+        for attributes in blocks:
+            with tracer.start_as_current_span("s", attributes=attributes):
+                pass
+    spans = exporter.get_finished_spans()
+    assert all(type(s) is fastspan.Span for s in spans)
+    for _ in range(2):
+        assert encoder.encode([encoder.preencode(s) for s in spans]) == _assert_same(spans)
+    kept = [dict(items) for items in encoder._blocks]
+    assert kept == [blocks[0], blocks[3], blocks[6]]
