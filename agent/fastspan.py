@@ -55,7 +55,6 @@ _RECORD_AND_SAMPLE = Decision.RECORD_AND_SAMPLE
 _RECORD_ONLY = Decision.RECORD_ONLY
 _DROP = Decision.DROP
 _tuple_new = tuple.__new__
-_SPAN_TYPES, _checked_span = runtime_context.SPAN_TYPES, runtime_context.checked_span
 _INVALID_CONTEXT = trace_api.INVALID_SPAN_CONTEXT
 _Context = context_api.Context
 _dict_set = dict.__setitem__
@@ -405,8 +404,8 @@ class Tracer(sdk_trace.Tracer):
         if current is None:
             parent = _INVALID_CONTEXT  # INVALID_SPAN's
         else:
-            if type(current) not in _SPAN_TYPES:
-                current = _checked_span(current)
+            if type(current) not in runtime_context.SPAN_TYPES:  # read here: runtime_context may be mid-import now
+                current = runtime_context.checked_span(current)
             parent = current.get_span_context()
             if parent is not None and not isinstance(parent, SpanContext):
                 raise TypeError("parent_span_context must be a SpanContext or None.")

@@ -14,10 +14,9 @@ from contextvars import ContextVar, Token
 from typing import Callable
 
 from opentelemetry import context as context_api
-from opentelemetry import trace as trace_api
 from opentelemetry.context.context import Context
 
-__all__ = ["attach", "detach", "get_current", "span_in", "current_span", "with_span"]
+__all__ = ["attach", "detach", "get_current", "span_in", "current_span", "with_span", "unsampled_in"]
 
 
 def _context_var():
@@ -53,9 +52,6 @@ else:
 
 # -- the span in a context: trace.get_current_span and set_span_in_context, without their layers ----------
 
-_SPAN_KEY = trace_api._SPAN_KEY
-_INVALID_SPAN = trace_api.INVALID_SPAN
-_Span = trace_api.Span
 SPAN_TYPES: set = set()  # classes seen to be API Spans: isinstance against the ABC runs Python code each time
 _MAX_SPAN_TYPES = 64
 
@@ -86,15 +82,55 @@ def current_span() -> trace_api.Span:
     return _INVALID_SPAN if span is None else checked_span(span)
 
 
+def _tuple_layout() -> bool:
+    """SpanContext is the tuple (trace_id, span_id, is_remote, trace_flags, trace_state, is_valid) (checked once)."""
+    try:
+        ctx = trace_api.SpanContext(3, 5, True, trace_api.TraceFlags(1))
+        return ctx[3] is ctx.trace_flags and ctx[5] is ctx.is_valid is True
+    except Exception:
+        return False
+
+
+
+def unsampled_in(context: Context) -> bool:
+    """Is the span in `context` one of a trace that is not sampled (a valid context without the sampled
+    flag)? Client spans are not made there: nothing of the trace is recorded."""
+    span = context.get(_SPAN_KEY)
+    if span is None:
+        return False
+    if type(span) not in SPAN_TYPES:
+        span = checked_span(span)
+    ctx = span.get_span_context()
+    if _TUPLE_LAYOUT and type(ctx) is _SpanContext:  # its fields as the tuple holds them, not by property
+        return ctx[5] and not ctx[3] & 0x01
+    return ctx.is_valid and not ctx.trace_flags.sampled
+
+
 _dict_set = dict.__setitem__
 # the API's Context is a dict that refuses changes: a copy made as a dict, then set as one, is set_value's
 DICT_CONTEXT = issubclass(Context, dict) and Context.__init__ is dict.__init__ and Context.__new__ is dict.__new__
 
 if DICT_CONTEXT:
-    def with_span(span: trace_api.Span, context: Context = None) -> Context:
-        """`trace.set_span_in_context(span, context)`: a copy of `context` (default: the current one) with `span`."""
+    def with_span(span: trace_api.Span, context: Context = None, key: str = None, value: object = None) -> Context:
+        """`trace.set_span_in_context(span, context)`: a copy of `context` (default: the current one) with
+        `span`; and with `key` set to `value` too, when a key is given (one copy, not two)."""
         new = Context(get_current() if context is None else context)
         _dict_set(new, _SPAN_KEY, span)
+        if key is not None:
+            _dict_set(new, key, value)
         return new
 else:
-    with_span = trace_api.set_span_in_context
+    def with_span(span: trace_api.Span, context: Context = None, key: str = None, value: object = None) -> Context:
+        new = trace_api.set_span_in_context(span, context)
+        return new if key is None else context_api.set_value(key, value, new)
+
+
+# Imported last, the names above already defined: importing opentelemetry.trace runs the agent's import hooks,
+# and the modules they import use this one.
+from opentelemetry import trace as trace_api  # noqa: E402
+
+_SPAN_KEY = trace_api._SPAN_KEY
+_INVALID_SPAN = trace_api.INVALID_SPAN
+_Span = trace_api.Span
+_SpanContext = trace_api.SpanContext
+_TUPLE_LAYOUT = _tuple_layout()

@@ -30,7 +30,7 @@ from . import registry
 __all__ = ["TraceRunInstrumentor", "is_instrumentation_enabled", "is_http_instrumentation_enabled"]
 
 _MISSING = object()
-_SUPPRESS_PLAIN = "suppress_instrumentation"  # the old spelling opentelemetry-instrumentation also reads
+SUPPRESS_PLAIN_KEY = "suppress_instrumentation"  # the old spelling opentelemetry-instrumentation also reads
 _UPSTREAM = "opentelemetry.instrumentation.instrumentor"
 
 
@@ -38,13 +38,13 @@ def is_instrumentation_enabled() -> bool:
     """opentelemetry-instrumentation's `is_instrumentation_enabled`, without importing its utils
     (which import all of wrapt): False inside `suppress_instrumentation()`."""
     ctx = get_current()
-    return not (ctx.get(SUPPRESS_INSTRUMENTATION_KEY) or ctx.get(_SUPPRESS_PLAIN))
+    return not (ctx.get(SUPPRESS_INSTRUMENTATION_KEY) or ctx.get(SUPPRESS_PLAIN_KEY))
 
 
 def is_http_instrumentation_enabled() -> bool:
     """False inside `suppress_instrumentation()` or `suppress_http_instrumentation()`."""
     ctx = get_current()
-    return not (ctx.get(SUPPRESS_INSTRUMENTATION_KEY) or ctx.get(_SUPPRESS_PLAIN)
+    return not (ctx.get(SUPPRESS_INSTRUMENTATION_KEY) or ctx.get(SUPPRESS_PLAIN_KEY)
                 or ctx.get(SUPPRESS_HTTP_INSTRUMENTATION_KEY))
 
 

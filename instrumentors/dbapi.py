@@ -19,7 +19,6 @@ import weakref
 from types import MethodType
 from typing import Any, Callable, Optional
 
-from opentelemetry import context, trace
 from opentelemetry.semconv.attributes.db_attributes import (
     DB_COLLECTION_NAME,
     DB_NAMESPACE,
@@ -30,10 +29,11 @@ from opentelemetry.semconv.attributes.db_attributes import (
 )
 from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, SERVER_PORT
 from opentelemetry.trace import SpanKind
-from trace_run.core import config
+from trace_run.core import config, runtime_context
+from trace_run.core.compat import SUPPRESS_INSTRUMENTATION_KEY
 
 from . import bounds, errors, spans
-from .base import is_instrumentation_enabled
+from .base import SUPPRESS_PLAIN_KEY
 from .sql_sanitize import analyze, span_name
 
 __all__ = [
@@ -88,10 +88,12 @@ def client_active(instrumentor: Any) -> bool:
     """Is there a client span to make for a call made now? Not when suppressed, nor inside a trace that is
     not sampled. A parent that has ended still counts (its context is sampled): work that outlives its
     request, such as a background task run after the response, stays in the request's trace."""
-    if not instrumentor.is_instrumented_by_opentelemetry or not is_instrumentation_enabled():
+    if not instrumentor._is_instrumented_by_opentelemetry:
         return False
-    ctx = trace.get_current_span().get_span_context()
-    return not ctx.is_valid or ctx.trace_flags.sampled
+    ctx = runtime_context.get_current()  # is_instrumentation_enabled() and the span, from one read
+    if ctx.get(SUPPRESS_INSTRUMENTATION_KEY) or ctx.get(SUPPRESS_PLAIN_KEY):
+        return False
+    return not runtime_context.unsampled_in(ctx)
 
 
 # -- psycopg and psycopg2 share these (their `sql` modules have the same API) ---------------
@@ -229,7 +231,7 @@ class SqlTracer:
         span = self.instrumentor.tracer.start_span(
             span_name(analysis, self.system), kind=_CLIENT, attributes=attributes
         )
-        token = context.attach(trace.set_span_in_context(span))
+        token = runtime_context.attach(runtime_context.with_span(span))
         if commenter and where is not None and config.get("OTEL_TRACE_RUN_SQLCOMMENTER"):
             args, kwargs = self._comment(span, query, where, args, kwargs)
         return span, token, args, kwargs
@@ -256,7 +258,7 @@ class SqlTracer:
         try:
             span.end()
         finally:
-            context.detach(token)
+            runtime_context.detach(token)
 
     # -- entry points ----------------------------------------------------------------
     def wrapper(self, attrs_of: Callable[[Any], dict], batch: tuple = (), statement: Callable | None = None,
@@ -337,7 +339,7 @@ class SqlTracer:
         """A span for a generator's rows, not made current; None if starting it failed."""
         with self.guard:
             span, token, _args, _kwargs = self._start(attrs, cursor, args, kwargs, None, commenter=False)
-            context.detach(token)
+            runtime_context.detach(token)
             return span
         return None
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from opentelemetry import trace
+from trace_run.core import runtime_context
 
 from . import http_common, wsgi
 from .base import TraceRunInstrumentor
@@ -36,7 +36,7 @@ class FlaskInstrumentor(TraceRunInstrumentor):
         return wsgi.handle(self.tracer, environ, start_response, wrapped, self._excluded)
 
     def _full_dispatch_request(self, wrapped, instance, args, kwargs):
-        if trace.get_current_span().is_recording():  # else no span of ours records here: nothing to name
+        if runtime_context.current_span().is_recording():  # else no span of ours records here: nothing to name
             with self.guard:
                 req = self._request._get_current_object()  # one context lookup, not one per attribute
                 environ = req.environ

@@ -28,7 +28,7 @@ from opentelemetry.semconv.attributes.network_attributes import NETWORK_PROTOCOL
 from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, SERVER_PORT
 from opentelemetry.semconv.attributes.url_attributes import URL_FULL
 from opentelemetry.trace import SpanKind
-from trace_run.core import config
+from trace_run.core import config, runtime_context
 from trace_run.core.compat import SUPPRESS_HTTP_INSTRUMENTATION_KEY
 
 from . import bounds, errors, propagation, spans, url_redaction
@@ -272,10 +272,9 @@ def start_client(tracer: trace.Tracer, method: Any, url: str, host: Optional[str
                  headers: Any = None) -> trace.Span:
     """The CLIENT span; inside a trace that is not sampled, the current (non-recording) span itself:
     as for database clients, no span is made there, and its context is what gets propagated."""
-    parent = trace.get_current_span()
-    ctx = parent.get_span_context()
-    if ctx.is_valid and not ctx.trace_flags.sampled:
-        return parent
+    current = runtime_context.get_current()
+    if runtime_context.unsampled_in(current):
+        return runtime_context.span_in(current)
     name, attrs = client_attributes(method, url, host, port)
     cap = capture("CLIENT_REQUEST") if headers is not None else None
     if cap is not None:
@@ -297,8 +296,7 @@ def _items(headers: Any) -> Iterable:
 
 def enter_client(span: trace.Span) -> object:
     """Make `span` current and mark the context so inner HTTP layers make no span of their own."""
-    ctx = trace.set_span_in_context(span)
-    return otel_context.attach(otel_context.set_value(SUPPRESS_HTTP_INSTRUMENTATION_KEY, True, ctx))
+    return runtime_context.attach(runtime_context.with_span(span, None, SUPPRESS_HTTP_INSTRUMENTATION_KEY, True))
 
 
 def suppress_below() -> object:

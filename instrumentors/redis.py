@@ -14,7 +14,6 @@ from __future__ import annotations
 from functools import partial
 from typing import Any, Optional
 
-from opentelemetry import context, trace
 from opentelemetry.semconv.attributes.db_attributes import (
     DB_OPERATION_BATCH_SIZE,
     DB_OPERATION_NAME,
@@ -22,7 +21,7 @@ from opentelemetry.semconv.attributes.db_attributes import (
     DB_SYSTEM_NAME,
 )
 from opentelemetry.trace import SpanKind
-from trace_run.core import config
+from trace_run.core import config, runtime_context
 
 from . import bounds, errors, spans
 from .base import TraceRunInstrumentor
@@ -136,7 +135,7 @@ class RedisInstrumentor(TraceRunInstrumentor):
 
     def _open(self, name: str, attrs: dict, args: tuple, kwargs: dict) -> tuple:
         span = self.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attrs)
-        return span, context.attach(trace.set_span_in_context(span)), args, kwargs
+        return span, runtime_context.attach(runtime_context.with_span(span)), args, kwargs
 
 
 def _pipeline_name_and_attributes(pipe: Any, attrs: dict) -> tuple:

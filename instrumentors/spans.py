@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from opentelemetry import context
+from trace_run.core import runtime_context
 from trace_run.core.guard import Guard
 
 __all__ = ["wrapper", "call_in_span", "Start"]
@@ -25,7 +25,7 @@ Start = Callable[[Any, tuple, dict], Optional[tuple]]
 def _after(guard: Guard, span: Any, token: Any, finish: Optional[Callable[[Any, Any], None]], outcome: Any) -> None:
     """Detach `token`, then under the guard finish(span, outcome), or end the span when `finish` is None."""
     if token is not None:
-        context.detach(token)
+        runtime_context.detach(token)
     if span is not None:
         with guard:
             if finish is None:

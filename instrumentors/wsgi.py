@@ -309,7 +309,7 @@ def handle(tracer: trace.Tracer, environ: dict, start_response: Callable, app: C
             if excluded is None or not excluded.search(_request_url(environ)):
                 parent = extract(environ)
                 span = start_server_span(tracer, environ, parent)
-                request = _Request(span, trace.set_span_in_context(span, parent))
+                request = _Request(span, runtime_context.with_span(span, parent))
                 environ[ENVIRON_KEY] = request
     if request is None:
         return app(environ, start_response)

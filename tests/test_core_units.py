@@ -346,3 +346,35 @@ def test_runtime_context_reads_and_sets_the_span_as_the_api_does():
     finally:
         context_api.detach(token)
     span.end()
+
+
+def test_unsampled_in_tells_a_trace_that_is_not_sampled_as_the_span_contexts_properties_do():
+    """unsampled_in(ctx) is `ctx's span context is valid and not sampled`, for tuple SpanContexts, a
+    subclass read through its properties, no span, an invalid one and a non-span; with_span with a key
+    sets both in one copy, as set_span_in_context then set_value would."""
+    from opentelemetry import context as context_api
+    from opentelemetry import trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+    from trace_run.core import runtime_context
+
+    class Own(SpanContext):
+        pass
+
+    def expected(ctx) -> bool:
+        sc = trace.get_current_span(ctx).get_span_context()
+        return sc.is_valid and not sc.trace_flags.sampled
+
+    contexts = [context_api.Context(), context_api.set_value(trace._SPAN_KEY, "not a span"),
+                trace.set_span_in_context(trace.INVALID_SPAN)]
+    for kind in (SpanContext, Own):
+        for flags in (0, 1, 3, 2):
+            for remote in (True, False):
+                span = NonRecordingSpan(kind(7, 9, remote, TraceFlags(flags)))
+                contexts.append(trace.set_span_in_context(span))
+    answers = [runtime_context.unsampled_in(ctx) for ctx in contexts]
+    assert answers == [expected(ctx) for ctx in contexts]
+    assert answers.count(True) == 8  # flags 0 and 2 (random bit only), either kind, either remote
+    span = NonRecordingSpan(SpanContext(7, 9, False, TraceFlags(1)))
+    both = runtime_context.with_span(span, contexts[0], "k", True)
+    assert both == context_api.set_value("k", True, trace.set_span_in_context(span, contexts[0]))
+    assert contexts[0] == {}  # a copy: the context given is unchanged
