@@ -136,7 +136,11 @@ class _AttributeMaker:
         return True
 
     def make(self, attributes) -> BoundedAttributes:
-        if self.fast and (not attributes or self.plain(attributes)):
+        # plain(attributes), inline for the common case (no value length limit): one call less per span
+        if self.fast and (not attributes or (
+                self.max_value_len is None and (self.maxlen is None or len(attributes) <= self.maxlen)
+                and _PLAIN_TYPES.issuperset(map(type, attributes.values())) and _STR.issuperset(map(type, attributes))
+                and "" not in attributes) or (self.max_value_len is not None and self.plain(attributes))):
             made = _new(BoundedAttributes)
             state = made.__dict__
             state.update(self._state)
@@ -467,24 +471,16 @@ class Tracer(sdk_trace.Tracer):
         if not Tracer._fields_ok:
             return self._sdk_constructed(name, span_context, parent, span_attributes, kind, links, record_exception,
                                          set_status_on_exception, start_time, context, record_end_metrics)
-        maker = self._maker
         span = _new(Span)
-        # the tracer's fields template (what every span of it starts with), then this span's own
-        span.__dict__ = fields = self._span_fields.copy()
-        fields["_name"] = name
-        fields["_context"] = span_context
-        fields["_kind"] = kind
-        fields["_parent"] = parent
-        fields["_start_time"] = start_time if start_time is not None else time_ns()
-        fields["_attributes"] = maker.make(span_attributes)
-        fields["_resource"] = self.resource
-        fields["_sampler"] = self.sampler
-        fields["_record_exception"] = record_exception
-        fields["_set_status_on_exception"] = set_status_on_exception
-        fields["_span_processor"] = self.span_processor
-        fields["_limits"] = self._span_limits
-        fields["_lock"] = _Lock()
-        fields["_record_end_metrics"] = record_end_metrics
+        # the tracer's fields template (what every span of it starts with; its order, the constructor's),
+        # then this span's own: one dict display, not a copy and fourteen stores
+        span.__dict__ = {
+            **self._span_fields, "_name": name, "_context": span_context, "_kind": kind, "_parent": parent,
+            "_start_time": start_time if start_time is not None else time_ns(),
+            "_attributes": self._maker.make(span_attributes), "_resource": self.resource, "_sampler": self.sampler,
+            "_record_exception": record_exception, "_set_status_on_exception": set_status_on_exception,
+            "_span_processor": self.span_processor, "_limits": self._span_limits, "_lock": _Lock(),
+            "_record_end_metrics": record_end_metrics}
         if links:
             span._links = sdk_trace.Span._new_links(span, links)  # the SDK's checks and limits
         processor = self.span_processor

@@ -8,6 +8,10 @@ start, so it imports nothing beyond `os` and `sys`.
 import os
 import sys
 
+TYPE_CHECKING = False  # (typing itself is not imported: see above)
+if TYPE_CHECKING:
+    from typing import Callable
+
 
 class Var:
     """One variable: name, kind, default (as the user would write it), one-line doc."""
@@ -242,6 +246,17 @@ def get(name: str):
     var = BY_NAME[name]
     value = _parse(var, os.environ.get(name))
     _cache[name] = value
+    return value
+
+
+def derived(key: str, compute: "Callable[[], object]") -> object:
+    """compute(), kept with the parsed values under `key` (not a variable's name): a value worked out from
+    several variables, read on a hot path, forgotten with them by reset()."""
+    try:
+        return _cache[key]
+    except KeyError:
+        pass
+    value = _cache[key] = compute()
     return value
 
 

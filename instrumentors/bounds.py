@@ -23,7 +23,14 @@ __all__ = ["MARK", "TRUNCATED", "limit", "cut", "put", "note", "update", "set_on
 
 
 def limit() -> Optional[int]:
-    """The bound in characters (None: no bound)."""
+    """The bound in characters (None: no bound); worked out once (a few times per request otherwise)."""
+    return config.derived(_LIMIT, _limit)
+
+
+_LIMIT = "bounds.limit"  # config.derived's key
+
+
+def _limit() -> Optional[int]:
     value = config.get("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT")
     if value is None:
         value = config.get("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT")

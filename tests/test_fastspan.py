@@ -16,6 +16,7 @@ import logging
 import pytest
 from opentelemetry import context as context_api
 from opentelemetry import trace
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace import Span as SdkSpan
@@ -591,6 +592,11 @@ def test_attributes_taken_as_they_are_only_where_the_cleaning_would_keep_them(at
     maker = fastspan._AttributeMaker(4, 5)
     assert maker.fast and maker.plain(attributes) is plain
     assert fastspan._AttributeMaker(None, None).plain({"a": "x" * 1000, "b": False}) is True
+    for maxlen, max_value_len in ((4, 5), (None, None), (4, None), (None, 5)):  # make: the constructor's result
+        made = fastspan._AttributeMaker(maxlen, max_value_len).make(attributes)
+        real = BoundedAttributes(maxlen, attributes, immutable=False, max_value_len=max_value_len)
+        assert (type(made), list(made.items()), made.dropped, made.maxlen, made.max_value_len, made._immutable) == (
+            type(real), list(real.items()), real.dropped, real.maxlen, real.max_value_len, real._immutable)
 
 
 def test_ids_of_the_sdks_random_generator_are_drawn_as_it_draws_them(monkeypatch):
