@@ -1,0 +1,149 @@
+"""Bytecodes executed per request and per span, by function: an exact count, the same on every run.
+
+    python benchmarks/bytecodes.py [--venv DIR ...] [--cells span,plain,all] [--top 25]
+
+instructions.py counts machine instructions with valgrind (minutes per cell, and the export thread's
+timing moves a count by ~1-3 %). This counts the Python bytecodes the request thread runs, with
+`sys.settrace` opcode events, for K requests after a warm-up: deterministic to the bytecode, seconds
+per cell, and it names the functions where a difference lies. It is not time (a bytecode can be one
+machine instruction or a dict copy); read it beside instructions.py.
+
+Cells, for each venv (default: benchmarks/.venvs/tracerun, made by venvs.py), each run bare (no agent)
+and under `trace-run` with the sampler always_off and always_on:
+- span: microspan.py's span (`start_as_current_span`, 5 attributes, ended), per span;
+- plain: the Flask app's /plain request, called in-process (profile_route.call);
+- all: /all (PostgreSQL, Redis and a `requests` call to servers.py's downstream server, started here).
+Every run gets the same environment variables (bare too: `requests` reads the whole environment on
+every call). Spans go to an OTLP/HTTP receiver started here; the exporter is built before counting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from http.server import ThreadingHTTPServer
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from instructions import _Sink  # noqa: E402
+
+_COUNT = r"""
+import collections, json, sys
+what, k = sys.argv[1], int(sys.argv[2])
+if what == "span":
+    from opentelemetry import trace
+    from opentelemetry.trace import SpanKind
+    ATTRS = {"db.system.name": "postgresql", "db.namespace": "test", "db.operation.name": "SELECT",
+             "db.query.text": "SELECT id, name FROM users WHERE id = ?", "server.port": 5432}
+    tracer = trace.get_tracer("bench")
+    def one():
+        with tracer.start_as_current_span("SELECT test.users", kind=SpanKind.CLIENT, attributes=ATTRS):
+            pass
+else:
+    sys.path.insert(0, %(here)r)
+    sys.argv = [sys.argv[0], what, "1"]
+    import profile_route
+    app = profile_route.overhead_app.app
+    def one():
+        profile_route.call(app, "/" + what)
+for _ in range(300):
+    one()
+from opentelemetry import trace as _trace
+getattr(_trace.get_tracer_provider(), "force_flush", lambda: None)()  # the exporter built: its path counted
+for _ in range(100):
+    one()
+counts = collections.Counter()
+def on_event(frame, event, arg):
+    frame.f_trace_opcodes = True
+    if event == "opcode":
+        code = frame.f_code
+        where = code.co_filename.split("site-packages/")[-1]
+        counts["%%s (%%s:%%d)" %% (code.co_name, where, code.co_firstlineno)] += 1
+    return on_event
+sys.settrace(on_event)
+for _ in range(k):
+    one()
+sys.settrace(None)
+print(json.dumps({name: n / k for name, n in counts.items()}))
+"""
+
+
+def count(venv: str, cell: str, sampler: str, k: int, endpoint: str) -> dict:
+    """{function: bytecodes per request (or span)} for one run."""
+    bin_dir = os.path.join(venv, "bin")
+    env = {key: v for key, v in os.environ.items() if not key.startswith(("OTEL_", "PYTHON"))}
+    env.update(PATH=bin_dir + os.pathsep + env.get("PATH", ""), PYTHONHASHSEED="0",
+               OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+               OTEL_BSP_SCHEDULE_DELAY="600000", OTEL_BSP_MAX_QUEUE_SIZE="1000000",
+               OTEL_BSP_MAX_EXPORT_BATCH_SIZE="1000000", OTEL_SERVICE_NAME="bytecodes",
+               OTEL_TRACES_SAMPLER="always_on" if sampler == "bare" else sampler)
+    argv = [os.path.join(bin_dir, "python"), "-c", _COUNT % {"here": HERE}, cell, str(k)]
+    if sampler != "bare":
+        argv = [os.path.join(bin_dir, "trace-run")] + argv
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=os.path.dirname(HERE))
+    if out.returncode != 0:
+        raise SystemExit("run failed (%s %s %s): %s" % (venv, cell, sampler, out.stderr[-2000:]))
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _downstream() -> subprocess.Popen:
+    portfile = os.path.join(tempfile.mkdtemp(prefix="bytecodes-"), "port")
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "servers.py"), "downstream", portfile])
+    deadline = time.monotonic() + 30
+    while not (os.path.exists(portfile) and open(portfile).read().strip()):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise SystemExit("the downstream server (servers.py downstream) did not start")
+        time.sleep(0.1)
+    os.environ["BENCH_DOWNSTREAM_URL"] = "http://127.0.0.1:%s/" % open(portfile).read().strip()
+    return proc
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--venv", action="append", help="a venv with trace-run and the app's libraries (repeatable)")
+    parser.add_argument("--cells", default="span,plain,all")
+    parser.add_argument("--k", type=int, default=100, help="requests (spans) counted per run")
+    parser.add_argument("--top", type=int, default=0, help="also list the N functions adding the most, per cell")
+    args = parser.parse_args()
+    venvs = args.venv or [os.path.join(HERE, ".venvs", "tracerun")]
+    cells = args.cells.split(",")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = "http://127.0.0.1:%d" % server.server_port
+    downstream = _downstream() if "all" in cells else None
+    try:
+        print("| venv | cell | bare | unsampled (over bare) | sampled (over bare) |")
+        print("| --- | --- | --- | --- | --- |")
+        tops = []
+        for venv in venvs:
+            for cell in cells:
+                if cell == "span":
+                    on = count(venv, cell, "always_on", args.k * 2, endpoint)
+                    print("| %s | span, 5 attributes | | | %.0f |" % (venv, sum(on.values())))
+                    tops.append((venv, cell, {}, on))
+                    continue
+                bare, off, on = (count(venv, cell, s, args.k, endpoint) for s in ("bare", "always_off", "always_on"))
+                b, u, s = sum(bare.values()), sum(off.values()), sum(on.values())
+                print("| %s | /%s | %.0f | %.0f (+%.0f) | %.0f (+%.0f) |" % (venv, cell, b, u, u - b, s, s - b))
+                tops.append((venv, cell, bare, on))
+                sys.stdout.flush()
+        for venv, cell, bare, on in tops if args.top else ():
+            diff = {name: on.get(name, 0) - bare.get(name, 0) for name in set(bare) | set(on)}
+            print("\n%s, %s, sampled: the functions adding the most bytecodes\n" % (venv, cell))
+            for name, n in sorted(diff.items(), key=lambda kv: -kv[1])[:args.top]:
+                print("  %7.1f  %s" % (n, name))
+    finally:
+        server.shutdown()
+        if downstream is not None:
+            downstream.kill()
+
+
+if __name__ == "__main__":
+    main()
