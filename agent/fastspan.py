@@ -384,8 +384,8 @@ class Tracer(sdk_trace.Tracer):
     def start_as_current_span(self, name: str, context=None, kind: SpanKind = _INTERNAL, attributes=None,
                               links=(), start_time: Optional[int] = None, record_exception: bool = True,
                               set_status_on_exception: bool = True, end_on_exit: bool = True):
-        return CurrentSpan(self, name, context, kind, attributes, links, start_time, record_exception,
-                           set_status_on_exception, end_on_exit)
+        return CurrentSpan(self, (name, context, kind, attributes, links, start_time, record_exception,
+                                  set_status_on_exception), end_on_exit)
 
 
     def start_span_deferring_attributes(self, name: str, context, kind: SpanKind,
@@ -528,15 +528,15 @@ class CurrentSpan:
     """`start_as_current_span`'s context manager: a new span, current inside the block, ended after
     it, with the API's `use_span` rules for an exception. Also a decorator (a new span per call)."""
 
-    __slots__ = ("_tracer", "_args", "_span", "_token")
+    __slots__ = ("_tracer", "_args", "_end_on_exit", "_span", "_token")
 
-    def __init__(self, tracer, *args: Any) -> None:
+    def __init__(self, tracer, args: tuple, end_on_exit: bool = True) -> None:
         self._tracer = tracer
-        self._args = args  # name, context, kind, attributes, links, start_time, record, set_status, end
+        self._args = args  # start_span's: name, context, kind, attributes, links, start_time, record, set_status
+        self._end_on_exit = end_on_exit
 
     def __enter__(self) -> trace_api.Span:
-        a = self._args
-        span = self._span = self._tracer.start_span(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7])
+        span = self._span = self._tracer.start_span(*self._args)
         if runtime_context.DICT_CONTEXT:  # runtime_context.with_span(span), inline
             context = _Context(runtime_context.get_current())
             _dict_set(context, _SPAN_KEY, span)
@@ -559,12 +559,12 @@ class CurrentSpan:
                         span.set_status(Status(status_code=StatusCode.ERROR,
                                                description=f"{type(exc).__name__}: {exc}"))
             finally:
-                if self._args[8]:
+                if self._end_on_exit:
                     span.end()
         return False
 
     def __call__(self, function):
-        return span_each_call(self._tracer, self._args, function)
+        return span_each_call(self._tracer, self._args + (self._end_on_exit,), function)
 
 
 def span_each_call(tracer: trace_api.Tracer, args: tuple, function: Callable) -> Callable:

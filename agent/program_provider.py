@@ -76,8 +76,8 @@ class FollowingTracer(trace.ProxyTracer):
         One small object, not ProxyTracer's generator around the real tracer's."""
         current_span = self._current_span
         if current_span is not None:
-            return current_span(self, name, context, kind, attributes, links, start_time, record_exception,
-                                set_status_on_exception, end_on_exit)
+            return current_span(self, (name, context, kind, attributes, links, start_time, record_exception,
+                                       set_status_on_exception), end_on_exit)
         return _Following(self, (name, context, kind, attributes, links, start_time, record_exception,
                                  set_status_on_exception, end_on_exit))
 
