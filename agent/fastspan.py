@@ -484,14 +484,7 @@ class Tracer(sdk_trace.Tracer):
         if links:
             span._links = sdk_trace.Span._new_links(span, links)  # the SDK's checks and limits
         processor = self.span_processor
-        try:  # _route(processor), its cache read here
-            state = processor.__dict__
-            route = state[_ROUTE]
-            if route[0] is not state["_span_processors"]:
-                route = _route(processor)
-        except (AttributeError, KeyError, TypeError):
-            route = _route(processor)
-        if route[1]:
+        if _route(processor)[1]:
             processor.on_start(span, parent_context=context)
         return span
 

@@ -24,15 +24,13 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import threading
-import time
 from http.server import ThreadingHTTPServer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from instructions import _Sink  # noqa: E402
+from instructions import _Sink, run_setup, start_downstream  # noqa: E402
 
 _COUNT = r"""
 import collections, json, sys
@@ -77,32 +75,12 @@ print(json.dumps({name: n / k for name, n in counts.items()}))
 
 def count(venv: str, cell: str, sampler: str, k: int, endpoint: str) -> dict:
     """{function: bytecodes per request (or span)} for one run."""
-    bin_dir = os.path.join(venv, "bin")
-    env = {key: v for key, v in os.environ.items() if not key.startswith(("OTEL_", "PYTHON"))}
-    env.update(PATH=bin_dir + os.pathsep + env.get("PATH", ""), PYTHONHASHSEED="0",
-               OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
-               OTEL_BSP_SCHEDULE_DELAY="600000", OTEL_BSP_MAX_QUEUE_SIZE="1000000",
-               OTEL_BSP_MAX_EXPORT_BATCH_SIZE="1000000", OTEL_SERVICE_NAME="bytecodes",
-               OTEL_TRACES_SAMPLER="always_on" if sampler == "bare" else sampler)
-    argv = [os.path.join(bin_dir, "python"), "-c", _COUNT % {"here": HERE}, cell, str(k)]
-    if sampler != "bare":
-        argv = [os.path.join(bin_dir, "trace-run")] + argv
+    argv, env = run_setup(venv, _COUNT % {"here": HERE}, sampler, endpoint, "bytecodes")
+    argv += [cell, str(k)]
     out = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=os.path.dirname(HERE))
     if out.returncode != 0:
         raise SystemExit("run failed (%s %s %s): %s" % (venv, cell, sampler, out.stderr[-2000:]))
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def _downstream() -> subprocess.Popen:
-    portfile = os.path.join(tempfile.mkdtemp(prefix="bytecodes-"), "port")
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "servers.py"), "downstream", portfile])
-    deadline = time.monotonic() + 30
-    while not (os.path.exists(portfile) and open(portfile).read().strip()):
-        if time.monotonic() > deadline or proc.poll() is not None:
-            raise SystemExit("the downstream server (servers.py downstream) did not start")
-        time.sleep(0.1)
-    os.environ["BENCH_DOWNSTREAM_URL"] = "http://127.0.0.1:%s/" % open(portfile).read().strip()
-    return proc
 
 
 def main() -> None:
@@ -117,7 +95,7 @@ def main() -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     endpoint = "http://127.0.0.1:%d" % server.server_port
-    downstream = _downstream() if "all" in cells else None
+    downstream = start_downstream() if "all" in cells else None
     try:
         print("| venv | cell | bare | unsampled (over bare) | sampled (over bare) |")
         print("| --- | --- | --- | --- | --- |")

@@ -89,17 +89,25 @@ def _count(python_bin: str, argv: list, env: dict) -> int:
     return int(found[-1])
 
 
-def measure(venv: str, script: str, sampler: str, n: int, endpoint: str) -> int:
+def run_setup(venv: str, script: str, sampler: str, endpoint: str, service: str = "instructions") -> tuple:
+    """(argv, env) of one counted run: the same variables for every run, bare too (`requests` reads
+    the whole environment on every call); a batch big enough that nothing is exported before the end."""
     bin_dir = os.path.join(venv, "bin")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PYTHON"))}
     env.update(PATH=bin_dir + os.pathsep + env.get("PATH", ""), PYTHONHASHSEED="0",
                OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
                OTEL_BSP_SCHEDULE_DELAY="600000", OTEL_BSP_MAX_QUEUE_SIZE="1000000",
-               OTEL_BSP_MAX_EXPORT_BATCH_SIZE="1000000", OTEL_SERVICE_NAME="instructions",
+               OTEL_BSP_MAX_EXPORT_BATCH_SIZE="1000000", OTEL_SERVICE_NAME=service,
                OTEL_TRACES_SAMPLER="always_on" if sampler == "bare" else sampler)
     argv = [os.path.join(bin_dir, "python"), "-c", script]
     if sampler != "bare":
         argv = [os.path.join(bin_dir, "trace-run")] + argv
+    return argv, env
+
+
+def measure(venv: str, script: str, sampler: str, n: int, endpoint: str) -> int:
+    argv, env = run_setup(venv, script, sampler, endpoint)
+    bin_dir = os.path.join(venv, "bin")
     return (_count(bin_dir, argv + [str(n)], env) - _count(bin_dir, argv + ["0"], env)) // n
 
 
@@ -128,20 +136,27 @@ def main() -> None:
     server.shutdown()
 
 
-def _all_cells(venvs: list, n: int, endpoint: str) -> None:
-    """The /all rows: the app process only (PostgreSQL, Redis and the downstream server are not counted)."""
+def start_downstream() -> subprocess.Popen:
+    """servers.py's downstream server (the /all request calls it), its URL in BENCH_DOWNSTREAM_URL."""
     import tempfile
     import time
 
     portfile = os.path.join(tempfile.mkdtemp(prefix="instructions-"), "port")
     downstream = subprocess.Popen([sys.executable, os.path.join(HERE, "servers.py"), "downstream", portfile])
+    deadline = time.monotonic() + 30
+    while not (os.path.exists(portfile) and open(portfile).read().strip()):
+        if time.monotonic() > deadline or downstream.poll() is not None:
+            downstream.kill()
+            raise SystemExit("the downstream server (servers.py downstream) did not start")
+        time.sleep(0.1)
+    os.environ["BENCH_DOWNSTREAM_URL"] = "http://127.0.0.1:%s/" % open(portfile).read().strip()
+    return downstream
+
+
+def _all_cells(venvs: list, n: int, endpoint: str) -> None:
+    """The /all rows: the app process only (PostgreSQL, Redis and the downstream server are not counted)."""
+    downstream = start_downstream()
     try:
-        deadline = time.monotonic() + 30
-        while not (os.path.exists(portfile) and open(portfile).read().strip()):
-            if time.monotonic() > deadline or downstream.poll() is not None:
-                raise SystemExit("the downstream server (servers.py downstream) did not start")
-            time.sleep(0.1)
-        os.environ["BENCH_DOWNSTREAM_URL"] = "http://127.0.0.1:%s/" % open(portfile).read().strip()
         script = _ROUTE.replace('"plain"', '"all"').replace('"/plain"', '"/all"') % {"here": HERE}
         print()
         print("| venv | /all bare | /all unsampled (over bare) | /all sampled (over bare) |")
