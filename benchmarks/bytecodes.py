@@ -105,16 +105,16 @@ def main() -> None:
                 if cell == "span":
                     on = count(venv, cell, "always_on", args.k * 2, endpoint)
                     print("| %s | span, 5 attributes | | | %.0f |" % (venv, sum(on.values())))
-                    tops.append((venv, cell, {}, on))
+                    tops.append((venv, cell, "sampled", {}, on))
                     continue
                 bare, off, on = (count(venv, cell, s, args.k, endpoint) for s in ("bare", "always_off", "always_on"))
                 b, u, s = sum(bare.values()), sum(off.values()), sum(on.values())
                 print("| %s | /%s | %.0f | %.0f (+%.0f) | %.0f (+%.0f) |" % (venv, cell, b, u, u - b, s, s - b))
-                tops.append((venv, cell, bare, on))
+                tops += [(venv, cell, "unsampled", bare, off), (venv, cell, "sampled", bare, on)]
                 sys.stdout.flush()
-        for venv, cell, bare, on in tops if args.top else ():
+        for venv, cell, label, bare, on in tops if args.top else ():
             diff = {name: on.get(name, 0) - bare.get(name, 0) for name in set(bare) | set(on)}
-            print("\n%s, %s, sampled: the functions adding the most bytecodes\n" % (venv, cell))
+            print("\n%s, %s, %s: the functions adding the most bytecodes\n" % (venv, cell, label))
             for name, n in sorted(diff.items(), key=lambda kv: -kv[1])[:args.top]:
                 print("  %7.1f  %s" % (n, name))
     finally:

@@ -243,20 +243,43 @@ def load(url: str, seconds: int) -> dict:
 
 
 def worker_rss_mib(pid: int, field: str = "Rss:") -> float:
-    """The worker's RSS (or, with field="Private", its private memory) in MiB, from smaps_rollup:
-    gunicorn's worker (the master's child), or the server process itself (uvicorn)."""
+    """The worker's RSS (or, with field="Private", its private memory) in MiB, from smaps_rollup."""
     try:
-        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
-            kids = [int(p) for p in f.read().split()]
         total = 0
-        with open("/proc/%d/smaps_rollup" % (kids[0] if kids else pid)) as f:
+        with open("/proc/%d/smaps_rollup" % worker_pid(pid)) as f:
             for line in f:
                 if line.startswith(field):
                     total += int(line.split()[1])
         return total / 1024.0 if total else float("nan")
-    except (OSError, IndexError, ValueError):
+    except (OSError, ValueError):
         pass
     return float("nan")
+
+
+def worker_pid(pid: int) -> int:
+    """gunicorn's worker (the master's child), or the server process itself (uvicorn)."""
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+            kids = [int(p) for p in f.read().split()]
+        return kids[0] if kids else pid
+    except (OSError, ValueError):
+        return pid
+
+
+def worker_cpu(pid: int) -> tuple:
+    """(CPU seconds of the worker's first thread, CPU seconds of all its threads): the request thread
+    (gunicorn sync, uvicorn's loop) apart from the export thread and the others."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def cpu(path: str) -> float:
+        with open(path) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+
+    try:
+        return cpu("/proc/%d/task/%d/stat" % (pid, pid)), cpu("/proc/%d/stat" % pid)
+    except (OSError, IndexError, ValueError):
+        return float("nan"), float("nan")
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> int:
@@ -318,8 +341,13 @@ def run_one(cfg: str, sampling: float, route: str, duration: int, warm: int, sin
         else:
             if warm:
                 served += load(url, warm)["requests"]
+            worker = worker_pid(proc.pid)
+            cpu_before = worker_cpu(worker)
             res = load(url, duration)
+            cpu_after = worker_cpu(worker)
             served += res["requests"]
+            res["cpu_us"], res["cpu_all_us"] = (1e6 * (a - b) / res["requests"] if res["requests"] else float("nan")
+                                                for a, b in zip(cpu_after, cpu_before))
         res["rss_mib"] = worker_rss_mib(proc.pid)
         res["private_mib"] = worker_rss_mib(proc.pid, "Private")
         if memory:
@@ -461,6 +489,8 @@ def summarize(results: list, samplings: list, routes: list, apps: list, configs:
                 expected = made * (1.0 if s is None else s)
                 errors = sum(r["errors"] for r in rs)
                 rss = median([r.get("rss_mib", float("nan")) for r in rs])
+                cpu = median([r.get("cpu_us", float("nan")) for r in rs])
+                cpu_all = median([r.get("cpu_all_us", float("nan")) for r in rs])
                 private = median([r.get("private_mib", float("nan")) for r in rs])
                 samp = "-" if s is None else "%d%%" % round(s * 100)
                 sent = median([r["spans_sent"] / r["served"] for r in rs if r["served"]])
@@ -468,11 +498,13 @@ def summarize(results: list, samplings: list, routes: list, apps: list, configs:
                 if abs(sent - spr) > 0.005:
                     spans_cell += ", %.2f sent" % sent
                 rows.append(["/%s" % route, samp, LABELS[cfg], fmt(med), "%s..%s" % (fmt(min(rps)), fmt(max(rps))),
-                             "%.2fx" % ratio, "%+.0f" % added if cfg != "bare" else "-", fmt(p50), fmt(p99),
+                             "%.2fx" % ratio, "%+.0f" % added if cfg != "bare" else "-",
+                             "%s / %s" % (fmt(cpu), fmt(cpu_all)), fmt(p50), fmt(p99),
                              spans_cell, "%s / %s" % (fmt(rss), fmt(private)), errors])
                 summary["%s %s %s %s" % (app, route, samp, cfg)] = {
                     "rps": round(med, 1), "rps_min": round(min(rps), 1), "rps_max": round(max(rps), 1),
-                    "ratio": round(ratio, 3), "added_us": round(added, 1), "p50_us": round(p50, 1),
+                    "ratio": round(ratio, 3), "added_us": round(added, 1), "cpu_us": round(cpu, 1),
+                    "cpu_all_us": round(cpu_all, 1), "p50_us": round(p50, 1),
                     "p99_us": round(p99, 1), "bare_p99_us": round(bare_p99, 1), "spans_per_request": round(spr, 3),
                     "spans_sent_per_request": round(sent, 3), "expected_spans": round(expected, 3),
                     "rss_mib": round(rss, 1), "private_mib": round(private, 1), "errors": errors, "runs": len(rs),
@@ -490,7 +522,8 @@ def summarize(results: list, samplings: list, routes: list, apps: list, configs:
                                   % (app, route, samp, LABELS[cfg], spr, expected))
         texts.append("### %s\n\n" % APP_LABELS[app] + table(
             ["route", "sampling", "configuration", "req/s (median)", "min..max", "vs bare", "added us/req",
-             "p50 us", "p99 us", "spans/req received (made x sampling)", "worker RSS / private MiB", "errors"], rows))
+             "worker CPU us/req (request thread / all)", "p50 us", "p99 us",
+             "spans/req received (made x sampling)", "worker RSS / private MiB", "errors"], rows))
     return "\n\n".join(texts), summary, checks
 
 
@@ -577,8 +610,9 @@ def main(argv=None) -> int:
                 r["round"] = rnd
                 if r["errors"] or r["stderr"]:
                     log("  errors=%d stderr: %s" % (r["errors"], r["stderr"][-600:]))
-                log("  %.0f req/s p99 %.0f us, %.2f spans/request" % (r["rps"], r["p99_us"],
-                                                                     r["spans_per_request"]))
+                log("  %.0f req/s p99 %.0f us, %.2f spans/request, worker CPU %.0f / %.0f us/request"
+                    % (r["rps"], r["p99_us"], r["spans_per_request"], r.get("cpu_us", float("nan")),
+                       r.get("cpu_all_us", float("nan"))))
                 results.append(r)
         inproc_text, inproc_data = "", {}
         if not (args.no_inproc or args.short) and "flask" in apps:
