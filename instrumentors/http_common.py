@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from typing import Any, Callable, Iterable, Optional
+from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
 
@@ -39,7 +40,7 @@ __all__ = [
     "KNOWN_METHODS", "normalize_method", "redact_url", "redact_query", "bounded_url", "bounded_query",
     "excluded_urls", "capture",
     "client_attributes", "start_client", "end_client", "client_wrapper", "enter_client",
-    "default_port", "full_url", "inject", "inject_copy", "reset", "ALWAYS_REDACTED", "REDACTED",
+    "FROM_URL", "default_port", "full_url", "inject", "inject_copy", "reset", "ALWAYS_REDACTED", "REDACTED",
 ]
 
 KNOWN_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"))
@@ -212,6 +213,16 @@ def default_port(scheme: str) -> Optional[int]:
     return {"http": 80, "https": 443}.get(scheme)
 
 
+# a client's `read` gives this as the host where server.address and server.port are to be read from the URL:
+# parsed only for a span that records (an unsampled request makes none)
+FROM_URL = object()
+
+
+def _address(url: str) -> tuple:
+    parts = urlsplit(url)
+    return parts.hostname, parts.port or default_port(parts.scheme)
+
+
 def full_url(scheme: str, host: str, port: Optional[int], target: Any, userinfo: str = "") -> str:
     """The URL a client asks for, from its connection and request target (`target` may be absolute)."""
     if isinstance(target, bytes):
@@ -253,7 +264,9 @@ def protocol_version(raw: Any) -> Optional[str]:
 
 
 def client_attributes(method: Any, url: str, host: Optional[str], port: Optional[int]) -> tuple:
-    """(span name, attributes) for a CLIENT span."""
+    """(span name, attributes) for a CLIENT span; `host` FROM_URL: address and port from `url`."""
+    if host is FROM_URL:
+        host, port = _address(url)
     norm, original = normalize_method(method)
     full, was_cut = bounded_url(url)
     attrs = {HTTP_REQUEST_METHOD: norm, URL_FULL: full}
@@ -355,7 +368,8 @@ def client_wrapper(instrumentor: Any, read: Callable, with_headers: Callable, en
     """The wrapt wrapper of a client's send: one CLIENT span per request, made current, the inner HTTP
     layers told to make none, the propagation headers on a copy of the request.
 
-    read(instance, args, kwargs) -> (method, url, host, port, headers, request): what the library was asked;
+    read(instance, args, kwargs) -> (method, url, host, port, headers, request): what the library was asked
+    (host FROM_URL, port None: read from the URL where a span records);
     with_headers(request, span, args, kwargs) -> (args, kwargs) to call with, carrying the span's headers;
     end(span, result) reads the response and ends the span with `end_client`.
     """

@@ -10,7 +10,6 @@ The PreparedRequest is copied before headers are added: the caller's object
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
 
 from . import http_common
 from .base import TraceRunInstrumentor
@@ -34,10 +33,7 @@ class RequestsInstrumentor(TraceRunInstrumentor):
 
 def _read(adapter: Any, args: tuple, kwargs: dict) -> tuple:
     request = args[0] if args else kwargs["request"]
-    url = request.url
-    parts = urlsplit(url)
-    port = parts.port or http_common.default_port(parts.scheme)
-    return request.method, url, parts.hostname, port, request.headers, request
+    return request.method, request.url, http_common.FROM_URL, None, request.headers, request
 
 
 def _with_headers(request: Any, span: Any, args: tuple, kwargs: dict) -> tuple:

@@ -134,6 +134,8 @@ def test_requests_one_span_no_caller_mutation_and_redirects(traced, server):
     (client,) = clients(spans)  # urllib3 and http.client below made none
     assert client.name == "GET" and client.instrumentation_scope.name.endswith(".requests")
     assert client.attributes["url.full"] == server + "/items/3?X-Amz-Signature=REDACTED"
+    assert (client.attributes["server.address"], client.attributes["server.port"]) == (
+        "127.0.0.1", int(server.rsplit(":", 1)[1]))  # read from the URL, the span being sampled
     assert server_of(traced, client).name == "GET /items/<int:item_id>"
     traced.clear()
     r = requests.get(server + "/redirect")
@@ -143,6 +145,20 @@ def test_requests_one_span_no_caller_mutation_and_redirects(traced, server):
     assert first.status.status_code == StatusCode.UNSET  # a redirect is not an error
     assert second.attributes["http.response.status_code"] == 200 and second.status.status_code == StatusCode.UNSET
     assert seen["traceparent"].split("-")[2] == "%016x" % second.context.span_id  # its own traceparent
+
+
+@pytest.mark.parametrize("url, address", [
+    ("https://user:pw@Example.COM/x", ("example.com", 443)),
+    ("http://[::1]:8080/x?q=1", ("::1", 8080)),
+    ("http://h/x", ("h", 80)),
+    ("ftp://h/x", ("h", None)),
+])
+def test_client_address_read_from_the_url(url, address):
+    from trace_run.instrumentors import http_common
+
+    name, attrs = http_common.client_attributes("GET", url, http_common.FROM_URL, None)
+    assert name == "GET" and (attrs.get("server.address"), attrs.get("server.port")) == address
+    assert "pw" not in attrs["url.full"]
 
 
 def test_requests_prepared_request_sent_twice_is_unchanged(traced, server):
