@@ -44,6 +44,12 @@ class Guard:
         report(self.name, exc)
         return True
 
+    def failed(self, exc: Exception) -> None:
+        """`except Exception as exc: guard.failed(exc)` is `with guard:` for the shared span wrappers
+        (spans.py), which run around every traced call: a try costs nothing until it fails, a `with`
+        two Python calls each time."""
+        report(self.name, exc)
+
 
 # -- test-only fault injection (OTEL_TRACE_RUN_TEST_FAULT) ----------------------------
 

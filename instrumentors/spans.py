@@ -27,11 +27,13 @@ def _after(guard: Guard, span: Any, token: Any, finish: Optional[Callable[[Any, 
     if token is not None:
         runtime_context.detach(token)
     if span is not None:
-        with guard:
+        try:  # `with guard:` (guard.failed says why not)
             if finish is None:
                 span.end()
             else:
                 finish(span, outcome)
+        except Exception as exc:
+            guard.failed(exc)
 
 
 def wrapper(guard: Guard, start: Start, fail: Callable[[Any, BaseException], None],
@@ -45,8 +47,10 @@ def wrapper(guard: Guard, start: Start, fail: Callable[[Any, BaseException], Non
         async def wrapper_async(wrapped, instance, args, kwargs):
             started = None
             if enabled is None or enabled():
-                with guard:
+                try:  # `with guard:` (guard.failed says why not)
                     started = start(instance, args, kwargs)
+                except Exception as exc:
+                    guard.failed(exc)
             if started is None:
                 return await wrapped(*args, **kwargs)
             span, token, args, kwargs = started
@@ -63,8 +67,10 @@ def wrapper(guard: Guard, start: Start, fail: Callable[[Any, BaseException], Non
     def wrapper_sync(wrapped, instance, args, kwargs):
         started = None
         if enabled is None or enabled():
-            with guard:
+            try:  # `with guard:` (guard.failed says why not)
                 started = start(instance, args, kwargs)
+            except Exception as exc:
+                guard.failed(exc)
         if started is None:
             return wrapped(*args, **kwargs)
         span, token, args, kwargs = started
