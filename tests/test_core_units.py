@@ -170,6 +170,63 @@ def test_guard_swallows_instrumentation_errors_but_not_in_test_mode(monkeypatch)
             raise KeyboardInterrupt
 
 
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("broken", ["start", "end", "fail"])
+def test_span_wrapper_isolates_its_own_failures_and_passes_the_programs_on(monkeypatch, broken, is_async):
+    """The shared wrapper (spans.py): a failing start means a plain call, a failing end or fail leaves the
+    call's own result or exception as it was (the same object); in test mode our failure raises."""
+    import asyncio
+
+    from trace_run.instrumentors import spans
+
+    finished = []
+
+    def start(instance, args, kwargs):
+        if broken == "start":
+            raise RuntimeError("instrumentation bug in start")
+        return "span", None, args + ("from-start",), kwargs
+
+    def end(span, result):
+        finished.append(("end", span, result))
+        if broken == "end":
+            raise RuntimeError("instrumentation bug in end")
+
+    def fail(span, exc):
+        finished.append(("fail", span, exc))
+        if broken == "fail":
+            raise RuntimeError("instrumentation bug in fail")
+
+    wrapper = spans.wrapper(guard.Guard("unit-" + broken), start, fail, end, is_async=is_async)
+    mine = LookupError("the program's own")
+
+    def call(*args):
+        if "raise" in args:
+            raise mine
+        return args
+
+    async def acall(*args):
+        return call(*args)
+
+    def run(*args):
+        if is_async:
+            return asyncio.run(wrapper(acall, None, args, {}))
+        return wrapper(call, None, args, {})
+
+    monkeypatch.setattr(guard, "RAISE", False)
+    result = run("x")
+    with pytest.raises(LookupError) as seen:
+        run("raise")
+    assert seen.value is mine
+    if broken == "start":
+        assert result == ("x",) and finished == []  # called as it was, no span
+    else:
+        assert result == ("x", "from-start")
+        assert finished == [("end", "span", result), ("fail", "span", mine)]
+    monkeypatch.setattr(guard, "RAISE", True)
+    with pytest.raises(RuntimeError, match="instrumentation bug in " + broken):
+        run("raise" if broken == "fail" else "x")
+
+
 def test_rate_limiting_sampler_caps_new_traces_per_second():
     from opentelemetry.sdk.trace.sampling import Decision
     from trace_run.agent.samplers import RateLimitingSampler
