@@ -37,11 +37,11 @@ FRAMEWORK_APPS = "fastapi,django"
 STEPS = {
     "startup": (["startup.py", "--runs", "15"], ["startup.py", "--runs", "6", "--no-importtime"]),
     "overhead": (["overhead.py", "--apps", "flask", "--rounds", "3", "--duration", "6", "--samplings", "1,0.1",
-                  "--memory", "100000", "--no-inproc"],
+                  "--memory", "100000", "--no-inproc", "--pin-services"],
                  ["overhead.py", "--apps", "flask", "--rounds", "1", "--duration", "3", "--samplings", "1,0.1",
                   "--memory", "20000", "--no-inproc"]),
     "frameworks": (["overhead.py", "--apps", FRAMEWORK_APPS, "--rounds", "3", "--duration", "5", "--samplings", "1",
-                    "--no-micro", "--no-inproc"],
+                    "--no-micro", "--no-inproc", "--pin-services"],
                    ["overhead.py", "--apps", FRAMEWORK_APPS, "--rounds", "1", "--duration", "3", "--samplings", "1",
                     "--no-micro", "--no-inproc"]),
 }
@@ -85,6 +85,18 @@ def per_request_rows(res: dict, app: str, routes=("plain", "all"), samplings=("1
                      if "%s all %s %s" % (app, samp, c) in res else "" for c, _ in PEERS]
             if any(cells):
                 rows.append(["/all p99 at %s" % samp, "%.1f ms" % (bare["p99_us"] / 1000)] + cells)
+    for route in routes:  # the worker's own CPU time per request, all its threads (export included)
+        bare = res.get("%s %s - bare" % (app, route))
+        if not bare or "cpu_all_us" not in bare:
+            continue
+        for samp in samplings:
+            cells = []
+            for c, _ in PEERS:
+                r = res.get("%s %s %s %s" % (app, route, samp, c))
+                cells.append("%+.0f us" % (r["cpu_all_us"] - bare["cpu_all_us"]) if r and "cpu_all_us" in r else "")
+            if any(cells):
+                rows.append(["/%s worker CPU per request at %s" % (route, samp), "%.0f us" % bare["cpu_all_us"]]
+                            + cells)
     cells = []
     for c, _ in PEERS:
         r = res.get("%s all 100%% %s" % (app, c))
