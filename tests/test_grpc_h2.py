@@ -4,7 +4,6 @@ retries, errors, timeouts, restarts, forks and gevent; and grpc never imported o
 
 from __future__ import annotations
 
-import os
 import socket
 import sys
 import threading
@@ -377,27 +376,55 @@ def test_server_restarted_between_batches_reconnects():
         exporter.shutdown()
 
 
-def test_forked_child_exports_on_its_own_connection(receiver):
+FORK_SCRIPT = r"""
+import os, sys
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from trace_run.agent.otlp_grpc_h2 import OTLPGrpcH2SpanExporter
+
+memory = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(memory))
+tracer = provider.get_tracer("grpc-h2")
+
+def spans(n):
+    memory.clear()
+    for i in range(n):
+        with tracer.start_as_current_span("span-%d" % i):
+            pass
+    return list(memory.get_finished_spans())
+
+exporter = OTLPGrpcH2SpanExporter(sys.argv[1], insecure=True, timeout_s=5)
+assert exporter.export(spans(1)) is SpanExportResult.SUCCESS
+parent_connection = exporter.channel._connection
+assert parent_connection is not None
+pid = os.fork()
+if pid == 0:  # the child: no connection inherited, a new one works
+    code = 1
+    try:
+        if exporter.channel._connection is None and exporter.export(spans(2)) is SpanExportResult.SUCCESS:
+            code = 0 if exporter.channel._connection is not parent_connection else 2
+    finally:
+        os._exit(code)
+_, status = os.waitpid(pid, 0)
+print("child", os.waitstatus_to_exitcode(status))
+# the parent's connection was not touched by the child: it goes on
+sent = exporter.export(spans(3)) is SpanExportResult.SUCCESS
+print("parent", sent, exporter.channel._connection is parent_connection)
+exporter.shutdown()
+"""
+
+
+def test_forked_child_exports_on_its_own_connection(receiver, tmp_path):
+    # in a process of its own: a fork of the test process would copy whatever threads and at-fork hooks
+    # other tests left in it (an xdist worker once hung there)
     receiver.clear()
-    exporter = OTLPGrpcH2SpanExporter(receiver.grpc_endpoint, insecure=True, timeout_s=5)
-    assert exporter.export(_spans(1)) is SpanExportResult.SUCCESS
-    parent_connection = exporter.channel._connection
-    assert parent_connection is not None
-    pid = os.fork()
-    if pid == 0:  # the child: no connection inherited, a new one works
-        code = 1
-        try:
-            if exporter.channel._connection is None and exporter.export(_spans(2)) is SpanExportResult.SUCCESS:
-                code = 0 if exporter.channel._connection is not parent_connection else 2
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    # the parent's connection was not touched by the child: it goes on
-    assert exporter.export(_spans(3)) is SpanExportResult.SUCCESS
-    assert exporter.channel._connection is parent_connection
+    script = write_script(tmp_path, FORK_SCRIPT, "fork_export.py")
+    proc = run_traced([sys.executable, script, receiver.grpc_endpoint], trace_run=False, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:2] == ["child 0", "parent True True"], proc.stdout + proc.stderr
     assert len(receiver.wait_for(count=6)) == 6
-    exporter.shutdown()
 
 
 def test_partial_success_and_retry_info_are_read():
