@@ -1,6 +1,6 @@
 """Every benchmark the README's tables come from, in one command, then the tables.
 
-    python benchmarks/run_all.py            # ~25 min on 2 cores (see ESTIMATE_MIN below)
+    python benchmarks/run_all.py            # ~30 min on 2 cores (see ESTIMATE_MIN below)
     python benchmarks/run_all.py --short    # ~7 min: 1 round x 3 s, 20k requests for memory, 6 start-up rounds
     python benchmarks/run_all.py --summary  # only print the tables from benchmarks/results/*-latest.json
 
@@ -36,7 +36,7 @@ FRAMEWORK_APPS = "fastapi,django"
 # (full, short): arguments of each step; minutes each took on the 2-core machine (see README)
 STEPS = {
     "startup": (["startup.py", "--runs", "15"], ["startup.py", "--runs", "6", "--no-importtime"]),
-    "overhead": (["overhead.py", "--apps", "flask", "--rounds", "3", "--duration", "6", "--samplings", "1,0.1",
+    "overhead": (["overhead.py", "--apps", "flask", "--rounds", "5", "--duration", "6", "--samplings", "1,0.1",
                   "--memory", "100000", "--no-inproc", "--pin-services"],
                  ["overhead.py", "--apps", "flask", "--rounds", "1", "--duration", "3", "--samplings", "1,0.1",
                   "--memory", "20000", "--no-inproc"]),
@@ -48,7 +48,7 @@ STEPS = {
 # (full, short) minutes on the 2-core machine, quiet, estimated from the parts: a timed run costs its
 # duration + ~3.5 s (start, 1 s warm-up, stop and flush); memory runs ~6 min for 100k requests x 6 configs
 # (ddtrace-run, the slowest, ~1.8 min of it); start-up ~11 s per round of 10 configurations x 3 workloads.
-ESTIMATE_MIN = {"startup": (3.5, 1.7), "overhead": (13.5, 3.3), "frameworks": (7.5, 2.2)}
+ESTIMATE_MIN = {"startup": (3.5, 1.7), "overhead": (18.0, 3.3), "frameworks": (7.5, 2.2)}
 
 
 def load(name: str) -> dict:
