@@ -136,11 +136,7 @@ class _AttributeMaker:
         return True
 
     def make(self, attributes) -> BoundedAttributes:
-        # plain(attributes), inline for the common case (no value length limit): one call less per span
-        if self.fast and (not attributes or (
-                self.max_value_len is None and (self.maxlen is None or len(attributes) <= self.maxlen)
-                and _PLAIN_TYPES.issuperset(map(type, attributes.values())) and _STR.issuperset(map(type, attributes))
-                and "" not in attributes) or (self.max_value_len is not None and self.plain(attributes))):
+        if self.fast and (not attributes or self.plain(attributes)):
             made = _new(BoundedAttributes)
             state = made.__dict__
             state.update(self._state)

@@ -407,16 +407,10 @@ _EMPTY_TRACE_STATE = None  # the API's DEFAULT_TRACE_STATE (empty), with fastspa
 
 
 def _context_layout() -> bool:
-    """SpanContext is the tuple (trace_id, span_id, is_remote, trace_flags, trace_state, is_valid)
-    (opentelemetry-api 1.x); checked once against its properties."""
-    from opentelemetry.trace import SpanContext, TraceFlags, TraceState
+    """SpanContext is the tuple `_own_span` reads (runtime_context checks it once)."""
+    from trace_run.core import runtime_context
 
-    try:
-        ctx = SpanContext(3, 5, True, TraceFlags(1), TraceState([("k", "v")]))
-        trace_id, span_id, remote, _, state, _ = ctx
-        return (trace_id, span_id, remote, state) == (ctx.trace_id, ctx.span_id, ctx.is_remote, ctx.trace_state)
-    except Exception:
-        return False
+    return runtime_context.CONTEXT_IS_TUPLE
 
 
 def _times(start, end) -> bytes:

@@ -83,13 +83,15 @@ def current_span() -> trace_api.Span:
 
 
 def _tuple_layout() -> bool:
-    """SpanContext is the tuple (trace_id, span_id, is_remote, trace_flags, trace_state, is_valid) (checked once)."""
+    """SpanContext is the tuple (trace_id, span_id, is_remote, trace_flags, trace_state, is_valid)
+    (opentelemetry-api 1.x); checked once against its properties."""
     try:
-        ctx = trace_api.SpanContext(3, 5, True, trace_api.TraceFlags(1))
-        return ctx[3] is ctx.trace_flags and ctx[5] is ctx.is_valid is True
+        ctx = trace_api.SpanContext(3, 5, True, trace_api.TraceFlags(1), trace_api.TraceState([("k", "v")]))
+        trace_id, span_id, remote, flags, state, valid = ctx
+        return (trace_id, span_id, remote, state) == (ctx.trace_id, ctx.span_id, ctx.is_remote, ctx.trace_state) \
+            and flags is ctx.trace_flags and valid is ctx.is_valid is True
     except Exception:
         return False
-
 
 
 def unsampled_in(context: Context) -> bool:
@@ -101,7 +103,7 @@ def unsampled_in(context: Context) -> bool:
     if type(span) not in SPAN_TYPES:
         span = checked_span(span)
     ctx = span.get_span_context()
-    if _TUPLE_LAYOUT and type(ctx) is _SpanContext:  # its fields as the tuple holds them, not by property
+    if CONTEXT_IS_TUPLE and type(ctx) is _SpanContext:  # its fields as the tuple holds them, not by property
         return ctx[5] and not ctx[3] & 0x01
     return ctx.is_valid and not ctx.trace_flags.sampled
 
@@ -133,4 +135,4 @@ _SPAN_KEY = trace_api._SPAN_KEY
 _INVALID_SPAN = trace_api.INVALID_SPAN
 _Span = trace_api.Span
 _SpanContext = trace_api.SpanContext
-_TUPLE_LAYOUT = _tuple_layout()
+CONTEXT_IS_TUPLE = _tuple_layout()  # (read by name: other modules may import this one mid-import)

@@ -27,25 +27,29 @@ from trace_run.core.version import SCHEMA_URL, VERSION
 
 from . import registry
 
-__all__ = ["TraceRunInstrumentor", "is_instrumentation_enabled", "is_http_instrumentation_enabled"]
+__all__ = ["TraceRunInstrumentor", "is_instrumentation_enabled", "instrumentation_enabled_in",
+           "is_http_instrumentation_enabled"]
 
 _MISSING = object()
-SUPPRESS_PLAIN_KEY = "suppress_instrumentation"  # the old spelling opentelemetry-instrumentation also reads
+_SUPPRESS_PLAIN = "suppress_instrumentation"  # the old spelling opentelemetry-instrumentation also reads
 _UPSTREAM = "opentelemetry.instrumentation.instrumentor"
 
 
 def is_instrumentation_enabled() -> bool:
     """opentelemetry-instrumentation's `is_instrumentation_enabled`, without importing its utils
     (which import all of wrapt): False inside `suppress_instrumentation()`."""
-    ctx = get_current()
-    return not (ctx.get(SUPPRESS_INSTRUMENTATION_KEY) or ctx.get(SUPPRESS_PLAIN_KEY))
+    return instrumentation_enabled_in(get_current())
+
+
+def instrumentation_enabled_in(ctx) -> bool:
+    """`is_instrumentation_enabled()` for a context already read (a caller that reads more of it)."""
+    return not (ctx.get(SUPPRESS_INSTRUMENTATION_KEY) or ctx.get(_SUPPRESS_PLAIN))
 
 
 def is_http_instrumentation_enabled() -> bool:
     """False inside `suppress_instrumentation()` or `suppress_http_instrumentation()`."""
     ctx = get_current()
-    return not (ctx.get(SUPPRESS_INSTRUMENTATION_KEY) or ctx.get(SUPPRESS_PLAIN_KEY)
-                or ctx.get(SUPPRESS_HTTP_INSTRUMENTATION_KEY))
+    return instrumentation_enabled_in(ctx) and not ctx.get(SUPPRESS_HTTP_INSTRUMENTATION_KEY)
 
 
 def _upstream_log(level: str, message: str) -> None:

@@ -30,10 +30,9 @@ from opentelemetry.semconv.attributes.db_attributes import (
 from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, SERVER_PORT
 from opentelemetry.trace import SpanKind
 from trace_run.core import config, runtime_context
-from trace_run.core.compat import SUPPRESS_INSTRUMENTATION_KEY
 
 from . import bounds, errors, spans
-from .base import SUPPRESS_PLAIN_KEY
+from .base import instrumentation_enabled_in
 from .sql_sanitize import analyze, span_name
 
 __all__ = [
@@ -91,9 +90,7 @@ def client_active(instrumentor: Any) -> bool:
     if not instrumentor._is_instrumented_by_opentelemetry:
         return False
     ctx = runtime_context.get_current()  # is_instrumentation_enabled() and the span, from one read
-    if ctx.get(SUPPRESS_INSTRUMENTATION_KEY) or ctx.get(SUPPRESS_PLAIN_KEY):
-        return False
-    return not runtime_context.unsampled_in(ctx)
+    return instrumentation_enabled_in(ctx) and not runtime_context.unsampled_in(ctx)
 
 
 # -- psycopg and psycopg2 share these (their `sql` modules have the same API) ---------------
