@@ -1,6 +1,6 @@
 """Bytecodes executed per request and per span, by function: an exact count, the same on every run.
 
-    python benchmarks/bytecodes.py [--venv DIR ...] [--cells span,plain,all] [--top 25]
+    python benchmarks/bytecodes.py [--venv DIR ...] [--cells span,plain,all] [--top 25] [--calls]
 
 instructions.py counts machine instructions with valgrind (minutes per cell, and the export thread's
 timing moves a count by ~1-3 %). This counts the Python bytecodes the request thread runs, with
@@ -58,9 +58,10 @@ getattr(_trace.get_tracer_provider(), "force_flush", lambda: None)()  # the expo
 for _ in range(100):
     one()
 counts = collections.Counter()
+EVENT = %(event)r  # "opcode": bytecodes; "call": Python calls
 def on_event(frame, event, arg):
-    frame.f_trace_opcodes = True
-    if event == "opcode":
+    frame.f_trace_opcodes = EVENT == "opcode"
+    if event == EVENT:
         code = frame.f_code
         where = code.co_filename.split("site-packages/")[-1]
         counts["%%s (%%s:%%d)" %% (code.co_name, where, code.co_firstlineno)] += 1
@@ -73,9 +74,9 @@ print(json.dumps({name: n / k for name, n in counts.items()}))
 """
 
 
-def count(venv: str, cell: str, sampler: str, k: int, endpoint: str) -> dict:
-    """{function: bytecodes per request (or span)} for one run."""
-    argv, env = run_setup(venv, _COUNT % {"here": HERE}, sampler, endpoint, "bytecodes")
+def count(venv: str, cell: str, sampler: str, k: int, endpoint: str, event: str = "opcode") -> dict:
+    """{function: bytecodes (or, event="call", Python calls) per request (or span)} for one run."""
+    argv, env = run_setup(venv, _COUNT % {"here": HERE, "event": event}, sampler, endpoint, "bytecodes")
     argv += [cell, str(k)]
     out = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=os.path.dirname(HERE))
     if out.returncode != 0:
@@ -89,9 +90,11 @@ def main() -> None:
     parser.add_argument("--cells", default="span,plain,all")
     parser.add_argument("--k", type=int, default=100, help="requests (spans) counted per run")
     parser.add_argument("--top", type=int, default=0, help="also list the N functions adding the most, per cell")
+    parser.add_argument("--calls", action="store_true", help="count Python calls instead of bytecodes")
     args = parser.parse_args()
     venvs = args.venv or [os.path.join(HERE, ".venvs", "tracerun")]
     cells = args.cells.split(",")
+    event = "call" if args.calls else "opcode"
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     endpoint = "http://127.0.0.1:%d" % server.server_port
@@ -103,18 +106,20 @@ def main() -> None:
         for venv in venvs:
             for cell in cells:
                 if cell == "span":
-                    on = count(venv, cell, "always_on", args.k * 2, endpoint)
+                    on = count(venv, cell, "always_on", args.k * 2, endpoint, event)
                     print("| %s | span, 5 attributes | | | %.0f |" % (venv, sum(on.values())))
                     tops.append((venv, cell, "sampled", {}, on))
                     continue
-                bare, off, on = (count(venv, cell, s, args.k, endpoint) for s in ("bare", "always_off", "always_on"))
+                bare, off, on = (count(venv, cell, s, args.k, endpoint, event)
+                                 for s in ("bare", "always_off", "always_on"))
                 b, u, s = sum(bare.values()), sum(off.values()), sum(on.values())
                 print("| %s | /%s | %.0f | %.0f (+%.0f) | %.0f (+%.0f) |" % (venv, cell, b, u, u - b, s, s - b))
                 tops += [(venv, cell, "unsampled", bare, off), (venv, cell, "sampled", bare, on)]
                 sys.stdout.flush()
         for venv, cell, label, bare, on in tops if args.top else ():
             diff = {name: on.get(name, 0) - bare.get(name, 0) for name in set(bare) | set(on)}
-            print("\n%s, %s, %s: the functions adding the most bytecodes\n" % (venv, cell, label))
+            print("\n%s, %s, %s: the functions adding the most %s\n"
+                  % (venv, cell, label, "calls" if args.calls else "bytecodes"))
             for name, n in sorted(diff.items(), key=lambda kv: -kv[1])[:args.top]:
                 print("  %7.1f  %s" % (n, name))
     finally:
