@@ -1,6 +1,6 @@
 """Bytecodes executed per request and per span, by function: an exact count, the same on every run.
 
-    python benchmarks/bytecodes.py [--venv DIR ...] [--cells span,plain,all] [--top 25] [--calls]
+    python benchmarks/bytecodes.py [--venv DIR ...] [--cells span,plain,all] [--top 25] [--calls] [--server]
 
 instructions.py counts machine instructions with valgrind (minutes per cell, and the export thread's
 timing moves a count by ~1-3 %). This counts the Python bytecodes the request thread runs, with
@@ -13,6 +13,10 @@ and under `trace-run` with the sampler always_off and always_on:
 - span: microspan.py's span (`start_as_current_span`, 5 attributes, ended), per span;
 - plain: the Flask app's /plain request, called in-process (profile_route.call);
 - all: /all (PostgreSQL, Redis and a `requests` call to servers.py's downstream server, started here).
+With --server, /plain and /all are counted in the real server instead: a gunicorn sync worker (the
+overhead benchmark's) serving them over HTTP, its main thread counted from one request's start to a
+later one's (apps/count_config.py), gunicorn's own parsing and writing included, after 1000 requests
+(the worker's first export has built its exporter: its spans end encoded, as in a long-running server).
 Every run gets the same environment variables (bare too: `requests` reads the whole environment on
 every call). Spans go to an OTLP/HTTP receiver started here; the exporter is built before counting.
 """
@@ -84,6 +88,60 @@ def count(venv: str, cell: str, sampler: str, k: int, endpoint: str, event: str 
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def count_in_server(venv: str, cell: str, sampler: str, k: int, endpoint: str, event: str = "opcode",
+                    warm: int = 1000) -> dict:
+    """count(), in a gunicorn worker serving the route over HTTP (one keep-alive connection)."""
+    import http.client
+    import socket
+    import tempfile
+    import time
+
+    _argv, env = run_setup(venv, "", sampler, endpoint, "bytecodes")
+    out = os.path.join(tempfile.mkdtemp(prefix="bytecodes-"), "counts.json")
+    # the SDK's batch defaults, not run_setup's one batch at exit: a forked worker builds its exporter at its
+    # first export (lazy_exporter), and spans end pre-encoded only from then on (the 512th span, here)
+    for name in [n for n in env if n.startswith("OTEL_BSP_")]:
+        del env[name]
+    env.update(COUNT_START=str(warm), COUNT_STOP=str(warm + k), COUNT_EVENT=event, COUNT_OUT=out)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bin_dir = os.path.join(venv, "bin")
+    argv = [os.path.join(bin_dir, "gunicorn"), "-c", os.path.join(HERE, "apps", "count_config.py"), "-w", "1",
+            "-k", "sync", "-b", "127.0.0.1:%d" % port, "--chdir", os.path.join(HERE, "apps"),
+            "--log-level", "warning", "--timeout", "300", "overhead_app:app"]
+    if sampler != "bare":
+        argv = [os.path.join(bin_dir, "trace-run")] + argv
+    server = subprocess.Popen(argv, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise SystemExit("gunicorn did not start (%s %s)" % (venv, sampler))
+                time.sleep(0.1)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        for _ in range(warm + k + 50):
+            conn.request("GET", "/" + cell)
+            answer = conn.getresponse()
+            answer.read()
+            if answer.status != 200:
+                raise SystemExit("/%s answered %d (%s %s)" % (cell, answer.status, venv, sampler))
+            if os.path.exists(out):
+                break
+        conn.close()
+        if not os.path.exists(out):
+            raise SystemExit("the worker wrote no counts (%s %s %s)" % (venv, cell, sampler))
+        with open(out) as f:
+            return json.load(f)
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--venv", action="append", help="a venv with trace-run and the app's libraries (repeatable)")
@@ -91,6 +149,8 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=100, help="requests (spans) counted per run")
     parser.add_argument("--top", type=int, default=0, help="also list the N functions adding the most, per cell")
     parser.add_argument("--calls", action="store_true", help="count Python calls instead of bytecodes")
+    parser.add_argument("--server", action="store_true",
+                        help="count /plain and /all in a gunicorn worker serving them over HTTP, not in-process")
     args = parser.parse_args()
     venvs = args.venv or [os.path.join(HERE, ".venvs", "tracerun")]
     cells = args.cells.split(",")
@@ -110,10 +170,12 @@ def main() -> None:
                     print("| %s | span, 5 attributes | | | %.0f |" % (venv, sum(on.values())))
                     tops.append((venv, cell, "sampled", {}, on))
                     continue
-                bare, off, on = (count(venv, cell, s, args.k, endpoint, event)
+                counter = count_in_server if args.server else count
+                bare, off, on = (counter(venv, cell, s, args.k, endpoint, event)
                                  for s in ("bare", "always_off", "always_on"))
                 b, u, s = sum(bare.values()), sum(off.values()), sum(on.values())
-                print("| %s | /%s | %.0f | %.0f (+%.0f) | %.0f (+%.0f) |" % (venv, cell, b, u, u - b, s, s - b))
+                print("| %s | /%s%s | %.0f | %.0f (+%.0f) | %.0f (+%.0f) |"
+                      % (venv, cell, " (gunicorn worker)" if args.server else "", b, u, u - b, s, s - b))
                 tops += [(venv, cell, "unsampled", bare, off), (venv, cell, "sampled", bare, on)]
                 sys.stdout.flush()
         for venv, cell, label, bare, on in tops if args.top else ():
