@@ -22,7 +22,7 @@ import signal
 import threading
 from typing import Callable
 
-from trace_run.core import compat
+from trace_run.core import compat, config
 
 from . import green
 from .owned_sockets import identity
@@ -32,6 +32,7 @@ _original_signal = signal.signal
 _original_getsignal = signal.getsignal
 _on_term: Callable[[], None] = None  # runtime.on_sigterm: flush (or note a flush under way), die
 _fds: list = []  # read end, write end of this process's pipe, and their identities
+_GRACE_S = 1.0  # beyond the exit timeout: the flush's own bounded waits end within it
 
 
 def install(on_term: Callable[[], None]) -> None:
@@ -162,10 +163,29 @@ def _watch() -> None:
             continue
         if green.loaded():
             continue  # patched since: this real thread must not use green locks; the Python-level handler does it
-        try:
-            _on_term()
-        finally:
-            die()  # if the flush failed: the process still ends, as bare
+        # The flush and the death each on a thread of their own, waited for within a bound: a flush stuck on
+        # a lock (the main thread may hold it, interrupted by its own handler, which has SIGTERM ignored
+        # meanwhile) must not leave a process that a second SIGTERM can no longer end.
+        _within(_on_term, config.get("OTEL_TRACE_RUN_EXIT_TIMEOUT") / 1000.0 + _GRACE_S)
+        _within(die, _GRACE_S)
+        os._exit(128 + _SIGTERM)  # still alive: ended as a shell reports death by SIGTERM
+
+
+def _within(work: Callable[[], None], seconds: float) -> None:
+    """work() on a daemon thread, waited for at most `seconds`."""
+    thread = threading.Thread(target=_quietly, args=(work,), name="trace-run-sigterm-exit", daemon=True)
+    try:
+        thread.start()
+    except RuntimeError:
+        return
+    thread.join(seconds)
+
+
+def _quietly(work: Callable[[], None]) -> None:
+    try:
+        work()
+    except BaseException:  # nothing may escape a thread of ours; the watcher ends the process regardless
+        pass
 
 
 def die() -> None:

@@ -190,3 +190,29 @@ def test_a_server_that_restores_the_default_and_raises_sigterm_again_dies_with_i
     assert traced[1] < 3, traced
     spans = receiver.wait_for(lambda ss: len(ss) >= 2, timeout=5)
     assert sorted(s.name for s in spans) == ["graceful-shutdown", "work"]
+
+
+FLUSH_STUCK = """
+    import threading, time
+    from opentelemetry import trace
+
+    with trace.get_tracer("sigterm-test").start_as_current_span("work"):
+        pass  # the SDK is set up: trace-run has taken SIGTERM by now
+    from trace_run.agent import runtime
+
+    runtime.flush_at_exit = lambda: threading.Event().wait()  # a flush stuck for good (a lock never released)
+    print("ready", flush=True)
+    time.sleep(60)
+    print("slept")
+"""
+
+
+def test_a_flush_stuck_for_good_still_ends_the_process_soon_after_sigterm(tmp_path, receiver):
+    # The Python-level handler ignores further SIGTERMs while it flushes: a flush that never returned left a
+    # process no SIGTERM could end (a multiprocessing.Pool joining it waits forever). The watcher bounds it.
+    script = write_script(tmp_path, FLUSH_STUCK)
+    env = clean_env(**receiver.env(OTEL_TRACE_RUN_EXIT_TIMEOUT="500"))
+    code, elapsed, out = _run_and_terminate([TRACE_RUN, "python", script], env)
+    assert code in (-signal.SIGTERM, 128 + signal.SIGTERM), (code, out)
+    assert elapsed < 5, elapsed  # the exit timeout (0.5 s) and the watcher's grace (1 s + 1 s), not 60 s
+    assert "slept" not in out
