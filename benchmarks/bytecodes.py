@@ -94,7 +94,8 @@ def count_in_server(venv: str, cell: str, sampler: str, k: int, endpoint: str, e
     import http.client
     import socket
     import tempfile
-    import time
+
+    from overhead import wait_ready
 
     _argv, env = run_setup(venv, "", sampler, endpoint, "bytecodes")
     out = os.path.join(tempfile.mkdtemp(prefix="bytecodes-"), "counts.json")
@@ -114,15 +115,7 @@ def count_in_server(venv: str, cell: str, sampler: str, k: int, endpoint: str, e
         argv = [os.path.join(bin_dir, "trace-run")] + argv
     server = subprocess.Popen(argv, env=env)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("gunicorn did not start (%s %s)" % (venv, sampler))
-                time.sleep(0.1)
+        wait_ready("http://127.0.0.1:%d/%s" % (port, cell), server)  # a request before the counted ones
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
         for _ in range(warm + k + 50):
             conn.request("GET", "/" + cell)
