@@ -176,7 +176,8 @@ def _within(work: Callable[[], None], seconds: float) -> None:
     thread = threading.Thread(target=_quietly, args=(work,), name="trace-run-sigterm-exit", daemon=True)
     try:
         thread.start()
-    except RuntimeError:
+    except RuntimeError:  # no new threads at interpreter shutdown (3.12+): here, unbounded, as before
+        _quietly(work)
         return
     thread.join(seconds)
 
