@@ -37,17 +37,15 @@ class Guard:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
+        if exc_type is None or RAISE or not isinstance(exc, Exception):
             return False
-        if RAISE or not isinstance(exc, Exception):
-            return False
-        report(self.name, exc)
+        self.failed(exc)
         return True
 
     def failed(self, exc: Exception) -> None:
-        """`except Exception as exc: guard.failed(exc)` is `with guard:` for the shared span wrappers
-        (spans.py), which run around every traced call: a try costs nothing until it fails, a `with`
-        two Python calls each time."""
+        """What `with guard:` does with an error; `except Exception as exc: guard.failed(exc)` is the same
+        for the shared span wrappers (spans.py), which run around every traced call: a try costs nothing
+        until it fails, a `with` two Python calls each time."""
         report(self.name, exc)
 
 
