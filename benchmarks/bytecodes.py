@@ -37,7 +37,7 @@ sys.path.insert(0, HERE)
 from instructions import _Sink, run_setup, start_downstream  # noqa: E402
 
 _COUNT = r"""
-import collections, json, sys
+import json, sys
 what, k = sys.argv[1], int(sys.argv[2])
 if what == "span":
     from opentelemetry import trace
@@ -61,15 +61,9 @@ from opentelemetry import trace as _trace
 getattr(_trace.get_tracer_provider(), "force_flush", lambda: None)()  # the exporter built: its path counted
 for _ in range(100):
     one()
-counts = collections.Counter()
-EVENT = %(event)r  # "opcode": bytecodes; "call": Python calls
-def on_event(frame, event, arg):
-    frame.f_trace_opcodes = EVENT == "opcode"
-    if event == EVENT:
-        code = frame.f_code
-        where = code.co_filename.split("site-packages/")[-1]
-        counts["%%s (%%s:%%d)" %% (code.co_name, where, code.co_firstlineno)] += 1
-    return on_event
+sys.path.insert(0, %(apps)r)
+from count_config import counter
+on_event, counts = counter(%(event)r)  # "opcode": bytecodes; "call": Python calls
 sys.settrace(on_event)
 for _ in range(k):
     one()
@@ -80,7 +74,8 @@ print(json.dumps({name: n / k for name, n in counts.items()}))
 
 def count(venv: str, cell: str, sampler: str, k: int, endpoint: str, event: str = "opcode") -> dict:
     """{function: bytecodes (or, event="call", Python calls) per request (or span)} for one run."""
-    argv, env = run_setup(venv, _COUNT % {"here": HERE, "event": event}, sampler, endpoint, "bytecodes")
+    script = _COUNT % {"here": HERE, "apps": os.path.join(HERE, "apps"), "event": event}
+    argv, env = run_setup(venv, script, sampler, endpoint, "bytecodes")
     argv += [cell, str(k)]
     out = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=os.path.dirname(HERE))
     if out.returncode != 0:

@@ -1,5 +1,5 @@
 """A gunicorn config file: count the bytecodes (or Python calls) the worker's main thread runs per
-request, in the real server (bytecodes.py --server; the counting is bytecodes.py's).
+request, in the real server (bytecodes.py --server; its in-process counts use `counter` too).
 
 Requests COUNT_START to COUNT_STOP are counted, from the server's accept to its close, gunicorn's own
 parsing and writing included; then {function: count per request} goes to COUNT_OUT as JSON.
@@ -14,16 +14,24 @@ _START = int(os.environ.get("COUNT_START", "300"))
 _STOP = int(os.environ.get("COUNT_STOP", "400"))
 _EVENT = os.environ.get("COUNT_EVENT", "opcode")  # "opcode": bytecodes; "call": Python calls
 _seen = [0]
-_counts: collections.Counter = collections.Counter()
 
 
-def _on_event(frame, event, arg):
-    frame.f_trace_opcodes = _EVENT == "opcode"
-    if event == _EVENT:
-        code = frame.f_code
-        where = code.co_filename.split("site-packages/")[-1]
-        _counts["%s (%s:%d)" % (code.co_name, where, code.co_firstlineno)] += 1
-    return _on_event
+def counter(event: str) -> tuple:
+    """(a trace function counting `event`s per function, the Counter it counts into): bytecodes.py's too."""
+    counts: collections.Counter = collections.Counter()
+
+    def on_event(frame, kind, arg):
+        frame.f_trace_opcodes = event == "opcode"
+        if kind == event:
+            code = frame.f_code
+            where = code.co_filename.split("site-packages/")[-1]
+            counts["%s (%s:%d)" % (code.co_name, where, code.co_firstlineno)] += 1
+        return on_event
+
+    return on_event, counts
+
+
+_on_event, _counts = counter(_EVENT)
 
 
 def _frames(trace) -> None:
