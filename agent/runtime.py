@@ -216,31 +216,13 @@ def _flush_at_exit() -> None:
     report_drops()
 
 
-def _in_thread(work, name: str) -> threading.Event:
-    """Run work() on a daemon thread; the event is set when it returns (or raised)."""
-    done = threading.Event()
-
-    def run() -> None:
-        try:
-            work()
-        except Exception:
-            pass
-        done.set()
-
-    try:
-        threading.Thread(target=run, name=name, daemon=True).start()
-    except RuntimeError:  # 3.12+: no new threads at interpreter shutdown
-        run()
-    return done
-
-
 def _shut_down_ours() -> threading.Event:
     """Our provider's shutdown (send what it holds, end its threads), started once: at exit, or
     earlier when the program's own provider takes over."""
     with _lock:
         done = _state.get("shut_down")
         if done is None:
-            done = _state["shut_down"] = _in_thread(_shut_down, "trace-run-exit-flush")
+            done = _state["shut_down"] = compat.in_thread(_shut_down, "trace-run-exit-flush")
     return done
 
 
@@ -269,7 +251,7 @@ def _flush_program(deadline: float) -> None:
     left = deadline - time.monotonic()
     if flush is None or left <= 0:
         return
-    _in_thread(lambda: flush(int(left * 1000)), "trace-run-exit-flush").wait(left)
+    compat.in_thread(lambda: flush(int(left * 1000)), "trace-run-exit-flush").wait(left)
 
 
 def stats() -> list:

@@ -166,27 +166,10 @@ def _watch() -> None:
         # The flush and the death each on a thread of their own, waited for within a bound: a flush stuck on
         # a lock (the main thread may hold it, interrupted by its own handler, which has SIGTERM ignored
         # meanwhile) must not leave a process that a second SIGTERM can no longer end.
-        _within(_on_term, config.get("OTEL_TRACE_RUN_EXIT_TIMEOUT") / 1000.0 + _GRACE_S)
-        _within(die, _GRACE_S)
+        timeout = config.get("OTEL_TRACE_RUN_EXIT_TIMEOUT") / 1000.0
+        compat.in_thread(_on_term, "trace-run-sigterm-exit").wait(timeout + _GRACE_S)
+        compat.in_thread(die, "trace-run-sigterm-exit").wait(_GRACE_S)
         os._exit(128 + _SIGTERM)  # still alive: ended as a shell reports death by SIGTERM
-
-
-def _within(work: Callable[[], None], seconds: float) -> None:
-    """work() on a daemon thread, waited for at most `seconds`."""
-    thread = threading.Thread(target=_quietly, args=(work,), name="trace-run-sigterm-exit", daemon=True)
-    try:
-        thread.start()
-    except RuntimeError:  # no new threads at interpreter shutdown (3.12+): here, unbounded, as before
-        _quietly(work)
-        return
-    thread.join(seconds)
-
-
-def _quietly(work: Callable[[], None]) -> None:
-    try:
-        work()
-    except BaseException:  # nothing may escape a thread of ours; the watcher ends the process regardless
-        pass
 
 
 def die() -> None:

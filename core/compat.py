@@ -10,7 +10,8 @@ import this module, the agent's start-up path does not.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+import threading
+from typing import Any, Callable, Optional
 
 from opentelemetry import context as _context
 
@@ -254,3 +255,22 @@ def before_threads_stop(callback: Any) -> bool:
     except RuntimeError:  # the interpreter is already shutting down
         return False
     return True
+
+
+def in_thread(work: Callable[[], Any], name: str) -> threading.Event:
+    """Run work() on a daemon thread; the event is set when it returns (or raised). Where no thread can
+    start (3.12+, at interpreter shutdown), work() runs here."""
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            work()
+        except Exception:
+            pass
+        done.set()
+
+    try:
+        threading.Thread(target=run, name=name, daemon=True).start()
+    except RuntimeError:  # 3.12+: no new threads at interpreter shutdown
+        run()
+    return done
