@@ -240,6 +240,7 @@ class Span(sdk_trace.Span):
 
 
 Span._maker = None  # spans made by the SDK's constructor (by hand, or the fallback) take the SDK's paths
+runtime_context.read_context_field(Span)  # its get_span_context above: unsampled_in reads the field
 
 
 def _ignores_attributes(sampler, nested: bool = False) -> bool:
@@ -330,6 +331,20 @@ def _sampling_plan(sampler) -> Optional[tuple]:
 _ID_LIMIT = (1 << 64) - 1
 
 
+def _root_bound(tracer: Tracer) -> Optional[int]:
+    """The bound under which a root span's `trace_id & _ID_LIMIT` is sampled, where `start_span` may decide a
+    root in two steps (a trace id, a compare): its plan decides roots by a ratio or always/never, its ids are
+    the SDK's random ones, its spans' contexts plain tuples, the SDK's metrics off, and whether it is enabled
+    is its configuration's flag. Else None: the whole path."""
+    if not (tracer._plan is not None and tracer._random_ids and tracer._plain_ids
+            and (tracer._metrics_off or tracer._metrics is None) and (_ENABLED_BY_CONFIG or not _HAS_IS_ENABLED)):
+        return None
+    rule = tracer._plan[0]
+    if type(rule) is int:
+        return rule
+    return {_DROP: 0, _RECORD_AND_SAMPLE: 1 << 64}.get(rule)
+
+
 def _context_is_a_plain_tuple() -> bool:
     """SpanContext is the tuple (trace_id, span_id, is_remote, trace_flags, trace_state, is_valid) (checked
     once): `start_span` then makes it as SpanContext.__new__ does, without the call and the id range checks
@@ -371,6 +386,9 @@ class Tracer(sdk_trace.Tracer):
         self._plan = _sampling_plan(self.sampler)
         self._plain_ids = _PLAIN_CONTEXT and type(self.id_generator) is RandomIdGenerator
         self._random_ids = _sdk_random_ids(self.id_generator)
+        self._root_bound = _root_bound(self)
+        self._root_dropped = _NOT_SAMPLED_RANDOM if _RANDOM_FLAG is not None else _NOT_SAMPLED
+        self._root_sampled = _SAMPLED_RANDOM if _RANDOM_FLAG is not None else _SAMPLED
         # a span's fields, in the constructor's order: those the same for every span of this tracer set here
         self._span_fields = dict.fromkeys(_FIELDS + ("_maker",))
         self._span_fields.update({
@@ -387,77 +405,92 @@ class Tracer(sdk_trace.Tracer):
                                   set_status_on_exception), end_on_exit)
 
 
-    def start_span_deferring_attributes(self, name: str, context, kind: SpanKind,
-                                        make_attributes: Callable[[], dict]) -> trace_api.Span:
-        """`start_span(name, context, kind, attributes=make_attributes())`, but where the sampler never reads
-        attributes (the SDK's built-in samplers, trace-run's rate limiter) they are made only for a span that
-        records: an unsampled request does not pay for them. Any other sampler gets them first, as always."""
+    def start_span_deferred(self, context, kind: SpanKind, make: Callable[[], tuple]) -> trace_api.Span:
+        """`start_span(*make(), context=context, kind=kind)`, `make()` giving (name, attributes); where the
+        sampler reads neither (the SDK's built-in samplers, trace-run's rate limiter) `make` is called only
+        for a span that records: an unsampled request does not pay for them. Any other sampler gets them
+        first, as always."""
         if not self._attribute_blind:
-            return self.start_span(name, context, kind, make_attributes())
-        return self.start_span(name, context, kind, None, (), None, True, True, make_attributes)
+            name, attributes = make()
+            return self.start_span(name, context, kind, attributes)
+        return self.start_span("", context, kind, None, (), None, True, True, make)
 
     def start_span(self, name: str, context=None, kind: SpanKind = _INTERNAL, attributes=None, links=(),
                    start_time: Optional[int] = None, record_exception: bool = True,
-                   set_status_on_exception: bool = True, _make_attributes=None) -> trace_api.Span:
+                   set_status_on_exception: bool = True, _make=None) -> trace_api.Span:
         """The SDK's Tracer.start_span, step for step (tests/test_fastspan.py compares the two).
-        `_make_attributes`: see start_span_deferring_attributes."""
+        `_make`: see start_span_deferred."""
         links = links or ()
         # trace.get_current_span(context).get_span_context(), the API Span check remembered per class
         current = (context if context is not None else runtime_context.get_current()).get(_SPAN_KEY)
-        if current is None:
-            parent = _INVALID_CONTEXT  # INVALID_SPAN's
-        else:
-            if type(current) not in runtime_context.SPAN_TYPES:  # read here: runtime_context may be mid-import now
-                current = runtime_context.checked_span(current)
-            parent = current.get_span_context()
-            if parent is not None and not isinstance(parent, SpanContext):
-                raise TypeError("parent_span_context must be a SpanContext or None.")
-        if _HAS_IS_ENABLED and not (self._tracer_config.is_enabled if _ENABLED_BY_CONFIG else self._is_enabled()):
-            return NonRecordingSpan(context=parent)
-        if parent is None:
-            valid = False
-        elif _PLAIN_CONTEXT and type(parent) is SpanContext:  # its fields as the tuple holds them, not by property
-            trace_id, _, parent_remote, parent_flags, parent_state, valid = parent
-        else:
-            valid = parent.is_valid
-            if valid:
-                trace_id, parent_remote, parent_flags, parent_state = (
-                    parent.trace_id, parent.is_remote, parent.trace_flags, parent.trace_state)
-        if not valid:
-            parent = None
-            trace_id = (_random.getrandbits(128) if self._random_ids else 0) or self.id_generator.generate_trace_id()
-        plan = self._plan
-        if plan is not None:  # the sampler's decision, as it would make it (see _sampling_plan)
-            if parent is None:
-                rule = plan[0]
-                trace_state = None
-            else:
-                sampled = parent_flags & 0x01  # TraceFlags.sampled
-                rule = (plan[1] if sampled else plan[2]) if parent_remote else (plan[3] if sampled else plan[4])
-                trace_state = parent_state
-            if type(rule) is int:
-                decision = _RECORD_AND_SAMPLE if trace_id & _ID_LIMIT < rule else _DROP
-            else:
-                decision = rule
-            sampled_attributes = attributes
-        else:
-            result = self.sampler.should_sample(context, trace_id, name, kind, attributes, links)
-            decision, trace_state, sampled_attributes = result.decision, result.trace_state, result.attributes
-        sampled = decision is _RECORD_AND_SAMPLE
-        if _RANDOM_FLAG is not None and (
-                (self._random_ids or self.id_generator.is_trace_id_random()) if parent is None
-                else parent_flags & _RANDOM_FLAG):
-            flags = _SAMPLED_RANDOM if sampled else _NOT_SAMPLED_RANDOM
-        else:
-            flags = _SAMPLED if sampled else _NOT_SAMPLED
-        if self._plain_ids:
-            span_id = (_random.getrandbits(64) if self._random_ids else 0) or self.id_generator.generate_span_id()
-            span_context = _tuple_new(SpanContext, (trace_id, span_id, False, flags,
-                                                    DEFAULT_TRACE_STATE if trace_state is None else trace_state,
+        if current is None and self._root_bound is not None and (
+                not _HAS_IS_ENABLED or self._tracer_config.is_enabled):
+            # a root, where the plan decides roots by a bound (see _root_bound): what the steps below decide,
+            # the ids drawn in the same order
+            trace_id = _random.getrandbits(128) or self.id_generator.generate_trace_id()
+            span_id = _random.getrandbits(64) or self.id_generator.generate_span_id()
+            if trace_id & _ID_LIMIT >= self._root_bound:
+                return NonRecordingSpan(context=_tuple_new(SpanContext, (
+                    trace_id, span_id, False, self._root_dropped, DEFAULT_TRACE_STATE, True)))
+            parent, decision, sampled_attributes = None, _RECORD_AND_SAMPLE, attributes
+            span_context = _tuple_new(SpanContext, (trace_id, span_id, False, self._root_sampled, DEFAULT_TRACE_STATE,
                                                     True))
         else:
-            span_context = SpanContext(trace_id, self.id_generator.generate_span_id(), is_remote=False,
-                                       trace_flags=flags, trace_state=trace_state)
+            if current is None:
+                parent = _INVALID_CONTEXT  # INVALID_SPAN's
+            else:
+                if type(current) not in runtime_context.SPAN_TYPES:  # read here: runtime_context may be mid-import now
+                    current = runtime_context.checked_span(current)
+                parent = current.get_span_context()
+                if parent is not None and not isinstance(parent, SpanContext):
+                    raise TypeError("parent_span_context must be a SpanContext or None.")
+            if _HAS_IS_ENABLED and not (self._tracer_config.is_enabled if _ENABLED_BY_CONFIG else self._is_enabled()):
+                return NonRecordingSpan(context=parent)
+            if parent is None:
+                valid = False
+            elif _PLAIN_CONTEXT and type(parent) is SpanContext:  # its fields as the tuple holds them, not by property
+                trace_id, _, parent_remote, parent_flags, parent_state, valid = parent
+            else:
+                valid = parent.is_valid
+                if valid:
+                    trace_id, parent_remote, parent_flags, parent_state = (
+                        parent.trace_id, parent.is_remote, parent.trace_flags, parent.trace_state)
+            if not valid:
+                parent = None
+                trace_id = ((_random.getrandbits(128) if self._random_ids else 0)
+                            or self.id_generator.generate_trace_id())
+            plan = self._plan
+            if plan is not None:  # the sampler's decision, as it would make it (see _sampling_plan)
+                if parent is None:
+                    rule = plan[0]
+                    trace_state = None
+                else:
+                    sampled = parent_flags & 0x01  # TraceFlags.sampled
+                    rule = (plan[1] if sampled else plan[2]) if parent_remote else (plan[3] if sampled else plan[4])
+                    trace_state = parent_state
+                if type(rule) is int:
+                    decision = _RECORD_AND_SAMPLE if trace_id & _ID_LIMIT < rule else _DROP
+                else:
+                    decision = rule
+                sampled_attributes = attributes
+            else:
+                result = self.sampler.should_sample(context, trace_id, name, kind, attributes, links)
+                decision, trace_state, sampled_attributes = result.decision, result.trace_state, result.attributes
+            sampled = decision is _RECORD_AND_SAMPLE
+            if _RANDOM_FLAG is not None and (
+                    (self._random_ids or self.id_generator.is_trace_id_random()) if parent is None
+                    else parent_flags & _RANDOM_FLAG):
+                flags = _SAMPLED_RANDOM if sampled else _NOT_SAMPLED_RANDOM
+            else:
+                flags = _SAMPLED if sampled else _NOT_SAMPLED
+            if self._plain_ids:
+                span_id = (_random.getrandbits(64) if self._random_ids else 0) or self.id_generator.generate_span_id()
+                span_context = _tuple_new(SpanContext, (trace_id, span_id, False, flags,
+                                                        DEFAULT_TRACE_STATE if trace_state is None else trace_state,
+                                                        True))
+            else:
+                span_context = SpanContext(trace_id, self.id_generator.generate_span_id(), is_remote=False,
+                                           trace_flags=flags, trace_state=trace_state)
         metrics = self._metrics
         if self._metrics_off:
             record_end_metrics = _NOOP_END
@@ -466,7 +499,10 @@ class Tracer(sdk_trace.Tracer):
         if decision is not _RECORD_AND_SAMPLE and decision is not _RECORD_ONLY:
             return NonRecordingSpan(context=span_context)
         # an attribute-blind sampler hands back what it was given (nothing, here): the deferred ones go in its place
-        span_attributes = sampled_attributes if _make_attributes is None else _make_attributes()
+        if _make is None:
+            span_attributes = sampled_attributes
+        else:
+            name, span_attributes = _make()
         if not Tracer._fields_ok:
             return self._sdk_constructed(name, span_context, parent, span_attributes, kind, links, record_exception,
                                          set_status_on_exception, start_time, context, record_end_metrics)

@@ -58,11 +58,11 @@ class FollowingTracer(trace.ProxyTracer):
     def follow(self, real: trace.Tracer) -> None:
         self._real_tracer = real
         self.start_span = real.start_span
-        deferring = getattr(real, "start_span_deferring_attributes", None)  # trace-run's span class only
-        if deferring is not None:
-            self.start_span_deferring_attributes = deferring
+        deferred = getattr(real, "start_span_deferred", None)  # trace-run's span class only
+        if deferred is not None:
+            self.start_span_deferred = deferred
         else:
-            self.__dict__.pop("start_span_deferring_attributes", None)
+            self.__dict__.pop("start_span_deferred", None)
         # trace-run's span class: its context manager, made around this tracer (it starts spans with the
         # start_span above, so one made before the move follows too)
         fast = sys.modules.get("trace_run.agent.fastspan")

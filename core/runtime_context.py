@@ -94,15 +94,39 @@ def _tuple_layout() -> bool:
         return False
 
 
+# API Span classes whose get_span_context() is `return self._context` (its code checked): read as that field
+CONTEXT_FIELD_TYPES: set = set()
+
+
+def _returns_context_field(self):
+    return self._context
+
+
+def read_context_field(kind: type) -> bool:
+    """Remember `kind` (an API Span class) in CONTEXT_FIELD_TYPES if its get_span_context returns its `_context`."""
+    code = getattr(getattr(kind, "get_span_context", None), "__code__", None)
+    reference = _returns_context_field.__code__
+    # (no issubclass check against the API's Span: fastspan calls this while this module may be mid-import)
+    if code is not None and (code.co_code, code.co_names, code.co_argcount) == (
+            reference.co_code, reference.co_names, reference.co_argcount):
+        CONTEXT_FIELD_TYPES.add(kind)
+        return True
+    return False
+
+
 def unsampled_in(context: Context) -> bool:
     """Is the span in `context` one of a trace that is not sampled (a valid context without the sampled
     flag)? Client spans are not made there: nothing of the trace is recorded."""
     span = context.get(_SPAN_KEY)
     if span is None:
         return False
-    if type(span) not in SPAN_TYPES:
-        span = checked_span(span)
-    ctx = span.get_span_context()
+    kind = type(span)
+    if kind in CONTEXT_FIELD_TYPES:
+        ctx = span._context
+    else:
+        if kind not in SPAN_TYPES:
+            span = checked_span(span)
+        ctx = span.get_span_context()
     if CONTEXT_IS_TUPLE and type(ctx) is _SpanContext:  # its fields as the tuple holds them, not by property
         return ctx[5] and not ctx[3] & 0x01
     return ctx.is_valid and not ctx.trace_flags.sampled
@@ -136,3 +160,4 @@ _INVALID_SPAN = trace_api.INVALID_SPAN
 _Span = trace_api.Span
 _SpanContext = trace_api.SpanContext
 CONTEXT_IS_TUPLE = _tuple_layout()  # (read by name: other modules may import this one mid-import)
+read_context_field(trace_api.NonRecordingSpan)

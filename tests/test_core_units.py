@@ -435,3 +435,28 @@ def test_unsampled_in_tells_a_trace_that_is_not_sampled_as_the_span_contexts_pro
     both = runtime_context.with_span(span, contexts[0], "k", True)
     assert both == context_api.set_value("k", True, trace.set_span_in_context(span, contexts[0]))
     assert contexts[0] == {}  # a copy: the context given is unchanged
+
+
+def test_span_classes_whose_context_is_read_as_their_field_are_only_those_returning_it():
+    """unsampled_in reads `_context` only of classes whose get_span_context is exactly `return self._context`;
+    a class computing its context otherwise is asked, and answered as the API answers."""
+    from opentelemetry import trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+    from trace_run.agent import fastspan
+    from trace_run.core import runtime_context
+
+    class Elsewhere(NonRecordingSpan):  # its context is not its field
+        def get_span_context(self):
+            return SpanContext(7, 9, False, TraceFlags(0))
+
+    class Same(NonRecordingSpan):
+        def get_span_context(self):
+            return self._context
+
+    assert {NonRecordingSpan, fastspan.Span} <= runtime_context.CONTEXT_FIELD_TYPES
+    assert runtime_context.read_context_field(Same) and not runtime_context.read_context_field(Elsewhere)
+    assert not runtime_context.read_context_field(int)  # not a Span at all
+    sampled = SpanContext(7, 9, False, TraceFlags(1))
+    for span, unsampled in ((Elsewhere(sampled), True), (Same(sampled), False), (NonRecordingSpan(sampled), False)):
+        assert runtime_context.unsampled_in(trace.set_span_in_context(span)) is unsampled
+    runtime_context.CONTEXT_FIELD_TYPES.discard(Same)

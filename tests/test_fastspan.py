@@ -301,13 +301,14 @@ def test_deferred_attributes_are_made_only_for_spans_that_record_where_the_sampl
 
     def make():
         made.append(1)
-        return {"http.request.method": "GET", "keep": True}
+        return "GET", {"http.request.method": "GET", "keep": True}
 
     deferred, deferred_out, _ = _pipeline(True, sampler=sampler)
     eager, eager_out, _ = _pipeline(True, sampler=sampler)
     assert deferred._attribute_blind is blind
-    span = deferred.start_span_deferring_attributes("GET", None, SpanKind.SERVER, make)
-    reference = eager.start_span("GET", None, SpanKind.SERVER, attributes=make())
+    span = deferred.start_span_deferred(None, SpanKind.SERVER, make)
+    name, attributes = make()
+    reference = eager.start_span(name, None, SpanKind.SERVER, attributes)
     made.pop()
     assert made == ([1] if span.is_recording() or not blind else [])
     recording = span.is_recording()
@@ -325,9 +326,9 @@ def test_a_following_tracer_defers_only_through_trace_runs_span_class():
     ours, _, _ = _pipeline(True)
     sdk, _, _ = _pipeline(False)
     following = FollowingTracer(ours, "scope")
-    assert following.start_span_deferring_attributes == ours.start_span_deferring_attributes
+    assert following.start_span_deferred == ours.start_span_deferred
     following.follow(sdk)  # the program set its own provider: the SDK's tracer has no such method
-    assert getattr(following, "start_span_deferring_attributes", None) is None
+    assert getattr(following, "start_span_deferred", None) is None
 
 
 def test_the_span_is_the_sdks_span_and_read_only_once_ended():
@@ -644,3 +645,46 @@ def test_the_programs_own_spans_follow_a_provider_it_sets_later():
     assert [s.name for s in ours_out.get_finished_spans()] == ["with", "decorated"]
     assert [s.name for s in program_out.get_finished_spans()] == ["decorated"]
     assert dict(ours_out.get_finished_spans()[0].attributes) == {"a": 1}
+
+
+@pytest.mark.parametrize("make_sampler, early", [
+    (lambda: ALWAYS_ON, True), (lambda: ALWAYS_OFF, True), (lambda: TraceIdRatioBased(0.3), True),
+    (lambda: ParentBasedTraceIdRatio(0.3), True), (lambda: ParentBased(ALWAYS_OFF), True),
+    (lambda: StaticSampler(Decision.RECORD_ONLY), False), (lambda: RateLimitingSampler(5), False),
+], ids=["on", "off", "ratio", "parent-ratio", "parent-off", "record-only", "rate-limit"])
+@pytest.mark.parametrize("enabled", [True, False] if fastspan._HAS_IS_ENABLED else [True],  # (1.33-1.38: no switch)
+                         ids=["enabled", "disabled"][: 2 if fastspan._HAS_IS_ENABLED else 1])
+def test_roots_decided_early_are_the_sdks_decisions_with_the_same_random_draws(make_sampler, early, enabled):
+    """With the SDK's random ids, a root span the plan drops is decided in two steps (`_root_bound`): each
+    span's ids, flags and recording are the SDK tracer's for the same random draws, children included."""
+    import random
+
+    def run(ours: bool) -> list:
+        provider = TracerProvider(sampler=make_sampler())  # (a rate limiter's tokens are its own)
+        exporter = InMemorySpanExporter()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        tracer = provider.get_tracer("scope")
+        if ours:
+            tracer = fastspan.adopt(tracer)
+            assert (tracer._root_bound is not None) is early
+        if not enabled:
+            tracer._tracer_config = type(tracer._tracer_config)(is_enabled=False)
+        random.seed(1234)
+        seen = []
+        for _ in range(60):
+            root = tracer.start_span("root", kind=SpanKind.SERVER)
+            child = tracer.start_span("child", context=trace.set_span_in_context(root))
+            for span in (root, child):
+                c = span.get_span_context()
+                seen.append((type(span) is NonRecordingSpan, span.is_recording(), c.trace_id, c.span_id,
+                             int(c.trace_flags), c.is_valid, c.is_remote))
+            child.end()
+            root.end()
+        return seen + [[_view(s) for s in exporter.get_finished_spans()]]
+
+    sdk, ours = run(False), run(True)
+    assert ours == sdk
+    recorded = {row[1] for row in sdk[:-1:2]}
+    sampler = make_sampler()
+    if isinstance(sampler, (TraceIdRatioBased, ParentBasedTraceIdRatio)):
+        assert recorded == ({True, False} if enabled else {False})  # both sides of the bound were drawn
