@@ -335,7 +335,7 @@ def _root_bound(tracer: Tracer) -> Optional[int]:
     """The bound under which a root span's `trace_id & _ID_LIMIT` is sampled, where `start_span` may decide a
     root in two steps (a trace id, a compare): its plan decides roots by a ratio or always/never, its ids are
     the SDK's random ones, its spans' contexts plain tuples, the SDK's metrics off, and whether it is enabled
-    is its configuration's flag. Else None: the whole path."""
+    is its configuration's flag. Else None: the whole path (and for children too, see _child_sampled)."""
     if not (tracer._plan is not None and tracer._random_ids and tracer._plain_ids
             and (tracer._metrics_off or tracer._metrics is None) and (_ENABLED_BY_CONFIG or not _HAS_IS_ENABLED)):
         return None
@@ -387,6 +387,8 @@ class Tracer(sdk_trace.Tracer):
         self._plain_ids = _PLAIN_CONTEXT and type(self.id_generator) is RandomIdGenerator
         self._random_ids = _sdk_random_ids(self.id_generator)
         self._root_bound = _root_bound(self)
+        # a local parent that is sampled: its child sampled too (ParentBased's default), decided in one step
+        self._child_sampled = self._root_bound is not None and self._plan[3] is _RECORD_AND_SAMPLE
         self._root_dropped = _NOT_SAMPLED_RANDOM if _RANDOM_FLAG is not None else _NOT_SAMPLED
         self._root_sampled = _SAMPLED_RANDOM if _RANDOM_FLAG is not None else _SAMPLED
         # a span's fields, in the constructor's order: those the same for every span of this tracer set here
@@ -435,6 +437,17 @@ class Tracer(sdk_trace.Tracer):
             parent, decision, sampled_attributes = None, _RECORD_AND_SAMPLE, attributes
             span_context = _tuple_new(SpanContext, (trace_id, span_id, False, self._root_sampled, DEFAULT_TRACE_STATE,
                                                     True))
+        elif type(current) is Span and self._child_sampled and type(current._context) is SpanContext and (
+                current._context[3] & 0x01) and (not _HAS_IS_ENABLED or self._tracer_config.is_enabled):
+            # a child of one of our sampled spans, where the plan samples those (see _child_sampled): likewise
+            parent = current._context
+            trace_id, _, _, parent_flags, parent_state, _ = parent
+            span_id = _random.getrandbits(64) or self.id_generator.generate_span_id()
+            decision, sampled_attributes = _RECORD_AND_SAMPLE, attributes
+            span_context = _tuple_new(SpanContext, (
+                trace_id, span_id, False,
+                _SAMPLED_RANDOM if _RANDOM_FLAG is not None and parent_flags & _RANDOM_FLAG else _SAMPLED,
+                DEFAULT_TRACE_STATE if parent_state is None else parent_state, True))
         else:
             if current is None:
                 parent = _INVALID_CONTEXT  # INVALID_SPAN's

@@ -654,9 +654,11 @@ def test_the_programs_own_spans_follow_a_provider_it_sets_later():
 ], ids=["on", "off", "ratio", "parent-ratio", "parent-off", "record-only", "rate-limit"])
 @pytest.mark.parametrize("enabled", [True, False] if fastspan._HAS_IS_ENABLED else [True],  # (1.33-1.38: no switch)
                          ids=["enabled", "disabled"][: 2 if fastspan._HAS_IS_ENABLED else 1])
-def test_roots_decided_early_are_the_sdks_decisions_with_the_same_random_draws(make_sampler, early, enabled):
-    """With the SDK's random ids, a root span the plan drops is decided in two steps (`_root_bound`): each
-    span's ids, flags and recording are the SDK tracer's for the same random draws, children included."""
+def test_roots_and_children_decided_early_are_the_sdks_decisions_with_the_same_random_draws(make_sampler, early,
+                                                                                           enabled):
+    """With the SDK's random ids, a root span is decided in two steps (`_root_bound`), and a child of a sampled
+    span of ours in one (`_child_sampled`): each span's ids, flags and recording are the SDK tracer's for the
+    same random draws."""
     import random
 
     def run(ours: bool) -> list:
@@ -667,6 +669,8 @@ def test_roots_decided_early_are_the_sdks_decisions_with_the_same_random_draws(m
         if ours:
             tracer = fastspan.adopt(tracer)
             assert (tracer._root_bound is not None) is early
+            assert tracer._child_sampled is (early and make_sampler() is not ALWAYS_OFF
+                                             and not isinstance(make_sampler(), TraceIdRatioBased))
         if not enabled:
             tracer._tracer_config = type(tracer._tracer_config)(is_enabled=False)
         random.seed(1234)
