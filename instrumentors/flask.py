@@ -37,13 +37,15 @@ class FlaskInstrumentor(TraceRunInstrumentor):
 
     def _full_dispatch_request(self, wrapped, instance, args, kwargs):
         if runtime_context.current_span().is_recording():  # else no span of ours records here: nothing to name
-            with self.guard:
+            try:  # `with self.guard:` (Guard.failed says why not)
                 req = self._request._get_current_object()  # one context lookup, not one per attribute
                 environ = req.environ
                 state = environ.get(wsgi.ENVIRON_KEY)
                 rule = req.url_rule
                 if state is not None and rule is not None:
                     wsgi.set_route(state.span, environ.get("REQUEST_METHOD", ""), rule.rule)
+            except Exception as exc:
+                self.guard.failed(exc)
         return wrapped(*args, **kwargs)
 
     def _handle_exception(self, wrapped, instance, args, kwargs):

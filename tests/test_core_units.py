@@ -170,6 +170,44 @@ def test_guard_swallows_instrumentation_errors_but_not_in_test_mode(monkeypatch)
             raise KeyboardInterrupt
 
 
+@pytest.mark.parametrize("broken", ["start", "status", "end"])
+def test_the_wsgi_middleware_isolates_its_own_failures_and_the_app_answers_as_bare(monkeypatch, broken):
+    """A failure of ours where the request's span starts, where the status is read or where the span ends is
+    reported once, in test mode raised, and otherwise the app's answer reaches the server unchanged."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from trace_run.instrumentors import wsgi
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"hello"]
+
+    middleware = wsgi.TraceMiddleware(app, tracer_provider=TracerProvider())
+    if broken == "start":
+        middleware._tracer = guard._FaultyTracer("wsgi")
+    else:
+        target = "_response" if broken == "status" else "end"
+
+        def fail(*args, **kwargs):
+            raise RuntimeError("instrumentation bug")
+
+        monkeypatch.setattr(wsgi._Request, target, fail)
+
+    def serve() -> tuple:
+        seen = []
+        body = middleware({"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.url_scheme": "http",
+                           "SERVER_NAME": "h", "SERVER_PORT": "80"}, lambda status, headers: seen.append(status))
+        chunks = list(body)
+        getattr(body, "close", lambda: None)()
+        return seen, chunks
+
+    monkeypatch.setattr(guard, "_reported", set())
+    monkeypatch.setattr(guard, "RAISE", False)
+    assert serve() == (["200 OK"], [b"hello"]) and guard._reported == {"wsgi"}
+    monkeypatch.setattr(guard, "RAISE", True)
+    with pytest.raises((RuntimeError, guard.SimulatedFault)):
+        serve()
+
+
 @pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
 @pytest.mark.parametrize("broken", ["start", "end", "fail"])
 def test_span_wrapper_isolates_its_own_failures_and_passes_the_programs_on(monkeypatch, broken, is_async):
