@@ -244,7 +244,7 @@ runtime_context.read_context_field(Span)  # its get_span_context above: unsample
 
 
 def _ignores_attributes(sampler, nested: bool = False) -> bool:
-    """Whether `sampler` decides without reading a span's attributes (exact types: a subclass may read them)."""
+    """Whether `sampler` decides without reading a span's attributes or name (exact types: a subclass may read them)."""
     kind = type(sampler)
     if kind in (sampling.StaticSampler, sampling.TraceIdRatioBased, RateLimitingSampler):
         return True
