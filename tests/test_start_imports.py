@@ -29,7 +29,10 @@ def _upstream_instrumentors() -> list:
 
 
 def test_start_imports_these_modules_and_nothing_else(tmp_path):
-    env = clean_env(OTEL_TRACES_EXPORTER="none", OTEL_SERVICE_NAME="start-imports")
+    # its own cache of the installed instrumentors: another test writing the shared one meanwhile (other
+    # paths, other instrumentors) would make this start read a list that is not this environment's
+    env = clean_env(OTEL_TRACES_EXPORTER="none", OTEL_SERVICE_NAME="start-imports",
+                    XDG_CACHE_HOME=str(tmp_path / "cache"))
     # thirdparty (and the registry it classifies them by) only where there is an upstream instrumentor to
     # arm (the tests' venv has Django's)
     thirdparty = ["trace_run.agent.thirdparty", "trace_run.instrumentors", "trace_run.instrumentors.registry"]
