@@ -74,6 +74,9 @@ _ENABLED_BY_CONFIG = _HAS_IS_ENABLED and getattr(getattr(sdk_trace.Tracer._is_en
 _NOOP_METRICS, _NOOP_END = compat.noop_tracer_metrics()
 if _RANDOM_FLAG is not None:
     _SAMPLED_RANDOM, _NOT_SAMPLED_RANDOM = TraceFlags(_SAMPLED | _RANDOM_FLAG), TraceFlags(_NOT_SAMPLED | _RANDOM_FLAG)
+# a root's flags where its trace id is the SDK's random one (see _root_bound): sampled, dropped
+_ROOT_SAMPLED, _ROOT_DROPPED = (_SAMPLED_RANDOM, _NOT_SAMPLED_RANDOM) if _RANDOM_FLAG is not None else (
+    _SAMPLED, _NOT_SAMPLED)
 # the SDK's RandomIdGenerator as it ships: `start_span` draws its ids itself, as it does (random.getrandbits, 0 redrawn)
 _ID_METHODS = ("generate_trace_id", "generate_span_id", "is_trace_id_random")
 _SDK_IDS = tuple(getattr(RandomIdGenerator, name, None) for name in _ID_METHODS)
@@ -389,8 +392,6 @@ class Tracer(sdk_trace.Tracer):
         self._root_bound = _root_bound(self)
         # a local parent that is sampled: its child sampled too (ParentBased's default), decided in one step
         self._child_sampled = self._root_bound is not None and self._plan[3] is _RECORD_AND_SAMPLE
-        self._root_dropped = _NOT_SAMPLED_RANDOM if _RANDOM_FLAG is not None else _NOT_SAMPLED
-        self._root_sampled = _SAMPLED_RANDOM if _RANDOM_FLAG is not None else _SAMPLED
         # a span's fields, in the constructor's order: those the same for every span of this tracer set here
         self._span_fields = dict.fromkeys(_FIELDS + ("_maker",))
         self._span_fields.update({
@@ -433,10 +434,9 @@ class Tracer(sdk_trace.Tracer):
             span_id = _random.getrandbits(64) or self.id_generator.generate_span_id()
             if trace_id & _ID_LIMIT >= self._root_bound:
                 return NonRecordingSpan(context=_tuple_new(SpanContext, (
-                    trace_id, span_id, False, self._root_dropped, DEFAULT_TRACE_STATE, True)))
+                    trace_id, span_id, False, _ROOT_DROPPED, DEFAULT_TRACE_STATE, True)))
             parent, decision, sampled_attributes = None, _RECORD_AND_SAMPLE, attributes
-            span_context = _tuple_new(SpanContext, (trace_id, span_id, False, self._root_sampled, DEFAULT_TRACE_STATE,
-                                                    True))
+            span_context = _tuple_new(SpanContext, (trace_id, span_id, False, _ROOT_SAMPLED, DEFAULT_TRACE_STATE, True))
         elif type(current) is Span and self._child_sampled and type(current._context) is SpanContext and (
                 current._context[3] & 0x01) and (not _HAS_IS_ENABLED or self._tracer_config.is_enabled):
             # a child of one of our sampled spans, where the plan samples those (see _child_sampled): likewise
