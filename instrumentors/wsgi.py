@@ -279,10 +279,8 @@ class _TracedBody(_UnrecordedBody):
                 _guard.failed(exc)
             raise
         except BaseException as exc:
-            try:
+            with _guard:
                 self._request.end(exc)
-            except Exception as error:
-                _guard.failed(error)
             raise
 
     def __del__(self) -> None:
@@ -329,10 +327,8 @@ def handle(tracer: trace.Tracer, environ: dict, start_response: Callable, app: C
     try:
         result = app(environ, start_response)
     except BaseException as exc:
-        try:
+        with _guard:  # (a failing request: not the path to save calls on)
             request.end(exc)
-        except Exception as error:
-            _guard.failed(error)
         raise
     finally:
         runtime_context.detach(token)
