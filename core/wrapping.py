@@ -14,6 +14,15 @@ built on the very classes loaded here, so `isinstance` agrees everywhere.
 Where that cannot be done (wrapt imported already, installed somewhere the
 path finder does not see, no C extension, WRAPT_DISABLE_EXTENSIONS set), it
 is `import wrapt`, as before: the same guarantees at the old cost.
+
+A plain method (a sync Python function defined in a class) is wrapped by a
+plain function instead (`method_wrapper`): a FunctionWrapper call costs
+~0.8 us, the function ~0.35 us, on every request's hottest methods. It keeps
+what callers see of the FunctionWrapper (it is a function, binds as one, has
+the original's names, doc and signature through `__wrapped__`, and the
+wrapper is told the same `wrapped, instance, args, kwargs`); anything else
+(class and static methods, builtins, generators, coroutines, module
+functions, someone else's wrapper) stays a FunctionWrapper.
 """
 
 from __future__ import annotations
@@ -21,9 +30,12 @@ from __future__ import annotations
 import os
 import sys
 from _thread import RLock
+from functools import update_wrapper
+from types import FunctionType
 from typing import Any, Callable, Tuple
 
-__all__ = ["FunctionWrapper", "ObjectProxy", "lean", "original_of", "wrap_function_wrapper"]
+__all__ = ["FunctionWrapper", "ObjectProxy", "is_wrapper", "lean", "method_wrapper", "original_of",
+           "wrap_function_wrapper"]
 
 
 # Held while wrapt/__init__.py runs. A module global, not a closure's: eventlet's monkey_patch greens
@@ -120,9 +132,38 @@ def original_of(owner: Any, attr: str) -> Any:
     return getattr(owner, attr)
 
 
+# generator, coroutine, iterable coroutine, async generator (inspect.CO_*; inspect is not imported
+# on the start-up path): a function returning what a plain wrapper would not be told apart from
+_NOT_PLAIN = 0x20 | 0x80 | 0x100 | 0x200
+
+
+def method_wrapper(original: Callable, wrapper: Callable) -> Callable:
+    """A plain function standing for the method `original`, calling `wrapper(bound original, instance,
+    args, kwargs)` as a FunctionWrapper would; `__wrapped__` is the original."""
+    bind = original.__get__
+
+    def method(self, *args, **kwargs):
+        return wrapper(bind(self), self, args, kwargs)
+
+    update_wrapper(method, original)
+    method._trace_run_wrapper = wrapper
+    return method
+
+
+def is_wrapper(obj: Any) -> bool:
+    """A wrapper made here or by wrapt (someone else's too). By type, not isinstance: a lazy object
+    (django.conf.settings) would set itself up to answer `__class__`."""
+    kind = type(obj)
+    return issubclass(kind, ObjectProxy) or (kind is FunctionType and "_trace_run_wrapper" in obj.__dict__)
+
+
 def wrap_function_wrapper(owner: Any, attr: str, wrapper: Callable) -> Any:
     """wrapt.wrap_function_wrapper(owner, attr, wrapper) for an object (not a module name): set
-    owner.attr to a FunctionWrapper of what it holds, and return that."""
-    new = FunctionWrapper(original_of(owner, attr), wrapper)
+    owner.attr to a wrapper of what it holds (method_wrapper's for a plain method), and return that."""
+    original = original_of(owner, attr)
+    if isinstance(owner, type) and type(original) is FunctionType and not original.__code__.co_flags & _NOT_PLAIN:
+        new = method_wrapper(original, wrapper)
+    else:
+        new = FunctionWrapper(original, wrapper)
     setattr(owner, attr, new)
     return new

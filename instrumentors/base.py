@@ -10,7 +10,8 @@ process start) for a dependency check the agent skips; a program calling
 `instrument()` without `skip_dep_check` gets the check, imported then.
 It remembers every attribute it wraps so that `uninstrument()` puts back the
 exact original objects. Wrappers that run a call inside a span are built by
-spans.py; the wrapper object is wrapt's C FunctionWrapper (core.wrapping).
+spans.py; the wrapper object is a plain function for a plain method, else wrapt's C
+FunctionWrapper (core.wrapping).
 """
 
 from __future__ import annotations
@@ -197,9 +198,10 @@ class TraceRunInstrumentor:
         return tracer
 
     def wrap(self, owner: Any, attr: str, wrapper: Callable) -> None:
-        """Wrap owner.attr in a FunctionWrapper, remembering the exact original for uninstrument()."""
+        """Wrap owner.attr (core.wrapping: a plain function for a plain method, else wrapt's FunctionWrapper),
+        remembering the exact original for uninstrument()."""
         original = owner.__dict__.get(attr, _MISSING) if hasattr(owner, "__dict__") else _MISSING
-        if isinstance(original, wrapping.ObjectProxy) and getattr(original, "_self_trace_run", False):
+        if wrapping.is_wrapper(original) and getattr(original, "_self_trace_run", False):
             return  # ours already (through another path); someone else's wrapper is wrapped again
         new = wrapping.wrap_function_wrapper(owner, attr, wrapper)
         try:

@@ -154,19 +154,86 @@ def test_observable_behaviour_is_wrapts(pair):
     assert mine["Base.cmethod"]["isinstance_raw"] == ["classmethod"]
 
 
-def test_wrappers_are_wrapts_own_classes(pair):
+PLAIN_METHODS = [("Base", "method"), ("Sub", "inherited")]  # sync Python functions of a class
+
+
+def test_wrappers_are_plain_functions_for_plain_methods_and_wrapts_own_classes_otherwise(pair):
     import wrapt
 
     ours, _, _, stored = pair
     for o, a in TARGETS:
         raw = ours[o].__dict__[a]
-        assert type(raw) is wrapt.FunctionWrapper, (o, a)
-        assert isinstance(raw, getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy))
+        if (o, a) in PLAIN_METHODS:
+            assert type(raw) is types.FunctionType and raw.__dict__["_trace_run_wrapper"] is record, (o, a)
+        else:
+            assert type(raw) is wrapt.FunctionWrapper, (o, a)
+            assert isinstance(raw, getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy))
+        assert wrapping.is_wrapper(raw) and raw._self_trace_run is True
         original = stored[(o, a)][0]
         if original is not None:
             assert raw.__wrapped__ is original, (o, a)
+            assert not wrapping.is_wrapper(original)
     # Sub had no `inherited` of its own: the wrapper shadows Base's, which is what it wraps
     assert ours["Sub"].__dict__["inherited"].__wrapped__ is ours["Base"].__dict__["inherited"]
+
+
+def test_generator_and_coroutine_methods_stay_function_wrappers_and_look_as_they_did():
+    import asyncio
+
+    import wrapt
+
+    def make():
+        class Gen:
+            def gen(self, n):
+                yield from range(n)
+
+            async def coro(self, n):
+                return n * 2
+
+            async def agen(self, n):
+                yield n
+
+            def plain(self, n, *, key="k"):
+                if n < 0:
+                    raise ValueError("negative %s" % n)
+                return (n, key)
+
+        class Child(Gen):
+            def plain(self, n, *, key="k"):  # an override calling the wrapped method through super()
+                return ("child",) + super().plain(n, key=key)
+
+        return Gen, Child
+
+    ours, theirs = make(), make()
+    probe = Probe()
+    probe.targets = [(ours[0], name) for name in ("gen", "coro", "agen", "plain")]
+    probe.instrument(skip_dep_check=True)
+    for name in ("gen", "coro", "agen", "plain"):
+        wrapt.wrap_function_wrapper(theirs[0], name, record)
+    try:
+        for name, check in (("gen", inspect.isgeneratorfunction), ("coro", inspect.iscoroutinefunction),
+                            ("agen", inspect.isasyncgenfunction)):
+            assert type(vars(ours[0])[name]) is wrapt.FunctionWrapper, name
+            assert check(getattr(ours[0], name)) and check(getattr(ours[0](), name)), name
+            assert check(getattr(theirs[0], name)), name
+        assert type(vars(ours[0])["plain"]) is types.FunctionType
+        results = []
+        for Gen, Child in (ours, theirs):
+            del SEEN[:]
+            obj, child = Gen(), Child()
+            got = [list(obj.gen(3)), asyncio.run(obj.coro(4)), obj.plain(5, key="z"), Gen.plain(obj, 6),
+                   child.plain(7)]
+            with pytest.raises(ValueError, match="negative -1"):
+                obj.plain(-1)
+            with pytest.raises(TypeError):
+                obj.plain()  # the original's own TypeError, from inside the wrapper
+            results.append((got, list(SEEN), str(inspect.signature(obj.plain)), Gen.plain.__qualname__))
+        assert results[0] == results[1]
+        assert results[0][1][-3] == ("Child", (7,))  # super().plain(...) went through the wrapper
+    finally:
+        probe.uninstrument()
+        type(probe)._instance = None
+    assert not any(wrapping.is_wrapper(v) for v in vars(ours[0]).values())
 
 
 def test_uninstrument_puts_back_the_exact_originals(pair):
@@ -210,7 +277,7 @@ def test_a_second_wrap_of_ours_is_skipped_and_someone_elses_is_wrapped():
     try:
         probe.instrument(skip_dep_check=True)
         assert Base.__dict__["method"].__wrapped__ is not None
-        assert not isinstance(Base.__dict__["method"].__wrapped__, wrapping.ObjectProxy)  # not wrapped twice
+        assert not wrapping.is_wrapper(Base.__dict__["method"].__wrapped__)  # not wrapped twice
         assert Base.__dict__["smethod"].__wrapped__ is theirs
         del SEEN[:]
         assert Base.smethod(1) == 3 and len(SEEN) == 2  # ours, then theirs
@@ -294,7 +361,7 @@ def test_the_agent_patching_flask_and_requests_imports_no_asyncio_packaging_or_i
             "print(json.dumps({'mods': sorted(m for m in ('asyncio', 'packaging', 'wrapt.wrappers',\n"
             "    'opentelemetry.instrumentation.instrumentor', 'opentelemetry.instrumentation.utils',\n"
             "    'opentelemetry.instrumentation._semconv') if m in sys.modules),\n"
-            "  'patched': [isinstance(vars(c)[a], wrapping.ObjectProxy) for c, a in\n"
+            "  'patched': [wrapping.is_wrapper(vars(c)[a]) for c, a in\n"
             "    ((flask.Flask, 'wsgi_app'), (requests.adapters.HTTPAdapter, 'send'))]}))")
     # The baseline imports what the agent's SDK set-up imports anyway (with opentelemetry-api 1.33, the
     # floor, opentelemetry.context imports `deprecated`, which imports the whole of wrapt).

@@ -146,7 +146,7 @@ EXERCISES = {
 # Run in a bare interpreter: instrument by hand, twice, uninstrument, again; print what changed.
 PATCH_PROBE = r"""
 import importlib, json, sys
-from trace_run.core.wrapping import ObjectProxy  # every wrapt wrapper (wrapt 2's wrapt.ObjectProxy is not)
+from trace_run.core.wrapping import is_wrapper  # ours (a plain function or wrapt's) or anyone's wrapt wrapper
 from trace_run.instrumentors import registry
 
 _GONE = object()
@@ -182,7 +182,7 @@ def changed(before, after):
     # Values replaced or removed since `before`, and wrappers added (a library's own lazy imports add
     # plain attributes: not ours).
     out = [k for k, v in before.items() if after.get(k, _GONE) is not v]
-    out += [k for k, v in after.items() if k not in before and issubclass(type(v), ObjectProxy)]
+    out += [k for k, v in after.items() if k not in before and is_wrapper(v)]
     return sorted(".".join(k) for k in out)
 
 
