@@ -36,17 +36,31 @@ class FlaskInstrumentor(TraceRunInstrumentor):
         return wsgi.handle(self.tracer, environ, start_response, wrapped, self._excluded)
 
     def _full_dispatch_request(self, wrapped, instance, args, kwargs):
-        if runtime_context.current_span().is_recording():  # else no span of ours records here: nothing to name
-            try:  # `with self.guard:` (Guard.failed says why not)
-                req = self._request._get_current_object()  # one context lookup, not one per attribute
-                environ = req.environ
-                state = environ.get(wsgi.ENVIRON_KEY)
-                rule = req.url_rule
-                if state is not None and rule is not None:
-                    wsgi.set_route(state.span, environ.get("REQUEST_METHOD", ""), rule.rule)
-            except Exception as exc:
-                self.guard.failed(exc)
+        if not runtime_context.current_span().is_recording():  # no span of ours records here: nothing to name
+            return self._unrecorded(wrapped(*args, **kwargs))
+        try:  # `with self.guard:` (Guard.failed says why not)
+            req = self._request._get_current_object()  # one context lookup, not one per attribute
+            environ = req.environ
+            state = environ.get(wsgi.ENVIRON_KEY)
+            rule = req.url_rule
+            if state is not None and rule is not None:
+                wsgi.set_route(state.span, environ.get("REQUEST_METHOD", ""), rule.rule)
+        except Exception as exc:
+            self.guard.failed(exc)
         return wrapped(*args, **kwargs)
+
+    def _unrecorded(self, response: Any) -> Any:
+        """A response whose body is a list (what Flask makes of str, bytes, dict...) needs no context
+        while the server iterates it: the request's state says so, and wsgi.handle leaves it unwrapped
+        (~4 us a request). A streamed one (a generator) keeps its context."""
+        try:  # `with self.guard:` (Guard.failed says why not)
+            if type(getattr(response, "response", None)) is list:
+                state = self._request._get_current_object().environ.get(wsgi.ENVIRON_KEY)
+                if state is not None:
+                    state.held_whole = True
+        except Exception as exc:
+            self.guard.failed(exc)
+        return response
 
     def _handle_exception(self, wrapped, instance, args, kwargs):
         with self.guard:

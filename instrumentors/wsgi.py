@@ -175,9 +175,10 @@ def set_route(span: trace.Span, method: str, route: str) -> None:
 
 
 class _Request:
-    """Per-request state: the span, its context, and the status once known."""
+    """Per-request state: the span, its context, and the status once known. `held_whole`: a framework saw
+    that the body is already made (no code of the app runs while it is iterated)."""
 
-    __slots__ = ("span", "ctx", "status", "ended", "recorded")
+    __slots__ = ("span", "ctx", "status", "ended", "recorded", "held_whole")
 
     def __init__(self, span: trace.Span, ctx):
         self.span = span
@@ -185,6 +186,7 @@ class _Request:
         self.status = None
         self.ended = False
         self.recorded = None
+        self.held_whole = False
 
     def record(self, exc: BaseException) -> None:
         """An exception the framework handled (e.g. turned into a 500): recorded once."""
@@ -333,7 +335,8 @@ def handle(tracer: trace.Tracer, environ: dict, start_response: Callable, app: C
     finally:
         runtime_context.detach(token)
     if not recording and body is _TracedBody:
-        return _UnrecordedBody(result, request)
+        # nothing to end; the context is needed only while code of the app runs (a streamed body)
+        return result if request.held_whole else _UnrecordedBody(result, request)
     return body(result, request)
 
 

@@ -526,6 +526,53 @@ def test_an_unsampled_request_streams_in_its_context_and_keeps_the_servers_start
     assert trace.get_current_span() is trace.INVALID_SPAN  # nothing left attached
 
 
+@pytest.mark.parametrize("streamed", [False, True], ids=["held-whole", "streamed"])
+def test_an_unsampled_flask_request_wraps_its_body_only_when_the_body_runs_app_code(streamed):
+    """Flask's body made already (a list) goes back to the server as Flask made it: no code of the app runs
+    while it is iterated. A streamed one runs in the request's context, so a call it makes carries the
+    trace and its not-sampled flag; both leave nothing attached."""
+    from flask import Flask, Response
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+    from trace_run.instrumentors import wsgi
+    from werkzeug.test import EnvironBuilder
+
+    def traceparent() -> bytes:
+        carrier = {}
+        propagate.inject(carrier)
+        return carrier.get("traceparent", "none").encode()
+
+    app = Flask("unsampled")
+
+    @app.route("/r")
+    def route():
+        if streamed:
+            return Response(traceparent() for _ in range(2))
+        return traceparent()
+
+    seen = []
+    old = propagate.get_global_textmap()
+    propagate.set_global_textmap(W3CTraceContextPropagator())
+    FlaskInstrumentor().instrument(tracer_provider=TracerProvider(sampler=ALWAYS_OFF), skip_dep_check=True)
+    try:
+        environ = EnvironBuilder(path="/r", headers={"traceparent": "00-%032x-%016x-00" % (0xAB, 0xCD)}).get_environ()
+        body = app(environ, lambda status, headers, exc_info=None: seen.append(status))
+        kind = type(body)
+        chunks = list(body)
+        body.close()
+    finally:
+        FlaskInstrumentor().uninstrument()
+        propagate.set_global_textmap(old)
+    assert seen == ["200 OK"] and (kind is wsgi._UnrecordedBody) is streamed
+    assert environ[wsgi.ENVIRON_KEY].held_whole is not streamed
+    assert len(chunks) == (2 if streamed else 1)
+    for chunk in chunks:
+        trace_id, span_id, flags = chunk.decode().split("-")[1:]
+        assert int(trace_id, 16) == 0xAB and flags == "00" and int(span_id, 16) not in (0, 0xCD)
+    assert trace.get_current_span() is trace.INVALID_SPAN
+
+
 @pytest.mark.parametrize("headers", [{}, {"HTTP_TRACEPARENT": "00-%032x-%016x-01" % (7, 8)},
                                      {"HTTP_BAGGAGE": "k=v"}, {"HTTP_TRACESTATE": "a=b"}, {"HTTP_TRACEPARENT": ""}],
                          ids=["none", "traceparent", "baggage", "tracestate-alone", "empty-traceparent"])
