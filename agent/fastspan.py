@@ -433,7 +433,8 @@ class Tracer(sdk_trace.Tracer):
             trace_id = _random.getrandbits(128) or self.id_generator.generate_trace_id()
             span_id = _random.getrandbits(64) or self.id_generator.generate_span_id()
             if trace_id & _ID_LIMIT >= self._root_bound:
-                return NonRecordingSpan(context=_tuple_new(SpanContext, (
+                # (its context passed by position: a keyword makes type.__call__ build a dict for __init__)
+                return NonRecordingSpan(_tuple_new(SpanContext, (
                     trace_id, span_id, False, _ROOT_DROPPED, DEFAULT_TRACE_STATE, True)))
             parent, decision, sampled_attributes = None, _RECORD_AND_SAMPLE, attributes
             span_context = _tuple_new(SpanContext, (trace_id, span_id, False, _ROOT_SAMPLED, DEFAULT_TRACE_STATE, True))
@@ -458,7 +459,7 @@ class Tracer(sdk_trace.Tracer):
                 if parent is not None and not isinstance(parent, SpanContext):
                     raise TypeError("parent_span_context must be a SpanContext or None.")
             if _HAS_IS_ENABLED and not (self._tracer_config.is_enabled if _ENABLED_BY_CONFIG else self._is_enabled()):
-                return NonRecordingSpan(context=parent)
+                return NonRecordingSpan(parent)
             if parent is None:
                 valid = False
             elif _PLAIN_CONTEXT and type(parent) is SpanContext:  # its fields as the tuple holds them, not by property
@@ -510,7 +511,7 @@ class Tracer(sdk_trace.Tracer):
         else:
             record_end_metrics = metrics.start_span(parent, decision) if metrics is not None else None
         if decision is not _RECORD_AND_SAMPLE and decision is not _RECORD_ONLY:
-            return NonRecordingSpan(context=span_context)
+            return NonRecordingSpan(span_context)
         # an attribute-blind sampler hands back what it was given (nothing, here): the deferred ones go in its place
         if _make is None:
             span_attributes = sampled_attributes
