@@ -37,7 +37,8 @@ class FlaskInstrumentor(TraceRunInstrumentor):
 
     def _full_dispatch_request(self, wrapped, instance, args, kwargs):
         if not runtime_context.current_span().is_recording():  # no span of ours records here: nothing to name
-            return self._unrecorded(wrapped(*args, **kwargs))
+            return self._held_whole(wrapped(*args, **kwargs))
+        state = None
         try:  # `with self.guard:` (Guard.failed says why not)
             req = self._request._get_current_object()  # one context lookup, not one per attribute
             environ = req.environ
@@ -47,15 +48,17 @@ class FlaskInstrumentor(TraceRunInstrumentor):
                 wsgi.set_route(state.span, environ.get("REQUEST_METHOD", ""), rule.rule)
         except Exception as exc:
             self.guard.failed(exc)
-        return wrapped(*args, **kwargs)
+        return self._held_whole(wrapped(*args, **kwargs), state)
 
-    def _unrecorded(self, response: Any) -> Any:
-        """A response whose body is a list (what Flask makes of str, bytes, dict...) needs no context
-        while the server iterates it: the request's state says so, and wsgi.handle leaves it unwrapped
-        (~4 us a request). A streamed one (a generator) keeps its context."""
+    def _held_whole(self, response: Any, state: Any = None) -> Any:
+        """A response whose body is a list (what Flask makes of str, bytes, dict...) runs no code of the
+        app while the server iterates it: the request's state says so, and wsgi.handle iterates it without
+        making the context current (an unsampled request's body goes back unwrapped: ~4 us). A streamed
+        one (a generator) keeps its context."""
         try:  # `with self.guard:` (Guard.failed says why not)
             if type(getattr(response, "response", None)) is list:
-                state = self._request._get_current_object().environ.get(wsgi.ENVIRON_KEY)
+                if state is None:
+                    state = self._request._get_current_object().environ.get(wsgi.ENVIRON_KEY)
                 if state is not None:
                     state.held_whole = True
         except Exception as exc:

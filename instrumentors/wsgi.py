@@ -268,9 +268,11 @@ class _TracedBody(_UnrecordedBody):
 
     __slots__ = ()
 
+    _step = _UnrecordedBody.__next__  # the next chunk, the request's context current while it is made
+
     def __next__(self):
         try:
-            return super().__next__()
+            return self._step()
         except StopIteration:
             # The whole body is out. Servers close() the iterable next, but
             # werkzeug skips close() when the client reset the connection while
@@ -305,6 +307,18 @@ class _TracedBody(_UnrecordedBody):
                 _guard.failed(exc)
 
 
+class _HeldBody(_TracedBody):
+    """A body the framework made already (`held_whole`): no code of the app runs while it is iterated,
+    so its chunks are taken without making the context current."""
+
+    __slots__ = ()
+
+    def _step(self):
+        if self._iter is None:
+            self._iter = iter(self._body)
+        return next(self._iter)
+
+
 def handle(tracer: trace.Tracer, environ: dict, start_response: Callable, app: Callable,
            excluded=None, body: Callable[[Any, _Request], Any] = _TracedBody) -> Any:
     """Run one WSGI request through `app` inside a SERVER span; `body(result, request)` is what goes
@@ -334,9 +348,11 @@ def handle(tracer: trace.Tracer, environ: dict, start_response: Callable, app: C
         raise
     finally:
         runtime_context.detach(token)
-    if not recording and body is _TracedBody:
-        # nothing to end; the context is needed only while code of the app runs (a streamed body)
-        return result if request.held_whole else _UnrecordedBody(result, request)
+    if body is _TracedBody:
+        if not recording:  # nothing to end; the context is needed only while code of the app runs (a streamed body)
+            return result if request.held_whole else _UnrecordedBody(result, request)
+        if request.held_whole:
+            return _HeldBody(result, request)
     return body(result, request)
 
 

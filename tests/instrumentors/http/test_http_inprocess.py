@@ -526,15 +526,20 @@ def test_an_unsampled_request_streams_in_its_context_and_keeps_the_servers_start
     assert trace.get_current_span() is trace.INVALID_SPAN  # nothing left attached
 
 
+@pytest.mark.parametrize("sampled", [False, True], ids=["unsampled", "sampled"])
 @pytest.mark.parametrize("streamed", [False, True], ids=["held-whole", "streamed"])
-def test_an_unsampled_flask_request_wraps_its_body_only_when_the_body_runs_app_code(streamed):
-    """Flask's body made already (a list) goes back to the server as Flask made it: no code of the app runs
-    while it is iterated. A streamed one runs in the request's context, so a call it makes carries the
-    trace and its not-sampled flag; both leave nothing attached."""
+def test_a_flask_body_is_iterated_in_the_requests_context_only_when_it_runs_app_code(streamed, sampled):
+    """Flask's body made already (a list) runs no code of the app while the server iterates it: an
+    unsampled request's goes back to the server as Flask made it, a sampled one's is iterated without
+    making the context current (its span still ends with the body). A streamed body runs in the
+    request's context, so a call it makes carries the trace (and, unsampled, its not-sampled flag).
+    Nothing is left attached."""
     from flask import Flask, Response
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
     from trace_run.instrumentors import wsgi
     from werkzeug.test import EnvironBuilder
 
@@ -543,7 +548,7 @@ def test_an_unsampled_flask_request_wraps_its_body_only_when_the_body_runs_app_c
         propagate.inject(carrier)
         return carrier.get("traceparent", "none").encode()
 
-    app = Flask("unsampled")
+    app = Flask("bodies")
 
     @app.route("/r")
     def route():
@@ -552,24 +557,43 @@ def test_an_unsampled_flask_request_wraps_its_body_only_when_the_body_runs_app_c
         return traceparent()
 
     seen = []
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ALWAYS_ON if sampled else ALWAYS_OFF)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
     old = propagate.get_global_textmap()
     propagate.set_global_textmap(W3CTraceContextPropagator())
-    FlaskInstrumentor().instrument(tracer_provider=TracerProvider(sampler=ALWAYS_OFF), skip_dep_check=True)
+    FlaskInstrumentor().instrument(tracer_provider=provider, skip_dep_check=True)
+    flag = "01" if sampled else "00"
     try:
-        environ = EnvironBuilder(path="/r", headers={"traceparent": "00-%032x-%016x-00" % (0xAB, 0xCD)}).get_environ()
+        environ = EnvironBuilder(path="/r", headers={"traceparent": "00-%032x-%016x-%s" % (0xAB, 0xCD, flag)}
+                                 ).get_environ()
         body = app(environ, lambda status, headers, exc_info=None: seen.append(status))
         kind = type(body)
         chunks = list(body)
+        ended_with_the_body = len(exporter.get_finished_spans())
         body.close()
     finally:
         FlaskInstrumentor().uninstrument()
         propagate.set_global_textmap(old)
-    assert seen == ["200 OK"] and (kind is wsgi._UnrecordedBody) is streamed
+    expected = {(False, False): None, (False, True): wsgi._UnrecordedBody, (True, False): wsgi._HeldBody,
+                (True, True): wsgi._TracedBody}  # None: werkzeug's own, not one of ours
+    ours = kind if kind in (wsgi._UnrecordedBody, wsgi._HeldBody, wsgi._TracedBody) else None
+    assert seen == ["200 OK"] and ours is expected[(sampled, streamed)]
     assert environ[wsgi.ENVIRON_KEY].held_whole is not streamed
     assert len(chunks) == (2 if streamed else 1)
+    span_ids = set()
     for chunk in chunks:
         trace_id, span_id, flags = chunk.decode().split("-")[1:]
-        assert int(trace_id, 16) == 0xAB and flags == "00" and int(span_id, 16) not in (0, 0xCD)
+        assert int(trace_id, 16) == 0xAB and flags == flag and int(span_id, 16) not in (0, 0xCD)
+        span_ids.add(int(span_id, 16))
+    assert len(span_ids) == 1  # the request's own (server) span, current while each chunk was made
+    if sampled:
+        (span,) = exporter.get_finished_spans()
+        assert ended_with_the_body == 1  # ended as the body ran out, before the server's close()
+        assert span.name == "GET /r" and span.kind is SpanKind.SERVER and span.context.span_id in span_ids
+        assert span.parent.span_id == 0xCD and span.attributes["http.response.status_code"] == 200
+    else:
+        assert exporter.get_finished_spans() == ()
     assert trace.get_current_span() is trace.INVALID_SPAN
 
 
