@@ -32,7 +32,8 @@ class FlaskInstrumentor(TraceRunInstrumentor):
         self.wrap(flask.Flask, "handle_exception", self._handle_exception)
 
     def _wsgi_app(self, wrapped, instance, args, kwargs):
-        environ, start_response = _environ_args(*args, **kwargs)
+        # (servers pass both by position: the helper call only for other ways of calling)
+        environ, start_response = args if len(args) == 2 and not kwargs else _environ_args(*args, **kwargs)
         return wsgi.handle(self.tracer, environ, start_response, wrapped, self._excluded)
 
     def _full_dispatch_request(self, wrapped, instance, args, kwargs):

@@ -32,7 +32,7 @@ from trace_run.core import runtime_context
 from trace_run.core.guard import Guard
 
 from . import bounds, errors, http_common, propagation
-from .base import is_instrumentation_enabled
+from .base import instrumentation_enabled_in
 
 ENVIRON_KEY = "trace_run.request"  # the request's _Request (span and state), for frameworks
 
@@ -326,7 +326,7 @@ def handle(tracer: trace.Tracer, environ: dict, start_response: Callable, app: C
     response object instead of the _TracedBody wrapper)."""
     request = None
     try:  # `with _guard:`, which costs two Python calls a request (Guard.failed says why not)
-        if ENVIRON_KEY not in environ and is_instrumentation_enabled():
+        if ENVIRON_KEY not in environ and instrumentation_enabled_in(runtime_context.get_current()):
             if excluded is None or not excluded.search(_request_url(environ)):
                 parent = extract(environ)
                 span = start_server_span(tracer, environ, parent)
