@@ -218,9 +218,36 @@ def default_port(scheme: str) -> Optional[int]:
 FROM_URL = object()
 
 
-def _address(url: str) -> tuple:
+def _parse_address(url: str) -> tuple:
     parts = urlsplit(url)
     return parts.hostname, parts.port or default_port(parts.scheme)
+
+
+_ADDRESSES: dict = {}  # "scheme://authority" (no userinfo) -> (host, port): a client talks to a few servers
+_ADDRESSES_MAX = 256
+
+
+def _address(url: str) -> tuple:
+    """(server.address, server.port) of `url`: urlsplit's hostname and port, which depend only on the
+    scheme and the authority, kept by those (reading them is ~80 bytecodes a span). An authority with
+    userinfo is never kept (no credentials held here)."""
+    start = url.find("://")
+    if start < 0:
+        return _parse_address(url)
+    end = len(url)
+    for sep in "/?#":
+        i = url.find(sep, start + 3)
+        if 0 <= i < end:
+            end = i
+    key = url[:end]
+    hit = _ADDRESSES.get(key)
+    if hit is None:
+        hit = _parse_address(key)
+        if "@" not in key:
+            if len(_ADDRESSES) >= _ADDRESSES_MAX:
+                _ADDRESSES.clear()
+            _ADDRESSES[key] = hit
+    return hit
 
 
 def full_url(scheme: str, host: str, port: Optional[int], target: Any, userinfo: str = "") -> str:

@@ -75,6 +75,12 @@ def redact_url(url: Any) -> str:
     if isinstance(url, bytes):
         url = url.decode("utf-8", "replace")
     url = str(url)
+    if "@" not in url and "?" not in url:  # no userinfo, no query: _redact would change nothing
+        return url
+    return _redact(url)
+
+
+def _redact(url: str) -> str:
     scheme_end = url.find("://")
     if scheme_end >= 0:
         start = scheme_end + 3

@@ -7,6 +7,8 @@ import threading
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry import propagate
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.trace import SpanKind, StatusCode
@@ -709,3 +711,41 @@ def test_server_attributes_of_one_request(extra, expected):
     want.update(expected)
     assert attrs == want
     assert name == ("HTTP" if attrs["http.request.method"] == "_OTHER" else "GET")
+
+
+_URL_PIECES = st.sampled_from(["http", "https", "ftp", "HTTP", "h", "", "://", ":", "//", "/", "?", "#", "@", "[",
+                               "]", "::1", "user:pw", "Example.COM", "8080", "99999", "x", "\t", " ", "%40", "é", "a=b",
+                               ";"])
+
+
+@given(st.lists(_URL_PIECES, max_size=12).map("".join))
+@settings(max_examples=600, deadline=None)
+def test_server_address_and_port_of_a_url_are_urlsplits_whatever_the_url(url):
+    """http_common._address keeps (host, port) by the URL's scheme and authority: for any URL (odd ones
+    too), what it answers, or raises, is what urlsplit's hostname and port give for the whole URL, on
+    the first call and on the next (kept) one; an authority with userinfo is never kept."""
+    from trace_run.instrumentors import http_common
+
+    def outcome(f):
+        try:
+            return f(url)
+        except ValueError as exc:
+            return ("ValueError", str(exc))
+
+    expected = outcome(http_common._parse_address)
+    assert outcome(http_common._address) == expected
+    assert outcome(http_common._address) == expected
+    assert not any("@" in key for key in http_common._ADDRESSES)
+
+
+@given(st.lists(_URL_PIECES, max_size=12).map("".join))
+@settings(max_examples=300, deadline=None)
+def test_a_url_without_userinfo_or_query_is_its_own_redaction(url):
+    """redact_url skips the redaction of a URL with neither `@` nor `?`: the redaction itself leaves
+    every such URL as it is, and redacts as before where either is present."""
+    from trace_run.instrumentors import url_redaction
+
+    if "@" not in url and "?" not in url:
+        assert url_redaction._redact(url) == url and url_redaction.redact_url(url) is url
+    else:
+        assert url_redaction.redact_url(url) == url_redaction._redact(url)
