@@ -173,6 +173,30 @@ def test_requests_prepared_request_sent_twice_is_unchanged(traced, server):
     assert "traceparent" not in prepared.headers and a != b
 
 
+def test_requests_headers_are_copied_as_their_copy_would_copy_them(traced):
+    """The sent request's headers: a CaseInsensitiveDict equal to `headers.copy()` (the same items, the
+    same store), independent of the caller's; a subclass goes through its own copy()."""
+    from requests.structures import CaseInsensitiveDict
+    from trace_run.instrumentors import requests as ours
+
+    assert ours._STORE_COPY  # this release's layout was recognised: the fast copy is the one tested here
+    headers = CaseInsensitiveDict({"Accept": "a", "X-Y": "b", "content-TYPE": "c"})
+    mine, theirs = ours.copy_headers(headers), headers.copy()
+    assert type(mine) is type(theirs) and list(mine.items()) == list(theirs.items())
+    assert list(mine._store.items()) == list(theirs._store.items()) and vars(mine).keys() == vars(theirs).keys()
+    mine["traceparent"], mine["accept"] = "t", "z"
+    assert "traceparent" not in headers and headers["Accept"] == "a" and mine["ACCEPT"] == "z"
+
+    class Sub(CaseInsensitiveDict):
+        copied = 0
+
+        def copy(self):
+            Sub.copied += 1
+            return super().copy()
+
+    assert type(ours.copy_headers(Sub({"a": "1"}))) is CaseInsensitiveDict and Sub.copied == 1
+
+
 def test_requests_cookies_and_the_callers_request_survive_the_sent_copy(traced, server):
     """The request sent is a copy sharing the caller's cookie jar (requests copies a jar before it changes
     one): a cookie set on a redirect reaches the next request and the session, the caller's object and
