@@ -27,6 +27,7 @@ class FlaskInstrumentor(TraceRunInstrumentor):
         http_common.reset()
         self._excluded = http_common.excluded_urls(self.library)
         self._request = flask.request
+        self._response_class = flask.Response  # (exactly: a subclass may make its body as it is iterated)
         self.wrap(flask.Flask, "wsgi_app", self._wsgi_app)
         self.wrap(flask.Flask, "full_dispatch_request", self._full_dispatch_request)
         self.wrap(flask.Flask, "handle_exception", self._handle_exception)
@@ -52,12 +53,12 @@ class FlaskInstrumentor(TraceRunInstrumentor):
         return self._held_whole(wrapped(*args, **kwargs), state)
 
     def _held_whole(self, response: Any, state: Any = None) -> Any:
-        """A response whose body is a list (what Flask makes of str, bytes, dict...) runs no code of the
-        app while the server iterates it: the request's state says so, and wsgi.handle iterates it without
-        making the context current (an unsampled request's body goes back unwrapped: ~4 us). A streamed
-        one (a generator) keeps its context."""
+        """Flask's own Response class whose body is a list (what Flask makes of str, bytes, dict...) runs no
+        code of the app while the server iterates it: the request's state says so, and wsgi.handle iterates
+        it without making the context current (an unsampled request's body goes back unwrapped: ~4 us). A
+        streamed one (a generator), or another response class, keeps its context."""
         try:  # `with self.guard:` (Guard.failed says why not)
-            if type(getattr(response, "response", None)) is list:
+            if type(response) is self._response_class and type(response.response) is list:
                 if state is None:
                     state = self._request._get_current_object().environ.get(wsgi.ENVIRON_KEY)
                 if state is not None:
