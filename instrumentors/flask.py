@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from opentelemetry.trace import NonRecordingSpan as _NonRecordingSpan
 from trace_run.core import runtime_context
 
 from . import http_common, wsgi
@@ -35,10 +36,11 @@ class FlaskInstrumentor(TraceRunInstrumentor):
     def _wsgi_app(self, wrapped, instance, args, kwargs):
         # (servers pass both by position: the helper call only for other ways of calling)
         environ, start_response = args if len(args) == 2 and not kwargs else _environ_args(*args, **kwargs)
-        return wsgi.handle(self.tracer, environ, start_response, wrapped, self._excluded)
+        return wsgi.handle(self._tracer or self.tracer, environ, start_response, wrapped, self._excluded)
 
     def _full_dispatch_request(self, wrapped, instance, args, kwargs):
-        if not runtime_context.current_span().is_recording():  # no span of ours records here: nothing to name
+        span = runtime_context.current_span()
+        if type(span) is _NonRecordingSpan or not span.is_recording():  # no span of ours records: nothing to name
             return self._held_whole(wrapped(*args, **kwargs))
         state = None
         try:  # `with self.guard:` (Guard.failed says why not)

@@ -34,6 +34,7 @@ from trace_run.core.guard import Guard
 from . import bounds, errors, http_common, propagation
 from .base import instrumentation_enabled_in
 
+_NonRecordingSpan = trace.NonRecordingSpan
 ENVIRON_KEY = "trace_run.request"  # the request's _Request (span and state), for frameworks
 
 
@@ -336,7 +337,8 @@ def handle(tracer: trace.Tracer, environ: dict, start_response: Callable, app: C
         _guard.failed(exc)
     if request is None:
         return app(environ, start_response)
-    recording = request.span.is_recording()
+    span = request.span
+    recording = type(span) is not _NonRecordingSpan and span.is_recording()  # (a dropped request: no call)
     if recording:  # else no status to keep: the server's start_response as it is
         start_response = request.start_response(start_response)
     token = runtime_context.attach(request.ctx)
