@@ -13,6 +13,15 @@
 #include <stdint.h>
 #include <string.h>
 
+#if PY_VERSION_HEX < 0x030A0000
+static inline PyObject *
+Py_NewRef(PyObject *o)
+{
+    Py_INCREF(o);
+    return o;
+}
+#endif
+
 /* -- what configure() gives: the objects the span's fields are compared with, by identity ------------ */
 
 #define MAX_ENUM 8
@@ -26,13 +35,15 @@ static PyObject *unset_status;  /* fastspan's Status of a span whose status was 
 static PyObject *status_type;   /* opentelemetry.trace.Status */
 static PyObject *empty_state;   /* the API's DEFAULT_TRACE_STATE */
 static PyObject *bounded_type;  /* opentelemetry.attributes.BoundedAttributes */
+static PyObject *span_type;     /* fastspan.Span (None: SpanContext is not the tuple read here) */
+static PyObject *encoded_type;  /* otlp_encoder.Encoded, a tuple subclass */
 
 /* the span's field names, then its attributes' and status's */
 enum { F_CONTEXT, F_PARENT, F_NAME, F_KIND, F_START, F_END, F_ATTRIBUTES, F_EVENTS, F_LINKS, F_STATUS, N_FIELDS };
 static const char *field_names[N_FIELDS] = {"_context", "_parent", "_name", "_kind", "_start_time",
                                             "_end_time", "_attributes", "_events", "_links", "_status"};
 static PyObject *field_keys[N_FIELDS];
-static PyObject *s_dict, *s_dropped, *s_status_code, *s_description;
+static PyObject *s_dict, *s_dropped, *s_status_code, *s_description, *s_dunder_dict, *k_resource, *k_scope;
 
 /* Results of the helpers below: OK, DECLINE (not the common case; no exception set) or ERROR (set). */
 #define OK 0
@@ -549,6 +560,42 @@ done:
     return result;  /* NULL with the exception set where r is ERROR */
 }
 
+/* Encoder.preencode's common case: the Encoded (data, resource, instrumentation scope) of a span of
+ * trace-run's class, made without running Python code; None where encode_span declines. */
+static PyObject *
+preencode(PyObject *module, PyObject *span)
+{
+    if (encoded_type == NULL || (PyObject *)Py_TYPE(span) != span_type)
+        Py_RETURN_NONE;
+    PyObject *fields = PyObject_GetAttr(span, s_dunder_dict);
+    if (fields == NULL)
+        return NULL;
+    PyObject *result = NULL, *data = encode_span(module, fields);
+    if (data == NULL || data == Py_None) {
+        result = data;
+        data = NULL;
+        goto done;
+    }
+    PyObject *resource = PyDict_GetItemWithError(fields, k_resource);
+    PyObject *scope = resource ? PyDict_GetItemWithError(fields, k_scope) : NULL;
+    if (scope == NULL) {
+        if (!PyErr_Occurred())
+            result = Py_NewRef(Py_None);
+        goto done;
+    }
+    result = ((PyTypeObject *)encoded_type)->tp_alloc((PyTypeObject *)encoded_type, 3);
+    if (result == NULL)
+        goto done;
+    PyTuple_SET_ITEM(result, 0, data);  /* the reference moves into the tuple */
+    data = NULL;
+    PyTuple_SET_ITEM(result, 1, Py_NewRef(resource));
+    PyTuple_SET_ITEM(result, 2, Py_NewRef(scope));
+done:
+    Py_XDECREF(data);
+    Py_DECREF(fields);
+    return result;
+}
+
 /* (member, wire value) pairs into the arrays compared by identity. */
 static int
 read_enum(PyObject *pairs, PyObject **members, unsigned char *wire, Py_ssize_t *count)
@@ -576,11 +623,16 @@ read_enum(PyObject *pairs, PyObject **members, unsigned char *wire, Py_ssize_t *
 static PyObject *
 configure(PyObject *module, PyObject *args)
 {
-    PyObject *kinds, *codes, *unset, *status, *empty, *bounded;
-    if (!PyArg_ParseTuple(args, "OOOO!OO!:configure", &kinds, &codes, &unset, &PyType_Type, &status, &empty,
-                          &PyType_Type, &bounded))
+    PyObject *kinds, *codes, *unset, *status, *empty, *bounded, *span, *encoded;
+    if (!PyArg_ParseTuple(args, "OOOO!OO!OO!:configure", &kinds, &codes, &unset, &PyType_Type, &status, &empty,
+                          &PyType_Type, &bounded, &span, &PyType_Type, &encoded))
         return NULL;
-    Py_CLEAR(bounded_type);  /* unconfigured (encode_span declines) until all is set */
+    if (!PyType_IsSubtype((PyTypeObject *)encoded, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "Encoded must be a tuple subclass");
+        return NULL;
+    }
+    Py_CLEAR(bounded_type);  /* unconfigured (both functions decline) until all is set */
+    Py_CLEAR(encoded_type);
     if (read_enum(kinds, kind_members, kind_wire, &n_kinds) < 0 ||
         read_enum(codes, code_members, code_wire, &n_codes) < 0)
         return NULL;
@@ -590,16 +642,21 @@ configure(PyObject *module, PyObject *args)
     Py_XSETREF(status_type, status);
     Py_INCREF(empty);
     Py_XSETREF(empty_state, empty);
+    Py_XSETREF(span_type, Py_NewRef(span));
     Py_INCREF(bounded);
     bounded_type = bounded;
+    encoded_type = Py_NewRef(encoded);
     Py_RETURN_NONE;
 }
 
 static PyMethodDef methods[] = {
     {"encode_span", encode_span, METH_O,
      "encode_span(fields) -> bytes | None: the OTLP Span of a trace-run span's __dict__, None if not the common case."},
+    {"preencode", preencode, METH_O,
+     "preencode(span) -> Encoded | None: Encoder.preencode of a trace-run span, None if not the common case."},
     {"configure", configure, METH_VARARGS,
-     "configure(kinds, codes, unset_status, status_type, empty_trace_state, bounded_attributes_type)"},
+     "configure(kinds, codes, unset_status, status_type, empty_trace_state, bounded_attributes_type, span_type, "
+     "encoded_type)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -616,7 +673,10 @@ PyInit__otlp_native(void)
     if ((s_dict = PyUnicode_InternFromString("_dict")) == NULL ||
         (s_dropped = PyUnicode_InternFromString("dropped")) == NULL ||
         (s_status_code = PyUnicode_InternFromString("_status_code")) == NULL ||
-        (s_description = PyUnicode_InternFromString("_description")) == NULL)
+        (s_description = PyUnicode_InternFromString("_description")) == NULL ||
+        (s_dunder_dict = PyUnicode_InternFromString("__dict__")) == NULL ||
+        (k_resource = PyUnicode_InternFromString("_resource")) == NULL ||
+        (k_scope = PyUnicode_InternFromString("_instrumentation_scope")) == NULL)
         return NULL;
     return PyModule_Create(&module_def);
 }

@@ -32,8 +32,9 @@ from trace_run.core import log
 
 try:
     from trace_run.agent._otlp_native import encode_span as _NATIVE_SPAN
+    from trace_run.agent._otlp_native import preencode as _NATIVE_PREENCODE
 except ImportError:  # not built (an install without a C compiler): all is encoded in Python
-    _NATIVE_SPAN = None
+    _NATIVE_SPAN = _NATIVE_PREENCODE = None
 
 SLICE = 128  # spans encoded between two GIL hand-overs
 PAUSE_S = 0.0001  # a real sleep: a thread waiting for the GIL takes it (sleep(0) rarely hands it over)
@@ -124,7 +125,7 @@ class Encoder:
             from trace_run.core import config
 
             native = config.get("OTEL_TRACE_RUN_NATIVE_ENCODER")
-        self._native = _NATIVE_SPAN if native else None
+        self._native, self._native_preencode = (_NATIVE_SPAN, _NATIVE_PREENCODE) if native else (None, None)
         self._attr_caches: dict = {}  # field tag -> {(key, value): encoded field}
         self._names: dict = {}  # span name -> (kind, encoded name and kind fields)
         self._resource_cache: dict = {}  # id -> (resource, bytes), see _cached
@@ -330,11 +331,21 @@ class Encoder:
         return b"".join(parts)
 
     def preencode(self, span) -> Encoded:
-        """The span's bytes now; `encode` frames them with the others of its batch later."""
+        """The span's bytes now; `encode` frames them with the others of its batch later. In C where it
+        can (None: not its case; also until the first span has configured it), else in Python."""
+        native = self._native_preencode
+        if native is not None:
+            try:
+                encoded = native(span)
+            except Exception as exc:  # a bug of the extension's: the span is still encoded, in Python
+                log.debug("native span encoder failed (%s: %s)" % (type(exc).__name__, exc))
+                encoded = None
+            if encoded is not None:
+                return encoded
         if type(span) is (_OWN_SPAN[0] if _OWN_SPAN else _own_span_type()):
             fields = span.__dict__
-            try:
-                return _tuple_new(Encoded, (self._own_span(fields), fields["_resource"],
+            try:  # (the native call, where there is one, declined it already)
+                return _tuple_new(Encoded, (self._own_span_python(fields), fields["_resource"],
                                             fields["_instrumentation_scope"]))
             except (KeyError, AttributeError, TypeError):  # fields under other names: read as any span
                 pass
@@ -442,7 +453,7 @@ def _configure_native(unset_status) -> None:
     try:
         _otlp_native.configure(tuple((kind, _KIND[id(kind)][1]) for kind in SpanKind),
                                tuple((code, _CODE[id(code)]) for code in StatusCode),
-                               unset_status, Status, _EMPTY_TRACE_STATE, _BoundedAttributes)
+                               unset_status, Status, _EMPTY_TRACE_STATE, _BoundedAttributes, _OWN_SPAN[0], Encoded)
     except Exception as exc:  # left unconfigured: the Python path encodes every span
         log.debug("native span encoder not configured (%s: %s)" % (type(exc).__name__, exc))
 

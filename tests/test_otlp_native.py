@@ -99,7 +99,13 @@ def _check(spans, declined=None):
             took += 1
             assert got == expected, span.name
         assert ours.span(span) == expected
-    assert ours.encode([ours.preencode(s) for s in spans]) == official_encode(spans).SerializePartialToString()
+    encoded = [ours.preencode(s) for s in spans]
+    assert all(type(e) is otlp_encoder.Encoded and e == (e.data, s.resource, s.instrumentation_scope)
+               for e, s in zip(encoded, spans))
+    assert [e.data for e in encoded] == [python.preencode(s).data for s in spans]
+    assert [native.preencode(s) is not None for s in spans] == [native.encode_span(s.__dict__) is not None
+                                                                for s in spans]
+    assert ours.encode(encoded) == official_encode(spans).SerializePartialToString()
     _assert_same(spans)
     return took
 
@@ -218,8 +224,9 @@ def test_an_exception_in_the_native_call_falls_back_to_python(monkeypatch):
         raise RuntimeError("bug")
 
     monkeypatch.setattr(otlp_encoder, "_NATIVE_SPAN", broken)
+    monkeypatch.setattr(otlp_encoder, "_NATIVE_PREENCODE", broken)
     encoder = Encoder(pause=False, native=True)
-    assert encoder._native is broken
+    assert encoder._native is broken and encoder._native_preencode is broken
     assert encoder.span(span) == expected
     assert encoder.preencode(span).data == expected
 
@@ -234,19 +241,24 @@ def test_the_switch_keeps_the_native_encoder_out(monkeypatch, raw, used):
         calls.append(fields)
         return native.encode_span(fields)
 
+    def counting_preencode(span):
+        calls.append(span)
+        return native.preencode(span)
+
     monkeypatch.setattr(otlp_encoder, "_NATIVE_SPAN", counting)
+    monkeypatch.setattr(otlp_encoder, "_NATIVE_PREENCODE", counting_preencode)
     monkeypatch.setenv("OTEL_TRACE_RUN_NATIVE_ENCODER", raw)
     config.reset()
     try:
         encoder = Encoder(pause=False)  # as configured
-        data = encoder.preencode(span).data
+        data = encoder.preencode(span).data + encoder.span(span)
         warned = [w for w in config.WARNINGS if "OTEL_TRACE_RUN_NATIVE_ENCODER" in w]
     finally:
         monkeypatch.delenv("OTEL_TRACE_RUN_NATIVE_ENCODER")
         config.reset()
-    assert data == Encoder(pause=False, native=False).span(span)
-    assert (encoder._native is counting) is used
-    assert len(calls) == (1 if used else 0)
+    assert data == Encoder(pause=False, native=False).span(span) * 2
+    assert (encoder._native is counting) is used and (encoder._native_preencode is counting_preencode) is used
+    assert calls == ([span, span.__dict__] if used else [])
     assert bool(warned) is (raw == "maybe")  # a bad value: the default, with the registry's warning
 
 
