@@ -308,36 +308,61 @@ put_value(Writer *w, PyObject *v)
     }
 }
 
-/* The span's attributes (field 9, a KeyValue each), in the dict's order. No Python code runs while the
- * dict is read: its borrowed items stay alive. */
+/* One attribute: field 9, a KeyValue. */
+static int
+put_attribute(Writer *w, PyObject *key, PyObject *value)
+{
+    const char *k;
+    Py_ssize_t klen, vlen;
+    int r;
+    if (!PyUnicode_CheckExact(key))
+        return DECLINE;
+    if ((r = utf8(key, &k, &klen)) != OK || (r = value_len(value, &vlen)) != OK)
+        return r;
+    Py_ssize_t kv = (klen ? field_len(klen) : 0) + field_len(vlen);
+    if (reserve(w, field_len(kv)) < 0)
+        return ERROR;
+    put_byte(w, 0x4a);
+    put_varint(w, (uint64_t)kv);
+    if (klen) {
+        put_byte(w, 0x0a);
+        put_varint(w, (uint64_t)klen);
+        put(w, k, klen);
+    }
+    put_byte(w, 0x12);
+    put_varint(w, (uint64_t)vlen);
+    put_value(w, value);
+    return OK;
+}
+
+/* The span's attributes, in the mapping's order: a dict (no Python code runs while it is read: its
+ * borrowed items stay alive), or the OrderedDict some SDKs switch to once the attribute limit is reached
+ * (read through a list of its items, in its own order). */
 static int
 put_attributes(Writer *w, PyObject *attributes)
 {
-    Py_ssize_t pos = 0;
     PyObject *key, *value;
-    while (PyDict_Next(attributes, &pos, &key, &value)) {
-        const char *k;
-        Py_ssize_t klen, vlen;
-        int r;
-        if (!PyUnicode_CheckExact(key))
-            return DECLINE;
-        if ((r = utf8(key, &k, &klen)) != OK || (r = value_len(value, &vlen)) != OK)
-            return r;
-        Py_ssize_t kv = (klen ? field_len(klen) : 0) + field_len(vlen);
-        if (reserve(w, field_len(kv)) < 0)
-            return ERROR;
-        put_byte(w, 0x4a);
-        put_varint(w, (uint64_t)kv);
-        if (klen) {
-            put_byte(w, 0x0a);
-            put_varint(w, (uint64_t)klen);
-            put(w, k, klen);
-        }
-        put_byte(w, 0x12);
-        put_varint(w, (uint64_t)vlen);
-        put_value(w, value);
+    int r = OK;
+    if (PyDict_CheckExact(attributes)) {
+        Py_ssize_t pos = 0;
+        while (r == OK && PyDict_Next(attributes, &pos, &key, &value))
+            r = put_attribute(w, key, value);
+        return r;
     }
-    return OK;
+    if (!PyODict_CheckExact(attributes))
+        return DECLINE;
+    PyObject *items = PyMapping_Items(attributes);
+    if (items == NULL)
+        return ERROR;
+    for (Py_ssize_t i = 0; r == OK && i < PyList_GET_SIZE(items); i++) {
+        PyObject *pair = PyList_GET_ITEM(items, i);
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2)
+            r = DECLINE;
+        else
+            r = put_attribute(w, PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1));
+    }
+    Py_DECREF(items);
+    return r;
 }
 
 /* -- the span's other fields ------------------------------------------------------------------------------ */
@@ -353,7 +378,7 @@ put_bounded(Writer *w, PyObject *attributes)
         r = ERROR;
         goto done;
     }
-    if (!PyDict_CheckExact(dict) || !PyLong_CheckExact(dropped))
+    if (!PyDict_Check(dict) || !PyLong_CheckExact(dropped))
         goto done;
     if ((r = put_attributes(w, dict)) != OK)
         goto done;

@@ -5,8 +5,9 @@
 Pin it to one CPU (taskset): the children inherit it. Two measurements, on a CLIENT span with
 microspan.py's 5 attributes, made by trace-run's span class:
 - encode: one span's OTLP bytes as the agent makes them when it ends (`Encoder.preencode`), native and
-  Python (the Python path with its caches warm: the same attributes every span, its best case), and the
-  official encoder (`encode_spans(500 spans).SerializeToString()` / 500); the bytes must be equal.
+  Python (the Python path with its caches warm: the same attributes every span, its best case; and
+  "varied query": each span its own query text, which its caches miss), and the official
+  encoder (`encode_spans(500 spans).SerializeToString()` / 500); the bytes must be equal.
 - start-to-queued: `start_as_current_span` + end under `trace-run` (sampled, redacted, encoded, queued
   in the BatchSpanProcessor), in fresh processes with OTEL_TRACE_RUN_NATIVE_ENCODER=true and =false
   alternated, exporting over OTLP/HTTP to a receiver in this process between the timed batches.
@@ -32,7 +33,8 @@ from microspan import ATTRS  # noqa: E402
 BATCH = 500
 
 
-def _own_spans(n: int) -> list:
+def _own_spans(n: int, vary: bool = False) -> list:
+    """n spans of trace-run's class; `vary`: each with its own query text (the Python path's caches miss)."""
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -43,8 +45,9 @@ def _own_spans(n: int) -> list:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = fastspan.adopt(provider.get_tracer("bench"))
-    for _ in range(n):
-        with tracer.start_as_current_span("SELECT test.users", kind=SpanKind.CLIENT, attributes=ATTRS):
+    for i in range(n):
+        attributes = dict(ATTRS, **{"db.query.text": "%s -- %d" % (ATTRS["db.query.text"], i)}) if vary else ATTRS
+        with tracer.start_as_current_span("SELECT test.users", kind=SpanKind.CLIENT, attributes=attributes):
             pass
     spans = list(exporter.get_finished_spans())
     assert all(type(s) is fastspan.Span for s in spans)
@@ -62,18 +65,21 @@ def encode(rounds: int) -> dict:
 
     if otlp_encoder._NATIVE_SPAN is None:
         raise SystemExit("the native extension is not built (pip install -e . with a C compiler)")
-    spans = _own_spans(BATCH)
+    spans, varied = _own_spans(BATCH), _own_spans(BATCH, vary=True)
     native, python = Encoder(pause=False, native=True), Encoder(pause=False, native=False)
     native_call = otlp_encoder._NATIVE_SPAN
     fields = [s.__dict__ for s in spans]
     ours = [native.preencode(s) for s in spans]
     assert [e.data for e in ours] == [python.preencode(s).data for s in spans]
+    assert [native.preencode(s).data for s in varied] == [python.preencode(s).data for s in varied]
     assert [native_call(f) for f in fields] == [e.data for e in ours]  # none declined
     assert native.encode(ours) == encode_spans(spans).SerializeToString()
     cases = {
         "native preencode": lambda: [native.preencode(s) for s in spans],
         "python preencode": lambda: [python.preencode(s) for s in spans],
         "native call alone": lambda: [native_call(f) for f in fields],
+        "native, varied query": lambda: [native.preencode(s) for s in varied],
+        "python, varied query": lambda: [python.preencode(s) for s in varied],
         "official encoder": lambda: encode_spans(spans).SerializeToString(),
     }
     samples: dict = {name: [] for name in cases}
