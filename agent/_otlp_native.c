@@ -481,7 +481,7 @@ encode(Writer *w, PyObject **f)
     /* SpanContext is a tuple: (trace_id, span_id, is_remote, trace_flags, trace_state, is_valid) */
     if (!PyTuple_Check(ctx) || PyTuple_GET_SIZE(ctx) != 6)
         return DECLINE;
-    if ((r = as_u128_be(PyTuple_GET_ITEM(ctx, 0), ids)) != OK || (r = as_u64(PyTuple_GET_ITEM(ctx, 1), &span_id)))
+    if ((r = as_u128_be(PyTuple_GET_ITEM(ctx, 0), ids)) != OK || (r = as_u64(PyTuple_GET_ITEM(ctx, 1), &span_id)) != OK)
         return r;
     PyObject *state = PyTuple_GET_ITEM(ctx, 4);
     if (state != empty_state) {

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as official_encode
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
 from opentelemetry.sdk.trace import SpanLimits
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
@@ -112,6 +113,9 @@ def _check(spans, declined=None):
 
 
 _text = st.text(max_size=12) | st.sampled_from(["", "zażółć ✓ 𝄞", "\ud800", "a\udfff"])
+# keys without lone surrogates: the Python path logs a skipped attribute's key, and a captured log holding
+# one cannot cross to pytest-xdist's controller (test_what_it_declines_the_python_path_encodes has one)
+_key = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12) | st.sampled_from(["", "zażółć ✓ 𝄞"])
 _scalar = st.one_of(
     _text,
     st.booleans(),
@@ -126,7 +130,7 @@ _value = _scalar | st.lists(st.text(max_size=6), max_size=4).map(tuple) | st.lis
 _spec = st.tuples(
     st.text(st.characters(blacklist_categories=("Cs",)), max_size=20),
     st.sampled_from(list(SpanKind)),
-    st.dictionaries(_text, _value, max_size=7),
+    st.dictionaries(_key, _value, max_size=7),
     st.one_of(st.none(), st.just("local"),
               st.tuples(st.sampled_from([0, 1, 3, 0xFF]), st.sampled_from([[], [("vendor", "v1")]]))),
     st.one_of(st.none(), st.tuples(st.sampled_from(list(StatusCode)),
@@ -169,18 +173,25 @@ def test_the_common_case_is_taken_and_edge_values_encode_alike():
     assert spans[-2].dropped_attributes == 50
 
 
-def test_what_it_declines_the_python_path_encodes():
+def test_what_it_declines_the_python_path_encodes(monkeypatch):
+    monkeypatch.setattr(otlp_encoder.log, "debug", lambda msg: None)  # its key (see _key) kept out of the report
     specs = [("state", SpanKind.SERVER, {}, (1, [("vendor", "v1")]), None, None),
              ("event", SpanKind.INTERNAL, {}, None, None, "event"),
              ("link", SpanKind.INTERNAL, {}, None, None, "link"),
              ("surrogate value", SpanKind.INTERNAL, {"k": "\ud800", "ok": 1}, None, None, None),
-             ("surrogate key", SpanKind.INTERNAL, {"\udfff": 1}, None, None, None),
              ("huge", SpanKind.INTERNAL, {"n": 1 << 63}, None, None, None),
              ("huge in a tuple", SpanKind.INTERNAL, {"n": (1, -(1 << 63) - 1)}, None, None, None)]
     spans = _spans(specs)
     assert _check(spans) == 1  # the local parent alone
     for span in spans[:-1]:
         assert native.encode_span(span.__dict__) is None, span.name
+    # a key with a lone surrogate: not given to the official encoder, which logs it raw with its traceback
+    # (a captured log that cannot cross to pytest-xdist's controller); the Python path skips it
+    (span,) = _spans([("surrogate key", SpanKind.INTERNAL, {"\udfff": 1, "ok": 1}, None, None, None)])[:1]
+    assert native.encode_span(span.__dict__) is None
+    python = Encoder(pause=False, native=False)
+    assert Encoder(pause=False).span(span) == python._own_span(span.__dict__) == python._any_span(span)
+    assert [kv.key for kv in PbSpan.FromString(python._own_span(span.__dict__)).attributes] == ["ok"]
 
 
 def test_unexpected_fields_are_declined_never_misencoded():
