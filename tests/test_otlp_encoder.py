@@ -231,6 +231,8 @@ def test_where_span_context_is_not_the_tuple_it_reads_every_span_takes_the_prope
     assert Encoder(pause=False).encode(spans) == official_encode(spans).SerializePartialToString()
     monkeypatch.undo()
     assert otlp_encoder._context_layout() is True  # the installed API's SpanContext is that tuple
+    otlp_encoder._configure_native(fastspan._UNSET)  # the extension was told no span is ours: told again
+    assert otlp_encoder._own_span_type() is fastspan.Span
 
 
 def test_a_batch_bigger_than_a_slice_pauses_and_still_matches(monkeypatch):
