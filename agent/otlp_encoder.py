@@ -10,6 +10,11 @@ In trace-run's pipeline each span is encoded as it ends (`Encoder.preencode`,
 see `Encoded` for why) and `encode` only frames a batch of them.
 `OTEL_TRACE_RUN_OTLP_ENCODER=sdk` goes back to the official encoder.
 
+A finished span of trace-run's own class is encoded in C where the optional
+extension was built (agent/_otlp_native.c: the common case, the same bytes);
+what it declines, and everything with `OTEL_TRACE_RUN_NATIVE_ENCODER=false`,
+is encoded here.
+
 Field numbers are those of opentelemetry/proto/{collector/trace,trace,common,
 resource}/v1/*.proto.
 """
@@ -24,6 +29,12 @@ from operator import itemgetter
 from typing import Any, Optional
 
 from trace_run.core import log
+
+try:
+    from trace_run.agent._otlp_native import encode_span as _NATIVE_SPAN
+    from trace_run.agent._otlp_native import preencode as _NATIVE_PREENCODE
+except ImportError:  # not built (an install without a C compiler): all is encoded in Python
+    _NATIVE_SPAN = _NATIVE_PREENCODE = None
 
 SLICE = 128  # spans encoded between two GIL hand-overs
 PAUSE_S = 0.0001  # a real sleep: a thread waiting for the GIL takes it (sleep(0) rarely hands it over)
@@ -107,8 +118,14 @@ class Encoder:
     """Holds what is worth keeping between batches: encoded resources, scopes and
     attributes whose value is a short string (`db.system.name=postgresql`)."""
 
-    def __init__(self, pause: bool = True):
+    def __init__(self, pause: bool = True, native: Optional[bool] = None):
+        """`native`: own spans encoded in C where the extension is built (None: as configured)."""
         self._pause = pause
+        if native is None:
+            from trace_run.core import config
+
+            native = config.get("OTEL_TRACE_RUN_NATIVE_ENCODER")
+        self._native, self._native_preencode = (_NATIVE_SPAN, _NATIVE_PREENCODE) if native else (None, None)
         self._attr_caches: dict = {}  # field tag -> {(key, value): encoded field}
         self._names: dict = {}  # span name -> (kind, encoded name and kind fields)
         self._resource_cache: dict = {}  # id -> (resource, bytes), see _cached
@@ -213,7 +230,19 @@ class Encoder:
         """trace-run's own span (agent/fastspan.py): its fields read where they are, not through
         ReadableSpan's properties (which copy events and links and wrap the attributes), and its
         SpanContexts as the tuples they are (see _context_layout); the same bytes as `_any_span`
-        (tests/test_otlp_encoder.py)."""
+        (tests/test_otlp_encoder.py). In C where it can (None: not its case), else in Python."""
+        native = self._native
+        if native is not None:
+            try:
+                data = native(fields)
+            except Exception as exc:  # a bug of the extension's: the span is still encoded, in Python
+                log.debug("native span encoder failed (%s: %s)" % (type(exc).__name__, exc))
+                data = None
+            if data is not None:
+                return data
+        return self._own_span_python(fields)
+
+    def _own_span_python(self, fields: dict) -> bytes:
         trace_id, span_id, _, _, state, _ = fields["_context"]
         parent = fields["_parent"]
         parts = [b"\x0a\x10", trace_id.to_bytes(16, "big"), b"\x12\x08", span_id.to_bytes(8, "big")]
@@ -302,11 +331,21 @@ class Encoder:
         return b"".join(parts)
 
     def preencode(self, span) -> Encoded:
-        """The span's bytes now; `encode` frames them with the others of its batch later."""
+        """The span's bytes now; `encode` frames them with the others of its batch later. In C where it
+        can (None: not its case; also until the first span has configured it), else in Python."""
+        native = self._native_preencode
+        if native is not None:
+            try:
+                encoded = native(span)
+            except Exception as exc:  # a bug of the extension's: the span is still encoded, in Python
+                log.debug("native span encoder failed (%s: %s)" % (type(exc).__name__, exc))
+                encoded = None
+            if encoded is not None:
+                return encoded
         if type(span) is (_OWN_SPAN[0] if _OWN_SPAN else _own_span_type()):
             fields = span.__dict__
-            try:
-                return _tuple_new(Encoded, (self._own_span(fields), fields["_resource"],
+            try:  # (the native call, where there is one, declined it already)
+                return _tuple_new(Encoded, (self._own_span_python(fields), fields["_resource"],
                                             fields["_instrumentation_scope"]))
             except (KeyError, AttributeError, TypeError):  # fields under other names: read as any span
                 pass
@@ -399,7 +438,24 @@ def _own_span_type() -> Optional[type]:
     _OWN_SPAN[:] = [module.Span if _context_layout() else None, module._UNSET]
     global _EMPTY_TRACE_STATE
     from opentelemetry.trace.span import DEFAULT_TRACE_STATE as _EMPTY_TRACE_STATE
+    _configure_native(module._UNSET)
     return _OWN_SPAN[0]
+
+
+def _configure_native(unset_status) -> None:
+    """Gives the extension the objects a span's fields are compared with (by identity, as here); until
+    then it declines every span."""
+    if _NATIVE_SPAN is None:
+        return
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+    from trace_run.agent import _otlp_native
+
+    try:
+        _otlp_native.configure(tuple((kind, _KIND[id(kind)][1]) for kind in SpanKind),
+                               tuple((code, _CODE[id(code)]) for code in StatusCode),
+                               unset_status, Status, _EMPTY_TRACE_STATE, _BoundedAttributes, _OWN_SPAN[0], Encoded)
+    except Exception as exc:  # left unconfigured: the Python path encodes every span
+        log.debug("native span encoder not configured (%s: %s)" % (type(exc).__name__, exc))
 
 
 _BoundedAttributes = None  # opentelemetry.attributes.BoundedAttributes, with fastspan.Span

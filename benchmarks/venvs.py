@@ -83,7 +83,7 @@ def _checkout_digest() -> str:
         full = os.path.join(ROOT, top)
         files = [full] if os.path.isfile(full) else sorted(
             os.path.join(d, f) for d, _, fs in os.walk(full) for f in fs
-            if (top == "scripts" or f.endswith((".py", ".toml", ".txt", ".cfg"))) and "__pycache__" not in d
+            if (top == "scripts" or f.endswith((".py", ".toml", ".txt", ".cfg", ".c"))) and "__pycache__" not in d
         )
         for f in files:
             h.update(os.path.relpath(f, ROOT).encode())

@@ -231,6 +231,8 @@ def test_where_span_context_is_not_the_tuple_it_reads_every_span_takes_the_prope
     assert Encoder(pause=False).encode(spans) == official_encode(spans).SerializePartialToString()
     monkeypatch.undo()
     assert otlp_encoder._context_layout() is True  # the installed API's SpanContext is that tuple
+    otlp_encoder._configure_native(fastspan._UNSET)  # the extension was told no span is ours: told again
+    assert otlp_encoder._own_span_type() is fastspan.Span
 
 
 def test_a_batch_bigger_than_a_slice_pauses_and_still_matches(monkeypatch):
@@ -527,8 +529,9 @@ def test_cached_names_and_attribute_pairs_stay_right_across_kinds_types_and_rest
 def test_whole_attribute_blocks_are_kept_only_for_str_and_int_values_and_stay_right():
     """A span's attributes are kept encoded as one block, by their items, where every value is a str or
     an int: equal-comparing values of other types (True, 1.0), a value the encoder skips (an int over
-    int64) and blocks over the byte bound never enter it; span by span, the bytes stay the official ones."""
-    encoder = Encoder(pause=False)
+    int64) and blocks over the byte bound never enter it; span by span, the bytes stay the official ones.
+    (The Python path's cache: the native encoder keeps none.)"""
+    encoder = Encoder(pause=False, native=False)
     provider, exporter = _provider(span_class="trace-run")
     tracer = provider.get_tracer("t")
     blocks = [{"db.system.name": "postgresql", "server.port": port} for port in (1, True, 1.0, "1")]

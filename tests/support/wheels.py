@@ -33,7 +33,7 @@ def build_trace_run_wheel(root: str, workdir: str) -> str:
 
     source = os.path.join(workdir, "source", "trace-run")
     shutil.copytree(root, source, ignore=shutil.ignore_patterns(
-        ".venv", ".git", "build", "*.egg-info", "__pycache__", ".*_cache", ".venvs", ".hypothesis"))
+        ".venv", ".git", "build", "*.egg-info", "*.so", "__pycache__", ".*_cache", ".venvs", ".hypothesis"))
     out = os.path.join(workdir, "wheel")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
                     "-w", out, source], check=True, capture_output=True, timeout=300)

@@ -1,0 +1,707 @@
+/* The common case of otlp_encoder.Encoder._own_span, in C.
+ *
+ * encode_span(fields) reads a finished trace-run span's __dict__ and gives the bytes of its OTLP Span
+ * message (the same bytes as the Python path: tests/test_otlp_native.py), or None where the span is not
+ * the common case (a non-empty TraceState, events, links, an attribute value the Python path would skip
+ * or that is not a str, bool, int, float or a tuple/list of those, any unexpected field): the Python
+ * path then encodes it. Python code only runs where the Python path runs it too (a TraceState's len).
+ *
+ * Field numbers are those of opentelemetry/proto/trace/v1/trace.proto and common/v1/common.proto.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#if PY_VERSION_HEX < 0x030A0000
+static inline PyObject *
+Py_NewRef(PyObject *o)
+{
+    Py_INCREF(o);
+    return o;
+}
+#endif
+
+/* -- what configure() gives: the objects the span's fields are compared with, by identity ------------ */
+
+#define MAX_ENUM 8
+static PyObject *kind_members[MAX_ENUM];
+static unsigned char kind_wire[MAX_ENUM];
+static Py_ssize_t n_kinds;
+static PyObject *code_members[MAX_ENUM];
+static unsigned char code_wire[MAX_ENUM];
+static Py_ssize_t n_codes;
+static PyObject *unset_status;  /* fastspan's Status of a span whose status was never set */
+static PyObject *status_type;   /* opentelemetry.trace.Status */
+static PyObject *empty_state;   /* the API's DEFAULT_TRACE_STATE */
+static PyObject *bounded_type;  /* opentelemetry.attributes.BoundedAttributes */
+static PyObject *span_type;     /* fastspan.Span (None: SpanContext is not the tuple read here) */
+static PyObject *encoded_type;  /* otlp_encoder.Encoded, a tuple subclass */
+
+/* the span's field names, then its attributes' and status's */
+enum { F_CONTEXT, F_PARENT, F_NAME, F_KIND, F_START, F_END, F_ATTRIBUTES, F_EVENTS, F_LINKS, F_STATUS, N_FIELDS };
+static const char *field_names[N_FIELDS] = {"_context", "_parent", "_name", "_kind", "_start_time",
+                                            "_end_time", "_attributes", "_events", "_links", "_status"};
+static PyObject *field_keys[N_FIELDS];
+static PyObject *s_dict, *s_dropped, *s_status_code, *s_description, *s_dunder_dict, *k_resource, *k_scope;
+
+/* Results of the helpers below: OK, DECLINE (not the common case; no exception set) or ERROR (set). */
+#define OK 0
+#define DECLINE 1
+#define ERROR (-1)
+
+/* -- an output buffer: on the stack for most spans, on the heap past that ---------------------------- */
+
+typedef struct {
+    unsigned char *data;
+    Py_ssize_t len, cap;
+    unsigned char stack[1024];
+} Writer;
+
+static int
+reserve(Writer *w, Py_ssize_t n)
+{
+    if (w->len + n <= w->cap)
+        return OK;
+    Py_ssize_t cap = w->cap * 2;
+    while (cap < w->len + n)
+        cap *= 2;
+    unsigned char *data;
+    if (w->data == w->stack) {
+        data = PyMem_Malloc(cap);
+        if (data != NULL)
+            memcpy(data, w->stack, w->len);
+    }
+    else
+        data = PyMem_Realloc(w->data, cap);
+    if (data == NULL) {
+        PyErr_NoMemory();
+        return ERROR;
+    }
+    w->data = data;
+    w->cap = cap;
+    return OK;
+}
+
+static void
+release(Writer *w)
+{
+    if (w->data != w->stack)
+        PyMem_Free(w->data);
+}
+
+/* The writes below need room reserved first (reserve()). */
+static inline void
+put(Writer *w, const void *bytes, Py_ssize_t n)
+{
+    memcpy(w->data + w->len, bytes, n);
+    w->len += n;
+}
+
+static inline void
+put_byte(Writer *w, unsigned char b)
+{
+    w->data[w->len++] = b;
+}
+
+static inline Py_ssize_t
+varint_len(uint64_t n)
+{
+    Py_ssize_t k = 1;
+    while (n >= 128) {
+        n >>= 7;
+        k++;
+    }
+    return k;
+}
+
+static inline void
+put_varint(Writer *w, uint64_t n)
+{
+    while (n >= 128) {
+        w->data[w->len++] = (unsigned char)((n & 0x7F) | 0x80);
+        n >>= 7;
+    }
+    w->data[w->len++] = (unsigned char)n;
+}
+
+static inline void
+put_le64(Writer *w, uint64_t n)
+{
+    for (int i = 0; i < 8; i++)
+        w->data[w->len++] = (unsigned char)(n >> (8 * i));
+}
+
+static inline void
+put_be64(Writer *w, uint64_t n)
+{
+    for (int i = 7; i >= 0; i--)
+        w->data[w->len++] = (unsigned char)(n >> (8 * i));
+}
+
+/* A length-delimited field's size: tag, length, payload. */
+static inline Py_ssize_t
+field_len(Py_ssize_t payload)
+{
+    return 1 + varint_len((uint64_t)payload) + payload;
+}
+
+/* -- reading Python objects --------------------------------------------------------------------------- */
+
+/* A str's UTF-8 (kept by the str itself). DECLINE where it has none (lone surrogates): the Python path
+ * then meets the same UnicodeEncodeError and does what it does with it. */
+static int
+utf8(PyObject *s, const char **data, Py_ssize_t *n)
+{
+    *data = PyUnicode_AsUTF8AndSize(s, n);
+    if (*data == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_UnicodeEncodeError))
+            return ERROR;
+        PyErr_Clear();
+        return DECLINE;
+    }
+    return OK;
+}
+
+/* An exact int in [0, 2**64): DECLINE for anything else (the Python path raises or reads it otherwise). */
+static int
+as_u64(PyObject *v, uint64_t *out)
+{
+    if (!PyLong_CheckExact(v))
+        return DECLINE;
+    *out = PyLong_AsUnsignedLongLong(v);
+    if (*out == (uint64_t)-1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+            return ERROR;
+        PyErr_Clear();
+        return DECLINE;
+    }
+    return OK;
+}
+
+/* A trace id, as int.to_bytes(16, "big") writes it. */
+static int
+as_u128_be(PyObject *v, unsigned char out[16])
+{
+    if (!PyLong_CheckExact(v))
+        return DECLINE;
+#if PY_VERSION_HEX >= 0x030D0000
+    Py_ssize_t need = PyLong_AsNativeBytes(v, out, 16, Py_ASNATIVEBYTES_BIG_ENDIAN |
+                                           Py_ASNATIVEBYTES_UNSIGNED_BUFFER | Py_ASNATIVEBYTES_REJECT_NEGATIVE);
+    if (need < 0) {
+        if (!PyErr_ExceptionMatches(PyExc_ValueError))
+            return ERROR;
+        PyErr_Clear();
+        return DECLINE;
+    }
+    return need <= 16 ? OK : DECLINE;
+#else
+    if (_PyLong_AsByteArray((PyLongObject *)v, out, 16, 0 /* big endian */, 0 /* unsigned */) < 0) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+            return ERROR;
+        PyErr_Clear();
+        return DECLINE;
+    }
+    return OK;
+#endif
+}
+
+/* -- attribute values (AnyValue) ------------------------------------------------------------------------ */
+
+/* The encoded size of a scalar AnyValue (str, bool, int, float; exact types), or DECLINE/ERROR. */
+static int
+scalar_len(PyObject *v, Py_ssize_t *size)
+{
+    if (PyUnicode_CheckExact(v)) {
+        const char *s;
+        Py_ssize_t n;
+        int r = utf8(v, &s, &n);
+        if (r != OK)
+            return r;
+        *size = field_len(n);
+    }
+    else if (PyBool_Check(v))
+        *size = 2;
+    else if (PyLong_CheckExact(v)) {
+        int overflow;
+        long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (overflow)  /* beyond int64: the Python path skips the attribute (ValueError) */
+            return DECLINE;
+        if (x == -1 && PyErr_Occurred())
+            return ERROR;
+        *size = 1 + varint_len((uint64_t)x);
+    }
+    else if (PyFloat_CheckExact(v))
+        *size = 9;
+    else
+        return DECLINE;
+    return OK;
+}
+
+/* Writes a scalar whose size scalar_len gave (so it is one of those types, and fits). */
+static void
+put_scalar(Writer *w, PyObject *v)
+{
+    if (PyUnicode_CheckExact(v)) {
+        Py_ssize_t n;
+        const char *s = PyUnicode_AsUTF8AndSize(v, &n);  /* kept by the str since scalar_len */
+        put_byte(w, 0x0a);
+        put_varint(w, (uint64_t)n);
+        put(w, s, n);
+    }
+    else if (PyBool_Check(v)) {
+        put_byte(w, 0x10);
+        put_byte(w, v == Py_True);
+    }
+    else if (PyLong_CheckExact(v)) {
+        put_byte(w, 0x18);
+        put_varint(w, (uint64_t)PyLong_AsLongLong(v));
+    }
+    else {
+        double d = PyFloat_AS_DOUBLE(v);
+        uint64_t bits;
+        memcpy(&bits, &d, 8);
+        put_byte(w, 0x21);
+        put_le64(w, bits);
+    }
+}
+
+/* The encoded size of an AnyValue: a scalar, or a tuple/list of scalars (an ArrayValue). */
+static int
+value_len(PyObject *v, Py_ssize_t *size)
+{
+    if (!PyTuple_CheckExact(v) && !PyList_CheckExact(v))
+        return scalar_len(v, size);
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(v), values = 0;
+    PyObject **items = PySequence_Fast_ITEMS(v);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t one;
+        int r = scalar_len(items[i], &one);
+        if (r != OK)
+            return r;
+        values += field_len(one);
+    }
+    *size = field_len(values);
+    return OK;
+}
+
+static void
+put_value(Writer *w, PyObject *v)
+{
+    if (!PyTuple_CheckExact(v) && !PyList_CheckExact(v)) {
+        put_scalar(w, v);
+        return;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(v), values = 0, one;
+    PyObject **items = PySequence_Fast_ITEMS(v);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        scalar_len(items[i], &one);  /* succeeded in value_len */
+        values += field_len(one);
+    }
+    put_byte(w, 0x2a);
+    put_varint(w, (uint64_t)values);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        scalar_len(items[i], &one);
+        put_byte(w, 0x0a);
+        put_varint(w, (uint64_t)one);
+        put_scalar(w, items[i]);
+    }
+}
+
+/* One attribute: field 9, a KeyValue. */
+static int
+put_attribute(Writer *w, PyObject *key, PyObject *value)
+{
+    const char *k;
+    Py_ssize_t klen, vlen;
+    int r;
+    if (!PyUnicode_CheckExact(key))
+        return DECLINE;
+    if ((r = utf8(key, &k, &klen)) != OK || (r = value_len(value, &vlen)) != OK)
+        return r;
+    Py_ssize_t kv = (klen ? field_len(klen) : 0) + field_len(vlen);
+    if (reserve(w, field_len(kv)) < 0)
+        return ERROR;
+    put_byte(w, 0x4a);
+    put_varint(w, (uint64_t)kv);
+    if (klen) {
+        put_byte(w, 0x0a);
+        put_varint(w, (uint64_t)klen);
+        put(w, k, klen);
+    }
+    put_byte(w, 0x12);
+    put_varint(w, (uint64_t)vlen);
+    put_value(w, value);
+    return OK;
+}
+
+/* The span's attributes, in the mapping's order: a dict (no Python code runs while it is read: its
+ * borrowed items stay alive), or the OrderedDict some SDKs switch to once the attribute limit is reached
+ * (read through a list of its items, in its own order). */
+static int
+put_attributes(Writer *w, PyObject *attributes)
+{
+    PyObject *key, *value;
+    int r = OK;
+    if (PyDict_CheckExact(attributes)) {
+        Py_ssize_t pos = 0;
+        while (r == OK && PyDict_Next(attributes, &pos, &key, &value))
+            r = put_attribute(w, key, value);
+        return r;
+    }
+    if (!PyODict_CheckExact(attributes))
+        return DECLINE;
+    PyObject *items = PyMapping_Items(attributes);
+    if (items == NULL)
+        return ERROR;
+    for (Py_ssize_t i = 0; r == OK && i < PyList_GET_SIZE(items); i++) {
+        PyObject *pair = PyList_GET_ITEM(items, i);
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2)
+            r = DECLINE;
+        else
+            r = put_attribute(w, PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1));
+    }
+    Py_DECREF(items);
+    return r;
+}
+
+/* -- the span's other fields ------------------------------------------------------------------------------ */
+
+/* `attributes` is the span's BoundedAttributes: its dict (field 9) and dropped count (field 10). */
+static int
+put_bounded(Writer *w, PyObject *attributes)
+{
+    int r = DECLINE;
+    PyObject *dict = PyObject_GetAttr(attributes, s_dict);
+    PyObject *dropped = dict ? PyObject_GetAttr(attributes, s_dropped) : NULL;
+    if (dropped == NULL) {
+        r = ERROR;
+        goto done;
+    }
+    if (!PyDict_Check(dict) || !PyLong_CheckExact(dropped))
+        goto done;
+    if ((r = put_attributes(w, dict)) != OK)
+        goto done;
+    int overflow;
+    long long n = PyLong_AsLongLongAndOverflow(dropped, &overflow);
+    if (overflow || (n == -1 && PyErr_Occurred())) {
+        r = overflow ? DECLINE : ERROR;
+        goto done;
+    }
+    if (n) {
+        if ((r = reserve(w, 11)) != OK)
+            goto done;
+        put_byte(w, 0x50);
+        put_varint(w, (uint64_t)n);
+    }
+    r = OK;
+done:
+    Py_XDECREF(dict);
+    Py_XDECREF(dropped);
+    return r;
+}
+
+/* Field 15, as otlp_encoder._status writes it (Status read by its fields: an exact Status). */
+static int
+put_status(Writer *w, PyObject *status)
+{
+    if (status == unset_status) {
+        if (reserve(w, 2) < 0)
+            return ERROR;
+        put(w, "\x7a\x00", 2);
+        return OK;
+    }
+    if (status == Py_None)
+        return OK;
+    if (Py_TYPE(status) != (PyTypeObject *)status_type)
+        return DECLINE;
+    int r = DECLINE, code = -1;
+    PyObject *member = PyObject_GetAttr(status, s_status_code);
+    PyObject *message = member ? PyObject_GetAttr(status, s_description) : NULL;
+    if (message == NULL) {
+        r = ERROR;
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n_codes; i++)
+        if (member == code_members[i])
+            code = code_wire[i];
+    if (code < 0 || (message != Py_None && !PyUnicode_CheckExact(message)))
+        goto done;
+    const char *m = NULL;
+    Py_ssize_t mlen = 0;
+    if (message != Py_None && (r = utf8(message, &m, &mlen)) != OK)
+        goto done;
+    Py_ssize_t payload = (mlen ? field_len(mlen) : 0) + (code ? 2 : 0);
+    if ((r = reserve(w, field_len(payload))) != OK)
+        goto done;
+    put_byte(w, 0x7a);
+    put_varint(w, (uint64_t)payload);
+    if (mlen) {
+        put_byte(w, 0x12);
+        put_varint(w, (uint64_t)mlen);
+        put(w, m, mlen);
+    }
+    if (code) {
+        put_byte(w, 0x18);
+        put_byte(w, (unsigned char)code);
+    }
+    r = OK;
+done:
+    Py_XDECREF(member);
+    Py_XDECREF(message);
+    return r;
+}
+
+/* Fields 7 and 8 (start and end, fixed64), each left out when 0 or None. */
+static int
+put_time(Writer *w, unsigned char tag, PyObject *t)
+{
+    uint64_t ns;
+    int r;
+    if (t == Py_None)
+        return OK;
+    if ((r = as_u64(t, &ns)) != OK)
+        return r;
+    if (ns) {
+        put_byte(w, tag);
+        put_le64(w, ns);
+    }
+    return OK;
+}
+
+static int
+encode(Writer *w, PyObject **f)
+{
+    int r;
+    unsigned char ids[16];
+    uint64_t span_id, parent_id = 0;
+    int remote = 0, has_parent = 0;
+    PyObject *ctx = f[F_CONTEXT], *parent = f[F_PARENT];
+
+    /* SpanContext is a tuple: (trace_id, span_id, is_remote, trace_flags, trace_state, is_valid) */
+    if (!PyTuple_Check(ctx) || PyTuple_GET_SIZE(ctx) != 6)
+        return DECLINE;
+    if ((r = as_u128_be(PyTuple_GET_ITEM(ctx, 0), ids)) != OK || (r = as_u64(PyTuple_GET_ITEM(ctx, 1), &span_id)) != OK)
+        return r;
+    PyObject *state = PyTuple_GET_ITEM(ctx, 4);
+    if (state != empty_state) {
+        int full = PyObject_IsTrue(state);  /* a TraceState's len: Python code, as in the Python path */
+        if (full)
+            return full < 0 ? ERROR : DECLINE;
+    }
+    if (parent != Py_None) {
+        if (!PyTuple_Check(parent) || PyTuple_GET_SIZE(parent) != 6)
+            return DECLINE;
+        if ((r = as_u64(PyTuple_GET_ITEM(parent, 1), &parent_id)) != OK)
+            return r;
+        if ((remote = PyObject_IsTrue(PyTuple_GET_ITEM(parent, 2))) < 0)
+            return ERROR;
+        has_parent = 1;
+    }
+    /* events and links: () until the first one (then the SDK's BoundedList: the Python path's) */
+    if (!PyTuple_CheckExact(f[F_EVENTS]) || !PyTuple_CheckExact(f[F_LINKS]))
+        return DECLINE;
+
+    PyObject *name = f[F_NAME], *kind = f[F_KIND];
+    const char *n = NULL;
+    Py_ssize_t nlen = 0;
+    int wire_kind = -1;
+    if (!PyUnicode_CheckExact(name) || (r = utf8(name, &n, &nlen)) != OK)
+        return PyUnicode_CheckExact(name) ? r : DECLINE;
+    for (Py_ssize_t i = 0; i < n_kinds; i++)
+        if (kind == kind_members[i])
+            wire_kind = kind_wire[i];
+    if (wire_kind < 0)
+        return DECLINE;
+
+    if (reserve(w, 18 + 10 + 10 + field_len(nlen) + 2 + 18) < 0)
+        return ERROR;
+    put(w, "\x0a\x10", 2);
+    put(w, ids, 16);
+    put(w, "\x12\x08", 2);
+    put_be64(w, span_id);
+    if (has_parent) {
+        put(w, "\x22\x08", 2);
+        put_be64(w, parent_id);
+    }
+    if (nlen) {
+        put_byte(w, 0x2a);
+        put_varint(w, (uint64_t)nlen);
+        put(w, n, nlen);
+    }
+    put_byte(w, 0x30);
+    put_byte(w, (unsigned char)wire_kind);
+    if ((r = put_time(w, 0x39, f[F_START])) != OK || (r = put_time(w, 0x41, f[F_END])) != OK)
+        return r;
+
+    PyObject *attributes = f[F_ATTRIBUTES];
+    if (Py_TYPE(attributes) == (PyTypeObject *)bounded_type) {
+        if ((r = put_bounded(w, attributes)) != OK)
+            return r;
+    }
+    else if (attributes != Py_None)
+        return DECLINE;
+    if ((r = put_status(w, f[F_STATUS])) != OK)
+        return r;
+    if (reserve(w, 6) < 0)
+        return ERROR;
+    put(w, remote ? "\x85\x01\x00\x03\x00\x00" : "\x85\x01\x00\x01\x00\x00", 6);  /* flags, field 16 */
+    return OK;
+}
+
+/* -- the module's functions ------------------------------------------------------------------------------- */
+
+static PyObject *
+encode_span(PyObject *module, PyObject *fields)
+{
+    PyObject *f[N_FIELDS] = {NULL};
+    PyObject *result = NULL;
+    int r = DECLINE;
+    Writer w;
+    w.data = w.stack;
+    w.len = 0;
+    w.cap = sizeof(w.stack);
+
+    if (bounded_type == NULL || !PyDict_Check(fields))
+        Py_RETURN_NONE;
+    /* held strongly: reading a TraceState's len or a Status runs Python code */
+    for (int i = 0; i < N_FIELDS; i++) {
+        f[i] = PyDict_GetItemWithError(fields, field_keys[i]);
+        if (f[i] == NULL) {
+            r = PyErr_Occurred() ? ERROR : DECLINE;
+            goto done;
+        }
+        Py_INCREF(f[i]);
+    }
+    r = encode(&w, f);
+    if (r == OK)
+        result = PyBytes_FromStringAndSize((const char *)w.data, w.len);
+done:
+    for (int i = 0; i < N_FIELDS; i++)
+        Py_XDECREF(f[i]);
+    release(&w);
+    if (r == DECLINE)
+        Py_RETURN_NONE;
+    return result;  /* NULL with the exception set where r is ERROR */
+}
+
+/* Encoder.preencode's common case: the Encoded (data, resource, instrumentation scope) of a span of
+ * trace-run's class, made without running Python code; None where encode_span declines. */
+static PyObject *
+preencode(PyObject *module, PyObject *span)
+{
+    if (encoded_type == NULL || (PyObject *)Py_TYPE(span) != span_type)
+        Py_RETURN_NONE;
+    PyObject *fields = PyObject_GetAttr(span, s_dunder_dict);
+    if (fields == NULL)
+        return NULL;
+    PyObject *result = NULL, *data = encode_span(module, fields);
+    if (data == NULL || data == Py_None) {
+        result = data;
+        data = NULL;
+        goto done;
+    }
+    PyObject *resource = PyDict_GetItemWithError(fields, k_resource);
+    PyObject *scope = resource ? PyDict_GetItemWithError(fields, k_scope) : NULL;
+    if (scope == NULL) {
+        if (!PyErr_Occurred())
+            result = Py_NewRef(Py_None);
+        goto done;
+    }
+    result = ((PyTypeObject *)encoded_type)->tp_alloc((PyTypeObject *)encoded_type, 3);
+    if (result == NULL)
+        goto done;
+    PyTuple_SET_ITEM(result, 0, data);  /* the reference moves into the tuple */
+    data = NULL;
+    PyTuple_SET_ITEM(result, 1, Py_NewRef(resource));
+    PyTuple_SET_ITEM(result, 2, Py_NewRef(scope));
+done:
+    Py_XDECREF(data);
+    Py_DECREF(fields);
+    return result;
+}
+
+/* (member, wire value) pairs into the arrays compared by identity. */
+static int
+read_enum(PyObject *pairs, PyObject **members, unsigned char *wire, Py_ssize_t *count)
+{
+    if (!PyTuple_Check(pairs) || PyTuple_GET_SIZE(pairs) > MAX_ENUM) {
+        PyErr_SetString(PyExc_ValueError, "a tuple of at most 8 (member, value) pairs");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < *count; i++)
+        Py_CLEAR(members[i]);
+    *count = 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(pairs); i++) {
+        PyObject *member;
+        unsigned char value;
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(pairs, i), "Ob", &member, &value))
+            return -1;
+        Py_INCREF(member);
+        members[i] = member;
+        wire[i] = value;
+        *count = i + 1;
+    }
+    return 0;
+}
+
+static PyObject *
+configure(PyObject *module, PyObject *args)
+{
+    PyObject *kinds, *codes, *unset, *status, *empty, *bounded, *span, *encoded;
+    if (!PyArg_ParseTuple(args, "OOOO!OO!OO!:configure", &kinds, &codes, &unset, &PyType_Type, &status, &empty,
+                          &PyType_Type, &bounded, &span, &PyType_Type, &encoded))
+        return NULL;
+    if (!PyType_IsSubtype((PyTypeObject *)encoded, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "Encoded must be a tuple subclass");
+        return NULL;
+    }
+    Py_CLEAR(bounded_type);  /* unconfigured (both functions decline) until all is set */
+    Py_CLEAR(encoded_type);
+    if (read_enum(kinds, kind_members, kind_wire, &n_kinds) < 0 ||
+        read_enum(codes, code_members, code_wire, &n_codes) < 0)
+        return NULL;
+    Py_INCREF(unset);
+    Py_XSETREF(unset_status, unset);
+    Py_INCREF(status);
+    Py_XSETREF(status_type, status);
+    Py_INCREF(empty);
+    Py_XSETREF(empty_state, empty);
+    Py_XSETREF(span_type, Py_NewRef(span));
+    Py_INCREF(bounded);
+    bounded_type = bounded;
+    encoded_type = Py_NewRef(encoded);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"encode_span", encode_span, METH_O,
+     "encode_span(fields) -> bytes | None: the OTLP Span of a trace-run span's __dict__, None if not the common case."},
+    {"preencode", preencode, METH_O,
+     "preencode(span) -> Encoded | None: Encoder.preencode of a trace-run span, None if not the common case."},
+    {"configure", configure, METH_VARARGS,
+     "configure(kinds, codes, unset_status, status_type, empty_trace_state, bounded_attributes_type, span_type, "
+     "encoded_type)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "_otlp_native", "trace-run's OTLP span encoder, the common case in C.", -1, methods,
+};
+
+PyMODINIT_FUNC
+PyInit__otlp_native(void)
+{
+    for (int i = 0; i < N_FIELDS; i++)
+        if ((field_keys[i] = PyUnicode_InternFromString(field_names[i])) == NULL)
+            return NULL;
+    if ((s_dict = PyUnicode_InternFromString("_dict")) == NULL ||
+        (s_dropped = PyUnicode_InternFromString("dropped")) == NULL ||
+        (s_status_code = PyUnicode_InternFromString("_status_code")) == NULL ||
+        (s_description = PyUnicode_InternFromString("_description")) == NULL ||
+        (s_dunder_dict = PyUnicode_InternFromString("__dict__")) == NULL ||
+        (k_resource = PyUnicode_InternFromString("_resource")) == NULL ||
+        (k_scope = PyUnicode_InternFromString("_instrumentation_scope")) == NULL)
+        return NULL;
+    return PyModule_Create(&module_def);
+}
