@@ -119,14 +119,13 @@ def _pipeline(factory):
     return provider, lazy, health, counting
 
 
-def test_the_first_span_end_starts_the_build_elsewhere_and_returns_at_once():
+def test_the_first_span_end_starts_the_build_elsewhere_and_returns_at_once(monkeypatch):
     from trace_run.core import hooks
 
-    # an import still under way on another test's thread would hold the build back (as it should)
-    deadline = time.monotonic() + 10
-    while hooks.busy() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not hooks.busy(), hooks._executing
+    # An import under way on another thread (a thread an earlier test left in this worker) holds the build
+    # back, as it should (test_core_hooks.py); here none is: a thread that started one just as the span ended
+    # made the program's thread build it (once in a full run under three workers).
+    monkeypatch.setattr(hooks, "busy", lambda: False)
     slow = _Slow()
     provider, lazy, health, counting = _pipeline(slow)
     tracer = provider.get_tracer("t")
