@@ -233,11 +233,7 @@ class Encoder:
         (tests/test_otlp_encoder.py). In C where it can (None: not its case), else in Python."""
         native = self._native
         if native is not None:
-            try:
-                data = native(fields)
-            except Exception as exc:  # a bug of the extension's: the span is still encoded, in Python
-                log.debug("native span encoder failed (%s: %s)" % (type(exc).__name__, exc))
-                data = None
+            data = _native_or_none(native, fields)
             if data is not None:
                 return data
         return self._own_span_python(fields)
@@ -335,11 +331,7 @@ class Encoder:
         can (None: not its case; also until the first span has configured it), else in Python."""
         native = self._native_preencode
         if native is not None:
-            try:
-                encoded = native(span)
-            except Exception as exc:  # a bug of the extension's: the span is still encoded, in Python
-                log.debug("native span encoder failed (%s: %s)" % (type(exc).__name__, exc))
-                encoded = None
+            encoded = _native_or_none(native, span)
             if encoded is not None:
                 return encoded
         if type(span) is (_OWN_SPAN[0] if _OWN_SPAN else _own_span_type()):
@@ -440,6 +432,15 @@ def _own_span_type() -> Optional[type]:
     from opentelemetry.trace.span import DEFAULT_TRACE_STATE as _EMPTY_TRACE_STATE
     _configure_native(module._UNSET)
     return _OWN_SPAN[0]
+
+
+def _native_or_none(native: Any, arg: Any) -> Any:
+    """native(arg); None (the Python path encodes it) where it raises: a bug of the extension's never loses a span."""
+    try:
+        return native(arg)
+    except Exception as exc:
+        log.debug("native span encoder failed (%s: %s)" % (type(exc).__name__, exc))
+        return None
 
 
 def _configure_native(unset_status) -> None:

@@ -24,10 +24,11 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+from instructions import _Sink  # noqa: E402  (a sink answering 200 to every POST)
 from microspan import ATTRS  # noqa: E402
 
 BATCH = 500
@@ -94,19 +95,6 @@ def encode(rounds: int) -> dict:
 # -- start-to-queued, under trace-run ---------------------------------------------------------------
 
 
-class _Receiver(BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.server.posts += 1
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
 def child(rounds: int) -> None:
     """Runs under trace-run: per-span time to make and end a span, BATCH at a time, flushed between."""
     from opentelemetry import trace
@@ -134,8 +122,7 @@ def child(rounds: int) -> None:
 
 
 def queued(rounds: int, processes: int) -> dict:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
-    server.posts = 0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     trace_run = os.path.join(os.path.dirname(sys.executable), "trace-run")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PYTHON"))}
