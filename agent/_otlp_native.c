@@ -125,6 +125,15 @@ put_varint(Writer *w, uint64_t n)
     w->data[w->len++] = (unsigned char)n;
 }
 
+/* A length-delimited field: its tag, the length, the bytes (field_len(n) reserved). */
+static inline void
+put_field(Writer *w, unsigned char tag, const char *bytes, Py_ssize_t n)
+{
+    put_byte(w, tag);
+    put_varint(w, (uint64_t)n);
+    put(w, bytes, n);
+}
+
 static inline void
 put_le64(Writer *w, uint64_t n)
 {
@@ -245,9 +254,7 @@ put_scalar(Writer *w, PyObject *v)
     if (PyUnicode_CheckExact(v)) {
         Py_ssize_t n;
         const char *s = PyUnicode_AsUTF8AndSize(v, &n);  /* kept by the str since scalar_len */
-        put_byte(w, 0x0a);
-        put_varint(w, (uint64_t)n);
-        put(w, s, n);
+        put_field(w, 0x0a, s, n);
     }
     else if (PyBool_Check(v)) {
         put_byte(w, 0x10);
@@ -325,9 +332,7 @@ put_attribute(Writer *w, PyObject *key, PyObject *value)
     put_byte(w, 0x4a);
     put_varint(w, (uint64_t)kv);
     if (klen) {
-        put_byte(w, 0x0a);
-        put_varint(w, (uint64_t)klen);
-        put(w, k, klen);
+        put_field(w, 0x0a, k, klen);
     }
     put_byte(w, 0x12);
     put_varint(w, (uint64_t)vlen);
@@ -437,9 +442,7 @@ put_status(Writer *w, PyObject *status)
     put_byte(w, 0x7a);
     put_varint(w, (uint64_t)payload);
     if (mlen) {
-        put_byte(w, 0x12);
-        put_varint(w, (uint64_t)mlen);
-        put(w, m, mlen);
+        put_field(w, 0x12, m, mlen);
     }
     if (code) {
         put_byte(w, 0x18);
@@ -525,9 +528,7 @@ encode(Writer *w, PyObject **f)
         put_be64(w, parent_id);
     }
     if (nlen) {
-        put_byte(w, 0x2a);
-        put_varint(w, (uint64_t)nlen);
-        put(w, n, nlen);
+        put_field(w, 0x2a, n, nlen);
     }
     put_byte(w, 0x30);
     put_byte(w, (unsigned char)wire_kind);
