@@ -33,6 +33,7 @@ from trace_run.core.guard import Guard
 
 from . import bounds, errors, http_common, propagation
 from .base import instrumentation_enabled_in
+from .bounds import TRUNCATED
 
 _NonRecordingSpan = trace.NonRecordingSpan
 ENVIRON_KEY = "trace_run.request"  # the request's _Request (span and state), for frameworks
@@ -80,29 +81,30 @@ def _text(value: str) -> str:
         return value
 
 
-def server_attributes(environ: dict) -> tuple:
-    """(span name, attributes) of the SERVER span for one request."""
-    get = environ.get
-    method = get("REQUEST_METHOD", "")
-    if type(method) is str and method in http_common.KNOWN_METHODS:  # normalize_method's common case
-        attrs: dict = {HTTP_REQUEST_METHOD: method}
-    else:
-        method, original = http_common.normalize_method(method)
-        attrs = {HTTP_REQUEST_METHOD: method}
-        if original is not None:
-            attrs[HTTP_REQUEST_METHOD_ORIGINAL] = original
-    attrs[URL_SCHEME] = get("wsgi.url_scheme", "http")
-    bound = bounds.limit()  # once per request
-    path = _text(get("SCRIPT_NAME", "") + get("PATH_INFO", "")) or "/"
-    if bound is not None and len(path) > bound:
-        bounds.put(attrs, URL_PATH, path, bound)
-    else:
-        attrs[URL_PATH] = path
-    query = get("QUERY_STRING")
-    if query:
-        attrs[URL_QUERY], was_cut = http_common.bounded_query(_text(query), bound)
-        if was_cut:
-            bounds.note(attrs, URL_QUERY)
+_KNOWN_METHODS = http_common.KNOWN_METHODS
+_PEERS: dict = {}  # what the request's peers give its span (host, port, client, agent, protocol): few per process
+
+
+def _peer_attributes(get: Callable, bound: Optional[int]) -> dict:
+    """The attributes a request's host, client, user agent and protocol give, kept by those values (a
+    server sees the same few again and again: ~150 bytecodes a sampled request); never change the answer."""
+    key = (get("HTTP_HOST"), get("SERVER_NAME"), get("SERVER_PORT"), get("HTTP_X_FORWARDED_FOR"),
+           get("REMOTE_ADDR"), get("HTTP_USER_AGENT"), get("SERVER_PROTOCOL"), bound)
+    try:
+        found = _PEERS.get(key)
+    except TypeError:  # a value that cannot be a key (not what a server puts there): worked out every time
+        return _peer_attributes_of(get, bound)
+    if found is None:
+        found = _peer_attributes_of(get, bound)
+        if TRUNCATED not in found:  # a cut user agent is noted in the request's own attributes
+            if len(_PEERS) >= 256:
+                _PEERS.clear()
+            _PEERS[key] = found
+    return found
+
+
+def _peer_attributes_of(get: Callable, bound: Optional[int]) -> dict:
+    peer: dict = {}
     host = get("HTTP_HOST")
     port = None
     if host:
@@ -122,29 +124,66 @@ def server_attributes(environ: dict) -> tuple:
         host = get("SERVER_NAME")
         port = get("SERVER_PORT")
     if host:
-        attrs[SERVER_ADDRESS] = host
+        peer[SERVER_ADDRESS] = host
     if port:
         try:
-            attrs[SERVER_PORT] = int(port)
+            peer[SERVER_PORT] = int(port)
         except ValueError:
             pass
     forwarded = get("HTTP_X_FORWARDED_FOR")
     client = forwarded.split(",")[0].strip() if forwarded else get("REMOTE_ADDR")
     if client:
-        attrs[CLIENT_ADDRESS] = client
+        peer[CLIENT_ADDRESS] = client
     agent = get("HTTP_USER_AGENT")
     if agent:
         if bound is not None and len(agent) > bound:
-            bounds.put(attrs, USER_AGENT_ORIGINAL, agent, bound)
+            bounds.put(peer, USER_AGENT_ORIGINAL, agent, bound)
         else:
-            attrs[USER_AGENT_ORIGINAL] = agent
+            peer[USER_AGENT_ORIGINAL] = agent
     version = http_common.protocol_version(get("SERVER_PROTOCOL"))
     if version:
-        attrs[NETWORK_PROTOCOL_VERSION] = version
+        peer[NETWORK_PROTOCOL_VERSION] = version
+    return peer
+
+
+def server_attributes(environ: dict) -> tuple:
+    """(span name, attributes) of the SERVER span for one request."""
+    get = environ.get
+    method = get("REQUEST_METHOD", "")
+    if type(method) is str and method in _KNOWN_METHODS:  # normalize_method's common case; its own name
+        name = method
+        attrs: dict = {HTTP_REQUEST_METHOD: method, URL_SCHEME: get("wsgi.url_scheme", "http")}
+    else:
+        method, original = http_common.normalize_method(method)
+        name = http_common.span_name(method)
+        attrs = {HTTP_REQUEST_METHOD: method}
+        if original is not None:
+            attrs[HTTP_REQUEST_METHOD_ORIGINAL] = original
+        attrs[URL_SCHEME] = get("wsgi.url_scheme", "http")
+    bound = bounds.limit()  # once per request
+    path = get("SCRIPT_NAME", "") + get("PATH_INFO", "")
+    if not path.isascii():
+        path = _text(path)
+    if not path:
+        path = "/"
+    if bound is not None and len(path) > bound:
+        bounds.put(attrs, URL_PATH, path, bound)
+    else:
+        attrs[URL_PATH] = path
+    query = get("QUERY_STRING")
+    if query:
+        attrs[URL_QUERY], was_cut = http_common.bounded_query(_text(query), bound)
+        if was_cut:
+            bounds.note(attrs, URL_QUERY)
+    peer = _peer_attributes(get, bound)
+    if TRUNCATED in peer:
+        bounds.update(attrs, peer)  # the cut keys of both listed
+    else:
+        attrs.update(peer)
     cap = http_common.capture("SERVER_REQUEST")
     if cap is not None:
         bounds.update(attrs, cap.attributes(_environ_headers(environ)))
-    return http_common.span_name(method), attrs
+    return name, attrs
 
 
 def start_server_span(tracer: trace.Tracer, environ: dict, parent) -> trace.Span:
