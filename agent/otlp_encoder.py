@@ -26,7 +26,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from operator import itemgetter
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from trace_run.core import log
 
@@ -131,6 +131,11 @@ class Encoder:
         self._resource_cache: dict = {}  # id -> (resource, bytes), see _cached
         self._scope_cache: dict = {}
         self._blocks: dict = {}  # a span's attributes, all str or int, as items -> their encoded fields, joined
+
+    @property
+    def native_preencode(self) -> Optional[Callable[[Any], Any]]:
+        """The C function `preencode` tries first (None: not built, or switched off): its answer or None."""
+        return self._native_preencode
 
     def _attributes(self, tag: bytes, attributes) -> list:
         if not attributes:

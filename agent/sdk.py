@@ -409,10 +409,12 @@ def _preencoder(health):
     from .otlp_encoder import Encoder
     from .redact import redact_span, rules_from_config
 
-    preencode = Encoder(pause=False).preencode
+    encoder = Encoder(pause=False)
+    preencode = encoder.preencode
     rules = rules_from_config()
     redacting = bool(rules)  # the rules are fixed for the process: asked once, not per span
     accepts = False  # the built exporter takes encoded spans: once it does, it goes on doing so
+    takers: list = []  # the processor's: given the C encoder to call itself, once prepare would only call it
 
     def prepare(span):
         nonlocal accepts
@@ -432,7 +434,13 @@ def _preencoder(health):
         except Exception as exc:  # the exporter encodes it (and reports what it cannot)
             log.debug("span %r not encoded as it ended (%s: %s)" % (span.name, type(exc).__name__, exc))
             return span
+        finally:
+            if takers and not redacting and encoder.native_preencode is not None:  # configured by the call
+                for take in takers:
+                    take(encoder.native_preencode)
+                del takers[:]
 
+    prepare.hand_over = takers.append
     return prepare
 
 
