@@ -12,6 +12,7 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 #if PY_VERSION_HEX < 0x030A0000
 static inline PyObject *
@@ -675,6 +676,425 @@ configure(PyObject *module, PyObject *args)
     Py_RETURN_NONE;
 }
 
+
+/* -- a span's end and its way to the export queue: fastspan.Span.end and exporthealth.CountingProcessor.on_end
+ *
+ * The same steps as those two Python methods, on the same objects (dict items read and written where the
+ * Python code reads and writes attributes that live in the instance's __dict__). Where anything is not as
+ * expected (another span class, a field missing, a lock of another kind, a span ended already or never
+ * started), the Python method runs instead, before anything was changed: its messages and exceptions are
+ * the program's to see. configure_end() gives what they need; until then both run the Python methods. */
+
+static PyObject *end_span_type;     /* fastspan.Span */
+static PyObject *python_end;        /* its Python end(self, end_time=None) */
+static PyObject *noop_end;          /* fastspan._NOOP_END: a span's end-metrics function that does nothing */
+static PyObject *route_function;    /* fastspan._route(processor) */
+static PyObject *lock_type;         /* type(threading.Lock()) */
+static PyObject *end_bounded_type;  /* opentelemetry.attributes.BoundedAttributes */
+static PyObject *python_on_end;     /* CountingProcessor's Python on_end(self, span) */
+static PyObject *budget_type;       /* exporthealth.QueueBudget */
+static PyObject *budget_admit;      /* its admit function */
+static PyObject *k_lock, *k_start_time, *k_end_metrics, *k_processor, *k_route, *k_processors, *s_immutable,
+    *s_acquire, *s_release, *s_on_ending, *s_build, *k_counter, *k_pending, *k_encode, *k_prepare, *k_admit,
+    *k_on_end, *k_sampled_only, *s_spans, *s_bytes, *s_max_spans, *s_max_bytes, *s_end_time_kw;
+
+/* borrowed items of `dict` under `keys`; 0 if one is missing (no exception), -1 on an error */
+static int
+items_of(PyObject *dict, PyObject **keys, PyObject **out, int n)
+{
+    for (int i = 0; i < n; i++) {
+        out[i] = PyDict_GetItemWithError(dict, keys[i]);
+        if (out[i] == NULL)
+            return PyErr_Occurred() ? -1 : 0;
+    }
+    return 1;
+}
+
+static int
+unlock(PyObject *lock)
+{
+    PyObject *r = PyObject_CallMethodNoArgs(lock, s_release);
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
+}
+
+/* (route[1..3] of fastspan._route(processor)), the route kept in the processor's __dict__ read here as end()
+ * reads it; a new reference to the route tuple, or NULL */
+static PyObject *
+route_of(PyObject *processor)
+{
+    PyObject *state = PyObject_GenericGetDict(processor, NULL);
+    if (state == NULL) {
+        PyErr_Clear();  /* end() catches the AttributeError and asks _route */
+    } else {
+        PyObject *route = PyDict_GetItemWithError(state, k_route);
+        PyObject *processors = route ? PyDict_GetItemWithError(state, k_processors) : NULL;
+        if (processors != NULL && PyTuple_CheckExact(route) && PyTuple_GET_SIZE(route) == 4 &&
+            PyTuple_GET_ITEM(route, 0) == processors) {
+            Py_INCREF(route);
+            Py_DECREF(state);
+            return route;
+        }
+        Py_DECREF(state);
+        if (PyErr_Occurred())
+            return NULL;
+    }
+    PyObject *route = PyObject_CallOneArg(route_function, processor);
+    if (route != NULL && !(PyTuple_Check(route) && PyTuple_GET_SIZE(route) >= 4)) {
+        Py_DECREF(route);
+        PyErr_SetString(PyExc_TypeError, "fastspan._route gave no route");
+        return NULL;
+    }
+    return route;
+}
+
+static PyObject *
+decline_end(PyObject *span, PyObject *end_time)
+{
+    PyObject *args[2] = {span, end_time};
+    return PyObject_Vectorcall(python_end, args, 2, NULL);
+}
+
+static PyObject *
+span_end(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *end_time = Py_None;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs < 1 || nargs + nkw > 2 || (nkw == 1 && (nargs != 1 || PyUnicode_Compare(
+            PyTuple_GET_ITEM(kwnames, 0), s_end_time_kw) != 0))) {
+        if (nargs >= 1 && python_end != NULL)  /* the Python method's own TypeError */
+            return PyObject_Vectorcall(python_end, args, nargs, kwnames);
+        PyErr_SetString(PyExc_TypeError, "end(self, end_time=None)");
+        return NULL;
+    }
+    PyObject *span = args[0];
+    if (nargs + nkw == 2)
+        end_time = args[1];
+    if (python_end == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "span_end is not configured");
+        return NULL;
+    }
+    if ((PyObject *)Py_TYPE(span) != end_span_type)
+        return decline_end(span, end_time);
+    PyObject *fields = PyObject_GenericGetDict(span, NULL);
+    if (fields == NULL)
+        return NULL;
+    PyObject *keys[5] = {k_lock, field_keys[F_ATTRIBUTES], k_start_time, field_keys[F_END], k_processor};
+    PyObject *f[5];
+    PyObject *result = NULL, *lock = NULL, *attributes = NULL, *processor = NULL, *now = NULL, *route = NULL;
+    int found = items_of(fields, keys, f, 5);
+    if (found < 0)
+        goto done;
+    if (found == 0 || (PyObject *)Py_TYPE(f[0]) != lock_type || (PyObject *)Py_TYPE(f[1]) != end_bounded_type ||
+        f[2] == Py_None || f[3] != Py_None) {
+        result = decline_end(span, end_time);  /* its RuntimeError, its warning, or another lock's way */
+        goto done;
+    }
+    lock = Py_NewRef(f[0]);
+    attributes = Py_NewRef(f[1]);
+    processor = Py_NewRef(f[4]);
+    PyObject *r = PyObject_CallMethodNoArgs(lock, s_acquire);
+    if (r == NULL)
+        goto done;
+    Py_DECREF(r);
+    PyObject *ended = PyDict_GetItemWithError(fields, field_keys[F_END]);  /* again, under the lock */
+    if (ended != Py_None) {
+        if (unlock(lock) == 0 && !PyErr_Occurred())
+            result = decline_end(span, end_time);  /* ended meanwhile by another thread: its warning */
+        goto done;
+    }
+    if (end_time != Py_None) {
+        now = Py_NewRef(end_time);
+    } else {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);  /* what time.time_ns() reads */
+        now = PyLong_FromLongLong((long long)ts.tv_sec * 1000000000LL + ts.tv_nsec);
+    }
+    if (now == NULL || PyDict_SetItem(fields, field_keys[F_END], now) < 0 ||
+        PyObject_SetAttr(attributes, s_immutable, Py_True) < 0) {
+        PyObject *type, *value, *tb;  /* the lock is released, the exception stays (a `with` block's way) */
+        PyErr_Fetch(&type, &value, &tb);
+        unlock(lock);
+        PyErr_Restore(type, value, tb);
+        goto done;
+    }
+    if (unlock(lock) < 0)
+        goto done;
+    PyObject *metrics = PyDict_GetItemWithError(fields, k_end_metrics);
+    if (metrics == NULL && PyErr_Occurred())
+        goto done;
+    if (metrics != NULL && metrics != noop_end) {
+        Py_INCREF(metrics);
+        int truth = PyObject_IsTrue(metrics);
+        PyObject *called = truth > 0 ? PyObject_CallNoArgs(metrics) : NULL;
+        Py_DECREF(metrics);
+        if (truth < 0 || (truth > 0 && called == NULL))
+            goto done;
+        Py_XDECREF(called);
+    }
+    route = route_of(processor);
+    if (route == NULL)
+        goto done;
+    int on_ending = PyObject_IsTrue(PyTuple_GET_ITEM(route, 2));
+    if (on_ending < 0)
+        goto done;
+    if (on_ending) {
+        PyObject *called = PyObject_CallMethodOneArg(processor, s_on_ending, span);
+        if (called == NULL)
+            goto done;
+        Py_DECREF(called);
+    }
+    result = PyObject_CallOneArg(PyTuple_GET_ITEM(route, 3), span);  /* itself, not a copy */
+    if (result != NULL) {
+        Py_DECREF(result);
+        result = Py_NewRef(Py_None);
+    }
+done:
+    Py_XDECREF(route);
+    Py_XDECREF(now);
+    Py_XDECREF(processor);
+    Py_XDECREF(attributes);
+    Py_XDECREF(lock);
+    Py_DECREF(fields);
+    return result;
+}
+
+/* QueueBudget.admit(item) on the budget's own fields; 1 admitted, 0 refused, -1 error */
+static int
+admit_inline(PyObject *budget, PyObject *item)
+{
+    PyObject *state = PyObject_GenericGetDict(budget, NULL);
+    if (state == NULL)
+        return -1;
+    int answer = -1;
+    PyObject *lock = PyDict_GetItemWithError(state, k_lock);
+    if (lock == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_AttributeError, "QueueBudget has no _lock");
+        Py_DECREF(state);
+        return -1;
+    }
+    Py_INCREF(lock);
+    Py_ssize_t n = 0;
+    if ((PyObject *)Py_TYPE(item) == encoded_type && PyTuple_GET_SIZE(item) > 0) {
+        n = PyObject_Length(PyTuple_GET_ITEM(item, 0));
+        if (n < 0)
+            goto out;
+    }
+    PyObject *size = PyLong_FromSsize_t(n), *more_spans = NULL, *more_bytes = NULL;
+    if (size == NULL)
+        goto out;
+    PyObject *r = PyObject_CallMethodNoArgs(lock, s_acquire);
+    if (r == NULL) {
+        Py_DECREF(size);
+        goto out;
+    }
+    Py_DECREF(r);
+    PyObject *keys[4] = {s_spans, s_max_spans, s_bytes, s_max_bytes};
+    PyObject *v[4];
+    int found = items_of(state, keys, v, 4);
+    if (found == 0)
+        PyErr_SetString(PyExc_AttributeError, "QueueBudget lacks a count");
+    if (found > 0) {
+        for (int i = 0; i < 4; i++)
+            Py_INCREF(v[i]);
+        int full = PyObject_RichCompareBool(v[0], v[1], Py_GE);
+        if (full == 0) {
+            more_bytes = PyNumber_Add(v[2], size);
+            full = more_bytes ? PyObject_RichCompareBool(more_bytes, v[3], Py_GT) : -1;
+        }
+        if (full == 1) {
+            answer = 0;
+        } else if (full == 0) {
+            PyObject *one = PyLong_FromLong(1);
+            more_spans = one ? PyNumber_Add(v[0], one) : NULL;
+            Py_XDECREF(one);
+            if (more_spans != NULL && PyDict_SetItem(state, s_spans, more_spans) == 0 &&
+                PyDict_SetItem(state, s_bytes, more_bytes) == 0)
+                answer = 1;
+        }
+        for (int i = 0; i < 4; i++)
+            Py_DECREF(v[i]);
+    }
+    Py_XDECREF(more_spans);
+    Py_XDECREF(more_bytes);
+    Py_DECREF(size);
+    if (answer < 0) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        unlock(lock);
+        PyErr_Restore(type, value, tb);
+    } else if (unlock(lock) < 0) {
+        answer = -1;
+    }
+out:
+    Py_DECREF(lock);
+    Py_DECREF(state);
+    return answer;
+}
+
+/* the item (new reference) prepare or the C encoder gives for a sampled span; Py_None: nothing to queue */
+static PyObject *
+prepared(PyObject *encode, PyObject *prepare, PyObject *span)
+{
+    if (encode != Py_None) {
+        PyObject *encoded = PyCFunction_Check(encode) && PyCFunction_GET_FUNCTION(encode) == (PyCFunction)preencode
+            ? preencode(NULL, span) : PyObject_CallOneArg(encode, span);
+        if (encoded == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_Exception))
+                return NULL;
+            PyErr_Clear();  /* a failure of the extension's: prepare's own way, as on_end does */
+        } else if (encoded != Py_None) {
+            return encoded;
+        } else {
+            Py_DECREF(encoded);
+        }
+        return PyObject_CallOneArg(prepare, span);
+    }
+    if (prepare != Py_None)
+        return PyObject_CallOneArg(prepare, span);
+    return Py_NewRef(span);
+}
+
+static PyObject *
+counting_on_end(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || python_on_end == NULL) {
+        if (python_on_end != NULL)
+            return PyObject_Vectorcall(python_on_end, args, nargs, NULL);
+        PyErr_SetString(PyExc_TypeError, "on_end(self, span)");
+        return NULL;
+    }
+    PyObject *self = args[0], *span = args[1];
+    PyObject *flags = NULL;
+    if (end_span_type != NULL && (PyObject *)Py_TYPE(span) == end_span_type) {  /* see configure_end */
+        PyObject *span_fields = PyObject_GenericGetDict(span, NULL);
+        if (span_fields == NULL)
+            return NULL;
+        PyObject *context = PyDict_GetItemWithError(span_fields, field_keys[F_CONTEXT]);
+        if (context != NULL && PyTuple_Check(context) && PyTuple_GET_SIZE(context) >= 4 &&
+            PyLong_Check(PyTuple_GET_ITEM(context, 3)))
+            flags = Py_NewRef(PyTuple_GET_ITEM(context, 3));
+        Py_DECREF(span_fields);
+        if (PyErr_Occurred()) {
+            Py_XDECREF(flags);
+            return NULL;
+        }
+    }
+    if (flags == NULL)  /* another span, or fields not as read here */
+        return PyObject_Vectorcall(python_on_end, args, 2, NULL);
+    long sampled = PyLong_AsLong(flags) & 1;
+    Py_DECREF(flags);
+    if (sampled == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *state = PyObject_GenericGetDict(self, NULL);
+    if (state == NULL)
+        return NULL;
+    PyObject *keys[7] = {k_counter, k_pending, k_encode, k_prepare, k_admit, k_on_end, k_sampled_only};
+    PyObject *v[7], *held[7] = {NULL}, *result = NULL, *item = NULL;
+    int found = items_of(state, keys, v, 7);
+    if (found <= 0) {
+        Py_DECREF(state);
+        return found < 0 ? NULL : PyObject_Vectorcall(python_on_end, args, 2, NULL);
+    }
+    for (int i = 0; i < 7; i++)
+        held[i] = Py_NewRef(v[i]);
+    Py_DECREF(state);
+    PyObject *count = PyIter_Next(held[0]);  /* next(self._counter) */
+    if (count == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetNone(PyExc_StopIteration);
+        goto done;
+    }
+    Py_DECREF(count);
+    int pending = PyObject_IsTrue(held[1]);
+    if (pending < 0)
+        goto done;
+    if (pending) {
+        PyObject *r = PyObject_CallMethodNoArgs(self, s_build);
+        if (r == NULL)
+            goto done;
+        Py_DECREF(r);
+    }
+    PyObject *admit = held[4], *on_end = held[5];
+    if (sampled) {
+        item = prepared(held[2], held[3], span);
+        if (item == NULL)
+            goto done;
+        if (item == Py_None) {
+            result = Py_NewRef(Py_None);
+            goto done;
+        }
+        if (admit != Py_None) {
+            int ok;
+            if (PyMethod_Check(admit) && PyMethod_GET_FUNCTION(admit) == budget_admit &&
+                (PyObject *)Py_TYPE(PyMethod_GET_SELF(admit)) == budget_type) {
+                ok = admit_inline(PyMethod_GET_SELF(admit), item);
+            } else {
+                PyObject *r = PyObject_CallOneArg(admit, item);
+                ok = r == NULL ? -1 : PyObject_IsTrue(r);
+                Py_XDECREF(r);
+            }
+            if (ok <= 0) {
+                if (ok == 0)
+                    result = Py_NewRef(Py_None);  /* over the queue's bounds: dropped, counted as ended */
+                goto done;
+            }
+        }
+        result = PyObject_CallOneArg(on_end, item);
+    } else {
+        int sampled_only = PyObject_IsTrue(held[6]);
+        if (sampled_only < 0)
+            goto done;
+        result = sampled_only ? Py_NewRef(Py_None) : PyObject_CallOneArg(on_end, span);
+    }
+    if (result != NULL) {
+        Py_DECREF(result);
+        result = Py_NewRef(Py_None);
+    }
+done:
+    Py_XDECREF(item);
+    for (int i = 0; i < 7; i++)
+        Py_XDECREF(held[i]);
+    return result;
+}
+
+static PyObject *
+configure_end(PyObject *module, PyObject *args)
+{
+    PyObject *span, *end, *noop, *route, *lock, *bounded;
+    if (!PyArg_ParseTuple(args, "O!OOOO!O!:configure_end", &PyType_Type, &span, &end, &noop, &route, &PyType_Type,
+                          &lock, &PyType_Type, &bounded))
+        return NULL;
+    Py_CLEAR(python_end);  /* unconfigured until all is set */
+    Py_XSETREF(end_span_type, Py_NewRef(span));
+    Py_XSETREF(noop_end, Py_NewRef(noop));
+    Py_XSETREF(route_function, Py_NewRef(route));
+    Py_XSETREF(lock_type, Py_NewRef(lock));
+    Py_XSETREF(end_bounded_type, Py_NewRef(bounded));
+    python_end = Py_NewRef(end);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+configure_on_end(PyObject *module, PyObject *args)
+{
+    PyObject *on_end, *budget, *admit;
+    if (!PyArg_ParseTuple(args, "OO!O:configure_on_end", &on_end, &PyType_Type, &budget, &admit))
+        return NULL;
+    Py_CLEAR(python_on_end);
+    Py_XSETREF(budget_type, Py_NewRef(budget));
+    Py_XSETREF(budget_admit, Py_NewRef(admit));
+    python_on_end = Py_NewRef(on_end);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+as_method(PyObject *module, PyObject *function)
+{
+    return PyInstanceMethod_New(function);
+}
+
 static PyMethodDef methods[] = {
     {"encode_span", encode_span, METH_O,
      "encode_span(fields) -> bytes | None: the OTLP Span of a trace-run span's __dict__, None if not the common case."},
@@ -683,6 +1103,15 @@ static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS,
      "configure(kinds, codes, unset_status, status_type, empty_trace_state, bounded_attributes_type, span_type, "
      "encoded_type)"},
+    {"span_end", (PyCFunction)(void (*)(void))span_end, METH_FASTCALL | METH_KEYWORDS,
+     "span_end(span, end_time=None): fastspan.Span.end in C (installed as that method by fastspan)."},
+    {"counting_on_end", (PyCFunction)(void (*)(void))counting_on_end, METH_FASTCALL,
+     "counting_on_end(processor, span): exporthealth.CountingProcessor.on_end in C (installed by exporthealth)."},
+    {"configure_end", configure_end, METH_VARARGS,
+     "configure_end(span_type, python_end, noop_end_metrics, route_function, lock_type, bounded_attributes_type)"},
+    {"configure_on_end", configure_on_end, METH_VARARGS,
+     "configure_on_end(python_on_end, queue_budget_type, queue_budget_admit)"},
+    {"as_method", as_method, METH_O, "as_method(function): a method of a class, bound to its instances."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -704,5 +1133,17 @@ PyInit__otlp_native(void)
         (k_resource = PyUnicode_InternFromString("_resource")) == NULL ||
         (k_scope = PyUnicode_InternFromString("_instrumentation_scope")) == NULL)
         return NULL;
+    struct { PyObject **slot; const char *name; } names[] = {
+        {&k_lock, "_lock"}, {&k_start_time, "_start_time"}, {&k_end_metrics, "_record_end_metrics"},
+        {&k_processor, "_span_processor"}, {&k_route, "_trace_run_route"}, {&k_processors, "_span_processors"},
+        {&s_immutable, "_immutable"}, {&s_acquire, "acquire"}, {&s_release, "release"},
+        {&s_on_ending, "_on_ending"}, {&s_build, "_build"}, {&k_counter, "_counter"}, {&k_pending, "_pending"},
+        {&k_encode, "_encode"}, {&k_prepare, "_prepare"}, {&k_admit, "_admit"}, {&k_on_end, "_on_end"},
+        {&k_sampled_only, "_sampled_only"}, {&s_spans, "spans"}, {&s_bytes, "bytes"}, {&s_max_spans, "max_spans"},
+        {&s_max_bytes, "max_bytes"}, {&s_end_time_kw, "end_time"},
+    };
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if ((*names[i].slot = PyUnicode_InternFromString(names[i].name)) == NULL)
+            return NULL;
     return PyModule_Create(&module_def);
 }

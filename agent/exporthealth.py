@@ -325,3 +325,36 @@ class CountingProcessor(SpanProcessor):
 
     def dropped(self) -> int:
         return max(0, self.ended - self.health.handed)
+
+
+# CountingProcessor.on_end in C (agent/_otlp_native.c's counting_on_end: the same steps, QueueBudget.admit's
+# among them, on the same fields; the Python method for a span it was not written for, before anything
+# changed). With Span.end's C method (fastspan.use_native_end), whose span class it takes; the same switch.
+_python_on_end = CountingProcessor.on_end
+
+
+def use_native_on_end(on: bool) -> bool:
+    """`CountingProcessor.on_end` in C (`on`, where the extension was built) or in Python. Whether in C."""
+    CountingProcessor.on_end = _python_on_end
+    try:
+        from trace_run.agent import _otlp_native
+    except ImportError:  # not built (no compiler)
+        return False
+    if not on:
+        return False
+    try:
+        _otlp_native.configure_on_end(_python_on_end, QueueBudget, QueueBudget.admit)
+        CountingProcessor.on_end = _otlp_native.as_method(_otlp_native.counting_on_end)
+    except Exception as exc:
+        log.debug("native on_end not used (%s: %s)" % (type(exc).__name__, exc))
+        return False
+    return True
+
+
+def _native_switch() -> bool:
+    from .fastspan import native_switch
+
+    return native_switch()
+
+
+NATIVE_ON_END = use_native_on_end(_native_switch())

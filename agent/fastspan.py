@@ -44,6 +44,7 @@ from trace_run.core import compat, runtime_context
 from .samplers import RateLimitingSampler
 
 _logger = logging.getLogger("opentelemetry.sdk.trace")  # the SDK's messages, under the SDK's logger
+_logger_own = logging.getLogger(__name__)
 
 _new = object.__new__
 _Lock = threading.Lock
@@ -556,6 +557,43 @@ _FIELDS = ("_name", "_context", "_kind", "_instrumentation_info", "_instrumentat
            "_start_time", "_end_time", "_attributes", "_events", "_links", "_resource", "_status", "_sampler",
            "_trace_config", "_record_exception", "_set_status_on_exception", "_span_processor", "_limits",
            "_lock", "_record_end_metrics")
+
+
+# -- Span.end in C (agent/_otlp_native.c's span_end: the same steps on the same fields; this Python method for
+# any span or field it was not written for, before anything changed). OTEL_TRACE_RUN_NATIVE_SPAN=false: Python.
+_python_end = Span.end
+
+try:
+    from trace_run.agent import _otlp_native as _OTLP_NATIVE
+except ImportError:  # not built (no compiler)
+    _OTLP_NATIVE = None
+
+
+def use_native_end(on: bool) -> bool:
+    """`Span.end` in C (`on`, where the extension was built) or in Python. Whether the C one is in use."""
+    Span.end = _python_end
+    if not (on and _OTLP_NATIVE is not None and "_lock" not in vars(Span) and "_end_time" not in vars(Span)):
+        return False
+    try:
+        _OTLP_NATIVE.configure_end(Span, _python_end, _NOOP_END, _route, type(_Lock()), BoundedAttributes)
+        Span.end = _OTLP_NATIVE.as_method(_OTLP_NATIVE.span_end)
+    except Exception as exc:
+        _logger_own.debug("native span end not used (%s: %s)" % (type(exc).__name__, exc))
+        return False
+    return True
+
+
+def native_switch() -> bool:
+    """OTEL_TRACE_RUN_NATIVE_SPAN (true where it cannot be read)."""
+    try:
+        from trace_run.core import config
+
+        return bool(config.get("OTEL_TRACE_RUN_NATIVE_SPAN"))
+    except Exception:
+        return True
+
+
+NATIVE_END = use_native_end(native_switch())
 
 
 def adopt(tracer: sdk_trace.Tracer) -> sdk_trace.Tracer:
