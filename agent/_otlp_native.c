@@ -617,6 +617,10 @@ preencode(PyObject *module, PyObject *span)
     data = NULL;
     PyTuple_SET_ITEM(result, 1, Py_NewRef(resource));
     PyTuple_SET_ITEM(result, 2, Py_NewRef(scope));
+    /* Left out of the garbage collector's lists: it waits in the export queue long enough to age through
+     * every generation, and each collection would walk it (and count it towards the next full one). It
+     * cannot be part of a cycle: bytes, and a resource and a scope that never refer to a queued span. */
+    PyObject_GC_UnTrack(result);
 done:
     Py_XDECREF(data);
     Py_DECREF(fields);

@@ -297,3 +297,30 @@ def test_encoding_a_million_spans_keeps_memory_flat():
     for _ in range(200000):
         native.encode_span(fields)
     assert rss_kb() - before < 2048
+
+
+def test_the_encoded_spans_it_makes_are_not_walked_by_the_garbage_collector():
+    """A queued span waits long enough to age through every generation: the C encoder's are untracked (they
+    cannot be in a cycle); what they hold is what the Python path's hold, and is freed with them."""
+    import gc
+    import weakref
+
+    span = _spans([("s", SpanKind.CLIENT, {"a": 1}, None, None, None)])[0]
+    encoded = native.preencode(span)
+    python = Encoder(pause=False, native=False).preencode(span)
+    assert type(encoded) is otlp_encoder.Encoded and not gc.is_tracked(encoded) and gc.is_tracked(python)
+    assert tuple(encoded) == tuple(python)
+
+    class Scope:  # a scope that can be watched: freed when the last span holding it is
+        pass
+
+    scope = Scope()
+    span._instrumentation_scope = scope
+    watch = weakref.ref(scope)
+    held = [native.preencode(span) for _ in range(3)]
+    span._instrumentation_scope = None  # (the span itself is kept by the test's exporter)
+    del scope
+    gc.collect()
+    assert watch() is not None and all(e[2] is watch() for e in held)
+    del held
+    assert watch() is None
