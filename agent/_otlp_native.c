@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #if PY_VERSION_HEX < 0x030A0000
 static inline PyObject *
@@ -937,6 +938,101 @@ out:
     return answer;
 }
 
+/* The SDK's BatchProcessor.emit(item) for its common case, on its own fields (configure_emit is given it only
+ * where its code is the one read here, names for names): not shut down, in the process that made it, its queue
+ * not full; the worker woken as it would wake it. 1 done, 0 not that case (emit runs: its messages, its reset
+ * after a fork), -1 error. */
+static PyObject *sdk_emit;     /* BatchProcessor.emit */
+static PyObject *event_type;   /* threading.Event, whose is_set is `return self._flag` */
+static PyObject *deque_type;   /* collections.deque */
+static PyObject *k_shutdown, *k_pid, *k_queue, *k_max_queue, *k_max_batch, *k_awaken, *k_flag, *s_appendleft,
+    *s_set;
+
+static int
+emit_inline(PyObject *processor, PyObject *item)
+{
+    PyObject *state = PyObject_GenericGetDict(processor, NULL);
+    if (state == NULL)
+        return -1;
+    PyObject *keys[5] = {k_shutdown, k_pid, k_queue, k_max_queue, k_max_batch};
+    PyObject *v[5];
+    int answer = 0, found = items_of(state, keys, v, 5);
+    if (found <= 0 || v[0] != Py_False || !PyLong_CheckExact(v[1]) || (PyObject *)Py_TYPE(v[2]) != deque_type ||
+        !PyLong_CheckExact(v[3]) || !PyLong_CheckExact(v[4])) {
+        Py_DECREF(state);
+        return found < 0 ? -1 : 0;
+    }
+    long pid = PyLong_AsLong(v[1]);
+    if (pid == -1 && PyErr_Occurred()) {
+        Py_DECREF(state);
+        return -1;
+    }
+    if (pid != (long)getpid()) {  /* a child of a fork: emit resets the processor first */
+        Py_DECREF(state);
+        return 0;
+    }
+    PyObject *queue = Py_NewRef(v[2]);
+    Py_ssize_t max_queue = PyLong_AsSsize_t(v[3]), max_batch = PyLong_AsSsize_t(v[4]);
+    if (PyErr_Occurred()) {
+        answer = -1;
+        goto out;
+    }
+    Py_ssize_t n = PyObject_Length(queue);
+    if (n < 0) {
+        answer = -1;
+        goto out;
+    }
+    if (n == max_queue)
+        goto out;  /* emit's warning, and its count of the dropped one */
+    PyObject *r = PyObject_CallMethodOneArg(queue, s_appendleft, item);
+    if (r == NULL) {
+        answer = -1;
+        goto out;
+    }
+    Py_DECREF(r);
+    answer = 1;
+    n = PyObject_Length(queue);
+    if (n < 0) {
+        answer = -1;
+        goto out;
+    }
+    if (n >= max_batch) {
+        PyObject *awaken = PyDict_GetItemWithError(state, k_awaken);
+        if (awaken == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_AttributeError, "_worker_awaken");
+            answer = -1;
+            goto out;
+        }
+        Py_INCREF(awaken);
+        int is_set = -1;
+        if ((PyObject *)Py_TYPE(awaken) == event_type) {
+            PyObject *event_state = PyObject_GenericGetDict(awaken, NULL);
+            PyObject *flag = event_state ? PyDict_GetItemWithError(event_state, k_flag) : NULL;
+            is_set = flag ? PyObject_IsTrue(flag) : -1;
+            if (flag == NULL && event_state != NULL && !PyErr_Occurred())
+                PyErr_SetString(PyExc_AttributeError, "_flag");
+            Py_XDECREF(event_state);
+        } else {
+            PyObject *got = PyObject_CallMethod(awaken, "is_set", NULL);
+            is_set = got ? PyObject_IsTrue(got) : -1;
+            Py_XDECREF(got);
+        }
+        if (is_set == 0) {
+            PyObject *done = PyObject_CallMethodNoArgs(awaken, s_set);
+            is_set = done ? 1 : -1;
+            Py_XDECREF(done);
+        }
+        Py_DECREF(awaken);
+        if (is_set < 0)
+            answer = -1;
+    }
+out:
+    Py_DECREF(queue);
+    Py_DECREF(state);
+    return answer;
+}
+
 /* the item (new reference) prepare or the C encoder gives for a sampled span; Py_None: nothing to queue */
 static PyObject *
 prepared(PyObject *encode, PyObject *prepare, PyObject *span)
@@ -1045,7 +1141,14 @@ counting_on_end(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 goto done;
             }
         }
-        result = PyObject_CallOneArg(on_end, item);
+        if (sdk_emit != NULL && PyMethod_Check(on_end) && PyMethod_GET_FUNCTION(on_end) == sdk_emit) {
+            int done = emit_inline(PyMethod_GET_SELF(on_end), item);
+            if (done < 0)
+                goto done;
+            result = done ? Py_NewRef(Py_None) : PyObject_CallOneArg(on_end, item);
+        } else {
+            result = PyObject_CallOneArg(on_end, item);
+        }
     } else {
         int sampled_only = PyObject_IsTrue(held[6]);
         if (sampled_only < 0)
@@ -1094,6 +1197,20 @@ configure_on_end(PyObject *module, PyObject *args)
 }
 
 static PyObject *
+configure_emit(PyObject *module, PyObject *args)
+{
+    PyObject *emit, *event, *deque;
+    if (!PyArg_ParseTuple(args, "OO!O!:configure_emit", &emit, &PyType_Type, &event, &PyType_Type, &deque))
+        return NULL;
+    Py_CLEAR(sdk_emit);
+    Py_XSETREF(event_type, Py_NewRef(event));
+    Py_XSETREF(deque_type, Py_NewRef(deque));
+    if (emit != Py_None)
+        sdk_emit = Py_NewRef(emit);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
 as_method(PyObject *module, PyObject *function)
 {
     return PyInstanceMethod_New(function);
@@ -1115,6 +1232,8 @@ static PyMethodDef methods[] = {
      "configure_end(span_type, python_end, noop_end_metrics, route_function, lock_type, bounded_attributes_type)"},
     {"configure_on_end", configure_on_end, METH_VARARGS,
      "configure_on_end(python_on_end, queue_budget_type, queue_budget_admit)"},
+    {"configure_emit", configure_emit, METH_VARARGS,
+     "configure_emit(batch_processor_emit or None, event_type, deque_type): the SDK's emit done here (None: called)."},
     {"as_method", as_method, METH_O, "as_method(function): a method of a class, bound to its instances."},
     {NULL, NULL, 0, NULL},
 };
@@ -1144,7 +1263,9 @@ PyInit__otlp_native(void)
         {&s_on_ending, "_on_ending"}, {&s_build, "_build"}, {&k_counter, "_counter"}, {&k_pending, "_pending"},
         {&k_encode, "_encode"}, {&k_prepare, "_prepare"}, {&k_admit, "_admit"}, {&k_on_end, "_on_end"},
         {&k_sampled_only, "_sampled_only"}, {&s_spans, "spans"}, {&s_bytes, "bytes"}, {&s_max_spans, "max_spans"},
-        {&s_max_bytes, "max_bytes"}, {&s_end_time_kw, "end_time"},
+        {&s_max_bytes, "max_bytes"}, {&s_end_time_kw, "end_time"}, {&k_shutdown, "_shutdown"}, {&k_pid, "_pid"},
+        {&k_queue, "_queue"}, {&k_max_queue, "_max_queue_size"}, {&k_max_batch, "_max_export_batch_size"},
+        {&k_awaken, "_worker_awaken"}, {&k_flag, "_flag"}, {&s_appendleft, "appendleft"}, {&s_set, "set"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if ((*names[i].slot = PyUnicode_InternFromString(names[i].name)) == NULL)

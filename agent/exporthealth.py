@@ -9,6 +9,7 @@ at exit). Also the queue's byte budget and splitting batches by request size.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import os
 import threading
@@ -344,6 +345,7 @@ def use_native_on_end(on: bool) -> bool:
         return False
     try:
         _otlp_native.configure_on_end(_python_on_end, QueueBudget, QueueBudget.admit)
+        _otlp_native.configure_emit(compat.known_batch_emit(), threading.Event, collections.deque)
         CountingProcessor.on_end = _otlp_native.as_method(_otlp_native.counting_on_end)
     except Exception as exc:
         log.debug("native on_end not used (%s: %s)" % (type(exc).__name__, exc))

@@ -56,6 +56,31 @@ def batch_emit(processor: Any) -> Optional[Any]:
     return emit if callable(emit) else None
 
 
+# the names BatchProcessor.emit's code uses (SDK 1.34-1.45, read there): where they are these, agent/_otlp_native.c
+# does its common case itself (not shut down, not forked, queue not full), and calls it for the rest
+_EMIT_NAMES = ("_shutdown", "_logger", "info", "_exporting", "_metrics", "drop_items", "_pid", "os", "getpid",
+               "_bsp_reset_once", "do_once", "_at_fork_reinit", "len", "_queue", "_max_queue_size", "warning",
+               "appendleft", "_max_export_batch_size", "_worker_awaken", "is_set", "set")
+
+
+def known_batch_emit() -> Optional[Any]:
+    """The SDK's BatchProcessor.emit where its code reads and does what this was written against (its names, in
+    order; threading.Event.is_set returning its `_flag`); None elsewhere."""
+    import threading
+
+    try:
+        from opentelemetry.sdk._shared_internal import BatchProcessor
+    except ImportError:
+        return None
+    emit = getattr(BatchProcessor, "emit", None)
+    code = getattr(emit, "__code__", None)
+    is_set = getattr(getattr(threading.Event, "is_set", None), "__code__", None)
+    if code is None or code.co_names != _EMIT_NAMES or code.co_argcount != 2 or is_set is None \
+            or is_set.co_names != ("_flag",) or type(threading.Event) is not type:
+        return None
+    return emit
+
+
 def noop_tracer_metrics() -> tuple:
     """(the SDK's no-op tracer-metrics class, the function it hands every span to call at its end) for
     SDK 1.40 and later, whose metrics are off by default: a span of that class may leave the call out.

@@ -391,3 +391,90 @@ def test_the_c_methods_take_their_cases_and_hand_the_rest_to_python():
     finally:
         fastspan.use_native_end(True)
         exporthealth.use_native_on_end(True)
+
+
+# -- the SDK's BatchProcessor.emit, done in C for its common case ---------------------------------------------
+
+
+def test_the_sdks_emit_is_the_one_this_was_written_against():
+    from opentelemetry.sdk._shared_internal import BatchProcessor
+    from trace_run.core import compat
+
+    assert compat.known_batch_emit() is BatchProcessor.emit
+
+
+def _still_batch_processor(max_queue, max_batch):
+    """The SDK's BatchSpanProcessor with its worker thread stopped: its queue changes only by emit."""
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    bsp = BatchSpanProcessor(InMemorySpanExporter(), max_queue_size=max_queue, max_export_batch_size=max_batch,
+                             schedule_delay_millis=600000)
+    bp = bsp._batch_processor
+    bp._shutdown = True
+    bp._worker_awaken.set()
+    bp._worker_thread.join(5)
+    assert not bp._worker_thread.is_alive()
+    bp._shutdown = False
+    bp._worker_awaken.clear()
+    return bsp, bp
+
+
+class _Once:
+    def __init__(self):
+        self.calls = 0
+
+    def do_once(self, function):
+        self.calls += 1
+
+
+class _Dropped:
+    """The processor's metrics: emit counts a span it drops here (its log messages are deduplicated)."""
+
+    def __init__(self):
+        self.dropped = []
+
+    def drop_items(self, count, reason=None):
+        self.dropped.append((count, reason))
+
+
+def _emit_run(on, spans, max_queue, max_batch, shutdown=False, forked=False):
+    from trace_run.core import compat
+
+    fastspan.use_native_end(on)
+    exporthealth.use_native_on_end(on)
+    try:
+        bsp, bp = _still_batch_processor(max_queue, max_batch)
+        bp._shutdown = shutdown
+        once = bp._bsp_reset_once = _Once()
+        metrics = bp._metrics = _Dropped()
+        if forked:
+            bp._pid = -1
+        health = _Health(_Built())
+        counting = exporthealth.CountingProcessor(bsp, health, prepare=sdk._preencoder(health))
+        counting._on_end, counting._sampled_only = compat.batch_emit(bsp), True  # as _queue_directly does
+        woken = []
+        for span in spans:
+            counting.on_end(span)
+            woken.append(bp._worker_awaken.is_set())
+        queued = [item.data if type(item) is Encoded else item.name for item in bp._queue]
+        return queued, woken, once.calls, metrics.dropped
+    finally:
+        fastspan.use_native_end(True)
+        exporthealth.use_native_on_end(True)
+
+
+@pytest.mark.parametrize("max_queue, max_batch", [(100, 50), (100, 3), (4, 2)])
+@pytest.mark.parametrize("case", ["plain", "shut down", "forked"])
+def test_emit_in_c_is_the_sdks_emit(max_queue, max_batch, case):
+    spans = [s for s in _spans() if s.context.trace_flags.sampled]
+    kwargs = {"shutdown": case == "shut down", "forked": case == "forked"}
+    c = _emit_run(True, spans, max_queue, max_batch, **kwargs)
+    python = _emit_run(False, spans, max_queue, max_batch, **kwargs)
+    assert c == python
+    if case == "shut down":
+        assert c[0] == [] and c[3] == [(1, "already_shutdown")] * len(spans)
+    else:
+        assert len(c[0]) == min(len(spans), max_queue) and c[1] == [i + 1 >= max_batch for i in range(len(spans))]
+        assert c[3] == [(1, None)] * max(0, len(spans) - max_queue)  # "Queue full": the oldest one dropped
+        assert c[2] == (len(spans) if case == "forked" else 0)
