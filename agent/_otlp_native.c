@@ -14,6 +14,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <pthread.h>
 
 #if PY_VERSION_HEX < 0x030A0000
 static inline PyObject *
@@ -948,6 +949,16 @@ static PyObject *deque_type;   /* collections.deque */
 static PyObject *k_shutdown, *k_pid, *k_queue, *k_max_queue, *k_max_batch, *k_awaken, *k_flag, *s_appendleft,
     *s_set;
 
+/* this process's id, as os.getpid() gives it, without a system call per span: set when the module is loaded and
+ * again in the child of every fork (pthread_atfork, which os.fork and a fork from C code both run) */
+static volatile pid_t this_pid;
+
+static void
+after_fork_in_child(void)
+{
+    this_pid = getpid();
+}
+
 static int
 emit_inline(PyObject *processor, PyObject *item)
 {
@@ -967,7 +978,7 @@ emit_inline(PyObject *processor, PyObject *item)
         Py_DECREF(state);
         return -1;
     }
-    if (pid != (long)getpid()) {  /* a child of a fork: emit resets the processor first */
+    if (pid != (long)this_pid) {  /* a child of a fork: emit resets the processor first */
         Py_DECREF(state);
         return 0;
     }
@@ -1211,6 +1222,12 @@ configure_emit(PyObject *module, PyObject *args)
 }
 
 static PyObject *
+process_id(PyObject *module, PyObject *unused)
+{
+    return PyLong_FromLong((long)this_pid);
+}
+
+static PyObject *
 as_method(PyObject *module, PyObject *function)
 {
     return PyInstanceMethod_New(function);
@@ -1234,6 +1251,7 @@ static PyMethodDef methods[] = {
      "configure_on_end(python_on_end, queue_budget_type, queue_budget_admit)"},
     {"configure_emit", configure_emit, METH_VARARGS,
      "configure_emit(batch_processor_emit or None, event_type, deque_type): the SDK's emit done here (None: called)."},
+    {"process_id", process_id, METH_NOARGS, "process_id(): the process id emit is compared with (os.getpid()'s)."},
     {"as_method", as_method, METH_O, "as_method(function): a method of a class, bound to its instances."},
     {NULL, NULL, 0, NULL},
 };
@@ -1270,5 +1288,8 @@ PyInit__otlp_native(void)
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if ((*names[i].slot = PyUnicode_InternFromString(names[i].name)) == NULL)
             return NULL;
+    this_pid = getpid();
+    if (pthread_atfork(NULL, NULL, after_fork_in_child) != 0)
+        this_pid = 0;  /* no pid then matches: the SDK's emit for every span */
     return PyModule_Create(&module_def);
 }

@@ -458,6 +458,7 @@ def _emit_run(on, spans, max_queue, max_batch, shutdown=False, forked=False):
             counting.on_end(span)
             woken.append(bp._worker_awaken.is_set())
         queued = [item.data if type(item) is Encoded else item.name for item in bp._queue]
+        bp._shutdown = True  # (its worker is stopped already; a fork of this process then starts none)
         return queued, woken, once.calls, metrics.dropped
     finally:
         fastspan.use_native_end(True)
@@ -478,3 +479,28 @@ def test_emit_in_c_is_the_sdks_emit(max_queue, max_batch, case):
         assert len(c[0]) == min(len(spans), max_queue) and c[1] == [i + 1 >= max_batch for i in range(len(spans))]
         assert c[3] == [(1, None)] * max(0, len(spans) - max_queue)  # "Queue full": the oldest one dropped
         assert c[2] == (len(spans) if case == "forked" else 0)
+
+
+_FORKS = """
+import os
+from trace_run.agent import _otlp_native
+assert _otlp_native.process_id() == os.getpid()
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.write(write, b"ok" if _otlp_native.process_id() == os.getpid() else b"no")
+    os._exit(0)
+os.close(write)
+answer = os.read(read, 2)
+os.waitpid(pid, 0)
+print(answer.decode(), _otlp_native.process_id() == os.getpid())
+"""
+
+
+def test_the_process_id_it_compares_with_follows_forks():
+    """(in a process of its own: a fork of the test runner runs every at-fork hook its tests left)"""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _FORKS], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["ok", "True"], out.stderr
