@@ -44,6 +44,7 @@ from trace_run.core import compat, runtime_context
 from .samplers import RateLimitingSampler
 
 _logger = logging.getLogger("opentelemetry.sdk.trace")  # the SDK's messages, under the SDK's logger
+_logger_own = logging.getLogger(__name__)
 
 _new = object.__new__
 _Lock = threading.Lock
@@ -556,6 +557,74 @@ _FIELDS = ("_name", "_context", "_kind", "_instrumentation_info", "_instrumentat
            "_start_time", "_end_time", "_attributes", "_events", "_links", "_resource", "_status", "_sampler",
            "_trace_config", "_record_exception", "_set_status_on_exception", "_span_processor", "_limits",
            "_lock", "_record_end_metrics")
+
+
+# -- Tracer.start_span's two fast branches and Span.set_attribute's fast path in C ---------------------------
+# (agent/_span_native.c, an optional extension: where it was not built, these Python methods are all there is).
+# The C methods make the objects these make and call these (same arguments) for everything else; an error of
+# theirs is logged (debug) and these run instead. OTEL_TRACE_RUN_NATIVE_SPAN=false keeps them out.
+_python_start_span = Tracer.start_span
+_python_set_attribute = Span.set_attribute
+
+try:
+    from trace_run.agent import _span_native as _NATIVE
+except ImportError:  # not built (no compiler): the Python methods
+    _NATIVE = None
+
+# what the C methods read in the instance dicts: the classes must not define them (descriptors would win there)
+_NATIVE_TRACER_FIELDS = ("_root_bound", "_child_sampled", "_tracer_config", "_span_fields", "_maker", "resource",
+                         "sampler", "span_processor", "_span_limits", "_metrics_off", "_metrics", "id_generator")
+_NATIVE_SPAN_FIELDS = ("_lock", "_attributes", "_end_time", "_context")
+
+
+def _unpack2(made):
+    name, attributes = made  # start_span's `name, span_attributes = _make()`, its errors
+    return name, attributes
+
+
+def _native_failed(exc: BaseException) -> None:
+    _logger_own.debug("native span path failed, Python's used (%s: %s)" % (type(exc).__name__, exc))
+
+
+def use_native(on: bool) -> bool:
+    """`Tracer.start_span` and `Span.set_attribute` in C (`on`, where the extension was built and these spans
+    are what it was written for) or the Python methods above. Whether the C ones are in use."""
+    Tracer.start_span, Span.set_attribute = _python_start_span, _python_set_attribute
+    if not (on and _NATIVE is not None and _PLAIN_CONTEXT and _SPAN_KEY is not None
+            and not any(hasattr(Tracer, name) for name in _NATIVE_TRACER_FIELDS)
+            and not any(hasattr(Span, name) for name in _NATIVE_SPAN_FIELDS)
+            and TraceFlags.__and__ is int.__and__):
+        return False
+    try:
+        start, set_attribute = _NATIVE.configure({
+            "tracer": Tracer, "span": Span, "maker": _AttributeMaker, "bounded": BoundedAttributes,
+            "span_context": SpanContext, "non_recording": NonRecordingSpan, "context": _Context,
+            "default_state": DEFAULT_TRACE_STATE, "root_sampled": _ROOT_SAMPLED, "root_dropped": _ROOT_DROPPED,
+            "sampled": _SAMPLED, "sampled_random": _SAMPLED_RANDOM if _RANDOM_FLAG is not None else _SAMPLED,
+            "random_flag": None if _RANDOM_FLAG is None else int(_RANDOM_FLAG), "span_key": _SPAN_KEY,
+            "internal": _INTERNAL, "lock_factory": _Lock, "lock_type": type(_Lock()),
+            "rlock_function": threading.RLock, "threading_dict": vars(threading), "random_dict": vars(_random),
+            "runtime_dict": vars(runtime_context), "route": _route, "noop_end": _NOOP_END,
+            "has_is_enabled": _HAS_IS_ENABLED, "python_start": _python_start_span,
+            "python_set": _python_set_attribute, "report": _native_failed, "unpack2": _unpack2,
+            "time_ns": time_ns})
+    except Exception as exc:
+        _native_failed(exc)
+        return False
+    Tracer.start_span, Span.set_attribute = start, set_attribute
+    return True
+
+
+def _native_configured() -> bool:
+    try:
+        from trace_run.core import config
+
+        return bool(config.get("OTEL_TRACE_RUN_NATIVE_SPAN"))
+    except Exception:
+        return True
+
+
+NATIVE = use_native(_native_configured())
 
 
 def adopt(tracer: sdk_trace.Tracer) -> sdk_trace.Tracer:

@@ -162,6 +162,9 @@ VARIABLES: list[Var] = [
     Var("OTEL_TRACE_RUN_NATIVE_ENCODER", "bool", "true",
         "With the `fast` encoder: trace-run's spans encoded in C where its optional extension was built (the "
         "same bytes, ~1.5-2 us less per span); `false`: in Python."),
+    Var("OTEL_TRACE_RUN_NATIVE_SPAN", "bool", "true",
+        "With trace-run's span class: its tracer's common `start_span` and `set_attribute` in C where its optional "
+        "extension was built (the same spans); `false`: in Python."),
     Var("OTEL_TRACE_RUN_GRPC_CLIENT", "enum", "trace-run",
         "OTLP/gRPC client (with the `fast` encoder): `trace-run` (its own, on the standard library; grpc is never "
         "imported) or `grpcio` (the SDK's exporter on grpcio).", choices=("trace-run", "grpcio")),
