@@ -489,8 +489,8 @@ start_span_fast(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObjec
         status = FAIL;
         goto done;
     }
-    if (parse(args, nargs, kwnames, p) != OK)
-        goto done;
+    if (Py_TYPE(self) != (PyTypeObject *)conf[C_TRACER] || parse(args, nargs, kwnames, p) != OK)
+        goto done; /* (a subclass may define what is read here from the instance) */
     PyObject *links = p[4];
     if (!(links == Py_None || (PyTuple_CheckExact(links) && PyTuple_GET_SIZE(links) == 0)
           || (PyList_CheckExact(links) && PyList_GET_SIZE(links) == 0)))
@@ -749,7 +749,7 @@ set_attribute_fast(PyObject *self, PyObject *key, PyObject *value)
         PyErr_SetString(PyExc_RuntimeError, "_span_native: a failure for the tests");
         return FAIL;
     }
-    if (!PyUnicode_CheckExact(key) || PyUnicode_GET_LENGTH(key) == 0)
+    if (Py_TYPE(self) != (PyTypeObject *)conf[C_SPAN] || !PyUnicode_CheckExact(key) || PyUnicode_GET_LENGTH(key) == 0)
         return DECLINE;
     PyTypeObject *kind = Py_TYPE(value);
     if (kind != &PyUnicode_Type && kind != &PyLong_Type && kind != &PyFloat_Type && kind != &PyBool_Type)

@@ -19,6 +19,11 @@ SDK's constructor) takes the SDK's own code. Where the installed SDK differs
 from what this was checked against (its span has fields ours lacks, its
 BoundedAttributes stores otherwise), spans are made by the SDK's constructor:
 slower, the same. OTEL_TRACE_RUN_SPAN_CLASS=sdk switches all of it off.
+
+Where the optional extension agent/_span_native.c was built, `Tracer.start_span`'s two fast branches (a root
+decided by a bound, a child of a sampled span of ours) and `Span.set_attribute`'s fast path run in C, making
+the same objects (tests/test_span_native.py); the Python methods below do everything else, and everything
+where the extension is missing, declines or fails (see `use_native`; OTEL_TRACE_RUN_NATIVE_SPAN=false).
 """
 
 from __future__ import annotations

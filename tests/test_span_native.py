@@ -338,3 +338,19 @@ def test_the_switch(monkeypatch):
         env = dict(os.environ, OTEL_TRACE_RUN_NATIVE_SPAN=value)
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         assert out.stdout.strip() == expected
+
+
+def test_subclasses_take_the_python_methods(fallbacks):
+    class MyTracer(fastspan.Tracer):
+        pass
+
+    class MySpan(fastspan.Span):
+        pass
+
+    tracer = _tracer()
+    tracer.__class__ = MyTracer
+    span = tracer.start_span("s")
+    assert fallbacks["start"] == 1 and type(span) is fastspan.Span
+    span.__class__ = MySpan
+    span.set_attribute("a", 1)
+    assert fallbacks["set"] == 1 and dict(span.attributes) == {"a": 1}
