@@ -76,6 +76,11 @@ def _tracer(sampler=None, limits=None, processor=None):
     return tracer
 
 
+def _fast() -> bool:
+    """Whether this SDK's tracer takes start_span's fast branches (not where its own metrics are on, ...)."""
+    return _tracer()._root_bound is not None
+
+
 def _both(scenario, seed=7, **pipeline):
     """scenario(tracer) run with the native methods and with the Python ones, `random` seeded alike."""
     results = []
@@ -151,7 +156,9 @@ def test_roots_children_and_kinds_are_the_same_objects(fallbacks):
     results = _both(scenario)
     _assert_same(results, _spans_view)
     assert results[0][1][4].parent.span_id == results[0][1][3].context.span_id
-    assert fallbacks["start"] == 5  # the Python run's own calls only (use_native(False) uses the Python method)
+    # the Python run's own calls only (use_native(False) uses the Python method); where this SDK's tracer has no
+    # fast branch (its own metrics on, ...), the native run's too
+    assert fallbacks["start"] == 5 + (0 if _fast() else 5)
 
 
 _plain = st.one_of(st.text(max_size=12), st.integers(-(2 ** 70), 2 ** 70), st.floats(allow_nan=False),
@@ -249,7 +256,8 @@ def test_declined_cases_run_the_python_method_and_are_the_same(fallbacks):
 
     before = fallbacks["start"]
     _assert_same(_both(scenario), _spans_view)
-    assert fallbacks["start"] - before == 4 + 2  # the Python run's 4, the native run's links and remote parent
+    # the Python run's 4, the native run's links and remote parent (all 4 without fast branches)
+    assert fallbacks["start"] - before == 4 + (2 if _fast() else 4)
 
 
 def test_deferred_attributes_are_made_once_in_c(fallbacks):
@@ -263,7 +271,7 @@ def test_deferred_attributes_are_made_once_in_c(fallbacks):
         return [tracer.start_span_deferred(None, SpanKind.CLIENT, make)]
 
     _assert_same(_both(scenario), _spans_view)
-    assert made == [1, 1] and fallbacks["start"] == 1
+    assert made == [1, 1] and fallbacks["start"] == 1 + (0 if _fast() else 1)
 
     def broken():
         raise ValueError("the program's")
@@ -289,7 +297,7 @@ def test_on_start_is_called_as_the_python_method_calls_it(fallbacks):
     tracer = _tracer(processor=processor)
     ctx = trace.set_span_in_context(tracer.start_span("root"))
     tracer.start_span("child", ctx)
-    assert processor.started == [("root", None), ("child", ctx)] and fallbacks["start"] == 0
+    assert processor.started == [("root", None), ("child", ctx)] and fallbacks["start"] == (0 if _fast() else 2)
     failing = _Starting(fail=True)
     with pytest.raises(KeyError):
         _tracer(processor=failing).start_span("x")
