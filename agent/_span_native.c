@@ -1,19 +1,22 @@
-/* The two fast branches of fastspan.Tracer.start_span and the fast path of fastspan.Span.set_attribute, in C.
+/* The two fast branches of fastspan.Tracer.start_span, the fast path of fastspan.Span.set_attribute and
+ * fastspan.Span.end, in C.
  *
  * configure(names) (fastspan.use_native) gives the objects the Python code compares with or calls, and returns
- * two method descriptors that fastspan installs as Tracer.start_span and Span.set_attribute. Each does what
+ * three method descriptors that fastspan installs as Tracer.start_span, Span.set_attribute and Span.end (a
+ * method descriptor: called without a bound method made, cheaper than a Python method calling C). Each does what
  * the Python method does for its common case and makes the same objects (tests/test_span_native.py): the
  * span's __dict__ in the same key order, its BoundedAttributes as _AttributeMaker.make makes them, its ids
  * drawn by the random module's getrandbits (read from the module at each call, as the Python code does), in
  * the same order, a zero redrawn by the id generator. Anything else, it calls the Python method (kept as
- * fastspan._python_start_span / _python_set_attribute) with the same arguments: a root or child the fast
- * branches do not decide (links, a remote or foreign parent, a sampler without a plan, a disabled tracer,
- * the SDK's constructor fallback), an ended span or a full one, a value that is not plain.
+ * fastspan._python_start_span / _python_set_attribute / _python_end) with the same arguments: a root or child
+ * the fast branches do not decide (links, a remote or foreign parent, a sampler without a plan, a disabled
+ * tracer, the SDK's constructor fallback), an ended span or a full one, a value that is not plain, a span not
+ * started or ended already (the Python method's error or warning).
  *
  * An error of this code (or a Python object not as expected) is reported (fastspan's `report`) and the
  * Python method runs instead: it never reaches the program. Exceptions of the program's own code that the
- * Python method would call at the same point (a deferred `_make`, a span processor's on_start) propagate as
- * they would from it.
+ * Python method would call at the same point (a deferred `_make`, a span processor's on_start, _on_ending or
+ * on_end, the end metrics) propagate as they would from it.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -36,13 +39,13 @@ enum {
     C_TRACER, C_SPAN, C_MAKER, C_BOUNDED, C_SPAN_CONTEXT, C_NON_RECORDING, C_CONTEXT, C_DEFAULT_STATE,
     C_ROOT_SAMPLED, C_ROOT_DROPPED, C_SAMPLED, C_SAMPLED_RANDOM, C_RANDOM_FLAG, C_SPAN_KEY, C_INTERNAL,
     C_LOCK_FACTORY, C_LOCK_TYPE, C_RLOCK_FUNCTION, C_THREADING_DICT, C_RANDOM_DICT, C_RUNTIME_DICT, C_ROUTE,
-    C_NOOP_END, C_HAS_IS_ENABLED, C_PYTHON_START, C_PYTHON_SET, C_REPORT, C_UNPACK2, C_TIME_NS, N_CONF
+    C_NOOP_END, C_HAS_IS_ENABLED, C_PYTHON_START, C_PYTHON_SET, C_REPORT, C_UNPACK2, C_TIME_NS, C_PYTHON_END, N_CONF
 };
 static const char *conf_names[N_CONF] = {
     "tracer", "span", "maker", "bounded", "span_context", "non_recording", "context", "default_state",
     "root_sampled", "root_dropped", "sampled", "sampled_random", "random_flag", "span_key", "internal",
     "lock_factory", "lock_type", "rlock_function", "threading_dict", "random_dict", "runtime_dict", "route",
-    "noop_end", "has_is_enabled", "python_start", "python_set", "report", "unpack2", "time_ns"};
+    "noop_end", "has_is_enabled", "python_start", "python_set", "report", "unpack2", "time_ns", "python_end"};
 static PyObject *conf[N_CONF];
 static int configured;
 static long random_flag = -1;  /* TraceFlags.RANDOM_TRACE_ID, -1: this API has none */
@@ -59,7 +62,7 @@ enum {
     /* span fields, in the order of start_span's dict display */
     S_NAME, S_CONTEXT, S_KIND, S_PARENT, S_START_TIME, S_ATTRIBUTES, S_FRESOURCE, S_FSAMPLER, S_RECORD_EXCEPTION,
     S_SET_STATUS, S_FSPAN_PROCESSOR, S_LIMITS, S_LOCK, S_RECORD_END_METRICS,
-    S_END_TIME, S_SDICT,
+    S_END_TIME, S_SDICT, S_IMMUTABLE, S_ON_ENDING, S_END_TIME_ARG,
     N_STR
 };
 static const char *str_values[N_STR] = {
@@ -70,7 +73,7 @@ static const char *str_values[N_STR] = {
     "_span_processors", "on_start", "parent_context", "acquire", "release", "get",
     "_name", "_context", "_kind", "_parent", "_start_time", "_attributes", "_resource", "_sampler",
     "_record_exception", "_set_status_on_exception", "_span_processor", "_limits", "_lock", "_record_end_metrics",
-    "_end_time", "_dict"};
+    "_end_time", "_dict", "_immutable", "_on_ending", "end_time"};
 static PyObject *S[N_STR];
 static PyObject *bits128, *bits64, *empty_tuple, *kw_parent_context;
 
@@ -380,10 +383,9 @@ enabled(PyObject *td)
     return r;
 }
 
-/* `if _route(processor)[1]: processor.on_start(span, parent_context=context)`, _route's cache read as
- * Span.end reads it: OK or RAISE (what the Python method would raise there) */
-static int
-call_on_start(PyObject *processor, PyObject *span, PyObject *context)
+/* `_route(processor)`, its cache read as Span.end reads it (new reference; NULL: what _route raised) */
+static PyObject *
+get_route(PyObject *processor)
 {
     PyObject *route = NULL;
     PyObject *pd = PyObject_GetAttr(processor, S[S_DUNDER_DICT]);
@@ -393,18 +395,26 @@ call_on_start(PyObject *processor, PyObject *span, PyObject *context)
         if (PyDict_Check(pd)) {
             PyObject *cached = PyDict_GetItemWithError(pd, S[S_ROUTE_KEY]);
             PyObject *processors = cached == NULL ? NULL : PyDict_GetItemWithError(pd, S[S_SPAN_PROCESSORS]);
-            if (processors != NULL && PyTuple_Check(cached) && PyTuple_GET_SIZE(cached) >= 2
+            if (processors != NULL && PyTuple_Check(cached) && PyTuple_GET_SIZE(cached) >= 4
                 && PyTuple_GET_ITEM(cached, 0) == processors)
                 route = Py_NewRef(cached);
             PyErr_Clear();
         }
         Py_DECREF(pd);
     }
-    if (route == NULL) {
+    if (route == NULL)
         route = PyObject_CallOneArg(conf[C_ROUTE], processor);
-        if (route == NULL)
-            return RAISE;
-    }
+    return route;
+}
+
+/* `if _route(processor)[1]: processor.on_start(span, parent_context=context)`: OK or RAISE (what the Python
+ * method would raise there) */
+static int
+call_on_start(PyObject *processor, PyObject *span, PyObject *context)
+{
+    PyObject *route = get_route(processor);
+    if (route == NULL)
+        return RAISE;
     PyObject *flag = PySequence_GetItem(route, 1);
     Py_DECREF(route);
     if (flag == NULL)
@@ -864,11 +874,158 @@ set_attribute(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return call_python(conf[C_PYTHON_SET], self, args, nargs, NULL);
 }
 
+/* -- end --------------------------------------------------------------------------------------------------- */
+
+/* Span.end(end_time): OK (ended, its processors called), DECLINE (not started, ended already: the Python
+ * method's error or warning; anything unexpected, before any change), FAIL (before any change) or RAISE (what
+ * a processor or the end metrics raised, as from the Python method) */
+static int
+end_fast(PyObject *self, PyObject *end_time)
+{
+    int status = DECLINE;
+    PyObject *sd = NULL, *lock = NULL, *attributes = NULL, *processor = NULL, *r;
+    if (fail_next > 0) {
+        fail_next--;
+        PyErr_SetString(PyExc_RuntimeError, "_span_native: a failure for the tests");
+        return FAIL;
+    }
+    if (Py_TYPE(self) != (PyTypeObject *)conf[C_SPAN])
+        return DECLINE;
+    sd = instance_dict(self);
+    if (sd == NULL)
+        goto out;
+    lock = PyDict_GetItemWithError(sd, S[S_LOCK]);
+    attributes = lock == NULL ? NULL : PyDict_GetItemWithError(sd, S[S_ATTRIBUTES]);
+    processor = attributes == NULL ? NULL : PyDict_GetItemWithError(sd, S[S_FSPAN_PROCESSOR]);
+    if (processor == NULL || Py_TYPE(lock) != (PyTypeObject *)conf[C_LOCK_TYPE]
+        || Py_TYPE(attributes) != (PyTypeObject *)conf[C_BOUNDED]) {
+        lock = attributes = processor = NULL;
+        goto out;
+    }
+    Py_INCREF(lock);
+    Py_INCREF(attributes);
+    Py_INCREF(processor);
+    r = PyObject_CallMethodNoArgs(lock, S[S_ACQUIRE]);
+    if (r == NULL)
+        goto out;
+    Py_DECREF(r);
+    /* with the lock */
+    PyObject *start = PyDict_GetItemWithError(sd, S[S_START_TIME]);
+    PyObject *ended = start == NULL ? NULL : PyDict_GetItemWithError(sd, S[S_END_TIME]);
+    int changed = 0;
+    if (start != NULL && start != Py_None && ended == Py_None) {
+        PyObject *now = end_time != Py_None ? Py_NewRef(end_time) : now_ns();
+        if (now != NULL) {
+            if (PyDict_SetItem(sd, S[S_END_TIME], now) == 0) {
+                changed = 1;
+                PyObject *ad = instance_dict(attributes);
+                if (ad != NULL && PyDict_SetItem(ad, S[S_IMMUTABLE], Py_True) == 0)
+                    status = OK;
+                else if (!PyErr_Occurred())
+                    PyErr_SetString(PyExc_TypeError, "BoundedAttributes without a dict");
+                Py_XDECREF(ad);
+            }
+            Py_DECREF(now);
+        }
+    }
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    r = PyObject_CallMethodNoArgs(lock, S[S_RELEASE]);
+    if (r == NULL) {
+        Py_XDECREF(et);
+        Py_XDECREF(ev);
+        Py_XDECREF(tb);
+        status = changed ? RAISE : FAIL;
+        goto out;
+    }
+    Py_DECREF(r);
+    PyErr_Restore(et, ev, tb);
+    if (status != OK) {
+        if (changed)
+            status = RAISE; /* (not expected: ended, a BoundedAttributes that could not be made immutable) */
+        goto out;
+    }
+    /* ended: from here the Python method's steps, their exceptions raised */
+    status = RAISE;
+    PyObject *metrics = PyDict_GetItemWithError(sd, S[S_RECORD_END_METRICS]);
+    if (metrics == NULL && PyErr_Occurred())
+        goto out;
+    if (metrics != NULL && metrics != conf[C_NOOP_END]) {
+        Py_INCREF(metrics);
+        int truth = PyObject_IsTrue(metrics);
+        r = truth > 0 ? PyObject_CallNoArgs(metrics) : NULL;
+        Py_DECREF(metrics);
+        if (truth < 0 || (truth > 0 && r == NULL))
+            goto out;
+        Py_XDECREF(r);
+    }
+    PyObject *route = get_route(processor);
+    if (route == NULL)
+        goto out;
+    PyObject *ending = PySequence_GetItem(route, 2);
+    int truth = ending == NULL ? -1 : PyObject_IsTrue(ending);
+    Py_XDECREF(ending);
+    if (truth > 0) {
+        r = PyObject_CallMethodOneArg(processor, S[S_ON_ENDING], self);
+        if (r == NULL)
+            truth = -1;
+        Py_XDECREF(r);
+    }
+    if (truth >= 0) {
+        PyObject *on_end = PySequence_GetItem(route, 3);
+        r = on_end == NULL ? NULL : PyObject_CallOneArg(on_end, self);
+        Py_XDECREF(on_end);
+        if (r != NULL) {
+            Py_DECREF(r);
+            status = OK;
+        }
+    }
+    Py_DECREF(route);
+out:
+    Py_XDECREF(sd);
+    Py_XDECREF(lock);
+    Py_XDECREF(attributes);
+    Py_XDECREF(processor);
+    if (status == DECLINE && PyErr_Occurred())
+        status = FAIL;
+    return status;
+}
+
+static PyObject *
+end(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *end_time = Py_None;
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    int usual = nargs + nkw <= 1;
+    if (usual && nargs == 1)
+        end_time = args[0];
+    else if (usual && nkw == 1) {
+        PyObject *kw = PyTuple_GET_ITEM(kwnames, 0);
+        usual = kw == S[S_END_TIME_ARG] || (PyUnicode_Check(kw) && PyUnicode_Compare(kw, S[S_END_TIME_ARG]) == 0);
+        if (PyErr_Occurred())
+            PyErr_Clear();
+        end_time = args[0];
+    }
+    if (usual) {
+        int status = end_fast(self, end_time);
+        if (status == OK)
+            Py_RETURN_NONE;
+        if (status == RAISE)
+            return NULL;
+        if (status == FAIL)
+            report_error();
+    }
+    return call_python(conf[C_PYTHON_END], self, args, nargs, kwnames);
+}
+
 /* -- the module ------------------------------------------------------------------------------------------ */
 
 static PyMethodDef start_span_def = {
     "start_span", (PyCFunction)(void (*)(void))start_span, METH_FASTCALL | METH_KEYWORDS,
     "Tracer.start_span: its fast branches in C (trace_run.agent._span_native), else the Python method."};
+static PyMethodDef end_def = {
+    "end", (PyCFunction)(void (*)(void))end, METH_FASTCALL | METH_KEYWORDS,
+    "Span.end: in C (trace_run.agent._span_native) for a started span of trace-run's, else the Python method."};
 static PyMethodDef set_attribute_def = {
     "set_attribute", (PyCFunction)(void (*)(void))set_attribute, METH_FASTCALL,
     "Span.set_attribute: its fast path in C (trace_run.agent._span_native), else the Python method."};
@@ -909,8 +1066,11 @@ configure(PyObject *module, PyObject *names)
     if (start == NULL)
         return NULL;
     PyObject *set = PyDescr_NewMethod((PyTypeObject *)got[C_SPAN], &set_attribute_def);
-    if (set == NULL) {
+    PyObject *end_method = PyDescr_NewMethod((PyTypeObject *)got[C_SPAN], &end_def);
+    if (set == NULL || end_method == NULL) {
         Py_DECREF(start);
+        Py_XDECREF(set);
+        Py_XDECREF(end_method);
         return NULL;
     }
     for (int i = 0; i < N_CONF; i++) {
@@ -920,7 +1080,7 @@ configure(PyObject *module, PyObject *names)
     random_flag = flag;
     has_is_enabled = is_enabled;
     configured = 1;
-    return Py_BuildValue("(NN)", start, set);
+    return Py_BuildValue("(NNN)", start, set, end_method);
 }
 
 static PyObject *
@@ -935,7 +1095,7 @@ fail(PyObject *module, PyObject *n)
 
 static PyMethodDef module_methods[] = {
     {"configure", configure, METH_O,
-     "configure(names: dict) -> (start_span, set_attribute) method descriptors for fastspan's classes."},
+     "configure(names: dict) -> (start_span, set_attribute, end) method descriptors for fastspan's classes."},
     {"_fail", fail, METH_O, "Tests: the next n calls fail inside (the Python method then runs)."},
     {NULL, NULL, 0, NULL}};
 

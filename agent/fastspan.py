@@ -21,8 +21,8 @@ BoundedAttributes stores otherwise), spans are made by the SDK's constructor:
 slower, the same. OTEL_TRACE_RUN_SPAN_CLASS=sdk switches all of it off.
 
 Where the optional extension agent/_span_native.c was built, `Tracer.start_span`'s two fast branches (a root
-decided by a bound, a child of a sampled span of ours) and `Span.set_attribute`'s fast path run in C, making
-the same objects (tests/test_span_native.py); the Python methods below do everything else, and everything
+decided by a bound, a child of a sampled span of ours), `Span.set_attribute`'s fast path and `Span.end` run in C,
+making the same objects (tests/test_span_native.py); the Python methods below do everything else, and everything
 where the extension is missing, declines or fails (see `use_native`; OTEL_TRACE_RUN_NATIVE_SPAN=false).
 """
 
@@ -564,12 +564,13 @@ _FIELDS = ("_name", "_context", "_kind", "_instrumentation_info", "_instrumentat
            "_lock", "_record_end_metrics")
 
 
-# -- Tracer.start_span's two fast branches and Span.set_attribute's fast path in C ---------------------------
+# -- Tracer.start_span's two fast branches, Span.set_attribute's fast path and Span.end in C -----------------
 # (agent/_span_native.c, an optional extension: where it was not built, these Python methods are all there is).
 # The C methods make the objects these make and call these (same arguments) for everything else; an error of
 # theirs is logged (debug) and these run instead. OTEL_TRACE_RUN_NATIVE_SPAN=false keeps them out.
 _python_start_span = Tracer.start_span
 _python_set_attribute = Span.set_attribute
+_python_end = Span.end
 
 try:
     from trace_run.agent import _span_native as _NATIVE
@@ -579,7 +580,8 @@ except ImportError:  # not built (no compiler): the Python methods
 # what the C methods read in the instance dicts: the classes must not define them (descriptors would win there)
 _NATIVE_TRACER_FIELDS = ("_root_bound", "_child_sampled", "_tracer_config", "_span_fields", "_maker", "resource",
                          "sampler", "span_processor", "_span_limits", "_metrics_off", "_metrics", "id_generator")
-_NATIVE_SPAN_FIELDS = ("_lock", "_attributes", "_end_time", "_context")
+_NATIVE_SPAN_FIELDS = ("_lock", "_attributes", "_start_time", "_end_time", "_context", "_span_processor",
+                       "_record_end_metrics")
 
 
 def _unpack2(made):
@@ -592,16 +594,17 @@ def _native_failed(exc: BaseException) -> None:
 
 
 def use_native(on: bool) -> bool:
-    """`Tracer.start_span` and `Span.set_attribute` in C (`on`, where the extension was built and these spans
-    are what it was written for) or the Python methods above. Whether the C ones are in use."""
-    Tracer.start_span, Span.set_attribute = _python_start_span, _python_set_attribute
+    """`Tracer.start_span`, `Span.set_attribute` and `Span.end` in C (`on`, where the extension was built and
+    these spans are what it was written for) or the Python methods above. Whether the C ones are in use."""
+    Tracer.start_span, Span.set_attribute, Span.end = _python_start_span, _python_set_attribute, _python_end
     if not (on and _NATIVE is not None and _PLAIN_CONTEXT and _SPAN_KEY is not None
             and not any(hasattr(Tracer, name) for name in _NATIVE_TRACER_FIELDS)
             and not any(hasattr(Span, name) for name in _NATIVE_SPAN_FIELDS)
-            and TraceFlags.__and__ is int.__and__):
+            and TraceFlags.__and__ is int.__and__ and not hasattr(BoundedAttributes, "_immutable")
+            and BoundedAttributes.__setattr__ is object.__setattr__):
         return False
     try:
-        start, set_attribute = _NATIVE.configure({
+        start, set_attribute, end = _NATIVE.configure({
             "tracer": Tracer, "span": Span, "maker": _AttributeMaker, "bounded": BoundedAttributes,
             "span_context": SpanContext, "non_recording": NonRecordingSpan, "context": _Context,
             "default_state": DEFAULT_TRACE_STATE, "root_sampled": _ROOT_SAMPLED, "root_dropped": _ROOT_DROPPED,
@@ -612,11 +615,11 @@ def use_native(on: bool) -> bool:
             "runtime_dict": vars(runtime_context), "route": _route, "noop_end": _NOOP_END,
             "has_is_enabled": _HAS_IS_ENABLED, "python_start": _python_start_span,
             "python_set": _python_set_attribute, "report": _native_failed, "unpack2": _unpack2,
-            "time_ns": time_ns})
+            "time_ns": time_ns, "python_end": _python_end})
     except Exception as exc:
         _native_failed(exc)
         return False
-    Tracer.start_span, Span.set_attribute = start, set_attribute
+    Tracer.start_span, Span.set_attribute, Span.end = start, set_attribute, end
     return True
 
 

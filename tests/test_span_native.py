@@ -42,14 +42,15 @@ def test_the_extension_is_built_and_used_where_a_c_compiler_is():
     assert fastspan.use_native(True) is True
     assert fastspan.Tracer.start_span is not fastspan._python_start_span
     assert fastspan.Span.set_attribute is not fastspan._python_set_attribute
+    assert fastspan.Span.end is not fastspan._python_end
     assert type(fastspan.Tracer.start_span).__name__ == "method_descriptor"
 
 
 @pytest.fixture
 def fallbacks(monkeypatch):
     """The native methods in use, with the Python methods they fall back to counted."""
-    counts = {"start": 0, "set": 0}
-    start, set_attribute = fastspan._python_start_span, fastspan._python_set_attribute
+    counts = {"start": 0, "set": 0, "end": 0}
+    start, set_attribute, end = fastspan._python_start_span, fastspan._python_set_attribute, fastspan._python_end
 
     def counted_start(*args, **kwargs):
         counts["start"] += 1
@@ -59,6 +60,11 @@ def fallbacks(monkeypatch):
         counts["set"] += 1
         return set_attribute(*args, **kwargs)
 
+    def counted_end(*args, **kwargs):
+        counts["end"] += 1
+        return end(*args, **kwargs)
+
+    monkeypatch.setattr(fastspan, "_python_end", counted_end)
     monkeypatch.setattr(fastspan, "_python_start_span", counted_start)
     monkeypatch.setattr(fastspan, "_python_set_attribute", counted_set)
     assert fastspan.use_native(True)
@@ -87,7 +93,10 @@ def _both(scenario, seed=7, **pipeline):
     for on in (True, False):
         fastspan.use_native(on)
         try:
-            tracer = _tracer(**pipeline)
+            made = dict(pipeline)
+            if "processor_class" in made:  # one for each run
+                made["processor"] = made.pop("processor_class")()
+            tracer = _tracer(**made)
             random.seed(seed)
             results.append((tracer, scenario(tracer)))
         finally:
@@ -337,6 +346,7 @@ def test_the_switch(monkeypatch):
         assert fastspan.use_native(fastspan._native_configured()) is False
         assert fastspan.Tracer.start_span is fastspan._python_start_span
         assert fastspan.Span.set_attribute is fastspan._python_set_attribute
+        assert fastspan.Span.end is fastspan._python_end
     finally:
         monkeypatch.delenv("OTEL_TRACE_RUN_NATIVE_SPAN")
         config.reset()
@@ -362,3 +372,57 @@ def test_subclasses_take_the_python_methods(fallbacks):
     span.__class__ = MySpan
     span.set_attribute("a", 1)
     assert fallbacks["set"] == 1 and dict(span.attributes) == {"a": 1}
+
+
+class _Ending(SpanProcessor):
+    def __init__(self, fail=False):
+        self.calls, self.fail = [], fail
+
+    def on_start(self, span, parent_context=None):
+        self.calls.append(("start", span.name))
+
+    def _on_ending(self, span):
+        self.calls.append(("ending", span.name, span.end_time is not None, span._attributes._immutable))
+
+    def on_end(self, span):
+        self.calls.append(("end", span.name, span.end_time))
+        if self.fail:
+            raise KeyError("on_end")
+
+
+def test_end_the_same_steps_and_calls(fallbacks, caplog):
+    def scenario(tracer):
+        caplog.clear()
+        span = tracer.start_span("a", attributes={"k": 1})
+        span.end(end_time=5)
+        span.end()  # ended already: the Python method's warning
+        other = tracer.start_span("b")
+        other.end(7)
+        late = tracer.start_span("c")
+        late.end()
+        calls = [c if c[0] != "end" or c[1] != "c" else c[:2] for c in tracer.span_processor._span_processors[0].calls]
+        return [span, other, late], calls, [r.getMessage() for r in caplog.records]
+
+    with caplog.at_level(logging.WARNING):
+        results = _both(scenario, processor_class=_Ending)
+    (t1, (spans1, calls1, warnings1)), (t2, (spans2, calls2, warnings2)) = results
+    assert _spans_view(spans1, t1) == _spans_view(spans2, t2) and calls1 == calls2 and warnings1 == warnings2
+    assert warnings1 == ["Calling end() on an ended span."]
+    assert spans1[0].end_time == 5 and spans1[1].end_time == 7 and spans1[2].end_time >= spans1[2].start_time
+    assert fallbacks["end"] == 4 + 1  # the Python run's 4, the native run's ended span
+    metrics = []
+    span = _tracer().start_span("m")
+    span._record_end_metrics = lambda: metrics.append(1)
+    span.end()
+    assert metrics == [1]
+    failing = _Ending(fail=True)
+    span = _tracer(processor=failing).start_span("f")
+    with pytest.raises(KeyError):
+        span.end()
+    assert [c[0] for c in failing.calls].count("end") == 1  # raised once, not again by a fallback
+    with pytest.raises(TypeError):
+        _tracer().start_span("x").end(nonsense=1)
+    span = _tracer().start_span("x")
+    native._fail(1)  # (the next call of any of the three)
+    span.end()
+    assert span.end_time is not None and fallbacks["end"] == 4 + 1 + 2
