@@ -12,7 +12,6 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 #include <pthread.h>
 
@@ -683,26 +682,21 @@ configure(PyObject *module, PyObject *args)
 }
 
 
-/* -- a span's end and its way to the export queue: fastspan.Span.end and exporthealth.CountingProcessor.on_end
+/* -- an ended span's way to the export queue: exporthealth.CountingProcessor.on_end (with QueueBudget.admit's
+ * steps) and the SDK's BatchProcessor.emit
  *
- * The same steps as those two Python methods, on the same objects (dict items read and written where the
- * Python code reads and writes attributes that live in the instance's __dict__). Where anything is not as
- * expected (another span class, a field missing, a lock of another kind, a span ended already or never
- * started), the Python method runs instead, before anything was changed: its messages and exceptions are
- * the program's to see. configure_end() gives what they need; until then both run the Python methods. */
+ * The same steps as those Python methods, on the same objects (dict items read and written where the Python
+ * code reads and writes attributes that live in the instance's __dict__). Where anything is not as expected
+ * (another span class, a field missing), the Python method runs instead, before anything was changed: its
+ * messages and exceptions are the program's to see. configure_on_end() gives what they need; until then the
+ * Python method runs. (Span.end, which calls on_end, is agent/_span_native.c's.) */
 
 static PyObject *end_span_type;     /* fastspan.Span */
-static PyObject *python_end;        /* its Python end(self, end_time=None) */
-static PyObject *noop_end;          /* fastspan._NOOP_END: a span's end-metrics function that does nothing */
-static PyObject *route_function;    /* fastspan._route(processor) */
-static PyObject *lock_type;         /* type(threading.Lock()) */
-static PyObject *end_bounded_type;  /* opentelemetry.attributes.BoundedAttributes */
 static PyObject *python_on_end;     /* CountingProcessor's Python on_end(self, span) */
 static PyObject *budget_type;       /* exporthealth.QueueBudget */
 static PyObject *budget_admit;      /* its admit function */
-static PyObject *k_lock, *k_start_time, *k_end_metrics, *k_processor, *k_route, *k_processors, *s_immutable,
-    *s_acquire, *s_release, *s_on_ending, *s_build, *k_counter, *k_pending, *k_encode, *k_prepare, *k_admit,
-    *k_on_end, *k_sampled_only, *s_spans, *s_bytes, *s_max_spans, *s_max_bytes, *s_end_time_kw;
+static PyObject *k_lock, *s_acquire, *s_release, *s_build, *k_counter, *k_pending, *k_encode, *k_prepare, *k_admit,
+    *k_on_end, *k_sampled_only, *s_spans, *s_bytes, *s_max_spans, *s_max_bytes;
 
 /* borrowed items of `dict` under `keys`; 0 if one is missing (no exception), -1 on an error */
 static int
@@ -722,147 +716,6 @@ unlock(PyObject *lock)
     PyObject *r = PyObject_CallMethodNoArgs(lock, s_release);
     Py_XDECREF(r);
     return r == NULL ? -1 : 0;
-}
-
-/* (route[1..3] of fastspan._route(processor)), the route kept in the processor's __dict__ read here as end()
- * reads it; a new reference to the route tuple, or NULL */
-static PyObject *
-route_of(PyObject *processor)
-{
-    PyObject *state = PyObject_GenericGetDict(processor, NULL);
-    if (state == NULL) {
-        PyErr_Clear();  /* end() catches the AttributeError and asks _route */
-    } else {
-        PyObject *route = PyDict_GetItemWithError(state, k_route);
-        PyObject *processors = route ? PyDict_GetItemWithError(state, k_processors) : NULL;
-        if (processors != NULL && PyTuple_CheckExact(route) && PyTuple_GET_SIZE(route) == 4 &&
-            PyTuple_GET_ITEM(route, 0) == processors) {
-            Py_INCREF(route);
-            Py_DECREF(state);
-            return route;
-        }
-        Py_DECREF(state);
-        if (PyErr_Occurred())
-            return NULL;
-    }
-    PyObject *route = PyObject_CallOneArg(route_function, processor);
-    if (route != NULL && !(PyTuple_Check(route) && PyTuple_GET_SIZE(route) >= 4)) {
-        Py_DECREF(route);
-        PyErr_SetString(PyExc_TypeError, "fastspan._route gave no route");
-        return NULL;
-    }
-    return route;
-}
-
-static PyObject *
-decline_end(PyObject *span, PyObject *end_time)
-{
-    PyObject *args[2] = {span, end_time};
-    return PyObject_Vectorcall(python_end, args, 2, NULL);
-}
-
-static PyObject *
-span_end(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
-{
-    PyObject *end_time = Py_None;
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    if (nargs < 1 || nargs + nkw > 2 || (nkw == 1 && (nargs != 1 || PyUnicode_Compare(
-            PyTuple_GET_ITEM(kwnames, 0), s_end_time_kw) != 0))) {
-        if (nargs >= 1 && python_end != NULL)  /* the Python method's own TypeError */
-            return PyObject_Vectorcall(python_end, args, nargs, kwnames);
-        PyErr_SetString(PyExc_TypeError, "end(self, end_time=None)");
-        return NULL;
-    }
-    PyObject *span = args[0];
-    if (nargs + nkw == 2)
-        end_time = args[1];
-    if (python_end == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "span_end is not configured");
-        return NULL;
-    }
-    if ((PyObject *)Py_TYPE(span) != end_span_type)
-        return decline_end(span, end_time);
-    PyObject *fields = PyObject_GenericGetDict(span, NULL);
-    if (fields == NULL)
-        return NULL;
-    PyObject *keys[5] = {k_lock, field_keys[F_ATTRIBUTES], k_start_time, field_keys[F_END], k_processor};
-    PyObject *f[5];
-    PyObject *result = NULL, *lock = NULL, *attributes = NULL, *processor = NULL, *now = NULL, *route = NULL;
-    int found = items_of(fields, keys, f, 5);
-    if (found < 0)
-        goto done;
-    if (found == 0 || (PyObject *)Py_TYPE(f[0]) != lock_type || (PyObject *)Py_TYPE(f[1]) != end_bounded_type ||
-        f[2] == Py_None || f[3] != Py_None) {
-        result = decline_end(span, end_time);  /* its RuntimeError, its warning, or another lock's way */
-        goto done;
-    }
-    lock = Py_NewRef(f[0]);
-    attributes = Py_NewRef(f[1]);
-    processor = Py_NewRef(f[4]);
-    PyObject *r = PyObject_CallMethodNoArgs(lock, s_acquire);
-    if (r == NULL)
-        goto done;
-    Py_DECREF(r);
-    PyObject *ended = PyDict_GetItemWithError(fields, field_keys[F_END]);  /* again, under the lock */
-    if (ended != Py_None) {
-        if (unlock(lock) == 0 && !PyErr_Occurred())
-            result = decline_end(span, end_time);  /* ended meanwhile by another thread: its warning */
-        goto done;
-    }
-    if (end_time != Py_None) {
-        now = Py_NewRef(end_time);
-    } else {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);  /* what time.time_ns() reads */
-        now = PyLong_FromLongLong((long long)ts.tv_sec * 1000000000LL + ts.tv_nsec);
-    }
-    if (now == NULL || PyDict_SetItem(fields, field_keys[F_END], now) < 0 ||
-        PyObject_SetAttr(attributes, s_immutable, Py_True) < 0) {
-        PyObject *type, *value, *tb;  /* the lock is released, the exception stays (a `with` block's way) */
-        PyErr_Fetch(&type, &value, &tb);
-        unlock(lock);
-        PyErr_Restore(type, value, tb);
-        goto done;
-    }
-    if (unlock(lock) < 0)
-        goto done;
-    PyObject *metrics = PyDict_GetItemWithError(fields, k_end_metrics);
-    if (metrics == NULL && PyErr_Occurred())
-        goto done;
-    if (metrics != NULL && metrics != noop_end) {
-        Py_INCREF(metrics);
-        int truth = PyObject_IsTrue(metrics);
-        PyObject *called = truth > 0 ? PyObject_CallNoArgs(metrics) : NULL;
-        Py_DECREF(metrics);
-        if (truth < 0 || (truth > 0 && called == NULL))
-            goto done;
-        Py_XDECREF(called);
-    }
-    route = route_of(processor);
-    if (route == NULL)
-        goto done;
-    int on_ending = PyObject_IsTrue(PyTuple_GET_ITEM(route, 2));
-    if (on_ending < 0)
-        goto done;
-    if (on_ending) {
-        PyObject *called = PyObject_CallMethodOneArg(processor, s_on_ending, span);
-        if (called == NULL)
-            goto done;
-        Py_DECREF(called);
-    }
-    result = PyObject_CallOneArg(PyTuple_GET_ITEM(route, 3), span);  /* itself, not a copy */
-    if (result != NULL) {
-        Py_DECREF(result);
-        result = Py_NewRef(Py_None);
-    }
-done:
-    Py_XDECREF(route);
-    Py_XDECREF(now);
-    Py_XDECREF(processor);
-    Py_XDECREF(attributes);
-    Py_XDECREF(lock);
-    Py_DECREF(fields);
-    return result;
 }
 
 /* QueueBudget.admit(item) on the budget's own fields; 1 admitted, 0 refused, -1 error */
@@ -1078,7 +931,7 @@ counting_on_end(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *self = args[0], *span = args[1];
     PyObject *flags = NULL;
-    if (end_span_type != NULL && (PyObject *)Py_TYPE(span) == end_span_type) {  /* see configure_end */
+    if (end_span_type != NULL && (PyObject *)Py_TYPE(span) == end_span_type) {
         PyObject *span_fields = PyObject_GenericGetDict(span, NULL);
         if (span_fields == NULL)
             return NULL;
@@ -1178,29 +1031,14 @@ done:
 }
 
 static PyObject *
-configure_end(PyObject *module, PyObject *args)
-{
-    PyObject *span, *end, *noop, *route, *lock, *bounded;
-    if (!PyArg_ParseTuple(args, "O!OOOO!O!:configure_end", &PyType_Type, &span, &end, &noop, &route, &PyType_Type,
-                          &lock, &PyType_Type, &bounded))
-        return NULL;
-    Py_CLEAR(python_end);  /* unconfigured until all is set */
-    Py_XSETREF(end_span_type, Py_NewRef(span));
-    Py_XSETREF(noop_end, Py_NewRef(noop));
-    Py_XSETREF(route_function, Py_NewRef(route));
-    Py_XSETREF(lock_type, Py_NewRef(lock));
-    Py_XSETREF(end_bounded_type, Py_NewRef(bounded));
-    python_end = Py_NewRef(end);
-    Py_RETURN_NONE;
-}
-
-static PyObject *
 configure_on_end(PyObject *module, PyObject *args)
 {
-    PyObject *on_end, *budget, *admit;
-    if (!PyArg_ParseTuple(args, "OO!O:configure_on_end", &on_end, &PyType_Type, &budget, &admit))
+    PyObject *on_end, *budget, *admit, *span;
+    if (!PyArg_ParseTuple(args, "OO!OO!:configure_on_end", &on_end, &PyType_Type, &budget, &admit, &PyType_Type,
+                          &span))
         return NULL;
     Py_CLEAR(python_on_end);
+    Py_XSETREF(end_span_type, Py_NewRef(span));
     Py_XSETREF(budget_type, Py_NewRef(budget));
     Py_XSETREF(budget_admit, Py_NewRef(admit));
     python_on_end = Py_NewRef(on_end);
@@ -1241,14 +1079,10 @@ static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS,
      "configure(kinds, codes, unset_status, status_type, empty_trace_state, bounded_attributes_type, span_type, "
      "encoded_type)"},
-    {"span_end", (PyCFunction)(void (*)(void))span_end, METH_FASTCALL | METH_KEYWORDS,
-     "span_end(span, end_time=None): fastspan.Span.end in C (installed as that method by fastspan)."},
     {"counting_on_end", (PyCFunction)(void (*)(void))counting_on_end, METH_FASTCALL,
      "counting_on_end(processor, span): exporthealth.CountingProcessor.on_end in C (installed by exporthealth)."},
-    {"configure_end", configure_end, METH_VARARGS,
-     "configure_end(span_type, python_end, noop_end_metrics, route_function, lock_type, bounded_attributes_type)"},
     {"configure_on_end", configure_on_end, METH_VARARGS,
-     "configure_on_end(python_on_end, queue_budget_type, queue_budget_admit)"},
+     "configure_on_end(python_on_end, queue_budget_type, queue_budget_admit, span_type)"},
     {"configure_emit", configure_emit, METH_VARARGS,
      "configure_emit(batch_processor_emit or None, event_type, deque_type): the SDK's emit done here (None: called)."},
     {"process_id", process_id, METH_NOARGS, "process_id(): the process id emit is compared with (os.getpid()'s)."},
@@ -1275,13 +1109,10 @@ PyInit__otlp_native(void)
         (k_scope = PyUnicode_InternFromString("_instrumentation_scope")) == NULL)
         return NULL;
     struct { PyObject **slot; const char *name; } names[] = {
-        {&k_lock, "_lock"}, {&k_start_time, "_start_time"}, {&k_end_metrics, "_record_end_metrics"},
-        {&k_processor, "_span_processor"}, {&k_route, "_trace_run_route"}, {&k_processors, "_span_processors"},
-        {&s_immutable, "_immutable"}, {&s_acquire, "acquire"}, {&s_release, "release"},
-        {&s_on_ending, "_on_ending"}, {&s_build, "_build"}, {&k_counter, "_counter"}, {&k_pending, "_pending"},
+        {&k_lock, "_lock"}, {&s_acquire, "acquire"}, {&s_release, "release"}, {&s_build, "_build"}, {&k_counter, "_counter"}, {&k_pending, "_pending"},
         {&k_encode, "_encode"}, {&k_prepare, "_prepare"}, {&k_admit, "_admit"}, {&k_on_end, "_on_end"},
         {&k_sampled_only, "_sampled_only"}, {&s_spans, "spans"}, {&s_bytes, "bytes"}, {&s_max_spans, "max_spans"},
-        {&s_max_bytes, "max_bytes"}, {&s_end_time_kw, "end_time"}, {&k_shutdown, "_shutdown"}, {&k_pid, "_pid"},
+        {&s_max_bytes, "max_bytes"}, {&k_shutdown, "_shutdown"}, {&k_pid, "_pid"},
         {&k_queue, "_queue"}, {&k_max_queue, "_max_queue_size"}, {&k_max_batch, "_max_export_batch_size"},
         {&k_awaken, "_worker_awaken"}, {&k_flag, "_flag"}, {&s_appendleft, "appendleft"}, {&s_set, "set"},
     };

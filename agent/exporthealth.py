@@ -330,7 +330,7 @@ class CountingProcessor(SpanProcessor):
 
 # CountingProcessor.on_end in C (agent/_otlp_native.c's counting_on_end: the same steps, QueueBudget.admit's
 # among them, on the same fields; the Python method for a span it was not written for, before anything
-# changed). With Span.end's C method (fastspan.use_native_end), whose span class it takes; the same switch.
+# changed). Span.end's C method (agent/_span_native.c) calls it; the same switch.
 _python_on_end = CountingProcessor.on_end
 
 
@@ -344,7 +344,9 @@ def use_native_on_end(on: bool) -> bool:
     if not on:
         return False
     try:
-        _otlp_native.configure_on_end(_python_on_end, QueueBudget, QueueBudget.admit)
+        from .fastspan import Span
+
+        _otlp_native.configure_on_end(_python_on_end, QueueBudget, QueueBudget.admit, Span)
         _otlp_native.configure_emit(compat.known_batch_emit(), threading.Event, collections.deque)
         CountingProcessor.on_end = _otlp_native.as_method(_otlp_native.counting_on_end)
     except Exception as exc:

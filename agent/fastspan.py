@@ -19,6 +19,11 @@ SDK's constructor) takes the SDK's own code. Where the installed SDK differs
 from what this was checked against (its span has fields ours lacks, its
 BoundedAttributes stores otherwise), spans are made by the SDK's constructor:
 slower, the same. OTEL_TRACE_RUN_SPAN_CLASS=sdk switches all of it off.
+
+Where the optional extension agent/_span_native.c was built, `Tracer.start_span`'s two fast branches (a root
+decided by a bound, a child of a sampled span of ours), `Span.set_attribute`'s fast path and `Span.end` run in C,
+making the same objects (tests/test_span_native.py); the Python methods below do everything else, and everything
+where the extension is missing, declines or fails (see `use_native`; OTEL_TRACE_RUN_NATIVE_SPAN=false).
 """
 
 from __future__ import annotations
@@ -559,27 +564,62 @@ _FIELDS = ("_name", "_context", "_kind", "_instrumentation_info", "_instrumentat
            "_lock", "_record_end_metrics")
 
 
-# -- Span.end in C (agent/_otlp_native.c's span_end: the same steps on the same fields; this Python method for
-# any span or field it was not written for, before anything changed). OTEL_TRACE_RUN_NATIVE_SPAN=false: Python.
+# -- Tracer.start_span's two fast branches, Span.set_attribute's fast path and Span.end in C -----------------
+# (agent/_span_native.c, an optional extension: where it was not built, these Python methods are all there is).
+# The C methods make the objects these make and call these (same arguments) for everything else; an error of
+# theirs is logged (debug) and these run instead. OTEL_TRACE_RUN_NATIVE_SPAN=false keeps them out.
+_python_start_span = Tracer.start_span
+_python_set_attribute = Span.set_attribute
 _python_end = Span.end
 
 try:
-    from trace_run.agent import _otlp_native as _OTLP_NATIVE
-except ImportError:  # not built (no compiler)
-    _OTLP_NATIVE = None
+    from trace_run.agent import _span_native as _NATIVE
+except ImportError:  # not built (no compiler): the Python methods
+    _NATIVE = None
+
+# what the C methods read in the instance dicts: the classes must not define them (descriptors would win there)
+_NATIVE_TRACER_FIELDS = ("_root_bound", "_child_sampled", "_tracer_config", "_span_fields", "_maker", "resource",
+                         "sampler", "span_processor", "_span_limits", "_metrics_off", "_metrics", "id_generator")
+_NATIVE_SPAN_FIELDS = ("_lock", "_attributes", "_start_time", "_end_time", "_context", "_span_processor",
+                       "_record_end_metrics")
 
 
-def use_native_end(on: bool) -> bool:
-    """`Span.end` in C (`on`, where the extension was built) or in Python. Whether the C one is in use."""
-    Span.end = _python_end
-    if not (on and _OTLP_NATIVE is not None and "_lock" not in vars(Span) and "_end_time" not in vars(Span)):
+def _unpack2(made):
+    name, attributes = made  # start_span's `name, span_attributes = _make()`, its errors
+    return name, attributes
+
+
+def _native_failed(exc: BaseException) -> None:
+    _logger_own.debug("native span path failed, Python's used (%s: %s)" % (type(exc).__name__, exc))
+
+
+def use_native(on: bool) -> bool:
+    """`Tracer.start_span`, `Span.set_attribute` and `Span.end` in C (`on`, where the extension was built and
+    these spans are what it was written for) or the Python methods above. Whether the C ones are in use."""
+    Tracer.start_span, Span.set_attribute, Span.end = _python_start_span, _python_set_attribute, _python_end
+    if not (on and _NATIVE is not None and _PLAIN_CONTEXT and _SPAN_KEY is not None
+            and not any(hasattr(Tracer, name) for name in _NATIVE_TRACER_FIELDS)
+            and not any(hasattr(Span, name) for name in _NATIVE_SPAN_FIELDS)
+            and TraceFlags.__and__ is int.__and__ and not hasattr(BoundedAttributes, "_immutable")
+            and BoundedAttributes.__setattr__ is object.__setattr__):
         return False
     try:
-        _OTLP_NATIVE.configure_end(Span, _python_end, _NOOP_END, _route, type(_Lock()), BoundedAttributes)
-        Span.end = _OTLP_NATIVE.as_method(_OTLP_NATIVE.span_end)
+        start, set_attribute, end = _NATIVE.configure({
+            "tracer": Tracer, "span": Span, "maker": _AttributeMaker, "bounded": BoundedAttributes,
+            "span_context": SpanContext, "non_recording": NonRecordingSpan, "context": _Context,
+            "default_state": DEFAULT_TRACE_STATE, "root_sampled": _ROOT_SAMPLED, "root_dropped": _ROOT_DROPPED,
+            "sampled": _SAMPLED, "sampled_random": _SAMPLED_RANDOM if _RANDOM_FLAG is not None else _SAMPLED,
+            "random_flag": None if _RANDOM_FLAG is None else int(_RANDOM_FLAG), "span_key": _SPAN_KEY,
+            "internal": _INTERNAL, "lock_factory": _Lock, "lock_type": type(_Lock()),
+            "rlock_function": threading.RLock, "threading_dict": vars(threading), "random_dict": vars(_random),
+            "runtime_dict": vars(runtime_context), "route": _route, "noop_end": _NOOP_END,
+            "has_is_enabled": _HAS_IS_ENABLED, "python_start": _python_start_span,
+            "python_set": _python_set_attribute, "report": _native_failed, "unpack2": _unpack2,
+            "time_ns": time_ns, "python_end": _python_end})
     except Exception as exc:
-        _logger_own.debug("native span end not used (%s: %s)" % (type(exc).__name__, exc))
+        _native_failed(exc)
         return False
+    Tracer.start_span, Span.set_attribute, Span.end = start, set_attribute, end
     return True
 
 
@@ -593,7 +633,7 @@ def native_switch() -> bool:
         return True
 
 
-NATIVE_END = use_native_end(native_switch())
+NATIVE = use_native(native_switch())
 
 
 def adopt(tracer: sdk_trace.Tracer) -> sdk_trace.Tracer:

@@ -163,8 +163,9 @@ VARIABLES: list[Var] = [
         "With the `fast` encoder: trace-run's spans encoded in C where its optional extension was built (the "
         "same bytes, ~1.5-2 us less per span); `false`: in Python."),
     Var("OTEL_TRACE_RUN_NATIVE_SPAN", "bool", "true",
-        "With trace-run's span class: its tracer's common `start_span` and `set_attribute` in C where its optional "
-        "extension was built (the same spans); `false`: in Python."),
+        "With trace-run's span class: its common `start_span`, `set_attribute` and `end`, and an ended span's "
+        "way to the export queue, in C where its optional extension was built (the same spans and bytes); "
+        "`false`: in Python."),
     Var("OTEL_TRACE_RUN_GRPC_CLIENT", "enum", "trace-run",
         "OTLP/gRPC client (with the `fast` encoder): `trace-run` (its own, on the standard library; grpc is never "
         "imported) or `grpcio` (the SDK's exporter on grpcio).", choices=("trace-run", "grpcio")),

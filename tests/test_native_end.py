@@ -1,7 +1,8 @@
-"""Span.end and CountingProcessor.on_end in C (agent/_otlp_native.c: span_end, counting_on_end) do what the
-Python methods do: each scenario runs with the C methods and with the Python ones, and everything the program,
-the processors and the queue see must be the same; what the C methods were not written for takes the Python
-methods; OTEL_TRACE_RUN_NATIVE_SPAN=false keeps them out."""
+"""An ended span's way to the export queue in C: Span.end (agent/_span_native.c), CountingProcessor.on_end with
+QueueBudget.admit's steps and the SDK's BatchProcessor.emit (agent/_otlp_native.c) do what the Python methods
+do. Each scenario runs with the C methods and with the Python ones, and everything the program, the processors
+and the queue see must be the same; what the C methods were not written for takes the Python methods;
+OTEL_TRACE_RUN_NATIVE_SPAN=false keeps them out."""
 
 from __future__ import annotations
 
@@ -19,24 +20,24 @@ from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 from trace_run.agent import exporthealth, fastspan, otlp_encoder, sdk
 from trace_run.agent.otlp_encoder import Encoded, Encoder
 
-if fastspan._OTLP_NATIVE is None and not (shutil.which("cc") or shutil.which("gcc")):
+if fastspan._NATIVE is None and not (shutil.which("cc") or shutil.which("gcc")):
     pytest.skip("no C compiler: the extension is optional", allow_module_level=True)
 
 
 def test_the_c_methods_are_installed_where_the_extension_is():
     from trace_run.agent import _otlp_native
 
-    assert fastspan.NATIVE_END and exporthealth.NATIVE_ON_END
-    assert vars(fastspan.Span)["end"].__func__ is _otlp_native.span_end
+    assert fastspan.NATIVE and exporthealth.NATIVE_ON_END
+    assert type(vars(fastspan.Span)["end"]).__name__ == "method_descriptor"
     assert vars(exporthealth.CountingProcessor)["on_end"].__func__ is _otlp_native.counting_on_end
 
 
 @pytest.fixture(params=["c", "python"])
 def way(request):
     on = request.param == "c"
-    assert fastspan.use_native_end(on) is on and exporthealth.use_native_on_end(on) is on
+    assert fastspan.use_native(on) is on and exporthealth.use_native_on_end(on) is on
     yield request.param
-    fastspan.use_native_end(True)
+    fastspan.use_native(True)
     exporthealth.use_native_on_end(True)
 
 
@@ -191,11 +192,11 @@ def ended_from_many_threads_at_once():
 def test_span_end_in_c_is_the_python_methods(name, caplog):
     results = {}
     for on in (True, False):
-        fastspan.use_native_end(on)
+        fastspan.use_native(on)
         try:
             results[on] = _run(on, SCENARIOS[name], caplog)
         finally:
-            fastspan.use_native_end(True)
+            fastspan.use_native(True)
     c, python = results[True], results[False]
     if name == "ended_from_many_threads_at_once":  # which thread ended a span is not fixed: each span once
         assert c[0] == python[0] == sorted("s%d" % i for i in range(20))
@@ -247,7 +248,7 @@ def _spans():
 
 
 def _on_end_state(on, spans, built, encode, redact, budget_args, sampled_only):
-    fastspan.use_native_end(on)
+    fastspan.use_native(on)
     exporthealth.use_native_on_end(on)
     try:
         health = _Health(built)
@@ -264,7 +265,7 @@ def _on_end_state(on, spans, built, encode, redact, budget_args, sampled_only):
         got = [(type(i).__name__, i.data if type(i) is Encoded else i.name) for i in queue.got]
         return got, processor.ended, budget.spans, budget.bytes, health.builds, processor._pending
     finally:
-        fastspan.use_native_end(True)
+        fastspan.use_native(True)
         exporthealth.use_native_on_end(True)
 
 
@@ -324,10 +325,10 @@ def test_the_switch(raw, used, tmp_path):
     import sys
 
     code = ("from trace_run.agent import fastspan, exporthealth; "
-            "print(fastspan.NATIVE_END, exporthealth.NATIVE_ON_END, type(vars(fastspan.Span)['end']).__name__)")
+            "print(fastspan.NATIVE, exporthealth.NATIVE_ON_END, type(vars(fastspan.Span)['end']).__name__)")
     env = dict(os.environ, OTEL_TRACE_RUN_NATIVE_SPAN=raw)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.split() == ([str(used)] * 2 + ["instancemethod" if used else "function"])
+    assert out.split() == ([str(used)] * 2 + ["method_descriptor" if used else "function"])
 
 
 def test_spans_from_a_real_pipeline_are_the_same_either_way():
@@ -336,7 +337,7 @@ def test_spans_from_a_real_pipeline_are_the_same_either_way():
 
     results = []
     for on in (True, False):
-        fastspan.use_native_end(on)
+        fastspan.use_native(on)
         try:
             exporter = InMemorySpanExporter()
             tracer = _tracer(SimpleSpanProcessor(exporter))
@@ -346,50 +347,36 @@ def test_spans_from_a_real_pipeline_are_the_same_either_way():
             results.append([(s.name, s.kind, dict(s.attributes), s.parent is not None, s.end_time >= s.start_time,
                              s.status.status_code) for s in exporter.get_finished_spans()])
         finally:
-            fastspan.use_native_end(True)
+            fastspan.use_native(True)
     assert results[0] == results[1] and [r[0] for r in results[0]] == ["child", "parent"]
     assert trace.get_current_span() is trace.INVALID_SPAN
 
 
-def test_the_c_methods_take_their_cases_and_hand_the_rest_to_python():
-    """What each C method ran itself, counted by what it hands to the Python method."""
-    from opentelemetry.attributes import BoundedAttributes
+def test_the_c_on_end_takes_its_cases_and_hands_the_rest_to_python():
+    """What counting_on_end ran itself, counted by what it hands to the Python method."""
     from trace_run.agent import _otlp_native
 
     handed = []
 
-    def python_end(span, end_time=None):
-        handed.append(("end", span.name))
-        return fastspan._python_end(span, end_time)
-
     def python_on_end(processor, span):
-        handed.append(("on_end", span.name))
+        handed.append(span.name)
         return exporthealth._python_on_end(processor, span)
 
     try:
-        _otlp_native.configure_end(fastspan.Span, python_end, fastspan._NOOP_END, fastspan._route,
-                                   type(threading.Lock()), BoundedAttributes)
-        _otlp_native.configure_on_end(python_on_end, exporthealth.QueueBudget, exporthealth.QueueBudget.admit)
+        _otlp_native.configure_on_end(python_on_end, exporthealth.QueueBudget, exporthealth.QueueBudget.admit,
+                                      fastspan.Span)
         queue = _Queue()
         health = _Health(_Built())
         counting = exporthealth.CountingProcessor(queue, health, prepare=sdk._preencoder(health),
                                                   budget=exporthealth.QueueBudget(100, 1 << 20))
         tracer = _tracer(counting)
-        plain = tracer.start_span("plain")
-        plain.end()
-        assert handed == [] and len(queue.got) == 1  # both in C
-        plain.end()
-        assert handed == [("end", "plain")]  # ended already: the Python method's warning
-        rlock = tracer.start_span("rlock")
-        rlock._lock = threading.RLock()
-        rlock.end()
-        assert handed[1:] == [("end", "rlock")]  # then its on_end in C
+        tracer.start_span("plain").end()
+        assert handed == [] and len(queue.got) == 1  # in C
         sdk_span = SdkSpan("sdk", SpanContext(1, 2, False, TraceFlags(1)), span_processor=counting)
         sdk_span.start()
         sdk_span.end()
-        assert handed[2:] == [("on_end", "sdk")] and len(queue.got) == 3
+        assert handed == ["sdk"] and len(queue.got) == 2
     finally:
-        fastspan.use_native_end(True)
         exporthealth.use_native_on_end(True)
 
 
@@ -441,7 +428,7 @@ class _Dropped:
 def _emit_run(on, spans, max_queue, max_batch, shutdown=False, forked=False):
     from trace_run.core import compat
 
-    fastspan.use_native_end(on)
+    fastspan.use_native(on)
     exporthealth.use_native_on_end(on)
     try:
         bsp, bp = _still_batch_processor(max_queue, max_batch)
@@ -461,7 +448,7 @@ def _emit_run(on, spans, max_queue, max_batch, shutdown=False, forked=False):
         bp._shutdown = True  # (its worker is stopped already; a fork of this process then starts none)
         return queued, woken, once.calls, metrics.dropped
     finally:
-        fastspan.use_native_end(True)
+        fastspan.use_native(True)
         exporthealth.use_native_on_end(True)
 
 

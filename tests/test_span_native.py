@@ -1,0 +1,428 @@
+"""The native start_span / set_attribute (agent/_span_native.c) make the objects the Python methods make: spans
+made both ways (the same seed, so the same ids) compared field by field; what the C declines or fails at runs
+the Python methods; OTEL_TRACE_RUN_NATIVE_SPAN=false keeps it out.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import random
+import shutil
+import subprocess
+import sys
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from opentelemetry import trace
+from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanLimits, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace.span import TraceState
+from trace_run.agent import fastspan
+from trace_run.core import config
+
+_COMPILER = bool(shutil.which("cc") or shutil.which("gcc"))
+# Skipped only where nothing could have built it (a failed build with a compiler present fails the first test)
+if fastspan._NATIVE is None and not _COMPILER:
+    pytest.skip("no C compiler: the extension is optional", allow_module_level=True)
+native = importlib.import_module("trace_run.agent._span_native")
+
+
+def test_the_extension_is_built_and_used_where_a_c_compiler_is():
+    if not _COMPILER:
+        pytest.skip("no C compiler: the extension is optional")
+    assert fastspan._NATIVE is native
+    assert fastspan.use_native(True) is True
+    assert fastspan.Tracer.start_span is not fastspan._python_start_span
+    assert fastspan.Span.set_attribute is not fastspan._python_set_attribute
+    assert fastspan.Span.end is not fastspan._python_end
+    assert type(fastspan.Tracer.start_span).__name__ == "method_descriptor"
+
+
+@pytest.fixture
+def fallbacks(monkeypatch):
+    """The native methods in use, with the Python methods they fall back to counted."""
+    counts = {"start": 0, "set": 0, "end": 0}
+    start, set_attribute, end = fastspan._python_start_span, fastspan._python_set_attribute, fastspan._python_end
+
+    def counted_start(*args, **kwargs):
+        counts["start"] += 1
+        return start(*args, **kwargs)
+
+    def counted_set(*args, **kwargs):
+        counts["set"] += 1
+        return set_attribute(*args, **kwargs)
+
+    def counted_end(*args, **kwargs):
+        counts["end"] += 1
+        return end(*args, **kwargs)
+
+    monkeypatch.setattr(fastspan, "_python_end", counted_end)
+    monkeypatch.setattr(fastspan, "_python_start_span", counted_start)
+    monkeypatch.setattr(fastspan, "_python_set_attribute", counted_set)
+    assert fastspan.use_native(True)
+    yield counts
+    monkeypatch.undo()
+    fastspan.use_native(fastspan.native_switch())
+
+
+def _tracer(sampler=None, limits=None, processor=None):
+    provider = TracerProvider(sampler=sampler, resource=Resource({"service.name": "n"}), span_limits=limits)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(processor or SimpleSpanProcessor(exporter))
+    tracer = fastspan.adopt(provider.get_tracer("scope", "1.0"))
+    assert type(tracer) is fastspan.Tracer
+    return tracer
+
+
+def _fast() -> bool:
+    """Whether this SDK's tracer takes start_span's fast branches (not where its own metrics are on, ...)."""
+    return _tracer()._root_bound is not None
+
+
+def _both(scenario, seed=7, **pipeline):
+    """scenario(tracer) run with the native methods and with the Python ones, `random` seeded alike."""
+    results = []
+    for on in (True, False):
+        fastspan.use_native(on)
+        try:
+            made = dict(pipeline)
+            if "processor_class" in made:  # one for each run
+                made["processor"] = made.pop("processor_class")()
+            tracer = _tracer(**made)
+            random.seed(seed)
+            results.append((tracer, scenario(tracer)))
+        finally:
+            fastspan.use_native(True)
+    return results
+
+
+def _context(c):
+    return None if c is None else (type(c), tuple(c), [type(x) for x in c])
+
+
+def _state(span, tracer):
+    """Everything of a span made by start_span, but its start time and its locks (their types compared)."""
+    if type(span) is NonRecordingSpan:
+        return ("non-recording", _context(span.get_span_context()))
+    fields = vars(span)
+    out = [("keys", list(fields))]
+    for key, value in fields.items():
+        if key in ("_start_time", "_end_time"):
+            out.append((key, type(value), value is not None and value > 0))
+        elif key == "_lock":
+            out.append((key, type(value), value.locked()))
+        elif key in ("_links", "_events") and type(value) is not tuple:
+            out.append((key, type(value), [(_context(getattr(x, "context", None)), getattr(x, "name", None),
+                                            dict(x.attributes)) for x in value], value.dropped))
+        elif key in ("_context", "_parent"):
+            out.append((key, _context(value)))
+        elif key == "_attributes":
+            attrs = vars(value)
+            out.append((key, type(value), list(attrs), list(value._dict.items()),
+                        [type(v) for v in value._dict.values()], type(value._dict), type(attrs["_lock"]),
+                        {k: v for k, v in attrs.items() if k not in ("_dict", "_lock")}))
+        elif key in ("_resource", "_sampler", "_span_processor", "_limits", "_maker", "_instrumentation_scope",
+                     "_instrumentation_info", "_record_end_metrics"):
+            mine = {"_resource": tracer.resource, "_sampler": tracer.sampler, "_span_processor": tracer.span_processor,
+                    "_limits": tracer._span_limits, "_maker": tracer._maker,
+                    "_instrumentation_scope": tracer._instrumentation_scope,
+                    "_instrumentation_info": tracer.instrumentation_info,
+                    "_record_end_metrics": fastspan._NOOP_END}[key]
+            out.append((key, value is mine))
+        else:
+            out.append((key, type(value), value))
+    return out
+
+
+def _assert_same(results, view):
+    (t1, native_made), (t2, python_made) = results
+    assert view(native_made, t1) == view(python_made, t2)
+
+
+def _spans_view(spans, tracer):
+    return [_state(s, tracer) for s in spans]
+
+
+def test_roots_children_and_kinds_are_the_same_objects(fallbacks):
+    def scenario(tracer):
+        root = tracer.start_span("root", kind=SpanKind.SERVER, attributes={"a": 1, "b": "x", "c": 2.5, "d": True})
+        ctx = trace.set_span_in_context(root)
+        child = tracer.start_span("child", ctx, SpanKind.CLIENT, {"k": "v"})
+        grandchild = tracer.start_span(name="g", context=trace.set_span_in_context(child), attributes=None,
+                                       record_exception=False, set_status_on_exception=False)
+        with tracer.start_as_current_span("current", attributes={}) as current:
+            inner = tracer.start_span("inner")  # the current context's span as parent
+        return [root, child, grandchild, current, inner]
+
+    results = _both(scenario)
+    _assert_same(results, _spans_view)
+    assert results[0][1][4].parent.span_id == results[0][1][3].context.span_id
+    # the Python run's own calls only (use_native(False) uses the Python method); where this SDK's tracer has no
+    # fast branch (its own metrics on, ...), the native run's too
+    assert fallbacks["start"] == 5 + (0 if _fast() else 5)
+
+
+_plain = st.one_of(st.text(max_size=12), st.integers(-(2 ** 70), 2 ** 70), st.floats(allow_nan=False),
+                   st.booleans())
+_values = st.one_of(_plain, st.none(), st.binary(max_size=4), st.lists(st.integers(0, 3), max_size=3),
+                    st.tuples(st.text(max_size=3)), st.floats())
+_keys = st.one_of(st.text(max_size=6), st.sampled_from(["", "a", "b", "http.method"]))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(attributes=st.one_of(st.none(), st.dictionaries(_keys, _values, max_size=6),
+                            st.dictionaries(st.sampled_from(["a", "b", "c"]), _plain, max_size=3)),
+       sets=st.lists(st.tuples(_keys, _values), max_size=6),
+       max_attributes=st.sampled_from([None, 1, 3, 128]), max_length=st.sampled_from([None, 0, 1, 5]),
+       end_first=st.booleans())
+def test_attributes_and_set_attribute_any_values_and_limits(attributes, sets, max_attributes, max_length, end_first,
+                                                           caplog):
+    limits = SpanLimits(max_span_attributes=max_attributes, max_span_attribute_length=max_length)
+
+    def scenario(tracer):
+        caplog.clear()
+        root = tracer.start_span("root", attributes=attributes)
+        child = tracer.start_span("child", trace.set_span_in_context(root), attributes=attributes)
+        if end_first:
+            child.end()
+        for key, value in sets:
+            child.set_attribute(key, value)
+            root.set_attribute(key, value)
+        return [root, child], [(r.levelno, r.getMessage()) for r in caplog.records]
+
+    with caplog.at_level(logging.WARNING):
+        results = _both(scenario, limits=limits)
+    (t1, (spans1, warnings1)), (t2, (spans2, warnings2)) = results
+    assert _spans_view(spans1, t1) == _spans_view(spans2, t2)
+    assert warnings1 == warnings2
+    for span in spans1:
+        assert type(span._attributes) is BoundedAttributes
+        assert span._attributes.maxlen == t1._span_limits.max_span_attributes
+
+
+def test_set_attribute_moves_a_key_set_again_to_the_end_and_stops_at_the_limit(fallbacks):
+    span = _tracer(limits=SpanLimits(max_span_attributes=3)).start_span("s", attributes={"a": 1, "b": 2})
+    span.set_attribute("a", "again")
+    assert list(span.attributes.items()) == [("b", 2), ("a", "again")]
+    span.set_attribute("c", 3.0)
+    assert fallbacks["set"] == 0  # all three in C
+    span.set_attribute("d", 4)  # full: the SDK's way (the oldest dropped, counted)
+    assert fallbacks["set"] == 1
+    assert list(span.attributes.items()) == [("a", "again"), ("c", 3.0), ("d", 4)] and span.dropped_attributes == 1
+
+
+@pytest.mark.parametrize("sampler", [TraceIdRatioBased(0.5), ParentBased(TraceIdRatioBased(0.3)), ALWAYS_OFF,
+                                     ParentBased(ALWAYS_OFF)])
+def test_roots_dropped_and_sampled_under_ratio_samplers_seeded_ids(sampler, fallbacks):
+    def scenario(tracer):
+        made = []
+        for i in range(60):
+            root = tracer.start_span("r%d" % i, attributes={"i": i})
+            made.append(root)
+            made.append(tracer.start_span("c", trace.set_span_in_context(root)))
+        return made
+
+    results = _both(scenario, seed=11, sampler=sampler)
+    _assert_same(results, _spans_view)
+    kinds = {type(s) for s in results[0][1]}
+    assert NonRecordingSpan in kinds
+
+
+def test_seeded_random_gives_the_same_ids_and_a_zero_is_redrawn(monkeypatch, fallbacks):
+    tracer = _tracer()
+    random.seed(3)
+    ids = [tracer.start_span("x").get_span_context() for _ in range(5)]
+    random.seed(3)
+    again = [tracer.start_span("x").get_span_context() for _ in range(5)]
+    fastspan.use_native(False)
+    random.seed(3)
+    python = [tracer.start_span("x").get_span_context() for _ in range(5)]
+    fastspan.use_native(True)
+    assert ids == again == python
+    drawn = iter([0, 7, 0, 9])  # a patched random.getrandbits is called (read at each call), each zero drawn again
+    monkeypatch.setattr(random, "getrandbits", lambda bits: next(drawn))
+    context = tracer.start_span("s").get_span_context()
+    assert (context.trace_id, context.span_id) == (7, 9) and context.trace_flags.sampled
+
+
+def test_declined_cases_run_the_python_method_and_are_the_same(fallbacks):
+    remote = trace.set_span_in_context(NonRecordingSpan(SpanContext(0x12, 0x34, True, TraceFlags(1), TraceState())))
+
+    def scenario(tracer):
+        root = tracer.start_span("root")
+        return [root,
+                tracer.start_span("linked", links=[Link(root.get_span_context(), {"l": 1})]),
+                tracer.start_span("remote child", remote),
+                tracer.start_span("timed", start_time=12345)]
+
+    before = fallbacks["start"]
+    _assert_same(_both(scenario), _spans_view)
+    # the Python run's 4, the native run's links and remote parent (all 4 without fast branches)
+    assert fallbacks["start"] - before == 4 + (2 if _fast() else 4)
+
+
+def test_deferred_attributes_are_made_once_in_c(fallbacks):
+    made = []
+
+    def make():
+        made.append(1)
+        return "deferred", {"a": 1, "b": [1, 2]}
+
+    def scenario(tracer):
+        return [tracer.start_span_deferred(None, SpanKind.CLIENT, make)]
+
+    _assert_same(_both(scenario), _spans_view)
+    assert made == [1, 1] and fallbacks["start"] == 1 + (0 if _fast() else 1)
+
+    def broken():
+        raise ValueError("the program's")
+
+    with pytest.raises(ValueError, match="the program's"):
+        _tracer().start_span_deferred(None, SpanKind.CLIENT, broken)
+    with pytest.raises(ValueError, match="not enough values"):
+        _tracer().start_span_deferred(None, SpanKind.CLIENT, lambda: ["one"])
+
+
+class _Starting(SpanProcessor):
+    def __init__(self, fail=False):
+        self.started, self.fail = [], fail
+
+    def on_start(self, span, parent_context=None):
+        self.started.append((span.name, parent_context))
+        if self.fail:
+            raise KeyError("on_start")
+
+
+def test_on_start_is_called_as_the_python_method_calls_it(fallbacks):
+    processor = _Starting()
+    tracer = _tracer(processor=processor)
+    ctx = trace.set_span_in_context(tracer.start_span("root"))
+    tracer.start_span("child", ctx)
+    assert processor.started == [("root", None), ("child", ctx)] and fallbacks["start"] == (0 if _fast() else 2)
+    failing = _Starting(fail=True)
+    with pytest.raises(KeyError):
+        _tracer(processor=failing).start_span("x")
+    assert len(failing.started) == 1  # raised once, not again by a fallback
+
+
+def test_arguments_the_python_method_rejects_are_rejected_alike(fallbacks):
+    tracer = _tracer()
+    with pytest.raises(TypeError):
+        tracer.start_span("x", nonsense=1)
+    with pytest.raises(TypeError):
+        tracer.start_span()
+    with pytest.raises(TypeError):
+        tracer.start_span("x", name="y")
+    with pytest.raises(TypeError):
+        fastspan.Span.set_attribute(tracer.start_span("x"), "only a key")
+
+
+def test_an_error_in_c_runs_the_python_method_and_never_reaches_the_program(fallbacks, caplog):
+    tracer = _tracer()
+    native._fail(1)
+    with caplog.at_level(logging.DEBUG, logger="trace_run.agent.fastspan"):
+        span = tracer.start_span("s", attributes={"a": 1})
+    assert type(span) is fastspan.Span and span.name == "s" and fallbacks["start"] == 1
+    assert any("native span path failed" in r.getMessage() for r in caplog.records)
+    native._fail(1)
+    span.set_attribute("b", 2)
+    assert fallbacks["set"] == 1 and dict(span.attributes) == {"a": 1, "b": 2}
+    native._fail(0)
+
+
+def test_the_switch(monkeypatch):
+    monkeypatch.setenv("OTEL_TRACE_RUN_NATIVE_SPAN", "false")
+    config.reset()
+    try:
+        assert fastspan.native_switch() is False
+        assert fastspan.use_native(fastspan.native_switch()) is False
+        assert fastspan.Tracer.start_span is fastspan._python_start_span
+        assert fastspan.Span.set_attribute is fastspan._python_set_attribute
+        assert fastspan.Span.end is fastspan._python_end
+    finally:
+        monkeypatch.delenv("OTEL_TRACE_RUN_NATIVE_SPAN")
+        config.reset()
+        fastspan.use_native(fastspan.native_switch())
+    code = "from trace_run.agent import fastspan; print(fastspan.NATIVE)"
+    for value, expected in (("false", "False"), ("true", "True")):
+        env = dict(os.environ, OTEL_TRACE_RUN_NATIVE_SPAN=value)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == expected
+
+
+def test_subclasses_take_the_python_methods(fallbacks):
+    class MyTracer(fastspan.Tracer):
+        pass
+
+    class MySpan(fastspan.Span):
+        pass
+
+    tracer = _tracer()
+    tracer.__class__ = MyTracer
+    span = tracer.start_span("s")
+    assert fallbacks["start"] == 1 and type(span) is fastspan.Span
+    span.__class__ = MySpan
+    span.set_attribute("a", 1)
+    assert fallbacks["set"] == 1 and dict(span.attributes) == {"a": 1}
+
+
+class _Ending(SpanProcessor):
+    def __init__(self, fail=False):
+        self.calls, self.fail = [], fail
+
+    def on_start(self, span, parent_context=None):
+        self.calls.append(("start", span.name))
+
+    def _on_ending(self, span):
+        self.calls.append(("ending", span.name, span.end_time is not None, span._attributes._immutable))
+
+    def on_end(self, span):
+        self.calls.append(("end", span.name, span.end_time))
+        if self.fail:
+            raise KeyError("on_end")
+
+
+def test_end_the_same_steps_and_calls(fallbacks, caplog):
+    def scenario(tracer):
+        caplog.clear()
+        span = tracer.start_span("a", attributes={"k": 1})
+        span.end(end_time=5)
+        span.end()  # ended already: the Python method's warning
+        other = tracer.start_span("b")
+        other.end(7)
+        late = tracer.start_span("c")
+        late.end()
+        calls = [c if c[0] != "end" or c[1] != "c" else c[:2] for c in tracer.span_processor._span_processors[0].calls]
+        return [span, other, late], calls, [r.getMessage() for r in caplog.records]
+
+    with caplog.at_level(logging.WARNING):
+        results = _both(scenario, processor_class=_Ending)
+    (t1, (spans1, calls1, warnings1)), (t2, (spans2, calls2, warnings2)) = results
+    assert _spans_view(spans1, t1) == _spans_view(spans2, t2) and calls1 == calls2 and warnings1 == warnings2
+    assert warnings1 == ["Calling end() on an ended span."]
+    assert spans1[0].end_time == 5 and spans1[1].end_time == 7 and spans1[2].end_time >= spans1[2].start_time
+    assert fallbacks["end"] == 4 + 1  # the Python run's 4, the native run's ended span
+    metrics = []
+    span = _tracer().start_span("m")
+    span._record_end_metrics = lambda: metrics.append(1)
+    span.end()
+    assert metrics == [1]
+    failing = _Ending(fail=True)
+    span = _tracer(processor=failing).start_span("f")
+    with pytest.raises(KeyError):
+        span.end()
+    assert [c[0] for c in failing.calls].count("end") == 1  # raised once, not again by a fallback
+    with pytest.raises(TypeError):
+        _tracer().start_span("x").end(nonsense=1)
+    span = _tracer().start_span("x")
+    native._fail(1)  # (the next call of any of the three)
+    span.end()
+    assert span.end_time is not None and fallbacks["end"] == 4 + 1 + 2
