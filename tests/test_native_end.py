@@ -6,9 +6,11 @@ OTEL_TRACE_RUN_NATIVE_SPAN=false keeps them out."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import shutil
 import threading
+from importlib.metadata import version
 
 import pytest
 from opentelemetry import trace
@@ -22,6 +24,10 @@ from trace_run.agent.otlp_encoder import Encoded, Encoder
 
 if fastspan._NATIVE is None and not (shutil.which("cc") or shutil.which("gcc")):
     pytest.skip("no C compiler: the extension is optional", allow_module_level=True)
+
+
+def _sdk_version() -> tuple:
+    return tuple(int(part) for part in version("opentelemetry-sdk").split(".")[:2])
 
 
 def test_the_c_methods_are_installed_where_the_extension_is():
@@ -383,11 +389,14 @@ def test_the_c_on_end_takes_its_cases_and_hands_the_rest_to_python():
 # -- the SDK's BatchProcessor.emit, done in C for its common case ---------------------------------------------
 
 
-def test_the_sdks_emit_is_the_one_this_was_written_against():
+def test_the_sdks_emit_is_done_in_c_only_where_it_is_the_one_this_was_written_against():
     from opentelemetry.sdk._shared_internal import BatchProcessor
     from trace_run.core import compat
 
-    assert compat.known_batch_emit() is BatchProcessor.emit
+    read_here = BatchProcessor.emit.__code__.co_names == compat._EMIT_NAMES  # SDK 1.45's (1.41's differs)
+    assert compat.known_batch_emit() is (BatchProcessor.emit if read_here else None)
+    if importlib.util.find_spec("opentelemetry.sdk") and _sdk_version() >= (1, 45):
+        assert read_here
 
 
 def _still_batch_processor(max_queue, max_batch):
@@ -461,7 +470,7 @@ def test_emit_in_c_is_the_sdks_emit(max_queue, max_batch, case):
     python = _emit_run(False, spans, max_queue, max_batch, **kwargs)
     assert c == python
     if case == "shut down":
-        assert c[0] == [] and c[3] == [(1, "already_shutdown")] * len(spans)
+        assert c[0] == []  # (SDK 1.45 counts each as dropped; 1.41 does not: the SDK's emit either way)
     else:
         assert len(c[0]) == min(len(spans), max_queue) and c[1] == [i + 1 >= max_batch for i in range(len(spans))]
         assert c[3] == [(1, None)] * max(0, len(spans) - max_queue)  # "Queue full": the oldest one dropped
