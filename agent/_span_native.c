@@ -748,6 +748,25 @@ start_span(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw
 
 /* -- set_attribute --------------------------------------------------------------------------------------- */
 
+/* lock.release(), an exception already set kept across it (a `with` block's way): 0; -1 where the release itself
+ * failed (its error set, the earlier one dropped) */
+static int
+release_keeping_error(PyObject *lock)
+{
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    PyObject *r = PyObject_CallMethodNoArgs(lock, S[S_RELEASE]);
+    if (r == NULL) {
+        Py_XDECREF(et);
+        Py_XDECREF(ev);
+        Py_XDECREF(tb);
+        return -1;
+    }
+    Py_DECREF(r);
+    PyErr_Restore(et, ev, tb);
+    return 0;
+}
+
 /* the fast path of Span.set_attribute: OK (done), DECLINE or FAIL */
 static int
 set_attribute_fast(PyObject *self, PyObject *key, PyObject *value)
@@ -837,20 +856,8 @@ set_attribute_fast(PyObject *self, PyObject *key, PyObject *value)
         }
     }
     Py_DECREF(stored);
-    /* (an error here is kept across the release) */
-    PyObject *et, *ev, *tb;
-    PyErr_Fetch(&et, &ev, &tb);
-    r = PyObject_CallMethodNoArgs(lock, S[S_RELEASE]);
-    if (r == NULL) {
-        Py_XDECREF(et);
-        Py_XDECREF(ev);
-        Py_XDECREF(tb);
+    if (release_keeping_error(lock) < 0)
         status = FAIL;
-    }
-    else {
-        Py_DECREF(r);
-        PyErr_Restore(et, ev, tb);
-    }
 out:
     Py_XDECREF(lock);
     Py_XDECREF(sd);
@@ -928,18 +935,10 @@ end_fast(PyObject *self, PyObject *end_time)
             Py_DECREF(now);
         }
     }
-    PyObject *et, *ev, *tb;
-    PyErr_Fetch(&et, &ev, &tb);
-    r = PyObject_CallMethodNoArgs(lock, S[S_RELEASE]);
-    if (r == NULL) {
-        Py_XDECREF(et);
-        Py_XDECREF(ev);
-        Py_XDECREF(tb);
+    if (release_keeping_error(lock) < 0) {
         status = changed ? RAISE : FAIL;
         goto out;
     }
-    Py_DECREF(r);
-    PyErr_Restore(et, ev, tb);
     if (status != OK) {
         if (changed)
             status = RAISE; /* (not expected: ended, a BoundedAttributes that could not be made immutable) */
