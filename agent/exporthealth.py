@@ -21,7 +21,7 @@ from trace_run.core import compat, hooks, log
 
 from . import owned_sockets
 from .lazy_exporter import LazyExporter
-from .otlp_encoder import Encoded
+from .otlp_encoder import Encoded, _native_or_none
 
 _SAMPLED = 0x01  # TraceFlags.SAMPLED
 _FRAME = 6  # bytes framing one encoded span in a request (tag, length)
@@ -293,10 +293,7 @@ class CountingProcessor(SpanProcessor):
         if flags & _SAMPLED:
             encode = self._encode
             if encode is not None:
-                try:  # prepare's answer, without its three calls (a failure of the extension's: prepare's own way)
-                    encoded = encode(span)
-                except Exception:
-                    encoded = None
+                encoded = _native_or_none(encode, span)  # prepare's answer, without its calls; else prepare's way
                 span = encoded if encoded is not None else self._prepare(span)
                 if span is None:
                     return
@@ -356,7 +353,7 @@ def use_native_on_end(on: bool) -> bool:
 
 
 def _native_switch() -> bool:
-    from .fastspan import native_switch
+    from .fastspan import native_switch  # (fastspan reads the switch for both extensions)
 
     return native_switch()
 

@@ -66,8 +66,6 @@ _EMIT_NAMES = ("_shutdown", "_logger", "info", "_exporting", "_metrics", "drop_i
 def known_batch_emit() -> Optional[Any]:
     """The SDK's BatchProcessor.emit where its code reads and does what this was written against (its names, in
     order; threading.Event.is_set returning its `_flag`); None elsewhere."""
-    import threading
-
     try:
         from opentelemetry.sdk._shared_internal import BatchProcessor
     except ImportError:
@@ -76,7 +74,7 @@ def known_batch_emit() -> Optional[Any]:
     code = getattr(emit, "__code__", None)
     is_set = getattr(getattr(threading.Event, "is_set", None), "__code__", None)
     if code is None or code.co_names != _EMIT_NAMES or code.co_argcount != 2 or is_set is None \
-            or is_set.co_names != ("_flag",) or type(threading.Event) is not type:
+            or is_set.co_names != ("_flag",):
         return None
     return emit
 
