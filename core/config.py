@@ -166,6 +166,10 @@ VARIABLES: list[Var] = [
         "With trace-run's span class: its common `start_span`, `set_attribute` and `end`, and an ended span's "
         "way to the export queue, in C where its optional extension was built (the same spans and bytes); "
         "`false`: in Python."),
+    Var("OTEL_TRACE_RUN_NATIVE_CALLS", "bool", "true",
+        "The instrumentors' common call path (the suppression and sampled checks, the span made current, the "
+        "wrapped call run and its span ended) in C where trace-run's optional extension was built (the same "
+        "calls, in the same order); `false`: in Python."),
     Var("OTEL_TRACE_RUN_GRPC_CLIENT", "enum", "trace-run",
         "OTLP/gRPC client (with the `fast` encoder): `trace-run` (its own, on the standard library; grpc is never "
         "imported) or `grpcio` (the SDK's exporter on grpcio).", choices=("trace-run", "grpcio")),

@@ -16,7 +16,7 @@ from typing import Callable
 from opentelemetry import context as context_api
 from opentelemetry.context.context import Context
 
-__all__ = ["attach", "detach", "get_current", "span_in", "current_span", "with_span", "unsampled_in"]
+__all__ = ["attach", "detach", "get_current", "span_in", "current_span", "with_span", "unsampled_in", "use_native"]
 
 
 def _context_var():
@@ -32,6 +32,8 @@ def _context_var():
 
 
 _VAR = _context_var()
+NATIVE = None  # the C module (core/_call_native.c) while its functions below are in use: see use_native
+SUPPRESS_PLAIN = "suppress_instrumentation"  # the old spelling opentelemetry-instrumentation also reads
 
 
 def _detach(token: Token) -> None:
@@ -161,3 +163,57 @@ _Span = trace_api.Span
 _SpanContext = trace_api.SpanContext
 CONTEXT_IS_TUPLE = _tuple_layout()  # (read by name: other modules may import this one mid-import)
 read_context_field(trace_api.NonRecordingSpan)
+
+
+# -- the same in C (core/_call_native.c), where the extension was built and OTEL_TRACE_RUN_NATIVE_CALLS is on --
+
+PYTHON = {"unsampled_in": unsampled_in, "with_span": with_span, "span_in": span_in, "current_span": current_span,
+          "detach": detach}
+
+
+def use_native(on: bool) -> bool:
+    """This module's unsampled_in, with_span, span_in, current_span and detach in C (`on`, where the extension
+    was built) or in Python; whether the C ones are in use. Callers read them through the module, at each call."""
+    global NATIVE
+    globals().update(PYTHON)
+    NATIVE = None
+    if not on:
+        return False
+    try:
+        from trace_run.core import _call_native
+    except ImportError:  # not built here (a pure-Python install): the Python functions, as they are
+        return False
+    from trace_run.core.compat import SUPPRESS_HTTP_INSTRUMENTATION_KEY, SUPPRESS_INSTRUMENTATION_KEY
+
+    try:
+        _call_native.configure({
+            "var": _VAR, "get_current": get_current, "api_detach": context_api.detach, "span_key": _SPAN_KEY,
+            "suppress_key": SUPPRESS_INSTRUMENTATION_KEY, "suppress_plain": SUPPRESS_PLAIN,
+            "http_key": SUPPRESS_HTTP_INSTRUMENTATION_KEY, "context": Context if DICT_CONTEXT else None,
+            "span_context": _SpanContext, "context_is_tuple": CONTEXT_IS_TUPLE,
+            "context_field_types": CONTEXT_FIELD_TYPES, "span_types": SPAN_TYPES, "invalid_span": _INVALID_SPAN,
+            "checked_span": checked_span, "py_unsampled_in": PYTHON["unsampled_in"],
+            "py_with_span": PYTHON["with_span"]})
+    except Exception as exc:  # an API not as this was written for: the Python functions
+        from trace_run.core import log
+
+        log.debug("the C call path is not used (%s: %s)" % (type(exc).__name__, exc))
+        return False
+    globals().update(unsampled_in=_call_native.unsampled_in, with_span=_call_native.with_span,
+                     span_in=_call_native.span_in, current_span=_call_native.current_span,
+                     detach=_call_native.detach if _VAR is not None else context_api.detach)
+    NATIVE = _call_native
+    return True
+
+
+def native_switch() -> bool:
+    """OTEL_TRACE_RUN_NATIVE_CALLS (true where it cannot be read)."""
+    try:
+        from trace_run.core import config
+
+        return bool(config.get("OTEL_TRACE_RUN_NATIVE_CALLS"))
+    except Exception:
+        return True
+
+
+use_native(native_switch())

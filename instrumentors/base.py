@@ -20,7 +20,7 @@ from functools import partial
 from typing import Any, Callable, Collection
 
 from opentelemetry import trace
-from trace_run.core import hooks, wrapping
+from trace_run.core import hooks, runtime_context, wrapping
 from trace_run.core.compat import SUPPRESS_HTTP_INSTRUMENTATION_KEY, SUPPRESS_INSTRUMENTATION_KEY
 from trace_run.core.guard import Guard
 from trace_run.core.runtime_context import get_current
@@ -32,7 +32,7 @@ __all__ = ["TraceRunInstrumentor", "is_instrumentation_enabled", "instrumentatio
            "is_http_instrumentation_enabled"]
 
 _MISSING = object()
-_SUPPRESS_PLAIN = "suppress_instrumentation"  # the old spelling opentelemetry-instrumentation also reads
+_SUPPRESS_PLAIN = runtime_context.SUPPRESS_PLAIN  # the old spelling opentelemetry-instrumentation also reads
 _UPSTREAM = "opentelemetry.instrumentation.instrumentor"
 
 
@@ -51,6 +51,11 @@ def is_http_instrumentation_enabled() -> bool:
     """False inside `suppress_instrumentation()` or `suppress_http_instrumentation()`."""
     ctx = get_current()
     return instrumentation_enabled_in(ctx) and not ctx.get(SUPPRESS_HTTP_INSTRUMENTATION_KEY)
+
+
+if runtime_context.NATIVE is not None:  # the same checks in C (core/_call_native.c)
+    instrumentation_enabled_in = runtime_context.NATIVE.enabled_in  # noqa: F811
+    is_http_instrumentation_enabled = runtime_context.NATIVE.http_enabled  # noqa: F811
 
 
 def _upstream_log(level: str, message: str) -> None:

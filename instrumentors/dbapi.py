@@ -83,7 +83,13 @@ class AttributeCache:
         return attrs
 
 
-def client_active(instrumentor: Any) -> bool:
+def client_active() -> Callable[[Any], bool]:
+    """`is_client_active(instrumentor)`: in C where the common call path is (runtime_context.NATIVE)."""
+    native = runtime_context.NATIVE
+    return is_client_active if native is None else native.client_active
+
+
+def is_client_active(instrumentor: Any) -> bool:
     """Is there a client span to make for a call made now? Not when suppressed, nor inside a trace that is
     not sampled. A parent that has ended still counts (its context is sampled): work that outlives its
     request, such as a background task run after the response, stays in the request's trace."""
@@ -195,7 +201,7 @@ class SqlTracer:
         self.system = system
         self.guard = instrumentor.guard
         # Is there tracing work to do for a call made now? (client_active, bound: no extra call layer)
-        self.active: Callable[[], bool] = MethodType(client_active, instrumentor)
+        self.active: Callable[[], bool] = MethodType(client_active(), instrumentor)
         self._query_text = query_text
         self._add_comment = add_comment
 

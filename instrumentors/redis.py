@@ -12,6 +12,7 @@ in `db.operation.batch.size`. Cluster clients are not instrumented.
 from __future__ import annotations
 
 from functools import partial
+from types import MethodType
 from typing import Any, Optional
 
 from opentelemetry.semconv.attributes.db_attributes import (
@@ -96,8 +97,9 @@ class RedisInstrumentor(TraceRunInstrumentor):
         import redis.client
 
         self._attrs = AttributeCache(_pool_attributes)
-        command = partial(spans.wrapper, self.guard, self._start_command, errors.end_failed_db, enabled=self._active)
-        pipeline = partial(spans.wrapper, self.guard, self._start_pipeline, errors.end_failed_db, enabled=self._active)
+        active = MethodType(client_active(), self)  # the rule every DB client shares
+        command = partial(spans.wrapper, self.guard, self._start_command, errors.end_failed_db, enabled=active)
+        pipeline = partial(spans.wrapper, self.guard, self._start_pipeline, errors.end_failed_db, enabled=active)
         self.wrap(redis.client.Redis, "execute_command", command())
         self.wrap(redis.client.Pipeline, "immediate_execute_command", command())
         self.wrap(redis.client.Pipeline, "execute", pipeline())
@@ -110,7 +112,6 @@ class RedisInstrumentor(TraceRunInstrumentor):
         self.wrap(aio.Pipeline, "execute", pipeline(is_async=True))
 
     # -- span plumbing --------------------------------------------------------------
-    _active = client_active  # the rule every DB client shares (a method: called with this instrumentor)
 
     def _base(self, client: Any) -> dict:
         pool = getattr(client, "connection_pool", None)

@@ -5,7 +5,9 @@ context token, and the arguments to call with), `end` (finish the span from
 the result) and `fail` (finish it from the exception; errors.py holds the
 policies). `wrapper` builds the wrapt wrapper from them: `start`, `end` and
 `fail` run under the instrumentor's guard, the wrapped call outside it, so
-the program's own exception propagates unchanged (same object).
+the program's own exception propagates unchanged (same object). Where
+core/_call_native.c was built, `wrapper` and `call_in_span` are its C versions
+of the functions below (the same calls in the same order).
 """
 
 from __future__ import annotations
@@ -64,6 +66,10 @@ def wrapper(guard: Guard, start: Start, fail: Callable[[Any, BaseException], Non
 
         return wrapper_async
 
+    native = runtime_context.NATIVE
+    if native is not None:  # the same steps in C (core/_call_native.c)
+        return native.Runner(guard, start, fail, end, enabled)
+
     def wrapper_sync(wrapped, instance, args, kwargs):
         started = None
         if enabled is None or enabled():
@@ -90,3 +96,7 @@ def call_in_span(guard: Guard, span: Any, token: Any, wrapped: Callable, args: t
         raise
     _after(guard, span, token, end, result)
     return result
+
+
+if runtime_context.NATIVE is not None:  # the same steps in C (core/_call_native.c)
+    call_in_span = runtime_context.NATIVE.call_in_span  # noqa: F811
