@@ -225,21 +225,18 @@ def _parse_address(url: str) -> tuple:
 
 _ADDRESSES: dict = {}  # "scheme://authority" (no userinfo) -> (host, port): a client talks to a few servers
 _ADDRESSES_MAX = 256
+# the URL up to its first "://" and on to the end of the authority (the first "/", "?" or "#" after it)
+_TO_AUTHORITY_END = re.compile(r"(?s).*?://[^/?#]*").match
 
 
 def _address(url: str) -> tuple:
     """(server.address, server.port) of `url`: urlsplit's hostname and port, which depend only on the
     scheme and the authority, kept by those (reading them is ~80 bytecodes a span). An authority with
     userinfo is never kept (no credentials held here)."""
-    start = url.find("://")
-    if start < 0:
+    found = _TO_AUTHORITY_END(url)
+    if found is None:
         return _parse_address(url)
-    end = len(url)
-    for sep in "/?#":
-        i = url.find(sep, start + 3)
-        if 0 <= i < end:
-            end = i
-    key = url[:end]
+    key = found.group()
     hit = _ADDRESSES.get(key)
     if hit is None:
         hit = _parse_address(key)

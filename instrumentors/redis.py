@@ -57,6 +57,28 @@ def _show(arg: Any) -> str:
     return text if len(text) <= _MAX_ARG_CHARS else text[:_MAX_ARG_CHARS] + "..."
 
 
+_COMMANDS: dict = {}  # (command name as sent, argument count) -> (operation, sanitized text): a client sends a few
+_COMMANDS_MAX = 256
+
+
+def _command(args: tuple) -> tuple:
+    """(operation name, `command_text(args)`) of a sanitized command (args not empty), kept by its name and
+    argument count, on which alone they depend (names up to 64 characters; no argument value is kept)."""
+    key = (args[0], len(args))
+    try:
+        hit = _COMMANDS.get(key)
+    except TypeError:  # a name that cannot be a key: never kept
+        hit = None
+    if hit is None:
+        first = args[0]
+        hit = (_name(first), command_text(args))
+        if type(first) in (str, bytes) and len(first) <= 64:
+            if len(_COMMANDS) >= _COMMANDS_MAX:
+                _COMMANDS.clear()
+            _COMMANDS[key] = hit
+    return hit
+
+
 def command_text(args: tuple, sanitize: bool = True) -> str:
     """`SET ? ?`: the command name and a `?` per argument (arguments shown only if asked)."""
     if not args:
@@ -122,10 +144,11 @@ class RedisInstrumentor(TraceRunInstrumentor):
     def _start_command(self, client: Any, args: tuple, kwargs: dict) -> tuple:
         """`start` for spans.wrapper: one command."""
         attrs = self._base(client)
-        op = _name(args[0]) if args else ""
+        sanitize = config.get("OTEL_TRACE_RUN_DB_SANITIZE")
+        op, text = _command(args) if sanitize and args else (_name(args[0]) if args else "", None)
         if op:
             attrs[DB_OPERATION_NAME] = op
-        bounds.put(attrs, DB_QUERY_TEXT, command_text(args, config.get("OTEL_TRACE_RUN_DB_SANITIZE")))
+        bounds.put(attrs, DB_QUERY_TEXT, command_text(args, sanitize) if text is None else text)
         return self._open(op or SYSTEM, attrs, args, kwargs)
 
     def _start_pipeline(self, pipe: Any, args: tuple, kwargs: dict) -> Optional[tuple]:

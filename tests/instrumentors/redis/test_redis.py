@@ -10,6 +10,8 @@ import redis
 import redis.asyncio
 import redis.asyncio.client
 import redis.client
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support import REDIS_URL
 from trace_run.core import config
 from trace_run.instrumentors.redis import RedisInstrumentor, command_text
@@ -30,6 +32,22 @@ def key():
 
 def _spans(exporter):
     return [s for s in exporter.get_finished_spans() if s.kind.name == "CLIENT"]
+
+
+@given(st.lists(st.one_of(st.sampled_from(["GET", "set", b"hset", b"\xff", "CLIENT SETNAME", "é", "x" * 65, ""]),
+                          st.integers(), st.binary(max_size=5), st.text(max_size=5)), min_size=1, max_size=6))
+@settings(max_examples=300, deadline=None)
+def test_a_sanitized_command_kept_by_name_and_count_is_what_it_was_without(args):
+    """The operation and sanitized text redis_._command keeps answer as _name and command_text do, on the first
+    call and the next (kept) one; the cache holds names and counts only, never an argument's value."""
+    from trace_run.instrumentors import redis as redis_
+
+    args = tuple(args)
+    expected = (redis_._name(args[0]), command_text(args))
+    assert redis_._command(args) == expected
+    assert redis_._command(args) == expected
+    assert all(type(name) in (str, bytes) and len(name) <= 64 and type(count) is int
+               for name, count in redis_._COMMANDS)
 
 
 def test_command_text():
