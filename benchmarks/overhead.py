@@ -21,7 +21,10 @@ What it does (everything it needs is made here):
   configuration makes per request (ddtrace and the upstream instrumentors make other numbers
   of spans than trace-run);
 - one fresh server per (app, configuration, sampling, route) run, configurations interleaved
-  over the rounds; after each run the server is stopped and the spans the receiver got are
+  over the rounds; with --paired a bare run of the same app and route just before every agent
+  run, each agent run's ratio taken against it (the host's load drifts over minutes, two runs
+  seconds apart see the same), medians and min-max of these pairs reported beside the ratio of
+  the medians; after each run the server is stopped and the spans the receiver got are
   divided by the requests served, and checked against the calibration times the sampling
   rate, so an agent that drops spans under load cannot look fast;
 - the same Flask app called in-process (profile_route.py: no server, no driver), also with the
@@ -386,15 +389,36 @@ def run_one(cfg: str, sampling: float, route: str, duration: int, warm: int, sin
 # -- the whole benchmark ----------------------------------------------------------------------
 
 
-def plan(samplings: list, routes: list, configs: list, apps: list) -> list:
-    runs = []
+def plan(samplings: list, routes: list, configs: list, apps: list, paired: bool = False) -> list:
+    """The runs of one round, as units kept together when a round's order is rotated: one run each, or with
+    `paired` an agent's run with a bare run of its app and route just before it."""
+    units = []
     for app in apps:
         for route in routes:
-            if "bare" in configs:
-                runs.append(("bare", 1.0, route, app))
+            if "bare" in configs and not paired:
+                units.append([("bare", 1.0, route, app)])
             for s in samplings:
-                runs += [(c, s, route, app) for c in AGENTS if c in configs]
-    return runs
+                for c in AGENTS:
+                    if c in configs:
+                        units.append(([("bare", 1.0, route, app)] if paired and "bare" in configs else [])
+                                     + [(c, s, route, app)])
+    return units
+
+
+def paired_stats(rs: list, by_pair: dict) -> dict:
+    """An agent's runs against the bare run just before each (the host's load drifts over minutes: a pair
+    a few seconds apart sees the same): the ratio of req/s and the p99 added, medians and spreads."""
+    ratios, p99s = [], []
+    for r in rs:
+        b = by_pair.get(r.get("pair"))
+        if b and b["rps"]:
+            ratios.append(r["rps"] / b["rps"])
+            p99s.append(r["p99_us"] - b["p99_us"])
+    if not ratios:
+        return {}
+    return {"paired_ratio": round(median(ratios), 3), "paired_min": round(min(ratios), 3),
+            "paired_max": round(max(ratios), 3), "paired_p99_added_us": round(median(p99s), 1),
+            "pairs": len(ratios)}
 
 
 def spans_tolerance(per_trace: float, sampling: float, served: int) -> float:
@@ -464,8 +488,10 @@ def inproc(rounds: int, sinks: dict, downstream: Helper, short: bool) -> tuple:
 
 
 def summarize(results: list, samplings: list, routes: list, apps: list, configs: list, calib: dict) -> tuple:
-    by = {}
+    by, by_pair = {}, {}
     for r in results:
+        if r["config"] == "bare" and "pair" in r:
+            by_pair[r["pair"]] = r
         by.setdefault((r["app"], r["config"], r["sampling"] if r["config"] != "bare" else None, r["route"]),
                       []).append(r)
     texts, summary, checks = [], {}, []
@@ -494,11 +520,16 @@ def summarize(results: list, samplings: list, routes: list, apps: list, configs:
                 private = median([r.get("private_mib", float("nan")) for r in rs])
                 samp = "-" if s is None else "%d%%" % round(s * 100)
                 sent = median([r["spans_sent"] / r["served"] for r in rs if r["served"]])
+                pst = paired_stats(rs, by_pair) if cfg != "bare" else {}
+                vs_bare = "%.2fx" % ratio
+                if pst:
+                    vs_bare += "; paired %.2fx (%.2f-%.2f)" % tuple(pst[k] for k in ("paired_ratio", "paired_min",
+                                                                                      "paired_max"))
                 spans_cell = "%.2f (%.2f)" % (spr, expected)
                 if abs(sent - spr) > 0.005:
                     spans_cell += ", %.2f sent" % sent
                 rows.append(["/%s" % route, samp, LABELS[cfg], fmt(med), "%s..%s" % (fmt(min(rps)), fmt(max(rps))),
-                             "%.2fx" % ratio, "%+.0f" % added if cfg != "bare" else "-",
+                             vs_bare, "%+.0f" % added if cfg != "bare" else "-",
                              "%s / %s" % (fmt(cpu), fmt(cpu_all)), fmt(p50), fmt(p99),
                              spans_cell, "%s / %s" % (fmt(rss), fmt(private)), errors])
                 summary["%s %s %s %s" % (app, route, samp, cfg)] = {
@@ -509,6 +540,7 @@ def summarize(results: list, samplings: list, routes: list, apps: list, configs:
                     "spans_sent_per_request": round(sent, 3), "expected_spans": round(expected, 3),
                     "rss_mib": round(rss, 1), "private_mib": round(private, 1), "errors": errors, "runs": len(rs),
                 }
+                summary["%s %s %s %s" % (app, route, samp, cfg)].update(pst)
                 if cfg == "bare":
                     continue
                 served = sum(r["served"] for r in rs)
@@ -576,6 +608,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-inproc", action="store_true", help="skip the in-process per-request runs")
     parser.add_argument("--pin-services", action="store_true",
                         help="move the running PostgreSQL and Redis to the load CPU for the run (root)")
+    parser.add_argument("--paired", action="store_true",
+                        help="a bare run just before every agent run; ratios per pair (median, min-max) as well")
     parser.add_argument("--json", default=os.path.join(RESULTS, "overhead-latest.json"))
     args = parser.parse_args(argv)
     rounds = args.rounds or (1 if args.short else 3)
@@ -601,13 +635,17 @@ def main(argv=None) -> int:
         pinning.__enter__()
         calib = calibrate(apps, sorted(set(routes) | ({args.memory_route} if args.memory else set())), configs,
                           sinks, downstream)
-        runs = plan(samplings, routes, configs, apps)
+        units = plan(samplings, routes, configs, apps, args.paired)
         for rnd in range(rounds):
-            k = (rnd * 3) % len(runs)
-            for cfg, s, route, app in runs[k:] + runs[:k]:  # rotate: interleaved, no fixed first place
+            k = (rnd * 3) % len(units)
+            # rotate: interleaved, no fixed first place (a pair stays a pair)
+            runs = [(i, run) for i, unit in enumerate(units[k:] + units[:k]) for run in unit]
+            for unit_index, (cfg, s, route, app) in runs:
                 log("round %d/%d: %s %s sampling=%s /%s" % (rnd + 1, rounds, app, cfg, s, route))
                 r = run_one(cfg, s, route, duration, args.warm, sinks, downstream, app=app)
                 r["round"] = rnd
+                if args.paired:
+                    r["pair"] = (rnd, unit_index)
                 if r["errors"] or r["stderr"]:
                     log("  errors=%d stderr: %s" % (r["errors"], r["stderr"][-600:]))
                 log("  %.0f req/s p99 %.0f us, %.2f spans/request, worker CPU %.0f / %.0f us/request"
@@ -665,6 +703,7 @@ def main(argv=None) -> int:
     os.makedirs(RESULTS, exist_ok=True)
     with open(args.json, "w") as f:
         json.dump({"machine": m, "rounds": rounds, "duration_s": duration, "driver": driver, "apps": apps,
+                   "paired": args.paired,
                    "results": summary, "checks": checks, "micro": micro, "inproc": inproc_data,
                    "calibration": {" ".join(k): v for k, v in calib.items()},
                    "versions": {n: venvs.versions(n) for n in configs},
