@@ -46,7 +46,8 @@ class HttpClientInstrumentor(TraceRunInstrumentor):
                 http_common.end_client(pending)
 
     def _putrequest(self, wrapped, instance, args, kwargs):
-        self._end_pending(instance)
+        if _SPAN in getattr(instance, "__dict__", ()):  # (a call less for the usual connection: nothing pending)
+            self._end_pending(instance)
         if not is_http_instrumentation_enabled():
             return wrapped(*args, **kwargs)
         span = None
@@ -93,7 +94,10 @@ class HttpClientInstrumentor(TraceRunInstrumentor):
 
 def _response_start(conn: Any, args: tuple, kwargs: dict):
     """The span putrequest left on the connection ends with its response (None: nothing to end)."""
-    span = _pop(conn)
+    try:  # _pop, a call less: every response asks
+        span = conn.__dict__.pop(_SPAN, None)
+    except AttributeError:
+        return None
     return None if span is None else (span, None, args, kwargs)
 
 

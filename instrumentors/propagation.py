@@ -17,6 +17,7 @@ from typing import Any, Optional
 from opentelemetry import trace
 from opentelemetry import baggage, propagate
 # isort: on
+from trace_run.core import runtime_context
 from trace_run.core.runtime_context import get_current
 
 __all__ = ["default_pair", "inject"]
@@ -63,12 +64,28 @@ def default_pair() -> bool:
     return known[1] is not None
 
 
+_SpanContext = trace.SpanContext
+# the key baggage keeps its dict under in a context (read as baggage.get_all reads it: a dict, or none at all)
+_BAGGAGE_KEY = getattr(baggage, "_BAGGAGE_KEY", None)
+
+
 def inject(carrier: Any, span: trace.Span) -> None:
     """`propagate.inject(carrier, context=trace.set_span_in_context(span))` for a dict-like carrier."""
     mask = _mask()
     if mask is not None:
         ctx = span.get_span_context()
-        if ctx.is_valid and not ctx.trace_state and not baggage.get_all(get_current()):
-            carrier["traceparent"] = "00-%032x-%016x-%02x" % (ctx.trace_id, ctx.span_id, ctx.trace_flags & mask)
-            return
+        if type(ctx) is _SpanContext and runtime_context.CONTEXT_IS_TUPLE:  # its fields as the tuple holds them
+            trace_id, span_id, _, flags, state, valid = ctx
+        else:
+            trace_id, span_id, flags, state, valid = (ctx.trace_id, ctx.span_id, ctx.trace_flags, ctx.trace_state,
+                                                      ctx.is_valid)
+        if valid and not state:
+            if _BAGGAGE_KEY is not None:
+                held = get_current().get(_BAGGAGE_KEY)
+                empty = not held or not isinstance(held, dict)  # get_all's answer: {} unless a dict is held
+            else:
+                empty = not baggage.get_all(get_current())
+            if empty:
+                carrier["traceparent"] = "00-%032x-%016x-%02x" % (trace_id, span_id, flags & mask)
+                return
     propagate.inject(carrier, context=trace.set_span_in_context(span))

@@ -712,6 +712,29 @@ def test_the_client_side_inject_writes_what_the_propagators_write(span_context, 
         propagate.set_global_textmap(old)
 
 
+@pytest.mark.parametrize("held", [{}, {"tenant": "t-1"}, None, 0, "not a dict", ["x"]], ids=repr)
+def test_inject_reads_baggage_held_in_a_context_as_get_all_does(held):
+    """Whatever a context holds under baggage's key (a program may set anything there), inject writes what the
+    propagators write: a baggage header only for a dict with entries."""
+    from opentelemetry import baggage, context, trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+    from trace_run.instrumentors import propagation
+
+    span = NonRecordingSpan(SpanContext(0xA1, 0xB2, False, TraceFlags(1)))
+    old = propagate.get_global_textmap()
+    propagate.set_global_textmap(_sdk_pair())
+    token = context.attach(context.set_value(baggage._BAGGAGE_KEY, held))
+    try:
+        ours, theirs = {}, {}
+        propagation.inject(ours, span)
+        propagate.inject(theirs, context=trace.set_span_in_context(span))
+        assert ours == theirs and ours["traceparent"] == "00-%032x-%016x-01" % (0xA1, 0xB2)
+        assert ("baggage" in ours) is (held == {"tenant": "t-1"})
+    finally:
+        context.detach(token)
+        propagate.set_global_textmap(old)
+
+
 _BASE = {"REQUEST_METHOD": "GET", "PATH_INFO": "/p", "wsgi.url_scheme": "http", "SERVER_NAME": "srv",
          "SERVER_PORT": "8000", "REMOTE_ADDR": "10.0.0.1", "SERVER_PROTOCOL": "HTTP/1.1"}
 
