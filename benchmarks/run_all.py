@@ -1,6 +1,6 @@
 """Every benchmark the README's tables come from, in one command, then the tables.
 
-    python benchmarks/run_all.py            # ~30 min on 2 cores (see ESTIMATE_MIN below)
+    python benchmarks/run_all.py            # ~33 min on 2 cores (see ESTIMATE_MIN below)
     python benchmarks/run_all.py --short    # ~7 min: 1 round x 3 s, 20k requests for memory, 6 start-up rounds
     python benchmarks/run_all.py --summary  # only print the tables from benchmarks/results/*-latest.json
 
