@@ -121,7 +121,9 @@ unsampled_in_c(PyObject *ctx)
         return -1;
     if (!known)
         goto python;
+    Py_INCREF(span);  /* (borrowed from the context: held while its attribute is read) */
     PyObject *sc = PyObject_GetAttr(span, str_context);
+    Py_DECREF(span);
     if (sc == NULL)
         return -1;
     if (!context_is_tuple || Py_TYPE(sc) != (PyTypeObject *)conf[C_SPAN_CONTEXT] || PyTuple_GET_SIZE(sc) != 6) {

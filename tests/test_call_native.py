@@ -444,3 +444,50 @@ def test_a_program_traced_with_and_without_the_c_path_sends_the_same_spans(recei
     assert seen == [("CREATE t", "CLIENT", "UNSET", "work"), ("GET", "CLIENT", "ERROR", "work"),
                     ("GET", "CLIENT", "UNSET", "work"), ("INSERT t", "CLIENT", "UNSET", "work"),
                     ("SELECT t", "CLIENT", "ERROR", "work"), ("work", "INTERNAL", "UNSET", None)], seen
+
+
+def test_no_reference_is_kept_by_any_path():
+    """Every path of the C (a span ended, a start declined or failing, the program's exception, the checks,
+    with_span, detach) run many times: the memory Python's allocator holds does not grow with the calls."""
+    import gc
+    import tracemalloc
+
+    rec = Recorder(failed="ok")
+    one_span = rec.span()
+    rec.span = lambda: one_span  # (a class per span otherwise: the test's own allocations)
+    runner = native.Runner(rec, rec.start, rec.fail, None, None)
+    declining = native.Runner(rec, lambda *a: None, rec.fail, None, lambda: True)
+    bad = Recorder(start="raise")
+    failing = native.Runner(bad, bad.start, bad.fail)
+    ctx = Context({runtime_context._SPAN_KEY: UNSAMPLED, compat.SUPPRESS_INSTRUMENTATION_KEY: False})
+
+    def raising(*args, **kwargs):
+        raise Boom("a new one each time")  # (one object raised again keeps every traceback before)
+
+    def once():
+        rec.log.clear()
+        runner(lambda *a, **k: a, None, (1,), {"k": 2})
+        declining(lambda *a, **k: k, None, [1], {"k": 2})
+        bad.log.clear()
+        failing(lambda: 3, None, (), {})
+        try:
+            runner(raising, None, (), {})
+        except Boom:
+            pass
+        native.enabled_in(ctx), native.unsampled_in(ctx), native.span_in(ctx), native.http_enabled()
+        native.detach(runtime_context.attach(native.with_span(SAMPLED, ctx, "k", "v")))
+        native.call_in_span(rec, rec.span(), None, lambda: 1, (), {}, rec.fail)
+
+    for _ in range(200):
+        once()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(20000):
+            once()
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 64 * 1024, grown
