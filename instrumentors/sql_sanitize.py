@@ -102,6 +102,10 @@ _cache: dict = {}
 def analyze(sql: Union[str, bytes, None], sanitize: bool = True, limit: Optional[int] = None) -> Analysis:
     """Sanitized text, operation and collection of one statement (cached for short texts);
     with `limit`, the text is at most that long and only a bounded prefix is scanned."""
+    if type(sql) is str:  # a text kept whole before (every key of an uncut text is at most a scan long)
+        hit = _cache.get((sql, sanitize, limit, False))
+        if hit is not None:
+            return hit
     scan = None if limit is None else max(limit, 64) * SCAN_FACTOR
     cut = False
     if isinstance(sql, (bytes, bytearray, memoryview)):

@@ -283,3 +283,23 @@ def test_a_secret_literal_never_reaches_a_span(sqlite_memory, body, number):
         text = _everything(span)
         assert secret not in text, (span.attributes, secret)
         assert str(number) not in text and "%x" % number not in text
+
+
+@settings(max_examples=300, deadline=None)
+@given(sql=st.one_of(st.sampled_from([c[0] for c in CASES] + [LONG_IN[:300], "SELECT 1", ""]),
+                     st.text(st.sampled_from("SELECT 'x1 ,;-/*\n"), max_size=400)),
+       sanitize_=st.booleans(), limit=st.sampled_from([None, 8, 64, 100, 4096]))
+def test_a_text_answered_from_the_cache_is_what_a_fresh_analysis_gives(sql, sanitize_, limit):
+    """analyze's first look-up (a str whole, before any cut) answers what the full path answers, on a first
+    call and a second one, as str and as bytes, for texts short, long and past the scanned prefix."""
+    from trace_run.instrumentors import sql_sanitize
+
+    sql_sanitize._cache.clear()
+    fresh = analyze(sql, sanitize_, limit)
+    again = analyze(sql, sanitize_, limit)
+    as_bytes = analyze(sql.encode(), sanitize_, limit)
+    sql_sanitize._cache.clear()
+    reference = analyze(sql, sanitize_, limit)
+    for got in (fresh, again, as_bytes):
+        assert (got.text, got.operation, got.collection, got.truncated) == \
+            (reference.text, reference.operation, reference.collection, reference.truncated)
