@@ -168,8 +168,9 @@ VARIABLES: list[Var] = [
         "`false`: in Python."),
     Var("OTEL_TRACE_RUN_NATIVE_CALLS", "bool", "true",
         "The instrumentors' common call path (the suppression and sampled checks, the span made current, the "
-        "wrapped call run and its span ended) in C where trace-run's optional extension was built (the same "
-        "calls, in the same order); `false`: in Python."),
+        "wrapped call run and its span ended) and a WSGI request's SERVER span attributes in C where trace-run's "
+        "optional extensions were built (the same calls in the same order, the same attributes); `false`: in "
+        "Python."),
     Var("OTEL_TRACE_RUN_GRPC_CLIENT", "enum", "trace-run",
         "OTLP/gRPC client (with the `fast` encoder): `trace-run` (its own, on the standard library; grpc is never "
         "imported) or `grpcio` (the SDK's exporter on grpcio).", choices=("trace-run", "grpcio")),

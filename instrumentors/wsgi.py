@@ -11,6 +11,7 @@ passed through, so wrapping twice never gives two spans.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable, Optional
 
 from opentelemetry import context as otel_context
@@ -172,18 +173,59 @@ def server_attributes(environ: dict) -> tuple:
         attrs[URL_PATH] = path
     query = get("QUERY_STRING")
     if query:
-        attrs[URL_QUERY], was_cut = http_common.bounded_query(_text(query), bound)
-        if was_cut:
-            bounds.note(attrs, URL_QUERY)
-    peer = _peer_attributes(get, bound)
+        _query_into(attrs, query, bound)
+    _peer_into(attrs, environ, bound)
+    cap = http_common.capture("SERVER_REQUEST")
+    if cap is not None:
+        _capture_into(attrs, cap, environ)
+    return name, attrs
+
+
+# server_attributes' steps that _wsgi_native.c calls (the same steps, in the same order)
+
+def _query_into(attrs: dict, query: Any, bound: Optional[int]) -> None:
+    attrs[URL_QUERY], was_cut = http_common.bounded_query(_text(query), bound)
+    if was_cut:
+        bounds.note(attrs, URL_QUERY)
+
+
+def _peer_into(attrs: dict, environ: dict, bound: Optional[int]) -> None:
+    peer = _peer_attributes(environ.get, bound)
     if TRUNCATED in peer:
         bounds.update(attrs, peer)  # the cut keys of both listed
     else:
         attrs.update(peer)
-    cap = http_common.capture("SERVER_REQUEST")
-    if cap is not None:
-        bounds.update(attrs, cap.attributes(_environ_headers(environ)))
-    return name, attrs
+
+
+def _capture_into(attrs: dict, cap: Any, environ: dict) -> None:
+    bounds.update(attrs, cap.attributes(_environ_headers(environ)))
+
+
+def _native_server_attributes() -> Optional[Callable[[dict], tuple]]:
+    """server_attributes in C (instrumentors/_wsgi_native.c) where it was built and the C call path is on
+    (OTEL_TRACE_RUN_NATIVE_CALLS); None: the Python function."""
+    if runtime_context.NATIVE is None:
+        return None
+    try:
+        from . import _wsgi_native
+    except ImportError:
+        return None
+    try:
+        _wsgi_native.configure({
+            "known": _KNOWN_METHODS, "peers": _PEERS, "limit": bounds.limit, "capture": http_common.capture,
+            "python": python_server_attributes, "query_into": _query_into, "peer_into": _peer_into,
+            "capture_into": _capture_into, "method_key": HTTP_REQUEST_METHOD, "scheme_key": URL_SCHEME,
+            "path_key": URL_PATH, "truncated": TRUNCATED})
+    except Exception as exc:  # not as it was written for: the Python function
+        from trace_run.core import log
+
+        log.debug("the WSGI attributes are made in Python (%s: %s)" % (type(exc).__name__, exc))
+        return None
+    return _wsgi_native.server_attributes
+
+
+python_server_attributes = server_attributes
+server_attributes = _native_server_attributes() or python_server_attributes
 
 
 def start_server_span(tracer: trace.Tracer, environ: dict, parent) -> trace.Span:
@@ -193,7 +235,7 @@ def start_server_span(tracer: trace.Tracer, environ: dict, parent) -> trace.Span
     if deferred is None:
         name, attrs = server_attributes(environ)
         return tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attrs)
-    return deferred(parent, SpanKind.SERVER, lambda: server_attributes(environ))
+    return deferred(parent, SpanKind.SERVER, partial(server_attributes, environ))
 
 
 def _request_url(environ: dict) -> str:
