@@ -625,12 +625,7 @@ def use_native(on: bool) -> bool:
 
 def native_switch() -> bool:
     """OTEL_TRACE_RUN_NATIVE_SPAN (true where it cannot be read)."""
-    try:
-        from trace_run.core import config
-
-        return bool(config.get("OTEL_TRACE_RUN_NATIVE_SPAN"))
-    except Exception:
-        return True
+    return runtime_context.native_switch("OTEL_TRACE_RUN_NATIVE_SPAN")
 
 
 NATIVE = use_native(native_switch())

@@ -390,10 +390,9 @@ after(PyObject *guard, PyObject *span, PyObject *token, PyObject *finish, PyObje
     return guard_failed(guard);
 }
 
-/* spans.call_in_span: wrapped(*args, **kwargs) as the work of `span`, ended by after() either way */
+/* wrapped(*args, **kwargs): args any iterable, kwargs any mapping, as the call syntax takes them */
 static PyObject *
-call_in_span_c(PyObject *guard, PyObject *span, PyObject *token, PyObject *wrapped, PyObject *args,
-               PyObject *kwargs, PyObject *fail, PyObject *end)
+call_star(PyObject *wrapped, PyObject *args, PyObject *kwargs)
 {
     PyObject *call_args = PyTuple_CheckExact(args) ? Py_NewRef(args) : PySequence_Tuple(args);
     if (call_args == NULL)
@@ -409,6 +408,15 @@ call_in_span_c(PyObject *guard, PyObject *span, PyObject *token, PyObject *wrapp
     PyObject *result = PyObject_Call(wrapped, call_args, call_kwargs);
     Py_DECREF(call_args);
     Py_DECREF(call_kwargs);
+    return result;
+}
+
+/* spans.call_in_span: wrapped(*args, **kwargs) as the work of `span`, ended by after() either way */
+static PyObject *
+call_in_span_c(PyObject *guard, PyObject *span, PyObject *token, PyObject *wrapped, PyObject *args,
+               PyObject *kwargs, PyObject *fail, PyObject *end)
+{
+    PyObject *result = call_star(wrapped, args, kwargs);
     if (result != NULL) {
         if (after(guard, span, token, end, result) < 0) {
             Py_DECREF(result);
@@ -495,21 +503,7 @@ runner_vectorcall(Runner *self, PyObject *const *args, size_t nargsf, PyObject *
     }
     if (started == NULL || started == Py_None) {
         Py_XDECREF(started);
-        PyObject *t = PyTuple_CheckExact(call_args) ? Py_NewRef(call_args) : PySequence_Tuple(call_args);
-        if (t == NULL)
-            return NULL;
-        PyObject *d = NULL;
-        if (PyDict_CheckExact(call_kwargs)) {
-            d = Py_NewRef(call_kwargs);
-        } else if ((d = PyDict_New()) == NULL || PyDict_Update(d, call_kwargs) < 0) {
-            Py_DECREF(t);
-            Py_XDECREF(d);
-            return NULL;
-        }
-        PyObject *result = PyObject_Call(wrapped, t, d);
-        Py_DECREF(t);
-        Py_DECREF(d);
-        return result;
+        return call_star(wrapped, call_args, call_kwargs);
     }
     PyObject *parts = PyTuple_CheckExact(started) ? Py_NewRef(started) : PySequence_Tuple(started);
     Py_DECREF(started);

@@ -206,12 +206,12 @@ def use_native(on: bool) -> bool:
     return True
 
 
-def native_switch() -> bool:
-    """OTEL_TRACE_RUN_NATIVE_CALLS (true where it cannot be read)."""
+def native_switch(name: str = "OTEL_TRACE_RUN_NATIVE_CALLS") -> bool:
+    """A switch of the C extensions (OTEL_TRACE_RUN_NATIVE_CALLS, _SPAN): true where it cannot be read."""
     try:
         from trace_run.core import config
 
-        return bool(config.get("OTEL_TRACE_RUN_NATIVE_CALLS"))
+        return bool(config.get(name))
     except Exception:
         return True
 
