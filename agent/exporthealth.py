@@ -68,11 +68,14 @@ def encoded_size(spans: Sequence) -> int:
     return sum([len(s.data) for s in spans if type(s) is Encoded])
 
 
-def split(spans: Sequence, max_bytes) -> list:
-    """`spans` in runs whose encoded requests stay under max_bytes (a span bigger than that goes alone)."""
+def split(spans: Sequence, max_bytes, size: int = None) -> list:
+    """`spans` in runs whose encoded requests stay under max_bytes (a span bigger than that goes alone).
+    `size`: their encoded_size, where the caller has it (a batch that fits whole is not walked again)."""
     if not max_bytes or len(spans) < 2:
         return [spans]
     room = max_bytes - min(64 * 1024, max_bytes // 4)  # for the resource and scope framing
+    if size is not None and size + _FRAME * len(spans) <= room:
+        return [spans]
     chunks, current, size = [], [], 0
     for span in spans:
         n = len(span.data) + _FRAME if type(span) is Encoded else 0
@@ -154,17 +157,18 @@ class CountingExporter(SpanExporter):
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         budget = self.budget
         if budget is None:
-            return self._export_batch(spans)
+            return self._export_batch(spans, None)
         budget.taken(len(spans))
+        size = encoded_size(spans)  # once: for the split and for the budget (each a walk of the batch)
         try:
-            return self._export_batch(spans)
+            return self._export_batch(spans, size)
         finally:
-            budget.freed(encoded_size(spans))
+            budget.freed(size)
 
-    def _export_batch(self, spans: Sequence) -> SpanExportResult:
+    def _export_batch(self, spans: Sequence, size) -> SpanExportResult:
         self._count("handed", len(spans))
         result = SpanExportResult.SUCCESS
-        chunks = split(spans, self.max_request_bytes)
+        chunks = split(spans, self.max_request_bytes, size)
         for i, chunk in enumerate(chunks):
             if self.closed:  # shut at exit: what is left is never sent
                 self._count("unsent", sum(len(c) for c in chunks[i:]))
