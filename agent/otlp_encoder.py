@@ -38,6 +38,12 @@ except ImportError:  # not built (an install without a C compiler): all is encod
 
 SLICE = 128  # spans encoded between two GIL hand-overs
 PAUSE_S = 0.0001  # a real sleep: a thread waiting for the GIL takes it (sleep(0) rarely hands it over)
+
+
+def hand_over() -> None:
+    """Let a thread that waits for the GIL run (between two stretches of the export thread's Python)."""
+    time.sleep(PAUSE_S)
+
 _CACHE_MAX = 2048  # cached encoded attributes (key, short str value); bounded memory
 _CACHEABLE_LEN = 128
 _BLOCK_TYPES = frozenset((str, int))  # attribute blocks kept whole (Encoder._span_attributes)
@@ -121,7 +127,8 @@ class Encoder:
     attributes whose value is a short string (`db.system.name=postgresql`)."""
 
     def __init__(self, pause: bool = True, native: Optional[bool] = None):
-        """`native`: own spans encoded in C where the extension is built (None: as configured)."""
+        """`pause`: hand the GIL over between slices of a batch (on an export thread; see hand_over).
+        `native`: own spans encoded in C where the extension is built (None: as configured)."""
         self._pause = pause
         if native is None:
             from trace_run.core import config
@@ -379,12 +386,12 @@ class Encoder:
         512-span batch here, ~0.15 ms this way: benchmarks/README.md, the GIL section.)"""
         groups: dict = {}  # id(resource) -> (resource, {scope key: (scope, [span pieces])})
         entries: dict = {}  # (id(resource), id(scope)) -> its (scope, [span pieces])
-        sleep = time.sleep if self._pause and len(spans) > SLICE else None
+        pause = self._pause and len(spans) > SLICE
         heads = self._heads
         last = pieces = None  # the (resource, scope) of the span before, and its group's pieces
         for i, span in enumerate(spans):
-            if sleep is not None and i and not i % SLICE:
-                sleep(PAUSE_S)
+            if pause and i and not i % SLICE:
+                hand_over()
             if type(span) is Encoded:
                 data, resource, scope = span
             else:
@@ -415,22 +422,28 @@ class Encoder:
                 head = heads[n] = b"\x12" + _varint(n)
             pieces.append(head)
             pieces.append(data)
+        if pause:
+            hand_over()  # the last slice, then the request's framing and joining
         out = []
         for resource, scopes in groups.values():
             if resource is None:
                 continue  # merged into an equal resource seen before
             body = [self._resource(resource)]
+            size = len(body[0])
             for scope, pieces in scopes.values():
                 head = self._scope(scope)
                 tail = _field(b"\x1a", scope.schema_url.encode("utf-8")) if scope is not None and scope.schema_url \
                     else b""
-                body.append(b"\x12" + _varint(len(head) + sum(map(len, pieces)) + len(tail)))
-                body.append(head)
+                n = len(head) + sum(map(len, pieces)) + len(tail)
+                lead = b"\x12" + _varint(n)
+                body += (lead, head)
                 body += pieces
                 body.append(tail)
+                size += len(lead) + n
             if resource.schema_url:
                 body.append(_field(b"\x1a", resource.schema_url.encode("utf-8")))
-            out.append(b"\x0a" + _varint(sum(map(len, body))))
+                size += len(body[-1])
+            out.append(b"\x0a" + _varint(size))
             out += body
         return b"".join(out)
 

@@ -271,7 +271,9 @@ def test_a_batch_bigger_than_a_slice_pauses_and_still_matches(monkeypatch):
             pass
     spans = exporter.get_finished_spans()
     assert Encoder().encode(spans) == official_encode(spans).SerializePartialToString()
-    assert len(pauses) == 3
+    assert pauses == [otlp_encoder.PAUSE_S] * 4  # after each of 3 slices, then before the request is framed
+    del pauses[:]
+    assert Encoder().encode(spans[:otlp_encoder.SLICE]) and pauses == []  # one slice: no pause
 
 
 # -- the exporter ----------------------------------------------------------------------
