@@ -1,0 +1,243 @@
+"""How long the export thread keeps the GIL from a thread that wants it, per exported batch.
+
+    python benchmarks/gil_probe.py [--venv PATH] [--sizes 512,128] [--batches 40] [--repeats 1]
+
+A request thread that comes back from a socket read waits for the GIL while another thread runs
+Python (up to the 5 ms switch interval). Here a probe thread stands in for it: it sleeps 100 us
+in a loop and records how late each wake-up is, while trace-run's export thread sends a batch of
+spans (OTLP/HTTP, the agent as `trace-run python` builds it) to a lean local receiver. The main
+thread makes SIZE-1 spans, opens the probe's window, ends the SIZE-th span (which wakes the export
+thread) and sleeps 50 ms while the batch is sent: only the export thread and the probe run then.
+"control" windows are the same without a batch (the timer's own lateness). When a wake-up is over
+LATE_US late, the export thread's innermost frames are kept: where it was when it let go.
+Everything runs pinned to one CPU (taskset -c 1: the receiver too, so its CPU is in the windows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PROBE_SLEEP = 100e-6
+LATE_US = 300
+ATTRS = {"http.request.method": "GET", "url.path": "/plain", "url.scheme": "http", "server.address": "127.0.0.1",
+         "server.port": 8000, "network.protocol.version": "1.1", "http.route": "/plain",
+         "http.response.status_code": 200, "client.address": "127.0.0.1", "user_agent.original": "wrk"}
+
+
+# -- the receiver: HTTP/1.1 keep-alive, answers 200 with an empty body; counts requests and bytes -----
+
+
+def sink(portfile: str) -> None:
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    stats = {"requests": 0, "bytes": 0}
+    with open(portfile + ".tmp", "w") as f:
+        f.write(str(srv.getsockname()[1]))
+    os.replace(portfile + ".tmp", portfile)
+
+    def serve(conn: socket.socket) -> None:
+        buf = bytearray()
+        chunk = bytearray(1 << 20)
+        with conn:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    n = conn.recv_into(chunk)
+                    if not n:
+                        return
+                    buf += memoryview(chunk)[:n]
+                end = buf.index(b"\r\n\r\n")
+                lines = bytes(buf[:end]).split(b"\r\n")
+                del buf[:end + 4]
+                length = 0
+                for line in lines[1:]:
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                while len(buf) < length:  # (into one buffer: no copy of what came before per read)
+                    n = conn.recv_into(chunk)
+                    if not n:
+                        return
+                    buf += memoryview(chunk)[:n]
+                del buf[:length]
+                if lines[0].startswith(b"GET /stats"):
+                    out = json.dumps(stats).encode()
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(out), out))
+                    continue
+                stats["requests"] += 1
+                stats["bytes"] += length
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n")
+
+    while True:
+        conn, _ = srv.accept()
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+
+def sink_stats(port: int) -> dict:
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"GET /stats HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        data = b""
+        while not data.endswith(b"}"):
+            data += s.recv(65536)
+    return json.loads(data.split(b"\r\n\r\n", 1)[1])
+
+
+# -- the measured process (run under trace-run) --------------------------------------------------------
+
+
+class Probe(threading.Thread):
+    def __init__(self) -> None:
+        super().__init__(daemon=True, name="probe")
+        self.window = threading.Event()
+        self.samples: list = []  # (window label, window number, lateness in us)
+        self.number = 0
+        self.where: dict = {}  # label -> {frames: count} of late wake-ups
+        self.label = ""
+        self.export_thread = None
+
+    def run(self) -> None:
+        clock, sleep = time.perf_counter_ns, time.sleep
+        while True:
+            self.window.wait()
+            label, number = self.label, self.number
+            t0 = clock()
+            sleep(PROBE_SLEEP)
+            late = (clock() - t0) / 1e3 - PROBE_SLEEP * 1e6
+            if self.window.is_set() and self.number == number:  # (not a wake-up in the next window)
+                self.samples.append((label, number, late))
+                if late > LATE_US:
+                    self._note(label)
+
+    def open(self, label: str) -> None:
+        self.label, self.number = label, self.number + 1
+        self.window.set()
+
+    def close(self) -> None:
+        self.window.clear()
+        self.number += 1
+
+    def _note(self, label: str) -> None:
+        t = self.export_thread
+        frame = sys._current_frames().get(t.ident) if t is not None else None
+        names = []
+        while frame is not None and len(names) < 3:
+            code = frame.f_code
+            names.append("%s:%s:%d" % (os.path.basename(code.co_filename), code.co_name, frame.f_lineno))
+            frame = frame.f_back
+        key = " < ".join(names) or "?"
+        where = self.where.setdefault(label, {})
+        where[key] = where.get(key, 0) + 1
+
+
+def _spans(tracer, n: int) -> None:
+    from opentelemetry.trace import SpanKind
+
+    for _ in range(n):
+        with tracer.start_as_current_span("GET /plain", kind=SpanKind.SERVER, attributes=ATTRS):
+            pass
+
+
+def _wait_requests(port: int, want: int, timeout: float = 10.0) -> None:
+    deadline = time.time() + timeout
+    while sink_stats(port)["requests"] < want:
+        if time.time() > deadline:
+            raise SystemExit("the receiver did not get request %d" % want)
+        time.sleep(0.005)
+
+
+def measure(port: int, size: int, batches: int) -> dict:
+    from opentelemetry import trace
+
+    tracer = trace.get_tracer("probe")
+    probe = Probe()
+    probe.start()
+    sent = sink_stats(port)["requests"]
+    for i in range(batches + 2):  # the first two warm up (the exporter is built on the first span end)
+        _spans(tracer, size - 1)
+        time.sleep(0.02)
+        probe.open("control" if i >= 2 else "warm")
+        time.sleep(0.03)  # nothing exports: the timer's own lateness
+        probe.close()
+        if probe.export_thread is None:
+            probe.export_thread = next((t for t in threading.enumerate() if t.name.startswith("OtelBatch")), None)
+        probe.open("export" if i >= 2 else "warm")
+        _spans(tracer, 1)  # the SIZE-th span: the export thread wakes
+        sent += 1
+        time.sleep(0.05)  # a batch takes a few ms; nothing else of ours runs meanwhile
+        probe.close()
+        _wait_requests(port, sent)  # (it arrived: else the window was too short, and this says so)
+    out: dict = {"size": size, "batches": batches}
+    for label in ("control", "export"):
+        late = sorted(v for k, _, v in probe.samples if k == label)
+        worst: dict = {}  # window -> its latest wake-up
+        for k, n, v in probe.samples:
+            if k == label:
+                worst[n] = max(v, worst.get(n, 0.0))
+        worst_sorted = sorted(worst.values())
+        out[label] = {"window_max_p50_us": _q(worst_sorted, 0.5), "window_max_p90_us": _q(worst_sorted, 0.9),
+                      "n": len(late), "p50_us": _q(late, 0.5), "p99_us": _q(late, 0.99),
+                      "p999_us": _q(late, 0.999), "max_us": late[-1] if late else float("nan"),
+                      "over_%d_us" % LATE_US: sum(1 for v in late if v > LATE_US)}
+        out[label]["where"] = sorted(probe.where.get(label, {}).items(), key=lambda kv: -kv[1])[:6]
+    return out
+
+
+def _q(values: list, q: float) -> float:
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+# -- driver ---------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--venv", default=os.path.join(HERE, ".venvs", "tracerun"))
+    ap.add_argument("--sizes", default="512,128")
+    ap.add_argument("--batches", type=int, default=40)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--env", default="", help="K=V,K2=V2 for the measured process")
+    args = ap.parse_args()
+    portfile = os.path.join(tempfile.mkdtemp(prefix="gilprobe-"), "port")
+    pin = ["taskset", "-c", "1"]
+    receiver = subprocess.Popen(pin + [sys.executable, __file__, "sink", portfile])
+    try:
+        while not os.path.exists(portfile):
+            time.sleep(0.01)
+        port = int(open(portfile).read())
+        for _ in range(args.repeats):
+            for size in map(int, args.sizes.split(",")):
+                env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PYTHON"))}
+                env.update({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:%d" % port,
+                            "OTEL_SERVICE_NAME": "gil-probe", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": str(size),
+                            "OTEL_BSP_MAX_QUEUE_SIZE": str(max(2048, size)), "OTEL_BSP_SCHEDULE_DELAY": "60000"})
+                for item in filter(None, args.env.split(",")):
+                    key, _, value = item.partition("=")
+                    env[key] = value
+                cmd = pin + [os.path.join(args.venv, "bin", "trace-run"), os.path.join(args.venv, "bin", "python"),
+                             __file__, "measure", str(port), str(size), str(args.batches)]
+                out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                if out.returncode:
+                    sys.stderr.write(out.stderr)
+                    raise SystemExit("measure failed")
+                print(out.stdout.strip().splitlines()[-1])
+    finally:
+        receiver.terminate()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 3 and sys.argv[1] == "sink":
+        sink(sys.argv[2])
+    elif len(sys.argv) >= 5 and sys.argv[1] == "measure":
+        print(json.dumps(measure(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))))
+    else:
+        main()
