@@ -39,11 +39,6 @@ except ImportError:  # not built (an install without a C compiler): all is encod
 SLICE = 128  # spans encoded between two GIL hand-overs
 PAUSE_S = 0.0001  # a real sleep: a thread waiting for the GIL takes it (sleep(0) rarely hands it over)
 
-
-def hand_over() -> None:
-    """Let a thread that waits for the GIL run (between two stretches of the export thread's Python)."""
-    time.sleep(PAUSE_S)
-
 _CACHE_MAX = 2048  # cached encoded attributes (key, short str value); bounded memory
 _CACHEABLE_LEN = 128
 _BLOCK_TYPES = frozenset((str, int))  # attribute blocks kept whole (Encoder._span_attributes)
@@ -57,6 +52,11 @@ _FLAGS = (b"\x85\x01\x00\x01\x00\x00", b"\x85\x01\x00\x03\x00\x00")  # field 16 
 _EMPTY_STATUS = b"\x7a\x00"
 _tuple_new = tuple.__new__
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def hand_over() -> None:
+    """Let a thread that waits for the GIL run (between two stretches of the export thread's Python)."""
+    time.sleep(PAUSE_S)
 
 
 def _varint(n: int) -> bytes:
