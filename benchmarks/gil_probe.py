@@ -10,7 +10,8 @@ thread makes SIZE-1 spans, opens the probe's window, ends the SIZE-th span (whic
 thread) and sleeps 50 ms while the batch is sent: only the export thread and the probe run then.
 "control" windows are the same without a batch (the timer's own lateness). When a wake-up is over
 LATE_US late, the export thread's innermost frames are kept: where it was when it let go.
-Everything runs pinned to one CPU (taskset -c 1: the receiver too, so its CPU is in the windows).
+Everything runs pinned to one CPU (taskset -c 1), the receiver too, niced so that the probe preempts it:
+a wake-up late while the export thread waits for the answer is the receiver's or another process's.
 """
 
 from __future__ import annotations
@@ -94,27 +95,67 @@ def sink_stats(port: int) -> dict:
 # -- the measured process (run under trace-run) --------------------------------------------------------
 
 
+_SLEEP_C = r"""
+#include <time.h>
+long long probe_sleep(long ns) {  /* sleeps, then reads the clock: before the GIL is taken back */
+    struct timespec t = {0, ns}, w;
+    nanosleep(&t, 0);
+    clock_gettime(CLOCK_MONOTONIC, &w);
+    return (long long)w.tv_sec * 1000000000LL + w.tv_nsec;
+}
+"""
+
+
+def _sleep_reading_the_wake_up():
+    """probe_sleep(ns) -> the monotonic ns at which the OS woke the thread (ctypes lets go of the GIL
+    around it), so that a wake-up's lateness splits into the OS's and the wait for the GIL; None
+    where no C compiler is found (then only the total is known)."""
+    import ctypes
+    import shutil
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return None
+    folder = tempfile.mkdtemp(prefix="gilprobe-c-")
+    src, lib = os.path.join(folder, "s.c"), os.path.join(folder, "s.so")
+    with open(src, "w") as f:
+        f.write(_SLEEP_C)
+    if subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", lib, src]).returncode:
+        return None
+    fn = ctypes.CDLL(lib).probe_sleep
+    fn.restype, fn.argtypes = ctypes.c_longlong, [ctypes.c_long]
+    return fn
+
+
 class Probe(threading.Thread):
     def __init__(self) -> None:
         super().__init__(daemon=True, name="probe")
         self.window = threading.Event()
-        self.samples: list = []  # (window label, window number, lateness in us)
+        self.samples: list = []  # (window label, window number, lateness, GIL wait), in us
         self.number = 0
-        self.where: dict = {}  # label -> {frames: count} of late wake-ups
+        self.where: dict = {}  # label -> {frames: count} of long waits for the GIL
         self.label = ""
         self.export_thread = None
+        self.native = _sleep_reading_the_wake_up()
 
     def run(self) -> None:
-        clock, sleep = time.perf_counter_ns, time.sleep
+        clock, sleep, native = time.monotonic_ns, time.sleep, self.native
+        ns = int(PROBE_SLEEP * 1e9)
         while True:
             self.window.wait()
             label, number = self.label, self.number
             t0 = clock()
-            sleep(PROBE_SLEEP)
-            late = (clock() - t0) / 1e3 - PROBE_SLEEP * 1e6
+            if native is not None:
+                woke = native(ns)
+            else:
+                sleep(PROBE_SLEEP)
+                woke = None
+            t1 = clock()
+            late = (t1 - t0 - ns) / 1e3
+            gil = (t1 - woke) / 1e3 if woke is not None else late
             if self.window.is_set() and self.number == number:  # (not a wake-up in the next window)
-                self.samples.append((label, number, late))
-                if late > LATE_US:
+                self.samples.append((label, number, late, gil))
+                if gil > LATE_US:
                     self._note(label)
 
     def open(self, label: str) -> None:
@@ -175,20 +216,24 @@ def measure(port: int, size: int, batches: int) -> dict:
         time.sleep(0.05)  # a batch takes a few ms; nothing else of ours runs meanwhile
         probe.close()
         _wait_requests(port, sent)  # (it arrived: else the window was too short, and this says so)
-    out: dict = {"size": size, "batches": batches}
+    out: dict = {"size": size, "batches": batches, "split": probe.native is not None}
     for label in ("control", "export"):
-        late = sorted(v for k, _, v in probe.samples if k == label)
-        worst: dict = {}  # window -> its latest wake-up
-        for k, n, v in probe.samples:
-            if k == label:
-                worst[n] = max(v, worst.get(n, 0.0))
-        worst_sorted = sorted(worst.values())
-        out[label] = {"window_max_p50_us": _q(worst_sorted, 0.5), "window_max_p90_us": _q(worst_sorted, 0.9),
-                      "n": len(late), "p50_us": _q(late, 0.5), "p99_us": _q(late, 0.99),
-                      "p999_us": _q(late, 0.999), "max_us": late[-1] if late else float("nan"),
-                      "over_%d_us" % LATE_US: sum(1 for v in late if v > LATE_US)}
-        out[label]["where"] = sorted(probe.where.get(label, {}).items(), key=lambda kv: -kv[1])[:6]
+        mine = [x for x in probe.samples if x[0] == label]
+        out[label] = {"n": len(mine), "late": _stats(mine, 2), "gil": _stats(mine, 3),
+                      "where": sorted(probe.where.get(label, {}).items(), key=lambda kv: -kv[1])[:6]}
     return out
+
+
+def _stats(samples: list, field: int) -> dict:
+    """Quantiles of one field of the samples, and of each window's largest."""
+    values = sorted(x[field] for x in samples)
+    worst: dict = {}
+    for x in samples:
+        worst[x[1]] = max(x[field], worst.get(x[1], 0.0))
+    windows = sorted(worst.values())
+    return {"p50": _q(values, 0.5), "p99": _q(values, 0.99), "p999": _q(values, 0.999),
+            "max": values[-1] if values else float("nan"), "over": sum(1 for v in values if v > LATE_US),
+            "window_max_p50": _q(windows, 0.5), "window_max_p90": _q(windows, 0.9)}
 
 
 def _q(values: list, q: float) -> float:
@@ -198,6 +243,24 @@ def _q(values: list, q: float) -> float:
 # -- driver ---------------------------------------------------------------------------------------------
 
 
+def _rows(result: dict, venv: str) -> str:
+    """Lateness of the probe's wake-ups and, apart, its wait for the GIL (us): quantiles, and the median and
+    90th percentile of each window's largest; then where the export thread was when a long wait ended."""
+    lines = []
+    for label in ("control", "export"):
+        r = result[label]
+        for what in ("late", "gil") if result["split"] else ("late",):
+            x = r[what]
+            lines.append("%-28s %5d %-7s %-4s n=%5d  p50 %5.0f  p99 %5.0f  p99.9 %5.0f  max %5.0f  >%dus %4d  "
+                         "window max p50 %5.0f p90 %5.0f" % (
+                             os.path.basename(os.path.dirname(venv.rstrip("/"))) + "/" + os.path.basename(venv),
+                             result["size"], label, what, r["n"], x["p50"], x["p99"], x["p999"], x["max"],
+                             LATE_US, x["over"], x["window_max_p50"], x["window_max_p90"]))
+        lines += ["      %4d  %s" % (n, where) for where, n in r["where"][:5]]
+    return "\n".join(lines)
+
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--venv", default=os.path.join(HERE, ".venvs", "tracerun"))
@@ -205,10 +268,12 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=40)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--env", default="", help="K=V,K2=V2 for the measured process")
+    ap.add_argument("--json", action="store_true", help="one JSON line per run, not the table")
     args = ap.parse_args()
     portfile = os.path.join(tempfile.mkdtemp(prefix="gilprobe-"), "port")
     pin = ["taskset", "-c", "1"]
-    receiver = subprocess.Popen(pin + [sys.executable, __file__, "sink", portfile])
+    # niced: on the probe's CPU its work must not read as the export thread's (the probe preempts it)
+    receiver = subprocess.Popen(pin + ["nice", "-n", "19", sys.executable, __file__, "sink", portfile])
     try:
         while not os.path.exists(portfile):
             time.sleep(0.01)
@@ -229,7 +294,8 @@ def main() -> None:
                 if out.returncode:
                     sys.stderr.write(out.stderr)
                     raise SystemExit("measure failed")
-                print(out.stdout.strip().splitlines()[-1])
+                result = json.loads(out.stdout.strip().splitlines()[-1])
+                print(json.dumps(result) if args.json else _rows(result, args.venv), flush=True)
     finally:
         receiver.terminate()
 
