@@ -54,9 +54,28 @@ _tuple_new = tuple.__new__
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
+SLOW_HAND_OVER_S = 0.002  # a hand-over that took this long waited for the switch interval (5 ms) to get the GIL back
+SKIP_S = 0.5  # and then none for this long
+_skip_until = 0.0
+
+
 def hand_over() -> None:
-    """Let a thread that waits for the GIL run (between two stretches of the export thread's Python)."""
+    """Let a thread that waits for the GIL run (between two stretches of the export thread's Python).
+
+    A server's threads let go of the GIL at every socket call, and the export thread has it back in
+    a fraction of a millisecond. A program thread that never blocks does not: the export thread
+    waits for the switch interval (5 ms) at each hand-over: the queue overflowed in a CPU-bound
+    program (benchmarks/README.md, the GIL section), whose thread waits for the export thread's
+    Python all the same, in more and shorter pieces. So a hand-over that took SLOW_HAND_OVER_S
+    stops them for SKIP_S."""
+    global _skip_until
+    start = time.monotonic()
+    if start < _skip_until:
+        return
     time.sleep(PAUSE_S)
+    end = time.monotonic()
+    if end - start >= SLOW_HAND_OVER_S:
+        _skip_until = end + SKIP_S
 
 
 def _varint(n: int) -> bytes:

@@ -26,6 +26,7 @@ def _record_pauses(monkeypatch, events: list) -> None:
             real(seconds)
 
     monkeypatch.setattr(otlp_encoder.time, "sleep", sleep)
+    monkeypatch.setattr(otlp_encoder, "_skip_until", 0.0)  # (a slow hand-over before, on a busy machine)
 
 
 def _pipeline(receiver, monkeypatch, **env):
@@ -92,10 +93,12 @@ def test_a_pipeline_exporting_on_the_programs_thread_never_pauses(receiver, monk
     assert events == []
 
 
-def test_hand_over_lets_a_thread_waiting_for_the_gil_run():
+def test_hand_over_lets_a_thread_waiting_for_the_gil_run(monkeypatch):
     """With no forced switch (a switch interval of 100 s), a thread woken while this one holds the GIL
     runs only when this one lets go of it: hand_over does (time.sleep(0) may be taken back at once, so a
     few calls are allowed); the loop in between does not."""
+    monkeypatch.setattr(otlp_encoder, "SLOW_HAND_OVER_S", 60.0)  # never skipped here, however busy the machine
+    monkeypatch.setattr(otlp_encoder, "_skip_until", 0.0)
     go, ran = threading.Event(), []
     other = threading.Thread(target=lambda: (go.wait(), ran.append(1)))
     other.start()
@@ -115,3 +118,39 @@ def test_hand_over_lets_a_thread_waiting_for_the_gil_run():
         sys.setswitchinterval(saved)
     other.join(5)
     assert spun and before == [] and after == [1]
+
+
+class _Clock:
+    """otlp_encoder's `time`: a clock that moves only when slept on, by `step` (how long the GIL took to come back)."""
+
+    def __init__(self):
+        self.now, self.step, self.slept = 100.0, 0.0001, []
+
+    def monotonic(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.slept.append(seconds)
+        self.now += self.step
+
+
+def test_a_hand_over_that_waited_for_the_switch_interval_stops_them_for_a_while(monkeypatch):
+    clock = _Clock()
+    monkeypatch.setattr(otlp_encoder, "time", clock)
+    monkeypatch.setattr(otlp_encoder, "_skip_until", 0.0)
+    hand_over()
+    hand_over()
+    assert clock.slept == [PAUSE_S] * 2  # the GIL came back at once: the program lets go of it
+    clock.step = 0.005  # the switch interval: a thread that never blocks held it
+    hand_over()
+    clock.step = 0.0001
+    for _ in range(3):
+        hand_over()
+    assert len(clock.slept) == 3  # none for SKIP_S
+    clock.now += otlp_encoder.SKIP_S
+    hand_over()
+    assert len(clock.slept) == 4  # then pauses again
+    clock.step = otlp_encoder.SLOW_HAND_OVER_S - 0.0001
+    hand_over()
+    hand_over()
+    assert len(clock.slept) == 6  # (under the bound: not slow)
