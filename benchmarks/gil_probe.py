@@ -1,6 +1,7 @@
 """How long the export thread keeps the GIL from a thread that wants it, per exported batch.
 
     python benchmarks/gil_probe.py [--venv PATH] [--sizes 512,128] [--batches 40] [--repeats 1]
+                                   [--work US] [--json]
 
 A request thread that comes back from a socket read waits for the GIL while another thread runs
 Python (up to the 5 ms switch interval). Here a probe thread stands in for it: it sleeps 100 us
@@ -8,10 +9,13 @@ in a loop and records how late each wake-up is, while trace-run's export thread 
 spans (OTLP/HTTP, the agent as `trace-run python` builds it) to a lean local receiver. The main
 thread makes SIZE-1 spans, opens the probe's window, ends the SIZE-th span (which wakes the export
 thread) and sleeps 50 ms while the batch is sent: only the export thread and the probe run then.
-"control" windows are the same without a batch (the timer's own lateness). When a wake-up is over
-LATE_US late, the export thread's innermost frames are kept: where it was when it let go.
-Everything runs pinned to one CPU (taskset -c 1), the receiver too, niced so that the probe preempts it:
-a wake-up late while the export thread waits for the answer is the receiver's or another process's.
+"control" windows are the same without a batch. The probe sleeps in a few lines of C that read the
+clock as the OS wakes it (before the GIL is taken back), so that its lateness splits into the OS's
+("late") and the wait for the GIL ("gil"); where no C compiler is found, only the total is known.
+When a wait for the GIL is over LATE_US, the export thread's innermost frames are kept: where it was
+when it let go. With --work, each wake-up is a request (Python in four parts, the GIL let go between
+them) and "gil" is its time from the wake-up to its end.
+Everything runs pinned to one CPU (taskset -c 1), the receiver too, niced so that the probe preempts it.
 """
 
 from __future__ import annotations
