@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from trace_run.core import compat
 
+from .otlp_encoder import hand_over
+
 ANSWER_CAP = 64 * 1024
 GRPC_OPTIONS = (("grpc.max_receive_message_length", ANSWER_CAP),)
 
@@ -80,6 +82,7 @@ def _urllib3_request(pool, method, url, headers, timeout, data):
         )
     except Exception as error:
         return Urllib3HTTPResult(error=error)
+    hand_over()  # the answer's head was read and parsed (~0.25 ms of the GIL): the rest is a stretch of its own
     body, whole = _read_capped(response)
     try:
         if not whole:

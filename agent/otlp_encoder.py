@@ -38,6 +38,7 @@ except ImportError:  # not built (an install without a C compiler): all is encod
 
 SLICE = 128  # spans encoded between two GIL hand-overs
 PAUSE_S = 0.0001  # a real sleep: a thread waiting for the GIL takes it (sleep(0) rarely hands it over)
+
 _CACHE_MAX = 2048  # cached encoded attributes (key, short str value); bounded memory
 _CACHEABLE_LEN = 128
 _BLOCK_TYPES = frozenset((str, int))  # attribute blocks kept whole (Encoder._span_attributes)
@@ -53,9 +54,35 @@ _tuple_new = tuple.__new__
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
+SLOW_HAND_OVER_S = 0.002  # a hand-over that took this long waited for the switch interval (5 ms) to get the GIL back
+SKIP_S = 0.5  # and then none for this long
+_skip_until = 0.0
+
+
+def hand_over() -> None:
+    """Let a thread that waits for the GIL run (between two stretches of the export thread's Python).
+
+    A server's threads let go of the GIL at every socket call, and the export thread has it back in
+    a fraction of a millisecond. A program thread that never blocks does not: the export thread
+    waits for the switch interval (5 ms) at each hand-over: the queue overflowed in a CPU-bound
+    program (benchmarks/README.md, the GIL section), whose thread waits for the export thread's
+    Python all the same, in more and shorter pieces. So a hand-over that took SLOW_HAND_OVER_S
+    stops them for SKIP_S."""
+    global _skip_until
+    start = time.monotonic()
+    if start < _skip_until:
+        return
+    time.sleep(PAUSE_S)
+    end = time.monotonic()
+    if end - start >= SLOW_HAND_OVER_S:
+        _skip_until = end + SKIP_S
+
+
 def _varint(n: int) -> bytes:
     if n < 128:
         return _VARINT_1[n] if n >= 0 else _varint(n + (1 << 64))
+    if n < 16384:  # (a span's length, mostly)
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
     out = bytearray()
     while n >= 128:
         out.append((n & 0x7F) | 0x80)
@@ -119,7 +146,8 @@ class Encoder:
     attributes whose value is a short string (`db.system.name=postgresql`)."""
 
     def __init__(self, pause: bool = True, native: Optional[bool] = None):
-        """`native`: own spans encoded in C where the extension is built (None: as configured)."""
+        """`pause`: hand the GIL over between slices of a batch (on an export thread; see hand_over).
+        `native`: own spans encoded in C where the extension is built (None: as configured)."""
         self._pause = pause
         if native is None:
             from trace_run.core import config
@@ -128,6 +156,7 @@ class Encoder:
         self._native, self._native_preencode = (_NATIVE_SPAN, _NATIVE_PREENCODE) if native else (None, None)
         self._attr_caches: dict = {}  # field tag -> {(key, value): encoded field}
         self._names: dict = {}  # span name -> (kind, encoded name and kind fields)
+        self._heads: dict = {}  # a span's length -> its field's header in a request (tag, length)
         self._resource_cache: dict = {}  # id -> (resource, bytes), see _cached
         self._scope_cache: dict = {}
         self._blocks: dict = {}  # a span's attributes, all str or int, as items -> their encoded fields, joined
@@ -367,43 +396,74 @@ class Encoder:
 
     def encode(self, spans: Sequence) -> bytes:
         """An ExportTraceServiceRequest: spans grouped by resource, then by scope,
-        each group in order of first appearance (as the official encoder does)."""
-        groups: dict = {}  # id(resource) -> (resource, {scope key: (scope, [span bytes])})
-        entries: dict = {}  # (id(resource), id(scope)) -> its (scope, [span bytes])
-        sleep = time.sleep if self._pause and len(spans) > SLICE else None
+        each group in order of first appearance (as the official encoder does).
+
+        This runs on the export thread holding the GIL, so it does little per span: its group is
+        looked up only when it is not the span before's, its field header comes from a cache by
+        length, its bytes are not copied; the request is joined once, at the end. (Joining each
+        level of nesting apart and copying every span behind its header took ~0.8 ms of GIL per
+        512-span batch here, ~0.15 ms this way: benchmarks/README.md, the GIL section.)"""
+        groups: dict = {}  # id(resource) -> (resource, {scope key: (scope, [span pieces])})
+        entries: dict = {}  # (id(resource), id(scope)) -> its (scope, [span pieces])
+        pause = self._pause and len(spans) > SLICE
+        heads = self._heads
+        last = pieces = None  # the (resource, scope) of the span before, and its group's pieces
         for i, span in enumerate(spans):
-            if sleep is not None and i and not i % SLICE:
-                sleep(PAUSE_S)
-            resource, scope = span.resource, span.instrumentation_scope
-            # by the objects' ids first: hashing an InstrumentationScope runs Python code (every span is
-            # alive until this returns, so no id is reused meanwhile)
-            entry = entries.get((id(resource), id(scope)))
-            if entry is None:
-                group = groups.get(id(resource))
-                if group is None:
-                    group = _equal_group(groups, resource)
-                scopes = group[1]
-                key = scope or None
-                entry = scopes.get(key)
+            if pause and i and not i % SLICE:
+                hand_over()
+            if type(span) is Encoded:
+                data, resource, scope = span
+            else:
+                data, resource, scope = None, span.resource, span.instrumentation_scope
+            if last is None or last[0] is not resource or last[1] is not scope:
+                last = (resource, scope)
+                # by the objects' ids first: hashing an InstrumentationScope runs Python code (every span is
+                # alive until this returns, so no id is reused meanwhile)
+                entry = entries.get((id(resource), id(scope)))
                 if entry is None:
-                    entry = scopes[key] = (key, [])
-                entries[(id(resource), id(scope))] = entry
-            data = span.data if type(span) is Encoded else self.span(span)
+                    group = groups.get(id(resource))
+                    if group is None:
+                        group = _equal_group(groups, resource)
+                    scopes = group[1]
+                    key = scope or None
+                    entry = scopes.get(key)
+                    if entry is None:
+                        entry = scopes[key] = (key, [])
+                    entries[(id(resource), id(scope))] = entry
+                pieces = entry[1]
+            if data is None:
+                data = self.span(span)
             n = len(data)
-            entry[1].append(b"\x12" + (_VARINT_1[n] if n < 128 else _varint(n)) + data)
+            head = heads.get(n)
+            if head is None:
+                if len(heads) >= _CACHE_MAX:
+                    heads.clear()
+                head = heads[n] = b"\x12" + _varint(n)
+            pieces.append(head)
+            pieces.append(data)
+        if pause:
+            hand_over()  # the last slice, then the request's framing and joining
         out = []
         for resource, scopes in groups.values():
             if resource is None:
                 continue  # merged into an equal resource seen before
             body = [self._resource(resource)]
-            for scope, encoded in scopes.values():
-                data = [self._scope(scope)] + encoded
-                if scope is not None and scope.schema_url:
-                    data.append(_field(b"\x1a", scope.schema_url.encode("utf-8")))
-                body.append(_field(b"\x12", b"".join(data)))
+            size = len(body[0])
+            for scope, pieces in scopes.values():
+                head = self._scope(scope)
+                tail = _field(b"\x1a", scope.schema_url.encode("utf-8")) if scope is not None and scope.schema_url \
+                    else b""
+                n = len(head) + sum(map(len, pieces)) + len(tail)
+                lead = b"\x12" + _varint(n)
+                body += (lead, head)
+                body += pieces
+                body.append(tail)
+                size += len(lead) + n
             if resource.schema_url:
                 body.append(_field(b"\x1a", resource.schema_url.encode("utf-8")))
-            out.append(_field(b"\x0a", b"".join(body)))
+                size += len(body[-1])
+            out.append(b"\x0a" + _varint(size))
+            out += body
         return b"".join(out)
 
 

@@ -393,7 +393,7 @@ def _build_pipeline(spec: dict, batch: dict, exporthealth):
     lazy = LazyExporter(exporter, target, warm=warm, scrub=scrubber(spec.get("endpoint", "")))
     health = exporthealth.CountingExporter(lazy, target, budget=budget,
                                            max_request_bytes=config.get("OTEL_TRACE_RUN_MAX_REQUEST_BYTES"),
-                                           scrub=scrubber(spec.get("endpoint", "")))
+                                           scrub=scrubber(spec.get("endpoint", "")), hands_over=True)
     inert = does_nothing(BatchSpanProcessor.on_start)
     if name == "otlp" and spec.get("encoder") == "fast":
         # spans are redacted and encoded as they end; the queue holds bytes (see otlp_encoder.Encoded)

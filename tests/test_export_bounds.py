@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 
 from apps.fault_servers import FaultServer
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from support import clean_env, run_traced, write_script
 
 # lost, ended, dropped, failed[, sent without an answer]
@@ -137,3 +139,16 @@ def test_a_timed_out_export_is_counted_as_sent_without_an_answer(tmp_path):
     lost, ended, dropped, failed, unanswered = (int(g or 0) for g in line.groups())
     assert lost == ended == 400 and dropped == failed == 0, proc.stderr
     assert unanswered == 400 == len(received) == len(set(received)), (len(received), proc.stderr)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(st.integers(0, 300), st.none()), max_size=40), st.integers(0, 6000))
+@example([100] * 10, 1360)  # room 1020: the bytes fit, with their framing (6 each) they do not
+@example([100] * 10, 1420)  # room 1065: both fit
+def test_a_batch_that_fits_whole_is_split_as_the_walk_would_split_it(lengths, max_bytes):
+    """split() told the batch's size skips its walk only where the walk would make one run of it."""
+    from trace_run.agent.exporthealth import encoded_size, split
+    from trace_run.agent.otlp_encoder import Encoded
+
+    spans = [Encoded(b"x" * n, None, None) if n is not None else object() for n in lengths]  # object(): not encoded
+    assert [list(c) for c in split(spans, max_bytes, encoded_size(spans))] == [list(c) for c in split(spans, max_bytes)]

@@ -111,6 +111,32 @@ def test_spans_encoded_as_they_end_frame_to_the_same_bytes():
         assert Encoder().encode(batch) == official_encode(spans).SerializePartialToString()
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, 2), st.sampled_from("abc"), st.sampled_from([0, 100, 200, 17000])),
+                min_size=1, max_size=12))
+def test_runs_and_returns_of_groups_and_long_spans_frame_to_the_same_bytes(order):
+    """Spans in runs of one scope, groups left and come back to, span lengths with 1-, 2- and 3-byte
+    varints; one encoder for every batch, its cache of span headers starting over (see Encoder.encode)."""
+    providers = [_provider(Resource({"service.name": name})) for name in ("p0", "p1", "p0")]  # p2 equals p0
+    for which, scope, size in order:
+        with providers[which][0].get_tracer(scope).start_as_current_span("s", attributes={"v": "x" * size}):
+            pass
+    spans = sorted(sum((list(e.get_finished_spans()) for _, e in providers), []), key=lambda s: s.start_time)
+    expected = official_encode(spans).SerializePartialToString()
+    encoder = _RUNS_ENCODER
+    items = [encoder.preencode(s) for s in spans]
+    saved, otlp_encoder._CACHE_MAX = otlp_encoder._CACHE_MAX, 2  # the caches start over often
+    try:
+        assert encoder.encode(items) == expected
+        assert encoder.encode(spans) == expected  # (not encoded as they ended: the same framing)
+    finally:
+        otlp_encoder._CACHE_MAX = saved
+    assert len(encoder._heads) <= 2
+
+
+_RUNS_ENCODER = Encoder(pause=False)
+
+
 def test_spans_of_equal_resources_share_a_group_and_different_ones_do_not():
     p1, e1 = _provider(Resource({"service.name": "a"}))
     p2, e2 = _provider(Resource({"service.name": "a"}))  # equal, another object
@@ -238,6 +264,7 @@ def test_where_span_context_is_not_the_tuple_it_reads_every_span_takes_the_prope
 def test_a_batch_bigger_than_a_slice_pauses_and_still_matches(monkeypatch):
     pauses = []
     monkeypatch.setattr(otlp_encoder.time, "sleep", pauses.append)
+    monkeypatch.setattr(otlp_encoder, "_skip_until", 0.0)  # (a slow hand-over before, on a busy machine)
     provider, exporter = _provider()
     tracer = provider.get_tracer("t")
     for i in range(otlp_encoder.SLICE * 3 + 1):
@@ -245,7 +272,9 @@ def test_a_batch_bigger_than_a_slice_pauses_and_still_matches(monkeypatch):
             pass
     spans = exporter.get_finished_spans()
     assert Encoder().encode(spans) == official_encode(spans).SerializePartialToString()
-    assert len(pauses) == 3
+    assert pauses == [otlp_encoder.PAUSE_S] * 4  # after each of 3 slices, then before the request is framed
+    del pauses[:]
+    assert Encoder().encode(spans[:otlp_encoder.SLICE]) and pauses == []  # one slice: no pause
 
 
 # -- the exporter ----------------------------------------------------------------------
