@@ -98,5 +98,6 @@ def call_in_span(guard: Guard, span: Any, token: Any, wrapped: Callable, args: t
     return result
 
 
+python_call_in_span = call_in_span  # (kept beside the C one: the tests compare the two)
 if runtime_context.NATIVE is not None:  # the same steps in C (core/_call_native.c)
     call_in_span = runtime_context.NATIVE.call_in_span  # noqa: F811

@@ -329,7 +329,7 @@ def test_the_programs_exception_is_the_same_object_with_its_traceback():
 def test_call_in_span_is_the_python_one(end):
     for how in ("ok", "raise"):
         logs = []
-        for fn in (native.call_in_span, _python_call_in_span()):
+        for fn in (native.call_in_span, spans.python_call_in_span):
             rec = Recorder()
             token = runtime_context.attach(Context({"inside": "x"}))
             wrapped = _wrapped_factory(rec.log, how)
@@ -340,15 +340,6 @@ def test_call_in_span_is_the_python_one(end):
                 out = ("raised", exc is ERROR)
             logs.append((out, rec.log))
         assert logs[0] == logs[1]
-
-
-def _python_call_in_span():
-    source = importlib.util.find_spec("trace_run.instrumentors.spans").origin
-    namespace: dict = {}
-    with open(source) as f:
-        exec(compile(f.read().replace("if runtime_context.NATIVE is not None:", "if False:"), source, "exec"),
-             namespace)
-    return namespace["call_in_span"]
 
 
 def test_runner_rejects_other_calls():
