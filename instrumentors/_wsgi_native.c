@@ -8,9 +8,16 @@
  * wsgi.server_attributes calls (its query, peer and header-capture helpers, bounds.limit, capture); a request
  * it was not written for (another method, a non-ASCII or long path, an environ that is not a dict, ...)
  * goes to wsgi.python_server_attributes whole. tests/instrumentors/http/test_wsgi_native.py compares both.
+ *
+ * wsgi.handle in C, and the base of its per-request state (wsgi._Request's fields): every request, sampled or
+ * not, ran ~100 bytecodes of handle and ~80 more in the steps it calls (extract, start_server_span,
+ * start_span_deferred, _Request.__init__). This makes the same calls in the same order; the steps that are
+ * rare or long (a traceparent to extract, another tracer class, the exclusions, a failed request) call the
+ * same Python functions. tests/instrumentors/http/test_wsgi_handle_native.py runs both through the same cases.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 
 #if PY_VERSION_HEX < 0x030A0000
 static inline PyObject *
@@ -41,6 +48,7 @@ static const char *str_values[N_STR] = {
     "HTTP_HOST", "SERVER_NAME", "SERVER_PORT", "HTTP_X_FORWARDED_FOR", "REMOTE_ADDR", "HTTP_USER_AGENT",
     "SERVER_PROTOCOL", "SERVER_REQUEST"};
 static PyObject *S[N_STR];
+static PyObject *empty_tuple;
 /* the environ keys of the peer attributes' key, in wsgi._peer_attributes' order */
 static const int peer_keys[7] = {S_HTTP_HOST, S_SERVER_NAME, S_SERVER_PORT, S_X_FORWARDED_FOR, S_REMOTE_ADDR,
                                  S_USER_AGENT, S_SERVER_PROTOCOL};
@@ -178,6 +186,510 @@ server_attributes(PyObject *module, PyObject *environ)
     return r;
 }
 
+/* -- wsgi._Request's fields, and wsgi.handle ---------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *span, *ctx, *status, *ended, *recorded, *held_whole;
+} Request;
+
+static PyMemberDef request_members[] = {
+    {"span", T_OBJECT_EX, offsetof(Request, span), 0, NULL},
+    {"ctx", T_OBJECT_EX, offsetof(Request, ctx), 0, NULL},
+    {"status", T_OBJECT_EX, offsetof(Request, status), 0, NULL},
+    {"ended", T_OBJECT_EX, offsetof(Request, ended), 0, NULL},
+    {"recorded", T_OBJECT_EX, offsetof(Request, recorded), 0, NULL},
+    {"held_whole", T_OBJECT_EX, offsetof(Request, held_whole), 0, NULL},
+    {NULL, 0, 0, 0, NULL}};
+
+static void
+request_fill(Request *r, PyObject *span, PyObject *ctx)
+{
+    Py_XSETREF(r->span, Py_NewRef(span));
+    Py_XSETREF(r->ctx, Py_NewRef(ctx));
+    Py_XSETREF(r->status, Py_NewRef(Py_None));
+    Py_XSETREF(r->ended, Py_NewRef(Py_False));
+    Py_XSETREF(r->recorded, Py_NewRef(Py_None));
+    Py_XSETREF(r->held_whole, Py_NewRef(Py_False));
+}
+
+static int
+request_init(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"span", "ctx", NULL};
+    PyObject *span, *ctx;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO:_Request", names, &span, &ctx))
+        return -1;
+    request_fill((Request *)self, span, ctx);
+    return 0;
+}
+
+static int
+request_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    Request *r = (Request *)self;
+    Py_VISIT(r->span);
+    Py_VISIT(r->ctx);
+    Py_VISIT(r->status);
+    Py_VISIT(r->ended);
+    Py_VISIT(r->recorded);
+    Py_VISIT(r->held_whole);
+    return 0;
+}
+
+static int
+request_clear(PyObject *self)
+{
+    Request *r = (Request *)self;
+    Py_CLEAR(r->span);
+    Py_CLEAR(r->ctx);
+    Py_CLEAR(r->status);
+    Py_CLEAR(r->ended);
+    Py_CLEAR(r->recorded);
+    Py_CLEAR(r->held_whole);
+    return 0;
+}
+
+static void
+request_dealloc(PyObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    request_clear(self);
+    Py_TYPE(self)->tp_free(self);
+}
+
+static PyTypeObject RequestType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "trace_run.instrumentors._wsgi_native.Request",
+    .tp_doc = "wsgi._Request's fields (span, ctx, status, ended, recorded, held_whole), made here by handle.",
+    .tp_basicsize = sizeof(Request),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = request_init,
+    .tp_traverse = request_traverse,
+    .tp_clear = request_clear,
+    .tp_dealloc = request_dealloc,
+    .tp_members = request_members,
+};
+
+enum {
+    H_PYTHON, H_ENVIRON_KEY, H_ENABLED_IN, H_RUNTIME, H_GLOBALS, H_EXTRACT, H_START_SERVER_SPAN, H_DEFAULT_PAIR,
+    H_PROPAGATION, H_PROPAGATE, H_GET_TEXTMAP, H_EMPTY, H_IS_DEFERRED, H_PARTIAL, H_SERVER_KIND, H_NON_RECORDING,
+    H_REQUEST, H_GUARD_FAILED, H_END_FAILED, H_TRACED_BODY, H_UNRECORDED_BODY, H_HELD_BODY, N_HCONF
+};
+static const char *hconf_names[N_HCONF] = {
+    "python", "environ_key", "enabled_in", "runtime", "globals", "extract", "start_server_span", "default_pair",
+    "propagation", "propagate", "get_global_textmap", "empty", "is_deferred", "partial", "server_kind",
+    "non_recording", "request", "guard_failed", "end_failed", "traced_body", "unrecorded_body", "held_body"};
+static PyObject *hconf[N_HCONF];
+static int handle_configured;
+static PyObject *known_deferred, *other_deferred;  /* start_span_deferred functions seen: fastspan's, another */
+
+enum {
+    N_GET_CURRENT, N_ATTACH, N_DETACH, N_WITH_SPAN, N_EXTRACT, N_START_SERVER_SPAN, N_SERVER_ATTRIBUTES, N_KNOWN,
+    N_TEXT_FORMAT, N_GET_TEXTMAP, N_TRACEPARENT, N_BAGGAGE, N_DEFERRED, N_BLIND, N_START_SPAN, N_IS_RECORDING,
+    N_START_RESPONSE, N_DEFAULT_PAIR, N_NAMES
+};
+static const char *name_values[N_NAMES] = {
+    "get_current", "attach", "detach", "with_span", "extract", "start_server_span", "server_attributes", "_known",
+    "_HTTP_TEXT_FORMAT", "get_global_textmap", "HTTP_TRACEPARENT", "HTTP_BAGGAGE", "start_span_deferred",
+    "_attribute_blind", "start_span", "is_recording", "start_response", "default_pair"};
+static PyObject *N[N_NAMES];
+
+/* a field of the request's (a new reference); AttributeError where Python code deleted it */
+static PyObject *
+field(PyObject *request, PyObject *value, const char *name)
+{
+    if (value == NULL) {
+        PyErr_Format(PyExc_AttributeError, "'%.100s' object has no attribute '%s'", Py_TYPE(request)->tp_name, name);
+        return NULL;
+    }
+    return Py_NewRef(value);
+}
+
+/* a module's function by name, read at each call as the Python code reads it (a new reference) */
+static PyObject *
+module_function(int dict, int name)
+{
+    PyObject *f = PyDict_GetItemWithError(hconf[dict], N[name]);
+    if (f == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_NameError, "name '%U' is not defined", N[name]);
+        return NULL;
+    }
+    return Py_NewRef(f);
+}
+
+static PyObject *
+call_runtime(int name, PyObject *const *args, size_t nargs)
+{
+    PyObject *f = module_function(H_RUNTIME, name);
+    if (f == NULL)
+        return NULL;
+    PyObject *r = PyObject_Vectorcall(f, args, nargs, NULL);
+    Py_DECREF(f);
+    return r;
+}
+
+/* propagation.default_pair(): its answer from the propagator it remembers, else the function's */
+static int
+default_pair(void)
+{
+    PyObject *known = PyDict_GetItemWithError(hconf[H_PROPAGATION], N[N_KNOWN]);
+    PyObject *textmap = PyDict_GetItemWithError(hconf[H_PROPAGATE], N[N_TEXT_FORMAT]);
+    PyObject *get_textmap = PyDict_GetItemWithError(hconf[H_PROPAGATE], N[N_GET_TEXTMAP]);
+    PyObject *function = PyDict_GetItemWithError(hconf[H_PROPAGATION], N[N_DEFAULT_PAIR]);
+    if (PyErr_Occurred())
+        return -1;
+    if (known != NULL && PyTuple_CheckExact(known) && PyTuple_GET_SIZE(known) == 2 && textmap != NULL
+        && get_textmap == hconf[H_GET_TEXTMAP] && function == hconf[H_DEFAULT_PAIR]
+        && PyTuple_GET_ITEM(known, 0) == textmap)
+        return PyTuple_GET_ITEM(known, 1) != Py_None;
+    if (function == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "module 'propagation' has no attribute 'default_pair'");
+        return -1;
+    }
+    Py_INCREF(function);
+    PyObject *r = PyObject_CallNoArgs(function);
+    Py_DECREF(function);
+    if (r == NULL)
+        return -1;
+    int truth = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    return truth;
+}
+
+/* wsgi.extract(environ): the empty context where there is nothing to extract, else the Python function */
+static PyObject *
+extract(PyObject *environ)
+{
+    PyObject *f = module_function(H_GLOBALS, N_EXTRACT);
+    if (f == NULL)
+        return NULL;
+    if (f != hconf[H_EXTRACT])
+        goto python;
+    int has = PyDict_Contains(environ, N[N_TRACEPARENT]);
+    if (has == 0)
+        has = PyDict_Contains(environ, N[N_BAGGAGE]);
+    int pair = has ? 0 : default_pair();
+    if (has < 0 || pair < 0) {
+        Py_DECREF(f);
+        return NULL;
+    }
+    if (pair) {
+        Py_DECREF(f);
+        return Py_NewRef(hconf[H_EMPTY]);
+    }
+python:;
+    PyObject *r = PyObject_CallOneArg(f, environ);
+    Py_DECREF(f);
+    return r;
+}
+
+/* whether `d` is fastspan's Tracer.start_span_deferred (asked once per function: wsgi._is_deferred) */
+static int
+is_known_deferred(PyObject *d)
+{
+    if (d == known_deferred)
+        return 1;
+    if (d == other_deferred)
+        return 0;
+    PyObject *r = PyObject_CallOneArg(hconf[H_IS_DEFERRED], d);
+    if (r == NULL)
+        return -1;
+    int truth = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    if (truth < 0)
+        return -1;
+    Py_XSETREF(*(truth ? &known_deferred : &other_deferred), Py_NewRef(d));
+    return truth;
+}
+
+/* wsgi.start_server_span(tracer, environ, parent): with fastspan's tracer and a sampler that reads neither
+ * name nor attributes, start_span_deferred's call of start_span made here; anything else, the Python function */
+static PyObject *
+start_server_span(PyObject *tracer, PyObject *environ, PyObject *parent)
+{
+    PyObject *f = module_function(H_GLOBALS, N_START_SERVER_SPAN);
+    if (f == NULL)
+        return NULL;
+    if (f == hconf[H_START_SERVER_SPAN]) {
+        PyObject *d = _PyType_Lookup(Py_TYPE(tracer), N[N_DEFERRED]);
+        int known = d == NULL ? 0 : is_known_deferred(d);
+        if (known < 0) {
+            Py_DECREF(f);
+            return NULL;
+        }
+        PyObject *blind = known ? PyObject_GetAttr(tracer, N[N_BLIND]) : NULL;
+        if (known && blind == NULL) {
+            Py_DECREF(f);
+            return NULL;
+        }
+        if (blind == Py_True) {
+            Py_DECREF(blind);
+            Py_DECREF(f);
+            PyObject *attributes = module_function(H_GLOBALS, N_SERVER_ATTRIBUTES);
+            if (attributes == NULL)
+                return NULL;
+            PyObject *make = PyObject_CallFunctionObjArgs(hconf[H_PARTIAL], attributes, environ, NULL);
+            Py_DECREF(attributes);
+            if (make == NULL)
+                return NULL;
+            PyObject *args[10] = {tracer, S[S_EMPTY], parent, hconf[H_SERVER_KIND], Py_None, empty_tuple,
+                                  Py_None, Py_True, Py_True, make};
+            PyObject *span = PyObject_VectorcallMethod(N[N_START_SPAN], args, 10 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                                       NULL);
+            Py_DECREF(make);
+            return span;
+        }
+        Py_XDECREF(blind);
+    }
+    PyObject *args[3] = {tracer, environ, parent};
+    PyObject *span = PyObject_Vectorcall(f, args, 3, NULL);
+    Py_DECREF(f);
+    return span;
+}
+
+/* the failing step's exception, if an Exception: given to the guard (as `except Exception as exc:
+ * _guard.failed(exc)`), 0; any other (KeyboardInterrupt, ...) stays raised, -1 */
+static int
+guard_failed(void)
+{
+    if (!PyErr_ExceptionMatches(PyExc_Exception))
+        return -1;
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    PyErr_NormalizeException(&et, &ev, &tb);
+    if (tb != NULL)
+        PyException_SetTraceback(ev, tb);
+    PyObject *ht, *hv, *htb;
+    PyErr_GetExcInfo(&ht, &hv, &htb);
+    PyErr_SetExcInfo(et, ev, tb);  /* (takes the references) */
+    Py_INCREF(ev);
+    PyObject *r = PyObject_CallOneArg(hconf[H_GUARD_FAILED], ev);
+    Py_DECREF(ev);
+    PyErr_SetExcInfo(ht, hv, htb);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* the request's state, or NULL with no error (not traced: inside another's, suppressed, excluded, or a step
+ * failed and the guard said so), or NULL with an error set (one to raise) */
+static PyObject *
+begin(PyObject *tracer, PyObject *environ, PyObject *excluded)
+{
+    PyObject *request = NULL, *parent = NULL, *span = NULL, *ctx = NULL;
+    int inside = PyDict_Contains(environ, hconf[H_ENVIRON_KEY]);
+    if (inside != 0)
+        goto failed;  /* (1: traced already, no error) */
+    PyObject *current = call_runtime(N_GET_CURRENT, NULL, 0);
+    if (current == NULL)
+        goto failed;
+    PyObject *enabled = PyObject_CallOneArg(hconf[H_ENABLED_IN], current);
+    Py_DECREF(current);
+    if (enabled == NULL)
+        goto failed;
+    int on = PyObject_IsTrue(enabled);
+    Py_DECREF(enabled);
+    if (on <= 0)
+        goto failed;  /* (0: suppressed, no error) */
+    if (excluded != Py_None) {  /* excluded.search(_request_url(environ)): wsgi._excluded */
+        PyObject *f = PyDict_GetItemString(hconf[H_GLOBALS], "_excluded");
+        PyObject *hit = f == NULL ? NULL : PyObject_CallFunctionObjArgs(f, excluded, environ, NULL);
+        if (hit == NULL) {
+            if (f == NULL && !PyErr_Occurred())
+                PyErr_SetString(PyExc_NameError, "name '_excluded' is not defined");
+            goto failed;
+        }
+        int yes = PyObject_IsTrue(hit);
+        Py_DECREF(hit);
+        if (yes != 0)
+            goto failed;  /* (1: excluded, no error) */
+    }
+    if ((parent = extract(environ)) == NULL || (span = start_server_span(tracer, environ, parent)) == NULL)
+        goto failed;
+    PyObject *args[2] = {span, parent};
+    if ((ctx = call_runtime(N_WITH_SPAN, args, 2)) == NULL)
+        goto failed;
+    PyTypeObject *type = (PyTypeObject *)hconf[H_REQUEST];
+    if ((request = type->tp_alloc(type, 0)) == NULL)
+        goto failed;
+    request_fill((Request *)request, span, ctx);
+    if (PyDict_SetItem(environ, hconf[H_ENVIRON_KEY], request) < 0)
+        goto failed;
+    goto done;
+failed:
+    if (!PyErr_Occurred())
+        goto done;
+    if (guard_failed() < 0)
+        Py_CLEAR(request);  /* (else it stays, as in Python: made, then the environ refused it) */
+done:
+    Py_XDECREF(parent);
+    Py_XDECREF(span);
+    Py_XDECREF(ctx);
+    return request;
+}
+
+static PyObject *
+call_app(PyObject *app, PyObject *environ, PyObject *start_response)
+{
+    PyObject *args[2] = {environ, start_response};
+    return PyObject_Vectorcall(app, args, 2, NULL);
+}
+
+/* the app's exception: the request ended with it (wsgi._end_failed), the context detached (the `finally:`),
+ * each while it is the one handled (sys.exc_info(); an error they raise has it as its context, as in Python),
+ * then it is raised again, the same object. An error of theirs replaces it. */
+static PyObject *
+app_failed(PyObject *request, PyObject *token)
+{
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    PyErr_NormalizeException(&et, &ev, &tb);
+    if (tb != NULL)
+        PyException_SetTraceback(ev, tb);
+    PyObject *ht, *hv, *htb;
+    PyErr_GetExcInfo(&ht, &hv, &htb);
+    Py_INCREF(et);
+    Py_INCREF(ev);
+    Py_XINCREF(tb);
+    PyErr_SetExcInfo(et, ev, tb);
+    PyObject *r = PyObject_CallFunctionObjArgs(hconf[H_END_FAILED], request, ev, NULL);
+    if (r == NULL) {  /* end's error is the one raised now, and the one handled while detach runs */
+        Py_DECREF(et);
+        Py_DECREF(ev);
+        Py_XDECREF(tb);
+        PyErr_Fetch(&et, &ev, &tb);
+        PyErr_NormalizeException(&et, &ev, &tb);
+        if (tb != NULL)
+            PyException_SetTraceback(ev, tb);
+        Py_INCREF(et);
+        Py_INCREF(ev);
+        Py_XINCREF(tb);
+        PyErr_SetExcInfo(et, ev, tb);
+    }
+    Py_XDECREF(r);
+    PyObject *d = call_runtime(N_DETACH, &token, 1);
+    PyErr_SetExcInfo(ht, hv, htb);
+    if (d == NULL) {  /* raised in the finally: it replaces the one raised */
+        Py_DECREF(et);
+        Py_DECREF(ev);
+        Py_XDECREF(tb);
+        return NULL;
+    }
+    Py_DECREF(d);
+    PyErr_Restore(et, ev, tb);
+    return NULL;
+}
+
+static PyObject *
+handle(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (!handle_configured || nargs < 4 || nargs > 6 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)
+        || !PyDict_CheckExact(args[1]))
+        return PyObject_Vectorcall(hconf[H_PYTHON] != NULL ? hconf[H_PYTHON] : Py_None, args, nargs, kwnames);
+    PyObject *tracer = args[0], *environ = args[1], *start_response = args[2], *app = args[3];
+    PyObject *excluded = nargs > 4 ? args[4] : Py_None, *body = nargs > 5 ? args[5] : hconf[H_TRACED_BODY];
+    PyObject *request = begin(tracer, environ, excluded);
+    if (request == NULL)
+        return PyErr_Occurred() ? NULL : call_app(app, environ, start_response);
+    PyObject *result = NULL, *token = NULL, *responder = NULL;
+    PyObject *span = field(request, ((Request *)request)->span, "span");
+    int recording = 0;
+    if (span == NULL)
+        goto done;
+    if ((PyObject *)Py_TYPE(span) != hconf[H_NON_RECORDING]) {
+        PyObject *r = PyObject_CallMethodNoArgs(span, N[N_IS_RECORDING]);
+        if (r == NULL)
+            goto done;
+        recording = PyObject_IsTrue(r);
+        Py_DECREF(r);
+        if (recording < 0)
+            goto done;
+    }
+    Py_DECREF(span);
+    span = NULL;
+    responder = recording ? PyObject_CallMethodOneArg(request, N[N_START_RESPONSE], start_response)
+                          : Py_NewRef(start_response);
+    if (responder == NULL)
+        goto done;
+    PyObject *ctx = field(request, ((Request *)request)->ctx, "ctx");
+    if (ctx == NULL)
+        goto done;
+    token = call_runtime(N_ATTACH, &ctx, 1);
+    Py_DECREF(ctx);
+    if (token == NULL)
+        goto done;
+    PyObject *got = call_app(app, environ, responder);
+    if (got == NULL) {
+        app_failed(request, token);
+        goto done;
+    }
+    PyObject *d = call_runtime(N_DETACH, &token, 1);
+    if (d == NULL) {
+        Py_DECREF(got);
+        goto done;
+    }
+    Py_DECREF(d);
+    if (body == hconf[H_TRACED_BODY]) {
+        PyObject *whole = field(request, ((Request *)request)->held_whole, "held_whole");
+        int held = whole == NULL ? -1 : PyObject_IsTrue(whole);
+        Py_XDECREF(whole);
+        if (held < 0) {
+            Py_DECREF(got);
+            goto done;
+        }
+        if (!recording && held) {
+            result = got;
+            goto done;
+        }
+        if (!recording)
+            body = hconf[H_UNRECORDED_BODY];
+        else if (held)
+            body = hconf[H_HELD_BODY];
+    }
+    PyObject *pair[2] = {got, request};
+    result = PyObject_Vectorcall(body, pair, 2, NULL);
+    Py_DECREF(got);
+done:
+    Py_XDECREF(span);
+    Py_XDECREF(token);
+    Py_XDECREF(responder);
+    Py_DECREF(request);
+    return result;
+}
+
+static PyObject *
+configure_handle(PyObject *module, PyObject *names)
+{
+    if (!PyDict_Check(names)) {
+        PyErr_SetString(PyExc_TypeError, "configure_handle() takes a dict");
+        return NULL;
+    }
+    PyObject *got[N_HCONF];
+    for (int i = 0; i < N_HCONF; i++) {
+        got[i] = PyDict_GetItemString(names, hconf_names[i]);
+        if (got[i] == NULL) {
+            PyErr_Format(PyExc_KeyError, "configure_handle() needs %s", hconf_names[i]);
+            return NULL;
+        }
+    }
+    if (!PyDict_Check(got[H_RUNTIME]) || !PyDict_Check(got[H_GLOBALS]) || !PyDict_Check(got[H_PROPAGATION])
+        || !PyDict_Check(got[H_PROPAGATE]) || !PyType_Check(got[H_REQUEST])
+        || !PyType_IsSubtype((PyTypeObject *)got[H_REQUEST], &RequestType) || !PyType_Check(got[H_NON_RECORDING])) {
+        PyErr_SetString(PyExc_TypeError, "configure_handle(): unexpected objects");
+        return NULL;
+    }
+    for (int i = 0; i < N_HCONF; i++)
+        Py_XSETREF(hconf[i], Py_NewRef(got[i]));
+    Py_CLEAR(known_deferred);
+    Py_CLEAR(other_deferred);
+    handle_configured = 1;
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 configure(PyObject *module, PyObject *names)
 {
@@ -206,10 +718,13 @@ configure(PyObject *module, PyObject *names)
 static PyMethodDef module_methods[] = {
     {"configure", configure, METH_O, "configure(names: dict): the objects server_attributes uses or calls."},
     {"server_attributes", server_attributes, METH_O, "wsgi.server_attributes(environ) -> (name, attributes)."},
+    {"configure_handle", configure_handle, METH_O, "configure_handle(names: dict): the objects handle uses or calls."},
+    {"handle", (PyCFunction)(void (*)(void))handle, METH_FASTCALL | METH_KEYWORDS,
+     "wsgi.handle(tracer, environ, start_response, app, excluded=None, body=_TracedBody)."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_wsgi_native",
-                                        "wsgi.server_attributes' common case in C.", -1, module_methods};
+                                        "wsgi.server_attributes' common case and wsgi.handle in C.", -1, module_methods};
 
 PyMODINIT_FUNC
 PyInit__wsgi_native(void)
@@ -218,5 +733,22 @@ PyInit__wsgi_native(void)
         if (S[i] == NULL && (S[i] = PyUnicode_InternFromString(str_values[i])) == NULL)
             return NULL;
     }
-    return PyModule_Create(&module_def);
+    for (int i = 0; i < N_NAMES; i++) {
+        if (N[i] == NULL && (N[i] = PyUnicode_InternFromString(name_values[i])) == NULL)
+            return NULL;
+    }
+    if (empty_tuple == NULL && (empty_tuple = PyTuple_New(0)) == NULL)
+        return NULL;
+    if (PyType_Ready(&RequestType) < 0)
+        return NULL;
+    PyObject *module = PyModule_Create(&module_def);
+    if (module == NULL)
+        return NULL;
+    Py_INCREF(&RequestType);
+    if (PyModule_AddObject(module, "Request", (PyObject *)&RequestType) < 0) {
+        Py_DECREF(&RequestType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
 }

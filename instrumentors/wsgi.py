@@ -11,6 +11,7 @@ passed through, so wrapping twice never gives two spans.
 
 from __future__ import annotations
 
+import sys
 from functools import partial
 from typing import Any, Callable, Optional
 
@@ -256,9 +257,8 @@ def set_route(span: trace.Span, method: str, route: str) -> None:
         span.set_attribute(HTTP_ROUTE, route)
 
 
-class _Request:
-    """Per-request state: the span, its context, and the status once known. `held_whole`: a framework saw
-    that the body is already made (no code of the app runs while it is iterated)."""
+class _RequestFields:
+    """_Request's fields, where _wsgi_native (whose Request type has the same) was not built."""
 
     __slots__ = ("span", "ctx", "status", "ended", "recorded", "held_whole")
 
@@ -269,6 +269,19 @@ class _Request:
         self.ended = False
         self.recorded = None
         self.held_whole = False
+
+
+try:
+    from ._wsgi_native import Request as _RequestBase
+except ImportError:
+    _RequestBase = _RequestFields
+
+
+class _Request(_RequestBase):
+    """Per-request state: the span, its context, and the status once known. `held_whole`: a framework saw
+    that the body is already made (no code of the app runs while it is iterated)."""
+
+    __slots__ = ()
 
     def record(self, exc: BaseException) -> None:
         """An exception the framework handled (e.g. turned into a 500): recorded once."""
@@ -409,7 +422,7 @@ def handle(tracer: trace.Tracer, environ: dict, start_response: Callable, app: C
     request = None
     try:  # `with _guard:`, which costs two Python calls a request (Guard.failed says why not)
         if ENVIRON_KEY not in environ and instrumentation_enabled_in(runtime_context.get_current()):
-            if excluded is None or not excluded.search(_request_url(environ)):
+            if excluded is None or not _excluded(excluded, environ):
                 parent = extract(environ)
                 span = start_server_span(tracer, environ, parent)
                 request = _Request(span, runtime_context.with_span(span, parent))
@@ -426,8 +439,7 @@ def handle(tracer: trace.Tracer, environ: dict, start_response: Callable, app: C
     try:
         result = app(environ, start_response)
     except BaseException as exc:
-        with _guard:  # (a failing request: not the path to save calls on)
-            request.end(exc)
+        _end_failed(request, exc)
         raise
     finally:
         runtime_context.detach(token)
@@ -437,6 +449,53 @@ def handle(tracer: trace.Tracer, environ: dict, start_response: Callable, app: C
         if request.held_whole:
             return _HeldBody(result, request)
     return body(result, request)
+
+
+def _excluded(excluded, environ: dict) -> bool:
+    return bool(excluded.search(_request_url(environ)))
+
+
+def _end_failed(request: _Request, exc: BaseException) -> None:
+    with _guard:  # (a failing request: not the path to save calls on)
+        request.end(exc)
+
+
+def _is_deferred(function: Any) -> bool:
+    """Whether `function` is trace-run's Tracer.start_span_deferred (read, not imported: instrumentors never
+    import the agent), whose call handle's C makes itself."""
+    fastspan = sys.modules.get("trace_run.agent.fastspan")
+    tracer = getattr(fastspan, "Tracer", None)
+    return tracer is not None and function is tracer.__dict__.get("start_span_deferred")
+
+
+def _native_handle() -> Optional[Callable]:
+    """handle in C (instrumentors/_wsgi_native.c), as server_attributes; None: the Python function."""
+    if runtime_context.NATIVE is None or _RequestBase is _RequestFields:
+        return None
+    from opentelemetry import propagate as propagate_module
+
+    from . import _wsgi_native
+
+    try:
+        _wsgi_native.configure_handle({
+            "python": python_handle, "environ_key": ENVIRON_KEY, "enabled_in": instrumentation_enabled_in,
+            "runtime": vars(runtime_context), "globals": globals(), "extract": extract,
+            "start_server_span": start_server_span, "default_pair": propagation.default_pair,
+            "propagation": vars(propagation), "propagate": vars(propagate_module),
+            "get_global_textmap": propagate_module.get_global_textmap, "empty": _EMPTY, "is_deferred": _is_deferred,
+            "partial": partial, "server_kind": SpanKind.SERVER, "non_recording": _NonRecordingSpan,
+            "request": _Request, "guard_failed": _guard.failed, "end_failed": _end_failed,
+            "traced_body": _TracedBody, "unrecorded_body": _UnrecordedBody, "held_body": _HeldBody})
+    except Exception as exc:  # not as it was written for: the Python function
+        from trace_run.core import log
+
+        log.debug("WSGI requests are handled in Python (%s: %s)" % (type(exc).__name__, exc))
+        return None
+    return _wsgi_native.handle
+
+
+python_handle = handle
+handle = _native_handle() or python_handle
 
 
 class TraceMiddleware:

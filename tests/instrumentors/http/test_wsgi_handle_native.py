@@ -1,0 +1,388 @@
+"""wsgi.handle in C (instrumentors/_wsgi_native.c) does what wsgi.python_handle does: every case below run
+both ways (tracers of trace-run's and the SDK's, sampled or not, a traceparent or none, suppressed, excluded,
+traced already, a failing tracer, an app that raises, streams, errs or says its body is held whole) gives the
+same answer, body, spans, guard reports and context after; nothing is kept; a Flask app served over HTTP under
+trace-run sends the same spans with OTEL_TRACE_RUN_NATIVE_CALLS on and off."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from opentelemetry import context as context_api
+from opentelemetry.sdk.trace import TracerProvider, sampling
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from trace_run.agent import fastspan
+from trace_run.core import compat, guard, runtime_context
+from trace_run.instrumentors import wsgi
+
+_COMPILER = bool(shutil.which("cc") or shutil.which("gcc"))
+if runtime_context.NATIVE is None and not _COMPILER:
+    pytest.skip("no C compiler: the extension is optional", allow_module_level=True)
+native = importlib.import_module("trace_run.instrumentors._wsgi_native")
+
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+PARENT_ID = "b7ad6b7169203331"
+
+
+class Boom(Exception):
+    pass
+
+
+def _environ(path="/p", query="", **headers):
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": query, "SERVER_NAME": "h",
+               "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http",
+               "REMOTE_ADDR": "10.0.0.1"}
+    environ.update(headers)
+    return environ
+
+
+def _app(kind):
+    def app(environ, start_response):
+        if kind == "raise":
+            raise Boom("the app failed")
+        if kind == "interrupt":
+            raise KeyboardInterrupt
+        status = "500 INTERNAL SERVER ERROR" if kind == "500" else "200 OK"
+        start_response(status, [("Content-Type", "text/plain")])
+        if kind == "held" and wsgi.ENVIRON_KEY in environ:
+            environ[wsgi.ENVIRON_KEY].held_whole = True
+        if kind == "stream":
+            def chunks():
+                yield b"a"
+                yield runtime_context.current_span().get_span_context().span_id.to_bytes(8, "big")
+            return chunks()
+        return [b"body"]
+
+    return app
+
+
+ENVIRONS = {
+    "plain": _environ(),
+    "query": _environ(query="a=1&password=x"),
+    "sampled parent": _environ(HTTP_TRACEPARENT="00-%s-%s-01" % (TRACE_ID, PARENT_ID)),
+    "unsampled parent": _environ(HTTP_TRACEPARENT="00-%s-%s-00" % (TRACE_ID, PARENT_ID)),
+    "bad traceparent": _environ(HTTP_TRACEPARENT="nonsense"),
+    "baggage": _environ(HTTP_BAGGAGE="k=v"),
+    "post": dict(_environ(), REQUEST_METHOD="POST"),
+    "odd method": dict(_environ(), REQUEST_METHOD="BREW"),
+}
+
+
+def _tracer(kind):
+    exporter = InMemorySpanExporter()
+    sampler = {"on": sampling.ALWAYS_ON, "off": sampling.ALWAYS_OFF, "ratio": sampling.TraceIdRatioBased(0.5),
+               "parent": sampling.ParentBased(sampling.ALWAYS_ON)}[kind.split()[-1]]
+    provider = TracerProvider(sampler=sampler)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("t")
+    if kind.startswith("ours"):
+        tracer = fastspan.adopt(tracer)
+    return tracer, exporter
+
+
+def _span_view(span, traceparent_span):
+    ctx = span.context
+    return {"name": span.name, "kind": str(span.kind), "attributes": list(span.attributes.items()),
+            "status": (str(span.status.status_code), span.status.description),
+            "events": [(e.name, e.attributes.get("exception.type"), e.attributes.get("exception.message"))
+                       for e in span.events],
+            "trace": "the header's" if "%032x" % ctx.trace_id == TRACE_ID else "new",
+            "parent": span.parent and ("the header's" if "%016x" % span.parent.span_id == PARENT_ID else "other"),
+            "ended": span.end_time is not None, "remote parent": span.parent and span.parent.is_remote,
+            "chunk is its id": traceparent_span}
+
+
+def _run(handle, tracer_kind, environ_name, app_kind, *, context=None, excluded=None, body=None, traced=False,
+         environ_type=dict):
+    """Everything one request shows: the answer, the body and what start_response got, the spans, the guard's
+    reports, the environ's state and the context after."""
+    tracer, exporter = (guard._FaultyTracer("flask"), None) if tracer_kind == "faulty" else _tracer(tracer_kind)
+    environ = environ_type(ENVIRONS[environ_name])
+    if traced:
+        environ[wsgi.ENVIRON_KEY] = "an outer middleware's"
+    responses = []
+
+    def start_response(status, headers, exc_info=None):
+        responses.append((status, headers, exc_info is not None))
+
+    reports = []
+    random.seed(7)  # the same ids both ways (a ratio sampler decides by the trace id)
+    before = context_api.get_current()
+    token = context_api.attach(context) if context is not None else None
+    raised = None
+    chunks = []
+    args = [tracer, environ, start_response, _app(app_kind)]
+    if excluded is not None or body is not None:
+        args.append(excluded)
+    if body is not None:
+        args.append(body)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(guard, "report", lambda where, exc: reports.append((where, type(exc).__name__, str(exc))))
+        try:
+            result = handle(*args)
+            kind = type(result).__name__
+            if isinstance(result, tuple):  # a body of the caller's
+                result = result[1]
+            for chunk in result:
+                chunks.append(chunk)
+            getattr(result, "close", lambda: None)()
+        except BaseException as exc:  # noqa: B902 (KeyboardInterrupt too: the app raised it)
+            raised = (type(exc).__name__, str(exc), exc.__traceback__ is not None)
+            kind = None
+        finally:
+            if token is not None:
+                context_api.detach(token)
+    spans = exporter.get_finished_spans() if exporter is not None else ()
+    ids = {"%016x" % s.context.span_id for s in spans}
+    streamed_id = chunks[1].hex() if app_kind == "stream" and len(chunks) == 2 else None
+    state = environ.get(wsgi.ENVIRON_KEY)
+    return {
+        "answer": kind, "raised": raised, "chunks": chunks[:1], "responses": responses, "reports": reports,
+        "spans": [_span_view(s, streamed_id in ids if streamed_id else None) for s in spans],
+        "state": type(state).__name__ if not isinstance(state, str) else state,
+        "state fields": (state.status, state.ended, state.held_whole, state.recorded is not None)
+        if isinstance(state, wsgi._Request) else None,
+        "context restored": context_api.get_current() is before,
+    }
+
+
+CASES = [(t, e, a) for t in ("ours on", "ours off", "ours ratio", "ours parent", "sdk on", "sdk off", "faulty")
+         for e in ENVIRONS for a in ("list", "stream", "raise", "500", "held")]
+
+
+def test_the_extension_is_built_and_used_where_a_c_compiler_is():
+    if not _COMPILER:
+        pytest.skip("no C compiler: the extension is optional")
+    assert wsgi.handle is native.handle and wsgi.python_handle is not native.handle
+    assert wsgi._Request.__mro__[1] is native.Request
+
+
+@pytest.mark.parametrize("tracer_kind,environ_name,app_kind", CASES)
+def test_every_case_answers_as_the_python_handle(tracer_kind, environ_name, app_kind):
+    python = _run(wsgi.python_handle, tracer_kind, environ_name, app_kind)
+    ours = _run(native.handle, tracer_kind, environ_name, app_kind)
+    assert ours == python
+    if tracer_kind == "ours on" and app_kind == "list":  # (the comparison compares something)
+        assert [s["name"] for s in ours["spans"]] == ["GET" if environ_name != "post" else "POST"] \
+            if environ_name != "odd method" else ["HTTP"]
+        assert ours["answer"] == "_TracedBody" and ours["state"] == "_Request"
+
+
+@pytest.mark.parametrize("app_kind", ["list", "raise", "interrupt", "stream"])
+@pytest.mark.parametrize("setting", ["suppressed", "excluded", "not excluded", "traced already", "a body of its own",
+                                     "dict subclass"])
+def test_the_other_settings_answer_as_the_python_handle(setting, app_kind):
+    kwargs = {}
+    if setting == "suppressed":
+        kwargs["context"] = context_api.set_value(compat.SUPPRESS_INSTRUMENTATION_KEY, True)
+    elif setting == "excluded":
+        kwargs["excluded"] = re.compile("/p")
+    elif setting == "not excluded":
+        kwargs["excluded"] = re.compile("/q")
+    elif setting == "traced already":
+        kwargs["traced"] = True
+    elif setting == "a body of its own":
+        kwargs["body"] = lambda result, request: ("kept", result)
+    else:
+        kwargs["environ_type"] = type("Environ", (dict,), {})
+    python = _run(wsgi.python_handle, "ours on", "sampled parent", app_kind, **kwargs)
+    ours = _run(native.handle, "ours on", "sampled parent", app_kind, **kwargs)
+    assert ours == python
+    # a body of the caller's ends the span itself (Django keeps its response): here only a failed request's ends
+    ended = setting in ("not excluded", "dict subclass") or (
+        setting == "a body of its own" and app_kind in ("raise", "interrupt"))
+    assert len(ours["spans"]) == (1 if ended else 0), ours
+    if app_kind == "interrupt":
+        assert ours["raised"] == ("KeyboardInterrupt", "", True)
+
+
+def test_the_apps_exception_is_the_same_object_and_the_request_ended_while_it_is_handled():
+    tracer, exporter = _tracer("ours on")
+    error = Boom("this one")
+    seen = []
+
+    def app(environ, start_response):
+        raise error
+
+    original_end = wsgi._Request.end
+
+    def end(self, exc=None):
+        seen.append((exc, sys.exc_info()[1]))
+        return original_end(self, exc)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(wsgi._Request, "end", end)
+        with pytest.raises(Boom) as caught:
+            native.handle(tracer, _environ(), lambda *a: None, app)
+    assert caught.value is error and seen == [(error, error)]
+    [span] = exporter.get_finished_spans()
+    assert span.status.status_code.name == "ERROR" and span.events[0].attributes["exception.message"] == "this one"
+
+
+def test_a_failing_end_and_a_failing_detach_replace_the_apps_exception_as_in_python():
+    tracer, _ = _tracer("ours on")
+
+    def app(environ, start_response):
+        raise Boom("the app's")
+
+    for target in ("end", "detach"):
+        answers = []
+        for handle in (wsgi.python_handle, native.handle):
+            with pytest.MonkeyPatch.context() as mp:
+                if target == "end":
+                    mp.setattr(wsgi._Request, "end", lambda self, exc=None: (_ for _ in ()).throw(KeyboardInterrupt()))
+                else:
+                    real = runtime_context.detach
+
+                    def detach(token, real=real):
+                        real(token)
+                        raise SystemExit("detach")
+
+                    mp.setattr(runtime_context, "detach", detach)
+                try:
+                    handle(tracer, _environ(), lambda *a: None, app)
+                except BaseException as exc:  # noqa: B902
+                    answers.append((type(exc).__name__, str(exc), type(exc.__context__).__name__))
+        assert answers[0] == answers[1], (target, answers)
+        assert answers[0][0] == ("KeyboardInterrupt" if target == "end" else "SystemExit")
+
+
+def test_the_request_state_type_keeps_its_fields():
+    span, ctx = object(), object()
+    request = wsgi._Request(span, ctx)
+    assert (request.span, request.ctx, request.status, request.ended, request.recorded, request.held_whole) == (
+        span, ctx, None, False, None, False)
+    request.held_whole = True
+    del request.status
+    with pytest.raises(AttributeError):
+        request.status  # noqa: B018
+    with pytest.raises(AttributeError):
+        request.other = 1  # slots: no other field
+    with pytest.raises(TypeError):
+        wsgi._Request(span)
+
+
+def test_a_replaced_step_is_called_as_python_calls_it(monkeypatch):
+    """A test or a program that replaces wsgi.extract or wsgi.start_server_span: the C calls theirs."""
+    calls = []
+    tracer, exporter = _tracer("ours on")
+    real_extract, real_start = wsgi.extract, wsgi.start_server_span
+    monkeypatch.setattr(wsgi, "extract", lambda environ, context=None: calls.append("extract") or
+                        real_extract(environ, context))
+    monkeypatch.setattr(wsgi, "start_server_span", lambda *a: calls.append("start") or real_start(*a))
+    list(native.handle(tracer, _environ(), lambda *a: None, _app("list")))
+    assert calls == ["extract", "start"] and len(exporter.get_finished_spans()) == 1
+
+
+def test_no_reference_is_kept_by_any_path():
+    import gc
+    import tracemalloc
+
+    tracer, exporter = _tracer("ours on")
+    off, _ = _tracer("ours off")
+    faulty = guard._FaultyTracer("flask")
+    apps = {kind: _app(kind) for kind in ("list", "stream", "raise", "held")}
+    suppressed = context_api.set_value(compat.SUPPRESS_INSTRUMENTATION_KEY, True)
+
+    def once():
+        for t in (tracer, off, faulty):
+            for app in apps.values():
+                try:
+                    body = native.handle(t, _environ(HTTP_TRACEPARENT="00-%s-%s-01" % (TRACE_ID, PARENT_ID)),
+                                         lambda *a: None, app)
+                    list(body)
+                    getattr(body, "close", lambda: None)()
+                except Boom:
+                    pass
+        token = context_api.attach(suppressed)
+        native.handle(tracer, _environ(), lambda *a: None, apps["list"])
+        context_api.detach(token)
+        exporter.clear()
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(guard, "report", lambda where, exc: None)
+        for _ in range(100):
+            once()
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for _ in range(2000):
+                once()
+            gc.collect()
+            grown = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+    assert grown < 64 * 1024, grown
+
+
+_PROGRAM = textwrap.dedent("""
+    import http.client, threading
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+    import flask
+
+    app = flask.Flask("p")
+
+    @app.route("/ok/<name>")
+    def ok(name):
+        return "hello " + name
+
+    @app.route("/boom")
+    def boom():
+        raise RuntimeError("boom")
+
+    @app.route("/stream")
+    def stream():
+        return flask.Response((c for c in ("a", "b")))
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *a): pass
+
+    server = make_server("127.0.0.1", 0, app, handler_class=Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    for path, headers in (("/ok/x", {}), ("/boom", {}), ("/stream", {}), ("/missing", {}),
+                          ("/ok/y", {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}),
+                          ("/ok/z", {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"})):
+        with suppress_instrumentation():  # (the headers as given: no client span's traceparent)
+            c = http.client.HTTPConnection("127.0.0.1", server.server_port)
+            c.request("GET", path, headers=headers)
+            c.getresponse().read()
+            c.close()
+    server.shutdown()
+""")
+
+
+def _spans_of_a_program(receiver, tmp_path, value: str) -> list:
+    script = tmp_path / "program.py"
+    script.write_text(_PROGRAM)
+    receiver.clear()
+    env = dict(os.environ, **receiver.env(OTEL_TRACE_RUN_NATIVE_CALLS=value))
+    subprocess.run([os.path.join(os.path.dirname(sys.executable), "trace-run"), sys.executable, str(script)],
+                   env=env, check=True, timeout=60, cwd=str(tmp_path))
+    spans = receiver.wait_for(count=5)
+    skip = ("server.port", "client.address", "network.peer.port")
+    return sorted(json.dumps([s.name, s.kind, s.status, s.trace_id == TRACE_ID, s.parent_id == PARENT_ID,
+                              {k: v for k, v in s.attributes.items() if k not in skip},
+                              [e[0] for e in s.events]], sort_keys=True, default=str) for s in spans)
+
+
+def test_a_flask_program_sends_the_same_spans_with_and_without_the_c_path(receiver, tmp_path):
+    made = {value: _spans_of_a_program(receiver, tmp_path, value) for value in ("true", "false")}
+    assert made["true"] == made["false"]
+    seen = sorted((name, status, in_trace, child) for name, _, status, in_trace, child, _, _ in map(json.loads,
+                                                                                                  made["true"]))
+    # /ok/z's traceparent is not sampled: no span
+    assert seen == [("GET", "UNSET", False, False), ("GET /boom", "ERROR", False, False),
+                    ("GET /ok/<name>", "UNSET", False, False), ("GET /ok/<name>", "UNSET", True, True),
+                    ("GET /stream", "UNSET", False, False)], seen
