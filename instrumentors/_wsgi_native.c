@@ -405,48 +405,63 @@ is_known_deferred(PyObject *d)
     return truth;
 }
 
-/* wsgi.start_server_span(tracer, environ, parent): with fastspan's tracer and a sampler that reads neither
- * name nor attributes, start_span_deferred's call of start_span made here; anything else, the Python function */
+/* wsgi.start_server_span(tracer, environ, parent): the tracer's start_span_deferred called as Python calls it;
+ * where that is fastspan's (the tracer's own, or the bound method a FollowingTracer keeps) and its sampler reads
+ * neither name nor attributes, the call of start_span it makes is made here. No start_span_deferred (another
+ * tracer class), or a replaced wsgi.start_server_span: the Python function. */
 static PyObject *
 start_server_span(PyObject *tracer, PyObject *environ, PyObject *parent)
 {
     PyObject *f = module_function(H_GLOBALS, N_START_SERVER_SPAN);
     if (f == NULL)
         return NULL;
+    PyObject *deferred = NULL;
     if (f == hconf[H_START_SERVER_SPAN]) {
-        PyObject *d = _PyType_Lookup(Py_TYPE(tracer), N[N_DEFERRED]);
-        int known = d == NULL ? 0 : is_known_deferred(d);
-        if (known < 0) {
-            Py_DECREF(f);
-            return NULL;
-        }
-        PyObject *blind = known ? PyObject_GetAttr(tracer, N[N_BLIND]) : NULL;
-        if (known && blind == NULL) {
-            Py_DECREF(f);
-            return NULL;
-        }
-        if (blind == Py_True) {
-            Py_DECREF(blind);
-            Py_DECREF(f);
-            PyObject *attributes = module_function(H_GLOBALS, N_SERVER_ATTRIBUTES);
-            if (attributes == NULL)
+        deferred = PyObject_GetAttr(tracer, N[N_DEFERRED]);
+        if (deferred == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+                Py_DECREF(f);
                 return NULL;
-            PyObject *make = PyObject_CallFunctionObjArgs(hconf[H_PARTIAL], attributes, environ, NULL);
-            Py_DECREF(attributes);
-            if (make == NULL)
-                return NULL;
-            PyObject *args[10] = {tracer, S[S_EMPTY], parent, hconf[H_SERVER_KIND], Py_None, empty_tuple,
-                                  Py_None, Py_True, Py_True, make};
-            PyObject *span = PyObject_VectorcallMethod(N[N_START_SPAN], args, 10 | PY_VECTORCALL_ARGUMENTS_OFFSET,
-                                                       NULL);
-            Py_DECREF(make);
-            return span;
+            }
+            PyErr_Clear();  /* getattr(tracer, "start_span_deferred", None) is None */
         }
-        Py_XDECREF(blind);
     }
-    PyObject *args[3] = {tracer, environ, parent};
-    PyObject *span = PyObject_Vectorcall(f, args, 3, NULL);
+    if (deferred == NULL) {
+        PyObject *args[3] = {tracer, environ, parent};
+        PyObject *span = PyObject_Vectorcall(f, args, 3, NULL);
+        Py_DECREF(f);
+        return span;
+    }
     Py_DECREF(f);
+    PyObject *span = NULL, *make = NULL, *real = NULL, *blind = NULL;
+    PyObject *attributes = module_function(H_GLOBALS, N_SERVER_ATTRIBUTES);
+    if (attributes == NULL)
+        goto done;
+    make = PyObject_CallFunctionObjArgs(hconf[H_PARTIAL], attributes, environ, NULL);
+    Py_DECREF(attributes);
+    if (make == NULL)
+        goto done;
+    int known = PyMethod_Check(deferred) ? is_known_deferred(PyMethod_GET_FUNCTION(deferred)) : 0;
+    if (known < 0)
+        goto done;
+    if (known) {
+        real = Py_NewRef(PyMethod_GET_SELF(deferred));
+        if ((blind = PyObject_GetAttr(real, N[N_BLIND])) == NULL)
+            goto done;
+    }
+    if (blind == Py_True) {
+        PyObject *args[10] = {real, S[S_EMPTY], parent, hconf[H_SERVER_KIND], Py_None, empty_tuple, Py_None,
+                              Py_True, Py_True, make};
+        span = PyObject_VectorcallMethod(N[N_START_SPAN], args, 10 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    } else {
+        PyObject *args[3] = {parent, hconf[H_SERVER_KIND], make};
+        span = PyObject_Vectorcall(deferred, args, 3, NULL);
+    }
+done:
+    Py_DECREF(deferred);
+    Py_XDECREF(make);
+    Py_XDECREF(real);
+    Py_XDECREF(blind);
     return span;
 }
 

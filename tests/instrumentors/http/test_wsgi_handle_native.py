@@ -21,7 +21,7 @@ from opentelemetry import context as context_api
 from opentelemetry.sdk.trace import TracerProvider, sampling
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from trace_run.agent import fastspan
+from trace_run.agent import fastspan, program_provider
 from trace_run.core import compat, guard, runtime_context
 from trace_run.instrumentors import wsgi
 
@@ -85,9 +85,27 @@ def _tracer(kind):
     provider = TracerProvider(sampler=sampler)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("t")
-    if kind.startswith("ours"):
+    if kind.startswith(("ours", "following")):
         tracer = fastspan.adopt(tracer)
+    if kind.startswith("following"):  # what instrumentors get: it keeps the real tracer's bound methods
+        tracer = program_provider.FollowingTracer(tracer, "t")
+    if kind.startswith("other"):
+        tracer = _OtherDeferred(tracer)
     return tracer, exporter
+
+
+class _OtherDeferred:
+    """A tracer with a start_span_deferred that is not trace-run's: called, not made in C."""
+
+    def __init__(self, real):
+        self.real = real
+
+    def start_span(self, *args, **kwargs):
+        return self.real.start_span(*args, **kwargs)
+
+    def start_span_deferred(self, context, kind, make):
+        name, attributes = make()
+        return self.real.start_span(name + " (theirs)", context=context, kind=kind, attributes=attributes)
 
 
 def _span_view(span, traceparent_span):
@@ -156,7 +174,8 @@ def _run(handle, tracer_kind, environ_name, app_kind, *, context=None, excluded=
     }
 
 
-CASES = [(t, e, a) for t in ("ours on", "ours off", "ours ratio", "ours parent", "sdk on", "sdk off", "faulty")
+CASES = [(t, e, a) for t in ("ours on", "ours off", "ours ratio", "ours parent", "following on", "following ratio",
+                              "sdk on", "sdk off", "other on", "faulty")
          for e in ENVIRONS for a in ("list", "stream", "raise", "500", "held")]
 
 
@@ -270,6 +289,31 @@ def test_the_request_state_type_keeps_its_fields():
         request.other = 1  # slots: no other field
     with pytest.raises(TypeError):
         wsgi._Request(span)
+
+
+@pytest.mark.parametrize("kind", ["ours on", "following on", "ours off"])
+def test_trace_runs_deferred_start_is_made_in_c_for_the_tracers_instrumentors_get(kind):
+    """With fastspan's tracer (behind a FollowingTracer, as instrumentors get it), no Python code of the
+    request's start runs: the saving this path is for. A sampled span's attributes are made (in C too)."""
+    tracer, exporter = _tracer(kind)
+    ran = []
+
+    def profile(frame, event, arg):
+        if event == "call":
+            ran.append((frame.f_code.co_name, os.path.basename(frame.f_code.co_filename)))
+
+    environ = _environ()
+    sys.setprofile(profile)
+    try:
+        body = native.handle(tracer, environ, lambda *a: None, lambda environ, start_response: [b"x"])
+    finally:
+        sys.setprofile(None)
+    list(body)
+    body.close()
+    steps = {("start_server_span", "wsgi.py"), ("start_span_deferred", "fastspan.py"), ("extract", "wsgi.py"),
+             ("default_pair", "propagation.py")}  # (the body's __init__ runs: it is made in Python)
+    assert ran and not set(ran) & steps, ran
+    assert [s.name for s in exporter.get_finished_spans()] == ([] if kind == "ours off" else ["GET"])
 
 
 def test_a_replaced_step_is_called_as_python_calls_it(monkeypatch):
