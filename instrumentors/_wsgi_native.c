@@ -288,12 +288,14 @@ static PyObject *known_deferred, *other_deferred;  /* start_span_deferred functi
 enum {
     N_GET_CURRENT, N_ATTACH, N_DETACH, N_WITH_SPAN, N_EXTRACT, N_START_SERVER_SPAN, N_SERVER_ATTRIBUTES, N_KNOWN,
     N_TEXT_FORMAT, N_GET_TEXTMAP, N_TRACEPARENT, N_BAGGAGE, N_DEFERRED, N_BLIND, N_START_SPAN, N_IS_RECORDING,
-    N_START_RESPONSE, N_DEFAULT_PAIR, N_NAMES
+    N_START_RESPONSE, N_DEFAULT_PAIR, N_END, N_RECORD, N_RESPONSE, N_SET_ATTRIBUTE, N_CAPTURE_KEY,
+    N_SERVER_RESPONSE, N_CTX, N_CLOSE, N_ENDED, N_NAMES
 };
 static const char *name_values[N_NAMES] = {
     "get_current", "attach", "detach", "with_span", "extract", "start_server_span", "server_attributes", "_known",
     "_HTTP_TEXT_FORMAT", "get_global_textmap", "HTTP_TRACEPARENT", "HTTP_BAGGAGE", "start_span_deferred",
-    "_attribute_blind", "start_span", "is_recording", "start_response", "default_pair"};
+    "_attribute_blind", "start_span", "is_recording", "start_response", "default_pair", "end", "record",
+    "_response", "set_attribute", "capture:SERVER_RESPONSE", "SERVER_RESPONSE", "ctx", "close", "ended"};
 static PyObject *N[N_NAMES];
 
 /* a field of the request's (a new reference); AttributeError where Python code deleted it */
@@ -599,6 +601,587 @@ app_failed(PyObject *request, PyObject *token)
     return NULL;
 }
 
+/* -- the request's end, its status and the bodies: wsgi._RequestMethods' end, start_response and _response,
+ * and the _UnrecordedBody, _TracedBody and _HeldBody classes, in C. A method a program or a test replaced on
+ * _Request is called as Python calls it: the C one is called directly only where the class still has it. -- */
+
+static PyObject *request_end_descr, *request_response_descr;  /* RequestType's own (borrowed from its dict) */
+
+enum { B_END_ERROR, B_PY_RESPONSE, B_CAPTURE, B_CAPTURE_RESPONSE, B_SETTINGS, B_STATUS_KEY, N_BCONF };
+static const char *bconf_names[N_BCONF] = {
+    "end_error", "py_response", "capture", "capture_response", "settings", "status_key"};
+static PyObject *bconf[N_BCONF];
+static int bodies_configured;
+
+static PyObject *request_end_impl(PyObject *self, PyObject *exc);
+static PyObject *request_response_impl(PyObject *self, PyObject *status, PyObject *headers);
+
+static int
+bodies_check(void)
+{
+    if (!bodies_configured) {
+        PyErr_SetString(PyExc_RuntimeError, "trace_run.instrumentors._wsgi_native: bodies are not configured");
+        return -1;
+    }
+    return 0;
+}
+
+/* request.end() or request.end(exc) (exc NULL: no argument, as the Python code calls it) */
+static PyObject *
+call_end(PyObject *request, PyObject *exc)
+{
+    if (_PyType_Lookup(Py_TYPE(request), N[N_END]) == request_end_descr && request_end_descr != NULL)
+        return request_end_impl(request, exc == NULL ? Py_None : exc);
+    return exc == NULL ? PyObject_CallMethodNoArgs(request, N[N_END])
+                       : PyObject_CallMethodOneArg(request, N[N_END], exc);
+}
+
+/* _RequestMethods.end: once; an exception recorded, or a 5xx status made an error (the Python steps), then the
+ * span ended */
+static PyObject *
+request_end_impl(PyObject *self, PyObject *exc)
+{
+    if (bodies_check() < 0)
+        return NULL;
+    Request *r = (Request *)self;
+    PyObject *ended = field(self, r->ended, "ended");
+    if (ended == NULL)
+        return NULL;
+    int done = PyObject_IsTrue(ended);
+    Py_DECREF(ended);
+    if (done)
+        return done < 0 ? NULL : Py_NewRef(Py_None);
+    Py_XSETREF(r->ended, Py_NewRef(Py_True));
+    PyObject *span = field(self, r->span, "span");
+    if (span == NULL)
+        return NULL;
+    PyObject *step = NULL;
+    if (exc != Py_None)
+        step = PyObject_CallMethodOneArg(self, N[N_RECORD], exc);
+    else {
+        PyObject *status = field(self, r->status, "status");
+        if (status == NULL) {
+            Py_DECREF(span);
+            return NULL;
+        }
+        int plain = status == Py_None;
+        if (!plain && PyLong_CheckExact(status)) {
+            int overflow;
+            long code = PyLong_AsLongAndOverflow(status, &overflow);
+            plain = !overflow && code < 500 && !(code == -1 && PyErr_Occurred());
+            PyErr_Clear();
+        }
+        Py_DECREF(status);
+        step = plain ? Py_NewRef(Py_None) : PyObject_CallOneArg(bconf[B_END_ERROR], self);
+    }
+    if (step == NULL) {
+        Py_DECREF(span);
+        return NULL;
+    }
+    Py_DECREF(step);
+    PyObject *out = PyObject_CallMethodNoArgs(span, N[N_END]);
+    Py_DECREF(span);
+    return out;
+}
+
+static PyObject *
+request_end(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *exc = nargs > 0 ? args[0] : Py_None;
+    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0) {
+        if (nargs != 0 || PyTuple_GET_SIZE(kwnames) != 1
+            || PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "exc") != 0) {
+            PyErr_SetString(PyExc_TypeError, "end() takes one argument, exc");
+            return NULL;
+        }
+        exc = args[0];
+    } else if (nargs > 1) {
+        PyErr_Format(PyExc_TypeError, "end() takes at most 1 argument (%zd given)", nargs);
+        return NULL;
+    }
+    return request_end_impl(self, exc);
+}
+
+/* the capture of response headers, as http_common.capture("SERVER_RESPONSE") answers: its kept setting */
+static PyObject *
+capture_response(void)
+{
+    PyObject *kept = PyDict_GetItemWithError(bconf[B_SETTINGS], N[N_CAPTURE_KEY]);
+    if (kept != NULL)
+        return Py_NewRef(kept);
+    if (PyErr_Occurred())
+        return NULL;
+    return PyObject_CallOneArg(bconf[B_CAPTURE], N[N_SERVER_RESPONSE]);
+}
+
+/* _RequestMethods._response: the status code kept (and set on a recording span), for a status given as a str;
+ * anything else, the Python method */
+static PyObject *
+request_response_impl(PyObject *self, PyObject *status, PyObject *headers)
+{
+    if (bodies_check() < 0)
+        return NULL;
+    if (!PyUnicode_CheckExact(status))
+        return PyObject_CallFunctionObjArgs(bconf[B_PY_RESPONSE], self, status, headers, NULL);
+    Py_ssize_t space = PyUnicode_FindChar(status, ' ', 0, PyUnicode_GET_LENGTH(status), 1);
+    if (space == -2)
+        return NULL;
+    PyObject *head = space < 0 ? Py_NewRef(status) : PyUnicode_Substring(status, 0, space);
+    if (head == NULL)
+        return NULL;
+    PyObject *code = PyLong_FromUnicodeObject(head, 10);  /* what int(head) does with a str */
+    Py_DECREF(head);
+    if (code == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_ValueError))
+            return NULL;
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    Request *r = (Request *)self;
+    Py_XSETREF(r->status, code);
+    PyObject *span = field(self, r->span, "span");
+    if (span == NULL)
+        return NULL;
+    PyObject *out = NULL, *recording = PyObject_CallMethodNoArgs(span, N[N_IS_RECORDING]);
+    int yes = recording == NULL ? -1 : PyObject_IsTrue(recording);
+    Py_XDECREF(recording);
+    if (yes <= 0) {
+        Py_DECREF(span);
+        return yes < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    PyObject *args[3] = {span, bconf[B_STATUS_KEY], code};
+    PyObject *set = PyObject_VectorcallMethod(N[N_SET_ATTRIBUTE], args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (set == NULL)
+        goto done;
+    Py_DECREF(set);
+    PyObject *cap = capture_response();
+    if (cap == NULL)
+        goto done;
+    if (cap == Py_None) {
+        out = cap;
+        goto done;
+    }
+    out = PyObject_CallFunctionObjArgs(bconf[B_CAPTURE_RESPONSE], span, cap, headers, NULL);
+    Py_DECREF(cap);
+done:
+    Py_DECREF(span);
+    return out;
+}
+
+static PyObject *
+request_response(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "_response() takes 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    return request_response_impl(self, args[0], args[1]);
+}
+
+/* the server's start_response for a recording request: the status kept first (request._response, guarded) */
+typedef struct {
+    PyObject_HEAD
+    PyObject *request, *start_response;
+    vectorcallfunc vectorcall;
+} Responder;
+
+static PyObject *
+responder_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Responder *self = (Responder *)callable;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *given[3] = {NULL, NULL, NULL};
+    static const char *names[3] = {"status", "headers", "exc_info"};
+    if (nargs > 3) {
+        PyErr_Format(PyExc_TypeError, "start_response() takes from 2 to 3 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++)
+        given[i] = args[i];
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    for (Py_ssize_t k = 0; k < nkw; k++) {
+        PyObject *kw = PyTuple_GET_ITEM(kwnames, k);
+        int at = -1;
+        for (int i = 0; i < 3; i++) {
+            if (PyUnicode_Check(kw) && PyUnicode_CompareWithASCIIString(kw, names[i]) == 0)
+                at = i;
+        }
+        if (at < 0 || given[at] != NULL) {
+            PyErr_Format(PyExc_TypeError, at < 0 ? "start_response() got an unexpected keyword argument '%S'"
+                                                 : "start_response() got multiple values for argument '%S'", kw);
+            return NULL;
+        }
+        given[at] = args[nargs + k];
+    }
+    if (given[0] == NULL || given[1] == NULL) {
+        PyErr_SetString(PyExc_TypeError, "start_response() missing its status or headers");
+        return NULL;
+    }
+    PyObject *request = self->request, *kept;
+    Py_INCREF(request);
+    if (_PyType_Lookup(Py_TYPE(request), N[N_RESPONSE]) == request_response_descr && request_response_descr != NULL)
+        kept = request_response_impl(request, given[0], given[1]);
+    else {
+        PyObject *margs[3] = {request, given[0], given[1]};
+        kept = PyObject_VectorcallMethod(N[N_RESPONSE], margs, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    Py_DECREF(request);
+    if (kept == NULL && guard_failed() < 0)
+        return NULL;
+    Py_XDECREF(kept);
+    PyObject *call[3] = {given[0], given[1], given[2]};
+    return PyObject_Vectorcall(self->start_response, call, given[2] != NULL && given[2] != Py_None ? 3 : 2, NULL);
+}
+
+static int
+responder_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(((Responder *)self)->request);
+    Py_VISIT(((Responder *)self)->start_response);
+    return 0;
+}
+
+static int
+responder_clear(PyObject *self)
+{
+    Py_CLEAR(((Responder *)self)->request);
+    Py_CLEAR(((Responder *)self)->start_response);
+    return 0;
+}
+
+static void
+responder_dealloc(PyObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    responder_clear(self);
+    Py_TYPE(self)->tp_free(self);
+}
+
+static PyTypeObject ResponderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "trace_run.instrumentors._wsgi_native.traced_start_response",
+    .tp_doc = "The server's start_response, the request's status kept first.",
+    .tp_basicsize = sizeof(Responder),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(Responder, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_traverse = responder_traverse,
+    .tp_clear = responder_clear,
+    .tp_dealloc = responder_dealloc,
+};
+
+static PyObject *
+request_start_response(PyObject *self, PyObject *start_response)
+{
+    Responder *r = PyObject_GC_New(Responder, &ResponderType);
+    if (r == NULL)
+        return NULL;
+    r->request = Py_NewRef(self);
+    r->start_response = Py_NewRef(start_response);
+    r->vectorcall = responder_vectorcall;
+    PyObject_GC_Track((PyObject *)r);
+    return (PyObject *)r;
+}
+
+static PyMethodDef request_methods[] = {
+    {"end", (PyCFunction)(void (*)(void))request_end, METH_FASTCALL | METH_KEYWORDS,
+     "end(exc=None): the span ended once (an exception recorded, a 5xx status an error)."},
+    {"_response", (PyCFunction)(void (*)(void))request_response, METH_FASTCALL,
+     "_response(status, headers): the status code kept."},
+    {"start_response", request_start_response, METH_O,
+     "start_response(start_response): the server's, the request's status kept first."},
+    {NULL, NULL, 0, NULL}};
+
+/* the bodies: 0 _UnrecordedBody (the context current while a chunk is made), 1 _TracedBody (and the span ended
+ * when the body runs out, fails, is closed or dropped), 2 _HeldBody (the same, no context made current) */
+enum { UNRECORDED, TRACED, HELD };
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *body, *iter, *request;
+    int kind;
+} Body;
+
+static int
+body_kind(PyTypeObject *type)
+{
+    PyObject *kind = PyObject_GetAttrString((PyObject *)type, "_kind");
+    if (kind == NULL)
+        return -1;
+    long k = PyLong_AsLong(kind);
+    Py_DECREF(kind);
+    if (k == -1 && PyErr_Occurred())
+        return -1;
+    if (k < UNRECORDED || k > HELD) {
+        PyErr_SetString(PyExc_ValueError, "_kind: 0, 1 or 2");
+        return -1;
+    }
+    return (int)k;
+}
+
+static void
+body_fill(Body *b, int kind, PyObject *body, PyObject *request)
+{
+    Py_XSETREF(b->body, Py_NewRef(body));
+    Py_CLEAR(b->iter);
+    Py_XSETREF(b->request, Py_NewRef(request));
+    b->kind = kind;
+}
+
+static int
+body_init(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"body", "request", NULL};
+    PyObject *body, *request;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO:body", names, &body, &request))
+        return -1;
+    int kind = body_kind(Py_TYPE(self));
+    if (kind < 0)
+        return -1;
+    body_fill((Body *)self, kind, body, request);
+    return 0;
+}
+
+static PyObject *
+body_make(PyObject *type, int kind, PyObject *body, PyObject *request)
+{
+    PyObject *made = ((PyTypeObject *)type)->tp_alloc((PyTypeObject *)type, 0);
+    if (made != NULL)
+        body_fill((Body *)made, kind, body, request);
+    return made;
+}
+
+/* the next chunk, the request's context current while it is made (not for a held body); NULL and no error:
+ * the body ran out */
+static PyObject *
+body_step(Body *self)
+{
+    PyObject *token = NULL;
+    if (self->kind != HELD) {
+        PyObject *ctx = PyObject_GetAttr(self->request, N[N_CTX]);
+        if (ctx == NULL)
+            return NULL;
+        token = call_runtime(N_ATTACH, &ctx, 1);
+        Py_DECREF(ctx);
+        if (token == NULL)
+            return NULL;
+    }
+    PyObject *chunk = NULL;
+    if (self->iter == NULL)
+        self->iter = PyObject_GetIter(self->body);
+    if (self->iter != NULL)
+        chunk = PyIter_Next(self->iter);
+    if (token != NULL) {  /* the `finally:` (its error replaces the pending one) */
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        PyObject *d = call_runtime(N_DETACH, &token, 1);
+        Py_DECREF(token);
+        if (d == NULL) {
+            Py_XDECREF(et);
+            Py_XDECREF(ev);
+            Py_XDECREF(tb);
+            Py_XDECREF(chunk);
+            return NULL;
+        }
+        Py_DECREF(d);
+        PyErr_Restore(et, ev, tb);
+    }
+    return chunk;
+}
+
+/* `with _guard: request.end(exc)` / `try: request.end() except Exception as exc: _guard.failed(exc)`, while the
+ * pending error (if any) is the one handled; 0, or -1 with the error that replaces it */
+static int
+end_guarded(PyObject *request, PyObject *exc)
+{
+    PyObject *r = call_end(request, exc);
+    if (r != NULL) {
+        Py_DECREF(r);
+        return 0;
+    }
+    return guard_failed();
+}
+
+static PyObject *
+body_next(PyObject *op)
+{
+    Body *self = (Body *)op;
+    if (bodies_check() < 0)
+        return NULL;
+    PyObject *chunk = body_step(self);
+    if (chunk != NULL || self->kind == UNRECORDED)
+        return chunk;
+    Py_INCREF(op);
+    PyObject *request = Py_NewRef(self->request);
+    if (!PyErr_Occurred() || PyErr_ExceptionMatches(PyExc_StopIteration)) {  /* the whole body is out */
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        if (end_guarded(request, NULL) < 0) {
+            Py_XDECREF(et);
+            Py_XDECREF(ev);
+            Py_XDECREF(tb);
+        } else
+            PyErr_Restore(et, ev, tb);
+    } else {  /* the body's own error: the span ended with it, then it is raised again */
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        PyErr_NormalizeException(&et, &ev, &tb);
+        if (tb != NULL)
+            PyException_SetTraceback(ev, tb);
+        PyObject *ht, *hv, *htb;
+        PyErr_GetExcInfo(&ht, &hv, &htb);
+        Py_INCREF(et);
+        Py_INCREF(ev);
+        Py_XINCREF(tb);
+        PyErr_SetExcInfo(et, ev, tb);
+        int ok = end_guarded(request, ev) == 0;
+        PyErr_SetExcInfo(ht, hv, htb);
+        if (ok)
+            PyErr_Restore(et, ev, tb);
+        else {
+            Py_DECREF(et);
+            Py_DECREF(ev);
+            Py_XDECREF(tb);
+        }
+    }
+    Py_DECREF(request);
+    Py_DECREF(op);
+    return NULL;
+}
+
+static PyObject *
+body_close(PyObject *op, PyObject *unused)
+{
+    Body *self = (Body *)op;
+    if (bodies_check() < 0)
+        return NULL;
+    Py_INCREF(op);
+    int ok = 1;
+    PyObject *close = PyObject_GetAttr(self->body, N[N_CLOSE]);  /* getattr(body, "close", None) */
+    if (close == NULL) {
+        ok = PyErr_ExceptionMatches(PyExc_AttributeError);
+        if (ok)
+            PyErr_Clear();
+    } else {
+        PyObject *r = PyObject_CallNoArgs(close);
+        Py_DECREF(close);
+        ok = r != NULL;
+        Py_XDECREF(r);
+    }
+    if (self->kind != UNRECORDED) {  /* the `finally:` (an error it raises replaces the body's) */
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        PyObject *request = Py_NewRef(self->request);
+        int ended = end_guarded(request, NULL);
+        Py_DECREF(request);
+        if (ended < 0) {
+            Py_XDECREF(et);
+            Py_XDECREF(ev);
+            Py_XDECREF(tb);
+            ok = 0;
+        } else
+            PyErr_Restore(et, ev, tb);
+    }
+    Py_DECREF(op);
+    return ok ? Py_NewRef(Py_None) : NULL;
+}
+
+/* last resort (a server whose write failed drops the body unexhausted, unclosed): the span ended */
+static void
+body_finalize(PyObject *op)
+{
+    Body *self = (Body *)op;
+    if (self->kind == UNRECORDED || self->request == NULL || !bodies_configured)
+        return;
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    PyObject *ended = PyObject_GetAttr(self->request, N[N_ENDED]);
+    int done = ended == NULL ? -1 : PyObject_IsTrue(ended);
+    Py_XDECREF(ended);
+    if (done == 0) {
+        PyObject *r = call_end(self->request, NULL);
+        Py_XDECREF(r);
+    }
+    PyErr_Clear();  /* (`except Exception: pass`) */
+    PyErr_Restore(et, ev, tb);
+}
+
+static int
+body_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    Body *b = (Body *)self;
+    Py_VISIT(b->body);
+    Py_VISIT(b->iter);
+    Py_VISIT(b->request);
+    return 0;
+}
+
+static int
+body_clear(PyObject *self)
+{
+    Body *b = (Body *)self;
+    Py_CLEAR(b->body);
+    Py_CLEAR(b->iter);
+    Py_CLEAR(b->request);
+    return 0;
+}
+
+static void
+body_dealloc(PyObject *self)
+{
+    if (PyObject_CallFinalizerFromDealloc(self) < 0)
+        return;  /* resurrected */
+    PyObject_GC_UnTrack(self);
+    body_clear(self);
+    Py_TYPE(self)->tp_free(self);
+}
+
+static PyMethodDef body_methods[] = {
+    {"close", body_close, METH_NOARGS, "The app's body closed; the span ended (traced bodies), whichever fails."},
+    {NULL, NULL, 0, NULL}};
+
+static PyTypeObject BodyType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "trace_run.instrumentors._wsgi_native.Body",
+    .tp_doc = "The bodies' base: their class's _kind says which (0 unrecorded, 1 traced, 2 held).",
+    .tp_basicsize = sizeof(Body),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = body_init,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = body_next,
+    .tp_finalize = body_finalize,
+    .tp_traverse = body_traverse,
+    .tp_clear = body_clear,
+    .tp_dealloc = body_dealloc,
+    .tp_methods = body_methods,
+};
+
+static PyObject *
+configure_bodies(PyObject *module, PyObject *names)
+{
+    if (!PyDict_Check(names)) {
+        PyErr_SetString(PyExc_TypeError, "configure_bodies() takes a dict");
+        return NULL;
+    }
+    PyObject *got[N_BCONF];
+    for (int i = 0; i < N_BCONF; i++) {
+        got[i] = PyDict_GetItemString(names, bconf_names[i]);
+        if (got[i] == NULL) {
+            PyErr_Format(PyExc_KeyError, "configure_bodies() needs %s", bconf_names[i]);
+            return NULL;
+        }
+    }
+    if (!PyDict_Check(got[B_SETTINGS])) {
+        PyErr_SetString(PyExc_TypeError, "settings: a dict");
+        return NULL;
+    }
+    for (int i = 0; i < N_BCONF; i++)
+        Py_XSETREF(bconf[i], Py_NewRef(got[i]));
+    bodies_configured = 1;
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 handle(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -606,7 +1189,9 @@ handle(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
         || !PyDict_CheckExact(args[1]))
         return PyObject_Vectorcall(hconf[H_PYTHON] != NULL ? hconf[H_PYTHON] : Py_None, args, nargs, kwnames);
     PyObject *tracer = args[0], *environ = args[1], *start_response = args[2], *app = args[3];
-    PyObject *excluded = nargs > 4 ? args[4] : Py_None, *body = nargs > 5 ? args[5] : hconf[H_TRACED_BODY];
+    PyObject *excluded = nargs > 4 ? args[4] : Py_None, *body = nargs > 5 ? args[5] : Py_None;
+    if (body == Py_None)
+        body = hconf[H_TRACED_BODY];
     PyObject *request = begin(tracer, environ, excluded);
     if (request == NULL)
         return PyErr_Occurred() ? NULL : call_app(app, environ, start_response);
@@ -660,10 +1245,13 @@ handle(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
             result = got;
             goto done;
         }
-        if (!recording)
-            body = hconf[H_UNRECORDED_BODY];
-        else if (held)
-            body = hconf[H_HELD_BODY];
+        int kind = !recording ? UNRECORDED : held ? HELD : TRACED;
+        body = hconf[kind == UNRECORDED ? H_UNRECORDED_BODY : kind == HELD ? H_HELD_BODY : H_TRACED_BODY];
+        if (PyType_Check(body) && PyType_IsSubtype((PyTypeObject *)body, &BodyType)) {
+            result = body_make(body, kind, got, request);
+            Py_DECREF(got);
+            goto done;
+        }
     }
     PyObject *pair[2] = {got, request};
     result = PyObject_Vectorcall(body, pair, 2, NULL);
@@ -734,6 +1322,8 @@ static PyMethodDef module_methods[] = {
     {"configure", configure, METH_O, "configure(names: dict): the objects server_attributes uses or calls."},
     {"server_attributes", server_attributes, METH_O, "wsgi.server_attributes(environ) -> (name, attributes)."},
     {"configure_handle", configure_handle, METH_O, "configure_handle(names: dict): the objects handle uses or calls."},
+    {"configure_bodies", configure_bodies, METH_O,
+     "configure_bodies(names: dict): the Python steps Request's methods and the bodies call."},
     {"handle", (PyCFunction)(void (*)(void))handle, METH_FASTCALL | METH_KEYWORDS,
      "wsgi.handle(tracer, environ, start_response, app, excluded=None, body=_TracedBody)."},
     {NULL, NULL, 0, NULL}};
@@ -754,14 +1344,23 @@ PyInit__wsgi_native(void)
     }
     if (empty_tuple == NULL && (empty_tuple = PyTuple_New(0)) == NULL)
         return NULL;
-    if (PyType_Ready(&RequestType) < 0)
+    RequestType.tp_methods = request_methods;
+    if (PyType_Ready(&RequestType) < 0 || PyType_Ready(&ResponderType) < 0 || PyType_Ready(&BodyType) < 0)
         return NULL;
+    request_end_descr = PyDict_GetItemString(RequestType.tp_dict, "end");
+    request_response_descr = PyDict_GetItemString(RequestType.tp_dict, "_response");
     PyObject *module = PyModule_Create(&module_def);
     if (module == NULL)
         return NULL;
     Py_INCREF(&RequestType);
     if (PyModule_AddObject(module, "Request", (PyObject *)&RequestType) < 0) {
         Py_DECREF(&RequestType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    Py_INCREF(&BodyType);
+    if (PyModule_AddObject(module, "Body", (PyObject *)&BodyType) < 0) {
+        Py_DECREF(&BodyType);
         Py_DECREF(module);
         return NULL;
     }

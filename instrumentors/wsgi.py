@@ -257,29 +257,9 @@ def set_route(span: trace.Span, method: str, route: str) -> None:
         span.set_attribute(HTTP_ROUTE, route)
 
 
-class _RequestFields:
-    """_Request's fields, where _wsgi_native (whose Request type has the same) was not built."""
-
-    __slots__ = ("span", "ctx", "status", "ended", "recorded", "held_whole")
-
-    def __init__(self, span: trace.Span, ctx):
-        self.span = span
-        self.ctx = ctx
-        self.status = None
-        self.ended = False
-        self.recorded = None
-        self.held_whole = False
-
-
-try:
-    from ._wsgi_native import Request as _RequestBase
-except ImportError:
-    _RequestBase = _RequestFields
-
-
-class _Request(_RequestBase):
-    """Per-request state: the span, its context, and the status once known. `held_whole`: a framework saw
-    that the body is already made (no code of the app runs while it is iterated)."""
+class _RequestMethods:
+    """_Request's methods in Python (where _wsgi_native's Request has end, start_response and _response in C,
+    those are its; record is always this one)."""
 
     __slots__ = ()
 
@@ -311,7 +291,7 @@ class _Request(_RequestBase):
             span.set_attribute(HTTP_RESPONSE_STATUS_CODE, code)
             cap = http_common.capture("SERVER_RESPONSE")
             if cap is not None:
-                bounds.set_on_span(span, cap.attributes(headers))
+                _capture_response(span, cap, headers)
 
     def end(self, exc: Optional[BaseException] = None) -> None:
         if self.ended:
@@ -320,21 +300,46 @@ class _Request(_RequestBase):
         span = self.span
         if exc is not None:
             self.record(exc)
-        elif self.status is not None and http_common.server_error(self.status) and span.is_recording():
-            if self.recorded is None:
-                errors.record_status(span, self.status)
-            else:  # error.type names the exception behind the 500
-                span.set_status(Status(StatusCode.ERROR))
+        elif self.status is not None:
+            _end_error(self)
         span.end()
 
 
-class _UnrecordedBody:
+def _capture_response(span: trace.Span, cap: Any, headers: Any) -> None:
+    bounds.set_on_span(span, cap.attributes(headers))
+
+
+def _end_error(request: Any) -> None:
+    """A request ending with a 5xx status: an error (error.type names the exception behind it, if one was)."""
+    span = request.span
+    if http_common.server_error(request.status) and span.is_recording():
+        if request.recorded is None:
+            errors.record_status(span, request.status)
+        else:
+            span.set_status(Status(StatusCode.ERROR))
+
+
+class _RequestFields(_RequestMethods):
+    """_Request's fields, where _wsgi_native's Request (the same fields) is not used."""
+
+    __slots__ = ("span", "ctx", "status", "ended", "recorded", "held_whole")
+
+    def __init__(self, span: trace.Span, ctx):
+        self.span = span
+        self.ctx = ctx
+        self.status = None
+        self.ended = False
+        self.recorded = None
+        self.held_whole = False
+
+
+class _PythonUnrecordedBody:
     """The body of a request whose span does not record: nothing to end, but the request's context is
     current while it yields (a call made by a streamed body keeps the trace and its not-sampled flag)."""
 
     __slots__ = ("_body", "_iter", "_request")
 
-    def __init__(self, body, request: _Request):
+    def __init__(self, body, request):
         self._body = body
         self._iter = None
         self._request = request
@@ -357,13 +362,13 @@ class _UnrecordedBody:
             close()
 
 
-class _TracedBody(_UnrecordedBody):
+class _PythonTracedBody(_PythonUnrecordedBody):
     """The app's response iterable; the span is current while it yields and ends once the body
     is exhausted or closed, whichever comes first."""
 
     __slots__ = ()
 
-    _step = _UnrecordedBody.__next__  # the next chunk, the request's context current while it is made
+    _step = _PythonUnrecordedBody.__next__  # the next chunk, the request's context current while it is made
 
     def __next__(self):
         try:
@@ -402,7 +407,7 @@ class _TracedBody(_UnrecordedBody):
                 _guard.failed(exc)
 
 
-class _HeldBody(_TracedBody):
+class _PythonHeldBody(_PythonTracedBody):
     """A body the framework made already (`held_whole`): no code of the app runs while it is iterated,
     so its chunks are taken without making the context current."""
 
@@ -414,11 +419,69 @@ class _HeldBody(_TracedBody):
         return next(self._iter)
 
 
+class _PythonRequest(_RequestFields):
+    """_Request in Python (tests compare the two)."""
+
+    __slots__ = ()
+
+
+def _native_parts() -> Optional[tuple]:
+    """(the Request base, the Body base) of _wsgi_native, where it was built and the C call path is on
+    (OTEL_TRACE_RUN_NATIVE_CALLS), configured; None: the Python classes."""
+    if runtime_context.NATIVE is None:
+        return None
+    try:
+        from . import _wsgi_native
+
+        _wsgi_native.configure_bodies({
+            "end_error": _end_error, "py_response": _RequestMethods._response, "capture": http_common.capture,
+            "capture_response": _capture_response, "settings": http_common._settings,
+            "status_key": HTTP_RESPONSE_STATUS_CODE})
+    except Exception as exc:  # not built, or not as it was written for: the Python classes
+        from trace_run.core import log
+
+        log.debug("WSGI requests are handled in Python (%s: %s)" % (type(exc).__name__, exc))
+        return None
+    return _wsgi_native.Request, _wsgi_native.Body
+
+
+_NATIVE_PARTS = _native_parts()
+
+if _NATIVE_PARTS is not None:
+    class _Request(_NATIVE_PARTS[0], _RequestMethods):
+        """Per-request state: the span, its context, and the status once known. `held_whole`: a framework
+        saw that the body is already made (no code of the app runs while it is iterated)."""
+
+        __slots__ = ()
+
+    class _UnrecordedBody(_NATIVE_PARTS[1]):
+        __doc__ = _PythonUnrecordedBody.__doc__
+        __slots__ = ()
+        _kind = 0
+
+    class _TracedBody(_UnrecordedBody):
+        __doc__ = _PythonTracedBody.__doc__
+        __slots__ = ()
+        _kind = 1
+
+    class _HeldBody(_TracedBody):
+        __doc__ = _PythonHeldBody.__doc__
+        __slots__ = ()
+        _kind = 2
+else:
+    _Request, _UnrecordedBody, _TracedBody, _HeldBody = (
+        _PythonRequest, _PythonUnrecordedBody, _PythonTracedBody, _PythonHeldBody)
+
+# what the C replaces, by the names handle reads (tests put these back to compare the two)
+PYTHON_CLASSES = {"_Request": _PythonRequest, "_UnrecordedBody": _PythonUnrecordedBody,
+                  "_TracedBody": _PythonTracedBody, "_HeldBody": _PythonHeldBody}
+
+
 def handle(tracer: trace.Tracer, environ: dict, start_response: Callable, app: Callable,
-           excluded=None, body: Callable[[Any, _Request], Any] = _TracedBody) -> Any:
+           excluded=None, body: Optional[Callable[[Any, _Request], Any]] = None) -> Any:
     """Run one WSGI request through `app` inside a SERVER span; `body(result, request)` is what goes
     back to the server and ends the span when the server is done with it (a framework may keep its own
-    response object instead of the _TracedBody wrapper)."""
+    response object instead of the _TracedBody wrapper, the default)."""
     request = None
     try:  # `with _guard:`, which costs two Python calls a request (Guard.failed says why not)
         if ENVIRON_KEY not in environ and instrumentation_enabled_in(runtime_context.get_current()):
@@ -443,11 +506,12 @@ def handle(tracer: trace.Tracer, environ: dict, start_response: Callable, app: C
         raise
     finally:
         runtime_context.detach(token)
-    if body is _TracedBody:
+    if body is None or body is _TracedBody:
         if not recording:  # nothing to end; the context is needed only while code of the app runs (a streamed body)
             return result if request.held_whole else _UnrecordedBody(result, request)
         if request.held_whole:
             return _HeldBody(result, request)
+        return _TracedBody(result, request)
     return body(result, request)
 
 
@@ -470,7 +534,7 @@ def _is_deferred(function: Any) -> bool:
 
 def _native_handle() -> Optional[Callable]:
     """handle in C (instrumentors/_wsgi_native.c), as server_attributes; None: the Python function."""
-    if runtime_context.NATIVE is None or _RequestBase is _RequestFields:
+    if _NATIVE_PARTS is None:
         return None
     from opentelemetry import propagate as propagate_module
 

@@ -46,14 +46,42 @@ def _environ(path="/p", query="", **headers):
     return environ
 
 
+class _ClosingBody:
+    """A body whose iteration or close fails (as the kind says)."""
+
+    def __init__(self, kind):
+        self.kind = kind
+
+    def __iter__(self):
+        yield b"first"
+        if self.kind == "iter raises":
+            raise Boom("mid-body")
+        yield b"second"
+
+    def close(self):
+        if self.kind == "close raises":
+            raise Boom("in close")
+
+
+STATUSES = {"500": "500 INTERNAL SERVER ERROR", "odd status": "abc", "bytes status": b"201 Created",
+            "int status": 404, "spaced status": " 302  Found", "keyword exc_info": "503 Unavailable"}
+
+
 def _app(kind):
     def app(environ, start_response):
         if kind == "raise":
             raise Boom("the app failed")
         if kind == "interrupt":
             raise KeyboardInterrupt
-        status = "500 INTERNAL SERVER ERROR" if kind == "500" else "200 OK"
-        start_response(status, [("Content-Type", "text/plain")])
+        if kind == "handled":  # a framework turned an exception into a 500
+            environ[wsgi.ENVIRON_KEY].record(Boom("handled")) if wsgi.ENVIRON_KEY in environ else None
+        status = STATUSES.get(kind, "500 INTERNAL SERVER ERROR" if kind == "handled" else "200 OK")
+        if kind == "keyword exc_info":
+            start_response(status=status, headers=[("Content-Type", "text/plain")], exc_info=None)
+        else:
+            start_response(status, [("Content-Type", "text/plain")])
+        if kind in ("iter raises", "close raises"):
+            return _ClosingBody(kind)
         if kind == "held" and wsgi.ENVIRON_KEY in environ:
             environ[wsgi.ENVIRON_KEY].held_whole = True
         if kind == "stream":
@@ -121,7 +149,7 @@ def _span_view(span, traceparent_span):
 
 
 def _run(handle, tracer_kind, environ_name, app_kind, *, context=None, excluded=None, body=None, traced=False,
-         environ_type=dict):
+         environ_type=dict, consume="all"):
     """Everything one request shows: the answer, the body and what start_response got, the spans, the guard's
     reports, the environ's state and the context after."""
     tracer, exporter = (guard._FaultyTracer("flask"), None) if tracer_kind == "faulty" else _tracer(tracer_kind)
@@ -146,17 +174,25 @@ def _run(handle, tracer_kind, environ_name, app_kind, *, context=None, excluded=
         args.append(body)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(guard, "report", lambda where, exc: reports.append((where, type(exc).__name__, str(exc))))
+        if handle is wsgi.python_handle:  # the Python classes too
+            for name, cls in wsgi.PYTHON_CLASSES.items():
+                mp.setattr(wsgi, name, cls)
+        kind = None
         try:
             result = handle(*args)
-            kind = type(result).__name__
+            kind = type(result).__name__.replace("_Python", "_")
             if isinstance(result, tuple):  # a body of the caller's
                 result = result[1]
-            for chunk in result:
-                chunks.append(chunk)
-            getattr(result, "close", lambda: None)()
+            if consume == "drop":
+                del result
+            else:
+                for chunk in result:
+                    chunks.append(chunk)
+                    if consume == "one":
+                        break
+                getattr(result, "close", lambda: None)()
         except BaseException as exc:  # noqa: B902 (KeyboardInterrupt too: the app raised it)
             raised = (type(exc).__name__, str(exc), exc.__traceback__ is not None)
-            kind = None
         finally:
             if token is not None:
                 context_api.detach(token)
@@ -167,9 +203,9 @@ def _run(handle, tracer_kind, environ_name, app_kind, *, context=None, excluded=
     return {
         "answer": kind, "raised": raised, "chunks": chunks[:1], "responses": responses, "reports": reports,
         "spans": [_span_view(s, streamed_id in ids if streamed_id else None) for s in spans],
-        "state": type(state).__name__ if not isinstance(state, str) else state,
+        "state": type(state).__name__.replace("_Python", "_") if not isinstance(state, str) else state,
         "state fields": (state.status, state.ended, state.held_whole, state.recorded is not None)
-        if isinstance(state, wsgi._Request) else None,
+        if isinstance(state, (wsgi._Request, wsgi._PythonRequest)) else None,
         "context restored": context_api.get_current() is before,
     }
 
@@ -177,6 +213,8 @@ def _run(handle, tracer_kind, environ_name, app_kind, *, context=None, excluded=
 CASES = [(t, e, a) for t in ("ours on", "ours off", "ours ratio", "ours parent", "following on", "following ratio",
                               "sdk on", "sdk off", "other on", "faulty")
          for e in ENVIRONS for a in ("list", "stream", "raise", "500", "held")]
+APPS = ["list", "stream", "raise", "interrupt", "500", "held", "handled", "iter raises", "close raises",
+        *[k for k in STATUSES if k != "500"]]
 
 
 def test_the_extension_is_built_and_used_where_a_c_compiler_is():
@@ -195,6 +233,19 @@ def test_every_case_answers_as_the_python_handle(tracer_kind, environ_name, app_
         assert [s["name"] for s in ours["spans"]] == ["GET" if environ_name != "post" else "POST"] \
             if environ_name != "odd method" else ["HTTP"]
         assert ours["answer"] == "_TracedBody" and ours["state"] == "_Request"
+
+
+@pytest.mark.parametrize("app_kind", APPS)
+@pytest.mark.parametrize("consume", ["all", "one", "drop"])
+@pytest.mark.parametrize("tracer_kind", ["ours on", "ours off"])
+def test_every_app_and_server_answers_as_the_python_handle(app_kind, consume, tracer_kind):
+    """Bodies that run out, fail or fail to close; a server that takes one chunk and closes, or drops the body
+    (the span ended as it goes); statuses of every shape, given by keyword too."""
+    python = _run(wsgi.python_handle, tracer_kind, "sampled parent", app_kind, consume=consume)
+    ours = _run(native.handle, tracer_kind, "sampled parent", app_kind, consume=consume)
+    assert ours == python
+    if tracer_kind == "ours on" and app_kind not in ("raise", "interrupt"):
+        assert len(ours["spans"]) == 1 and ours["spans"][0]["ended"]
 
 
 @pytest.mark.parametrize("app_kind", ["list", "raise", "interrupt", "stream"])
