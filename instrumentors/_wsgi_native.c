@@ -289,13 +289,13 @@ enum {
     N_GET_CURRENT, N_ATTACH, N_DETACH, N_WITH_SPAN, N_EXTRACT, N_START_SERVER_SPAN, N_SERVER_ATTRIBUTES, N_KNOWN,
     N_TEXT_FORMAT, N_GET_TEXTMAP, N_TRACEPARENT, N_BAGGAGE, N_DEFERRED, N_BLIND, N_START_SPAN, N_IS_RECORDING,
     N_START_RESPONSE, N_DEFAULT_PAIR, N_END, N_RECORD, N_RESPONSE, N_SET_ATTRIBUTE, N_CAPTURE_KEY,
-    N_SERVER_RESPONSE, N_CTX, N_CLOSE, N_ENDED, N_NAMES
+    N_SERVER_RESPONSE, N_CTX, N_CLOSE, N_ENDED, N_UPDATE_NAME, N_NAMES
 };
 static const char *name_values[N_NAMES] = {
     "get_current", "attach", "detach", "with_span", "extract", "start_server_span", "server_attributes", "_known",
     "_HTTP_TEXT_FORMAT", "get_global_textmap", "HTTP_TRACEPARENT", "HTTP_BAGGAGE", "start_span_deferred",
     "_attribute_blind", "start_span", "is_recording", "start_response", "default_pair", "end", "record",
-    "_response", "set_attribute", "capture:SERVER_RESPONSE", "SERVER_RESPONSE", "ctx", "close", "ended"};
+    "_response", "set_attribute", "capture:SERVER_RESPONSE", "SERVER_RESPONSE", "ctx", "close", "ended", "update_name"};
 static PyObject *N[N_NAMES];
 
 /* a field of the request's (a new reference); AttributeError where Python code deleted it */
@@ -607,9 +607,13 @@ app_failed(PyObject *request, PyObject *token)
 
 static PyObject *request_end_descr, *request_response_descr;  /* RequestType's own (borrowed from its dict) */
 
-enum { B_END_ERROR, B_PY_RESPONSE, B_CAPTURE, B_CAPTURE_RESPONSE, B_SETTINGS, B_STATUS_KEY, N_BCONF };
+enum {
+    B_END_ERROR, B_PY_RESPONSE, B_CAPTURE, B_CAPTURE_RESPONSE, B_SETTINGS, B_STATUS_KEY, B_PY_SET_ROUTE,
+    B_KNOWN_METHODS, B_ROUTE_KEY, N_BCONF
+};
 static const char *bconf_names[N_BCONF] = {
-    "end_error", "py_response", "capture", "capture_response", "settings", "status_key"};
+    "end_error", "py_response", "capture", "capture_response", "settings", "status_key", "py_set_route",
+    "known_methods", "route_key"};
 static PyObject *bconf[N_BCONF];
 static int bodies_configured;
 
@@ -1157,6 +1161,44 @@ static PyTypeObject BodyType = {
     .tp_methods = body_methods,
 };
 
+/* wsgi.set_route(span, method, route): for a route and a method given as str (a known method), the same calls;
+ * anything else, the Python function (configured as bodies' "py_set_route") */
+static PyObject *
+set_route(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (bodies_check() < 0)
+        return NULL;
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "set_route() takes 3 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *span = args[0], *method = args[1], *route = args[2];
+    if (!PyUnicode_CheckExact(route) || !PyUnicode_CheckExact(method))
+        return PyObject_Vectorcall(bconf[B_PY_SET_ROUTE], args, 3, NULL);
+    if (PyUnicode_GET_LENGTH(route) == 0)
+        Py_RETURN_NONE;
+    PyObject *recording = PyObject_CallMethodNoArgs(span, N[N_IS_RECORDING]);
+    int yes = recording == NULL ? -1 : PyObject_IsTrue(recording);
+    Py_XDECREF(recording);
+    if (yes <= 0)
+        return yes < 0 ? NULL : Py_NewRef(Py_None);
+    int known = PySet_Contains(bconf[B_KNOWN_METHODS], method);
+    if (known < 0)
+        return NULL;
+    if (!known)  /* (normalized there: the same checks again, then its steps) */
+        return PyObject_Vectorcall(bconf[B_PY_SET_ROUTE], args, 3, NULL);
+    PyObject *name = PyUnicode_FromFormat("%U %U", method, route);
+    if (name == NULL)
+        return NULL;
+    PyObject *r = PyObject_CallMethodOneArg(span, N[N_UPDATE_NAME], name);
+    Py_DECREF(name);
+    if (r == NULL)
+        return NULL;
+    Py_DECREF(r);
+    PyObject *call[3] = {span, bconf[B_ROUTE_KEY], route};
+    return PyObject_VectorcallMethod(N[N_SET_ATTRIBUTE], call, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
 static PyObject *
 configure_bodies(PyObject *module, PyObject *names)
 {
@@ -1172,8 +1214,8 @@ configure_bodies(PyObject *module, PyObject *names)
             return NULL;
         }
     }
-    if (!PyDict_Check(got[B_SETTINGS])) {
-        PyErr_SetString(PyExc_TypeError, "settings: a dict");
+    if (!PyDict_Check(got[B_SETTINGS]) || !PyAnySet_Check(got[B_KNOWN_METHODS])) {
+        PyErr_SetString(PyExc_TypeError, "settings: a dict; known_methods: a set");
         return NULL;
     }
     for (int i = 0; i < N_BCONF; i++)
@@ -1322,6 +1364,8 @@ static PyMethodDef module_methods[] = {
     {"configure", configure, METH_O, "configure(names: dict): the objects server_attributes uses or calls."},
     {"server_attributes", server_attributes, METH_O, "wsgi.server_attributes(environ) -> (name, attributes)."},
     {"configure_handle", configure_handle, METH_O, "configure_handle(names: dict): the objects handle uses or calls."},
+    {"set_route", (PyCFunction)(void (*)(void))set_route, METH_FASTCALL,
+     "wsgi.set_route(span, method, route): the span named `METHOD route`, http.route set."},
     {"configure_bodies", configure_bodies, METH_O,
      "configure_bodies(names: dict): the Python steps Request's methods and the bodies call."},
     {"handle", (PyCFunction)(void (*)(void))handle, METH_FASTCALL | METH_KEYWORDS,

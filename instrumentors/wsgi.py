@@ -436,7 +436,8 @@ def _native_parts() -> Optional[tuple]:
         _wsgi_native.configure_bodies({
             "end_error": _end_error, "py_response": _RequestMethods._response, "capture": http_common.capture,
             "capture_response": _capture_response, "settings": http_common._settings,
-            "status_key": HTTP_RESPONSE_STATUS_CODE})
+            "status_key": HTTP_RESPONSE_STATUS_CODE, "py_set_route": python_set_route,
+            "known_methods": http_common.KNOWN_METHODS, "route_key": HTTP_ROUTE})
     except Exception as exc:  # not built, or not as it was written for: the Python classes
         from trace_run.core import log
 
@@ -445,6 +446,7 @@ def _native_parts() -> Optional[tuple]:
     return _wsgi_native.Request, _wsgi_native.Body
 
 
+python_set_route = set_route
 _NATIVE_PARTS = _native_parts()
 
 if _NATIVE_PARTS is not None:
@@ -471,6 +473,9 @@ if _NATIVE_PARTS is not None:
 else:
     _Request, _UnrecordedBody, _TracedBody, _HeldBody = (
         _PythonRequest, _PythonUnrecordedBody, _PythonTracedBody, _PythonHeldBody)
+
+if _NATIVE_PARTS is not None:
+    from ._wsgi_native import set_route  # noqa: E402, F811
 
 # what the C replaces, by the names handle reads (tests put these back to compare the two)
 PYTHON_CLASSES = {"_Request": _PythonRequest, "_UnrecordedBody": _PythonUnrecordedBody,

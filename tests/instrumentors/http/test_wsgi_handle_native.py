@@ -221,6 +221,7 @@ def test_the_extension_is_built_and_used_where_a_c_compiler_is():
     if not _COMPILER:
         pytest.skip("no C compiler: the extension is optional")
     assert wsgi.handle is native.handle and wsgi.python_handle is not native.handle
+    assert wsgi.set_route is native.set_route
     assert wsgi._Request.__mro__[1] is native.Request
 
 
@@ -325,6 +326,26 @@ def test_a_failing_end_and_a_failing_detach_replace_the_apps_exception_as_in_pyt
                     answers.append((type(exc).__name__, str(exc), type(exc.__context__).__name__))
         assert answers[0] == answers[1], (target, answers)
         assert answers[0][0] == ("KeyboardInterrupt" if target == "end" else "SystemExit")
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "get", "BREW", "", None, b"GET", 7])
+@pytest.mark.parametrize("route", ["/items/<id>", "", None, "/caf\u00e9", 3, "/" + "r" * 300])
+@pytest.mark.parametrize("tracer_kind", ["ours on", "sdk on", "ours off"])
+def test_set_route_names_the_span_as_the_python_function(method, route, tracer_kind):
+    answers = []
+    for function in (wsgi.python_set_route, native.set_route):
+        tracer, exporter = _tracer(tracer_kind)
+        span = tracer.start_span("GET")
+        try:
+            function(span, method, route)
+            answers.append("returned")
+        except Exception as exc:
+            answers.append((type(exc).__name__, str(exc)))
+        span.end()
+        answers.append([(s.name, list(s.attributes.items())) for s in exporter.get_finished_spans()])
+    assert answers[:2] == answers[2:]
+    if tracer_kind != "ours off" and method == "GET" and route == "/items/<id>":
+        assert answers[1] == [("GET /items/<id>", [("http.route", "/items/<id>")])]
 
 
 def test_the_request_state_type_keeps_its_fields():
