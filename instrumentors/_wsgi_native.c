@@ -30,11 +30,11 @@ Py_NewRef(PyObject *o)
 
 enum {
     C_KNOWN, C_PEERS, C_LIMIT, C_CAPTURE, C_PYTHON, C_QUERY_INTO, C_PEER_INTO, C_CAPTURE_INTO, C_METHOD_KEY,
-    C_SCHEME_KEY, C_PATH_KEY, C_TRUNCATED, N_CONF
+    C_SCHEME_KEY, C_PATH_KEY, C_TRUNCATED, C_CONFIG_CACHE, C_LIMIT_KEY, C_SETTINGS, C_CAPTURE_KEY, N_CONF
 };
 static const char *conf_names[N_CONF] = {
     "known", "peers", "limit", "capture", "python", "query_into", "peer_into", "capture_into", "method_key",
-    "scheme_key", "path_key", "truncated"};
+    "scheme_key", "path_key", "truncated", "config_cache", "limit_key", "settings", "capture_key"};
 static PyObject *conf[N_CONF];
 static int configured;
 
@@ -54,6 +54,19 @@ static const int peer_keys[7] = {S_HTTP_HOST, S_SERVER_NAME, S_SERVER_PORT, S_X_
                                  S_USER_AGENT, S_SERVER_PROTOCOL};
 
 #define DECLINE ((PyObject *)1)
+
+/* fn(arg...)'s answer where it keeps it in `kept` under `key` (bounds.limit in config's cache, http_common.capture
+ * in its settings: a dict lookup, not a call); else the call (a new reference) */
+static PyObject *
+kept_or_call(PyObject *kept, PyObject *key, PyObject *fn, PyObject *arg)
+{
+    PyObject *v = PyDict_GetItemWithError(kept, key);
+    if (v != NULL)
+        return Py_NewRef(v);
+    if (PyErr_Occurred())
+        return NULL;
+    return arg == NULL ? PyObject_CallNoArgs(fn) : PyObject_CallOneArg(fn, arg);
+}
 
 /* environ.get(key, fallback) as a borrowed reference; NULL with an error set */
 static PyObject *
@@ -106,7 +119,7 @@ attributes(PyObject *environ)
     Py_INCREF(method);
     Py_INCREF(scheme);
     PyObject *result = NULL, *attrs = NULL, *key = NULL;
-    PyObject *bound = PyObject_CallNoArgs(conf[C_LIMIT]);
+    PyObject *bound = kept_or_call(conf[C_CONFIG_CACHE], conf[C_LIMIT_KEY], conf[C_LIMIT], NULL);
     if (bound == NULL)
         goto done;
     if (bound != Py_None) {
@@ -153,7 +166,7 @@ attributes(PyObject *environ)
     }
     if (found != NULL ? PyDict_Update(attrs, found) < 0 : call_into(C_PEER_INTO, attrs, environ, bound) < 0)
         goto done;
-    PyObject *cap = PyObject_CallOneArg(conf[C_CAPTURE], S[S_SERVER_REQUEST]);
+    PyObject *cap = kept_or_call(conf[C_SETTINGS], conf[C_CAPTURE_KEY], conf[C_CAPTURE], S[S_SERVER_REQUEST]);
     if (cap == NULL)
         goto done;
     int captured = cap == Py_None ? 0 : call_into(C_CAPTURE_INTO, attrs, cap, environ);
@@ -710,12 +723,7 @@ request_end(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *k
 static PyObject *
 capture_response(void)
 {
-    PyObject *kept = PyDict_GetItemWithError(bconf[B_SETTINGS], N[N_CAPTURE_KEY]);
-    if (kept != NULL)
-        return Py_NewRef(kept);
-    if (PyErr_Occurred())
-        return NULL;
-    return PyObject_CallOneArg(bconf[B_CAPTURE], N[N_SERVER_RESPONSE]);
+    return kept_or_call(bconf[B_SETTINGS], N[N_CAPTURE_KEY], bconf[B_CAPTURE], N[N_SERVER_RESPONSE]);
 }
 
 /* _RequestMethods._response: the status code kept (and set on a recording span), for a status given as a str;
@@ -1350,8 +1358,9 @@ configure(PyObject *module, PyObject *names)
             return NULL;
         }
     }
-    if (!PyAnySet_Check(got[C_KNOWN]) || !PyDict_Check(got[C_PEERS])) {
-        PyErr_SetString(PyExc_TypeError, "known: a set; peers: a dict");
+    if (!PyAnySet_Check(got[C_KNOWN]) || !PyDict_Check(got[C_PEERS]) || !PyDict_Check(got[C_CONFIG_CACHE])
+        || !PyDict_Check(got[C_SETTINGS])) {
+        PyErr_SetString(PyExc_TypeError, "known: a set; peers, config_cache, settings: dicts");
         return NULL;
     }
     for (int i = 0; i < N_CONF; i++)

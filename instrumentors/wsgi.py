@@ -30,7 +30,7 @@ from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, S
 from opentelemetry.semconv.attributes.url_attributes import URL_PATH, URL_QUERY, URL_SCHEME
 from opentelemetry.semconv.attributes.user_agent_attributes import USER_AGENT_ORIGINAL
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from trace_run.core import runtime_context
+from trace_run.core import config, runtime_context
 from trace_run.core.guard import Guard
 
 from . import bounds, errors, http_common, propagation
@@ -216,7 +216,8 @@ def _native_server_attributes() -> Optional[Callable[[dict], tuple]]:
             "known": _KNOWN_METHODS, "peers": _PEERS, "limit": bounds.limit, "capture": http_common.capture,
             "python": python_server_attributes, "query_into": _query_into, "peer_into": _peer_into,
             "capture_into": _capture_into, "method_key": HTTP_REQUEST_METHOD, "scheme_key": URL_SCHEME,
-            "path_key": URL_PATH, "truncated": TRUNCATED})
+            "path_key": URL_PATH, "truncated": TRUNCATED, "config_cache": config._cache, "limit_key": bounds._LIMIT,
+            "settings": http_common._settings, "capture_key": "capture:SERVER_REQUEST"})
     except Exception as exc:  # not as it was written for: the Python function
         from trace_run.core import log
 
