@@ -39,13 +39,15 @@ enum {
     C_TRACER, C_SPAN, C_MAKER, C_BOUNDED, C_SPAN_CONTEXT, C_NON_RECORDING, C_CONTEXT, C_DEFAULT_STATE,
     C_ROOT_SAMPLED, C_ROOT_DROPPED, C_SAMPLED, C_SAMPLED_RANDOM, C_RANDOM_FLAG, C_SPAN_KEY, C_INTERNAL,
     C_LOCK_FACTORY, C_LOCK_TYPE, C_RLOCK_FUNCTION, C_THREADING_DICT, C_RANDOM_DICT, C_RUNTIME_DICT, C_ROUTE,
-    C_NOOP_END, C_HAS_IS_ENABLED, C_PYTHON_START, C_PYTHON_SET, C_REPORT, C_UNPACK2, C_TIME_NS, C_PYTHON_END, N_CONF
+    C_NOOP_END, C_HAS_IS_ENABLED, C_PYTHON_START, C_PYTHON_SET, C_REPORT, C_UNPACK2, C_TIME_NS, C_PYTHON_END,
+    C_PYTHON_IS_RECORDING, C_PYTHON_UPDATE_NAME, N_CONF
 };
 static const char *conf_names[N_CONF] = {
     "tracer", "span", "maker", "bounded", "span_context", "non_recording", "context", "default_state",
     "root_sampled", "root_dropped", "sampled", "sampled_random", "random_flag", "span_key", "internal",
     "lock_factory", "lock_type", "rlock_function", "threading_dict", "random_dict", "runtime_dict", "route",
-    "noop_end", "has_is_enabled", "python_start", "python_set", "report", "unpack2", "time_ns", "python_end"};
+    "noop_end", "has_is_enabled", "python_start", "python_set", "report", "unpack2", "time_ns", "python_end",
+    "python_is_recording", "python_update_name"};
 static PyObject *conf[N_CONF];
 static int configured;
 static long random_flag = -1;  /* TraceFlags.RANDOM_TRACE_ID, -1: this API has none */
@@ -1017,6 +1019,61 @@ end(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
     return call_python(conf[C_PYTHON_END], self, args, nargs, kwnames);
 }
 
+/* -- is_recording and update_name ----------------------------------------------------------------------- */
+
+/* Span.is_recording (the SDK's `self._end_time is None`), read from the instance dict; else the Python method */
+static PyObject *
+is_recording(PyObject *self, PyObject *unused)
+{
+    if (Py_TYPE(self) == (PyTypeObject *)conf[C_SPAN]) {
+        PyObject *sd = instance_dict(self);
+        PyObject *ended = sd == NULL ? NULL : PyDict_GetItemWithError(sd, S[S_END_TIME]);
+        Py_XDECREF(sd);  /* (the span holds it: `ended` stays valid) */
+        if (ended != NULL)
+            return PyBool_FromLong(ended == Py_None);
+        PyErr_Clear();
+    }
+    return call_python(conf[C_PYTHON_IS_RECORDING], self, NULL, 0, NULL);
+}
+
+/* Span.update_name: the name set under the span's lock while it is not ended; an ended span (its warning), a
+ * span not made as these are, or any other call: the Python method */
+static PyObject *
+update_name(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs == 1 && Py_TYPE(self) == (PyTypeObject *)conf[C_SPAN]) {
+        PyObject *sd = instance_dict(self);
+        PyObject *lock = sd == NULL ? NULL : PyDict_GetItemWithError(sd, S[S_LOCK]);
+        if (lock != NULL && Py_TYPE(lock) == (PyTypeObject *)conf[C_LOCK_TYPE]) {
+            Py_INCREF(lock);
+            PyObject *r = PyObject_CallMethodNoArgs(lock, S[S_ACQUIRE]);
+            if (r == NULL) {
+                Py_DECREF(lock);
+                Py_DECREF(sd);
+                return NULL;
+            }
+            Py_DECREF(r);
+            PyObject *ended = PyDict_GetItemWithError(sd, S[S_END_TIME]);
+            int set = ended == Py_None ? PyDict_SetItem(sd, S[S_NAME], args[0]) : 1;
+            int released = release_keeping_error(lock);
+            Py_DECREF(lock);
+            Py_DECREF(sd);
+            if (set < 0 || released < 0)
+                return NULL;
+            if (set == 0)
+                Py_RETURN_NONE;
+            if (PyErr_Occurred())
+                return NULL;
+            /* ended (or no _end_time): the Python method says so */
+        } else {
+            Py_XDECREF(sd);
+            if (PyErr_Occurred())
+                PyErr_Clear();
+        }
+    }
+    return call_python(conf[C_PYTHON_UPDATE_NAME], self, args, nargs, NULL);
+}
+
 /* -- the module ------------------------------------------------------------------------------------------ */
 
 static PyMethodDef start_span_def = {
@@ -1025,6 +1082,12 @@ static PyMethodDef start_span_def = {
 static PyMethodDef end_def = {
     "end", (PyCFunction)(void (*)(void))end, METH_FASTCALL | METH_KEYWORDS,
     "Span.end: in C (trace_run.agent._span_native) for a started span of trace-run's, else the Python method."};
+static PyMethodDef is_recording_def = {
+    "is_recording", is_recording, METH_NOARGS,
+    "Span.is_recording: read in C (trace_run.agent._span_native) for a span of trace-run's, else the SDK's."};
+static PyMethodDef update_name_def = {
+    "update_name", (PyCFunction)(void (*)(void))update_name, METH_FASTCALL,
+    "Span.update_name: in C (trace_run.agent._span_native) for a span of trace-run's not ended, else Python's."};
 static PyMethodDef set_attribute_def = {
     "set_attribute", (PyCFunction)(void (*)(void))set_attribute, METH_FASTCALL,
     "Span.set_attribute: its fast path in C (trace_run.agent._span_native), else the Python method."};
@@ -1066,10 +1129,14 @@ configure(PyObject *module, PyObject *names)
         return NULL;
     PyObject *set = PyDescr_NewMethod((PyTypeObject *)got[C_SPAN], &set_attribute_def);
     PyObject *end_method = PyDescr_NewMethod((PyTypeObject *)got[C_SPAN], &end_def);
-    if (set == NULL || end_method == NULL) {
+    PyObject *recording = PyDescr_NewMethod((PyTypeObject *)got[C_SPAN], &is_recording_def);
+    PyObject *rename = PyDescr_NewMethod((PyTypeObject *)got[C_SPAN], &update_name_def);
+    if (set == NULL || end_method == NULL || recording == NULL || rename == NULL) {
         Py_DECREF(start);
         Py_XDECREF(set);
         Py_XDECREF(end_method);
+        Py_XDECREF(recording);
+        Py_XDECREF(rename);
         return NULL;
     }
     for (int i = 0; i < N_CONF; i++) {
@@ -1079,7 +1146,7 @@ configure(PyObject *module, PyObject *names)
     random_flag = flag;
     has_is_enabled = is_enabled;
     configured = 1;
-    return Py_BuildValue("(NNN)", start, set, end_method);
+    return Py_BuildValue("(NNNNN)", start, set, end_method, recording, rename);
 }
 
 static PyObject *
@@ -1094,7 +1161,8 @@ fail(PyObject *module, PyObject *n)
 
 static PyMethodDef module_methods[] = {
     {"configure", configure, METH_O,
-     "configure(names: dict) -> (start_span, set_attribute, end) method descriptors for fastspan's classes."},
+     "configure(names: dict) -> (start_span, set_attribute, end, is_recording, update_name) method descriptors for "
+     "fastspan's classes."},
     {"_fail", fail, METH_O, "Tests: the next n calls fail inside (the Python method then runs)."},
     {NULL, NULL, 0, NULL}};
 

@@ -571,6 +571,8 @@ _FIELDS = ("_name", "_context", "_kind", "_instrumentation_info", "_instrumentat
 _python_start_span = Tracer.start_span
 _python_set_attribute = Span.set_attribute
 _python_end = Span.end
+_python_is_recording = Span.is_recording  # (the SDK's)
+_python_update_name = Span.update_name
 
 try:
     from trace_run.agent import _span_native as _NATIVE
@@ -581,7 +583,7 @@ except ImportError:  # not built (no compiler): the Python methods
 _NATIVE_TRACER_FIELDS = ("_root_bound", "_child_sampled", "_tracer_config", "_span_fields", "_maker", "resource",
                          "sampler", "span_processor", "_span_limits", "_metrics_off", "_metrics", "id_generator")
 _NATIVE_SPAN_FIELDS = ("_lock", "_attributes", "_start_time", "_end_time", "_context", "_span_processor",
-                       "_record_end_metrics")
+                       "_record_end_metrics", "_name")
 
 
 def _unpack2(made):
@@ -594,9 +596,11 @@ def _native_failed(exc: BaseException) -> None:
 
 
 def use_native(on: bool) -> bool:
-    """`Tracer.start_span`, `Span.set_attribute` and `Span.end` in C (`on`, where the extension was built and
-    these spans are what it was written for) or the Python methods above. Whether the C ones are in use."""
+    """`Tracer.start_span`, `Span.set_attribute`, `Span.end`, `Span.is_recording` and `Span.update_name` in C
+    (`on`, where the extension was built and these spans are what it was written for) or the Python methods
+    above. Whether the C ones are in use."""
     Tracer.start_span, Span.set_attribute, Span.end = _python_start_span, _python_set_attribute, _python_end
+    Span.is_recording, Span.update_name = _python_is_recording, _python_update_name
     if not (on and _NATIVE is not None and _PLAIN_CONTEXT and _SPAN_KEY is not None
             and not any(hasattr(Tracer, name) for name in _NATIVE_TRACER_FIELDS)
             and not any(hasattr(Span, name) for name in _NATIVE_SPAN_FIELDS)
@@ -604,7 +608,7 @@ def use_native(on: bool) -> bool:
             and BoundedAttributes.__setattr__ is object.__setattr__):
         return False
     try:
-        start, set_attribute, end = _NATIVE.configure({
+        start, set_attribute, end, recording, rename = _NATIVE.configure({
             "tracer": Tracer, "span": Span, "maker": _AttributeMaker, "bounded": BoundedAttributes,
             "span_context": SpanContext, "non_recording": NonRecordingSpan, "context": _Context,
             "default_state": DEFAULT_TRACE_STATE, "root_sampled": _ROOT_SAMPLED, "root_dropped": _ROOT_DROPPED,
@@ -615,11 +619,13 @@ def use_native(on: bool) -> bool:
             "runtime_dict": vars(runtime_context), "route": _route, "noop_end": _NOOP_END,
             "has_is_enabled": _HAS_IS_ENABLED, "python_start": _python_start_span,
             "python_set": _python_set_attribute, "report": _native_failed, "unpack2": _unpack2,
-            "time_ns": time_ns, "python_end": _python_end})
+            "time_ns": time_ns, "python_end": _python_end, "python_is_recording": _python_is_recording,
+            "python_update_name": _python_update_name})
     except Exception as exc:
         _native_failed(exc)
         return False
     Tracer.start_span, Span.set_attribute, Span.end = start, set_attribute, end
+    Span.is_recording, Span.update_name = recording, rename
     return True
 
 

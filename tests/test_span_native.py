@@ -426,3 +426,39 @@ def test_end_the_same_steps_and_calls(fallbacks, caplog):
     native._fail(1)  # (the next call of any of the three)
     span.end()
     assert span.end_time is not None and fallbacks["end"] == 4 + 1 + 2
+
+
+def test_is_recording_and_update_name_answer_as_the_python_methods(caplog):
+    """Live, ended and not-started spans, a span of another class, wrong calls: the same answers, names and
+    warnings both ways."""
+    assert fastspan.Span.is_recording is not fastspan._python_is_recording
+    assert fastspan.Span.update_name is not fastspan._python_update_name
+
+    class Other(fastspan.Span):
+        pass
+
+    def scenario(tracer):
+        caplog.clear()
+        seen = []
+        live, ended, other = tracer.start_span("a"), tracer.start_span("b"), tracer.start_span("c")
+        ended.end()
+        other.__class__ = Other
+        for span in (live, ended, other):
+            seen.append(span.is_recording())
+            span.update_name(span.name + "!")
+            seen.append((span.name, span.is_recording()))
+            for bad in ((), ("x", "y")):
+                try:
+                    span.update_name(*bad)
+                except TypeError as exc:
+                    seen.append(type(exc).__name__)
+        live.end()
+        seen.append(live.is_recording())
+        seen.append([r.getMessage() for r in caplog.records])
+        return seen
+
+    with caplog.at_level(logging.WARNING):
+        (_, native_seen), (_, python_seen) = _both(scenario)
+    assert native_seen == python_seen
+    assert native_seen[:2] == [True, ("a!", True)] and native_seen[4:6] == [False, ("b", False)]
+    assert "Tried calling update_name on an ended span." in native_seen[-1]
