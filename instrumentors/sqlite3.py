@@ -8,6 +8,7 @@ hands out traced cursor subclasses. isinstance checks stay true.
 
 from __future__ import annotations
 
+import sys
 from functools import partial
 from operator import attrgetter
 from typing import Any
@@ -37,7 +38,11 @@ class Sqlite3Instrumentor(TraceRunInstrumentor):
         import sqlite3.dbapi2
 
         sql = SqlTracer(self, SYSTEM)
-        self._connection_wrappers = _statement_wrappers(sql, _own_attributes)
+        # Before 3.11 the C Connection.execute, executemany and executescript call self.cursor().<same>(...):
+        # our cursor() makes that cursor traced, so its span stands alone (a connection span would be a
+        # second one around it). From 3.11 they use an untraced cursor of their own: the connection's is the span.
+        delegates = sys.version_info < (3, 11)
+        self._connection_wrappers = {} if delegates else _statement_wrappers(sql, _own_attributes)
         self._cursor_wrappers = _statement_wrappers(sql, _connection_attributes)
         self.connection_class = TracedClasses(self._connection_class)
         self.cursor_class = TracedClasses(partial(traced_subclass, wrappers=self._cursor_wrappers))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import sys
 
 import pytest
 from opentelemetry.instrumentation.utils import suppress_instrumentation
@@ -86,12 +87,14 @@ def test_errors_reach_the_program_unchanged(traced):
     with pytest.raises(sqlite3.IntegrityError) as info:
         conn.execute("INSERT INTO u VALUES (1)")
     assert type(info.value) is sqlite3.IntegrityError
-    assert info.value.sqlite_errorname == "SQLITE_CONSTRAINT_UNIQUE"
+    coded = sys.version_info >= (3, 11)  # sqlite_errorcode and sqlite_errorname are 3.11's
+    assert getattr(info.value, "sqlite_errorname", None) == ("SQLITE_CONSTRAINT_UNIQUE" if coded else None)
     with pytest.raises(sqlite3.OperationalError, match="syntax error"):
         conn.cursor().execute("SELEC 1")
     failed = [s for s in _spans(exporter) if s.status.status_code.name == "ERROR"]
-    assert [(s.name, s.attributes["error.type"], s.attributes["db.response.status_code"]) for s in failed] == [
-        ("INSERT u", "sqlite3.IntegrityError", "2067"), ("sqlite", "sqlite3.OperationalError", "1")]
+    assert [(s.name, s.attributes["error.type"], s.attributes.get("db.response.status_code")) for s in failed] == [
+        ("INSERT u", "sqlite3.IntegrityError", "2067" if coded else None),
+        ("sqlite", "sqlite3.OperationalError", "1" if coded else None)]
     assert all("UNIQUE" not in (s.status.description or "") for s in failed)  # messages may hold data
 
 
