@@ -163,14 +163,14 @@ VARIABLES: list[Var] = [
         "With the `fast` encoder: trace-run's spans encoded in C where its optional extension was built (the "
         "same bytes, ~1.5-2 us less per span); `false`: in Python."),
     Var("OTEL_TRACE_RUN_NATIVE_SPAN", "bool", "true",
-        "With trace-run's span class: its common `start_span`, `set_attribute` and `end`, and an ended span's "
-        "way to the export queue, in C where its optional extension was built (the same spans and bytes); "
-        "`false`: in Python."),
+        "With trace-run's span class: its common `start_span`, `set_attribute`, `end`, `is_recording` and "
+        "`update_name`, and an ended span's way to the export queue, in C where its optional extension was built "
+        "(the same spans and bytes); `false`: in Python."),
     Var("OTEL_TRACE_RUN_NATIVE_CALLS", "bool", "true",
         "The instrumentors' common call path (the suppression and sampled checks, the span made current, the "
-        "wrapped call run and its span ended) and a WSGI request's SERVER span attributes in C where trace-run's "
-        "optional extensions were built (the same calls in the same order, the same attributes); `false`: in "
-        "Python."),
+        "wrapped call run and its span ended) and a WSGI request (the middleware, its SERVER span's attributes, "
+        "status, route and end, the body handed back) in C where trace-run's optional extensions were built (the "
+        "same calls in the same order, the same spans); `false`: in Python."),
     Var("OTEL_TRACE_RUN_GRPC_CLIENT", "enum", "trace-run",
         "OTLP/gRPC client (with the `fast` encoder): `trace-run` (its own, on the standard library; grpc is never "
         "imported) or `grpcio` (the SDK's exporter on grpcio).", choices=("trace-run", "grpcio")),
