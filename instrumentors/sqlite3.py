@@ -46,7 +46,7 @@ class Sqlite3Instrumentor(TraceRunInstrumentor):
         self._cursor_wrappers = _statement_wrappers(sql, _connection_attributes)
         self.connection_class = TracedClasses(self._connection_class)
         self.cursor_class = TracedClasses(partial(traced_subclass, wrappers=self._cursor_wrappers))
-        self._default_cursor: dict = {}
+        self._cursors = self._cursors_class()
         self.wrap(sqlite3, "connect", self._connect)
         if sqlite3.dbapi2.__dict__.get("connect") is not None:
             self.wrap(sqlite3.dbapi2, "connect", self._connect)
@@ -59,21 +59,27 @@ class Sqlite3Instrumentor(TraceRunInstrumentor):
 
             # connect(database, timeout, detect_types, isolation_level, check_same_thread, factory, ...)
             if len(args) > 5:
-                args = args[:5] + (self.connection_class(args[5]),) + tuple(args[6:])
+                if _is_subclass(args[5], sqlite3.Connection):
+                    args = args[:5] + (self.connection_class(args[5]),) + tuple(args[6:])
             else:
-                kwargs = dict(kwargs)
-                kwargs["factory"] = self.connection_class(kwargs.get("factory") or sqlite3.Connection)
+                factory = kwargs.get("factory", sqlite3.Connection)
+                if _is_subclass(factory, sqlite3.Connection):
+                    kwargs = dict(kwargs)
+                    kwargs["factory"] = self.connection_class(factory)
         return wrapped(*args, **kwargs)
 
     def _connection_class(self, base: type) -> type:
-        """A subclass of `base` whose statements and cursors are traced."""
+        """A subclass of `base` whose statements and cursors are traced.
+
+        The program's own `cursor()` (any signature) is not replaced: `_TracedCursors` sits between
+        `base` and sqlite3.Connection in the MRO, so the program's `super().cursor(...)` reaches it.
+        """
         import sqlite3
 
-        instrumentor = self
-        # A subclass may choose another default cursor in its own cursor() (learned on first use).
-        default_cursor = sqlite3.Cursor if base.cursor is sqlite3.Connection.cursor else None
+        cursors = self._cursors
+        bases = (cursors,) if base is sqlite3.Connection else (base, cursors)
 
-        class TracedConnection(base):
+        class TracedConnection(*bases):
             def __init__(self, database, *args, **kwargs):
                 super().__init__(database, *args, **kwargs)
                 try:
@@ -82,17 +88,35 @@ class Sqlite3Instrumentor(TraceRunInstrumentor):
                     name = ""
                 self._trace_run_attrs = connection_attributes(SYSTEM, name)
 
-            def cursor(self, factory=None, *args, **kwargs):
-                if factory is None:
-                    factory = default_cursor or instrumentor._default_cursor.get(base)
-                    if factory is None:
-                        # The class picks its own default cursor: ask it once.
-                        probe = super().cursor()
-                        factory = instrumentor._default_cursor[base] = type(probe)
-                        probe.close()
-                return super().cursor(instrumentor.cursor_class(factory), *args, **kwargs)
-
         return traced_subclass(base, self._connection_wrappers, TracedConnection)
+
+    def _cursors_class(self) -> type:
+        """The class whose `cursor()` (sqlite3.Connection.cursor, reached by the program's `super()` or
+        by none) makes the cursor class asked for a traced subclass of it. A call sqlite3 would refuse
+        (a factory that is not a Cursor class, None, extra arguments) goes on unchanged, to fail the same."""
+        import sqlite3
+
+        instrumentor = self
+
+        class _TracedCursors(sqlite3.Connection):
+            __slots__ = ()
+
+            def cursor(self, *args, **kwargs):
+                with instrumentor.guard:
+                    if not args and not kwargs:
+                        args = (instrumentor.cursor_class(sqlite3.Cursor),)
+                    elif len(args) == 1 and not kwargs and _is_subclass(args[0], sqlite3.Cursor):
+                        args = (instrumentor.cursor_class(args[0]),)
+                    elif not args and len(kwargs) == 1 and _is_subclass(kwargs.get("factory"), sqlite3.Cursor):
+                        kwargs = {"factory": instrumentor.cursor_class(kwargs["factory"])}
+                return super().cursor(*args, **kwargs)
+
+        return _TracedCursors
+
+
+def _is_subclass(factory: Any, base: type) -> bool:
+    """Is `factory` a class we can subclass to trace (anything else is passed on untouched)?"""
+    return isinstance(factory, type) and issubclass(factory, base)
 
 
 def _statement_wrappers(sql: SqlTracer, attrs_of) -> dict:
