@@ -14,7 +14,7 @@ from operator import attrgetter
 from typing import Any
 
 from .base import TraceRunInstrumentor
-from .dbapi import SqlTracer, TracedClasses, connection_attributes, traced_subclass
+from .dbapi import SqlTracer, TracedClasses, connection_attributes, subclass_of, traced_subclass
 
 SYSTEM = "sqlite"
 
@@ -59,11 +59,11 @@ class Sqlite3Instrumentor(TraceRunInstrumentor):
 
             # connect(database, timeout, detect_types, isolation_level, check_same_thread, factory, ...)
             if len(args) > 5:
-                if _is_subclass(args[5], sqlite3.Connection):
+                if subclass_of(args[5], sqlite3.Connection):
                     args = args[:5] + (self.connection_class(args[5]),) + tuple(args[6:])
             else:
                 factory = kwargs.get("factory", sqlite3.Connection)
-                if _is_subclass(factory, sqlite3.Connection):
+                if subclass_of(factory, sqlite3.Connection):
                     kwargs = dict(kwargs)
                     kwargs["factory"] = self.connection_class(factory)
         return wrapped(*args, **kwargs)
@@ -105,18 +105,13 @@ class Sqlite3Instrumentor(TraceRunInstrumentor):
                 with instrumentor.guard:
                     if not args and not kwargs:
                         args = (instrumentor.cursor_class(sqlite3.Cursor),)
-                    elif len(args) == 1 and not kwargs and _is_subclass(args[0], sqlite3.Cursor):
+                    elif len(args) == 1 and not kwargs and subclass_of(args[0], sqlite3.Cursor):
                         args = (instrumentor.cursor_class(args[0]),)
-                    elif not args and len(kwargs) == 1 and _is_subclass(kwargs.get("factory"), sqlite3.Cursor):
+                    elif not args and len(kwargs) == 1 and subclass_of(kwargs.get("factory"), sqlite3.Cursor):
                         kwargs = {"factory": instrumentor.cursor_class(kwargs["factory"])}
                 return super().cursor(*args, **kwargs)
 
         return _TracedCursors
-
-
-def _is_subclass(factory: Any, base: type) -> bool:
-    """Is `factory` a class we can subclass to trace (anything else is passed on untouched)?"""
-    return isinstance(factory, type) and issubclass(factory, base)
 
 
 def _statement_wrappers(sql: SqlTracer, attrs_of) -> dict:
