@@ -3,7 +3,9 @@
 sqlite3.Connection and Cursor are C types whose methods cannot be patched, so
 `sqlite3.connect` is wrapped to pass `factory=` a traced subclass of the
 factory the program asked for (sqlite3.Connection by default); that subclass
-hands out traced cursor subclasses. isinstance checks stay true.
+hands out traced cursor subclasses. isinstance checks stay true. A program's own
+`cursor()` is never called other than as the program calls it: what it gets from
+sqlite3's `cursor()` is traced; a cursor it builds by hand is its own, untraced.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class Sqlite3Instrumentor(TraceRunInstrumentor):
         self.connection_class = TracedClasses(self._connection_class)
         self.cursor_class = TracedClasses(partial(traced_subclass, wrappers=self._cursor_wrappers))
         self._cursors = self._cursors_class()
+        self._delegating = self._delegating_class(self._cursors) if delegates else None
         self.wrap(sqlite3, "connect", self._connect)
         if sqlite3.dbapi2.__dict__.get("connect") is not None:
             self.wrap(sqlite3.dbapi2, "connect", self._connect)
@@ -77,6 +80,8 @@ class Sqlite3Instrumentor(TraceRunInstrumentor):
         import sqlite3
 
         cursors = self._cursors
+        if self._delegating is not None and base.cursor is not sqlite3.Connection.cursor:
+            cursors = self._delegating  # the program's cursor() may hand out a cursor of its own making
         bases = (cursors,) if base is sqlite3.Connection else (base, cursors)
 
         class TracedConnection(*bases):
@@ -112,6 +117,45 @@ class Sqlite3Instrumentor(TraceRunInstrumentor):
                 return super().cursor(*args, **kwargs)
 
         return _TracedCursors
+
+    def _delegating_class(self, cursors: type) -> type:
+        """Before 3.11, for a class with its own cursor(): the C execute, executemany and executescript
+        call self.cursor().<same>(*args) and return that cursor. Done here the same way, in the same
+        order, so that a cursor the program's cursor() built by hand (untraced) still gets its span; a
+        traced cursor makes its own. Calls the C method would refuse before calling cursor() (3.10's
+        argument checks) go to it unchanged."""
+        import sqlite3
+
+        wrappers = self._cursor_wrappers
+
+        def run(conn: Any, name: str, args: tuple) -> Any:
+            cursor = conn.cursor()
+            method = getattr(cursor, name)
+            if isinstance(cursor, sqlite3.Cursor) and not getattr(type(cursor), "_trace_run_traced", False):
+                wrappers[name](method, cursor, args, {})
+            else:
+                method(*args)
+            return cursor
+
+        class _DelegatingCursors(cursors):
+            __slots__ = ()
+
+            def execute(self, *args, **kwargs):
+                if kwargs or not 1 <= len(args) <= 2 or not isinstance(args[0], str):
+                    return super().execute(*args, **kwargs)
+                return run(self, "execute", args)
+
+            def executemany(self, *args, **kwargs):
+                if kwargs or len(args) != 2 or not isinstance(args[0], str):
+                    return super().executemany(*args, **kwargs)
+                return run(self, "executemany", args)
+
+            def executescript(self, *args, **kwargs):
+                if kwargs or len(args) != 1:
+                    return super().executescript(*args, **kwargs)
+                return run(self, "executescript", args)
+
+        return _DelegatingCursors
 
 
 def _statement_wrappers(sql: SqlTracer, attrs_of) -> dict:

@@ -56,6 +56,18 @@ PROGRAM = textwrap.dedent("""
             return self.cur
 
 
+    class Logged(sqlite3.Connection):
+        calls = 0
+
+        def cursor(self):
+            Logged.calls += 1
+            return MyCursor(self)
+
+        def execute(self, sql, *args):
+            print("logged", sql)
+            return super().execute(sql, *args)
+
+
     def show(label, fn):
         try:
             got = fn()
@@ -83,6 +95,22 @@ PROGRAM = textwrap.dedent("""
             show(n + " cursor(factory=MyCursor)", lambda: c.cursor(factory=MyCursor))
             c.close()
         print("cached cursor() ran", Cached.calls, "made", Cached.made)
+        logged = sqlite3.connect(":memory:", factory=Logged)
+        show("logged execute", lambda: logged.execute("SELECT 6 AS logged"))
+        up = super(Logged, logged)  # sqlite3's methods (bare), ours in between (traced), refusing these calls
+        for label, call in [("execute(1)", lambda: up.execute(1)),
+                            ("execute()", lambda: up.execute()),
+                            ("execute(3 args)", lambda: up.execute("SELECT 1", (), 3)),
+                            ("execute(x=1)", lambda: up.execute("SELECT 1", x=1)),
+                            ("executemany(1 arg)", lambda: up.executemany("SELECT 1")),
+                            ("executemany(bad seq)", lambda: up.executemany("SELECT 1", 5)),
+                            ("executescript(bytes)", lambda: up.executescript(b"SELECT 1")),
+                            ("executescript(2 args)", lambda: up.executescript("SELECT 1", 2)),
+                            ("execute(bad params)", lambda: up.execute("SELECT ?", 5))]:
+            show("logged " + label, call)
+        logged.close()
+        show("logged closed execute", lambda: logged.execute("SELECT 7 AS closed"))
+        print("logged cursor() ran", Logged.calls)
         plain = sqlite3.connect(":memory:")
         show("plain cursor(None)", lambda: plain.cursor(None))
         show("plain cursor(factory=None)", lambda: plain.cursor(factory=None))
@@ -94,8 +122,9 @@ PROGRAM = textwrap.dedent("""
         plain.close()
 """)
 
-# (name, db.query.text) of each traced statement, in order (literals sanitized); the rest are not traced:
-# a cursor built by hand (OwnCursor, a factory that is a function) is the program's object, left as it is.
+# (name, db.query.text, error.type) of each traced statement, in order (literals sanitized); the rest are not
+# traced: a cursor built by hand (OwnCursor.cursor(), a factory that is a function) and then used by the program
+# is the program's object, left as it is. The connection's execute & co. are traced on every CPython.
 _DELEGATES = sys.version_info < (3, 11)  # C conn.execute & co. run self.cursor().<method> before 3.11
 
 
@@ -103,11 +132,14 @@ def expected_statements() -> list:
     out = []
     for n in ("noargs", "star", "owncursor", "supermine", "cached"):
         if n != "owncursor":
-            out.append(("SELECT", "SELECT ? AS %s_cursor" % n))
-        if n != "owncursor" or not _DELEGATES:
-            out += [("SELECT", "SELECT ? AS %s_conn" % n), ("CREATE t_" + n, "CREATE TABLE t_%s (x)" % n),
-                    ("INSERT t_" + n, "INSERT INTO t_%s VALUES (?)" % n)]
-    return out + [("SELECT", "SELECT ? AS fac")]
+            out.append(("SELECT", "SELECT ? AS %s_cursor" % n, None))
+        out += [("SELECT", "SELECT ? AS %s_conn" % n, None), ("CREATE t_" + n, "CREATE TABLE t_%s (x)" % n, None),
+                ("INSERT t_" + n, "INSERT INTO t_%s VALUES (?)" % n, None)]
+    out.append(("SELECT", "SELECT ? AS logged", None))
+    if _DELEGATES:  # super(Logged, conn) reaches our delegating methods there; calls they run and that fail
+        out += [("SELECT", "SELECT ?", "TypeError"), ("SELECT", "SELECT ?", "ValueError"),
+                ("SELECT", "SELECT ?", "ValueError")]
+    return out + [("SELECT", "SELECT ? AS closed", "sqlite3.ProgrammingError"), ("SELECT", "SELECT ? AS fac", None)]
 
 
 def bare_output() -> list:
@@ -124,6 +156,7 @@ def test_bare_output_is_what_the_program_expects():
     assert "noargs cursor() -> Cursor False None []" in out
     assert "owncursor cursor() -> MyCursor True True []" in out
     assert "cached cursor() ran %d made 1" % (5 if _DELEGATES else 2) in out
+    assert "logged cursor() ran %d" % (10 if _DELEGATES else 0) in out
     assert any(line.startswith("noargs cursor(MyCursor) raises TypeError") for line in out)
     assert any(line.startswith("plain cursor(None) raises TypeError") for line in out)
 
@@ -139,11 +172,12 @@ def test_own_cursor_in_process(instrumented, capsys):
     spans = sorted(exporter.get_finished_spans(), key=lambda s: s.start_time)
     clients = [s for s in spans if s.kind.name == "CLIENT"]
     assert len(spans) == len(clients) + 1
-    assert [(s.name, s.attributes["db.query.text"]) for s in clients] == expected_statements()
+    assert [(s.name, s.attributes["db.query.text"], s.attributes.get("error.type")) for s in clients] == \
+        expected_statements()
     parent = request.get_span_context()
     for s in clients:
         assert (s.context.trace_id, s.parent.span_id) == (parent.trace_id, parent.span_id)
-        assert s.status.status_code.name == "UNSET"
+        assert s.status.status_code.name == ("ERROR" if "error.type" in s.attributes else "UNSET")
         assert s.attributes["db.system.name"] == "sqlite" and s.attributes["db.namespace"] == ":memory:"
 
 
@@ -163,7 +197,9 @@ def test_own_cursor_under_trace_run(receiver):
     (manual,) = [s for s in spans if s.name == "manual"]
     clients = sorted((s for s in spans if s.kind == "CLIENT"), key=lambda s: s.start)
     assert len(spans) == len(clients) + 1
-    assert [(s.name, s.attributes["db.query.text"]) for s in clients] == expected_statements()
+    assert [(s.name, s.attributes["db.query.text"], s.attributes.get("error.type")) for s in clients] == \
+        expected_statements()
     for s in clients:
         assert (s.trace_id, s.parent_id) == (manual.trace_id, manual.span_id)
-        assert s.status == "UNSET"
+        assert s.status == ("ERROR" if "error.type" in s.attributes else "UNSET")
+        assert not s.events  # driver messages may hold row values: never recorded
