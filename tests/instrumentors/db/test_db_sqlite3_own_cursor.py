@@ -156,7 +156,8 @@ def test_bare_output_is_what_the_program_expects():
     assert "noargs cursor() -> Cursor False None []" in out
     assert "owncursor cursor() -> MyCursor True True []" in out
     assert "cached cursor() ran %d made 1" % (5 if _DELEGATES else 2) in out
-    assert "logged cursor() ran %d" % (10 if _DELEGATES else 0) in out
+    # 3.9 calls cursor() before checking any argument, 3.10 after checking counts and types, 3.11 never
+    assert "logged cursor() ran %d" % {(3, 9): 10, (3, 10): 5}.get(sys.version_info[:2], 0) in out
     assert any(line.startswith("noargs cursor(MyCursor) raises TypeError") for line in out)
     assert any(line.startswith("plain cursor(None) raises TypeError") for line in out)
 
