@@ -37,7 +37,7 @@ from .sql_sanitize import analyze, span_name
 
 __all__ = [
     "SqlTracer", "connection_attributes", "AttributeCache", "client_active", "traced_subclass", "TracedClasses",
-    "composed_query_text", "composable_commenter",
+    "composed_query_text", "composable_commenter", "subclass_of",
 ]
 
 _QUERY_KWARGS = ("query", "sql", "statement", "operation", "sql_script")
@@ -135,6 +135,12 @@ def traced_subclass(base: type, wrappers: dict, cls: Optional[type] = None) -> t
     cls.__qualname__ = base.__qualname__
     cls.__module__ = base.__module__
     return cls
+
+
+def subclass_of(factory: Any, base: type) -> bool:
+    """Is `factory` a class of `base` we can subclass to trace? Anything else goes to the driver untouched,
+    which then accepts or refuses it as it would bare."""
+    return isinstance(factory, type) and issubclass(factory, base)
 
 
 class TracedClasses:

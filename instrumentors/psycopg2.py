@@ -23,11 +23,13 @@ from .dbapi import (
     composable_commenter,
     composed_query_text,
     connection_attributes,
+    subclass_of,
     traced_subclass,
 )
 
 SYSTEM = "postgresql"
-_NO_FACTORY = object()
+_CURSOR_ARGS = ("name", "cursor_factory", "withhold", "scrollable")  # connection.cursor()'s, in order
+_CURSOR_PARAMS = frozenset(_CURSOR_ARGS)
 
 
 def _attributes(conn: Any) -> dict:
@@ -68,7 +70,7 @@ class Psycopg2Instrumentor(TraceRunInstrumentor):
         }
         self.connection_class = TracedClasses(self._connection_class)
         self.cursor_class = TracedClasses(partial(traced_subclass, wrappers=self._cursor_wrappers))
-        self._default_cursor: dict = {}  # connection class -> the cursor class its cursor() picks
+        self._cursors = self._cursors_class()
         self.wrap(psycopg2, "connect", self._connect)
 
     def _connect(self, wrapped, instance, args, kwargs):
@@ -97,43 +99,53 @@ class Psycopg2Instrumentor(TraceRunInstrumentor):
                 if not getattr(type(conn), "_trace_run_traced", False):
                     import psycopg2.extensions
 
-                    conn.cursor_factory = self.cursor_class(conn.cursor_factory or psycopg2.extensions.cursor)
+                    factory = conn.cursor_factory or psycopg2.extensions.cursor
+                    if subclass_of(factory, psycopg2.extensions.cursor):
+                        conn.cursor_factory = self.cursor_class(factory)
         return conn
 
     # -- traced subclasses ----------------------------------------------------------
     def _connection_class(self, base: type) -> type:
-        """A subclass of `base` handing out traced cursors."""
+        """A subclass of `base` handing out traced cursors.
+
+        The program's own `cursor()` (any signature) is not replaced: `_TracedCursors` sits between
+        `base` and psycopg2's connection in the MRO, so the program's `super().cursor(...)` reaches it.
+        """
+        import psycopg2.extensions
+
+        cursors = self._cursors
+        bases = (cursors,) if base is psycopg2.extensions.connection else (base, cursors)
+        return traced_subclass(base, {}, type(base.__name__, bases, {}))
+
+    def _cursors_class(self) -> type:
+        """The class whose `cursor()` (psycopg2's, reached by the program's `super()` or by none) makes the
+        cursor class in effect (argument, `connection.cursor_factory`, psycopg2's cursor) a traced subclass
+        of it. A call psycopg2 would refuse (bad arguments) goes on unchanged, to fail the same."""
         import psycopg2.extensions
 
         instrumentor = self
-        plain_cursor = base.cursor is psycopg2.extensions.connection.cursor
+        default = psycopg2.extensions.connection
 
-        class TracedConnection(base):
+        class _TracedCursors(default):
+            __slots__ = ()
+
             def cursor(self, *args, **kwargs):
-                given = kwargs.get("cursor_factory", _NO_FACTORY)
-                if given is _NO_FACTORY and len(args) > 1:
-                    given = args[1]
-                    args = (args[0],) + tuple(args[2:])
-                    kwargs = dict(kwargs)
-                    kwargs["cursor_factory"] = given
-                factory = given if given not in (_NO_FACTORY, None) else self.cursor_factory
-                if factory is None:
-                    if plain_cursor:
-                        factory = psycopg2.extensions.cursor
-                    else:
-                        factory = instrumentor._default_cursor.get(base)
+                with instrumentor.guard:
+                    if len(args) <= 4 and _CURSOR_PARAMS.issuperset(kwargs) and not any(
+                            name in kwargs for name in _CURSOR_ARGS[:len(args)]):
+                        given = args[1] if len(args) > 1 else kwargs.get("cursor_factory")
+                        factory = given if given is not None else self.cursor_factory
                         if factory is None:
-                            # The class picks its own default (DictConnection -> DictCursor): ask it once.
-                            probe = super().cursor(*args, **kwargs)
-                            factory = type(probe)
-                            probe.close()
-                            instrumentor._default_cursor[base] = factory
-                if isinstance(factory, type):
-                    kwargs = dict(kwargs)
-                    kwargs["cursor_factory"] = instrumentor.cursor_class(factory)
+                            factory = psycopg2.extensions.cursor
+                        if subclass_of(factory, psycopg2.extensions.cursor):
+                            traced = instrumentor.cursor_class(factory)
+                            if len(args) > 1:
+                                args = (args[0], traced) + tuple(args[2:])
+                            else:
+                                kwargs = dict(kwargs, cursor_factory=traced)
                 return super().cursor(*args, **kwargs)
 
-        return traced_subclass(base, {}, TracedConnection)
+        return _TracedCursors
 
     def _attributes_of(self, cursor: Any) -> dict:
         conn = cursor.connection

@@ -3,7 +3,9 @@
 sqlite3.Connection and Cursor are C types whose methods cannot be patched, so
 `sqlite3.connect` is wrapped to pass `factory=` a traced subclass of the
 factory the program asked for (sqlite3.Connection by default); that subclass
-hands out traced cursor subclasses. isinstance checks stay true.
+hands out traced cursor subclasses. isinstance checks stay true. A program's own
+`cursor()` is never called other than as the program calls it: what it gets from
+sqlite3's `cursor()` is traced; a cursor it builds by hand is its own, untraced.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from operator import attrgetter
 from typing import Any
 
 from .base import TraceRunInstrumentor
-from .dbapi import SqlTracer, TracedClasses, connection_attributes, traced_subclass
+from .dbapi import SqlTracer, TracedClasses, connection_attributes, subclass_of, traced_subclass
 
 SYSTEM = "sqlite"
 
@@ -46,7 +48,8 @@ class Sqlite3Instrumentor(TraceRunInstrumentor):
         self._cursor_wrappers = _statement_wrappers(sql, _connection_attributes)
         self.connection_class = TracedClasses(self._connection_class)
         self.cursor_class = TracedClasses(partial(traced_subclass, wrappers=self._cursor_wrappers))
-        self._default_cursor: dict = {}
+        self._cursors = self._cursors_class()
+        self._delegating = self._delegating_class(self._cursors) if delegates else None
         self.wrap(sqlite3, "connect", self._connect)
         if sqlite3.dbapi2.__dict__.get("connect") is not None:
             self.wrap(sqlite3.dbapi2, "connect", self._connect)
@@ -59,21 +62,29 @@ class Sqlite3Instrumentor(TraceRunInstrumentor):
 
             # connect(database, timeout, detect_types, isolation_level, check_same_thread, factory, ...)
             if len(args) > 5:
-                args = args[:5] + (self.connection_class(args[5]),) + tuple(args[6:])
+                if subclass_of(args[5], sqlite3.Connection):
+                    args = args[:5] + (self.connection_class(args[5]),) + tuple(args[6:])
             else:
-                kwargs = dict(kwargs)
-                kwargs["factory"] = self.connection_class(kwargs.get("factory") or sqlite3.Connection)
+                factory = kwargs.get("factory", sqlite3.Connection)
+                if subclass_of(factory, sqlite3.Connection):
+                    kwargs = dict(kwargs)
+                    kwargs["factory"] = self.connection_class(factory)
         return wrapped(*args, **kwargs)
 
     def _connection_class(self, base: type) -> type:
-        """A subclass of `base` whose statements and cursors are traced."""
+        """A subclass of `base` whose statements and cursors are traced.
+
+        The program's own `cursor()` (any signature) is not replaced: `_TracedCursors` sits between
+        `base` and sqlite3.Connection in the MRO, so the program's `super().cursor(...)` reaches it.
+        """
         import sqlite3
 
-        instrumentor = self
-        # A subclass may choose another default cursor in its own cursor() (learned on first use).
-        default_cursor = sqlite3.Cursor if base.cursor is sqlite3.Connection.cursor else None
+        cursors = self._cursors
+        if self._delegating is not None and base.cursor is not sqlite3.Connection.cursor:
+            cursors = self._delegating  # the program's cursor() may hand out a cursor of its own making
+        bases = (cursors,) if base is sqlite3.Connection else (base, cursors)
 
-        class TracedConnection(base):
+        class TracedConnection(*bases):
             def __init__(self, database, *args, **kwargs):
                 super().__init__(database, *args, **kwargs)
                 try:
@@ -82,17 +93,69 @@ class Sqlite3Instrumentor(TraceRunInstrumentor):
                     name = ""
                 self._trace_run_attrs = connection_attributes(SYSTEM, name)
 
-            def cursor(self, factory=None, *args, **kwargs):
-                if factory is None:
-                    factory = default_cursor or instrumentor._default_cursor.get(base)
-                    if factory is None:
-                        # The class picks its own default cursor: ask it once.
-                        probe = super().cursor()
-                        factory = instrumentor._default_cursor[base] = type(probe)
-                        probe.close()
-                return super().cursor(instrumentor.cursor_class(factory), *args, **kwargs)
-
         return traced_subclass(base, self._connection_wrappers, TracedConnection)
+
+    def _cursors_class(self) -> type:
+        """The class whose `cursor()` (sqlite3.Connection.cursor, reached by the program's `super()` or
+        by none) makes the cursor class asked for a traced subclass of it. A call sqlite3 would refuse
+        (a factory that is not a Cursor class, None, extra arguments) goes on unchanged, to fail the same."""
+        import sqlite3
+
+        instrumentor = self
+
+        class _TracedCursors(sqlite3.Connection):
+            __slots__ = ()
+
+            def cursor(self, *args, **kwargs):
+                with instrumentor.guard:
+                    if not args and not kwargs:
+                        args = (instrumentor.cursor_class(sqlite3.Cursor),)
+                    elif len(args) == 1 and not kwargs and subclass_of(args[0], sqlite3.Cursor):
+                        args = (instrumentor.cursor_class(args[0]),)
+                    elif not args and len(kwargs) == 1 and subclass_of(kwargs.get("factory"), sqlite3.Cursor):
+                        kwargs = {"factory": instrumentor.cursor_class(kwargs["factory"])}
+                return super().cursor(*args, **kwargs)
+
+        return _TracedCursors
+
+    def _delegating_class(self, cursors: type) -> type:
+        """Before 3.11, for a class with its own cursor(): the C execute, executemany and executescript
+        call self.cursor().<same>(*args) and return that cursor. Done here the same way, in the same
+        order, so that a cursor the program's cursor() built by hand (untraced) still gets its span; a
+        traced cursor makes its own. Calls the C method would refuse before calling cursor() (3.10's
+        argument checks) go to it unchanged."""
+        import sqlite3
+
+        wrappers = self._cursor_wrappers
+
+        def run(conn: Any, name: str, args: tuple) -> Any:
+            cursor = conn.cursor()
+            method = getattr(cursor, name)
+            if isinstance(cursor, sqlite3.Cursor) and not getattr(type(cursor), "_trace_run_traced", False):
+                wrappers[name](method, cursor, args, {})
+            else:
+                method(*args)
+            return cursor
+
+        class _DelegatingCursors(cursors):
+            __slots__ = ()
+
+            def execute(self, *args, **kwargs):
+                if kwargs or not 1 <= len(args) <= 2 or not isinstance(args[0], str):
+                    return super().execute(*args, **kwargs)
+                return run(self, "execute", args)
+
+            def executemany(self, *args, **kwargs):
+                if kwargs or len(args) != 2 or not isinstance(args[0], str):
+                    return super().executemany(*args, **kwargs)
+                return run(self, "executemany", args)
+
+            def executescript(self, *args, **kwargs):
+                if kwargs or len(args) != 1:
+                    return super().executescript(*args, **kwargs)
+                return run(self, "executescript", args)
+
+        return _DelegatingCursors
 
 
 def _statement_wrappers(sql: SqlTracer, attrs_of) -> dict:

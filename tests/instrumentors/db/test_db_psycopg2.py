@@ -95,10 +95,13 @@ def test_connection_and_cursor_factories(traced):
     rcur = dict_conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor)
     rcur.execute("SELECT 3 AS n")
     assert rcur.fetchone() == {"n": 3}
-    ncur = dict_conn.cursor("named_cur", psycopg2.extras.NamedTupleCursor)  # positional factory
+    with pytest.raises(TypeError, match="given by name"):  # as bare: DictConnection.cursor adds cursor_factory=
+        dict_conn.cursor("named_cur", psycopg2.extras.NamedTupleCursor)
+    ncur = conn.cursor("named_cur", psycopg2.extras.NamedTupleCursor)  # positional factory
     ncur.execute("SELECT 4 AS n")
-    assert ncur.fetchone().n == 4
+    assert ncur.fetchone().n == 4 and isinstance(ncur, psycopg2.extras.NamedTupleCursor)
     dict_conn.rollback()
+    conn.rollback()
     plain = psycopg2.connect(PG_DSN, connection_factory=lambda dsn: psycopg2.extensions.connection(dsn))
     plain.cursor().execute("SELECT 5")
     pool = psycopg2.pool.SimpleConnectionPool(1, 1, PG_DSN)
