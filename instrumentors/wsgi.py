@@ -55,6 +55,21 @@ class WSGIGetter(Getter):
 
 
 getter = WSGIGetter()
+
+
+def _native(configure: str, names: dict, what: str) -> Any:
+    """_wsgi_native (instrumentors/_wsgi_native.c) with `configure`(names) done; None where it was not built
+    or not as it was written for (a debug line says why): `what` is then done in Python."""
+    try:
+        from . import _wsgi_native
+
+        getattr(_wsgi_native, configure)(names)
+    except Exception as exc:
+        from trace_run.core import log
+
+        log.debug("%s in Python (%s: %s)" % (what, type(exc).__name__, exc))
+        return None
+    return _wsgi_native
 _guard = Guard("wsgi")
 _EMPTY = otel_context.Context()
 def extract(environ: dict, context=None):
@@ -207,23 +222,14 @@ def _native_server_attributes() -> Optional[Callable[[dict], tuple]]:
     (OTEL_TRACE_RUN_NATIVE_CALLS); None: the Python function."""
     if runtime_context.NATIVE is None:
         return None
-    try:
-        from . import _wsgi_native
-    except ImportError:
-        return None
-    try:
-        _wsgi_native.configure({
-            "known": _KNOWN_METHODS, "peers": _PEERS, "limit": bounds.limit, "capture": http_common.capture,
-            "python": python_server_attributes, "query_into": _query_into, "peer_into": _peer_into,
-            "capture_into": _capture_into, "method_key": HTTP_REQUEST_METHOD, "scheme_key": URL_SCHEME,
-            "path_key": URL_PATH, "truncated": TRUNCATED, "config_cache": config._cache, "limit_key": bounds._LIMIT,
-            "settings": http_common._settings, "capture_key": "capture:SERVER_REQUEST"})
-    except Exception as exc:  # not as it was written for: the Python function
-        from trace_run.core import log
-
-        log.debug("the WSGI attributes are made in Python (%s: %s)" % (type(exc).__name__, exc))
-        return None
-    return _wsgi_native.server_attributes
+    native = _native("configure", {
+        "known": _KNOWN_METHODS, "peers": _PEERS, "limit": bounds.limit, "capture": http_common.capture,
+        "python": python_server_attributes, "query_into": _query_into, "peer_into": _peer_into,
+        "capture_into": _capture_into, "method_key": HTTP_REQUEST_METHOD, "scheme_key": URL_SCHEME,
+        "path_key": URL_PATH, "truncated": TRUNCATED, "config_cache": config._cache, "limit_key": bounds._LIMIT,
+        "settings": http_common._settings, "capture_key": "capture:SERVER_REQUEST"},
+        "the WSGI attributes are made")
+    return native and native.server_attributes
 
 
 python_server_attributes = server_attributes
@@ -431,20 +437,13 @@ def _native_parts() -> Optional[tuple]:
     (OTEL_TRACE_RUN_NATIVE_CALLS), configured; None: the Python classes."""
     if runtime_context.NATIVE is None:
         return None
-    try:
-        from . import _wsgi_native
-
-        _wsgi_native.configure_bodies({
-            "end_error": _end_error, "py_response": _RequestMethods._response, "capture": http_common.capture,
-            "capture_response": _capture_response, "settings": http_common._settings,
-            "status_key": HTTP_RESPONSE_STATUS_CODE, "py_set_route": python_set_route,
-            "known_methods": http_common.KNOWN_METHODS, "route_key": HTTP_ROUTE})
-    except Exception as exc:  # not built, or not as it was written for: the Python classes
-        from trace_run.core import log
-
-        log.debug("WSGI requests are handled in Python (%s: %s)" % (type(exc).__name__, exc))
-        return None
-    return _wsgi_native.Request, _wsgi_native.Body
+    native = _native("configure_bodies", {
+        "end_error": _end_error, "py_response": _RequestMethods._response, "capture": http_common.capture,
+        "capture_response": _capture_response, "settings": http_common._settings,
+        "status_key": HTTP_RESPONSE_STATUS_CODE, "py_set_route": python_set_route,
+        "known_methods": http_common.KNOWN_METHODS, "route_key": HTTP_ROUTE},
+        "WSGI requests are handled")
+    return native and (native.Request, native.Body)
 
 
 python_set_route = set_route
@@ -544,24 +543,17 @@ def _native_handle() -> Optional[Callable]:
         return None
     from opentelemetry import propagate as propagate_module
 
-    from . import _wsgi_native
-
-    try:
-        _wsgi_native.configure_handle({
-            "python": python_handle, "environ_key": ENVIRON_KEY, "enabled_in": instrumentation_enabled_in,
-            "runtime": vars(runtime_context), "globals": globals(), "extract": extract,
-            "start_server_span": start_server_span, "default_pair": propagation.default_pair,
-            "propagation": vars(propagation), "propagate": vars(propagate_module),
-            "get_global_textmap": propagate_module.get_global_textmap, "empty": _EMPTY, "is_deferred": _is_deferred,
-            "partial": partial, "server_kind": SpanKind.SERVER, "non_recording": _NonRecordingSpan,
-            "request": _Request, "guard_failed": _guard.failed, "end_failed": _end_failed,
-            "traced_body": _TracedBody, "unrecorded_body": _UnrecordedBody, "held_body": _HeldBody})
-    except Exception as exc:  # not as it was written for: the Python function
-        from trace_run.core import log
-
-        log.debug("WSGI requests are handled in Python (%s: %s)" % (type(exc).__name__, exc))
-        return None
-    return _wsgi_native.handle
+    native = _native("configure_handle", {
+        "python": python_handle, "environ_key": ENVIRON_KEY, "enabled_in": instrumentation_enabled_in,
+        "runtime": vars(runtime_context), "globals": globals(), "extract": extract,
+        "start_server_span": start_server_span, "default_pair": propagation.default_pair,
+        "propagation": vars(propagation), "propagate": vars(propagate_module),
+        "get_global_textmap": propagate_module.get_global_textmap, "empty": _EMPTY, "is_deferred": _is_deferred,
+        "partial": partial, "server_kind": SpanKind.SERVER, "non_recording": _NonRecordingSpan,
+        "request": _Request, "guard_failed": _guard.failed, "end_failed": _end_failed,
+        "traced_body": _TracedBody, "unrecorded_body": _UnrecordedBody, "held_body": _HeldBody},
+        "WSGI requests are handled")
+    return native and native.handle
 
 
 python_handle = handle
