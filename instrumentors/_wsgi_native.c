@@ -643,6 +643,19 @@ bodies_check(void)
     return 0;
 }
 
+/* a body made by __new__ alone (never __init__'s): an error, not a crash */
+static int
+body_ready(PyObject *body, PyObject *request)
+{
+    if (bodies_check() < 0)
+        return -1;
+    if (body == NULL || request == NULL) {
+        PyErr_SetString(PyExc_TypeError, "the body was not initialized (body, request)");
+        return -1;
+    }
+    return 0;
+}
+
 /* request.end() or request.end(exc) (exc NULL: no argument, as the Python code calls it) */
 static PyObject *
 call_end(PyObject *request, PyObject *exc)
@@ -1018,7 +1031,7 @@ static PyObject *
 body_next(PyObject *op)
 {
     Body *self = (Body *)op;
-    if (bodies_check() < 0)
+    if (body_ready(self->body, self->request) < 0)
         return NULL;
     PyObject *chunk = body_step(self);
     if (chunk != NULL || self->kind == UNRECORDED)
@@ -1065,7 +1078,7 @@ static PyObject *
 body_close(PyObject *op, PyObject *unused)
 {
     Body *self = (Body *)op;
-    if (bodies_check() < 0)
+    if (body_ready(self->body, self->request) < 0)
         return NULL;
     Py_INCREF(op);
     int ok = 1;

@@ -388,6 +388,21 @@ def test_trace_runs_deferred_start_is_made_in_c_for_the_tracers_instrumentors_ge
     assert [s.name for s in exporter.get_finished_spans()] == ([] if kind == "ours off" else ["GET"])
 
 
+def test_a_body_made_without_its_fields_raises_and_does_not_crash():
+    for cls in (wsgi._UnrecordedBody, wsgi._TracedBody, wsgi._HeldBody):
+        body = cls.__new__(cls)
+        with pytest.raises(TypeError):
+            next(body)
+        with pytest.raises(TypeError):
+            body.close()
+        del body  # (its finalizer finds no request: nothing to end)
+    request = wsgi._Request.__new__(wsgi._Request)
+    with pytest.raises(AttributeError):
+        request.end()
+    with pytest.raises(AttributeError):
+        request._response("200 OK", [])
+
+
 def test_a_replaced_step_is_called_as_python_calls_it(monkeypatch):
     """A test or a program that replaces wsgi.extract or wsgi.start_server_span: the C calls theirs."""
     calls = []
