@@ -287,12 +287,12 @@ static PyTypeObject RequestType = {
 
 enum {
     H_PYTHON, H_ENVIRON_KEY, H_ENABLED_IN, H_RUNTIME, H_GLOBALS, H_EXTRACT, H_START_SERVER_SPAN, H_DEFAULT_PAIR,
-    H_PROPAGATION, H_PROPAGATE, H_GET_TEXTMAP, H_EMPTY, H_IS_DEFERRED, H_PARTIAL, H_SERVER_KIND, H_NON_RECORDING,
+    H_PROPAGATION, H_PROPAGATE, H_GET_TEXTMAP, H_EMPTY, H_IS_DEFERRED, H_SERVER_KIND, H_NON_RECORDING,
     H_REQUEST, H_GUARD_FAILED, H_END_FAILED, H_TRACED_BODY, H_UNRECORDED_BODY, H_HELD_BODY, N_HCONF
 };
 static const char *hconf_names[N_HCONF] = {
     "python", "environ_key", "enabled_in", "runtime", "globals", "extract", "start_server_span", "default_pair",
-    "propagation", "propagate", "get_global_textmap", "empty", "is_deferred", "partial", "server_kind",
+    "propagation", "propagate", "get_global_textmap", "empty", "is_deferred", "server_kind",
     "non_recording", "request", "guard_failed", "end_failed", "traced_body", "unrecorded_body", "held_body"};
 static PyObject *hconf[N_HCONF];
 static int handle_configured;
@@ -420,6 +420,75 @@ is_known_deferred(PyObject *d)
     return truth;
 }
 
+/* partial(server_attributes, environ), without partial's dict and tuple: start_span calls it only for a span
+ * that records */
+typedef struct {
+    PyObject_HEAD
+    PyObject *function, *environ;
+    vectorcallfunc vectorcall;
+} Maker;
+
+static PyObject *
+maker_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Maker *self = (Maker *)callable;
+    if (PyVectorcall_NARGS(nargsf) != 0 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "the attributes' maker takes no arguments");
+        return NULL;
+    }
+    return PyObject_CallOneArg(self->function, self->environ);
+}
+
+static int
+maker_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(((Maker *)self)->function);
+    Py_VISIT(((Maker *)self)->environ);
+    return 0;
+}
+
+static int
+maker_clear(PyObject *self)
+{
+    Py_CLEAR(((Maker *)self)->function);
+    Py_CLEAR(((Maker *)self)->environ);
+    return 0;
+}
+
+static void
+maker_dealloc(PyObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    maker_clear(self);
+    Py_TYPE(self)->tp_free(self);
+}
+
+static PyTypeObject MakerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "trace_run.instrumentors._wsgi_native.attributes_maker",
+    .tp_doc = "server_attributes(environ), called only for a span that records.",
+    .tp_basicsize = sizeof(Maker),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(Maker, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_traverse = maker_traverse,
+    .tp_clear = maker_clear,
+    .tp_dealloc = maker_dealloc,
+};
+
+static PyObject *
+maker_new(PyObject *function, PyObject *environ)
+{
+    Maker *m = PyObject_GC_New(Maker, &MakerType);
+    if (m == NULL)
+        return NULL;
+    m->function = Py_NewRef(function);
+    m->environ = Py_NewRef(environ);
+    m->vectorcall = maker_vectorcall;
+    PyObject_GC_Track((PyObject *)m);
+    return (PyObject *)m;
+}
+
 /* wsgi.start_server_span(tracer, environ, parent): the tracer's start_span_deferred called as Python calls it;
  * where that is fastspan's (the tracer's own, or the bound method a FollowingTracer keeps) and its sampler reads
  * neither name nor attributes, the call of start_span it makes is made here. No start_span_deferred (another
@@ -452,7 +521,7 @@ start_server_span(PyObject *tracer, PyObject *environ, PyObject *parent)
     PyObject *attributes = module_function(H_GLOBALS, N_SERVER_ATTRIBUTES);
     if (attributes == NULL)
         goto done;
-    make = PyObject_CallFunctionObjArgs(hconf[H_PARTIAL], attributes, environ, NULL);
+    make = maker_new(attributes, environ);
     Py_DECREF(attributes);
     if (make == NULL)
         goto done;
@@ -1411,7 +1480,8 @@ PyInit__wsgi_native(void)
     if (empty_tuple == NULL && (empty_tuple = PyTuple_New(0)) == NULL)
         return NULL;
     RequestType.tp_methods = request_methods;
-    if (PyType_Ready(&RequestType) < 0 || PyType_Ready(&ResponderType) < 0 || PyType_Ready(&BodyType) < 0)
+    if (PyType_Ready(&RequestType) < 0 || PyType_Ready(&ResponderType) < 0 || PyType_Ready(&BodyType) < 0
+        || PyType_Ready(&MakerType) < 0)
         return NULL;
     request_end_descr = PyDict_GetItemString(RequestType.tp_dict, "end");
     request_response_descr = PyDict_GetItemString(RequestType.tp_dict, "_response");

@@ -549,7 +549,7 @@ def _native_handle() -> Optional[Callable]:
         "start_server_span": start_server_span, "default_pair": propagation.default_pair,
         "propagation": vars(propagation), "propagate": vars(propagate_module),
         "get_global_textmap": propagate_module.get_global_textmap, "empty": _EMPTY, "is_deferred": _is_deferred,
-        "partial": partial, "server_kind": SpanKind.SERVER, "non_recording": _NonRecordingSpan,
+        "server_kind": SpanKind.SERVER, "non_recording": _NonRecordingSpan,
         "request": _Request, "guard_failed": _guard.failed, "end_failed": _end_failed,
         "traced_body": _TracedBody, "unrecorded_body": _UnrecordedBody, "held_body": _HeldBody},
         "WSGI requests are handled")
