@@ -184,6 +184,32 @@ done:
     return result;
 }
 
+/* configure*()'s first step: got[i] = names[keys[i]] for each of the n keys (borrowed); -1 with the error set */
+static int
+read_names(const char *fn, PyObject *names, int n, const char **keys, PyObject **got)
+{
+    if (!PyDict_Check(names)) {
+        PyErr_Format(PyExc_TypeError, "%s() takes a dict", fn);
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        got[i] = PyDict_GetItemString(names, keys[i]);
+        if (got[i] == NULL) {
+            PyErr_Format(PyExc_KeyError, "%s() needs %s", fn, keys[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* and its last: the objects kept (references held) */
+static void
+keep_names(int n, PyObject **got, PyObject **into)
+{
+    for (int i = 0; i < n; i++)
+        Py_XSETREF(into[i], Py_NewRef(got[i]));
+}
+
 static PyObject *
 server_attributes(PyObject *module, PyObject *environ)
 {
@@ -420,74 +446,72 @@ is_known_deferred(PyObject *d)
     return truth;
 }
 
-/* partial(server_attributes, environ), without partial's dict and tuple: start_span calls it only for a span
- * that records */
+/* a callable holding two objects (the attributes' maker, the traced start_response): small, no dict */
 typedef struct {
     PyObject_HEAD
-    PyObject *function, *environ;
+    PyObject *first, *second;
     vectorcallfunc vectorcall;
-} Maker;
-
-static PyObject *
-maker_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
-{
-    Maker *self = (Maker *)callable;
-    if (PyVectorcall_NARGS(nargsf) != 0 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
-        PyErr_SetString(PyExc_TypeError, "the attributes' maker takes no arguments");
-        return NULL;
-    }
-    return PyObject_CallOneArg(self->function, self->environ);
-}
+} Bound;
 
 static int
-maker_traverse(PyObject *self, visitproc visit, void *arg)
+bound_traverse(PyObject *self, visitproc visit, void *arg)
 {
-    Py_VISIT(((Maker *)self)->function);
-    Py_VISIT(((Maker *)self)->environ);
+    Py_VISIT(((Bound *)self)->first);
+    Py_VISIT(((Bound *)self)->second);
     return 0;
 }
 
 static int
-maker_clear(PyObject *self)
+bound_clear(PyObject *self)
 {
-    Py_CLEAR(((Maker *)self)->function);
-    Py_CLEAR(((Maker *)self)->environ);
+    Py_CLEAR(((Bound *)self)->first);
+    Py_CLEAR(((Bound *)self)->second);
     return 0;
 }
 
 static void
-maker_dealloc(PyObject *self)
+bound_dealloc(PyObject *self)
 {
     PyObject_GC_UnTrack(self);
-    maker_clear(self);
+    bound_clear(self);
     Py_TYPE(self)->tp_free(self);
 }
 
-static PyTypeObject MakerType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "trace_run.instrumentors._wsgi_native.attributes_maker",
-    .tp_doc = "server_attributes(environ), called only for a span that records.",
-    .tp_basicsize = sizeof(Maker),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_vectorcall_offset = offsetof(Maker, vectorcall),
-    .tp_call = PyVectorcall_Call,
-    .tp_traverse = maker_traverse,
-    .tp_clear = maker_clear,
-    .tp_dealloc = maker_dealloc,
-};
-
 static PyObject *
-maker_new(PyObject *function, PyObject *environ)
+bound_new(PyTypeObject *type, PyObject *first, PyObject *second, vectorcallfunc call)
 {
-    Maker *m = PyObject_GC_New(Maker, &MakerType);
-    if (m == NULL)
+    Bound *b = PyObject_GC_New(Bound, type);
+    if (b == NULL)
         return NULL;
-    m->function = Py_NewRef(function);
-    m->environ = Py_NewRef(environ);
-    m->vectorcall = maker_vectorcall;
-    PyObject_GC_Track((PyObject *)m);
-    return (PyObject *)m;
+    b->first = Py_NewRef(first);
+    b->second = Py_NewRef(second);
+    b->vectorcall = call;
+    PyObject_GC_Track((PyObject *)b);
+    return (PyObject *)b;
 }
+
+#define BOUND_TYPE(name, doc)                                                                  \
+    {                                                                                          \
+        PyVarObject_HEAD_INIT(NULL, 0).tp_name = "trace_run.instrumentors._wsgi_native." name, \
+        .tp_doc = doc, .tp_basicsize = sizeof(Bound),                                          \
+        .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,      \
+        .tp_vectorcall_offset = offsetof(Bound, vectorcall), .tp_call = PyVectorcall_Call,     \
+        .tp_traverse = bound_traverse, .tp_clear = bound_clear, .tp_dealloc = bound_dealloc,   \
+    }
+
+/* partial(server_attributes, environ), without partial's dict and tuple: start_span calls it only for a span
+ * that records */
+static PyObject *
+maker_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargsf) != 0 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "the attributes' maker takes no arguments");
+        return NULL;
+    }
+    return PyObject_CallOneArg(((Bound *)callable)->first, ((Bound *)callable)->second);
+}
+
+static PyTypeObject MakerType = BOUND_TYPE("attributes_maker", "server_attributes(environ), for a span that records.");
 
 /* wsgi.start_server_span(tracer, environ, parent): the tracer's start_span_deferred called as Python calls it;
  * where that is fastspan's (the tracer's own, or the bound method a FollowingTracer keeps) and its sampler reads
@@ -521,7 +545,7 @@ start_server_span(PyObject *tracer, PyObject *environ, PyObject *parent)
     PyObject *attributes = module_function(H_GLOBALS, N_SERVER_ATTRIBUTES);
     if (attributes == NULL)
         goto done;
-    make = maker_new(attributes, environ);
+    make = bound_new(&MakerType, attributes, environ, maker_vectorcall);
     Py_DECREF(attributes);
     if (make == NULL)
         goto done;
@@ -872,17 +896,12 @@ request_response(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return request_response_impl(self, args[0], args[1]);
 }
 
-/* the server's start_response for a recording request: the status kept first (request._response, guarded) */
-typedef struct {
-    PyObject_HEAD
-    PyObject *request, *start_response;
-    vectorcallfunc vectorcall;
-} Responder;
-
+/* the server's start_response for a recording request: the status kept first (request._response, guarded);
+ * first: the request, second: the server's start_response */
 static PyObject *
 responder_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
-    Responder *self = (Responder *)callable;
+    Bound *self = (Bound *)callable;
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     PyObject *given[3] = {NULL, NULL, NULL};
     static const char *names[3] = {"status", "headers", "exc_info"};
@@ -911,7 +930,7 @@ responder_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, P
         PyErr_SetString(PyExc_TypeError, "start_response() missing its status or headers");
         return NULL;
     }
-    PyObject *request = self->request, *kept;
+    PyObject *request = self->first, *kept;
     Py_INCREF(request);
     if (_PyType_Lookup(Py_TYPE(request), N[N_RESPONSE]) == request_response_descr && request_response_descr != NULL)
         kept = request_response_impl(request, given[0], given[1]);
@@ -924,57 +943,16 @@ responder_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, P
         return NULL;
     Py_XDECREF(kept);
     PyObject *call[3] = {given[0], given[1], given[2]};
-    return PyObject_Vectorcall(self->start_response, call, given[2] != NULL && given[2] != Py_None ? 3 : 2, NULL);
+    return PyObject_Vectorcall(self->second, call, given[2] != NULL && given[2] != Py_None ? 3 : 2, NULL);
 }
 
-static int
-responder_traverse(PyObject *self, visitproc visit, void *arg)
-{
-    Py_VISIT(((Responder *)self)->request);
-    Py_VISIT(((Responder *)self)->start_response);
-    return 0;
-}
-
-static int
-responder_clear(PyObject *self)
-{
-    Py_CLEAR(((Responder *)self)->request);
-    Py_CLEAR(((Responder *)self)->start_response);
-    return 0;
-}
-
-static void
-responder_dealloc(PyObject *self)
-{
-    PyObject_GC_UnTrack(self);
-    responder_clear(self);
-    Py_TYPE(self)->tp_free(self);
-}
-
-static PyTypeObject ResponderType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "trace_run.instrumentors._wsgi_native.traced_start_response",
-    .tp_doc = "The server's start_response, the request's status kept first.",
-    .tp_basicsize = sizeof(Responder),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_vectorcall_offset = offsetof(Responder, vectorcall),
-    .tp_call = PyVectorcall_Call,
-    .tp_traverse = responder_traverse,
-    .tp_clear = responder_clear,
-    .tp_dealloc = responder_dealloc,
-};
+static PyTypeObject ResponderType = BOUND_TYPE("traced_start_response",
+                                               "The server's start_response, the request's status kept first.");
 
 static PyObject *
 request_start_response(PyObject *self, PyObject *start_response)
 {
-    Responder *r = PyObject_GC_New(Responder, &ResponderType);
-    if (r == NULL)
-        return NULL;
-    r->request = Py_NewRef(self);
-    r->start_response = Py_NewRef(start_response);
-    r->vectorcall = responder_vectorcall;
-    PyObject_GC_Track((PyObject *)r);
-    return (PyObject *)r;
+    return bound_new(&ResponderType, self, start_response, responder_vectorcall);
 }
 
 static PyMethodDef request_methods[] = {
@@ -1292,24 +1270,14 @@ set_route(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 configure_bodies(PyObject *module, PyObject *names)
 {
-    if (!PyDict_Check(names)) {
-        PyErr_SetString(PyExc_TypeError, "configure_bodies() takes a dict");
-        return NULL;
-    }
     PyObject *got[N_BCONF];
-    for (int i = 0; i < N_BCONF; i++) {
-        got[i] = PyDict_GetItemString(names, bconf_names[i]);
-        if (got[i] == NULL) {
-            PyErr_Format(PyExc_KeyError, "configure_bodies() needs %s", bconf_names[i]);
-            return NULL;
-        }
-    }
+    if (read_names("configure_bodies", names, N_BCONF, bconf_names, got) < 0)
+        return NULL;
     if (!PyDict_Check(got[B_SETTINGS]) || !PyAnySet_Check(got[B_KNOWN_METHODS])) {
         PyErr_SetString(PyExc_TypeError, "settings: a dict; known_methods: a set");
         return NULL;
     }
-    for (int i = 0; i < N_BCONF; i++)
-        Py_XSETREF(bconf[i], Py_NewRef(got[i]));
+    keep_names(N_BCONF, got, bconf);
     bodies_configured = 1;
     Py_RETURN_NONE;
 }
@@ -1399,26 +1367,16 @@ done:
 static PyObject *
 configure_handle(PyObject *module, PyObject *names)
 {
-    if (!PyDict_Check(names)) {
-        PyErr_SetString(PyExc_TypeError, "configure_handle() takes a dict");
-        return NULL;
-    }
     PyObject *got[N_HCONF];
-    for (int i = 0; i < N_HCONF; i++) {
-        got[i] = PyDict_GetItemString(names, hconf_names[i]);
-        if (got[i] == NULL) {
-            PyErr_Format(PyExc_KeyError, "configure_handle() needs %s", hconf_names[i]);
-            return NULL;
-        }
-    }
+    if (read_names("configure_handle", names, N_HCONF, hconf_names, got) < 0)
+        return NULL;
     if (!PyDict_Check(got[H_RUNTIME]) || !PyDict_Check(got[H_GLOBALS]) || !PyDict_Check(got[H_PROPAGATION])
         || !PyDict_Check(got[H_PROPAGATE]) || !PyType_Check(got[H_REQUEST])
         || !PyType_IsSubtype((PyTypeObject *)got[H_REQUEST], &RequestType) || !PyType_Check(got[H_NON_RECORDING])) {
         PyErr_SetString(PyExc_TypeError, "configure_handle(): unexpected objects");
         return NULL;
     }
-    for (int i = 0; i < N_HCONF; i++)
-        Py_XSETREF(hconf[i], Py_NewRef(got[i]));
+    keep_names(N_HCONF, got, hconf);
     Py_CLEAR(known_deferred);
     Py_CLEAR(other_deferred);
     handle_configured = 1;
@@ -1428,25 +1386,15 @@ configure_handle(PyObject *module, PyObject *names)
 static PyObject *
 configure(PyObject *module, PyObject *names)
 {
-    if (!PyDict_Check(names)) {
-        PyErr_SetString(PyExc_TypeError, "configure() takes a dict");
-        return NULL;
-    }
     PyObject *got[N_CONF];
-    for (int i = 0; i < N_CONF; i++) {
-        got[i] = PyDict_GetItemString(names, conf_names[i]);
-        if (got[i] == NULL) {
-            PyErr_Format(PyExc_KeyError, "configure() needs %s", conf_names[i]);
-            return NULL;
-        }
-    }
+    if (read_names("configure", names, N_CONF, conf_names, got) < 0)
+        return NULL;
     if (!PyAnySet_Check(got[C_KNOWN]) || !PyDict_Check(got[C_PEERS]) || !PyDict_Check(got[C_CONFIG_CACHE])
         || !PyDict_Check(got[C_SETTINGS])) {
         PyErr_SetString(PyExc_TypeError, "known: a set; peers, config_cache, settings: dicts");
         return NULL;
     }
-    for (int i = 0; i < N_CONF; i++)
-        Py_XSETREF(conf[i], Py_NewRef(got[i]));
+    keep_names(N_CONF, got, conf);
     configured = 1;
     Py_RETURN_NONE;
 }

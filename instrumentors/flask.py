@@ -41,7 +41,7 @@ class FlaskInstrumentor(TraceRunInstrumentor):
     def _full_dispatch_request(self, wrapped, instance, args, kwargs):
         span = runtime_context.current_span()
         if type(span) is _NonRecordingSpan or not span.is_recording():  # no span of ours records: nothing to name
-            return self._held_unsampled(wrapped(*args, **kwargs))
+            return self._held_whole(wrapped(*args, **kwargs))
         state = None
         try:  # `with self.guard:` (Guard.failed says why not)
             req = self._request._get_current_object()  # one context lookup, not one per attribute
@@ -52,24 +52,18 @@ class FlaskInstrumentor(TraceRunInstrumentor):
                 wsgi.set_route(state.span, environ.get("REQUEST_METHOD", ""), rule.rule)
         except Exception as exc:
             self.guard.failed(exc)
-        response = wrapped(*args, **kwargs)
-        # Flask's own Response class whose body is a list (what Flask makes of str, bytes, dict...) runs no code
-        # of the app while the server iterates it: the request's state says so, and wsgi.handle iterates it
-        # without making the context current. A streamed one (a generator), or another class, keeps its context.
-        try:
-            if state is not None and type(response) is self._response_class and type(response.response) is list:
-                state.held_whole = True
-        except Exception as exc:  # (a state an outer middleware put there, not ours)
-            self.guard.failed(exc)
-        return response
+        return self._held_whole(wrapped(*args, **kwargs), state)
 
-    def _held_unsampled(self, response: Any) -> Any:
-        """An unsampled request's body that runs no code of the app goes back as Flask made it: telling it
-        apart costs less than the wrapper that makes the context current around each chunk (two context
-        changes a chunk, ~1k instructions each)."""
+    def _held_whole(self, response: Any, state: Any = None) -> Any:
+        """Flask's own Response class whose body is a list (what Flask makes of str, bytes, dict...) runs no
+        code of the app while the server iterates it: the request's state says so, and wsgi.handle iterates it
+        without making the context current, or, unsampled, hands it back unwrapped (telling it apart costs
+        less than a wrapper's two context changes a chunk, ~1k instructions each). A streamed one (a
+        generator), or another response class, keeps its context."""
         try:  # `with self.guard:` (Guard.failed says why not)
             if type(response) is self._response_class and type(response.response) is list:
-                state = self._request._get_current_object().environ.get(wsgi.ENVIRON_KEY)
+                if state is None:
+                    state = self._request._get_current_object().environ.get(wsgi.ENVIRON_KEY)
                 if state is not None:
                     state.held_whole = True
         except Exception as exc:

@@ -130,7 +130,7 @@ class Psycopg2Instrumentor(TraceRunInstrumentor):
             __slots__ = ()
 
             def cursor(self, *args, **kwargs):
-                with instrumentor.guard:
+                try:  # `with instrumentor.guard:` (Guard.failed says why not)
                     if len(args) <= 4 and _CURSOR_PARAMS.issuperset(kwargs) and not any(
                             name in kwargs for name in _CURSOR_ARGS[:len(args)]):
                         given = args[1] if len(args) > 1 else kwargs.get("cursor_factory")
@@ -143,6 +143,8 @@ class Psycopg2Instrumentor(TraceRunInstrumentor):
                                 args = (args[0], traced) + tuple(args[2:])
                             else:
                                 kwargs = dict(kwargs, cursor_factory=traced)
+                except Exception as exc:
+                    instrumentor.guard.failed(exc)
                 return super().cursor(*args, **kwargs)
 
         return _TracedCursors

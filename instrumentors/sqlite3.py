@@ -107,13 +107,15 @@ class Sqlite3Instrumentor(TraceRunInstrumentor):
             __slots__ = ()
 
             def cursor(self, *args, **kwargs):
-                with instrumentor.guard:
+                try:  # `with instrumentor.guard:` (Guard.failed says why not)
                     if not args and not kwargs:
                         args = (instrumentor.cursor_class(sqlite3.Cursor),)
                     elif len(args) == 1 and not kwargs and subclass_of(args[0], sqlite3.Cursor):
                         args = (instrumentor.cursor_class(args[0]),)
                     elif not args and len(kwargs) == 1 and subclass_of(kwargs.get("factory"), sqlite3.Cursor):
                         kwargs = {"factory": instrumentor.cursor_class(kwargs["factory"])}
+                except Exception as exc:
+                    instrumentor.guard.failed(exc)
                 return super().cursor(*args, **kwargs)
 
         return _TracedCursors

@@ -70,6 +70,8 @@ def _native(configure: str, names: dict, what: str) -> Any:
         log.debug("%s in Python (%s: %s)" % (what, type(exc).__name__, exc))
         return None
     return _wsgi_native
+
+
 _guard = Guard("wsgi")
 _EMPTY = otel_context.Context()
 def extract(environ: dict, context=None):
@@ -326,8 +328,8 @@ def _end_error(request: Any) -> None:
             span.set_status(Status(StatusCode.ERROR))
 
 
-class _RequestFields(_RequestMethods):
-    """_Request's fields, where _wsgi_native's Request (the same fields) is not used."""
+class _PythonRequest(_RequestMethods):
+    """_Request in Python: the fields of _wsgi_native's Request, and the methods."""
 
     __slots__ = ("span", "ctx", "status", "ended", "recorded", "held_whole")
 
@@ -426,12 +428,6 @@ class _PythonHeldBody(_PythonTracedBody):
         return next(self._iter)
 
 
-class _PythonRequest(_RequestFields):
-    """_Request in Python (tests compare the two)."""
-
-    __slots__ = ()
-
-
 def _native_parts() -> Optional[tuple]:
     """(the Request base, the Body base) of _wsgi_native, where it was built and the C call path is on
     (OTEL_TRACE_RUN_NATIVE_CALLS), configured; None: the Python classes."""
@@ -470,12 +466,11 @@ if _NATIVE_PARTS is not None:
         __doc__ = _PythonHeldBody.__doc__
         __slots__ = ()
         _kind = 2
+
+    from ._wsgi_native import set_route  # noqa: E402, F811
 else:
     _Request, _UnrecordedBody, _TracedBody, _HeldBody = (
         _PythonRequest, _PythonUnrecordedBody, _PythonTracedBody, _PythonHeldBody)
-
-if _NATIVE_PARTS is not None:
-    from ._wsgi_native import set_route  # noqa: E402, F811
 
 # what the C replaces, by the names handle reads (tests put these back to compare the two)
 PYTHON_CLASSES = {"_Request": _PythonRequest, "_UnrecordedBody": _PythonUnrecordedBody,
