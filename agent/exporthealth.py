@@ -13,6 +13,7 @@ import collections
 import itertools
 import os
 import threading
+import time
 from typing import Sequence
 
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
@@ -111,6 +112,7 @@ class CountingExporter(SpanExporter):
         self.target = target
         self.failing = False
         self.exporting = False
+        self.export_started = 0.0  # time.monotonic() of the last export's start (agent/unreachable.py)
         self._reset()
         os.register_at_fork(after_in_child=self._after_fork)
 
@@ -188,6 +190,7 @@ class CountingExporter(SpanExporter):
 
     def _export(self, spans: Sequence) -> SpanExportResult:
         n = len(spans)
+        self.export_started = time.monotonic()
         self.exporting = True
         exporter = self.exporter
         try:

@@ -26,7 +26,7 @@ import weakref
 import zlib
 from urllib.parse import unquote
 
-from . import hpack
+from . import hpack, unreachable
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -401,7 +401,11 @@ class Channel:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise socket.timeout("deadline")
-        sock = socket.create_connection((self.host, self.port), timeout=remaining)
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=remaining)
+        except OSError as exc:
+            unreachable.note(exc)
+            raise
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.tls is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from trace_run.core import compat
 
+from . import unreachable
 from .otlp_encoder import hand_over
 
 ANSWER_CAP = 64 * 1024
@@ -81,6 +82,7 @@ def _urllib3_request(pool, method, url, headers, timeout, data):
             preload_content=False,
         )
     except Exception as error:
+        unreachable.note(error)
         return Urllib3HTTPResult(error=error)
     hand_over()  # the answer's head was read and parsed (~0.25 ms of the GIL): the rest is a stretch of its own
     body, whole = _read_capped(response)
@@ -100,6 +102,7 @@ def _requests_request(session, method, url, headers, timeout, data):
         response = session.request(method=method, url=url, headers=headers, data=data, timeout=timeout,
                                    allow_redirects=False, stream=True)
     except Exception as error:
+        unreachable.note(error)
         return RequestsHTTPResult(error=error)
     body, whole = _read_capped(response.raw)
     try:

@@ -199,10 +199,12 @@ def _flush_at_exit() -> None:
                 health.shutdown()
             except Exception:
                 pass
+    started = time.monotonic()
     done = _shut_down_ours()
-    if not done.wait(timeout / 2):
+    if not _wait_unless_refused(done, timeout / 2, started):
         # Half the time is gone and an export is still running: it is retrying
-        # against a collector that does not answer. End the retries.
+        # against a collector that does not answer. Or nobody listens at the
+        # collector (agent/unreachable.py): no retry will reach it. End the retries.
         for _processor, health in _state.get("processors", ()):
             if health.exporting:
                 try:
@@ -214,6 +216,20 @@ def _flush_at_exit() -> None:
                     % config.get("OTEL_TRACE_RUN_EXIT_TIMEOUT"))
     _flush_program(deadline)
     report_drops()
+
+
+def _wait_unless_refused(done: threading.Event, seconds: float, started: float) -> bool:
+    """`done.wait(seconds)`, given up as soon as an export attempt made since `started` (the exit's flush)
+    found nobody listening. An attempt refused before is not enough: the collector may be back by the
+    exporter's next attempt (a restart)."""
+    from . import unreachable
+
+    end = time.monotonic() + seconds
+    while not done.wait(max(0.0, min(0.02, end - time.monotonic()))):
+        if time.monotonic() >= end or any(health.exporting and unreachable.since(max(started, health.export_started))
+                                          for _processor, health in _state.get("processors", ())):
+            return done.is_set()
+    return True
 
 
 def _shut_down_ours() -> threading.Event:
