@@ -205,13 +205,15 @@ class OTLPGrpcH2SpanExporter(SpanExporter):
                     return SpanExportResult.FAILURE
                 log.debug("OTLP/gRPC export to %s: %s (%s); retrying in %.2fs" % (
                     self.channel.authority, grpc_h2.code_name(error.code), error.message, backoff))
-                if self._stopping().wait(backoff):
-                    return SpanExportResult.FAILURE
-                continue
-            rejected, message = partial_success(answer)
-            if rejected or message:  # accepted; the collector says what it did not keep (as the SDK: no failure)
-                log.debug("the collector rejected %d spans of a batch: %s" % (rejected, message))
-            return SpanExportResult.SUCCESS
+            else:
+                rejected, message = partial_success(answer)
+                if rejected or message:  # accepted; the collector says what it did not keep (as the SDK: no failure)
+                    log.debug("the collector rejected %d spans of a batch: %s" % (rejected, message))
+                return SpanExportResult.SUCCESS
+            # out of the except block: the error, its traceback and frames are gone while it waits (a program
+            # counting the objects the garbage collector tracks sees none of them come and go: otlp_retry.py)
+            if self._stopping().wait(backoff):
+                return SpanExportResult.FAILURE
         return SpanExportResult.FAILURE
 
     def shutdown(self) -> None:
