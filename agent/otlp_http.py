@@ -94,6 +94,7 @@ class OTLPHTTPSpanExporter(SpanExporter):
     def shutdown(self) -> None:
         if not self._shutdown:
             self._shutdown = True
+            self._retrying.stop()
             self._client.shutdown()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:

@@ -16,6 +16,8 @@ from typing import Any, Optional
 
 from trace_run.core import compat
 
+from .quiet_wait import QuietEvent, wait_for_quiet
+
 
 def timed_out(error: Any) -> bool:
     """Is this a read timeout (urllib3's, requests', the socket's), possibly wrapped in a retry error?"""
@@ -35,6 +37,10 @@ class Retrying:
     def __init__(self, client: Any):
         self._client = client
         self._parts: Optional[compat.HTTPRetry] = compat.HTTPRetry.of(client)
+        self._stop = QuietEvent()  # set at shutdown, as the client's own event: a backoff ends then
+
+    def stop(self) -> None:
+        self._stop.set()
 
     def send(self, data: bytes) -> tuple:
         """(the collector took it, no answer came before the deadline: it may have arrived)."""
@@ -46,6 +52,8 @@ class Retrying:
         deadline = time.time() + parts.timeout
         logger, kind = parts.logger, parts.kind
         for retry in range(parts.max_retries):
+            if retry:
+                wait_for_quiet()  # (the first attempt's moment was chosen before its batch was taken)
             backoff = parts.backoff(retry)
             status_code = reason = None
             try:
@@ -72,7 +80,7 @@ class Retrying:
             logger.warning("Transient error %s encountered while exporting %s batch, retrying in %.2fs.",
                            reason or error, kind, backoff)
             error = None  # (with its traceback and frames): nothing of this attempt lives through the wait
-            if parts.shutdown_event.wait(backoff):
+            if self._stop.wait(backoff) or parts.shutdown_event.is_set():  # (a wait making no tracked object)
                 logger.warning("Shutdown in progress, aborting retry.")
                 break
         return False, False

@@ -405,14 +405,18 @@ def _build_pipeline(spec: dict, batch: dict, exporthealth):
 
 def _quiet(processor):
     """The batch processor exporting without holding anything the garbage collector tracks while its exporter
-    works or waits to retry (core.compat.quiet_batch_export; agent/otlp_retry.py says why). Its worker thread keeps
-    the suppressing context attached, but where gevent or eventlet may make it a greenlet."""
+    works or waits to retry (core.compat.quiet_batch_export; agent/otlp_retry.py says why), waiting without making
+    any and starting a batch when the program is not between a collection and a count (agent/quiet_wait.py). Its
+    worker thread keeps the suppressing context attached, but where gevent or eventlet made threads greenlets."""
     from trace_run.core import compat
 
-    from .green import loaded
+    from . import quiet_wait
+    from .green import threads_patched
     from .otlp_encoder import untrack
 
-    compat.quiet_batch_export(processor, keep_suppressed=not loaded(), seal=untrack)
+    quiet_wait.prepare()
+    compat.quiet_batch_export(processor, keep_suppressed=not threads_patched(), seal=untrack,
+                              before=quiet_wait.wait_for_quiet, awaken=quiet_wait.QuietEvent)
     return processor
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from typing import Any, Callable, Optional
 
 from opentelemetry import context as _context
@@ -92,14 +93,16 @@ def _popped(queue: Any, count: int) -> tuple:
     return tuple([pop() for _ in range(count)])
 
 
-def quiet_batch_export(processor: Any, keep_suppressed: bool, seal: Callable[[tuple], Any]) -> bool:
+def quiet_batch_export(processor: Any, keep_suppressed: bool, seal: Callable[[tuple], Any],
+                       before: Callable[[], Any], awaken: Callable[[], Any]) -> bool:
     """Give the SDK's BatchProcessor behind `processor` (a BatchSpanProcessor) an `_export` of the same steps that
     holds nothing the garbage collector tracks while its exporter works and waits to retry (agent/otlp_retry.py
     says why): the batch a tuple given to `seal` (which leaves it untracked where its items are), its lock taken
     without a `with` block (whose bound __exit__ lives as long as the block), and on its worker thread the
-    suppressing context attached once for good (`keep_suppressed`) rather than per batch (a Context and a Token).
-    False where BatchProcessor._export's code is not what this was written against (SDK 1.45, names for names):
-    its own runs."""
+    suppressing context attached once for good (`keep_suppressed`) rather than per batch (a Context and a Token),
+    `before()` called there before a batch is taken and the event it waits on made by `awaken()` (with the Event's
+    set, clear, is_set and wait; also in a forked child: agent/quiet_wait.py). False where BatchProcessor._export's
+    code is not what this was written against (SDK 1.45, names for names): its own runs."""
     import types
 
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -117,6 +120,8 @@ def quiet_batch_export(processor: Any, keep_suppressed: bool, seal: Callable[[tu
     on_worker = threading.local()  # its worker thread has the suppressing context attached
 
     def _export(self, batch_strategy) -> None:
+        if self._queue and threading.current_thread() is self._worker_thread:
+            before()
         self._export_lock.acquire()
         try:
             iteration = 0
@@ -142,7 +147,16 @@ def quiet_batch_export(processor: Any, keep_suppressed: bool, seal: Callable[[tu
             self._export_lock.release()
 
     batching._export = types.MethodType(_export, batching)
+    _swap_awaken(batching, awaken)
+    ref = weakref.ref(batching)
+    os.register_at_fork(after_in_child=lambda: ref() is not None and _swap_awaken(ref(), awaken))  # after the SDK's
     return True
+
+
+def _swap_awaken(batching: Any, awaken: Callable[[], Any]) -> None:
+    """The worker's event made by `awaken()`; the one it may be waiting on now is set, so it comes round to the new."""
+    old, batching._worker_awaken = batching._worker_awaken, awaken()
+    old.set()
 
 
 def noop_tracer_metrics() -> tuple:

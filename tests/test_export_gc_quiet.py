@@ -110,11 +110,13 @@ def test_a_client_other_than_the_one_read_here_retries_in_its_own_loop():
 def _quiet_processor(exporter, **kwargs):
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from trace_run.agent import fastspan, otlp_encoder  # noqa: F401 (fastspan: the extension is configured with it)
+    from trace_run.agent.quiet_wait import QuietEvent
     from trace_run.core import compat
 
     otlp_encoder._own_span_type()  # configures the extension: the Encoded type its untrack knows
     processor = BatchSpanProcessor(exporter, **kwargs)
-    return processor, compat.quiet_batch_export(processor, keep_suppressed=True, seal=otlp_encoder.untrack)
+    return processor, compat.quiet_batch_export(processor, keep_suppressed=True, seal=otlp_encoder.untrack,
+                                                before=lambda: None, awaken=QuietEvent)
 
 
 def _encoded():
@@ -178,3 +180,79 @@ def test_another_batch_processor_code_keeps_its_own_export(monkeypatch):
         assert not quiet and "_export" not in vars(processor._batch_processor)
     finally:
         processor.shutdown()
+
+
+def test_the_quiet_event_does_what_threading_event_does():
+    import threading
+    import time
+
+    from trace_run.agent.quiet_wait import QuietEvent
+
+    event = QuietEvent()
+    assert not event.is_set() and event.wait(0.01) is False and event.wait(0) is False
+    event.set()
+    event.set()  # twice: no error
+    assert event.is_set() and event.wait(0.01) is True and event.wait() is True
+    event.clear()
+    assert not event.is_set() and event.wait(0.01) is False
+    threading.Timer(0.05, event.set).start()
+    start = time.monotonic()
+    assert event.wait(10) is True and time.monotonic() - start < 5
+
+
+def test_a_thread_waiting_on_it_makes_nothing_the_collector_counts():
+    """threading.Event.wait makes a waiter lock, a bound method and an argument tuple each time: a count right after
+    a collection saw them whenever the waiting thread had just woken up and gone back to waiting."""
+    import gc
+    import threading
+    import time
+
+    from trace_run.agent.quiet_wait import QuietEvent
+
+    stop, counts = QuietEvent(), []
+
+    def waiting():
+        while not stop.wait(0.0005):
+            pass
+
+    thread = threading.Thread(target=waiting)
+    thread.start()
+    time.sleep(0.05)
+    try:
+        for _ in range(40):
+            gc.collect()
+            counts.append(len(gc.get_objects()))
+            time.sleep(0.002)
+    finally:
+        stop.set()
+        thread.join()
+    assert len(set(counts[2:])) == 1, counts  # (the first: the thread's own start)
+
+
+def test_wait_for_quiet_waits_out_full_collections_within_its_bound(monkeypatch):
+    import gc
+    import threading
+    import time
+
+    from trace_run.agent import quiet_wait
+
+    start = time.monotonic()
+    quiet_wait.wait_for_quiet()  # nothing collecting: one QUIET_S
+    assert time.monotonic() - start < quiet_wait.MAX_WAIT_S
+    monkeypatch.setattr(quiet_wait, "MAX_WAIT_S", 0.3)
+    busy = threading.Event()
+
+    def collecting():
+        while not busy.is_set():
+            gc.collect()
+
+    thread = threading.Thread(target=collecting)
+    thread.start()
+    try:
+        start = time.monotonic()
+        quiet_wait.wait_for_quiet()  # a program collecting all the time: given up after MAX_WAIT_S
+        waited = time.monotonic() - start
+    finally:
+        busy.set()
+        thread.join()
+    assert 0.3 <= waited < 5
