@@ -628,6 +628,28 @@ done:
     return result;
 }
 
+/* untrack(item): an Encoded the Python path made (a span preencode declined), or a batch taken from the queue (an
+ * exact tuple of untracked Encoded), left out of the garbage collector's lists as preencode leaves its own (see
+ * there; a collection never untracks such a tuple itself: an Encoded is a tuple subclass, which it counts as possibly
+ * tracked). Anything else is left as it is. */
+static PyObject *
+untrack(PyObject *module, PyObject *item)
+{
+    if (encoded_type == NULL || !PyObject_GC_IsTracked(item))
+        Py_RETURN_NONE;
+    if ((PyObject *)Py_TYPE(item) == encoded_type) {
+        PyObject_GC_UnTrack(item);
+    } else if (PyTuple_CheckExact(item)) {
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(item); i++) {
+            PyObject *one = PyTuple_GET_ITEM(item, i);
+            if ((PyObject *)Py_TYPE(one) != encoded_type || PyObject_GC_IsTracked(one))
+                Py_RETURN_NONE;
+        }
+        PyObject_GC_UnTrack(item);
+    }
+    Py_RETURN_NONE;
+}
+
 /* (member, wire value) pairs into the arrays compared by identity. */
 static int
 read_enum(PyObject *pairs, PyObject **members, unsigned char *wire, Py_ssize_t *count)
@@ -1076,6 +1098,9 @@ static PyMethodDef methods[] = {
      "encode_span(fields) -> bytes | None: the OTLP Span of a trace-run span's __dict__, None if not the common case."},
     {"preencode", preencode, METH_O,
      "preencode(span) -> Encoded | None: Encoder.preencode of a trace-run span, None if not the common case."},
+    {"untrack", untrack, METH_O,
+     "untrack(item): an Encoded made in Python, or a tuple of untracked ones, left out of the garbage collector's "
+     "lists, as preencode's."},
     {"configure", configure, METH_VARARGS,
      "configure(kinds, codes, unset_status, status_type, empty_trace_state, bounded_attributes_type, span_type, "
      "encoded_type)"},

@@ -69,12 +69,25 @@ def encoded_size(spans: Sequence) -> int:
     return sum([len(s[0]) for s in spans if type(s) is Encoded])  # (s[0]: s.data, without its property call)
 
 
+def _room(max_bytes: int) -> int:
+    return max_bytes - min(64 * 1024, max_bytes // 4)  # for the resource and scope framing
+
+
+def whole(spans: Sequence, max_bytes, size: int = None) -> bool:
+    """`spans` fit one request (`size`: their encoded_size, where the caller has it; else they are walked)."""
+    if not max_bytes or len(spans) < 2:
+        return True
+    if size is None:
+        size = encoded_size(spans)
+    return size + _FRAME * len(spans) <= _room(max_bytes)
+
+
 def split(spans: Sequence, max_bytes, size: int = None) -> list:
     """`spans` in runs whose encoded requests stay under max_bytes (a span bigger than that goes alone).
     `size`: their encoded_size, where the caller has it (a batch that fits whole is not walked again)."""
     if not max_bytes or len(spans) < 2:
         return [spans]
-    room = max_bytes - min(64 * 1024, max_bytes // 4)  # for the resource and scope framing
+    room = _room(max_bytes)
     if size is not None and size + _FRAME * len(spans) <= room:
         return [spans]
     chunks, current, size = [], [], 0
@@ -175,6 +188,12 @@ class CountingExporter(SpanExporter):
 
     def _export_batch(self, spans: Sequence, size) -> SpanExportResult:
         self._count("handed", len(spans))
+        if size is not None and whole(spans, self.max_request_bytes, size):
+            # one request: no list of chunks made (nothing tracked of this batch's is held while it is retried)
+            if self.closed:
+                self._count("unsent", len(spans))
+                return SpanExportResult.FAILURE
+            return self._export(spans)
         result = SpanExportResult.SUCCESS
         chunks = split(spans, self.max_request_bytes, size)
         for i, chunk in enumerate(chunks):

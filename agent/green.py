@@ -26,6 +26,22 @@ def loaded() -> bool:
     return any(name in sys.modules for name in _GREEN)
 
 
+def threads_patched() -> bool:
+    """Whether gevent or eventlet made `threading`'s threads green in this process (imported is not enough: a test
+    suite that collects a gevent test imports gevent and patches nothing). Unsure: True."""
+    for module, check, name in (("gevent.monkey", "is_module_patched", "threading"),
+                                ("eventlet.patcher", "is_monkey_patched", "thread")):
+        found = sys.modules.get(module)
+        if found is None:  # (patching goes through this module)
+            continue
+        try:
+            if getattr(found, check)(name):
+                return True
+        except Exception:
+            return True
+    return False
+
+
 class StartsOnFirstSpan:
     """A span processor built by `factory` when the first span ends, not when the SDK is
     set up (an import hook may set it up in a gunicorn master, or in the middle of

@@ -35,6 +35,11 @@ try:
     from trace_run.agent._otlp_native import preencode as _NATIVE_PREENCODE
 except ImportError:  # not built (an install without a C compiler): all is encoded in Python
     _NATIVE_SPAN = _NATIVE_PREENCODE = None
+try:
+    from trace_run.agent._otlp_native import untrack
+except ImportError:  # (queued Encoded items made in Python, and batches, are then tracked by the garbage collector)
+    def untrack(item) -> None:
+        """An Encoded, or a tuple of untracked ones, left out of the garbage collector's lists (in C only)."""
 
 SLICE = 128  # spans encoded between two GIL hand-overs
 PAUSE_S = 0.0001  # a real sleep: a thread waiting for the GIL takes it (sleep(0) rarely hands it over)
@@ -368,14 +373,18 @@ class Encoder:
             encoded = _native_or_none(native, span)
             if encoded is not None:
                 return encoded
+        encoded = None
         if type(span) is (_OWN_SPAN[0] if _OWN_SPAN else _own_span_type()):
             fields = span.__dict__
             try:  # (the native call, where there is one, declined it already)
-                return _tuple_new(Encoded, (self._own_span_python(fields), fields["_resource"],
-                                            fields["_instrumentation_scope"]))
+                encoded = _tuple_new(Encoded, (self._own_span_python(fields), fields["_resource"],
+                                               fields["_instrumentation_scope"]))
             except (KeyError, AttributeError, TypeError):  # fields under other names: read as any span
                 pass
-        return Encoded(self.span(span), span.resource, span.instrumentation_scope)
+        if encoded is None:
+            encoded = Encoded(self.span(span), span.resource, span.instrumentation_scope)
+        untrack(encoded)  # as the C path's: the queue holds nothing the garbage collector walks or counts
+        return encoded
 
     def _event(self, event) -> bytes:
         out = b"\x09" + _pack_u64(event.timestamp) if event.timestamp else b""

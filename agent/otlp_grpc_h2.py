@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import random
 import ssl
-import threading
 import time
 from typing import Sequence
 from urllib.parse import urlsplit
@@ -25,6 +24,7 @@ from trace_run.core import log
 from . import grpc_h2
 from .otlp_answer import ANSWER_CAP
 from .otlp_encoder import Encoder, encode_request
+from .quiet_wait import QuietEvent, wait_for_quiet
 
 EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 MAX_REQUEST_BYTES = 64 * 1024 * 1024  # as the OTLP/HTTP exporter: a bigger batch is dropped, not sent
@@ -161,9 +161,10 @@ class OTLPGrpcH2SpanExporter(SpanExporter):
         self._shutdown = False
         self.max_request_bytes = MAX_REQUEST_BYTES
 
-    def _stopping(self) -> threading.Event:
-        """Set at shutdown: a backoff ends then. Made on first use (after gevent/eventlet patched threading)."""
-        return self.__dict__.get("_stop") or self.__dict__.setdefault("_stop", threading.Event())
+    def _stopping(self) -> QuietEvent:
+        """Set at shutdown: a backoff ends then. Made on first use (after gevent/eventlet patched threading); its
+        wait makes no object the garbage collector tracks (quiet_wait.py)."""
+        return self.__dict__.get("_stop") or self.__dict__.setdefault("_stop", QuietEvent())
 
     def export(self, spans: Sequence) -> SpanExportResult:
         self.unanswered = False
@@ -185,6 +186,8 @@ class OTLPGrpcH2SpanExporter(SpanExporter):
     def _send(self, data: bytes) -> SpanExportResult:
         deadline = time.monotonic() + self._timeout
         for attempt in range(MAX_TRIES):
+            if attempt:
+                wait_for_quiet()  # a retry starts when the program is not between a collection and a count
             remaining = deadline - time.monotonic()
             try:
                 if remaining <= 0:
@@ -205,13 +208,15 @@ class OTLPGrpcH2SpanExporter(SpanExporter):
                     return SpanExportResult.FAILURE
                 log.debug("OTLP/gRPC export to %s: %s (%s); retrying in %.2fs" % (
                     self.channel.authority, grpc_h2.code_name(error.code), error.message, backoff))
-                if self._stopping().wait(backoff):
-                    return SpanExportResult.FAILURE
-                continue
-            rejected, message = partial_success(answer)
-            if rejected or message:  # accepted; the collector says what it did not keep (as the SDK: no failure)
-                log.debug("the collector rejected %d spans of a batch: %s" % (rejected, message))
-            return SpanExportResult.SUCCESS
+            else:
+                rejected, message = partial_success(answer)
+                if rejected or message:  # accepted; the collector says what it did not keep (as the SDK: no failure)
+                    log.debug("the collector rejected %d spans of a batch: %s" % (rejected, message))
+                return SpanExportResult.SUCCESS
+            # out of the except block: the error, its traceback and frames are gone while it waits (a program
+            # counting the objects the garbage collector tracks sees none of them come and go: otlp_retry.py)
+            if self._stopping().wait(backoff):
+                return SpanExportResult.FAILURE
         return SpanExportResult.FAILURE
 
     def shutdown(self) -> None:

@@ -21,6 +21,7 @@ from trace_run.core import compat
 from .http_transport import urllib3_sends_the_same
 from .otlp_answer import capped
 from .otlp_encoder import Encoder, encode_request, hand_over
+from .otlp_retry import Retrying
 
 MAX_REQUEST_BYTES = 64 * 1024 * 1024  # the stock exporter's default limit
 
@@ -46,17 +47,6 @@ def _transport_class(endpoint: str, session) -> tuple:
     return "requests", compat.http_transport("requests")[0]
 
 
-def _timed_out(error) -> bool:
-    """Is this a read timeout (urllib3's, requests', the socket's), possibly wrapped in a retry error?"""
-    seen = 0
-    while error is not None and seen < 5:
-        if isinstance(error, TimeoutError) or "ReadTimeout" in type(error).__name__:
-            return True
-        error = getattr(error, "reason", None) or error.__context__
-        seen += 1
-    return False
-
-
 class OTLPHTTPSpanExporter(SpanExporter):
     accepts_encoded = True  # takes otlp_encoder.Encoded items as well as spans
     unanswered = False  # the last export timed out waiting for an answer
@@ -80,6 +70,7 @@ class OTLPHTTPSpanExporter(SpanExporter):
             # the SDK exporter's logger: its failures are silenced and reported the same way
             logger=logging.getLogger("opentelemetry.exporter.otlp.proto.http.trace_exporter"),
         )
+        self._retrying = Retrying(self._client)
         self._encoder = Encoder()
         self._shutdown = False
         self.max_request_bytes = MAX_REQUEST_BYTES
@@ -95,14 +86,15 @@ class OTLPHTTPSpanExporter(SpanExporter):
         if data is None:
             return SpanExportResult.FAILURE
         hand_over()
-        sent = self._client.export(data)
+        sent, unanswered = self._retrying.send(data)
         # the request went out and no answer came in time: the collector may have it (see exporthealth)
-        self.unanswered = not sent.success and sent.status_code is None and _timed_out(sent.error)
-        return SpanExportResult.SUCCESS if sent.success else SpanExportResult.FAILURE
+        self.unanswered = unanswered
+        return SpanExportResult.SUCCESS if sent else SpanExportResult.FAILURE
 
     def shutdown(self) -> None:
         if not self._shutdown:
             self._shutdown = True
+            self._retrying.stop()
             self._client.shutdown()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from typing import Any, Callable, Optional
 
 from opentelemetry import context as _context
@@ -79,6 +80,85 @@ def known_batch_emit() -> Optional[Any]:
     return emit
 
 
+# the names BatchProcessor._export's code uses (SDK 1.45, read there): where they are these, quiet_batch_export's
+# _export runs its steps instead
+_EXPORT_NAMES = ("_export_lock", "_should_export_batch", "attach", "set_value", "_SUPPRESS_INSTRUMENTATION_KEY", "min",
+                 "_max_export_batch_size", "len", "_queue", "range", "_metrics", "finish_items", "_exporter", "export",
+                 "Exception", "_logger", "exception", "_exporting", "detach")
+
+
+def _popped(queue: Any, count: int) -> tuple:
+    """The `count` oldest records (at the back), as a tuple; nothing else of this is left once it returns."""
+    pop = queue.pop
+    return tuple([pop() for _ in range(count)])
+
+
+def quiet_batch_export(processor: Any, keep_suppressed: bool, seal: Callable[[tuple], Any],
+                       before: Callable[[], Any], awaken: Callable[[], Any]) -> bool:
+    """Give the SDK's BatchProcessor behind `processor` (a BatchSpanProcessor) an `_export` of the same steps that
+    holds nothing the garbage collector tracks while its exporter works and waits to retry (agent/otlp_retry.py
+    says why): the batch a tuple given to `seal` (which leaves it untracked where its items are), its lock taken
+    without a `with` block (whose bound __exit__ lives as long as the block), and on its worker thread the
+    suppressing context attached once for good (`keep_suppressed`) rather than per batch (a Context and a Token),
+    `before()` called there before a batch is taken and the event it waits on made by `awaken()` (with the Event's
+    set, clear, is_set and wait; also in a forked child: agent/quiet_wait.py). False where BatchProcessor._export's
+    code is not what this was written against (SDK 1.45, names for names): its own runs."""
+    import types
+
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    try:
+        from opentelemetry.sdk import _shared_internal
+    except ImportError:
+        return False
+    batching = getattr(processor, "_batch_processor", None)
+    code = getattr(getattr(_shared_internal.BatchProcessor, "_export", None), "__code__", None)
+    if type(processor) is not BatchSpanProcessor or type(batching) is not _shared_internal.BatchProcessor \
+            or code is None or code.co_names != _EXPORT_NAMES or code.co_argcount != 2 or "_export" in vars(batching):
+        return False
+    logger, attach, detach, set_value = _shared_internal._logger, _context.attach, _context.detach, _context.set_value
+    on_worker = threading.local()  # its worker thread has the suppressing context attached
+
+    def _export(self, batch_strategy) -> None:
+        if self._queue and threading.current_thread() is self._worker_thread:
+            before()
+        self._export_lock.acquire()
+        try:
+            iteration = 0
+            while self._should_export_batch(batch_strategy, iteration):
+                iteration += 1
+                token = None
+                if not getattr(on_worker, "suppressed", False):
+                    token = attach(set_value(SUPPRESS_INSTRUMENTATION_KEY, True))
+                    if keep_suppressed and threading.current_thread() is self._worker_thread:
+                        on_worker.suppressed, token = True, None  # (a forked child's new worker attaches its own)
+                count = min(self._max_export_batch_size, len(self._queue))
+                batch = _popped(self._queue, count)
+                seal(batch)
+                self._metrics.finish_items(count)
+                try:
+                    self._exporter.export(batch)
+                except Exception:
+                    logger.exception("Exception while exporting %s.", self._exporting)
+                batch = None
+                if token is not None:
+                    detach(token)
+        finally:
+            self._export_lock.release()
+
+    batching._export = types.MethodType(_export, batching)
+    _swap_awaken(batching, awaken)
+    ref = weakref.ref(batching)
+    os.register_at_fork(after_in_child=lambda: ref() is not None and _swap_awaken(ref(), awaken))  # after the SDK's
+    return True
+
+
+def _swap_awaken(batching: Any, awaken: Callable[[], Any]) -> None:
+    """The worker's event made by `awaken()`; the one it may be waiting on now is set, so it comes round to the new."""
+    old, batching._worker_awaken = batching._worker_awaken, awaken()
+    old.set()
+
+
 def noop_tracer_metrics() -> tuple:
     """(the SDK's no-op tracer-metrics class, the function it hands every span to call at its end) for
     SDK 1.40 and later, whose metrics are off by default: a span of that class may leave the call out.
@@ -135,6 +215,32 @@ def otlp_http_client() -> tuple:
     if client is None or headers is None:
         raise ImportError("this SDK's OTLP/HTTP package has no _OTLPHTTPClient or _OTLP_HTTP_HEADERS")
     return client, common_http.Compression, dict(headers)
+
+
+class HTTPRetry:
+    """The parts of the SDK's `_OTLPHTTPClient.export` (1.45's) its retry loop is made of, read from one
+    client, for agent/otlp_retry.py to run that loop itself; `of(client)` is None where this SDK lacks one
+    (fallback: the client's own export)."""
+
+    __slots__ = ("compress", "submit", "backoff", "is_retryable", "retry_after", "max_retries",
+                 "is_connection_error", "shutdown_event", "logger", "kind", "timeout")
+
+    @classmethod
+    def of(cls, client: Any) -> Optional[HTTPRetry]:
+        import sys
+
+        module = sys.modules.get(type(client).__module__)
+        parts = cls()
+        try:
+            parts.compress, parts.submit, parts.backoff = client._compress, client._submit, client._compute_backoff
+            parts.is_retryable, parts.retry_after = module._is_retryable, module._extract_retry_after
+            parts.max_retries = int(module._MAX_RETRIES)
+            parts.is_connection_error = client._transport.is_connection_error
+            parts.shutdown_event, parts.logger = client._shutdown_event, client._logger
+            parts.kind, parts.timeout = client._kind, float(client._timeout)
+        except (AttributeError, TypeError, ValueError):
+            return None
+        return parts
 
 
 def http_transport(library: str) -> tuple:

@@ -18,6 +18,7 @@ PRIVATE = {
     "_TRACER_PROVIDER_SET_ONCE", "_TRACER_PROVIDER", "_update_resource", "_OTLPHTTPClient", "_OTLP_HTTP_HEADERS",
     "_stub", "_channel", "_initialize_channel_and_stub", "_SUPPRESS_INSTRUMENTATION_KEY",
     "_SUPPRESS_HTTP_INSTRUMENTATION_KEY", "_initializing", "PyOS_setsig", "_pool", "_session", "_transport",
+    "_submit", "_compute_backoff", "_is_retryable", "_extract_retry_after", "_MAX_RETRIES", "_shutdown_event",
 }
 # Published for use despite the underscore: the semantic conventions' incubating attributes.
 PUBLISHED = ("opentelemetry.semconv._incubating",)
