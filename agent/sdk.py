@@ -397,20 +397,22 @@ def _build_pipeline(spec: dict, batch: dict, exporthealth):
     inert = does_nothing(BatchSpanProcessor.on_start)
     if name == "otlp" and spec.get("encoder") == "fast":
         # spans are redacted and encoded as they end; the queue holds bytes (see otlp_encoder.Encoded)
-        processor = StartsOnFirstSpan(lambda: _quiet(BatchSpanProcessor(health, **batch)), inert_on_start=inert)
+        from . import quiet_wait  # here: the processor is made at the first span's end, maybe on an event loop
+
+        processor = StartsOnFirstSpan(lambda: _quiet(BatchSpanProcessor(health, **batch), quiet_wait),
+                                      inert_on_start=inert)
         return exporthealth.CountingProcessor(processor, health, prepare=_preencoder(health), budget=budget), health
     processor = StartsOnFirstSpan(lambda: BatchSpanProcessor(redacted(health), **batch), inert_on_start=inert)
     return exporthealth.CountingProcessor(processor, health, budget=budget), health
 
 
-def _quiet(processor):
+def _quiet(processor, quiet_wait):
     """The batch processor exporting without holding anything the garbage collector tracks while its exporter
     works or waits to retry (core.compat.quiet_batch_export; agent/otlp_retry.py says why), waiting without making
     any and starting a batch when the program is not between a collection and a count (agent/quiet_wait.py). Its
     worker thread keeps the suppressing context attached, but where gevent or eventlet made threads greenlets."""
     from trace_run.core import compat
 
-    from . import quiet_wait
     from .green import threads_patched
     from .otlp_encoder import untrack
 
