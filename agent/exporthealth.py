@@ -26,6 +26,14 @@ from .otlp_encoder import Encoded, _native_or_none, hand_over
 
 _SAMPLED = 0x01  # TraceFlags.SAMPLED
 _FRAME = 6  # bytes framing one encoded span in a request (tag, length)
+_here = threading.local()  # .on: this thread is in an export of ours (its HTTP client's log lines are ours)
+
+
+def not_ours(_record) -> bool:
+    """A logging filter for the HTTP client's loggers (urllib3's): the lines of an export of ours are left out,
+    the program's own requests' kept (a program logging at DEBUG saw "Starting new HTTP connection" for each
+    of our batches)."""
+    return not getattr(_here, "on", False)
 
 
 class QueueBudget:
@@ -211,6 +219,7 @@ class CountingExporter(SpanExporter):
         n = len(spans)
         self.export_started = time.monotonic()
         self.exporting = True
+        _here.on = True
         exporter = self.exporter
         try:
             owned_sockets.release_reused(exporter)
@@ -221,7 +230,7 @@ class CountingExporter(SpanExporter):
         else:
             reason = ""
         finally:
-            self.exporting = False
+            self.exporting = _here.on = False
         if result is SpanExportResult.SUCCESS:
             self._count("exported", n)
             if self.failing:

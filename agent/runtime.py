@@ -109,18 +109,46 @@ def _child_pid() -> None:
         pass
 
 
-def _quiet_sdk_loggers() -> None:
-    """The SDK logs every failed batch and every full queue; we say it once, ourselves."""
+def _silent(_record) -> bool:
+    """A logging filter that passes nothing."""
+    return False
+
+
+def _silence(name: str, on: bool = True) -> None:
+    """Logger `name` quiet (or speaking again). `disabled` alone is not enough: `logging.config.dictConfig`
+    with `disable_existing_loggers: False` (Django's setup, uvicorn's and gunicorn's configs) sets it back to
+    False on every logger that exists, and the SDK's lines (and the header warnings' API keys) would reach the
+    program's stderr; it leaves a logger's filters alone."""
     import logging
 
+    logger = logging.getLogger(name)
+    logger.disabled = on
+    if on:
+        logger.addFilter(_silent)  # (once: addFilter skips a filter already there)
+    else:
+        logger.removeFilter(_silent)
+
+
+def _quiet_sdk_loggers() -> None:
+    """The SDK logs every failed batch and every full queue; we say it once, ourselves."""
     # Its warnings quote OTEL_EXPORTER_OTLP_HEADERS entries (API keys), even at debug; we report them masked.
-    logging.getLogger("opentelemetry.util.re").disabled = True
+    _silence("opentelemetry.util.re")
     if config.get("OTEL_LOG_LEVEL") == "debug":
         return
 
     for name in _EXPORT_LOGGERS + ("opentelemetry.baggage.propagation",):  # per logger: children are listed too
         # (baggage.propagation quotes whole oversized baggage headers from the network, per request)
-        logging.getLogger(name).disabled = True
+        _silence(name)
+    import logging
+
+    from .exporthealth import not_ours
+
+    for name in _HTTP_CLIENT_LOGGERS:
+        logging.getLogger(name).addFilter(not_ours)
+
+
+# The HTTP client under the OTLP/HTTP exporter: its lines during an export of ours are left out (exporthealth).
+_HTTP_CLIENT_LOGGERS = ("urllib3.connectionpool", "urllib3.connection", "urllib3.util.retry", "urllib3.response")
 
 
 # The SDK's batching and OTLP exporters: they speak for the program again once it has its own pipeline.
@@ -245,10 +273,8 @@ def _shut_down_ours() -> threading.Event:
 def _shut_down() -> None:
     _state["provider"].shutdown()
     if "program_provider" in _state:
-        import logging
-
         for name in _EXPORT_LOGGERS:  # the program's exporters may speak again (ours have stopped)
-            logging.getLogger(name).disabled = False
+            _silence(name, on=False)
 
 
 def follow_program(provider) -> None:

@@ -270,3 +270,45 @@ def test_burst_larger_than_queue_keeps_memory_bounded():
         server.stop()
     assert dropped >= 30000 - 500 - 500
     assert unbounded > 3 * max(bounded, 1024), (bounded, unbounded, stderrs)
+
+
+LOGGING_CONFIGURED_LATE = '''
+import logging, logging.config, sys, time
+from opentelemetry import trace
+
+tracer = trace.get_tracer("late-logging")
+with tracer.start_as_current_span("before"):
+    pass
+# Django's setup, uvicorn's and gunicorn's configs do this: every existing logger's `disabled` is set back
+logging.config.dictConfig({
+    "version": 1, "disable_existing_loggers": False,
+    "handlers": {"err": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr"}},
+    "root": {"handlers": ["err"], "level": "DEBUG"},
+})
+logging.getLogger("app").info("configured")
+for i in range(5):
+    with tracer.start_as_current_span("after %d" % i):
+        pass
+time.sleep(WAIT)  # the exporter is built now, after the configuration, and retries
+print("done")
+'''
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_logging_configured_after_the_agent_keeps_the_sdks_lines_and_header_secrets_out(tmp_path, protocol):
+    """A program that configures logging after trace-run started (dictConfig with disable_existing_loggers
+    False re-enables every existing logger) still sees none of the SDK's export lines (each retry, the
+    failure, the shutdown) nor its header warning, which quotes a malformed OTEL_EXPORTER_OTLP_HEADERS entry
+    whole (here an API key): its stderr is its own line and trace-run's, as bare (no collector listening)."""
+    script = tmp_path / "late_logging.py"
+    script.write_text(LOGGING_CONFIGURED_LATE.replace("WAIT", "2.5"))
+    env = clean_env(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:%d" % free_port(),
+                    OTEL_EXPORTER_OTLP_PROTOCOL=protocol, OTEL_BSP_SCHEDULE_DELAY="50",
+                    OTEL_EXPORTER_OTLP_HEADERS="x-team=a,authorization Bearer SECRET-0123456789")
+    bare = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60)
+    proc = run_traced(["python", str(script)], env=env, timeout=60)
+    assert bare.returncode == proc.returncode == 0 and bare.stdout == proc.stdout == "done\n", proc.stderr
+    ours, theirs = split_stderr(proc.stderr)
+    assert theirs == bare.stderr.splitlines() == ["configured"], proc.stderr
+    assert any("not exported" in line for line in ours), ours  # the spans were made, and their loss said once
+    assert "SECRET-0123456789" not in proc.stderr
