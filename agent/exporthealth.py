@@ -23,17 +23,10 @@ from trace_run.core import compat, hooks, log
 from . import owned_sockets
 from .lazy_exporter import LazyExporter
 from .otlp_encoder import Encoded, _native_or_none, hand_over
+from .own_logs import here as _here
 
 _SAMPLED = 0x01  # TraceFlags.SAMPLED
 _FRAME = 6  # bytes framing one encoded span in a request (tag, length)
-_here = threading.local()  # .on: this thread is in an export of ours (its HTTP client's log lines are ours)
-
-
-def not_ours(_record) -> bool:
-    """A logging filter for the HTTP client's loggers (urllib3's): the lines of an export of ours are left out,
-    the program's own requests' kept (a program logging at DEBUG saw "Starting new HTTP connection" for each
-    of our batches)."""
-    return not getattr(_here, "on", False)
 
 
 class QueueBudget:

@@ -141,7 +141,7 @@ def _quiet_sdk_loggers() -> None:
         _silence(name)
     import logging
 
-    from .exporthealth import not_ours
+    from .own_logs import not_ours
 
     for name in _HTTP_CLIENT_LOGGERS:
         logging.getLogger(name).addFilter(not_ours)
