@@ -16,18 +16,13 @@ from typing import Any, Optional
 
 from trace_run.core import compat
 
+from . import unreachable
 from .quiet_wait import QuietEvent, wait_for_quiet
 
 
 def timed_out(error: Any) -> bool:
     """Is this a read timeout (urllib3's, requests', the socket's), possibly wrapped in a retry error?"""
-    seen = 0
-    while error is not None and seen < 5:
-        if isinstance(error, TimeoutError) or "ReadTimeout" in type(error).__name__:
-            return True
-        error = getattr(error, "reason", None) or error.__context__
-        seen += 1
-    return False
+    return any(isinstance(e, TimeoutError) or "ReadTimeout" in type(e).__name__ for e in unreachable.within(error, 5))
 
 
 class Retrying:

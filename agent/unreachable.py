@@ -17,18 +17,23 @@ _NO_ONE_THERE = frozenset((errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNR
 _last = [0.0]  # time.monotonic() of the last refusal (0: none)
 
 
-def refused(error: BaseException) -> bool:
-    """Is `error`, or what it wraps (urllib3's NewConnectionError and MaxRetryError, requests'
-    ConnectionError), a connection nobody took?"""
-    for _ in range(8):
+def within(error: BaseException, depth: int = 8):
+    """`error` and what it wraps, outermost first: urllib3's `reason`, the cause or context, requests'
+    first argument (a ConnectionError around a MaxRetryError)."""
+    for _ in range(depth):
         if error is None:
-            return False
-        if isinstance(error, socket.gaierror) or (isinstance(error, OSError) and error.errno in _NO_ONE_THERE):
-            return True
+            return
+        yield error
         args = getattr(error, "args", ())
         error = (getattr(error, "reason", None) or error.__cause__ or error.__context__
                  or (args[0] if args and isinstance(args[0], BaseException) else None))
-    return False
+
+
+def refused(error: BaseException) -> bool:
+    """Is `error`, or what it wraps (urllib3's NewConnectionError and MaxRetryError, requests'
+    ConnectionError), a connection nobody took?"""
+    return any(isinstance(e, socket.gaierror) or (isinstance(e, OSError) and e.errno in _NO_ONE_THERE)
+               for e in within(error))
 
 
 def note(error: BaseException) -> None:
