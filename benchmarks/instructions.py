@@ -17,9 +17,9 @@ Cells, for each venv given (default: benchmarks/.venvs/tracerun, made by venvs.p
 - a span with 5 attributes made by `start_as_current_span` and ended (microspan.py's), sampled;
 - with --all, the /all request the same three ways (PostgreSQL, Redis and a `requests` call to
   servers.py's downstream server, started here; those servers' own work is not counted).
-Every run gets the same environment variables, OTEL_TRACES_SAMPLER included (bare ignores it):
-`requests` reads the whole environment on every call, so one more variable costs ~40k instructions
-per call.
+Every run gets the same environment variables, OTEL_TRACES_SAMPLER and PYTHONPATH included (bare
+ignores the first; the launcher puts its folder first on the second): `requests` reads the whole
+environment on every call, so one more variable costs ~40k instructions per call.
 Spans go to an OTLP/HTTP receiver this script starts (it answers 200 and discards), with a batch
 big enough that nothing is exported before the end. Needs valgrind (`apt-get install valgrind`).
 """
@@ -94,7 +94,10 @@ def run_setup(venv: str, script: str, sampler: str, endpoint: str, service: str 
     the whole environment on every call); a batch big enough that nothing is exported before the end."""
     bin_dir = os.path.join(venv, "bin")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PYTHON"))}
+    # PYTHONPATH in every run, as overhead.py sets it: the launcher puts its folder first on it, and a variable
+    # only the traced runs had cost ~330 bytecodes per `requests` call (it reads the whole environment)
     env.update(PATH=bin_dir + os.pathsep + env.get("PATH", ""), PYTHONHASHSEED="0",
+               PYTHONPATH=os.path.join(HERE, "apps"),
                OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
                OTEL_BSP_SCHEDULE_DELAY="600000", OTEL_BSP_MAX_QUEUE_SIZE="1000000",
                OTEL_BSP_MAX_EXPORT_BATCH_SIZE="1000000", OTEL_SERVICE_NAME=service,
