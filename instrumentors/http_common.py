@@ -414,6 +414,8 @@ def client_wrapper(instrumentor: Any, read: Callable, with_headers: Callable, en
 
 def replace_argument(args: tuple, kwargs: dict, index: int, name: str, value: Any) -> tuple:
     """(args, kwargs) with the argument at position `index` or keyword `name` set to `value`."""
+    if index == 0 and type(args) is tuple and args:  # (the usual call: the request first, by position)
+        return (value,) + args[1:], kwargs
     if len(args) > index:
         return tuple(args[:index]) + (value,) + tuple(args[index + 1:]), kwargs
     return args, dict(kwargs, **{name: value})

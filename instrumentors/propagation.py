@@ -65,13 +65,15 @@ def default_pair() -> bool:
 
 
 _SpanContext = trace.SpanContext
+_NO_STATE = trace.DEFAULT_TRACE_STATE  # an empty TraceState (what SpanContext defaults to)
 # the key baggage keeps its dict under in a context (read as baggage.get_all reads it: a dict, or none at all)
 _BAGGAGE_KEY = getattr(baggage, "_BAGGAGE_KEY", None)
 
 
 def inject(carrier: Any, span: trace.Span) -> None:
     """`propagate.inject(carrier, context=trace.set_span_in_context(span))` for a dict-like carrier."""
-    mask = _mask()
+    known = _known  # (_mask's answer where the propagator is the one it remembers: a call less)
+    mask = known[1] if known[0] is propagate.get_global_textmap() else _mask()
     if mask is not None:
         ctx = span.get_span_context()
         if type(ctx) is _SpanContext and runtime_context.CONTEXT_IS_TUPLE:  # its fields as the tuple holds them
@@ -79,7 +81,7 @@ def inject(carrier: Any, span: trace.Span) -> None:
         else:
             trace_id, span_id, flags, state, valid = (ctx.trace_id, ctx.span_id, ctx.trace_flags, ctx.trace_state,
                                                       ctx.is_valid)
-        if valid and not state:
+        if valid and (state is _NO_STATE or not state):  # (the default, told without TraceState.__len__)
             if _BAGGAGE_KEY is not None:
                 held = get_current().get(_BAGGAGE_KEY)
                 empty = not held or not isinstance(held, dict)  # get_all's answer: {} unless a dict is held

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
+from opentelemetry.trace import NonRecordingSpan as _NonRecordingSpan
+
 from . import http_common
 from .base import TraceRunInstrumentor
 
@@ -80,6 +82,8 @@ def _store_copies(kind: type) -> bool:
 
 
 def _end(span, response) -> None:
+    if type(span) is _NonRecordingSpan:  # a trace not sampled: the caller's span, whose end does nothing
+        return
     raw = getattr(response, "raw", None)
     http_common.end_client(span, response.status_code, version=getattr(raw, "version", None),
                            response_headers=response.headers)
