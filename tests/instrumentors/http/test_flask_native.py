@@ -98,12 +98,15 @@ def _tracer_provider(kind):
 
 
 @contextmanager
-def instrumented(path, tracer_kind, instrumentor_class=FlaskInstrumentor):
-    """Flask instrumented with the C hooks (path "c") or the Python methods ("python")."""
+def instrumented(path, tracer_kind, instrumentor_class=FlaskInstrumentor, layout=True):
+    """Flask instrumented with the C hooks (path "c") or the Python methods ("python"); `layout` False: as
+    where flask.request's layout is not the one the C reads (it calls _get_current_object)."""
     provider, exporter = _tracer_provider(tracer_kind)
     with pytest.MonkeyPatch.context() as mp:
         if path == "python":
             mp.setattr(flask_instrumentor, "_native_hooks", lambda *a: None)
+        if not layout:
+            mp.setattr(flask_instrumentor, "_request_layout", lambda flask: None)
         instrumentor = instrumentor_class()
         instrumentor.instrument(tracer_provider=provider, skip_dep_check=True)
         try:
@@ -132,7 +135,7 @@ def _run(path, tracer_kind, view, setting="plain", call="positional", parent=Non
     reports, the request's state and the context after."""
     reports, statuses, chunks = [], [], []
     raised = None
-    with instrumented(path, tracer_kind) as (instrumentor, exporter, mp):
+    with instrumented(path, tracer_kind, layout=setting != "unknown layout") as (instrumentor, exporter, mp):
         app = make_app(testing=setting == "testing")
         mp.setattr(guard, "report", lambda where, exc: reports.append((where, type(exc).__name__, str(exc))))
         if setting == "set_route fails":
@@ -225,7 +228,8 @@ def test_every_request_answers_as_the_python_methods(tracer_kind, view, parent):
         assert ours["state"][2] is (view in ("list", "json")), ours  # held whole: Flask's class, a list body
 
 
-SETTINGS = ("testing", "set_route fails", "request fails", "replaced proxy", "no response class", "guard raises")
+SETTINGS = ("testing", "set_route fails", "request fails", "replaced proxy", "unknown layout", "no response class",
+            "guard raises")
 
 
 @pytest.mark.parametrize("view", ["list", "generator", "own class", "raise", "missing"])
@@ -350,6 +354,21 @@ def test_no_reference_is_kept_by_any_path():
         finally:
             tracemalloc.stop()
     assert grown < 64 * 1024, grown
+
+
+def test_another_request_layout_is_not_read_from_a_context_var():
+    import types
+
+    from werkzeug.local import LocalProxy
+
+    real = flask_instrumentor._request_layout(flask)
+    assert real is not None and real[0] is flask.request
+    others = {"callable proxy": LocalProxy(lambda: flask.globals._cv_request.get().request),
+              "session proxy": flask.session, "not a proxy": object()}
+    for name, proxy in others.items():
+        fake = types.SimpleNamespace(request=proxy, globals=flask.globals)
+        assert flask_instrumentor._request_layout(fake) is None, name
+    assert flask_instrumentor._request_layout(types.SimpleNamespace()) is None
 
 
 def test_the_hooks_refuse_what_they_were_not_made_for():
