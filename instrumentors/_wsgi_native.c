@@ -328,13 +328,19 @@ enum {
     N_GET_CURRENT, N_ATTACH, N_DETACH, N_WITH_SPAN, N_EXTRACT, N_START_SERVER_SPAN, N_SERVER_ATTRIBUTES, N_KNOWN,
     N_TEXT_FORMAT, N_GET_TEXTMAP, N_TRACEPARENT, N_BAGGAGE, N_DEFERRED, N_BLIND, N_START_SPAN, N_IS_RECORDING,
     N_START_RESPONSE, N_DEFAULT_PAIR, N_END, N_RECORD, N_RESPONSE, N_SET_ATTRIBUTE, N_CAPTURE_KEY,
-    N_SERVER_RESPONSE, N_CTX, N_CLOSE, N_ENDED, N_UPDATE_NAME, N_NAMES
+    N_SERVER_RESPONSE, N_CTX, N_CLOSE, N_ENDED, N_UPDATE_NAME, N_GUARD, N_FAILED, N_TRACER_FIELD, N_TRACER,
+    N_EXCLUDED, N_HANDLE, N_CURRENT_SPAN, N_REQUEST_PROXY, N_GET_CURRENT_OBJECT, N_REQUEST, N_ENVIRON, N_GET,
+    N_ENVIRON_KEY, N_URL_RULE, N_SET_ROUTE, N_SPAN, N_REQUEST_METHOD, N_RULE, N_HELD_WHOLE_METHOD, N_RESPONSE_CLASS,
+    N_BODY_RESPONSE, N_HELD_WHOLE, N_NAMES
 };
 static const char *name_values[N_NAMES] = {
     "get_current", "attach", "detach", "with_span", "extract", "start_server_span", "server_attributes", "_known",
     "_HTTP_TEXT_FORMAT", "get_global_textmap", "HTTP_TRACEPARENT", "HTTP_BAGGAGE", "start_span_deferred",
     "_attribute_blind", "start_span", "is_recording", "start_response", "default_pair", "end", "record",
-    "_response", "set_attribute", "capture:SERVER_RESPONSE", "SERVER_RESPONSE", "ctx", "close", "ended", "update_name"};
+    "_response", "set_attribute", "capture:SERVER_RESPONSE", "SERVER_RESPONSE", "ctx", "close", "ended", "update_name",
+    "guard", "failed", "_tracer", "tracer", "_excluded", "handle", "current_span", "_request", "_get_current_object",
+    "request", "environ", "get", "ENVIRON_KEY", "url_rule", "set_route", "span", "REQUEST_METHOD", "rule",
+    "_held_whole", "_response_class", "response", "held_whole"};
 static PyObject *N[N_NAMES];
 
 /* a field of the request's (a new reference); AttributeError where Python code deleted it */
@@ -574,9 +580,10 @@ done:
 }
 
 /* the failing step's exception, if an Exception: given to the guard (as `except Exception as exc:
- * _guard.failed(exc)`), 0; any other (KeyboardInterrupt, ...) stays raised, -1 */
+ * _guard.failed(exc)`, or `self.guard.failed(exc)` for an instrumentor `owner`) while it is the one handled, 0;
+ * any other (KeyboardInterrupt, ...) stays raised, -1 */
 static int
-guard_failed(void)
+guard_failed_of(PyObject *owner)
 {
     if (!PyErr_ExceptionMatches(PyExc_Exception))
         return -1;
@@ -589,13 +596,26 @@ guard_failed(void)
     PyErr_GetExcInfo(&ht, &hv, &htb);
     PyErr_SetExcInfo(et, ev, tb);  /* (takes the references) */
     Py_INCREF(ev);
-    PyObject *r = PyObject_CallOneArg(hconf[H_GUARD_FAILED], ev);
+    PyObject *r;
+    if (owner == NULL)
+        r = PyObject_CallOneArg(hconf[H_GUARD_FAILED], ev);
+    else {
+        PyObject *guard = PyObject_GetAttr(owner, N[N_GUARD]);
+        r = guard == NULL ? NULL : PyObject_CallMethodOneArg(guard, N[N_FAILED], ev);
+        Py_XDECREF(guard);
+    }
     Py_DECREF(ev);
     PyErr_SetExcInfo(ht, hv, htb);
     if (r == NULL)
         return -1;
     Py_DECREF(r);
     return 0;
+}
+
+static int
+guard_failed(void)
+{
+    return guard_failed_of(NULL);
 }
 
 /* the request's state, or NULL with no error (not traced: inside another's, suppressed, excluded, or a step
@@ -1383,6 +1403,421 @@ configure_handle(PyObject *module, PyObject *names)
     Py_RETURN_NONE;
 }
 
+/* -- instrumentors/flask.py's hooks: FlaskInstrumentor._wsgi_app, _full_dispatch_request and _held_whole, in C.
+ * Every Flask request, sampled or not, ran ~90 bytecodes in them (and 13 more in werkzeug's LocalProxy reading
+ * flask.request): this makes the same calls in the same order, with the same objects; a guarded step that fails
+ * with an Exception goes to the instrumentor's guard (`self.guard.failed(exc)`), the wrapped call's exception
+ * propagates as it is. A call of another shape (keywords, args that are not a tuple, ...) goes to the Python
+ * method whole; a _held_whole replaced on the instrumentor's class is called as Python calls it. The hooks are
+ * what the instrumentor gives self.wrap() instead of its bound methods: callables holding the instrumentor, no
+ * Python frame of their own. tests/instrumentors/http/test_flask_native.py runs both through the same cases. -- */
+
+enum { F_WSGI_APP, F_FULL_DISPATCH, F_HELD_WHOLE, F_ENVIRON_ARGS, F_WSGI, F_RUNTIME, F_NON_RECORDING, N_FCONF };
+static const char *fconf_names[N_FCONF] = {
+    "wsgi_app", "full_dispatch_request", "held_whole", "environ_args", "wsgi", "runtime", "non_recording"};
+static PyObject *fconf[N_FCONF];
+static int flask_configured;
+
+/* a hook: the instrumentor, and (proxy, getter, var) where flask.request's layout was checked at _patch time
+ * (werkzeug's LocalProxy of flask.globals._cv_request's `.request`), else NULLs */
+typedef struct {
+    PyObject_HEAD
+    PyObject *instrumentor, *proxy, *getter, *var;
+    vectorcallfunc vectorcall;
+} Hook;
+
+static int
+hook_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    Hook *h = (Hook *)self;
+    Py_VISIT(h->instrumentor);
+    Py_VISIT(h->proxy);
+    Py_VISIT(h->getter);
+    Py_VISIT(h->var);
+    return 0;
+}
+
+static int
+hook_clear(PyObject *self)
+{
+    Hook *h = (Hook *)self;
+    Py_CLEAR(h->instrumentor);
+    Py_CLEAR(h->proxy);
+    Py_CLEAR(h->getter);
+    Py_CLEAR(h->var);
+    return 0;
+}
+
+static void
+hook_dealloc(PyObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    hook_clear(self);
+    Py_TYPE(self)->tp_free(self);
+}
+
+/* `module.name` read from the module's dict at each call, as Python reads it (a new reference) */
+static PyObject *
+module_attr(int dict, int name)
+{
+    PyObject *v = PyDict_GetItemWithError(fconf[dict], N[name]);
+    if (v == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_AttributeError, "module has no attribute '%U'", N[name]);
+        return NULL;
+    }
+    return Py_NewRef(v);
+}
+
+/* `mapping.get(key)` (fallback NULL) or `mapping.get(key, fallback)`: a dict's lookup, else its get method */
+static PyObject *
+get_of(PyObject *mapping, PyObject *key, PyObject *fallback)
+{
+    if (PyDict_CheckExact(mapping)) {
+        PyObject *v = PyDict_GetItemWithError(mapping, key);
+        if (v == NULL) {
+            if (PyErr_Occurred())
+                return NULL;
+            v = fallback == NULL ? Py_None : fallback;
+        }
+        return Py_NewRef(v);
+    }
+    PyObject *args[3] = {mapping, key, fallback};
+    return PyObject_VectorcallMethod(N[N_GET], args, (fallback == NULL ? 2 : 3) | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                     NULL);
+}
+
+/* the hook called as a wrapper is: (wrapped, instance, args, kwargs), args a tuple and kwargs a dict */
+static int
+hook_plain(PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    return flask_configured && PyVectorcall_NARGS(nargsf) == 4 && (kwnames == NULL || PyTuple_GET_SIZE(kwnames) == 0)
+           && PyTuple_CheckExact(args[2]) && PyDict_CheckExact(args[3]);
+}
+
+/* the Python method (fconf[which]) of the hook's instrumentor, called with what the hook was given */
+static PyObject *
+hook_python(int which, Hook *h, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    if (fconf[which] == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "trace_run.instrumentors._wsgi_native: Flask hooks are not configured");
+        return NULL;
+    }
+    PyObject *method = PyMethod_New(fconf[which], h->instrumentor);
+    if (method == NULL)
+        return NULL;
+    PyObject *r = PyObject_Vectorcall(method, args, nargsf, kwnames);
+    Py_DECREF(method);
+    return r;
+}
+
+/* wrapped(*args, **kwargs) */
+static PyObject *
+call_wrapped(PyObject *wrapped, PyObject *args, PyObject *kwargs)
+{
+    if (PyDict_GET_SIZE(kwargs) == 0)
+        return PyObject_Vectorcall(wrapped, &PyTuple_GET_ITEM(args, 0), PyTuple_GET_SIZE(args), NULL);
+    return PyObject_Call(wrapped, args, kwargs);
+}
+
+/* FlaskInstrumentor._wsgi_app: wsgi.handle(self._tracer or self.tracer, environ, start_response, wrapped,
+ * self._excluded) */
+static PyObject *
+app_hook_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Hook *h = (Hook *)callable;
+    if (!hook_plain(args, nargsf, kwnames))
+        return hook_python(F_WSGI_APP, h, args, nargsf, kwnames);
+    PyObject *wrapped = args[0], *given = args[2], *kwargs = args[3], *pair = NULL;
+    if (PyTuple_GET_SIZE(given) == 2 && PyDict_GET_SIZE(kwargs) == 0)
+        pair = Py_NewRef(given);
+    else {  /* (servers pass both by position: the helper call only for other ways of calling) */
+        pair = PyObject_Call(fconf[F_ENVIRON_ARGS], given, kwargs);
+        if (pair == NULL)
+            return NULL;
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            Py_DECREF(pair);
+            PyErr_SetString(PyExc_ValueError, "_environ_args() answered something other than a pair");
+            return NULL;
+        }
+    }
+    PyObject *inst = h->instrumentor, *result = NULL, *tracer = NULL, *excluded = NULL;
+    PyObject *handle = module_attr(F_WSGI, N_HANDLE);
+    if (handle == NULL || (tracer = PyObject_GetAttr(inst, N[N_TRACER_FIELD])) == NULL)
+        goto done;
+    int truth = PyObject_IsTrue(tracer);
+    if (truth < 0)
+        goto done;
+    if (!truth)
+        Py_SETREF(tracer, PyObject_GetAttr(inst, N[N_TRACER]));
+    if (tracer == NULL || (excluded = PyObject_GetAttr(inst, N[N_EXCLUDED])) == NULL)
+        goto done;
+    PyObject *call[5] = {tracer, PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1), wrapped, excluded};
+    result = PyObject_Vectorcall(handle, call, 5, NULL);
+done:
+    Py_DECREF(pair);
+    Py_XDECREF(handle);
+    Py_XDECREF(tracer);
+    Py_XDECREF(excluded);
+    return result;
+}
+
+/* self._request._get_current_object(): where the proxy is the one checked at _patch time and still has that
+ * function, what the function does (the ContextVar's value's `request`; no value: the function, which raises
+ * as it does) without its frame */
+static PyObject *
+current_request(Hook *h)
+{
+    PyObject *proxy = PyObject_GetAttr(h->instrumentor, N[N_REQUEST_PROXY]);
+    if (proxy == NULL)
+        return NULL;
+    PyObject *getter = PyObject_GetAttr(proxy, N[N_GET_CURRENT_OBJECT]);
+    int known = h->var != NULL && proxy == h->proxy && getter == h->getter;
+    Py_DECREF(proxy);
+    if (getter == NULL)
+        return NULL;
+    PyObject *r, *ctx = NULL;
+    if (!known)
+        r = PyObject_CallNoArgs(getter);
+    else if (PyContextVar_Get(h->var, NULL, &ctx) < 0)
+        r = NULL;
+    else if (ctx == NULL)
+        r = PyObject_CallNoArgs(getter);
+    else {
+        r = PyObject_GetAttr(ctx, N[N_REQUEST]);
+        Py_DECREF(ctx);
+    }
+    Py_DECREF(getter);
+    return r;
+}
+
+/* environ.get(wsgi.ENVIRON_KEY): the request's state, or None */
+static PyObject *
+state_in(PyObject *environ)
+{
+    PyObject *key = module_attr(F_WSGI, N_ENVIRON_KEY);
+    if (key == NULL)
+        return NULL;
+    PyObject *state = get_of(environ, key, NULL);
+    Py_DECREF(key);
+    return state;
+}
+
+/* FlaskInstrumentor._held_whole(response, state) (state NULL: not given): a response of Flask's own class whose
+ * body is a list marks the request's state held_whole. `method`: the instrumentor's _held_whole where its class
+ * has another (looked up before the view ran, as Python does), NULL for the steps here. A new reference. */
+static PyObject *
+held_whole(Hook *h, PyObject *method, PyObject *response, PyObject *state)
+{
+    if (method != NULL) {
+        PyObject *args[2] = {response, state};
+        return PyObject_Vectorcall(method, args, state == NULL ? 1 : 2, NULL);
+    }
+    PyObject *inst = h->instrumentor, *cls = NULL, *body = NULL, *req = NULL, *environ = NULL;
+    Py_INCREF(response);
+    state = Py_NewRef(state == NULL ? Py_None : state);
+    if ((cls = PyObject_GetAttr(inst, N[N_RESPONSE_CLASS])) == NULL)
+        goto failed;
+    if ((PyObject *)Py_TYPE(response) == cls) {
+        if ((body = PyObject_GetAttr(response, N[N_BODY_RESPONSE])) == NULL)
+            goto failed;
+        if (Py_IS_TYPE(body, &PyList_Type)) {
+            if (state == Py_None) {
+                if ((req = current_request(h)) == NULL || (environ = PyObject_GetAttr(req, N[N_ENVIRON])) == NULL)
+                    goto failed;
+                PyObject *got = state_in(environ);
+                if (got == NULL)
+                    goto failed;
+                Py_SETREF(state, got);
+            }
+            if (state != Py_None && PyObject_SetAttr(state, N[N_HELD_WHOLE], Py_True) < 0)
+                goto failed;
+        }
+    }
+    goto done;
+failed:
+    if (guard_failed_of(inst) < 0)
+        Py_CLEAR(response);
+done:
+    Py_DECREF(state);
+    Py_XDECREF(cls);
+    Py_XDECREF(body);
+    Py_XDECREF(req);
+    Py_XDECREF(environ);
+    return response;
+}
+
+/* the instrumentor's _held_whole bound, where its class has another than FlaskInstrumentor's (NULL and no
+ * error: that one, done here) */
+static PyObject *
+held_whole_method(Hook *h, int *failed)
+{
+    PyObject *inst = h->instrumentor;
+    *failed = 0;
+    if (_PyType_Lookup(Py_TYPE(inst), N[N_HELD_WHOLE_METHOD]) == fconf[F_HELD_WHOLE])
+        return NULL;
+    PyObject *m = PyObject_GetAttr(inst, N[N_HELD_WHOLE_METHOD]);
+    *failed = m == NULL;
+    return m;
+}
+
+/* the guarded naming step of a recording request: the request's state (a new reference: None where it was not
+ * found), or NULL with the error raised (the guard raised it, or it was no Exception) */
+static PyObject *
+name_span(Hook *h)
+{
+    PyObject *state = Py_NewRef(Py_None), *req = NULL, *environ = NULL, *rule = NULL, *set_route = NULL,
+             *span = NULL, *method = NULL, *route = NULL, *r = NULL;
+    if ((req = current_request(h)) == NULL || (environ = PyObject_GetAttr(req, N[N_ENVIRON])) == NULL)
+        goto failed;
+    PyObject *got = state_in(environ);
+    if (got == NULL)
+        goto failed;
+    Py_SETREF(state, got);
+    if ((rule = PyObject_GetAttr(req, N[N_URL_RULE])) == NULL)
+        goto failed;
+    if (state != Py_None && rule != Py_None) {
+        if ((set_route = module_attr(F_WSGI, N_SET_ROUTE)) == NULL || (span = PyObject_GetAttr(state, N[N_SPAN])) == NULL
+            || (method = get_of(environ, S[S_REQUEST_METHOD], S[S_EMPTY])) == NULL
+            || (route = PyObject_GetAttr(rule, N[N_RULE])) == NULL)
+            goto failed;
+        PyObject *args[3] = {span, method, route};
+        if ((r = PyObject_Vectorcall(set_route, args, 3, NULL)) == NULL)
+            goto failed;
+    }
+    goto done;
+failed:
+    if (guard_failed_of(h->instrumentor) < 0)
+        Py_CLEAR(state);
+done:
+    Py_XDECREF(req);
+    Py_XDECREF(environ);
+    Py_XDECREF(rule);
+    Py_XDECREF(set_route);
+    Py_XDECREF(span);
+    Py_XDECREF(method);
+    Py_XDECREF(route);
+    Py_XDECREF(r);
+    return state;
+}
+
+/* FlaskInstrumentor._full_dispatch_request: a span of ours that records is named by the matched route, then the
+ * view runs; its response goes through _held_whole */
+static PyObject *
+dispatch_hook_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Hook *h = (Hook *)callable;
+    if (!hook_plain(args, nargsf, kwnames))
+        return hook_python(F_FULL_DISPATCH, h, args, nargsf, kwnames);
+    PyObject *wrapped = args[0], *given = args[2], *kwargs = args[3];
+    PyObject *current = module_attr(F_RUNTIME, N_CURRENT_SPAN);
+    if (current == NULL)
+        return NULL;
+    PyObject *span = PyObject_CallNoArgs(current);
+    Py_DECREF(current);
+    if (span == NULL)
+        return NULL;
+    int recording = 0;
+    if ((PyObject *)Py_TYPE(span) != fconf[F_NON_RECORDING]) {
+        PyObject *r = PyObject_CallMethodNoArgs(span, N[N_IS_RECORDING]);
+        recording = r == NULL ? -1 : PyObject_IsTrue(r);
+        Py_XDECREF(r);
+    }
+    Py_DECREF(span);
+    if (recording < 0)
+        return NULL;
+    PyObject *state = NULL;
+    if (recording && (state = name_span(h)) == NULL)
+        return NULL;
+    int failed;
+    PyObject *method = held_whole_method(h, &failed), *result = NULL;
+    if (!failed) {
+        PyObject *response = call_wrapped(wrapped, given, kwargs);
+        if (response != NULL) {
+            result = held_whole(h, method, response, state);
+            Py_DECREF(response);
+        }
+    }
+    Py_XDECREF(method);
+    Py_XDECREF(state);
+    return result;
+}
+
+#define HOOK_TYPE(name, doc)                                                                   \
+    {                                                                                          \
+        PyVarObject_HEAD_INIT(NULL, 0).tp_name = "trace_run.instrumentors._wsgi_native." name, \
+        .tp_doc = doc, .tp_basicsize = sizeof(Hook),                                           \
+        .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,      \
+        .tp_vectorcall_offset = offsetof(Hook, vectorcall), .tp_call = PyVectorcall_Call,      \
+        .tp_traverse = hook_traverse, .tp_clear = hook_clear, .tp_dealloc = hook_dealloc,      \
+    }
+
+static PyTypeObject AppHookType = HOOK_TYPE("flask_wsgi_app", "FlaskInstrumentor._wsgi_app of one instrumentor.");
+static PyTypeObject DispatchHookType = HOOK_TYPE("flask_full_dispatch_request",
+                                                 "FlaskInstrumentor._full_dispatch_request of one instrumentor.");
+
+static PyObject *
+hook_new(PyTypeObject *type, vectorcallfunc call, PyObject *instrumentor, PyObject *request)
+{
+    Hook *h = PyObject_GC_New(Hook, type);
+    if (h == NULL)
+        return NULL;
+    h->instrumentor = Py_NewRef(instrumentor);
+    h->proxy = h->getter = h->var = NULL;
+    if (request != Py_None) {
+        h->proxy = Py_NewRef(PyTuple_GET_ITEM(request, 0));
+        h->getter = Py_NewRef(PyTuple_GET_ITEM(request, 1));
+        h->var = Py_NewRef(PyTuple_GET_ITEM(request, 2));
+    }
+    h->vectorcall = call;
+    PyObject_GC_Track((PyObject *)h);
+    return (PyObject *)h;
+}
+
+/* flask_hooks(instrumentor, request) -> (the _wsgi_app hook, the _full_dispatch_request hook); request: None, or
+ * (flask.request, its _get_current_object, the ContextVar that reads) where that layout was checked */
+static PyObject *
+flask_hooks(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!flask_configured) {
+        PyErr_SetString(PyExc_RuntimeError, "trace_run.instrumentors._wsgi_native: Flask hooks are not configured");
+        return NULL;
+    }
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "flask_hooks() takes 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *request = args[1];
+    if (request != Py_None && (!PyTuple_CheckExact(request) || PyTuple_GET_SIZE(request) != 3
+                               || !PyContextVar_CheckExact(PyTuple_GET_ITEM(request, 2)))) {
+        PyErr_SetString(PyExc_TypeError, "flask_hooks(): request is None or (proxy, getter, ContextVar)");
+        return NULL;
+    }
+    PyObject *app = hook_new(&AppHookType, app_hook_call, args[0], request);
+    PyObject *dispatch = app == NULL ? NULL : hook_new(&DispatchHookType, dispatch_hook_call, args[0], request);
+    PyObject *pair = dispatch == NULL ? NULL : PyTuple_Pack(2, app, dispatch);
+    Py_XDECREF(app);
+    Py_XDECREF(dispatch);
+    return pair;
+}
+
+static PyObject *
+configure_flask(PyObject *module, PyObject *names)
+{
+    PyObject *got[N_FCONF];
+    if (read_names("configure_flask", names, N_FCONF, fconf_names, got) < 0)
+        return NULL;
+    if (!PyFunction_Check(got[F_WSGI_APP]) || !PyFunction_Check(got[F_FULL_DISPATCH])
+        || !PyFunction_Check(got[F_HELD_WHOLE]) || !PyDict_Check(got[F_WSGI]) || !PyDict_Check(got[F_RUNTIME])
+        || !PyType_Check(got[F_NON_RECORDING])) {
+        PyErr_SetString(PyExc_TypeError, "configure_flask(): unexpected objects");
+        return NULL;
+    }
+    keep_names(N_FCONF, got, fconf);
+    flask_configured = 1;
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 configure(PyObject *module, PyObject *names)
 {
@@ -1409,10 +1844,13 @@ static PyMethodDef module_methods[] = {
      "configure_bodies(names: dict): the Python steps Request's methods and the bodies call."},
     {"handle", (PyCFunction)(void (*)(void))handle, METH_FASTCALL | METH_KEYWORDS,
      "wsgi.handle(tracer, environ, start_response, app, excluded=None, body=_TracedBody)."},
+    {"configure_flask", configure_flask, METH_O, "configure_flask(names: dict): what the Flask hooks use or call."},
+    {"flask_hooks", (PyCFunction)(void (*)(void))flask_hooks, METH_FASTCALL,
+     "flask_hooks(instrumentor, request) -> the FlaskInstrumentor's _wsgi_app and _full_dispatch_request hooks."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_wsgi_native",
-                                        "wsgi.server_attributes' common case and wsgi.handle in C.", -1, module_methods};
+                                        "wsgi.server_attributes' common case, wsgi.handle and the Flask hooks in C.", -1, module_methods};
 
 PyMODINIT_FUNC
 PyInit__wsgi_native(void)
@@ -1429,7 +1867,7 @@ PyInit__wsgi_native(void)
         return NULL;
     RequestType.tp_methods = request_methods;
     if (PyType_Ready(&RequestType) < 0 || PyType_Ready(&ResponderType) < 0 || PyType_Ready(&BodyType) < 0
-        || PyType_Ready(&MakerType) < 0)
+        || PyType_Ready(&MakerType) < 0 || PyType_Ready(&AppHookType) < 0 || PyType_Ready(&DispatchHookType) < 0)
         return NULL;
     request_end_descr = PyDict_GetItemString(RequestType.tp_dict, "end");
     request_response_descr = PyDict_GetItemString(RequestType.tp_dict, "_response");

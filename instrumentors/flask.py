@@ -6,11 +6,16 @@ apps made before the agent started, by factories, or from a name bound with
 Flask has matched the URL; `full_dispatch_request` names the span then.
 Unhandled exceptions are recorded in `handle_exception`, after which Flask's
 own error handling runs unchanged.
+
+The methods below are the reference; where _wsgi_native was built and the C call path is on
+(OTEL_TRACE_RUN_NATIVE_CALLS), `_wsgi_app` and `_full_dispatch_request` (with `_held_whole`) are
+given to wrap() as C callables doing the same steps (instrumentors/_wsgi_native.c): no Python frame
+of theirs on every request.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from opentelemetry.trace import NonRecordingSpan as _NonRecordingSpan
 from trace_run.core import runtime_context
@@ -29,8 +34,9 @@ class FlaskInstrumentor(TraceRunInstrumentor):
         self._excluded = http_common.excluded_urls(self.library)
         self._request = flask.request
         self._response_class = flask.Response  # (exactly: a subclass may make its body as it is iterated)
-        self.wrap(flask.Flask, "wsgi_app", self._wsgi_app)
-        self.wrap(flask.Flask, "full_dispatch_request", self._full_dispatch_request)
+        wsgi_app, full_dispatch_request = _native_hooks(self, flask) or (self._wsgi_app, self._full_dispatch_request)
+        self.wrap(flask.Flask, "wsgi_app", wsgi_app)
+        self.wrap(flask.Flask, "full_dispatch_request", full_dispatch_request)
         self.wrap(flask.Flask, "handle_exception", self._handle_exception)
 
     def _wsgi_app(self, wrapped, instance, args, kwargs):
@@ -81,3 +87,42 @@ class FlaskInstrumentor(TraceRunInstrumentor):
 
 def _environ_args(environ, start_response):
     return environ, start_response
+
+
+def _request_layout(flask: Any) -> Optional[tuple]:
+    """(flask.request, its _get_current_object, the ContextVar it reads) where the proxy is werkzeug's LocalProxy
+    of flask.globals._cv_request's `.request` (Flask >= 2.3): the C hooks read the request from the ContextVar,
+    as that function does, without its frame. None (another layout): they call _get_current_object."""
+    try:
+        from contextvars import ContextVar
+        from operator import attrgetter
+        from types import SimpleNamespace
+
+        from werkzeug.local import LocalProxy
+
+        proxy, var = flask.request, flask.globals._cv_request
+        getter = proxy._get_current_object
+        code = getter.__code__
+        cells = dict(zip(code.co_freevars, [cell.cell_contents for cell in getter.__closure__]))
+        name, marker = cells.get("get_name"), object()
+        if (type(proxy) is LocalProxy and type(var) is ContextVar and cells.get("local") is var
+                and code.co_names == ("get", "LookupError", "RuntimeError") and type(name) is attrgetter
+                and name(SimpleNamespace(request=marker)) is marker):
+            return proxy, getter, var
+    except Exception:
+        pass
+    return None
+
+
+def _native_hooks(instrumentor: FlaskInstrumentor, flask: Any) -> Optional[tuple]:
+    """(_wsgi_app, _full_dispatch_request) of `instrumentor` in C, where _wsgi_native was built and the C call
+    path is on, and its class has FlaskInstrumentor's methods; None: the bound methods."""
+    kind = type(instrumentor)
+    if wsgi._NATIVE_PARTS is None or (kind._wsgi_app, kind._full_dispatch_request) != (
+            FlaskInstrumentor._wsgi_app, FlaskInstrumentor._full_dispatch_request):
+        return None
+    native = wsgi._native("configure_flask", {
+        "wsgi_app": FlaskInstrumentor._wsgi_app, "full_dispatch_request": FlaskInstrumentor._full_dispatch_request,
+        "held_whole": FlaskInstrumentor._held_whole, "environ_args": _environ_args, "wsgi": vars(wsgi),
+        "runtime": vars(runtime_context), "non_recording": _NonRecordingSpan}, "Flask's hooks run")
+    return native and native.flask_hooks(instrumentor, _request_layout(flask))
