@@ -18,6 +18,7 @@ from opentelemetry import context as context_api
 from opentelemetry import trace
 from opentelemetry.context.context import Context
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from support import memory_growth
 from trace_run.core import compat, config, runtime_context
 from trace_run.instrumentors import base, dbapi, spans
 
@@ -440,8 +441,6 @@ def test_a_program_traced_with_and_without_the_c_path_sends_the_same_spans(recei
 def test_no_reference_is_kept_by_any_path():
     """Every path of the C (a span ended, a start declined or failing, the program's exception, the checks,
     with_span, detach) run many times: the memory Python's allocator holds does not grow with the calls."""
-    import gc
-    import tracemalloc
 
     rec = Recorder(failed="ok")
     one_span = rec.span()
@@ -469,16 +468,5 @@ def test_no_reference_is_kept_by_any_path():
         native.detach(runtime_context.attach(native.with_span(SAMPLED, ctx, "k", "v")))
         native.call_in_span(rec, rec.span(), None, lambda: 1, (), {}, rec.fail)
 
-    for _ in range(200):
-        once()
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        for _ in range(20000):
-            once()
-        gc.collect()
-        grown = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
+    grown = memory_growth(once, 200, 20000)
     assert grown < 64 * 1024, grown

@@ -86,3 +86,23 @@ def http_get(url: str, headers=None, method: str = "GET") -> tuple:
         return r.status, r.read().decode()
     finally:
         conn.close()
+
+
+def memory_growth(once, warm: int, n: int) -> int:
+    """Bytes Python's allocator holds more after `n` calls of `once()` than before them (after `warm` calls
+    first, each side collected): a C path that keeps a reference grows with the calls."""
+    import gc
+    import tracemalloc
+
+    for _ in range(warm):
+        once()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(n):
+            once()
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()

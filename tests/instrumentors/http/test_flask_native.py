@@ -18,6 +18,7 @@ from opentelemetry import context as context_api
 from opentelemetry.sdk.trace import TracerProvider, sampling
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from support import memory_growth
 from trace_run.agent import fastspan
 from trace_run.core import guard, runtime_context
 from trace_run.instrumentors import flask as flask_instrumentor
@@ -324,8 +325,6 @@ def test_no_python_frame_of_the_hooks_runs_for_a_request(tracer_kind):
 
 
 def test_no_reference_is_kept_by_any_path():
-    import gc
-    import tracemalloc
 
     from werkzeug.test import EnvironBuilder
 
@@ -341,18 +340,7 @@ def test_no_reference_is_kept_by_any_path():
                 body.close()
             exporter.clear()
 
-        for _ in range(50):
-            once()
-        gc.collect()
-        tracemalloc.start()
-        try:
-            before = tracemalloc.get_traced_memory()[0]
-            for _ in range(500):
-                once()
-            gc.collect()
-            grown = tracemalloc.get_traced_memory()[0] - before
-        finally:
-            tracemalloc.stop()
+        grown = memory_growth(once, 50, 500)
     assert grown < 64 * 1024, grown
 
 

@@ -21,6 +21,7 @@ from opentelemetry import context as context_api
 from opentelemetry.sdk.trace import TracerProvider, sampling
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from support import memory_growth
 from trace_run.agent import fastspan, program_provider
 from trace_run.core import compat, guard, runtime_context
 from trace_run.instrumentors import wsgi
@@ -416,8 +417,6 @@ def test_a_replaced_step_is_called_as_python_calls_it(monkeypatch):
 
 
 def test_no_reference_is_kept_by_any_path():
-    import gc
-    import tracemalloc
 
     tracer, exporter = _tracer("ours on")
     off, _ = _tracer("ours off")
@@ -442,18 +441,7 @@ def test_no_reference_is_kept_by_any_path():
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(guard, "report", lambda where, exc: None)
-        for _ in range(100):
-            once()
-        gc.collect()
-        tracemalloc.start()
-        try:
-            before = tracemalloc.get_traced_memory()[0]
-            for _ in range(2000):
-                once()
-            gc.collect()
-            grown = tracemalloc.get_traced_memory()[0] - before
-        finally:
-            tracemalloc.stop()
+        grown = memory_growth(once, 100, 2000)
     assert grown < 64 * 1024, grown
 
 
