@@ -40,19 +40,20 @@ enum {
     C_ROOT_SAMPLED, C_ROOT_DROPPED, C_SAMPLED, C_SAMPLED_RANDOM, C_RANDOM_FLAG, C_SPAN_KEY, C_INTERNAL,
     C_LOCK_FACTORY, C_LOCK_TYPE, C_RLOCK_FUNCTION, C_THREADING_DICT, C_RANDOM_DICT, C_RUNTIME_DICT, C_ROUTE,
     C_NOOP_END, C_HAS_IS_ENABLED, C_PYTHON_START, C_PYTHON_SET, C_REPORT, C_UNPACK2, C_TIME_NS, C_PYTHON_END,
-    C_PYTHON_IS_RECORDING, C_PYTHON_UPDATE_NAME, N_CONF
+    C_PYTHON_IS_RECORDING, C_PYTHON_UPDATE_NAME, C_NON_RECORDING_INIT, N_CONF
 };
 static const char *conf_names[N_CONF] = {
     "tracer", "span", "maker", "bounded", "span_context", "non_recording", "context", "default_state",
     "root_sampled", "root_dropped", "sampled", "sampled_random", "random_flag", "span_key", "internal",
     "lock_factory", "lock_type", "rlock_function", "threading_dict", "random_dict", "runtime_dict", "route",
     "noop_end", "has_is_enabled", "python_start", "python_set", "report", "unpack2", "time_ns", "python_end",
-    "python_is_recording", "python_update_name"};
+    "python_is_recording", "python_update_name", "non_recording_init"};
 static PyObject *conf[N_CONF];
 static int configured;
 static long random_flag = -1;  /* TraceFlags.RANDOM_TRACE_ID, -1: this API has none */
 static int has_is_enabled;
 static int fail_next;  /* tests: this many calls fail inside (the Python method then runs) */
+static PyObject *non_recording_code;  /* the code of conf's non_recording_init (NULL: call the class) */
 
 /* interned names */
 enum {
@@ -60,7 +61,7 @@ enum {
     S_SPAN_PROCESSOR, S_SPAN_LIMITS, S_METRICS_OFF, S_METRICS, S_ID_GENERATOR, S_FIELDS_OK, S_GETRANDBITS,
     S_GENERATE_TRACE_ID, S_GENERATE_SPAN_ID, S_GET_CURRENT, S_CRLOCK, S_FAST, S_STATE, S_DICT_TYPE,
     S_LOCK_FACTORY, S_MAXLEN, S_MAX_VALUE_LEN, S_MAKE, S_DUNDER_DICT, S_ROUTE_KEY, S_SPAN_PROCESSORS, S_ON_START,
-    S_PARENT_CONTEXT, S_ACQUIRE, S_RELEASE, S_GET,
+    S_PARENT_CONTEXT, S_ACQUIRE, S_RELEASE, S_GET, S_INIT,
     /* span fields, in the order of start_span's dict display */
     S_NAME, S_CONTEXT, S_KIND, S_PARENT, S_START_TIME, S_ATTRIBUTES, S_FRESOURCE, S_FSAMPLER, S_RECORD_EXCEPTION,
     S_SET_STATUS, S_FSPAN_PROCESSOR, S_LIMITS, S_LOCK, S_RECORD_END_METRICS,
@@ -72,7 +73,7 @@ static const char *str_values[N_STR] = {
     "sampler", "span_processor", "_span_limits", "_metrics_off", "_metrics", "id_generator", "_fields_ok",
     "getrandbits", "generate_trace_id", "generate_span_id", "get_current", "_CRLock", "fast", "_state",
     "_dict_type", "_lock_factory", "maxlen", "max_value_len", "make", "__dict__", "_trace_run_route",
-    "_span_processors", "on_start", "parent_context", "acquire", "release", "get",
+    "_span_processors", "on_start", "parent_context", "acquire", "release", "get", "__init__",
     "_name", "_context", "_kind", "_parent", "_start_time", "_attributes", "_resource", "_sampler",
     "_record_exception", "_set_status_on_exception", "_span_processor", "_limits", "_lock", "_record_end_metrics",
     "_end_time", "_dict", "_immutable", "_on_ending", "end_time"};
@@ -355,6 +356,28 @@ span_context(PyObject *trace_id, PyObject *span_id, PyObject *flags, PyObject *s
     return ctx;
 }
 
+/* NonRecordingSpan(ctx) (new reference; NULL: what it raised). Made here where the call would run what configure
+ * checked: type.__call__, object.__new__, and the API's __init__ (`self._context = context`, its code): the instance
+ * of object.__new__, then that one store, done as the __init__ does it (its __setattr__, a descriptor...). Each
+ * call re-checks what a program could have replaced since (the metaclass's call, __new__, __init__ or its code);
+ * anything else: the class is called. */
+static PyObject *
+non_recording(PyObject *ctx)
+{
+    PyTypeObject *type = (PyTypeObject *)conf[C_NON_RECORDING];
+    if (non_recording_code != NULL && Py_TYPE(type)->tp_call == PyType_Type.tp_call
+        && type->tp_new == PyBaseObject_Type.tp_new) {
+        PyObject *init = _PyType_Lookup(type, S[S_INIT]);  /* (borrowed; the method cache's) */
+        if (init == conf[C_NON_RECORDING_INIT] && PyFunction_GET_CODE(init) == non_recording_code) {
+            PyObject *span = type->tp_new(type, empty_tuple, NULL);
+            if (span != NULL && PyObject_SetAttr(span, S[S_CONTEXT], ctx) < 0)
+                Py_CLEAR(span);
+            return span;
+        }
+    }
+    return PyObject_CallOneArg((PyObject *)type, ctx);
+}
+
 static PyObject *
 now_ns(void)
 {
@@ -611,7 +634,7 @@ start_span_fast(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObjec
                 status = FAIL;
                 goto release;
             }
-            result = PyObject_CallOneArg(conf[C_NON_RECORDING], ctx);
+            result = non_recording(ctx);
             status = result == NULL ? FAIL : OK;
             goto release;
         }
@@ -1124,6 +1147,17 @@ configure(PyObject *module, PyObject *names)
     int is_enabled = PyObject_IsTrue(got[C_HAS_IS_ENABLED]);
     if (is_enabled < 0)
         return NULL;
+    /* NonRecordingSpan made without its call (non_recording) only where its __init__ is the function fastspan
+     * checked (and it is the class's now); its code held: compared by identity at each call */
+    PyObject *init = got[C_NON_RECORDING_INIT], *init_code = NULL;
+    if (init != Py_None) {
+        if (!PyType_Check(got[C_NON_RECORDING]) || !PyFunction_Check(init)
+            || _PyType_Lookup((PyTypeObject *)got[C_NON_RECORDING], S[S_INIT]) != init) {
+            PyErr_SetString(PyExc_TypeError, "configure(): non_recording_init is not the class's __init__");
+            return NULL;
+        }
+        init_code = PyFunction_GET_CODE(init);
+    }
     PyObject *start = PyDescr_NewMethod((PyTypeObject *)got[C_TRACER], &start_span_def);
     if (start == NULL)
         return NULL;
@@ -1143,6 +1177,8 @@ configure(PyObject *module, PyObject *names)
         Py_INCREF(got[i]);
         Py_XSETREF(conf[i], got[i]);
     }
+    Py_XINCREF(init_code);
+    Py_XSETREF(non_recording_code, init_code);
     random_flag = flag;
     has_is_enabled = is_enabled;
     configured = 1;

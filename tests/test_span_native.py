@@ -462,3 +462,179 @@ def test_is_recording_and_update_name_answer_as_the_python_methods(caplog):
     assert native_seen == python_seen
     assert native_seen[:2] == [True, ("a!", True)] and native_seen[4:6] == [False, ("b", False)]
     assert "Tried calling update_name on an ended span." in native_seen[-1]
+
+
+def _dropped_roots(tracer):
+    return [tracer.start_span("r%d" % i) for i in range(3)]
+
+
+def _non_recording_view(spans, tracer):
+    return [(type(s), sorted(vars(s)), _context(s.get_span_context())) for s in spans]
+
+
+def test_a_dropped_root_is_made_without_running_the_api_init(fallbacks):
+    """Where NonRecordingSpan is the API's own, the C makes it as the call would, without running its __init__."""
+    assert fastspan._non_recording_init() is NonRecordingSpan.__init__
+    tracer = _tracer(sampler=ALWAYS_OFF)
+    if tracer._root_bound is None:
+        pytest.skip("no fast branches on this SDK")
+    ran = []
+
+    def profile(frame, event, arg):
+        if event == "call":
+            ran.append(frame.f_code)
+
+    sys.setprofile(profile)
+    try:
+        span = tracer.start_span("r")
+    finally:
+        sys.setprofile(None)
+    assert NonRecordingSpan.__init__.__code__ not in ran and fallbacks["start"] == 0
+    assert type(span) is NonRecordingSpan and vars(span) == {"_context": span.get_span_context()}
+    _assert_same(_both(_dropped_roots, sampler=ALWAYS_OFF), _non_recording_view)
+
+
+def _own_non_recording_span():
+    """A class fastspan takes as the API's NonRecordingSpan (its own __init__ of the same code), to replace things in
+    (on the API's class itself, a __new__ set and deleted again leaves it broken: a CPython quirk)."""
+    class Own(NonRecordingSpan):
+        def __init__(self, context):
+            self._context = context
+
+    return Own
+
+
+def _replace_init(patch, cls):
+    calls = []
+    init = cls.__init__
+
+    def replaced(self, context):
+        calls.append(context)
+        init(self, context)
+        self.extra = 1
+
+    patch.setattr(cls, "__init__", replaced)
+    return calls
+
+
+def _replace_new(patch, cls):
+    calls = []
+
+    def new(kind, *args):
+        calls.append(args)
+        made = object.__new__(kind)
+        made.made_by = "new"
+        return made
+
+    patch.setattr(cls, "__new__", new)
+    return calls
+
+
+def _replace_code(patch, cls):
+    def other(self, context):
+        self._context = context
+        self.other = True
+
+    patch.setattr(cls.__init__, "__code__", other.__code__)
+    return []
+
+
+def _context_property(patch, cls):
+    calls = []
+
+    def setter(self, value):
+        calls.append(value)
+        self.__dict__["_context"] = value
+
+    patch.setattr(cls, "_context", property(lambda self: self.__dict__["_context"], setter), raising=False)
+    return calls
+
+
+def _replace_setattr(patch, cls):
+    calls = []
+
+    def setattr_(self, key, value):
+        calls.append(key)
+        object.__setattr__(self, key, value)
+
+    patch.setattr(cls, "__setattr__", setattr_, raising=False)
+    return calls
+
+
+@pytest.mark.parametrize("replace", [_replace_init, _replace_new, _replace_code, _context_property, _replace_setattr])
+@pytest.mark.parametrize("when", ["after configure", "before configure"])
+def test_a_replaced_non_recording_span_is_called_as_the_python_method_calls_it(replace, when, monkeypatch, fallbacks):
+    """__init__, __new__, the __init__'s code, a `_context` descriptor or __setattr__ replaced (since the C was
+    configured, or before): the C runs them as the call does, the same spans both ways, and they ran."""
+    def run():
+        random.seed(7)
+        tracer = _tracer(sampler=ALWAYS_OFF)
+        return tracer, _dropped_roots(tracer)
+
+    own = _own_non_recording_span()
+    with monkeypatch.context() as patched:
+        patched.setattr(fastspan, "NonRecordingSpan", own)
+        assert fastspan._non_recording_init() is own.__dict__["__init__"]
+        if when == "before configure":
+            calls = replace(patched, own)
+        assert fastspan.use_native(True)
+        if when == "after configure":
+            calls = replace(patched, own)
+        results = [run()]
+        fastspan.use_native(False)
+        results.append(run())
+        assert fastspan.use_native(True)
+        assert all(type(s) is own for _, made in results for s in made)
+    assert fastspan.use_native(True)
+    _assert_same(results, _non_recording_view)
+    assert fallbacks["start"] == 3 + (0 if _fast() else 3)
+    if replace is _replace_code:
+        assert all(s.other for _, made in results for s in made)
+    else:
+        assert len(calls) == 6
+    span = _tracer(sampler=ALWAYS_OFF).start_span("again")  # the API's class: the C's own way again
+    assert type(span) is NonRecordingSpan and vars(span) == {"_context": span.get_span_context()}
+
+
+def test_a_non_recording_span_subclass_or_other_init_is_called(monkeypatch, fallbacks):
+    """A NonRecordingSpan of another __init__ (a subclass, where fastspan would take it) is not made without its
+    call; a configure with an __init__ that is not the class's is refused."""
+    class Sub(NonRecordingSpan):
+        def __init__(self, context):
+            super().__init__(context)
+            self.sub = True
+
+    class Same(NonRecordingSpan):  # its __init__ inherited: still called (only the class's own is taken)
+        pass
+
+    with monkeypatch.context() as patched:
+        patched.setattr(fastspan, "NonRecordingSpan", Sub)
+        assert fastspan._non_recording_init() is None and fastspan.use_native(True)
+        span = _tracer(sampler=ALWAYS_OFF).start_span("s")
+        assert type(span) is Sub and span.sub is True and fallbacks["start"] == 0
+        patched.setattr(fastspan, "NonRecordingSpan", Same)
+        assert fastspan._non_recording_init() is None and fastspan.use_native(True)
+        assert type(_tracer(sampler=ALWAYS_OFF).start_span("s")) is Same
+        with pytest.raises(TypeError, match="non_recording_init"):
+            native.configure({**_configure_names(), "non_recording_init": Sub.__init__})
+    assert fastspan.use_native(True)
+
+
+def _configure_names():
+    """use_native's names, as it gives them (read back from a configure call)"""
+    seen = {}
+    real = native.configure
+
+    class Spy:
+        @staticmethod
+        def configure(names):
+            seen.update(names)
+            return real(names)
+
+    saved = fastspan._NATIVE
+    fastspan._NATIVE = Spy
+    try:
+        fastspan.use_native(True)
+    finally:
+        fastspan._NATIVE = saved
+    return seen
