@@ -340,19 +340,18 @@ dropped(PyObject *trace_id, PyObject *bound)
     return r;
 }
 
-/* SpanContext as tuple.__new__(SpanContext, (...)) makes it (steals nothing) */
+/* SpanContext as tuple.__new__(SpanContext, (...)) makes it (steals nothing): its tuple_subtype_new allocates the
+ * subtype and copies the items in, without the two tuples passed to it */
 static PyObject *
 span_context(PyObject *trace_id, PyObject *span_id, PyObject *flags, PyObject *state)
 {
-    PyObject *items = PyTuple_Pack(6, trace_id, span_id, Py_False, flags, state, Py_True);
-    if (items == NULL)
+    PyTypeObject *type = (PyTypeObject *)conf[C_SPAN_CONTEXT];
+    PyObject *ctx = type->tp_alloc(type, 6);
+    if (ctx == NULL)
         return NULL;
-    PyObject *args = PyTuple_Pack(1, items);
-    Py_DECREF(items);
-    if (args == NULL)
-        return NULL;
-    PyObject *ctx = PyTuple_Type.tp_new((PyTypeObject *)conf[C_SPAN_CONTEXT], args, NULL);
-    Py_DECREF(args);
+    PyObject *items[6] = {trace_id, span_id, Py_False, flags, state, Py_True};
+    for (int i = 0; i < 6; i++)
+        PyTuple_SET_ITEM(ctx, i, Py_NewRef(items[i]));
     return ctx;
 }
 
