@@ -279,28 +279,37 @@ fail:
 
 /* -- ids ------------------------------------------------------------------------------------------------- */
 
-/* `random.getrandbits(bits) or id_generator.<redraw>()` (new reference; NULL on error) */
-static PyObject *
-draw(PyObject *bits, PyObject *generator, PyObject *redraw)
+/* `random.getrandbits(bits) or self.id_generator.<redraw>()`: OK with *id set (new reference), FAIL (random has
+ * no getrandbits: nothing called) or RAISE (what the calls raised, as they raise in the Python method, or the
+ * AttributeError of a tracer without id_generator: it is read only for a zero, as the Python method reads it) */
+static int
+draw(PyObject *bits, PyObject *self, PyObject *redraw, PyObject **out)
 {
     PyObject *getrandbits = get(conf[C_RANDOM_DICT], S[S_GETRANDBITS]);
     if (getrandbits == NULL) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_AttributeError, "random has no getrandbits");
-        return NULL;
+        return FAIL;
     }
     Py_INCREF(getrandbits);
     PyObject *id = PyObject_CallOneArg(getrandbits, bits);
     Py_DECREF(getrandbits);
     if (id == NULL)
-        return NULL;
+        return RAISE;
     int truth = PyObject_IsTrue(id);
-    if (truth > 0)
-        return id;
+    if (truth > 0) {
+        *out = id;
+        return OK;
+    }
     Py_DECREF(id);
     if (truth < 0)
-        return NULL;
-    return PyObject_CallMethodNoArgs(generator, redraw);
+        return RAISE;
+    PyObject *generator = PyObject_GetAttr(self, S[S_ID_GENERATOR]);
+    if (generator == NULL)
+        return RAISE;
+    *out = PyObject_CallMethodNoArgs(generator, redraw);
+    Py_DECREF(generator);
+    return *out == NULL ? RAISE : OK;
 }
 
 /* trace_id & (2**64 - 1) >= bound: 1, 0, -1 error */
@@ -497,17 +506,78 @@ parse(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, PyObject **p)
     return OK;
 }
 
-#define FIELD(var, key)                                                                                          \
-    do {                                                                                                       \
-        var = PyDict_GetItemWithError(td, S[key]);                                                             \
-        if (var == NULL) {                                                                                     \
-            status = PyErr_Occurred() ? FAIL : DECLINE;                                                        \
-            goto done;                                                                                         \
-        }                                                                                                      \
-    } while (0)
+/* the tracer's field `key` (new reference), read where the Python method reads it: from its dict, else as
+ * `self.<key>` reads it (NULL: what that raised) */
+static PyObject *
+late_field(PyObject *self, PyObject *td, int key)
+{
+    PyObject *value = get(td, S[key]);
+    if (value != NULL)
+        return Py_NewRef(value);
+    if (PyErr_Occurred())
+        return NULL;
+    return PyObject_GetAttr(self, S[key]);
+}
+
+/* `Tracer._fields_ok is True`: 1, 0, -1 error. From the types' method caches where it is the class's plain True
+ * and the metaclass has nothing of that name (what type's getattr would look at first); else as it reads it */
+static int
+fields_ok(void)
+{
+    PyTypeObject *tracer = (PyTypeObject *)conf[C_TRACER];
+    if (_PyType_Lookup(tracer, S[S_FIELDS_OK]) == Py_True && _PyType_Lookup(Py_TYPE(tracer), S[S_FIELDS_OK]) == NULL)
+        return 1;
+    PyObject *ok = PyObject_GetAttr((PyObject *)tracer, S[S_FIELDS_OK]);
+    if (ok == NULL)
+        return -1;
+    int r = ok == Py_True;
+    Py_DECREF(ok);
+    return r;
+}
+
+/* what the fast branches need of the tracer for a span that records, checked before any id is drawn (a DECLINE
+ * after that would draw them again): Tracer._fields_ok, the SDK's metrics off (or none). OK with the function its
+ * spans call at their end (borrowed: conf's or None), else DECLINE or FAIL */
+static int
+recordable(PyObject *td, PyObject **record_end_metrics)
+{
+    int ok = fields_ok();
+    if (ok <= 0)
+        return ok < 0 ? FAIL : DECLINE;
+    PyObject *off = get(td, S[S_METRICS_OFF]);
+    if (off == Py_True) {
+        *record_end_metrics = conf[C_NOOP_END];
+        return OK;
+    }
+    if (off == Py_False && get(td, S[S_METRICS]) == Py_None) {
+        *record_end_metrics = Py_None;
+        return OK;
+    }
+    return PyErr_Occurred() ? FAIL : DECLINE;
+}
+
+/* a root bound no trace id passes (`_DROP`'s 0): 1, else 0 */
+static int
+never_sampled(PyObject *bound)
+{
+    if (!PyLong_CheckExact(bound))
+        return 0;
+    int overflow;
+    long long b = PyLong_AsLongLongAndOverflow(bound, &overflow);
+    if (b == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return overflow < 0 || (overflow == 0 && b <= 0);
+}
+
+/* the tracer's fields a span that records is made of, in the order the Python method reads them */
+static const int span_field_keys[] = {S_SPAN_FIELDS, S_MAKER, S_RESOURCE, S_SAMPLER, S_SPAN_PROCESSOR, S_SPAN_LIMITS};
+#define N_HELD ((int)(sizeof(span_field_keys) / sizeof(span_field_keys[0])))
 
 /* the fast branches of Tracer.start_span: the span with *status OK, else NULL with *status DECLINE, FAIL or
- * RAISE (see above) */
+ * RAISE (see above). Each field of the tracer is read where the Python method reads it, but what decides a
+ * DECLINE, read before any id is drawn; a root that cannot record reads only what decides it. */
 static PyObject *
 start_span_fast(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, int *status_out)
 {
@@ -515,8 +585,10 @@ start_span_fast(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObjec
     PyObject *p[N_PARAMS];
     PyObject *td = NULL, *current = NULL, *trace_id = NULL, *span_id = NULL, *ctx = NULL, *made = NULL,
              *name_attrs = NULL, *attributes = NULL, *start = NULL, *lock = NULL, *fields = NULL, *span = NULL,
-             *result = NULL, *fields_ok = NULL;
-    PyObject *parent, *name, *span_attributes;
+             *result = NULL, *bound = NULL;
+    /* the span's fields, held: the program's code (a _make, on_start) could replace them meanwhile */
+    PyObject *held[N_HELD] = {NULL};
+    PyObject *parent, *name, *span_attributes, *record_end_metrics = NULL;
     if (fail_next > 0) {
         fail_next--;
         PyErr_SetString(PyExc_RuntimeError, "_span_native: a failure for the tests");
@@ -529,56 +601,11 @@ start_span_fast(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObjec
     if (!(links == Py_None || (PyTuple_CheckExact(links) && PyTuple_GET_SIZE(links) == 0)
           || (PyList_CheckExact(links) && PyList_GET_SIZE(links) == 0)))
         goto done;
-    fields_ok = PyObject_GetAttr(conf[C_TRACER], S[S_FIELDS_OK]);
-    if (fields_ok == NULL) {
-        status = FAIL;
-        goto done;
-    }
-    if (fields_ok != Py_True)
-        goto done;
     td = instance_dict(self);
     if (td == NULL) {
         status = PyErr_Occurred() ? FAIL : DECLINE;
         goto done;
     }
-    /* everything the span is made of, before any id is drawn: no decline after that */
-    PyObject *root_bound, *child_sampled, *span_fields, *maker, *resource, *sampler, *processor, *limits,
-        *metrics_off, *generator, *record_end_metrics;
-    FIELD(root_bound, S_ROOT_BOUND);
-    if (root_bound == Py_None)
-        goto done;
-    FIELD(child_sampled, S_CHILD_SAMPLED);
-    FIELD(span_fields, S_SPAN_FIELDS);
-    FIELD(maker, S_MAKER);
-    FIELD(resource, S_RESOURCE);
-    FIELD(sampler, S_SAMPLER);
-    FIELD(processor, S_SPAN_PROCESSOR);
-    FIELD(limits, S_SPAN_LIMITS);
-    FIELD(metrics_off, S_METRICS_OFF);
-    FIELD(generator, S_ID_GENERATOR);
-    if (!PyDict_CheckExact(span_fields))
-        goto done;
-    if (metrics_off == Py_True)
-        record_end_metrics = conf[C_NOOP_END];
-    else if (metrics_off == Py_False) {
-        PyObject *metrics;
-        FIELD(metrics, S_METRICS);
-        if (metrics != Py_None)
-            goto done;
-        record_end_metrics = Py_None;
-    }
-    else
-        goto done;
-    /* hold what the program could replace meanwhile (a _make, on_start, a getrandbits can run its code) */
-    Py_INCREF(span_fields);
-    Py_INCREF(maker);
-    Py_INCREF(resource);
-    Py_INCREF(sampler);
-    Py_INCREF(processor);
-    Py_INCREF(limits);
-    Py_INCREF(generator);
-    Py_INCREF(root_bound);
-    PyObject *held[8] = {span_fields, maker, resource, sampler, processor, limits, generator, root_bound};
 
     /* the span in the context: (context or the current one).get(_SPAN_KEY) */
     PyObject *context = p[1], *where;
@@ -586,7 +613,7 @@ start_span_fast(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObjec
         PyObject *get_current = PyDict_GetItemWithError(conf[C_RUNTIME_DICT], S[S_GET_CURRENT]);
         if (get_current == NULL) {
             status = PyErr_Occurred() ? FAIL : DECLINE;
-            goto release;
+            goto done;
         }
         where = PyObject_CallNoArgs(get_current);
     }
@@ -594,7 +621,7 @@ start_span_fast(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObjec
         where = Py_NewRef(context);
     if (where == NULL) {
         status = FAIL;
-        goto release;
+        goto done;
     }
     if (Py_TYPE(where) == (PyTypeObject *)conf[C_CONTEXT] || PyDict_CheckExact(where)) {
         current = PyDict_GetItemWithError(where, conf[C_SPAN_KEY]);
@@ -607,88 +634,104 @@ start_span_fast(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObjec
     Py_DECREF(where);
     if (current == NULL) {
         status = FAIL;
-        goto release;
+        goto done;
     }
 
     if (current == Py_None) {
+        PyObject *root_bound = get(td, S[S_ROOT_BOUND]);
+        if (root_bound == NULL || root_bound == Py_None) {
+            status = PyErr_Occurred() ? FAIL : DECLINE;
+            goto done;
+        }
+        int may_record = !never_sampled(root_bound); /* (borrowed: not used after this) */
         int on = enabled(td);
         if (on <= 0) {
             status = on < 0 ? FAIL : DECLINE;
-            goto release;
+            goto done;
         }
-        trace_id = draw(bits128, generator, S[S_GENERATE_TRACE_ID]);
-        span_id = trace_id == NULL ? NULL : draw(bits64, generator, S[S_GENERATE_SPAN_ID]);
-        if (span_id == NULL) {
+        if (may_record && (status = recordable(td, &record_end_metrics)) != OK)
+            goto done;
+        if ((status = draw(bits128, self, S[S_GENERATE_TRACE_ID], &trace_id)) != OK
+            || (status = draw(bits64, self, S[S_GENERATE_SPAN_ID], &span_id)) != OK)
+            goto done;
+        /* the bound read again after the draws, as the Python method reads it (its errors, its compare's: raised) */
+        status = RAISE;
+        bound = late_field(self, td, S_ROOT_BOUND);
+        int drop = bound == NULL ? -1 : dropped(trace_id, bound);
+        if (drop < 0)
+            goto done;
+        if (!drop && !may_record && (status = recordable(td, &record_end_metrics)) != OK) {
+            /* (the bound replaced by the draws' code, and this tracer's spans not for these branches) */
+            if (status == DECLINE)
+                PyErr_SetString(PyExc_RuntimeError, "_span_native: the root bound changed while drawing ids");
             status = FAIL;
-            goto release;
-        }
-        int drop = dropped(trace_id, root_bound);
-        if (drop < 0) {
-            status = FAIL;
-            goto release;
+            goto done;
         }
         if (drop) {
             ctx = span_context(trace_id, span_id, conf[C_ROOT_DROPPED], conf[C_DEFAULT_STATE]);
             if (ctx == NULL) {
                 status = FAIL;
-                goto release;
+                goto done;
             }
-            result = non_recording(ctx);
-            status = result == NULL ? FAIL : OK;
-            goto release;
+            result = non_recording(ctx); /* (what it raises, the Python method's call raises too) */
+            goto done;
         }
         ctx = span_context(trace_id, span_id, conf[C_ROOT_SAMPLED], conf[C_DEFAULT_STATE]);
         parent = Py_None;
     }
-    else if (Py_TYPE(current) == (PyTypeObject *)conf[C_SPAN] && child_sampled == Py_True) {
+    else if (Py_TYPE(current) == (PyTypeObject *)conf[C_SPAN]) {
+        PyObject *child_sampled = get(td, S[S_CHILD_SAMPLED]);
+        if (child_sampled != Py_True) {
+            status = PyErr_Occurred() ? FAIL : DECLINE;
+            goto done;
+        }
         PyObject *pctx = PyObject_GetAttr(current, S[S_CONTEXT]);
         if (pctx == NULL) {
             status = FAIL;
-            goto release;
+            goto done;
         }
         Py_DECREF(current); /* its context held in its place */
         current = pctx;
         if (Py_TYPE(pctx) != (PyTypeObject *)conf[C_SPAN_CONTEXT] || PyTuple_GET_SIZE(pctx) != 6
             || !PyLong_Check(PyTuple_GET_ITEM(pctx, 3)))
-            goto release;
+            goto done;
         long parent_flags = PyLong_AsLong(PyTuple_GET_ITEM(pctx, 3));
         if (parent_flags == -1 && PyErr_Occurred()) {
             status = FAIL;
-            goto release;
+            goto done;
         }
         if (!(parent_flags & 0x01))
-            goto release;
+            goto done;
         int on = enabled(td);
         if (on <= 0) {
             status = on < 0 ? FAIL : DECLINE;
-            goto release;
+            goto done;
         }
+        if ((status = recordable(td, &record_end_metrics)) != OK)
+            goto done;
         trace_id = Py_NewRef(PyTuple_GET_ITEM(pctx, 0));
         PyObject *state = PyTuple_GET_ITEM(pctx, 4);
         PyObject *flags = random_flag >= 0 && (parent_flags & random_flag) ? conf[C_SAMPLED_RANDOM] : conf[C_SAMPLED];
-        span_id = draw(bits64, generator, S[S_GENERATE_SPAN_ID]);
-        if (span_id == NULL) {
-            status = FAIL;
-            goto release;
-        }
+        if ((status = draw(bits64, self, S[S_GENERATE_SPAN_ID], &span_id)) != OK)
+            goto done;
         ctx = span_context(trace_id, span_id, flags, state == Py_None ? conf[C_DEFAULT_STATE] : state);
         parent = pctx;
     }
     else
-        goto release;
+        goto done;
     if (ctx == NULL) {
         status = FAIL;
-        goto release;
+        goto done;
     }
 
-    /* a sampled span: from here, what the program's code raises is raised */
+    /* a span that records: from here, what the program's code raises is raised */
     name = p[0];
     span_attributes = p[3];
     if (p[8] != Py_None) {
         made = PyObject_CallNoArgs(p[8]);
         if (made == NULL) {
             status = RAISE;
-            goto release;
+            goto done;
         }
         if (PyTuple_CheckExact(made) && PyTuple_GET_SIZE(made) == 2)
             name_attrs = Py_NewRef(made);
@@ -696,52 +739,65 @@ start_span_fast(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObjec
             name_attrs = PyObject_CallOneArg(conf[C_UNPACK2], made); /* `name, attributes = made`, its errors */
             if (name_attrs == NULL) {
                 status = RAISE;
-                goto release;
+                goto done;
             }
             if (!PyTuple_CheckExact(name_attrs) || PyTuple_GET_SIZE(name_attrs) != 2) {
                 PyErr_SetString(PyExc_TypeError, "unpack2 gave no pair");
                 status = FAIL;
-                goto release;
+                goto done;
             }
         }
         name = PyTuple_GET_ITEM(name_attrs, 0);
         span_attributes = PyTuple_GET_ITEM(name_attrs, 1);
     }
+    /* the span's fields, read after _make as the Python method reads them (a missing one: its AttributeError) */
+    for (int i = 0; i < N_HELD; i++) {
+        if ((held[i] = late_field(self, td, span_field_keys[i])) == NULL) {
+            status = RAISE;
+            goto done;
+        }
+    }
+    PyObject *span_fields = held[0], *maker = held[1], *resource = held[2], *sampler = held[3],
+             *processor = held[4], *limits = held[5];
     status = make_attributes(maker, span_attributes, &attributes);
     if (status != OK)
-        goto release;
+        goto done;
     status = FAIL;
     start = p[5] != Py_None ? Py_NewRef(p[5]) : now_ns();
     if (start == NULL)
-        goto release;
+        goto done;
     span = PyBaseObject_Type.tp_new((PyTypeObject *)conf[C_SPAN], empty_tuple, NULL);
     if (span == NULL)
-        goto release;
-    fields = PyDict_Copy(span_fields);
+        goto done;
+    if (PyDict_CheckExact(span_fields))
+        fields = PyDict_Copy(span_fields);
+    else if ((fields = PyDict_New()) != NULL && PyDict_Update(fields, span_fields) < 0) {
+        status = RAISE; /* `{**self._span_fields, ...}`'s error (not expected: _trace_run_setup sets a dict) */
+        goto done;
+    }
     if (fields == NULL)
-        goto release;
+        goto done;
     PyObject *values[] = {name, ctx, p[2], parent, start, attributes, resource, sampler, p[6], p[7], processor,
                           limits, NULL, record_end_metrics};
     for (int i = 0; i < (int)(sizeof(values) / sizeof(values[0])); i++) {
         if (i == S_LOCK - S_NAME) {
             lock = PyObject_CallNoArgs(conf[C_LOCK_FACTORY]);
             if (lock == NULL)
-                goto release;
+                goto done;
             values[i] = lock;
         }
         if (PyDict_SetItem(fields, S[S_NAME + i], values[i]) < 0)
-            goto release;
+            goto done;
     }
     if (PyObject_SetAttr(span, S[S_DUNDER_DICT], fields) < 0)
-        goto release;
+        goto done;
     status = call_on_start(processor, span, context);
     if (status == OK)
         result = Py_NewRef(span);
-release:
-    for (int i = 0; i < 8; i++)
-        Py_DECREF(held[i]);
 done:
-    Py_XDECREF(fields_ok);
+    for (int i = 0; i < N_HELD; i++)
+        Py_XDECREF(held[i]);
+    Py_XDECREF(bound);
     Py_XDECREF(td);
     Py_XDECREF(current);
     Py_XDECREF(trace_id);

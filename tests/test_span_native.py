@@ -638,3 +638,159 @@ def _configure_names():
     finally:
         fastspan._NATIVE = saved
     return seen
+
+
+_RECORDING_FIELDS = ("_span_fields", "_maker", "resource", "sampler", "span_processor", "_span_limits", "_metrics_off",
+                     "_metrics", "id_generator")
+
+
+def test_a_dropped_root_reads_only_what_decides_it(monkeypatch, fallbacks):
+    """Under a sampler that drops every root, the C reads neither the fields a recording span needs nor
+    Tracer._fields_ok (as the Python method: none of them missing makes it decline); ids drawn alike."""
+    if not _fast():
+        pytest.skip("no fast branches on this SDK")
+
+    def scenario(tracer):
+        for field in _RECORDING_FIELDS:
+            del tracer.__dict__[field]
+        return _dropped_roots(tracer)
+
+    monkeypatch.setattr(fastspan.Tracer, "_fields_ok", False)
+    _assert_same(_both(scenario, sampler=ALWAYS_OFF), _non_recording_view)
+    assert fallbacks["start"] == 3  # the Python run's
+
+
+class _Metrics:
+    def start_span(self, parent, decision):
+        return None
+
+
+@pytest.mark.parametrize("sampler", [TraceIdRatioBased(0.5), ParentBased(TraceIdRatioBased(1.0))])
+@pytest.mark.parametrize("spoil", ["fields_ok", "metrics_off", "metrics"])
+def test_a_root_that_may_record_declines_before_its_ids_are_drawn(sampler, spoil, monkeypatch, fallbacks):
+    """Where a span that records could not be made here, the C declines before drawing (the Python method then
+    draws them, once): the same spans and ids both ways, dropped ones too."""
+    if not _fast():
+        pytest.skip("no fast branches on this SDK")
+    draws = []
+    real = random.getrandbits
+
+    def counted(bits):
+        draws.append(bits)
+        return real(bits)
+
+    def scenario(tracer):
+        if spoil == "metrics_off":
+            tracer._metrics_off = 0
+        elif spoil == "metrics":
+            tracer._metrics_off, tracer._metrics = False, _Metrics()
+        del draws[:]
+        made = [tracer.start_span("r%d" % i) for i in range(6)]
+        return made, list(draws)
+
+    if spoil == "fields_ok":
+        monkeypatch.setattr(fastspan.Tracer, "_fields_ok", False)
+    monkeypatch.setattr(random, "getrandbits", counted)
+    results = _both(scenario, seed=5, sampler=sampler)
+    (t1, (made1, draws1)), (t2, (made2, draws2)) = results
+    assert [_context(s.get_span_context()) for s in made1] == [_context(s.get_span_context()) for s in made2]
+    assert [type(s) for s in made1] == [type(s) for s in made2] and draws1 == draws2 == [128, 64] * 6
+    assert fallbacks["start"] == 12
+
+
+def test_the_fields_of_a_span_are_read_after_make_as_the_python_method_reads_them(fallbacks):
+    """A _make (the program's code) that replaces the tracer's resource, or removes it: the span gets the new one,
+    or the AttributeError is raised, both ways and once."""
+    replaced = Resource({"service.name": "replaced"})
+
+    def scenario(tracer):
+        def make():
+            tracer.resource = replaced
+            return "deferred", {"a": 1}
+
+        span = tracer.start_span_deferred(None, SpanKind.CLIENT, make)
+        return [span], span._resource is replaced
+
+    (t1, (spans1, seen1)), (t2, (spans2, seen2)) = results = _both(scenario)
+    assert seen1 is seen2 is True and _spans_view(spans1, t1) == _spans_view(spans2, t2)
+    assert fallbacks["start"] == 1 + (0 if _fast() else 1)
+    del results
+
+    def removing(tracer):
+        made = []
+
+        def make():
+            made.append(1)
+            del tracer.__dict__["resource"]
+            return "deferred", None
+
+        with pytest.raises(AttributeError, match="resource"):
+            tracer.start_span_deferred(None, SpanKind.CLIENT, make)
+        return made
+
+    assert [made for _, made in _both(removing)] == [[1], [1]]
+
+
+@pytest.mark.parametrize("sampler, to, sampled", [(ALWAYS_OFF, 1 << 64, True), (None, 0, False),
+                                                  (ALWAYS_OFF, None, None)])
+def test_the_root_bound_is_read_again_after_the_draws(sampler, to, sampled, monkeypatch, fallbacks):
+    """The Python method compares with `self._root_bound` after drawing the ids: a getrandbits (the program's) that
+    replaces it decides the span both ways alike; a bound that cannot be compared raises both ways."""
+    if not _fast():
+        pytest.skip("no fast branches on this SDK")
+    real = random.getrandbits
+    tracers = []
+
+    def replacing(bits):
+        tracers[-1]._root_bound = to
+        return real(bits)
+
+    def scenario(tracer):
+        tracers.append(tracer)
+        monkeypatch.setattr(random, "getrandbits", replacing)
+        try:
+            if sampled is None:
+                with pytest.raises(TypeError):
+                    tracer.start_span("r")
+                return []
+            return [tracer.start_span("r")]
+        finally:
+            monkeypatch.setattr(random, "getrandbits", real)
+
+    results = _both(scenario, sampler=sampler)
+    _assert_same(results, _spans_view)
+    if sampled is not None:
+        assert results[0][1][0].get_span_context().trace_flags.sampled is sampled
+    assert fallbacks["start"] == 1
+
+
+def test_the_id_generator_is_read_only_for_a_zero_and_its_errors_raised_once(monkeypatch, fallbacks):
+    """`random.getrandbits(...) or self.id_generator...`: a tracer without id_generator makes spans while no draw
+    is zero; with a zero its AttributeError, and a getrandbits that raises, propagate, each called once."""
+    if not _fast():
+        pytest.skip("no fast branches on this SDK")
+    calls = []
+
+    def scenario(tracer):
+        del tracer.__dict__["id_generator"]
+        made = [tracer.start_span("r"), tracer.start_span("c", trace.set_span_in_context(tracer.start_span("p")))]
+        drawn = iter([0])
+
+        def zero(bits):
+            calls.append(bits)
+            return next(drawn)
+
+        monkeypatch.setattr(random, "getrandbits", zero)
+        try:
+            with pytest.raises(AttributeError, match="id_generator"):
+                tracer.start_span("zero")
+            with pytest.raises(StopIteration):
+                tracer.start_span("raising")
+        finally:
+            monkeypatch.undo()
+        return made
+
+    for sampler in (None, ALWAYS_OFF):
+        del calls[:]
+        _assert_same(_both(scenario, sampler=sampler), _spans_view)
+        assert calls == [128, 128] * 2
