@@ -40,19 +40,20 @@ enum {
     C_ROOT_SAMPLED, C_ROOT_DROPPED, C_SAMPLED, C_SAMPLED_RANDOM, C_RANDOM_FLAG, C_SPAN_KEY, C_INTERNAL,
     C_LOCK_FACTORY, C_LOCK_TYPE, C_RLOCK_FUNCTION, C_THREADING_DICT, C_RANDOM_DICT, C_RUNTIME_DICT, C_ROUTE,
     C_NOOP_END, C_HAS_IS_ENABLED, C_PYTHON_START, C_PYTHON_SET, C_REPORT, C_UNPACK2, C_TIME_NS, C_PYTHON_END,
-    C_PYTHON_IS_RECORDING, C_PYTHON_UPDATE_NAME, N_CONF
+    C_PYTHON_IS_RECORDING, C_PYTHON_UPDATE_NAME, C_NON_RECORDING_INIT, N_CONF
 };
 static const char *conf_names[N_CONF] = {
     "tracer", "span", "maker", "bounded", "span_context", "non_recording", "context", "default_state",
     "root_sampled", "root_dropped", "sampled", "sampled_random", "random_flag", "span_key", "internal",
     "lock_factory", "lock_type", "rlock_function", "threading_dict", "random_dict", "runtime_dict", "route",
     "noop_end", "has_is_enabled", "python_start", "python_set", "report", "unpack2", "time_ns", "python_end",
-    "python_is_recording", "python_update_name"};
+    "python_is_recording", "python_update_name", "non_recording_init"};
 static PyObject *conf[N_CONF];
 static int configured;
 static long random_flag = -1;  /* TraceFlags.RANDOM_TRACE_ID, -1: this API has none */
 static int has_is_enabled;
 static int fail_next;  /* tests: this many calls fail inside (the Python method then runs) */
+static PyObject *non_recording_code;  /* the code of conf's non_recording_init (NULL: call the class) */
 
 /* interned names */
 enum {
@@ -60,7 +61,7 @@ enum {
     S_SPAN_PROCESSOR, S_SPAN_LIMITS, S_METRICS_OFF, S_METRICS, S_ID_GENERATOR, S_FIELDS_OK, S_GETRANDBITS,
     S_GENERATE_TRACE_ID, S_GENERATE_SPAN_ID, S_GET_CURRENT, S_CRLOCK, S_FAST, S_STATE, S_DICT_TYPE,
     S_LOCK_FACTORY, S_MAXLEN, S_MAX_VALUE_LEN, S_MAKE, S_DUNDER_DICT, S_ROUTE_KEY, S_SPAN_PROCESSORS, S_ON_START,
-    S_PARENT_CONTEXT, S_ACQUIRE, S_RELEASE, S_GET,
+    S_PARENT_CONTEXT, S_ACQUIRE, S_RELEASE, S_GET, S_INIT,
     /* span fields, in the order of start_span's dict display */
     S_NAME, S_CONTEXT, S_KIND, S_PARENT, S_START_TIME, S_ATTRIBUTES, S_FRESOURCE, S_FSAMPLER, S_RECORD_EXCEPTION,
     S_SET_STATUS, S_FSPAN_PROCESSOR, S_LIMITS, S_LOCK, S_RECORD_END_METRICS,
@@ -72,7 +73,7 @@ static const char *str_values[N_STR] = {
     "sampler", "span_processor", "_span_limits", "_metrics_off", "_metrics", "id_generator", "_fields_ok",
     "getrandbits", "generate_trace_id", "generate_span_id", "get_current", "_CRLock", "fast", "_state",
     "_dict_type", "_lock_factory", "maxlen", "max_value_len", "make", "__dict__", "_trace_run_route",
-    "_span_processors", "on_start", "parent_context", "acquire", "release", "get",
+    "_span_processors", "on_start", "parent_context", "acquire", "release", "get", "__init__",
     "_name", "_context", "_kind", "_parent", "_start_time", "_attributes", "_resource", "_sampler",
     "_record_exception", "_set_status_on_exception", "_span_processor", "_limits", "_lock", "_record_end_metrics",
     "_end_time", "_dict", "_immutable", "_on_ending", "end_time"};
@@ -278,28 +279,37 @@ fail:
 
 /* -- ids ------------------------------------------------------------------------------------------------- */
 
-/* `random.getrandbits(bits) or id_generator.<redraw>()` (new reference; NULL on error) */
-static PyObject *
-draw(PyObject *bits, PyObject *generator, PyObject *redraw)
+/* `random.getrandbits(bits) or self.id_generator.<redraw>()`: OK with *id set (new reference), FAIL (random has
+ * no getrandbits: nothing called) or RAISE (what the calls raised, as they raise in the Python method, or the
+ * AttributeError of a tracer without id_generator: it is read only for a zero, as the Python method reads it) */
+static int
+draw(PyObject *bits, PyObject *self, PyObject *redraw, PyObject **out)
 {
     PyObject *getrandbits = get(conf[C_RANDOM_DICT], S[S_GETRANDBITS]);
     if (getrandbits == NULL) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_AttributeError, "random has no getrandbits");
-        return NULL;
+        return FAIL;
     }
     Py_INCREF(getrandbits);
     PyObject *id = PyObject_CallOneArg(getrandbits, bits);
     Py_DECREF(getrandbits);
     if (id == NULL)
-        return NULL;
+        return RAISE;
     int truth = PyObject_IsTrue(id);
-    if (truth > 0)
-        return id;
+    if (truth > 0) {
+        *out = id;
+        return OK;
+    }
     Py_DECREF(id);
     if (truth < 0)
-        return NULL;
-    return PyObject_CallMethodNoArgs(generator, redraw);
+        return RAISE;
+    PyObject *generator = PyObject_GetAttr(self, S[S_ID_GENERATOR]);
+    if (generator == NULL)
+        return RAISE;
+    *out = PyObject_CallMethodNoArgs(generator, redraw);
+    Py_DECREF(generator);
+    return *out == NULL ? RAISE : OK;
 }
 
 /* trace_id & (2**64 - 1) >= bound: 1, 0, -1 error */
@@ -339,20 +349,41 @@ dropped(PyObject *trace_id, PyObject *bound)
     return r;
 }
 
-/* SpanContext as tuple.__new__(SpanContext, (...)) makes it (steals nothing) */
+/* SpanContext as tuple.__new__(SpanContext, (...)) makes it (steals nothing): its tuple_subtype_new allocates the
+ * subtype and copies the items in, without the two tuples passed to it */
 static PyObject *
 span_context(PyObject *trace_id, PyObject *span_id, PyObject *flags, PyObject *state)
 {
-    PyObject *items = PyTuple_Pack(6, trace_id, span_id, Py_False, flags, state, Py_True);
-    if (items == NULL)
+    PyTypeObject *type = (PyTypeObject *)conf[C_SPAN_CONTEXT];
+    PyObject *ctx = type->tp_alloc(type, 6);
+    if (ctx == NULL)
         return NULL;
-    PyObject *args = PyTuple_Pack(1, items);
-    Py_DECREF(items);
-    if (args == NULL)
-        return NULL;
-    PyObject *ctx = PyTuple_Type.tp_new((PyTypeObject *)conf[C_SPAN_CONTEXT], args, NULL);
-    Py_DECREF(args);
+    PyObject *items[6] = {trace_id, span_id, Py_False, flags, state, Py_True};
+    for (int i = 0; i < 6; i++)
+        PyTuple_SET_ITEM(ctx, i, Py_NewRef(items[i]));
     return ctx;
+}
+
+/* NonRecordingSpan(ctx) (new reference; NULL: what it raised). Made here where the call would run what configure
+ * checked: type.__call__, object.__new__, and the API's __init__ (`self._context = context`, its code): the instance
+ * of object.__new__, then that one store, done as the __init__ does it (its __setattr__, a descriptor...). Each
+ * call re-checks what a program could have replaced since (the metaclass's call, __new__, __init__ or its code);
+ * anything else: the class is called. */
+static PyObject *
+non_recording(PyObject *ctx)
+{
+    PyTypeObject *type = (PyTypeObject *)conf[C_NON_RECORDING];
+    if (non_recording_code != NULL && Py_TYPE(type)->tp_call == PyType_Type.tp_call
+        && type->tp_new == PyBaseObject_Type.tp_new) {
+        PyObject *init = _PyType_Lookup(type, S[S_INIT]);  /* (borrowed; the method cache's) */
+        if (init == conf[C_NON_RECORDING_INIT] && PyFunction_GET_CODE(init) == non_recording_code) {
+            PyObject *span = type->tp_new(type, empty_tuple, NULL);
+            if (span != NULL && PyObject_SetAttr(span, S[S_CONTEXT], ctx) < 0)
+                Py_CLEAR(span);
+            return span;
+        }
+    }
+    return PyObject_CallOneArg((PyObject *)type, ctx);
 }
 
 static PyObject *
@@ -475,17 +506,78 @@ parse(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, PyObject **p)
     return OK;
 }
 
-#define FIELD(var, key)                                                                                          \
-    do {                                                                                                       \
-        var = PyDict_GetItemWithError(td, S[key]);                                                             \
-        if (var == NULL) {                                                                                     \
-            status = PyErr_Occurred() ? FAIL : DECLINE;                                                        \
-            goto done;                                                                                         \
-        }                                                                                                      \
-    } while (0)
+/* the tracer's field `key` (new reference), read where the Python method reads it: from its dict, else as
+ * `self.<key>` reads it (NULL: what that raised) */
+static PyObject *
+late_field(PyObject *self, PyObject *td, int key)
+{
+    PyObject *value = get(td, S[key]);
+    if (value != NULL)
+        return Py_NewRef(value);
+    if (PyErr_Occurred())
+        return NULL;
+    return PyObject_GetAttr(self, S[key]);
+}
+
+/* `Tracer._fields_ok is True`: 1, 0, -1 error. From the types' method caches where it is the class's plain True
+ * and the metaclass has nothing of that name (what type's getattr would look at first); else as it reads it */
+static int
+fields_ok(void)
+{
+    PyTypeObject *tracer = (PyTypeObject *)conf[C_TRACER];
+    if (_PyType_Lookup(tracer, S[S_FIELDS_OK]) == Py_True && _PyType_Lookup(Py_TYPE(tracer), S[S_FIELDS_OK]) == NULL)
+        return 1;
+    PyObject *ok = PyObject_GetAttr((PyObject *)tracer, S[S_FIELDS_OK]);
+    if (ok == NULL)
+        return -1;
+    int r = ok == Py_True;
+    Py_DECREF(ok);
+    return r;
+}
+
+/* what the fast branches need of the tracer for a span that records, checked before any id is drawn (a DECLINE
+ * after that would draw them again): Tracer._fields_ok, the SDK's metrics off (or none). OK with the function its
+ * spans call at their end (borrowed: conf's or None), else DECLINE or FAIL */
+static int
+recordable(PyObject *td, PyObject **record_end_metrics)
+{
+    int ok = fields_ok();
+    if (ok <= 0)
+        return ok < 0 ? FAIL : DECLINE;
+    PyObject *off = get(td, S[S_METRICS_OFF]);
+    if (off == Py_True) {
+        *record_end_metrics = conf[C_NOOP_END];
+        return OK;
+    }
+    if (off == Py_False && get(td, S[S_METRICS]) == Py_None) {
+        *record_end_metrics = Py_None;
+        return OK;
+    }
+    return PyErr_Occurred() ? FAIL : DECLINE;
+}
+
+/* a root bound no trace id passes (`_DROP`'s 0): 1, else 0 */
+static int
+never_sampled(PyObject *bound)
+{
+    if (!PyLong_CheckExact(bound))
+        return 0;
+    int overflow;
+    long long b = PyLong_AsLongLongAndOverflow(bound, &overflow);
+    if (b == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return overflow < 0 || (overflow == 0 && b <= 0);
+}
+
+/* the tracer's fields a span that records is made of, in the order the Python method reads them */
+static const int span_field_keys[] = {S_SPAN_FIELDS, S_MAKER, S_RESOURCE, S_SAMPLER, S_SPAN_PROCESSOR, S_SPAN_LIMITS};
+#define N_HELD ((int)(sizeof(span_field_keys) / sizeof(span_field_keys[0])))
 
 /* the fast branches of Tracer.start_span: the span with *status OK, else NULL with *status DECLINE, FAIL or
- * RAISE (see above) */
+ * RAISE (see above). Each field of the tracer is read where the Python method reads it, but what decides a
+ * DECLINE, read before any id is drawn; a root that cannot record reads only what decides it. */
 static PyObject *
 start_span_fast(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, int *status_out)
 {
@@ -493,8 +585,10 @@ start_span_fast(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObjec
     PyObject *p[N_PARAMS];
     PyObject *td = NULL, *current = NULL, *trace_id = NULL, *span_id = NULL, *ctx = NULL, *made = NULL,
              *name_attrs = NULL, *attributes = NULL, *start = NULL, *lock = NULL, *fields = NULL, *span = NULL,
-             *result = NULL, *fields_ok = NULL;
-    PyObject *parent, *name, *span_attributes;
+             *result = NULL, *bound = NULL;
+    /* the span's fields, held: the program's code (a _make, on_start) could replace them meanwhile */
+    PyObject *held[N_HELD] = {NULL};
+    PyObject *parent, *name, *span_attributes, *record_end_metrics = NULL;
     if (fail_next > 0) {
         fail_next--;
         PyErr_SetString(PyExc_RuntimeError, "_span_native: a failure for the tests");
@@ -507,56 +601,11 @@ start_span_fast(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObjec
     if (!(links == Py_None || (PyTuple_CheckExact(links) && PyTuple_GET_SIZE(links) == 0)
           || (PyList_CheckExact(links) && PyList_GET_SIZE(links) == 0)))
         goto done;
-    fields_ok = PyObject_GetAttr(conf[C_TRACER], S[S_FIELDS_OK]);
-    if (fields_ok == NULL) {
-        status = FAIL;
-        goto done;
-    }
-    if (fields_ok != Py_True)
-        goto done;
     td = instance_dict(self);
     if (td == NULL) {
         status = PyErr_Occurred() ? FAIL : DECLINE;
         goto done;
     }
-    /* everything the span is made of, before any id is drawn: no decline after that */
-    PyObject *root_bound, *child_sampled, *span_fields, *maker, *resource, *sampler, *processor, *limits,
-        *metrics_off, *generator, *record_end_metrics;
-    FIELD(root_bound, S_ROOT_BOUND);
-    if (root_bound == Py_None)
-        goto done;
-    FIELD(child_sampled, S_CHILD_SAMPLED);
-    FIELD(span_fields, S_SPAN_FIELDS);
-    FIELD(maker, S_MAKER);
-    FIELD(resource, S_RESOURCE);
-    FIELD(sampler, S_SAMPLER);
-    FIELD(processor, S_SPAN_PROCESSOR);
-    FIELD(limits, S_SPAN_LIMITS);
-    FIELD(metrics_off, S_METRICS_OFF);
-    FIELD(generator, S_ID_GENERATOR);
-    if (!PyDict_CheckExact(span_fields))
-        goto done;
-    if (metrics_off == Py_True)
-        record_end_metrics = conf[C_NOOP_END];
-    else if (metrics_off == Py_False) {
-        PyObject *metrics;
-        FIELD(metrics, S_METRICS);
-        if (metrics != Py_None)
-            goto done;
-        record_end_metrics = Py_None;
-    }
-    else
-        goto done;
-    /* hold what the program could replace meanwhile (a _make, on_start, a getrandbits can run its code) */
-    Py_INCREF(span_fields);
-    Py_INCREF(maker);
-    Py_INCREF(resource);
-    Py_INCREF(sampler);
-    Py_INCREF(processor);
-    Py_INCREF(limits);
-    Py_INCREF(generator);
-    Py_INCREF(root_bound);
-    PyObject *held[8] = {span_fields, maker, resource, sampler, processor, limits, generator, root_bound};
 
     /* the span in the context: (context or the current one).get(_SPAN_KEY) */
     PyObject *context = p[1], *where;
@@ -564,7 +613,7 @@ start_span_fast(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObjec
         PyObject *get_current = PyDict_GetItemWithError(conf[C_RUNTIME_DICT], S[S_GET_CURRENT]);
         if (get_current == NULL) {
             status = PyErr_Occurred() ? FAIL : DECLINE;
-            goto release;
+            goto done;
         }
         where = PyObject_CallNoArgs(get_current);
     }
@@ -572,7 +621,7 @@ start_span_fast(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObjec
         where = Py_NewRef(context);
     if (where == NULL) {
         status = FAIL;
-        goto release;
+        goto done;
     }
     if (Py_TYPE(where) == (PyTypeObject *)conf[C_CONTEXT] || PyDict_CheckExact(where)) {
         current = PyDict_GetItemWithError(where, conf[C_SPAN_KEY]);
@@ -585,88 +634,104 @@ start_span_fast(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObjec
     Py_DECREF(where);
     if (current == NULL) {
         status = FAIL;
-        goto release;
+        goto done;
     }
 
     if (current == Py_None) {
+        PyObject *root_bound = get(td, S[S_ROOT_BOUND]);
+        if (root_bound == NULL || root_bound == Py_None) {
+            status = PyErr_Occurred() ? FAIL : DECLINE;
+            goto done;
+        }
+        int may_record = !never_sampled(root_bound); /* (borrowed: not used after this) */
         int on = enabled(td);
         if (on <= 0) {
             status = on < 0 ? FAIL : DECLINE;
-            goto release;
+            goto done;
         }
-        trace_id = draw(bits128, generator, S[S_GENERATE_TRACE_ID]);
-        span_id = trace_id == NULL ? NULL : draw(bits64, generator, S[S_GENERATE_SPAN_ID]);
-        if (span_id == NULL) {
+        if (may_record && (status = recordable(td, &record_end_metrics)) != OK)
+            goto done;
+        if ((status = draw(bits128, self, S[S_GENERATE_TRACE_ID], &trace_id)) != OK
+            || (status = draw(bits64, self, S[S_GENERATE_SPAN_ID], &span_id)) != OK)
+            goto done;
+        /* the bound read again after the draws, as the Python method reads it (its errors, its compare's: raised) */
+        status = RAISE;
+        bound = late_field(self, td, S_ROOT_BOUND);
+        int drop = bound == NULL ? -1 : dropped(trace_id, bound);
+        if (drop < 0)
+            goto done;
+        if (!drop && !may_record && (status = recordable(td, &record_end_metrics)) != OK) {
+            /* (the bound replaced by the draws' code, and this tracer's spans not for these branches) */
+            if (status == DECLINE)
+                PyErr_SetString(PyExc_RuntimeError, "_span_native: the root bound changed while drawing ids");
             status = FAIL;
-            goto release;
-        }
-        int drop = dropped(trace_id, root_bound);
-        if (drop < 0) {
-            status = FAIL;
-            goto release;
+            goto done;
         }
         if (drop) {
             ctx = span_context(trace_id, span_id, conf[C_ROOT_DROPPED], conf[C_DEFAULT_STATE]);
             if (ctx == NULL) {
                 status = FAIL;
-                goto release;
+                goto done;
             }
-            result = PyObject_CallOneArg(conf[C_NON_RECORDING], ctx);
-            status = result == NULL ? FAIL : OK;
-            goto release;
+            result = non_recording(ctx); /* (what it raises, the Python method's call raises too) */
+            goto done;
         }
         ctx = span_context(trace_id, span_id, conf[C_ROOT_SAMPLED], conf[C_DEFAULT_STATE]);
         parent = Py_None;
     }
-    else if (Py_TYPE(current) == (PyTypeObject *)conf[C_SPAN] && child_sampled == Py_True) {
+    else if (Py_TYPE(current) == (PyTypeObject *)conf[C_SPAN]) {
+        PyObject *child_sampled = get(td, S[S_CHILD_SAMPLED]);
+        if (child_sampled != Py_True) {
+            status = PyErr_Occurred() ? FAIL : DECLINE;
+            goto done;
+        }
         PyObject *pctx = PyObject_GetAttr(current, S[S_CONTEXT]);
         if (pctx == NULL) {
             status = FAIL;
-            goto release;
+            goto done;
         }
         Py_DECREF(current); /* its context held in its place */
         current = pctx;
         if (Py_TYPE(pctx) != (PyTypeObject *)conf[C_SPAN_CONTEXT] || PyTuple_GET_SIZE(pctx) != 6
             || !PyLong_Check(PyTuple_GET_ITEM(pctx, 3)))
-            goto release;
+            goto done;
         long parent_flags = PyLong_AsLong(PyTuple_GET_ITEM(pctx, 3));
         if (parent_flags == -1 && PyErr_Occurred()) {
             status = FAIL;
-            goto release;
+            goto done;
         }
         if (!(parent_flags & 0x01))
-            goto release;
+            goto done;
         int on = enabled(td);
         if (on <= 0) {
             status = on < 0 ? FAIL : DECLINE;
-            goto release;
+            goto done;
         }
+        if ((status = recordable(td, &record_end_metrics)) != OK)
+            goto done;
         trace_id = Py_NewRef(PyTuple_GET_ITEM(pctx, 0));
         PyObject *state = PyTuple_GET_ITEM(pctx, 4);
         PyObject *flags = random_flag >= 0 && (parent_flags & random_flag) ? conf[C_SAMPLED_RANDOM] : conf[C_SAMPLED];
-        span_id = draw(bits64, generator, S[S_GENERATE_SPAN_ID]);
-        if (span_id == NULL) {
-            status = FAIL;
-            goto release;
-        }
+        if ((status = draw(bits64, self, S[S_GENERATE_SPAN_ID], &span_id)) != OK)
+            goto done;
         ctx = span_context(trace_id, span_id, flags, state == Py_None ? conf[C_DEFAULT_STATE] : state);
         parent = pctx;
     }
     else
-        goto release;
+        goto done;
     if (ctx == NULL) {
         status = FAIL;
-        goto release;
+        goto done;
     }
 
-    /* a sampled span: from here, what the program's code raises is raised */
+    /* a span that records: from here, what the program's code raises is raised */
     name = p[0];
     span_attributes = p[3];
     if (p[8] != Py_None) {
         made = PyObject_CallNoArgs(p[8]);
         if (made == NULL) {
             status = RAISE;
-            goto release;
+            goto done;
         }
         if (PyTuple_CheckExact(made) && PyTuple_GET_SIZE(made) == 2)
             name_attrs = Py_NewRef(made);
@@ -674,52 +739,65 @@ start_span_fast(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObjec
             name_attrs = PyObject_CallOneArg(conf[C_UNPACK2], made); /* `name, attributes = made`, its errors */
             if (name_attrs == NULL) {
                 status = RAISE;
-                goto release;
+                goto done;
             }
             if (!PyTuple_CheckExact(name_attrs) || PyTuple_GET_SIZE(name_attrs) != 2) {
                 PyErr_SetString(PyExc_TypeError, "unpack2 gave no pair");
                 status = FAIL;
-                goto release;
+                goto done;
             }
         }
         name = PyTuple_GET_ITEM(name_attrs, 0);
         span_attributes = PyTuple_GET_ITEM(name_attrs, 1);
     }
+    /* the span's fields, read after _make as the Python method reads them (a missing one: its AttributeError) */
+    for (int i = 0; i < N_HELD; i++) {
+        if ((held[i] = late_field(self, td, span_field_keys[i])) == NULL) {
+            status = RAISE;
+            goto done;
+        }
+    }
+    PyObject *span_fields = held[0], *maker = held[1], *resource = held[2], *sampler = held[3],
+             *processor = held[4], *limits = held[5];
     status = make_attributes(maker, span_attributes, &attributes);
     if (status != OK)
-        goto release;
+        goto done;
     status = FAIL;
     start = p[5] != Py_None ? Py_NewRef(p[5]) : now_ns();
     if (start == NULL)
-        goto release;
+        goto done;
     span = PyBaseObject_Type.tp_new((PyTypeObject *)conf[C_SPAN], empty_tuple, NULL);
     if (span == NULL)
-        goto release;
-    fields = PyDict_Copy(span_fields);
+        goto done;
+    if (PyDict_CheckExact(span_fields))
+        fields = PyDict_Copy(span_fields);
+    else if ((fields = PyDict_New()) != NULL && PyDict_Update(fields, span_fields) < 0) {
+        status = RAISE; /* `{**self._span_fields, ...}`'s error (not expected: _trace_run_setup sets a dict) */
+        goto done;
+    }
     if (fields == NULL)
-        goto release;
+        goto done;
     PyObject *values[] = {name, ctx, p[2], parent, start, attributes, resource, sampler, p[6], p[7], processor,
                           limits, NULL, record_end_metrics};
     for (int i = 0; i < (int)(sizeof(values) / sizeof(values[0])); i++) {
         if (i == S_LOCK - S_NAME) {
             lock = PyObject_CallNoArgs(conf[C_LOCK_FACTORY]);
             if (lock == NULL)
-                goto release;
+                goto done;
             values[i] = lock;
         }
         if (PyDict_SetItem(fields, S[S_NAME + i], values[i]) < 0)
-            goto release;
+            goto done;
     }
     if (PyObject_SetAttr(span, S[S_DUNDER_DICT], fields) < 0)
-        goto release;
+        goto done;
     status = call_on_start(processor, span, context);
     if (status == OK)
         result = Py_NewRef(span);
-release:
-    for (int i = 0; i < 8; i++)
-        Py_DECREF(held[i]);
 done:
-    Py_XDECREF(fields_ok);
+    for (int i = 0; i < N_HELD; i++)
+        Py_XDECREF(held[i]);
+    Py_XDECREF(bound);
     Py_XDECREF(td);
     Py_XDECREF(current);
     Py_XDECREF(trace_id);
@@ -1124,6 +1202,17 @@ configure(PyObject *module, PyObject *names)
     int is_enabled = PyObject_IsTrue(got[C_HAS_IS_ENABLED]);
     if (is_enabled < 0)
         return NULL;
+    /* NonRecordingSpan made without its call (non_recording) only where its __init__ is the function fastspan
+     * checked (and it is the class's now); its code held: compared by identity at each call */
+    PyObject *init = got[C_NON_RECORDING_INIT], *init_code = NULL;
+    if (init != Py_None) {
+        if (!PyType_Check(got[C_NON_RECORDING]) || !PyFunction_Check(init)
+            || _PyType_Lookup((PyTypeObject *)got[C_NON_RECORDING], S[S_INIT]) != init) {
+            PyErr_SetString(PyExc_TypeError, "configure(): non_recording_init is not the class's __init__");
+            return NULL;
+        }
+        init_code = PyFunction_GET_CODE(init);
+    }
     PyObject *start = PyDescr_NewMethod((PyTypeObject *)got[C_TRACER], &start_span_def);
     if (start == NULL)
         return NULL;
@@ -1143,6 +1232,8 @@ configure(PyObject *module, PyObject *names)
         Py_INCREF(got[i]);
         Py_XSETREF(conf[i], got[i]);
     }
+    Py_XINCREF(init_code);
+    Py_XSETREF(non_recording_code, init_code);
     random_flag = flag;
     has_is_enabled = is_enabled;
     configured = 1;

@@ -591,6 +591,26 @@ def _unpack2(made):
     return name, attributes
 
 
+def _sets_context(self, context):
+    self._context = context
+
+
+def _non_recording_init():
+    """NonRecordingSpan's __init__ where calling the class is `object.__new__` then its __init__, and that __init__
+    is `self._context = context` (its code, compared with _sets_context's): the C then makes the span without the
+    call, re-checking each time that these are still the class's. Else None: the C calls the class."""
+    init, mine = NonRecordingSpan.__dict__.get("__init__"), _sets_context.__code__
+    code = getattr(init, "__code__", None)
+    if not (type(NonRecordingSpan).__call__ is type.__call__ and NonRecordingSpan.__new__ is object.__new__
+            and type(init) is type(_sets_context) and NonRecordingSpan.__init__ is init and type(code) is type(mine)):
+        return None
+    fields = ("co_code", "co_consts", "co_names", "co_varnames", "co_freevars", "co_cellvars", "co_argcount",
+              "co_posonlyargcount", "co_kwonlyargcount")
+    kinds = 0x4 | 0x8 | 0x20 | 0x80 | 0x100 | 0x200  # the flags that change a call: *args, **kwargs, generator, async
+    same = all(getattr(code, f) == getattr(mine, f) for f in fields) and code.co_flags & kinds == mine.co_flags & kinds
+    return init if same else None
+
+
 def _native_failed(exc: BaseException) -> None:
     _logger_own.debug("native span path failed, Python's used (%s: %s)" % (type(exc).__name__, exc))
 
@@ -620,7 +640,7 @@ def use_native(on: bool) -> bool:
             "has_is_enabled": _HAS_IS_ENABLED, "python_start": _python_start_span,
             "python_set": _python_set_attribute, "report": _native_failed, "unpack2": _unpack2,
             "time_ns": time_ns, "python_end": _python_end, "python_is_recording": _python_is_recording,
-            "python_update_name": _python_update_name})
+            "python_update_name": _python_update_name, "non_recording_init": _non_recording_init()})
     except Exception as exc:
         _native_failed(exc)
         return False

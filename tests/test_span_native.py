@@ -462,3 +462,335 @@ def test_is_recording_and_update_name_answer_as_the_python_methods(caplog):
     assert native_seen == python_seen
     assert native_seen[:2] == [True, ("a!", True)] and native_seen[4:6] == [False, ("b", False)]
     assert "Tried calling update_name on an ended span." in native_seen[-1]
+
+
+def _dropped_roots(tracer):
+    return [tracer.start_span("r%d" % i) for i in range(3)]
+
+
+def _non_recording_view(spans, tracer):
+    return [(type(s), sorted(vars(s)), _context(s.get_span_context())) for s in spans]
+
+
+def test_a_dropped_root_is_made_without_running_the_api_init(fallbacks):
+    """Where NonRecordingSpan is the API's own, the C makes it as the call would, without running its __init__."""
+    assert fastspan._non_recording_init() is NonRecordingSpan.__init__
+    tracer = _tracer(sampler=ALWAYS_OFF)
+    if tracer._root_bound is None:
+        pytest.skip("no fast branches on this SDK")
+    ran = []
+
+    def profile(frame, event, arg):
+        if event == "call":
+            ran.append(frame.f_code)
+
+    sys.setprofile(profile)
+    try:
+        span = tracer.start_span("r")
+    finally:
+        sys.setprofile(None)
+    assert NonRecordingSpan.__init__.__code__ not in ran and fallbacks["start"] == 0
+    assert type(span) is NonRecordingSpan and vars(span) == {"_context": span.get_span_context()}
+    _assert_same(_both(_dropped_roots, sampler=ALWAYS_OFF), _non_recording_view)
+
+
+def _own_non_recording_span():
+    """A class fastspan takes as the API's NonRecordingSpan (its own __init__ of the same code), to replace things in
+    (on the API's class itself, a __new__ set and deleted again leaves it broken: a CPython quirk)."""
+    class Own(NonRecordingSpan):
+        def __init__(self, context):
+            self._context = context
+
+    return Own
+
+
+def _replace_init(patch, cls):
+    calls = []
+    init = cls.__init__
+
+    def replaced(self, context):
+        calls.append(context)
+        init(self, context)
+        self.extra = 1
+
+    patch.setattr(cls, "__init__", replaced)
+    return calls
+
+
+def _replace_new(patch, cls):
+    calls = []
+
+    def new(kind, *args):
+        calls.append(args)
+        made = object.__new__(kind)
+        made.made_by = "new"
+        return made
+
+    patch.setattr(cls, "__new__", new)
+    return calls
+
+
+def _replace_code(patch, cls):
+    def other(self, context):
+        self._context = context
+        self.other = True
+
+    patch.setattr(cls.__init__, "__code__", other.__code__)
+    return []
+
+
+def _context_property(patch, cls):
+    calls = []
+
+    def setter(self, value):
+        calls.append(value)
+        self.__dict__["_context"] = value
+
+    patch.setattr(cls, "_context", property(lambda self: self.__dict__["_context"], setter), raising=False)
+    return calls
+
+
+def _replace_setattr(patch, cls):
+    calls = []
+
+    def setattr_(self, key, value):
+        calls.append(key)
+        object.__setattr__(self, key, value)
+
+    patch.setattr(cls, "__setattr__", setattr_, raising=False)
+    return calls
+
+
+@pytest.mark.parametrize("replace", [_replace_init, _replace_new, _replace_code, _context_property, _replace_setattr])
+@pytest.mark.parametrize("when", ["after configure", "before configure"])
+def test_a_replaced_non_recording_span_is_called_as_the_python_method_calls_it(replace, when, monkeypatch, fallbacks):
+    """__init__, __new__, the __init__'s code, a `_context` descriptor or __setattr__ replaced (since the C was
+    configured, or before): the C runs them as the call does, the same spans both ways, and they ran."""
+    def run():
+        random.seed(7)
+        tracer = _tracer(sampler=ALWAYS_OFF)
+        return tracer, _dropped_roots(tracer)
+
+    own = _own_non_recording_span()
+    with monkeypatch.context() as patched:
+        patched.setattr(fastspan, "NonRecordingSpan", own)
+        assert fastspan._non_recording_init() is own.__dict__["__init__"]
+        if when == "before configure":
+            calls = replace(patched, own)
+        assert fastspan.use_native(True)
+        if when == "after configure":
+            calls = replace(patched, own)
+        results = [run()]
+        fastspan.use_native(False)
+        results.append(run())
+        assert fastspan.use_native(True)
+        assert all(type(s) is own for _, made in results for s in made)
+    assert fastspan.use_native(True)
+    _assert_same(results, _non_recording_view)
+    assert fallbacks["start"] == 3 + (0 if _fast() else 3)
+    if replace is _replace_code:
+        assert all(s.other for _, made in results for s in made)
+    else:
+        assert len(calls) == 6
+    span = _tracer(sampler=ALWAYS_OFF).start_span("again")  # the API's class: the C's own way again
+    assert type(span) is NonRecordingSpan and vars(span) == {"_context": span.get_span_context()}
+
+
+def test_a_non_recording_span_subclass_or_other_init_is_called(monkeypatch, fallbacks):
+    """A NonRecordingSpan of another __init__ (a subclass, where fastspan would take it) is not made without its
+    call; a configure with an __init__ that is not the class's is refused."""
+    class Sub(NonRecordingSpan):
+        def __init__(self, context):
+            super().__init__(context)
+            self.sub = True
+
+    class Same(NonRecordingSpan):  # its __init__ inherited: still called (only the class's own is taken)
+        pass
+
+    with monkeypatch.context() as patched:
+        patched.setattr(fastspan, "NonRecordingSpan", Sub)
+        assert fastspan._non_recording_init() is None and fastspan.use_native(True)
+        span = _tracer(sampler=ALWAYS_OFF).start_span("s")
+        assert type(span) is Sub and span.sub is True and fallbacks["start"] == 0
+        patched.setattr(fastspan, "NonRecordingSpan", Same)
+        assert fastspan._non_recording_init() is None and fastspan.use_native(True)
+        assert type(_tracer(sampler=ALWAYS_OFF).start_span("s")) is Same
+        with pytest.raises(TypeError, match="non_recording_init"):
+            native.configure({**_configure_names(), "non_recording_init": Sub.__init__})
+    assert fastspan.use_native(True)
+
+
+def _configure_names():
+    """use_native's names, as it gives them (read back from a configure call)"""
+    seen = {}
+    real = native.configure
+
+    class Spy:
+        @staticmethod
+        def configure(names):
+            seen.update(names)
+            return real(names)
+
+    saved = fastspan._NATIVE
+    fastspan._NATIVE = Spy
+    try:
+        fastspan.use_native(True)
+    finally:
+        fastspan._NATIVE = saved
+    return seen
+
+
+_RECORDING_FIELDS = ("_span_fields", "_maker", "resource", "sampler", "span_processor", "_span_limits", "_metrics_off",
+                     "_metrics", "id_generator")
+
+
+def test_a_dropped_root_reads_only_what_decides_it(monkeypatch, fallbacks):
+    """Under a sampler that drops every root, the C reads neither the fields a recording span needs nor
+    Tracer._fields_ok (as the Python method: none of them missing makes it decline); ids drawn alike."""
+    if not _fast():
+        pytest.skip("no fast branches on this SDK")
+
+    def scenario(tracer):
+        for field in _RECORDING_FIELDS:
+            del tracer.__dict__[field]
+        return _dropped_roots(tracer)
+
+    monkeypatch.setattr(fastspan.Tracer, "_fields_ok", False)
+    _assert_same(_both(scenario, sampler=ALWAYS_OFF), _non_recording_view)
+    assert fallbacks["start"] == 3  # the Python run's
+
+
+class _Metrics:
+    def start_span(self, parent, decision):
+        return None
+
+
+@pytest.mark.parametrize("sampler", [TraceIdRatioBased(0.5), ParentBased(TraceIdRatioBased(1.0))])
+@pytest.mark.parametrize("spoil", ["fields_ok", "metrics_off", "metrics"])
+def test_a_root_that_may_record_declines_before_its_ids_are_drawn(sampler, spoil, monkeypatch, fallbacks):
+    """Where a span that records could not be made here, the C declines before drawing (the Python method then
+    draws them, once): the same spans and ids both ways, dropped ones too."""
+    if not _fast():
+        pytest.skip("no fast branches on this SDK")
+    draws = []
+    real = random.getrandbits
+
+    def counted(bits):
+        draws.append(bits)
+        return real(bits)
+
+    def scenario(tracer):
+        if spoil == "metrics_off":
+            tracer._metrics_off = 0
+        elif spoil == "metrics":
+            tracer._metrics_off, tracer._metrics = False, _Metrics()
+        del draws[:]
+        made = [tracer.start_span("r%d" % i) for i in range(6)]
+        return made, list(draws)
+
+    if spoil == "fields_ok":
+        monkeypatch.setattr(fastspan.Tracer, "_fields_ok", False)
+    monkeypatch.setattr(random, "getrandbits", counted)
+    results = _both(scenario, seed=5, sampler=sampler)
+    (t1, (made1, draws1)), (t2, (made2, draws2)) = results
+    assert [_context(s.get_span_context()) for s in made1] == [_context(s.get_span_context()) for s in made2]
+    assert [type(s) for s in made1] == [type(s) for s in made2] and draws1 == draws2 == [128, 64] * 6
+    assert fallbacks["start"] == 12
+
+
+def test_the_fields_of_a_span_are_read_after_make_as_the_python_method_reads_them(fallbacks):
+    """A _make (the program's code) that replaces the tracer's resource, or removes it: the span gets the new one,
+    or the AttributeError is raised, both ways and once."""
+    replaced = Resource({"service.name": "replaced"})
+
+    def scenario(tracer):
+        def make():
+            tracer.resource = replaced
+            return "deferred", {"a": 1}
+
+        span = tracer.start_span_deferred(None, SpanKind.CLIENT, make)
+        return [span], span._resource is replaced
+
+    (t1, (spans1, seen1)), (t2, (spans2, seen2)) = results = _both(scenario)
+    assert seen1 is seen2 is True and _spans_view(spans1, t1) == _spans_view(spans2, t2)
+    assert fallbacks["start"] == 1 + (0 if _fast() else 1)
+    del results
+
+    def removing(tracer):
+        made = []
+
+        def make():
+            made.append(1)
+            del tracer.__dict__["resource"]
+            return "deferred", None
+
+        with pytest.raises(AttributeError, match="resource"):
+            tracer.start_span_deferred(None, SpanKind.CLIENT, make)
+        return made
+
+    assert [made for _, made in _both(removing)] == [[1], [1]]
+
+
+@pytest.mark.parametrize("sampler, to, sampled", [(ALWAYS_OFF, 1 << 64, True), (None, 0, False),
+                                                  (ALWAYS_OFF, None, None)])
+def test_the_root_bound_is_read_again_after_the_draws(sampler, to, sampled, monkeypatch, fallbacks):
+    """The Python method compares with `self._root_bound` after drawing the ids: a getrandbits (the program's) that
+    replaces it decides the span both ways alike; a bound that cannot be compared raises both ways."""
+    if not _fast():
+        pytest.skip("no fast branches on this SDK")
+    real = random.getrandbits
+    tracers = []
+
+    def replacing(bits):
+        tracers[-1]._root_bound = to
+        return real(bits)
+
+    def scenario(tracer):
+        tracers.append(tracer)
+        monkeypatch.setattr(random, "getrandbits", replacing)
+        try:
+            if sampled is None:
+                with pytest.raises(TypeError):
+                    tracer.start_span("r")
+                return []
+            return [tracer.start_span("r")]
+        finally:
+            monkeypatch.setattr(random, "getrandbits", real)
+
+    results = _both(scenario, sampler=sampler)
+    _assert_same(results, _spans_view)
+    if sampled is not None:
+        assert results[0][1][0].get_span_context().trace_flags.sampled is sampled
+    assert fallbacks["start"] == 1
+
+
+def test_the_id_generator_is_read_only_for_a_zero_and_its_errors_raised_once(monkeypatch, fallbacks):
+    """`random.getrandbits(...) or self.id_generator...`: a tracer without id_generator makes spans while no draw
+    is zero; with a zero its AttributeError, and a getrandbits that raises, propagate, each called once."""
+    if not _fast():
+        pytest.skip("no fast branches on this SDK")
+    calls = []
+
+    def scenario(tracer):
+        del tracer.__dict__["id_generator"]
+        made = [tracer.start_span("r"), tracer.start_span("c", trace.set_span_in_context(tracer.start_span("p")))]
+        drawn = iter([0])
+
+        def zero(bits):
+            calls.append(bits)
+            return next(drawn)
+
+        monkeypatch.setattr(random, "getrandbits", zero)
+        try:
+            with pytest.raises(AttributeError, match="id_generator"):
+                tracer.start_span("zero")
+            with pytest.raises(StopIteration):
+                tracer.start_span("raising")
+        finally:
+            monkeypatch.undo()
+        return made
+
+    for sampler in (None, ALWAYS_OFF):
+        del calls[:]
+        _assert_same(_both(scenario, sampler=sampler), _spans_view)
+        assert calls == [128, 128] * 2
