@@ -169,8 +169,8 @@ VARIABLES: list[Var] = [
     Var("OTEL_TRACE_RUN_NATIVE_CALLS", "bool", "true",
         "The instrumentors' common call path (the suppression and sampled checks, the span made current, the "
         "wrapped call run and its span ended) and a WSGI request (the middleware, its SERVER span's attributes, "
-        "status, route and end, the body handed back) in C where trace-run's optional extensions were built (the "
-        "same calls in the same order, the same spans); `false`: in Python."),
+        "status, route and end, the body handed back; Flask's hooks) in C where trace-run's optional extensions "
+        "were built (the same calls in the same order, the same spans); `false`: in Python."),
     Var("OTEL_TRACE_RUN_GRPC_CLIENT", "enum", "trace-run",
         "OTLP/gRPC client (with the `fast` encoder): `trace-run` (its own, on the standard library; grpc is never "
         "imported) or `grpcio` (the SDK's exporter on grpcio).", choices=("trace-run", "grpcio")),
