@@ -350,11 +350,14 @@ dropped(PyObject *trace_id, PyObject *bound)
 }
 
 /* SpanContext as tuple.__new__(SpanContext, (...)) makes it (steals nothing): its tuple_subtype_new allocates the
- * subtype and copies the items in, without the two tuples passed to it */
+ * subtype and copies the items in, without the two tuples passed to it. From 3.14 a tuple caches its hash, and the
+ * cache's "not yet" mark is set by tuple's own code only (tp_alloc zeroes it: hash() would answer 0): there, the
+ * two tuples and tuple.__new__ */
 static PyObject *
 span_context(PyObject *trace_id, PyObject *span_id, PyObject *flags, PyObject *state)
 {
     PyTypeObject *type = (PyTypeObject *)conf[C_SPAN_CONTEXT];
+#if PY_VERSION_HEX < 0x030E0000
     PyObject *ctx = type->tp_alloc(type, 6);
     if (ctx == NULL)
         return NULL;
@@ -362,6 +365,18 @@ span_context(PyObject *trace_id, PyObject *span_id, PyObject *flags, PyObject *s
     for (int i = 0; i < 6; i++)
         PyTuple_SET_ITEM(ctx, i, Py_NewRef(items[i]));
     return ctx;
+#else
+    PyObject *items = PyTuple_Pack(6, trace_id, span_id, Py_False, flags, state, Py_True);
+    if (items == NULL)
+        return NULL;
+    PyObject *args = PyTuple_Pack(1, items);
+    Py_DECREF(items);
+    if (args == NULL)
+        return NULL;
+    PyObject *ctx = PyTuple_Type.tp_new(type, args, NULL);
+    Py_DECREF(args);
+    return ctx;
+#endif
 }
 
 /* NonRecordingSpan(ctx) (new reference; NULL: what it raised). Made here where the call would run what configure

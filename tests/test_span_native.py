@@ -794,3 +794,33 @@ def test_the_id_generator_is_read_only_for_a_zero_and_its_errors_raised_once(mon
         del calls[:]
         _assert_same(_both(scenario, sampler=sampler), _spans_view)
         assert calls == [128, 128] * 2
+
+
+def test_span_contexts_made_in_c_hash_and_compare_as_those_made_by_the_api(fallbacks):
+    """The C fills a SpanContext itself (tuple.__new__'s steps): it must be the same value everywhere a tuple is
+    used, hash() included (a tuple that caches its hash must not keep a wrong one: with its TraceState in it, the
+    API's SpanContext is unhashable, and says so)."""
+    tracer = _tracer(sampler=ParentBased(TraceIdRatioBased(0.5)))
+    made = []
+    for _ in range(40):
+        root = tracer.start_span("root")
+        child = tracer.start_span("child", context=trace.set_span_in_context(root)) if root.is_recording() else None
+        for span in filter(None, (root, child)):
+            c = span.get_span_context()
+            made.append(c)
+            twin = SpanContext(c.trace_id, c.span_id, c.is_remote, c.trace_flags, c.trace_state)
+            assert type(c) is SpanContext and c == twin and tuple(c) == tuple(twin)
+            answers = []
+            for one in (c, twin):
+                try:
+                    answers.append(("hash", hash(one)))
+                except TypeError as exc:
+                    answers.append(("TypeError", str(exc)))
+            assert answers[0] == answers[1], answers
+        if child is not None:
+            child.end()
+        if root.is_recording():
+            root.end()
+    assert fallbacks["start"] == 0
+    kinds = {bool(c.trace_flags.sampled) for c in made}
+    assert kinds == {True, False}, kinds  # both a dropped root's and a recording span's context were checked
