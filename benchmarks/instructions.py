@@ -1,6 +1,6 @@
 """Instructions per request and per span, counted by valgrind (callgrind): a measure load cannot move.
 
-    python benchmarks/instructions.py [--venv DIR ...] [--n 1000]
+    python benchmarks/instructions.py [--venv DIR ...] [--n 1000] [--all | --function NAME ...]
 
 Wall time on this 2-core machine moves by tens of percent with whatever else runs; an instruction
 count does not (it moves by well under 1 % between identical runs: ids, times and the garbage
@@ -80,9 +80,11 @@ class _Sink(BaseHTTPRequestHandler):
         pass
 
 
-def _count(python_bin: str, argv: list, env: dict) -> int:
+def _count(python_bin: str, argv: list, env: dict, function: str = "") -> int:
+    """Instructions of the run's last process; with `function`, only those inside it (and what it calls)."""
+    toggle = ["--toggle-collect=" + function] if function else []
     out = subprocess.run(["valgrind", "--tool=callgrind", "--trace-children=yes", "--callgrind-out-file=/dev/null"]
-                         + argv, env=env, capture_output=True, text=True, cwd=os.path.dirname(HERE))
+                         + toggle + argv, env=env, capture_output=True, text=True, cwd=os.path.dirname(HERE))
     found = re.findall(r"Collected : (\d+)", out.stderr)
     if out.returncode != 0 or not found:
         raise SystemExit("valgrind run failed (%s): %s" % (" ".join(argv), out.stderr[-2000:]))
@@ -108,10 +110,10 @@ def run_setup(venv: str, script: str, sampler: str, endpoint: str, service: str 
     return argv, env
 
 
-def measure(venv: str, script: str, sampler: str, n: int, endpoint: str) -> int:
+def measure(venv: str, script: str, sampler: str, n: int, endpoint: str, function: str = "") -> int:
     argv, env = run_setup(venv, script, sampler, endpoint)
     bin_dir = os.path.join(venv, "bin")
-    return (_count(bin_dir, argv + [str(n)], env) - _count(bin_dir, argv + ["0"], env)) // n
+    return (_count(bin_dir, argv + [str(n)], env, function) - _count(bin_dir, argv + ["0"], env, function)) // n
 
 
 def main() -> None:
@@ -119,12 +121,26 @@ def main() -> None:
     parser.add_argument("--venv", action="append", help="a venv with trace-run and the app's libraries (repeatable)")
     parser.add_argument("--n", type=int, default=1000, help="requests (and 2x spans) per counted run")
     parser.add_argument("--all", action="store_true", help="also the /all request (needs PostgreSQL and Redis)")
+    parser.add_argument("--function", action="append", default=[],
+                        help="instead: the instructions inside this C function (callgrind's name, e.g. start_span) per "
+                             "/plain request, unsampled and sampled (repeatable): an A/B of a change too small for the "
+                             "whole request's count, which moves by ~1k between runs")
     args = parser.parse_args()
     venvs = args.venv or [os.path.join(HERE, ".venvs", "tracerun")]
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     endpoint = "http://127.0.0.1:%d" % server.server_port
     route = _ROUTE % {"here": HERE}
+    if args.function:
+        print("| venv | function | /plain unsampled | /plain sampled |")
+        print("| --- | --- | --- | --- |")
+        for venv in venvs:
+            for function in args.function:
+                off, on = (measure(venv, route, s, args.n, endpoint, function) for s in ("always_off", "always_on"))
+                print("| %s | %s | %d | %d |" % (venv, function, off, on))
+                sys.stdout.flush()
+        server.shutdown()
+        return
     print("| venv | /plain bare | /plain unsampled (over bare) | /plain sampled (over bare) | span, 5 attributes |")
     print("| --- | --- | --- | --- | --- |")
     for venv in venvs:
