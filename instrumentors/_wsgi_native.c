@@ -354,18 +354,25 @@ field(PyObject *request, PyObject *value, const char *name)
     return Py_NewRef(value);
 }
 
-/* a module's function by name, read at each call as the Python code reads it (a new reference) */
+/* a module's name read from its dict at each call, as the Python code reads it (a new reference); missing: the
+ * NameError of a global of that module's own code, or (`as_attribute`) the AttributeError of `module.name` */
 static PyObject *
-module_function(int dict, int name)
+module_name(PyObject *dict, int name, int as_attribute)
 {
-    PyObject *f = PyDict_GetItemWithError(hconf[dict], N[name]);
+    PyObject *f = PyDict_GetItemWithError(dict, N[name]);
     if (f == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_Format(PyExc_NameError, "name '%U' is not defined", N[name]);
+        if (!PyErr_Occurred()) {
+            if (as_attribute)
+                PyErr_Format(PyExc_AttributeError, "module has no attribute '%U'", N[name]);
+            else
+                PyErr_Format(PyExc_NameError, "name '%U' is not defined", N[name]);
+        }
         return NULL;
     }
     return Py_NewRef(f);
 }
+
+#define module_function(dict, name) module_name(hconf[dict], (name), 0)
 
 static PyObject *
 call_runtime(int name, PyObject *const *args, size_t nargs)
@@ -1456,18 +1463,8 @@ hook_dealloc(PyObject *self)
     Py_TYPE(self)->tp_free(self);
 }
 
-/* `module.name` read from the module's dict at each call, as Python reads it (a new reference) */
-static PyObject *
-module_attr(int dict, int name)
-{
-    PyObject *v = PyDict_GetItemWithError(fconf[dict], N[name]);
-    if (v == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_Format(PyExc_AttributeError, "module has no attribute '%U'", N[name]);
-        return NULL;
-    }
-    return Py_NewRef(v);
-}
+/* `module.name`, read from the module's dict at each call (module_name) */
+#define module_attr(dict, name) module_name(fconf[dict], (name), 1)
 
 /* `mapping.get(key)` (fallback NULL) or `mapping.get(key, fallback)`: a dict's lookup, else its get method */
 static PyObject *
