@@ -1,6 +1,7 @@
 """Instructions per request and per span, counted by valgrind (callgrind): a measure load cannot move.
 
-    python benchmarks/instructions.py [--venv DIR ...] [--n 1000] [--all | --function NAME ...]
+    python benchmarks/instructions.py [--venv DIR ...] [--n 1000] [--all | --function NAME ...] [--seeds 0,1,2]
+    python benchmarks/instructions.py --server [--venv DIR ...] [--n 1000] [--seeds 0,1,2]
 
 Wall time on this 2-core machine moves by tens of percent with whatever else runs; an instruction
 count does not (it moves by well under 1 % between identical runs: ids, times and the garbage
@@ -20,6 +21,16 @@ Cells, for each venv given (default: benchmarks/.venvs/tracerun, made by venvs.p
 Every run gets the same environment variables, OTEL_TRACES_SAMPLER and PYTHONPATH included (bare
 ignores the first; the launcher puts its folder first on the second): `requests` reads the whole
 environment on every call, so one more variable costs ~40k instructions per call.
+--server counts the /plain request in the real server instead: gunicorn with one sync worker, run
+under valgrind, driven over HTTP by this script, the worker's whole count (gunicorn's own parsing and
+socket calls, the garbage collector, the export thread) per request, from two servers serving 300 and
+300 + N requests. It is the count behind the worker CPU that overhead.py reads.
+--seeds runs every cell under each PYTHONHASHSEED given and prints the mean and the range (default: 0
+alone). The seed matters: CPython looks a type's attributes up through a 4096-entry, direct-mapped cache
+keyed by the type's version tag and the name's hash, and the hash is the seed's. Which (type, name) pairs
+collide, and so how many lookups walk the MRO per request, is the seed's draw; two trees, or the same
+tree with another seed, read a few thousand instructions apart for no change of their own. An A/B of a
+small change wants several seeds (or --function).
 Spans go to an OTLP/HTTP receiver this script starts (it answers 200 and discards), with a batch
 big enough that nothing is exported before the end. Needs valgrind (`apt-get install valgrind`).
 """
@@ -27,11 +38,18 @@ big enough that nothing is exported before the end. Needs valgrind (`apt-get ins
 from __future__ import annotations
 
 import argparse
+import glob
+import http.client
 import os
 import re
+import shutil
+import socket
+import statistics
 import subprocess
 import sys
+import tempfile
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -91,14 +109,15 @@ def _count(python_bin: str, argv: list, env: dict, function: str = "") -> int:
     return int(found[-1])
 
 
-def run_setup(venv: str, script: str, sampler: str, endpoint: str, service: str = "instructions") -> tuple:
+def run_setup(venv: str, script: str, sampler: str, endpoint: str, service: str = "instructions",
+              seed: int = 0) -> tuple:
     """(argv, env) of one counted run: the same variables for every run, bare too (`requests` reads
     the whole environment on every call); a batch big enough that nothing is exported before the end."""
     bin_dir = os.path.join(venv, "bin")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PYTHON"))}
     # PYTHONPATH in every run, as overhead.py sets it: the launcher puts its folder first on it, and a variable
     # only the traced runs had cost ~330 bytecodes per `requests` call (it reads the whole environment)
-    env.update(PATH=bin_dir + os.pathsep + env.get("PATH", ""), PYTHONHASHSEED="0",
+    env.update(PATH=bin_dir + os.pathsep + env.get("PATH", ""), PYTHONHASHSEED=str(seed),
                PYTHONPATH=os.path.join(HERE, "apps"),
                OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
                OTEL_BSP_SCHEDULE_DELAY="600000", OTEL_BSP_MAX_QUEUE_SIZE="1000000",
@@ -110,10 +129,94 @@ def run_setup(venv: str, script: str, sampler: str, endpoint: str, service: str 
     return argv, env
 
 
-def measure(venv: str, script: str, sampler: str, n: int, endpoint: str, function: str = "") -> int:
-    argv, env = run_setup(venv, script, sampler, endpoint)
+def measure(venv: str, script: str, sampler: str, n: int, endpoint: str, function: str = "", seed: int = 0) -> int:
+    argv, env = run_setup(venv, script, sampler, endpoint, seed=seed)
     bin_dir = os.path.join(venv, "bin")
     return (_count(bin_dir, argv + [str(n)], env, function) - _count(bin_dir, argv + ["0"], env, function)) // n
+
+
+# -- the real server (--server) ---------------------------------------------------------------------------
+
+WARM = 300  # requests before the counted ones, in both servers of a cell
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(port: str, path: str, timeout: float = 120.0) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", int(port), timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+def _serve_count(venv: str, sampler: str, requests: int, endpoint: str, seed: int, path: str = "/plain") -> int:
+    """The gunicorn worker's instructions, from its start to its exit, having served WARM + `requests`."""
+    argv, env = run_setup(venv, "", sampler, endpoint, seed=seed)
+    bin_dir = os.path.join(venv, "bin")
+    port = str(_free_port())
+    gunicorn = [os.path.join(bin_dir, "python"), os.path.join(bin_dir, "gunicorn"), "-w", "1", "-k", "sync",
+                "-b", "127.0.0.1:" + port, "--chdir", os.path.join(HERE, "apps"), "--log-level", "warning",
+                "--timeout", "900", "overhead_app:app"]
+    if sampler != "bare":
+        gunicorn = [os.path.join(bin_dir, "trace-run")] + gunicorn
+    out_dir = tempfile.mkdtemp(prefix="instructions-server-")
+    try:
+        proc = subprocess.Popen(["valgrind", "--tool=callgrind", "--trace-children=yes",
+                                 "--callgrind-out-file=" + os.path.join(out_dir, "cg.%p")] + gunicorn, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=os.path.dirname(HERE))
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                if _get(port, path, timeout=600) == 200:
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise SystemExit("gunicorn under valgrind did not serve %s: %s" % (path, proc.stderr.read()[-2000:]))
+            time.sleep(0.5)
+        for _ in range(WARM - 1 + requests):
+            if _get(port, path) != 200:
+                raise SystemExit("the server answered %s with an error" % path)
+        proc.terminate()
+        _, err = proc.communicate(timeout=900)
+        counts = {}
+        for name in glob.glob(os.path.join(out_dir, "cg.*")):
+            with open(name) as f:
+                for line in f:
+                    if line.startswith(("summary:", "totals:")):
+                        counts[int(name.rsplit(".", 1)[1])] = int(line.split()[1])
+                        break
+        workers = [count for pid, count in counts.items() if pid != proc.pid]
+        if len(workers) != 1:
+            raise SystemExit("expected one gunicorn worker's count, found %d: %s" % (len(workers), err[-2000:]))
+        return workers[0]
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def measure_server(venv: str, sampler: str, n: int, endpoint: str, seed: int = 0) -> int:
+    return (_serve_count(venv, sampler, n, endpoint, seed) - _serve_count(venv, sampler, 0, endpoint, seed)) // n
+
+
+def over_seeds(seeds: list, count, *args, **kwargs) -> tuple:
+    """(mean, min, max) of count(*args, seed=seed, **kwargs) over the seeds."""
+    got = [count(*args, seed=seed, **kwargs) for seed in seeds]
+    return statistics.mean(got), min(got), max(got)
+
+
+def cell(stat: tuple, base: tuple = None) -> str:
+    mean, low, high = stat
+    text = "%d" % mean if low == high else "%d (%d-%d)" % (mean, low, high)
+    return text if base is None else "%s (+%d)" % (text, mean - base[0])
 
 
 def main() -> None:
@@ -125,7 +228,13 @@ def main() -> None:
                         help="instead: the instructions inside this C function (callgrind's name, e.g. start_span) per "
                              "/plain request, unsampled and sampled (repeatable): an A/B of a change too small for the "
                              "whole request's count, which moves by ~1k between runs")
+    parser.add_argument("--server", action="store_true",
+                        help="instead: /plain counted in a gunicorn worker serving it over HTTP (the worker's whole "
+                             "count, gunicorn's own work and the export thread included)")
+    parser.add_argument("--seeds", default="0",
+                        help="PYTHONHASHSEED values, each cell run under each: mean (min-max); e.g. 0,1,2")
     args = parser.parse_args()
+    seeds = [int(x) for x in args.seeds.split(",")]
     venvs = args.venv or [os.path.join(HERE, ".venvs", "tracerun")]
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -136,22 +245,32 @@ def main() -> None:
         print("| --- | --- | --- | --- |")
         for venv in venvs:
             for function in args.function:
-                off, on = (measure(venv, route, s, args.n, endpoint, function) for s in ("always_off", "always_on"))
-                print("| %s | %s | %d | %d |" % (venv, function, off, on))
+                off, on = (over_seeds(seeds, measure, venv, route, s, args.n, endpoint, function)
+                           for s in ("always_off", "always_on"))
+                print("| %s | %s | %s | %s |" % (venv, function, cell(off), cell(on)))
                 sys.stdout.flush()
+        server.shutdown()
+        return
+    if args.server:
+        print("| venv | /plain bare, gunicorn worker | unsampled (over bare) | sampled (over bare) |")
+        print("| --- | --- | --- | --- |")
+        for venv in venvs:
+            bare, off, on = (over_seeds(seeds, measure_server, venv, s, args.n, endpoint)
+                             for s in ("bare", "always_off", "always_on"))
+            print("| %s | %s | %s | %s |" % (venv, cell(bare), cell(off, bare), cell(on, bare)))
+            sys.stdout.flush()
         server.shutdown()
         return
     print("| venv | /plain bare | /plain unsampled (over bare) | /plain sampled (over bare) | span, 5 attributes |")
     print("| --- | --- | --- | --- | --- |")
     for venv in venvs:
-        bare = measure(venv, route, "bare", args.n, endpoint)
-        off = measure(venv, route, "always_off", args.n, endpoint)
-        on = measure(venv, route, "always_on", args.n, endpoint)
-        span = measure(venv, _SPAN, "always_on", 2 * args.n, endpoint)
-        print("| %s | %d | %d (+%d) | %d (+%d) | %d |" % (venv, bare, off, off - bare, on, on - bare, span))
+        bare, off, on = (over_seeds(seeds, measure, venv, route, s, args.n, endpoint)
+                         for s in ("bare", "always_off", "always_on"))
+        span = over_seeds(seeds, measure, venv, _SPAN, "always_on", 2 * args.n, endpoint)
+        print("| %s | %s | %s | %s | %s |" % (venv, cell(bare), cell(off, bare), cell(on, bare), cell(span)))
         sys.stdout.flush()
     if args.all:
-        _all_cells(venvs, max(args.n // 5, 100), endpoint)
+        _all_cells(venvs, max(args.n // 5, 100), endpoint, seeds)
     server.shutdown()
 
 
@@ -172,7 +291,7 @@ def start_downstream() -> subprocess.Popen:
     return downstream
 
 
-def _all_cells(venvs: list, n: int, endpoint: str) -> None:
+def _all_cells(venvs: list, n: int, endpoint: str, seeds: list) -> None:
     """The /all rows: the app process only (PostgreSQL, Redis and the downstream server are not counted)."""
     downstream = start_downstream()
     try:
@@ -181,10 +300,9 @@ def _all_cells(venvs: list, n: int, endpoint: str) -> None:
         print("| venv | /all bare | /all unsampled (over bare) | /all sampled (over bare) |")
         print("| --- | --- | --- | --- |")
         for venv in venvs:
-            bare = measure(venv, script, "bare", n, endpoint)
-            off = measure(venv, script, "always_off", n, endpoint)
-            on = measure(venv, script, "always_on", n, endpoint)
-            print("| %s | %d | %d (+%d) | %d (+%d) |" % (venv, bare, off, off - bare, on, on - bare))
+            bare, off, on = (over_seeds(seeds, measure, venv, script, s, n, endpoint)
+                             for s in ("bare", "always_off", "always_on"))
+            print("| %s | %s | %s | %s |" % (venv, cell(bare), cell(off, bare), cell(on, bare)))
             sys.stdout.flush()
     finally:
         downstream.kill()
