@@ -21,7 +21,7 @@ Cells, for each venv given (default: benchmarks/.venvs/tracerun, made by venvs.p
 Every run gets the same environment variables, OTEL_TRACES_SAMPLER and PYTHONPATH included (bare
 ignores the first; the launcher puts its folder first on the second): `requests` reads the whole
 environment on every call, so one more variable costs ~40k instructions per call.
---server counts the /plain request in the real server instead: gunicorn with one sync worker, run
+--server counts the /plain request (with --all, /all too) in the real server instead: gunicorn with one sync worker, run
 under valgrind, driven over HTTP by this script, the worker's whole count (gunicorn's own parsing and
 socket calls, the garbage collector, the export thread) per request, from two servers serving 300 and
 300 + N requests. It is the count behind the worker CPU that overhead.py reads.
@@ -203,8 +203,9 @@ def _serve_count(venv: str, sampler: str, requests: int, endpoint: str, seed: in
         shutil.rmtree(out_dir, ignore_errors=True)
 
 
-def measure_server(venv: str, sampler: str, n: int, endpoint: str, seed: int = 0) -> int:
-    return (_serve_count(venv, sampler, n, endpoint, seed) - _serve_count(venv, sampler, 0, endpoint, seed)) // n
+def measure_server(venv: str, sampler: str, n: int, endpoint: str, seed: int = 0, path: str = "/plain") -> int:
+    counted = _serve_count(venv, sampler, n, endpoint, seed, path)
+    return (counted - _serve_count(venv, sampler, 0, endpoint, seed, path)) // n
 
 
 def over_seeds(seeds: list, count, *args, **kwargs) -> tuple:
@@ -252,13 +253,19 @@ def main() -> None:
         server.shutdown()
         return
     if args.server:
-        print("| venv | /plain bare, gunicorn worker | unsampled (over bare) | sampled (over bare) |")
-        print("| --- | --- | --- | --- |")
-        for venv in venvs:
-            bare, off, on = (over_seeds(seeds, measure_server, venv, s, args.n, endpoint)
-                             for s in ("bare", "always_off", "always_on"))
-            print("| %s | %s | %s | %s |" % (venv, cell(bare), cell(off, bare), cell(on, bare)))
-            sys.stdout.flush()
+        downstream = start_downstream() if args.all else None
+        print("| venv | route | bare, gunicorn worker | unsampled (over bare) | sampled (over bare) |")
+        print("| --- | --- | --- | --- | --- |")
+        try:
+            for path, n in [("/plain", args.n)] + ([("/all", max(args.n // 5, 100))] if args.all else []):
+                for venv in venvs:
+                    bare, off, on = (over_seeds(seeds, measure_server, venv, s, n, endpoint, path=path)
+                                     for s in ("bare", "always_off", "always_on"))
+                    print("| %s | %s | %s | %s | %s |" % (venv, path, cell(bare), cell(off, bare), cell(on, bare)))
+                    sys.stdout.flush()
+        finally:
+            if downstream is not None:
+                downstream.kill()
         server.shutdown()
         return
     print("| venv | /plain bare | /plain unsampled (over bare) | /plain sampled (over bare) | span, 5 attributes |")
