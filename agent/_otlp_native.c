@@ -732,10 +732,58 @@ items_of(PyObject *dict, PyObject **keys, PyObject **out, int n)
     return 1;
 }
 
+/* lock.acquire() / lock.release() as `PyObject_CallMethodNoArgs(lock, name)` calls them. For a lock of an
+ * immutable type without instance dicts (a builtin's: _thread.lock) the method that call finds is the type's own
+ * method descriptor, which cannot change: it is looked up once for the last such type seen (held), and its C
+ * function called directly with what the descriptor would pass it. Anything else: by name, as before. */
+static PyTypeObject *lock_type_seen;
+static PyMethodDef *lock_methods[2];  /* acquire, release (NULL: by name) */
+
+static PyObject *
+lock_call(PyObject *lock, int release)
+{
+    PyObject *name = release ? s_release : s_acquire;
+    PyTypeObject *type = Py_TYPE(lock);
+#ifdef Py_TPFLAGS_IMMUTABLETYPE
+    if (type != lock_type_seen && PyType_HasFeature(type, Py_TPFLAGS_IMMUTABLETYPE) && type->tp_dictoffset == 0) {
+        for (int i = 0; i < 2; i++) {
+            PyObject *d = _PyType_Lookup(type, i ? s_release : s_acquire);
+            PyMethodDef *m = NULL;
+            if (d != NULL && Py_IS_TYPE(d, &PyMethodDescr_Type) && ((PyMethodDescrObject *)d)->d_common.d_type == type) {
+                m = ((PyMethodDescrObject *)d)->d_method;
+                int flags = m->ml_flags & ~METH_COEXIST;
+                if (flags != METH_NOARGS && flags != METH_VARARGS && flags != (METH_VARARGS | METH_KEYWORDS))
+                    m = NULL;
+            }
+            lock_methods[i] = m;
+        }
+        Py_INCREF(type);
+        Py_XSETREF(lock_type_seen, type);
+    }
+#endif
+    PyMethodDef *m = type == lock_type_seen ? lock_methods[release] : NULL;
+    if (m == NULL)
+        return PyObject_CallMethodNoArgs(lock, name);
+    if (Py_EnterRecursiveCall(" while calling a Python object"))
+        return NULL;
+    PyObject *r, *no_args = PyTuple_New(0);  /* (the empty tuple: a shared singleton) */
+    if (no_args == NULL)
+        r = NULL;
+    else if ((m->ml_flags & ~METH_COEXIST) == METH_NOARGS)
+        r = m->ml_meth(lock, NULL);
+    else if ((m->ml_flags & ~METH_COEXIST) == METH_VARARGS)
+        r = m->ml_meth(lock, no_args);
+    else
+        r = ((PyCFunctionWithKeywords)(void (*)(void))m->ml_meth)(lock, no_args, NULL);
+    Py_XDECREF(no_args);
+    Py_LeaveRecursiveCall();
+    return r;
+}
+
 static int
 unlock(PyObject *lock)
 {
-    PyObject *r = PyObject_CallMethodNoArgs(lock, s_release);
+    PyObject *r = lock_call(lock, 1);
     Py_XDECREF(r);
     return r == NULL ? -1 : 0;
 }
@@ -765,7 +813,7 @@ admit_inline(PyObject *budget, PyObject *item)
     PyObject *size = PyLong_FromSsize_t(n), *more_spans = NULL, *more_bytes = NULL;
     if (size == NULL)
         goto out;
-    PyObject *r = PyObject_CallMethodNoArgs(lock, s_acquire);
+    PyObject *r = lock_call(lock, 0);
     if (r == NULL) {
         Py_DECREF(size);
         goto out;

@@ -841,6 +841,65 @@ start_span(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw
     return call_python(conf[C_PYTHON_START], self, args, nargs, kwnames);
 }
 
+/* -- the span lock's acquire and release ----------------------------------------------------------------- */
+
+/* lock.acquire() / lock.release() as `PyObject_CallMethodNoArgs(lock, name)` calls them. Where the lock is of
+ * configure's lock type and that type is immutable (a builtin's: _thread.lock; its dict cannot change, and its
+ * instances have no dict of their own), the method that call would find is the type's own method descriptor,
+ * found once at configure: its C function is called directly, with what the descriptor would pass it. Any other
+ * lock, or a method of another calling convention: by name, as before. */
+enum { L_ACQUIRE, L_RELEASE, N_LOCK_METHODS };
+static PyTypeObject *lock_methods_type;  /* (conf's lock type: held there) */
+static PyMethodDef *lock_methods[N_LOCK_METHODS];
+
+static void
+find_lock_methods(PyTypeObject *type)
+{
+    lock_methods_type = NULL;
+    for (int i = 0; i < N_LOCK_METHODS; i++)
+        lock_methods[i] = NULL;
+#ifdef Py_TPFLAGS_IMMUTABLETYPE
+    if (!PyType_HasFeature(type, Py_TPFLAGS_IMMUTABLETYPE) || type->tp_dictoffset != 0)
+        return;
+#else
+    return;
+#endif
+    for (int i = 0; i < N_LOCK_METHODS; i++) {
+        PyObject *d = _PyType_Lookup(type, S[i == L_ACQUIRE ? S_ACQUIRE : S_RELEASE]);
+        if (d == NULL || !Py_IS_TYPE(d, &PyMethodDescr_Type) || ((PyMethodDescrObject *)d)->d_common.d_type != type)
+            continue;
+        PyMethodDef *m = ((PyMethodDescrObject *)d)->d_method;
+        int flags = m->ml_flags & ~METH_COEXIST;
+        if (flags == METH_NOARGS || flags == (METH_VARARGS | METH_KEYWORDS) || flags == METH_VARARGS)
+            lock_methods[i] = m;
+    }
+    lock_methods_type = type;
+}
+
+static PyObject *
+lock_call(PyObject *lock, int which)
+{
+    PyMethodDef *m = lock_methods[which];
+    if (m == NULL || Py_TYPE(lock) != lock_methods_type)
+        return PyObject_CallMethodNoArgs(lock, S[which == L_ACQUIRE ? S_ACQUIRE : S_RELEASE]);
+    if (Py_EnterRecursiveCall(" while calling a Python object"))
+        return NULL;
+    PyObject *r;
+    switch (m->ml_flags & ~METH_COEXIST) {
+    case METH_NOARGS:
+        r = m->ml_meth(lock, NULL);
+        break;
+    case METH_VARARGS:
+        r = m->ml_meth(lock, empty_tuple);
+        break;
+    default: /* METH_VARARGS | METH_KEYWORDS */
+        r = ((PyCFunctionWithKeywords)(void (*)(void))m->ml_meth)(lock, empty_tuple, NULL);
+        break;
+    }
+    Py_LeaveRecursiveCall();
+    return r;
+}
+
 /* -- set_attribute --------------------------------------------------------------------------------------- */
 
 /* lock.release(), an exception already set kept across it (a `with` block's way): 0; -1 where the release itself
@@ -850,7 +909,7 @@ release_keeping_error(PyObject *lock)
 {
     PyObject *et, *ev, *tb;
     PyErr_Fetch(&et, &ev, &tb);
-    PyObject *r = PyObject_CallMethodNoArgs(lock, S[S_RELEASE]);
+    PyObject *r = lock_call(lock, L_RELEASE);
     if (r == NULL) {
         Py_XDECREF(et);
         Py_XDECREF(ev);
@@ -930,7 +989,7 @@ set_attribute_fast(PyObject *self, PyObject *key, PyObject *value)
     }
     Py_INCREF(lock);
     Py_INCREF(stored);
-    r = PyObject_CallMethodNoArgs(lock, S[S_ACQUIRE]);
+    r = lock_call(lock, L_ACQUIRE);
     if (r == NULL) {
         Py_DECREF(stored);
         Py_CLEAR(lock);
@@ -1007,7 +1066,7 @@ end_fast(PyObject *self, PyObject *end_time)
     Py_INCREF(lock);
     Py_INCREF(attributes);
     Py_INCREF(processor);
-    r = PyObject_CallMethodNoArgs(lock, S[S_ACQUIRE]);
+    r = lock_call(lock, L_ACQUIRE);
     if (r == NULL)
         goto out;
     Py_DECREF(r);
@@ -1139,7 +1198,7 @@ update_name(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyObject *lock = sd == NULL ? NULL : PyDict_GetItemWithError(sd, S[S_LOCK]);
         if (lock != NULL && Py_TYPE(lock) == (PyTypeObject *)conf[C_LOCK_TYPE]) {
             Py_INCREF(lock);
-            PyObject *r = PyObject_CallMethodNoArgs(lock, S[S_ACQUIRE]);
+            PyObject *r = lock_call(lock, L_ACQUIRE);
             if (r == NULL) {
                 Py_DECREF(lock);
                 Py_DECREF(sd);
@@ -1251,6 +1310,7 @@ configure(PyObject *module, PyObject *names)
     Py_XSETREF(non_recording_code, init_code);
     random_flag = flag;
     has_is_enabled = is_enabled;
+    find_lock_methods((PyTypeObject *)conf[C_LOCK_TYPE]);
     configured = 1;
     return Py_BuildValue("(NNNNN)", start, set, end_method, recording, rename);
 }

@@ -12,6 +12,7 @@ import random
 import shutil
 import subprocess
 import sys
+import threading
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -829,3 +830,66 @@ def test_span_contexts_made_in_c_hash_and_compare_as_those_made_by_the_api(fallb
     assert fallbacks["start"] == 0
     kinds = {bool(c.trace_flags.sampled) for c in made}
     assert kinds == {True, False}, kinds  # both a dropped root's and a recording span's context were checked
+
+
+class _NamedLock:
+    """A span lock of a Python class (fastspan._Lock replaced): the C calls its acquire and release by name."""
+
+    def __init__(self):
+        self._inner = threading.Lock()
+        self.calls = []
+
+    def acquire(self, *args):
+        self.calls.append("acquire")
+        return self._inner.acquire(*args)
+
+    def release(self):
+        self.calls.append("release")
+        self._inner.release()
+
+    def locked(self):
+        return self._inner.locked()
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def _lock_steps(tracer):
+    span = tracer.start_span("s")
+    span.set_attribute("a", 1)
+    span.update_name("t")
+    span.end()
+    return span
+
+
+def test_the_span_lock_of_the_builtin_type_is_taken_and_freed(fallbacks):
+    """set_attribute, update_name and end call the builtin lock's methods without their names looked up: the
+    lock is free after each, and the span the same as the Python methods make."""
+    (t1, span1), (t2, span2) = _both(_lock_steps)
+    assert fallbacks == {"start": 1, "set": 1, "end": 1}  # the Python run's
+    assert _spans_view([span1], t1) == _spans_view([span2], t2)
+    assert type(span1._lock) is type(threading.Lock()) and not span1._lock.locked()
+    span = _tracer().start_span("x")
+    span._lock.acquire()
+    span._lock.release()
+    span.set_attribute("b", 2)
+    assert not span._lock.locked() and dict(span.attributes) == {"b": 2}
+
+
+@pytest.mark.parametrize("replace", [False, True])
+def test_a_span_lock_of_a_python_class_is_called_by_name(replace, monkeypatch, fallbacks):
+    monkeypatch.setattr(fastspan, "_Lock", _NamedLock)
+    assert fastspan.use_native(True)
+    if replace:  # a method replaced on the class after configure: the new one is called
+        def acquire(self, *args):
+            self.calls.append("replaced")
+            return self._inner.acquire(*args)
+        monkeypatch.setattr(_NamedLock, "acquire", acquire)
+    (t1, span1), (t2, span2) = _both(_lock_steps)
+    assert type(span1._lock) is _NamedLock and type(span2._lock) is _NamedLock
+    assert span1._lock.calls == span2._lock.calls == ["replaced" if replace else "acquire", "release"] * 3
+    assert fallbacks == {"start": 1, "set": 1, "end": 1}  # the Python run's only
+    assert _spans_view([span1], t1) == _spans_view([span2], t2)
