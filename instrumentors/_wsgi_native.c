@@ -88,6 +88,73 @@ call_into(int which, PyObject *a, PyObject *b, PyObject *c)
     return 0;
 }
 
+/* The last peer key looked up in wsgi._PEERS and what it found there: a request whose key's items equal those
+ * (the same objects, or str / int of the same value: what the tuple's == and hash see) finds the same entry, as
+ * long as _PEERS has not changed since (its version tag: any store, delete or clear changes it), without the
+ * key's hash (its str items are new objects per request under a real server: each hashed anew) and the lookup's
+ * compare. Where the tag is not there to read (3.12 deprecates it), every request looks up. */
+#if PY_VERSION_HEX < 0x030C0000
+#define PEER_MEMO 1
+static PyObject *memo_key, *memo_found, *memo_peers;  /* (held) */
+static uint64_t memo_version;
+
+static int
+same_item(PyObject *a, PyObject *b)
+{
+    if (a == b)
+        return 1;
+    PyTypeObject *t = Py_TYPE(a);
+    if (t != Py_TYPE(b))
+        return 0;
+    if (t == &PyUnicode_Type) {
+        Py_ssize_t n = PyUnicode_GET_LENGTH(a);
+        return n == PyUnicode_GET_LENGTH(b) && PyUnicode_KIND(a) == PyUnicode_KIND(b)
+               && memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), n * PyUnicode_KIND(a)) == 0;
+    }
+    if (t == &PyLong_Type)
+        return PyObject_RichCompareBool(a, b, Py_EQ) == 1;  /* (two ints: no code of the program's runs) */
+    return 0;
+}
+
+/* `found` of the memo (borrowed) where key (a new 8-tuple) finds it; NULL: look up */
+static PyObject *
+peer_memo_found(PyObject *key)
+{
+    if (memo_key == NULL || memo_peers != conf[C_PEERS]
+        || ((PyDictObject *)memo_peers)->ma_version_tag != memo_version)
+        return NULL;
+    for (int i = 0; i < 8; i++)
+        if (!same_item(PyTuple_GET_ITEM(key, i), PyTuple_GET_ITEM(memo_key, i))) {
+            PyErr_Clear();
+            return NULL;
+        }
+    return memo_found;
+}
+
+/* kept where every item of the key is None, an exact str or an exact int (their == and hash are their value's) */
+static void
+peer_memo_keep(PyObject *key, PyObject *found)
+{
+    if (!PyDict_CheckExact(conf[C_PEERS]))
+        return;
+    for (int i = 0; i < 8; i++) {
+        PyObject *v = PyTuple_GET_ITEM(key, i);
+        if (v != Py_None && !PyUnicode_CheckExact(v) && !PyLong_CheckExact(v))
+            return;
+    }
+    Py_INCREF(key);
+    Py_XSETREF(memo_key, key);
+    Py_INCREF(found);
+    Py_XSETREF(memo_found, found);
+    Py_INCREF(conf[C_PEERS]);
+    Py_XSETREF(memo_peers, conf[C_PEERS]);
+    memo_version = ((PyDictObject *)memo_peers)->ma_version_tag;
+}
+#else
+#define peer_memo_found(key) ((PyObject *)NULL)
+#define peer_memo_keep(key, found) ((void)0)
+#endif
+
 /* the common case: (name, attrs), DECLINE before anything was changed, or NULL with an error set. The
  * environ's values it keeps are held (new references): the Python steps it calls could change the environ. */
 static PyObject *
@@ -152,11 +219,16 @@ attributes(PyObject *environ)
         PyTuple_SET_ITEM(key, i, Py_NewRef(v));
     }
     PyTuple_SET_ITEM(key, 7, Py_NewRef(bound));
-    PyObject *found = PyDict_GetItemWithError(conf[C_PEERS], key);
-    if (found == NULL && PyErr_Occurred()) {
-        if (!PyErr_ExceptionMatches(PyExc_TypeError))
-            goto done;
-        PyErr_Clear();  /* a value that cannot be a key: worked out every time, there */
+    PyObject *found = peer_memo_found(key);
+    if (found == NULL) {
+        found = PyDict_GetItemWithError(conf[C_PEERS], key);
+        if (found == NULL && PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_TypeError))
+                goto done;
+            PyErr_Clear();  /* a value that cannot be a key: worked out every time, there */
+        }
+        else if (found != NULL)
+            peer_memo_keep(key, found);
     }
     int cut = 0;
     if (found != NULL && (!PyDict_CheckExact(found) || (cut = PyDict_Contains(found, conf[C_TRUNCATED])) != 0)) {
