@@ -1538,6 +1538,57 @@ hook_dealloc(PyObject *self)
 /* `module.name`, read from the module's dict at each call (module_name) */
 #define module_attr(dict, name) module_name(fconf[dict], (name), 1)
 
+/* `obj.name` for the instance attributes read at every request (the instrumentor's, Flask's request and rule):
+ * read from the instance's dict, as generic getattr reads it there, under a guard armed for one exact type and
+ * its version tag: a heap type with generic getattr and an instance dict, and no data descriptor of that name
+ * (which generic getattr would take before the dict) when armed. The type's version tag changes with any change
+ * of the type or its bases, so a class attribute, property or base replaced since re-arms (and falls back);
+ * another type (a subclass, __class__ assigned) re-arms for it. Not in the dict, or no guard: PyObject_GetAttr,
+ * as before. Saves the type's attribute lookup (and its entry in CPython's type attribute cache) per read. */
+typedef struct {
+    PyTypeObject *type;  /* (borrowed: compared only, with its version tag, which no other type gets) */
+    unsigned int version;
+} OwnAttr;
+
+static int
+own_attr_arm(PyTypeObject *t, PyObject *name, OwnAttr *g)
+{
+    g->type = NULL;
+    if (!PyType_HasFeature(t, Py_TPFLAGS_HEAPTYPE) || t->tp_getattro != PyObject_GenericGetAttr
+        || t->tp_dictoffset == 0)
+        return 0;
+    PyObject *d = _PyType_Lookup(t, name);  /* (assigns the version tag where it can) */
+    if (d != NULL && Py_TYPE(d)->tp_descr_set != NULL)
+        return 0;
+    if (!PyType_HasFeature(t, Py_TPFLAGS_VALID_VERSION_TAG))
+        return 0;
+    g->type = t;
+    g->version = t->tp_version_tag;
+    return 1;
+}
+
+static PyObject *
+own_attr(PyObject *obj, PyObject *name, OwnAttr *g)
+{
+    PyTypeObject *t = Py_TYPE(obj);
+    if ((t == g->type && t->tp_version_tag == g->version && PyType_HasFeature(t, Py_TPFLAGS_VALID_VERSION_TAG))
+        || own_attr_arm(t, name, g)) {
+        PyObject *d = PyObject_GenericGetDict(obj, NULL);
+        if (d == NULL)
+            PyErr_Clear();
+        else {
+            PyObject *v = PyDict_CheckExact(d) ? PyDict_GetItemWithError(d, name) : NULL;
+            Py_XINCREF(v);
+            Py_DECREF(d);
+            if (v != NULL || PyErr_Occurred())
+                return v;
+        }
+    }
+    return PyObject_GetAttr(obj, name);
+}
+
+static OwnAttr g_tracer, g_excluded, g_request_proxy, g_response_class, g_environ, g_url_rule, g_rule;
+
 /* `mapping.get(key)` (fallback NULL) or `mapping.get(key, fallback)`: a dict's lookup, else its get method */
 static PyObject *
 get_of(PyObject *mapping, PyObject *key, PyObject *fallback)
@@ -1612,14 +1663,14 @@ app_hook_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject
     }
     PyObject *inst = h->instrumentor, *result = NULL, *tracer = NULL, *excluded = NULL;
     PyObject *handle = module_attr(F_WSGI, N_HANDLE);
-    if (handle == NULL || (tracer = PyObject_GetAttr(inst, N[N_TRACER_FIELD])) == NULL)
+    if (handle == NULL || (tracer = own_attr(inst, N[N_TRACER_FIELD], &g_tracer)) == NULL)
         goto done;
     int truth = PyObject_IsTrue(tracer);
     if (truth < 0)
         goto done;
     if (!truth)
         Py_SETREF(tracer, PyObject_GetAttr(inst, N[N_TRACER]));
-    if (tracer == NULL || (excluded = PyObject_GetAttr(inst, N[N_EXCLUDED])) == NULL)
+    if (tracer == NULL || (excluded = own_attr(inst, N[N_EXCLUDED], &g_excluded)) == NULL)
         goto done;
     PyObject *call[5] = {tracer, PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1), wrapped, excluded};
     result = PyObject_Vectorcall(handle, call, 5, NULL);
@@ -1637,7 +1688,7 @@ done:
 static PyObject *
 current_request(Hook *h)
 {
-    PyObject *proxy = PyObject_GetAttr(h->instrumentor, N[N_REQUEST_PROXY]);
+    PyObject *proxy = own_attr(h->instrumentor, N[N_REQUEST_PROXY], &g_request_proxy);
     if (proxy == NULL)
         return NULL;
     PyObject *getter = PyObject_GetAttr(proxy, N[N_GET_CURRENT_OBJECT]);
@@ -1685,14 +1736,14 @@ held_whole(Hook *h, PyObject *method, PyObject *response, PyObject *state)
     PyObject *inst = h->instrumentor, *cls = NULL, *body = NULL, *req = NULL, *environ = NULL;
     Py_INCREF(response);
     state = Py_NewRef(state == NULL ? Py_None : state);
-    if ((cls = PyObject_GetAttr(inst, N[N_RESPONSE_CLASS])) == NULL)
+    if ((cls = own_attr(inst, N[N_RESPONSE_CLASS], &g_response_class)) == NULL)
         goto failed;
     if ((PyObject *)Py_TYPE(response) == cls) {
         if ((body = PyObject_GetAttr(response, N[N_BODY_RESPONSE])) == NULL)
             goto failed;
         if (Py_IS_TYPE(body, &PyList_Type)) {
             if (state == Py_None) {
-                if ((req = current_request(h)) == NULL || (environ = PyObject_GetAttr(req, N[N_ENVIRON])) == NULL)
+                if ((req = current_request(h)) == NULL || (environ = own_attr(req, N[N_ENVIRON], &g_environ)) == NULL)
                     goto failed;
                 PyObject *got = state_in(environ);
                 if (got == NULL)
@@ -1737,18 +1788,18 @@ name_span(Hook *h)
 {
     PyObject *state = Py_NewRef(Py_None), *req = NULL, *environ = NULL, *rule = NULL, *set_route = NULL,
              *span = NULL, *method = NULL, *route = NULL, *r = NULL;
-    if ((req = current_request(h)) == NULL || (environ = PyObject_GetAttr(req, N[N_ENVIRON])) == NULL)
+    if ((req = current_request(h)) == NULL || (environ = own_attr(req, N[N_ENVIRON], &g_environ)) == NULL)
         goto failed;
     PyObject *got = state_in(environ);
     if (got == NULL)
         goto failed;
     Py_SETREF(state, got);
-    if ((rule = PyObject_GetAttr(req, N[N_URL_RULE])) == NULL)
+    if ((rule = own_attr(req, N[N_URL_RULE], &g_url_rule)) == NULL)
         goto failed;
     if (state != Py_None && rule != Py_None) {
         if ((set_route = module_attr(F_WSGI, N_SET_ROUTE)) == NULL || (span = PyObject_GetAttr(state, N[N_SPAN])) == NULL
             || (method = get_of(environ, S[S_REQUEST_METHOD], S[S_EMPTY])) == NULL
-            || (route = PyObject_GetAttr(rule, N[N_RULE])) == NULL)
+            || (route = own_attr(rule, N[N_RULE], &g_rule)) == NULL)
             goto failed;
         PyObject *args[3] = {span, method, route};
         if ((r = PyObject_Vectorcall(set_route, args, 3, NULL)) == NULL)
