@@ -893,3 +893,49 @@ def test_a_span_lock_of_a_python_class_is_called_by_name(replace, monkeypatch, f
     assert span1._lock.calls == span2._lock.calls == ["replaced" if replace else "acquire", "release"] * 3
     assert fallbacks == {"start": 1, "set": 1, "end": 1}  # the Python run's only
     assert _spans_view([span1], t1) == _spans_view([span2], t2)
+
+
+def test_a_processor_dict_and_tracer_config_read_through_their_class_descriptors(fallbacks):
+    """get_route reads `processor.__dict__` and enabled() `config.is_enabled` from the instance's dict under a
+    guard on the exact type's version: a class whose __dict__ is a property, or an is_enabled property added to
+    the config's class, is read through them, as the Python method reads them."""
+    calls = []
+
+    class Shown(SpanProcessor):
+        def on_start(self, span, parent_context=None):
+            calls.append(span.name)
+
+        @property
+        def __dict__(self):
+            return {"_span_processors": self._procs, "_trace_run_route": (self._procs, True, False, self.on_end)}
+
+    def scenario(tracer):
+        processor = Shown()
+        object.__setattr__(processor, "_procs", ())
+        # the real instance dict: a route saying "no on_start", which only a read past the property would see
+        object.__setattr__(processor, "_trace_run_route", ((), False, False, processor.on_end))
+        tracer.span_processor = processor
+        tracer.start_span("a").end()
+        return list(calls)
+
+    (_, native_calls), (_, python_calls) = _both(scenario)
+    assert native_calls == ["a"] and python_calls == ["a", "a"]  # (calls is shared: the native run's, then both)
+
+    if not fastspan._HAS_IS_ENABLED:
+        return
+
+    class Config:
+        pass
+
+    def disabled(tracer):
+        config = Config()
+        config.is_enabled = True  # in the instance's dict; the property added below wins over it
+        tracer._tracer_config = config
+        tracer.start_span("armed").end()
+        Config.is_enabled = property(lambda self: False)
+        try:
+            return tracer.start_span("b").is_recording()
+        finally:
+            del Config.is_enabled
+
+    assert [r for _, r in _both(disabled)] == [False, False]
