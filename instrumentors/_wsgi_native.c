@@ -1330,6 +1330,25 @@ static PyTypeObject BodyType = {
 
 /* wsgi.set_route(span, method, route): for a route and a method given as str (a known method), the same calls;
  * anything else, the Python function (configured as bodies' "py_set_route") */
+/* `"%s %s" % (a, b)` for two exact str (a new str of the same text as PyUnicode_FromFormat("%U %U") makes, without
+ * parsing a format: ~1k instructions less per named span) */
+static PyObject *
+join_space(PyObject *a, PyObject *b)
+{
+    Py_ssize_t la = PyUnicode_GET_LENGTH(a), lb = PyUnicode_GET_LENGTH(b);
+    Py_UCS4 most = PyUnicode_MAX_CHAR_VALUE(a) > PyUnicode_MAX_CHAR_VALUE(b) ? PyUnicode_MAX_CHAR_VALUE(a)
+                                                                               : PyUnicode_MAX_CHAR_VALUE(b);
+    PyObject *r = PyUnicode_New(la + 1 + lb, most < 0x7f ? 0x7f : most);
+    if (r == NULL)
+        return NULL;
+    if (PyUnicode_CopyCharacters(r, 0, a, 0, la) < 0 || PyUnicode_WriteChar(r, la, ' ') < 0
+        || PyUnicode_CopyCharacters(r, la + 1, b, 0, lb) < 0) {
+        Py_DECREF(r);
+        return NULL;
+    }
+    return r;
+}
+
 static PyObject *
 set_route(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1354,7 +1373,7 @@ set_route(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     if (!known)  /* (normalized there: the same checks again, then its steps) */
         return PyObject_Vectorcall(bconf[B_PY_SET_ROUTE], args, 3, NULL);
-    PyObject *name = PyUnicode_FromFormat("%U %U", method, route);
+    PyObject *name = join_space(method, route);
     if (name == NULL)
         return NULL;
     PyObject *r = PyObject_CallMethodOneArg(span, N[N_UPDATE_NAME], name);
