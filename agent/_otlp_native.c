@@ -460,7 +460,9 @@ own_dict(PyObject *obj, OwnAttr *g)
     return PyObject_GetAttr(obj, Py_ID_DICT);
 }
 
-static OwnAttr g_bounded_dict, g_dropped, g_status_code, g_description, g_span_dict;
+/* (a span's BoundedAttributes and the span itself are given their dict whole by fastspan: reading it makes none.
+ * A Status is made by the program, its attributes kept inline by CPython: read by getattr, which keeps them so) */
+static OwnAttr g_bounded_dict, g_dropped, g_span_dict;
 
 /* -- the span's other fields ------------------------------------------------------------------------------ */
 
@@ -513,8 +515,8 @@ put_status(Writer *w, PyObject *status)
     if (Py_TYPE(status) != (PyTypeObject *)status_type)
         return DECLINE;
     int r = DECLINE, code = -1;
-    PyObject *member = own_attr(status, s_status_code, &g_status_code);
-    PyObject *message = member ? own_attr(status, s_description, &g_description) : NULL;
+    PyObject *member = PyObject_GetAttr(status, s_status_code);
+    PyObject *message = member ? PyObject_GetAttr(status, s_description) : NULL;
     if (message == NULL) {
         r = ERROR;
         goto done;

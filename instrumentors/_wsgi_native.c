@@ -1610,7 +1610,10 @@ own_attr(PyObject *obj, PyObject *name, OwnAttr *g)
     return PyObject_GetAttr(obj, name);
 }
 
-static OwnAttr g_tracer, g_excluded, g_request_proxy, g_response_class, g_environ, g_url_rule, g_rule;
+/* (the instrumentor's and the routing rules' objects live as long as the app: reading their dict makes it once.
+ * Flask's request is new per request: its attributes are read by getattr, which does not turn the instance's
+ * inline values into a dict, as reading its dict would, once per request) */
+static OwnAttr g_tracer, g_excluded, g_request_proxy, g_response_class, g_rule;
 
 /* `mapping.get(key)` (fallback NULL) or `mapping.get(key, fallback)`: a dict's lookup, else its get method */
 static PyObject *
@@ -1766,7 +1769,7 @@ held_whole(Hook *h, PyObject *method, PyObject *response, PyObject *state)
             goto failed;
         if (Py_IS_TYPE(body, &PyList_Type)) {
             if (state == Py_None) {
-                if ((req = current_request(h)) == NULL || (environ = own_attr(req, N[N_ENVIRON], &g_environ)) == NULL)
+                if ((req = current_request(h)) == NULL || (environ = PyObject_GetAttr(req, N[N_ENVIRON])) == NULL)
                     goto failed;
                 PyObject *got = state_in(environ);
                 if (got == NULL)
@@ -1811,13 +1814,13 @@ name_span(Hook *h)
 {
     PyObject *state = Py_NewRef(Py_None), *req = NULL, *environ = NULL, *rule = NULL, *set_route = NULL,
              *span = NULL, *method = NULL, *route = NULL, *r = NULL;
-    if ((req = current_request(h)) == NULL || (environ = own_attr(req, N[N_ENVIRON], &g_environ)) == NULL)
+    if ((req = current_request(h)) == NULL || (environ = PyObject_GetAttr(req, N[N_ENVIRON])) == NULL)
         goto failed;
     PyObject *got = state_in(environ);
     if (got == NULL)
         goto failed;
     Py_SETREF(state, got);
-    if ((rule = own_attr(req, N[N_URL_RULE], &g_url_rule)) == NULL)
+    if ((rule = PyObject_GetAttr(req, N[N_URL_RULE])) == NULL)
         goto failed;
     if (state != Py_None && rule != Py_None) {
         if ((set_route = module_attr(F_WSGI, N_SET_ROUTE)) == NULL || (span = PyObject_GetAttr(state, N[N_SPAN])) == NULL

@@ -338,9 +338,9 @@ def test_the_encoded_spans_it_makes_are_not_walked_by_the_garbage_collector():
 @pytest.mark.parametrize("name, value", [("dropped", 3), ("_dict", {"b": 2}), ("_status_code", StatusCode.OK),
                                          ("_description", "from the property")])
 def test_fields_read_from_the_instance_dict_follow_a_property_added_to_the_class(name, value, monkeypatch):
-    """The C reads BoundedAttributes' _dict and dropped and Status's _status_code and _description from the
-    instance's dict under a guard on the type's version: a data descriptor added to the class since is what
-    getattr (and the Python path) reads, and so does the C."""
+    """The C reads BoundedAttributes' _dict and dropped from the instance's dict under a guard on the type's
+    version (Status's fields by getattr): a data descriptor added to the class since is what getattr (and the
+    Python path) reads, and so does the C."""
     from opentelemetry.attributes import BoundedAttributes
 
     span = _spans([("s", SpanKind.CLIENT, {"a": 1}, None, (StatusCode.ERROR, "bad"), None)])[0]
