@@ -372,6 +372,98 @@ put_attributes(Writer *w, PyObject *attributes)
     return r;
 }
 
+#define Py_ID_DICT s_dunder_dict
+/* -- instance attributes read from the instance's dict, under a guard ---------------------------------------
+ * `obj.name` for attributes read at every request or span: read from the instance's dict, as generic getattr
+ * reads it there, under a guard armed for one exact type and its version tag: a heap type with generic getattr
+ * and an instance dict, and no data descriptor of that name (which generic getattr would take before the dict)
+ * when armed. The type's version tag changes with any change of the type or its bases, so a class attribute,
+ * property or base replaced since re-arms (and falls back); another type (a subclass, __class__ assigned)
+ * re-arms for it. Not in the dict, or a type the guard refused (kept as refused for that version): as before,
+ * PyObject_GetAttr. Saves the type's attribute lookup (and its entry in CPython's type attribute cache) per
+ * read. `obj.__dict__` likewise (own_dict): the instance's dict where the type's __dict__ is the one type()
+ * gives a class (a probe class's getter) and no builtin base has a dict of its own (what that getter checks). */
+typedef struct {
+    PyTypeObject *type;  /* (borrowed: compared only, with its version tag, which no other type gets) */
+    unsigned int version;
+    int ok;
+} OwnAttr;
+
+static getter own_dict_getter;  /* the __dict__ getter of a class made by type() (set at module init) */
+
+static int
+own_dict_getter_init(void)
+{
+    PyObject *probe = PyObject_CallFunction((PyObject *)&PyType_Type, "s()N", "_probe", PyDict_New());
+    if (probe == NULL)
+        return -1;
+    PyObject *d = _PyType_Lookup((PyTypeObject *)probe, Py_ID_DICT);
+    if (d != NULL && Py_IS_TYPE(d, &PyGetSetDescr_Type))
+        own_dict_getter = ((PyGetSetDescrObject *)d)->d_getset->get;
+    Py_DECREF(probe);
+    return 0;
+}
+
+/* 1 where the guard holds for obj's type (armed now if needed), 0 where it does not */
+static int
+own_guard(PyTypeObject *t, PyObject *name, OwnAttr *g)
+{
+    if (t == g->type && t->tp_version_tag == g->version && PyType_HasFeature(t, Py_TPFLAGS_VALID_VERSION_TAG))
+        return g->ok;
+    g->type = NULL;
+    if (!PyType_HasFeature(t, Py_TPFLAGS_HEAPTYPE) || t->tp_getattro != PyObject_GenericGetAttr
+        || t->tp_dictoffset == 0)
+        return 0;
+    PyObject *d = _PyType_Lookup(t, name);  /* (assigns the version tag where it can) */
+    int ok;
+    if (name == Py_ID_DICT) {
+        ok = own_dict_getter != NULL && d != NULL && Py_IS_TYPE(d, &PyGetSetDescr_Type)
+             && ((PyGetSetDescrObject *)d)->d_getset->get == own_dict_getter;
+        for (PyTypeObject *b = t; ok && b != NULL; b = b->tp_base)
+            if (!PyType_HasFeature(b, Py_TPFLAGS_HEAPTYPE) && b->tp_dictoffset != 0)
+                ok = 0;  /* (a builtin base with a dict: the getter reads that base's descriptor) */
+    }
+    else
+        ok = d == NULL || Py_TYPE(d)->tp_descr_set == NULL;
+    if (!PyType_HasFeature(t, Py_TPFLAGS_VALID_VERSION_TAG))
+        return 0;
+    g->type = t;
+    g->version = t->tp_version_tag;
+    g->ok = ok;
+    return ok;
+}
+
+static PyObject *
+own_attr(PyObject *obj, PyObject *name, OwnAttr *g)
+{
+    if (own_guard(Py_TYPE(obj), name, g)) {
+        PyObject *d = PyObject_GenericGetDict(obj, NULL);
+        if (d == NULL)
+            PyErr_Clear();
+        else {
+            PyObject *v = PyDict_CheckExact(d) ? PyDict_GetItemWithError(d, name) : NULL;
+            Py_XINCREF(v);
+            Py_DECREF(d);
+            if (v != NULL || PyErr_Occurred())
+                return v;
+        }
+    }
+    return PyObject_GetAttr(obj, name);
+}
+
+/* obj.__dict__ (a new reference) */
+static PyObject *
+own_dict(PyObject *obj, OwnAttr *g)
+{
+    if (own_guard(Py_TYPE(obj), Py_ID_DICT, g))
+        return PyObject_GenericGetDict(obj, NULL);
+    return PyObject_GetAttr(obj, Py_ID_DICT);
+}
+
+/* (a span's BoundedAttributes and the span itself are given their dict whole by fastspan: reading it makes none.
+ * A Status is made by the program, its attributes kept inline by CPython: read by getattr, which keeps them so) */
+static OwnAttr g_bounded_dict, g_dropped, g_span_dict;
+
 /* -- the span's other fields ------------------------------------------------------------------------------ */
 
 /* `attributes` is the span's BoundedAttributes: its dict (field 9) and dropped count (field 10). */
@@ -379,8 +471,8 @@ static int
 put_bounded(Writer *w, PyObject *attributes)
 {
     int r = DECLINE;
-    PyObject *dict = PyObject_GetAttr(attributes, s_dict);
-    PyObject *dropped = dict ? PyObject_GetAttr(attributes, s_dropped) : NULL;
+    PyObject *dict = own_attr(attributes, s_dict, &g_bounded_dict);
+    PyObject *dropped = dict ? own_attr(attributes, s_dropped, &g_dropped) : NULL;
     if (dropped == NULL) {
         r = ERROR;
         goto done;
@@ -595,7 +687,7 @@ preencode(PyObject *module, PyObject *span)
 {
     if (encoded_type == NULL || (PyObject *)Py_TYPE(span) != span_type)
         Py_RETURN_NONE;
-    PyObject *fields = PyObject_GetAttr(span, s_dunder_dict);
+    PyObject *fields = own_dict(span, &g_span_dict);
     if (fields == NULL)
         return NULL;
     PyObject *result = NULL, *data = encode_span(module, fields);
@@ -732,10 +824,58 @@ items_of(PyObject *dict, PyObject **keys, PyObject **out, int n)
     return 1;
 }
 
+/* lock.acquire() / lock.release() as `PyObject_CallMethodNoArgs(lock, name)` calls them. For a lock of an
+ * immutable type without instance dicts (a builtin's: _thread.lock) the method that call finds is the type's own
+ * method descriptor, which cannot change: it is looked up once for the last such type seen (held), and its C
+ * function called directly with what the descriptor would pass it. Anything else: by name, as before. */
+static PyTypeObject *lock_type_seen;
+static PyMethodDef *lock_methods[2];  /* acquire, release (NULL: by name) */
+
+static PyObject *
+lock_call(PyObject *lock, int release)
+{
+    PyObject *name = release ? s_release : s_acquire;
+    PyTypeObject *type = Py_TYPE(lock);
+#ifdef Py_TPFLAGS_IMMUTABLETYPE
+    if (type != lock_type_seen && PyType_HasFeature(type, Py_TPFLAGS_IMMUTABLETYPE) && type->tp_dictoffset == 0) {
+        for (int i = 0; i < 2; i++) {
+            PyObject *d = _PyType_Lookup(type, i ? s_release : s_acquire);
+            PyMethodDef *m = NULL;
+            if (d != NULL && Py_IS_TYPE(d, &PyMethodDescr_Type) && ((PyMethodDescrObject *)d)->d_common.d_type == type) {
+                m = ((PyMethodDescrObject *)d)->d_method;
+                int flags = m->ml_flags & ~METH_COEXIST;
+                if (flags != METH_NOARGS && flags != METH_VARARGS && flags != (METH_VARARGS | METH_KEYWORDS))
+                    m = NULL;
+            }
+            lock_methods[i] = m;
+        }
+        Py_INCREF(type);
+        Py_XSETREF(lock_type_seen, type);
+    }
+#endif
+    PyMethodDef *m = type == lock_type_seen ? lock_methods[release] : NULL;
+    if (m == NULL)
+        return PyObject_CallMethodNoArgs(lock, name);
+    if (Py_EnterRecursiveCall(" while calling a Python object"))
+        return NULL;
+    PyObject *r, *no_args = PyTuple_New(0);  /* (the empty tuple: a shared singleton) */
+    if (no_args == NULL)
+        r = NULL;
+    else if ((m->ml_flags & ~METH_COEXIST) == METH_NOARGS)
+        r = m->ml_meth(lock, NULL);
+    else if ((m->ml_flags & ~METH_COEXIST) == METH_VARARGS)
+        r = m->ml_meth(lock, no_args);
+    else
+        r = ((PyCFunctionWithKeywords)(void (*)(void))m->ml_meth)(lock, no_args, NULL);
+    Py_XDECREF(no_args);
+    Py_LeaveRecursiveCall();
+    return r;
+}
+
 static int
 unlock(PyObject *lock)
 {
-    PyObject *r = PyObject_CallMethodNoArgs(lock, s_release);
+    PyObject *r = lock_call(lock, 1);
     Py_XDECREF(r);
     return r == NULL ? -1 : 0;
 }
@@ -765,7 +905,7 @@ admit_inline(PyObject *budget, PyObject *item)
     PyObject *size = PyLong_FromSsize_t(n), *more_spans = NULL, *more_bytes = NULL;
     if (size == NULL)
         goto out;
-    PyObject *r = PyObject_CallMethodNoArgs(lock, s_acquire);
+    PyObject *r = lock_call(lock, 0);
     if (r == NULL) {
         Py_DECREF(size);
         goto out;
@@ -1144,6 +1284,8 @@ PyInit__otlp_native(void)
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if ((*names[i].slot = PyUnicode_InternFromString(names[i].name)) == NULL)
             return NULL;
+    if (own_dict_getter == NULL && own_dict_getter_init() < 0)
+        return NULL;
     this_pid = getpid();
     if (pthread_atfork(NULL, NULL, after_fork_in_child) != 0)
         this_pid = 0;  /* no pid then matches: the SDK's emit for every span */

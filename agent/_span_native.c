@@ -113,6 +113,96 @@ instance_dict(PyObject *obj)
     return d;
 }
 
+#define Py_ID_DICT S[S_DUNDER_DICT]
+/* -- instance attributes read from the instance's dict, under a guard ---------------------------------------
+ * `obj.name` for attributes read at every request or span: read from the instance's dict, as generic getattr
+ * reads it there, under a guard armed for one exact type and its version tag: a heap type with generic getattr
+ * and an instance dict, and no data descriptor of that name (which generic getattr would take before the dict)
+ * when armed. The type's version tag changes with any change of the type or its bases, so a class attribute,
+ * property or base replaced since re-arms (and falls back); another type (a subclass, __class__ assigned)
+ * re-arms for it. Not in the dict, or a type the guard refused (kept as refused for that version): as before,
+ * PyObject_GetAttr. Saves the type's attribute lookup (and its entry in CPython's type attribute cache) per
+ * read. `obj.__dict__` likewise (own_dict): the instance's dict where the type's __dict__ is the one type()
+ * gives a class (a probe class's getter) and no builtin base has a dict of its own (what that getter checks). */
+typedef struct {
+    PyTypeObject *type;  /* (borrowed: compared only, with its version tag, which no other type gets) */
+    unsigned int version;
+    int ok;
+} OwnAttr;
+
+static getter own_dict_getter;  /* the __dict__ getter of a class made by type() (set at module init) */
+
+static int
+own_dict_getter_init(void)
+{
+    PyObject *probe = PyObject_CallFunction((PyObject *)&PyType_Type, "s()N", "_probe", PyDict_New());
+    if (probe == NULL)
+        return -1;
+    PyObject *d = _PyType_Lookup((PyTypeObject *)probe, Py_ID_DICT);
+    if (d != NULL && Py_IS_TYPE(d, &PyGetSetDescr_Type))
+        own_dict_getter = ((PyGetSetDescrObject *)d)->d_getset->get;
+    Py_DECREF(probe);
+    return 0;
+}
+
+/* 1 where the guard holds for obj's type (armed now if needed), 0 where it does not */
+static int
+own_guard(PyTypeObject *t, PyObject *name, OwnAttr *g)
+{
+    if (t == g->type && t->tp_version_tag == g->version && PyType_HasFeature(t, Py_TPFLAGS_VALID_VERSION_TAG))
+        return g->ok;
+    g->type = NULL;
+    if (!PyType_HasFeature(t, Py_TPFLAGS_HEAPTYPE) || t->tp_getattro != PyObject_GenericGetAttr
+        || t->tp_dictoffset == 0)
+        return 0;
+    PyObject *d = _PyType_Lookup(t, name);  /* (assigns the version tag where it can) */
+    int ok;
+    if (name == Py_ID_DICT) {
+        ok = own_dict_getter != NULL && d != NULL && Py_IS_TYPE(d, &PyGetSetDescr_Type)
+             && ((PyGetSetDescrObject *)d)->d_getset->get == own_dict_getter;
+        for (PyTypeObject *b = t; ok && b != NULL; b = b->tp_base)
+            if (!PyType_HasFeature(b, Py_TPFLAGS_HEAPTYPE) && b->tp_dictoffset != 0)
+                ok = 0;  /* (a builtin base with a dict: the getter reads that base's descriptor) */
+    }
+    else
+        ok = d == NULL || Py_TYPE(d)->tp_descr_set == NULL;
+    if (!PyType_HasFeature(t, Py_TPFLAGS_VALID_VERSION_TAG))
+        return 0;
+    g->type = t;
+    g->version = t->tp_version_tag;
+    g->ok = ok;
+    return ok;
+}
+
+static PyObject *
+own_attr(PyObject *obj, PyObject *name, OwnAttr *g)
+{
+    if (own_guard(Py_TYPE(obj), name, g)) {
+        PyObject *d = PyObject_GenericGetDict(obj, NULL);
+        if (d == NULL)
+            PyErr_Clear();
+        else {
+            PyObject *v = PyDict_CheckExact(d) ? PyDict_GetItemWithError(d, name) : NULL;
+            Py_XINCREF(v);
+            Py_DECREF(d);
+            if (v != NULL || PyErr_Occurred())
+                return v;
+        }
+    }
+    return PyObject_GetAttr(obj, name);
+}
+
+/* obj.__dict__ (a new reference) */
+static PyObject *
+own_dict(PyObject *obj, OwnAttr *g)
+{
+    if (own_guard(Py_TYPE(obj), Py_ID_DICT, g))
+        return PyObject_GenericGetDict(obj, NULL);
+    return PyObject_GetAttr(obj, Py_ID_DICT);
+}
+
+static OwnAttr g_is_enabled, g_processor_dict, g_parent_context;
+
 /* -- fallback and errors --------------------------------------------------------------------------------- */
 
 static void
@@ -423,7 +513,7 @@ enabled(PyObject *td)
     PyObject *config = get(td, S[S_TRACER_CONFIG]);
     if (config == NULL)
         return PyErr_Occurred() ? -1 : 0;
-    PyObject *flag = PyObject_GetAttr(config, S[S_IS_ENABLED]);
+    PyObject *flag = own_attr(config, S[S_IS_ENABLED], &g_is_enabled);
     if (flag == NULL)
         return -1;
     int r = PyObject_IsTrue(flag);
@@ -436,7 +526,7 @@ static PyObject *
 get_route(PyObject *processor)
 {
     PyObject *route = NULL;
-    PyObject *pd = PyObject_GetAttr(processor, S[S_DUNDER_DICT]);
+    PyObject *pd = own_dict(processor, &g_processor_dict);
     if (pd == NULL)
         PyErr_Clear();
     else {
@@ -700,7 +790,7 @@ start_span_fast(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObjec
             status = PyErr_Occurred() ? FAIL : DECLINE;
             goto done;
         }
-        PyObject *pctx = PyObject_GetAttr(current, S[S_CONTEXT]);
+        PyObject *pctx = own_attr(current, S[S_CONTEXT], &g_parent_context);
         if (pctx == NULL) {
             status = FAIL;
             goto done;
@@ -841,6 +931,65 @@ start_span(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw
     return call_python(conf[C_PYTHON_START], self, args, nargs, kwnames);
 }
 
+/* -- the span lock's acquire and release ----------------------------------------------------------------- */
+
+/* lock.acquire() / lock.release() as `PyObject_CallMethodNoArgs(lock, name)` calls them. Where the lock is of
+ * configure's lock type and that type is immutable (a builtin's: _thread.lock; its dict cannot change, and its
+ * instances have no dict of their own), the method that call would find is the type's own method descriptor,
+ * found once at configure: its C function is called directly, with what the descriptor would pass it. Any other
+ * lock, or a method of another calling convention: by name, as before. */
+enum { L_ACQUIRE, L_RELEASE, N_LOCK_METHODS };
+static PyTypeObject *lock_methods_type;  /* (conf's lock type: held there) */
+static PyMethodDef *lock_methods[N_LOCK_METHODS];
+
+static void
+find_lock_methods(PyTypeObject *type)
+{
+    lock_methods_type = NULL;
+    for (int i = 0; i < N_LOCK_METHODS; i++)
+        lock_methods[i] = NULL;
+#ifdef Py_TPFLAGS_IMMUTABLETYPE
+    if (!PyType_HasFeature(type, Py_TPFLAGS_IMMUTABLETYPE) || type->tp_dictoffset != 0)
+        return;
+#else
+    return;
+#endif
+    for (int i = 0; i < N_LOCK_METHODS; i++) {
+        PyObject *d = _PyType_Lookup(type, S[i == L_ACQUIRE ? S_ACQUIRE : S_RELEASE]);
+        if (d == NULL || !Py_IS_TYPE(d, &PyMethodDescr_Type) || ((PyMethodDescrObject *)d)->d_common.d_type != type)
+            continue;
+        PyMethodDef *m = ((PyMethodDescrObject *)d)->d_method;
+        int flags = m->ml_flags & ~METH_COEXIST;
+        if (flags == METH_NOARGS || flags == (METH_VARARGS | METH_KEYWORDS) || flags == METH_VARARGS)
+            lock_methods[i] = m;
+    }
+    lock_methods_type = type;
+}
+
+static PyObject *
+lock_call(PyObject *lock, int which)
+{
+    PyMethodDef *m = lock_methods[which];
+    if (m == NULL || Py_TYPE(lock) != lock_methods_type)
+        return PyObject_CallMethodNoArgs(lock, S[which == L_ACQUIRE ? S_ACQUIRE : S_RELEASE]);
+    if (Py_EnterRecursiveCall(" while calling a Python object"))
+        return NULL;
+    PyObject *r;
+    switch (m->ml_flags & ~METH_COEXIST) {
+    case METH_NOARGS:
+        r = m->ml_meth(lock, NULL);
+        break;
+    case METH_VARARGS:
+        r = m->ml_meth(lock, empty_tuple);
+        break;
+    default: /* METH_VARARGS | METH_KEYWORDS */
+        r = ((PyCFunctionWithKeywords)(void (*)(void))m->ml_meth)(lock, empty_tuple, NULL);
+        break;
+    }
+    Py_LeaveRecursiveCall();
+    return r;
+}
+
 /* -- set_attribute --------------------------------------------------------------------------------------- */
 
 /* lock.release(), an exception already set kept across it (a `with` block's way): 0; -1 where the release itself
@@ -850,7 +999,7 @@ release_keeping_error(PyObject *lock)
 {
     PyObject *et, *ev, *tb;
     PyErr_Fetch(&et, &ev, &tb);
-    PyObject *r = PyObject_CallMethodNoArgs(lock, S[S_RELEASE]);
+    PyObject *r = lock_call(lock, L_RELEASE);
     if (r == NULL) {
         Py_XDECREF(et);
         Py_XDECREF(ev);
@@ -930,7 +1079,7 @@ set_attribute_fast(PyObject *self, PyObject *key, PyObject *value)
     }
     Py_INCREF(lock);
     Py_INCREF(stored);
-    r = PyObject_CallMethodNoArgs(lock, S[S_ACQUIRE]);
+    r = lock_call(lock, L_ACQUIRE);
     if (r == NULL) {
         Py_DECREF(stored);
         Py_CLEAR(lock);
@@ -1007,7 +1156,7 @@ end_fast(PyObject *self, PyObject *end_time)
     Py_INCREF(lock);
     Py_INCREF(attributes);
     Py_INCREF(processor);
-    r = PyObject_CallMethodNoArgs(lock, S[S_ACQUIRE]);
+    r = lock_call(lock, L_ACQUIRE);
     if (r == NULL)
         goto out;
     Py_DECREF(r);
@@ -1139,7 +1288,7 @@ update_name(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyObject *lock = sd == NULL ? NULL : PyDict_GetItemWithError(sd, S[S_LOCK]);
         if (lock != NULL && Py_TYPE(lock) == (PyTypeObject *)conf[C_LOCK_TYPE]) {
             Py_INCREF(lock);
-            PyObject *r = PyObject_CallMethodNoArgs(lock, S[S_ACQUIRE]);
+            PyObject *r = lock_call(lock, L_ACQUIRE);
             if (r == NULL) {
                 Py_DECREF(lock);
                 Py_DECREF(sd);
@@ -1251,6 +1400,7 @@ configure(PyObject *module, PyObject *names)
     Py_XSETREF(non_recording_code, init_code);
     random_flag = flag;
     has_is_enabled = is_enabled;
+    find_lock_methods((PyTypeObject *)conf[C_LOCK_TYPE]);
     configured = 1;
     return Py_BuildValue("(NNNNN)", start, set, end_method, recording, rename);
 }
@@ -1294,6 +1444,8 @@ PyInit__span_native(void)
     if (empty_tuple == NULL && (empty_tuple = PyTuple_New(0)) == NULL)
         return NULL;
     if (kw_parent_context == NULL && (kw_parent_context = PyTuple_Pack(1, S[S_PARENT_CONTEXT])) == NULL)
+        return NULL;
+    if (own_dict_getter == NULL && own_dict_getter_init() < 0)
         return NULL;
     return PyModule_Create(&module_def);
 }

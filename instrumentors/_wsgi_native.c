@@ -88,6 +88,73 @@ call_into(int which, PyObject *a, PyObject *b, PyObject *c)
     return 0;
 }
 
+/* The last peer key looked up in wsgi._PEERS and what it found there: a request whose key's items equal those
+ * (the same objects, or str / int of the same value: what the tuple's == and hash see) finds the same entry, as
+ * long as _PEERS has not changed since (its version tag: any store, delete or clear changes it), without the
+ * key's hash (its str items are new objects per request under a real server: each hashed anew) and the lookup's
+ * compare. Where the tag is not there to read (3.12 deprecates it), every request looks up. */
+#if PY_VERSION_HEX < 0x030C0000
+#define PEER_MEMO 1
+static PyObject *memo_key, *memo_found, *memo_peers;  /* (held) */
+static uint64_t memo_version;
+
+static int
+same_item(PyObject *a, PyObject *b)
+{
+    if (a == b)
+        return 1;
+    PyTypeObject *t = Py_TYPE(a);
+    if (t != Py_TYPE(b))
+        return 0;
+    if (t == &PyUnicode_Type) {
+        Py_ssize_t n = PyUnicode_GET_LENGTH(a);
+        return n == PyUnicode_GET_LENGTH(b) && PyUnicode_KIND(a) == PyUnicode_KIND(b)
+               && memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), n * PyUnicode_KIND(a)) == 0;
+    }
+    if (t == &PyLong_Type)
+        return PyObject_RichCompareBool(a, b, Py_EQ) == 1;  /* (two ints: no code of the program's runs) */
+    return 0;
+}
+
+/* `found` of the memo (borrowed) where key (a new 8-tuple) finds it; NULL: look up */
+static PyObject *
+peer_memo_found(PyObject *key)
+{
+    if (memo_key == NULL || memo_peers != conf[C_PEERS]
+        || ((PyDictObject *)memo_peers)->ma_version_tag != memo_version)
+        return NULL;
+    for (int i = 0; i < 8; i++)
+        if (!same_item(PyTuple_GET_ITEM(key, i), PyTuple_GET_ITEM(memo_key, i))) {
+            PyErr_Clear();
+            return NULL;
+        }
+    return memo_found;
+}
+
+/* kept where every item of the key is None, an exact str or an exact int (their == and hash are their value's) */
+static void
+peer_memo_keep(PyObject *key, PyObject *found)
+{
+    if (!PyDict_CheckExact(conf[C_PEERS]))
+        return;
+    for (int i = 0; i < 8; i++) {
+        PyObject *v = PyTuple_GET_ITEM(key, i);
+        if (v != Py_None && !PyUnicode_CheckExact(v) && !PyLong_CheckExact(v))
+            return;
+    }
+    Py_INCREF(key);
+    Py_XSETREF(memo_key, key);
+    Py_INCREF(found);
+    Py_XSETREF(memo_found, found);
+    Py_INCREF(conf[C_PEERS]);
+    Py_XSETREF(memo_peers, conf[C_PEERS]);
+    memo_version = ((PyDictObject *)memo_peers)->ma_version_tag;
+}
+#else
+#define peer_memo_found(key) ((PyObject *)NULL)
+#define peer_memo_keep(key, found) ((void)0)
+#endif
+
 /* the common case: (name, attrs), DECLINE before anything was changed, or NULL with an error set. The
  * environ's values it keeps are held (new references): the Python steps it calls could change the environ. */
 static PyObject *
@@ -152,11 +219,16 @@ attributes(PyObject *environ)
         PyTuple_SET_ITEM(key, i, Py_NewRef(v));
     }
     PyTuple_SET_ITEM(key, 7, Py_NewRef(bound));
-    PyObject *found = PyDict_GetItemWithError(conf[C_PEERS], key);
-    if (found == NULL && PyErr_Occurred()) {
-        if (!PyErr_ExceptionMatches(PyExc_TypeError))
-            goto done;
-        PyErr_Clear();  /* a value that cannot be a key: worked out every time, there */
+    PyObject *found = peer_memo_found(key);
+    if (found == NULL) {
+        found = PyDict_GetItemWithError(conf[C_PEERS], key);
+        if (found == NULL && PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_TypeError))
+                goto done;
+            PyErr_Clear();  /* a value that cannot be a key: worked out every time, there */
+        }
+        else if (found != NULL)
+            peer_memo_keep(key, found);
     }
     int cut = 0;
     if (found != NULL && (!PyDict_CheckExact(found) || (cut = PyDict_Contains(found, conf[C_TRUNCATED])) != 0)) {
@@ -1258,6 +1330,25 @@ static PyTypeObject BodyType = {
 
 /* wsgi.set_route(span, method, route): for a route and a method given as str (a known method), the same calls;
  * anything else, the Python function (configured as bodies' "py_set_route") */
+/* `"%s %s" % (a, b)` for two exact str (a new str of the same text as PyUnicode_FromFormat("%U %U") makes, without
+ * parsing a format: ~1k instructions less per named span) */
+static PyObject *
+join_space(PyObject *a, PyObject *b)
+{
+    Py_ssize_t la = PyUnicode_GET_LENGTH(a), lb = PyUnicode_GET_LENGTH(b);
+    Py_UCS4 most = PyUnicode_MAX_CHAR_VALUE(a) > PyUnicode_MAX_CHAR_VALUE(b) ? PyUnicode_MAX_CHAR_VALUE(a)
+                                                                               : PyUnicode_MAX_CHAR_VALUE(b);
+    PyObject *r = PyUnicode_New(la + 1 + lb, most < 0x7f ? 0x7f : most);
+    if (r == NULL)
+        return NULL;
+    if (PyUnicode_CopyCharacters(r, 0, a, 0, la) < 0 || PyUnicode_WriteChar(r, la, ' ') < 0
+        || PyUnicode_CopyCharacters(r, la + 1, b, 0, lb) < 0) {
+        Py_DECREF(r);
+        return NULL;
+    }
+    return r;
+}
+
 static PyObject *
 set_route(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1282,7 +1373,7 @@ set_route(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     if (!known)  /* (normalized there: the same checks again, then its steps) */
         return PyObject_Vectorcall(bconf[B_PY_SET_ROUTE], args, 3, NULL);
-    PyObject *name = PyUnicode_FromFormat("%U %U", method, route);
+    PyObject *name = join_space(method, route);
     if (name == NULL)
         return NULL;
     PyObject *r = PyObject_CallMethodOneArg(span, N[N_UPDATE_NAME], name);
@@ -1466,6 +1557,64 @@ hook_dealloc(PyObject *self)
 /* `module.name`, read from the module's dict at each call (module_name) */
 #define module_attr(dict, name) module_name(fconf[dict], (name), 1)
 
+/* -- instance attributes read from the instance's dict, under a guard ---------------------------------------
+ * `obj.name` for attributes read at every request or span: read from the instance's dict, as generic getattr
+ * reads it there, under a guard armed for one exact type and its version tag: a heap type with generic getattr
+ * and an instance dict, and no data descriptor of that name (which generic getattr would take before the dict)
+ * when armed. The type's version tag changes with any change of the type or its bases, so a class attribute,
+ * property or base replaced since re-arms (and falls back); another type (a subclass, __class__ assigned)
+ * re-arms for it. Not in the dict, or a type the guard refused (kept as refused for that version): as before,
+ * PyObject_GetAttr. Saves the type's attribute lookup (and its entry in CPython's type attribute cache) per
+ * read. */
+typedef struct {
+    PyTypeObject *type;  /* (borrowed: compared only, with its version tag, which no other type gets) */
+    unsigned int version;
+    int ok;
+} OwnAttr;
+
+/* 1 where the guard holds for obj's type (armed now if needed), 0 where it does not */
+static int
+own_guard(PyTypeObject *t, PyObject *name, OwnAttr *g)
+{
+    if (t == g->type && t->tp_version_tag == g->version && PyType_HasFeature(t, Py_TPFLAGS_VALID_VERSION_TAG))
+        return g->ok;
+    g->type = NULL;
+    if (!PyType_HasFeature(t, Py_TPFLAGS_HEAPTYPE) || t->tp_getattro != PyObject_GenericGetAttr
+        || t->tp_dictoffset == 0)
+        return 0;
+    PyObject *d = _PyType_Lookup(t, name);  /* (assigns the version tag where it can) */
+    int ok = d == NULL || Py_TYPE(d)->tp_descr_set == NULL;
+    if (!PyType_HasFeature(t, Py_TPFLAGS_VALID_VERSION_TAG))
+        return 0;
+    g->type = t;
+    g->version = t->tp_version_tag;
+    g->ok = ok;
+    return ok;
+}
+
+static PyObject *
+own_attr(PyObject *obj, PyObject *name, OwnAttr *g)
+{
+    if (own_guard(Py_TYPE(obj), name, g)) {
+        PyObject *d = PyObject_GenericGetDict(obj, NULL);
+        if (d == NULL)
+            PyErr_Clear();
+        else {
+            PyObject *v = PyDict_CheckExact(d) ? PyDict_GetItemWithError(d, name) : NULL;
+            Py_XINCREF(v);
+            Py_DECREF(d);
+            if (v != NULL || PyErr_Occurred())
+                return v;
+        }
+    }
+    return PyObject_GetAttr(obj, name);
+}
+
+/* (the instrumentor's and the routing rules' objects live as long as the app: reading their dict makes it once.
+ * Flask's request is new per request: its attributes are read by getattr, which does not turn the instance's
+ * inline values into a dict, as reading its dict would, once per request) */
+static OwnAttr g_tracer, g_excluded, g_request_proxy, g_response_class, g_rule;
+
 /* `mapping.get(key)` (fallback NULL) or `mapping.get(key, fallback)`: a dict's lookup, else its get method */
 static PyObject *
 get_of(PyObject *mapping, PyObject *key, PyObject *fallback)
@@ -1540,14 +1689,14 @@ app_hook_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject
     }
     PyObject *inst = h->instrumentor, *result = NULL, *tracer = NULL, *excluded = NULL;
     PyObject *handle = module_attr(F_WSGI, N_HANDLE);
-    if (handle == NULL || (tracer = PyObject_GetAttr(inst, N[N_TRACER_FIELD])) == NULL)
+    if (handle == NULL || (tracer = own_attr(inst, N[N_TRACER_FIELD], &g_tracer)) == NULL)
         goto done;
     int truth = PyObject_IsTrue(tracer);
     if (truth < 0)
         goto done;
     if (!truth)
         Py_SETREF(tracer, PyObject_GetAttr(inst, N[N_TRACER]));
-    if (tracer == NULL || (excluded = PyObject_GetAttr(inst, N[N_EXCLUDED])) == NULL)
+    if (tracer == NULL || (excluded = own_attr(inst, N[N_EXCLUDED], &g_excluded)) == NULL)
         goto done;
     PyObject *call[5] = {tracer, PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1), wrapped, excluded};
     result = PyObject_Vectorcall(handle, call, 5, NULL);
@@ -1565,7 +1714,7 @@ done:
 static PyObject *
 current_request(Hook *h)
 {
-    PyObject *proxy = PyObject_GetAttr(h->instrumentor, N[N_REQUEST_PROXY]);
+    PyObject *proxy = own_attr(h->instrumentor, N[N_REQUEST_PROXY], &g_request_proxy);
     if (proxy == NULL)
         return NULL;
     PyObject *getter = PyObject_GetAttr(proxy, N[N_GET_CURRENT_OBJECT]);
@@ -1613,7 +1762,7 @@ held_whole(Hook *h, PyObject *method, PyObject *response, PyObject *state)
     PyObject *inst = h->instrumentor, *cls = NULL, *body = NULL, *req = NULL, *environ = NULL;
     Py_INCREF(response);
     state = Py_NewRef(state == NULL ? Py_None : state);
-    if ((cls = PyObject_GetAttr(inst, N[N_RESPONSE_CLASS])) == NULL)
+    if ((cls = own_attr(inst, N[N_RESPONSE_CLASS], &g_response_class)) == NULL)
         goto failed;
     if ((PyObject *)Py_TYPE(response) == cls) {
         if ((body = PyObject_GetAttr(response, N[N_BODY_RESPONSE])) == NULL)
@@ -1676,7 +1825,7 @@ name_span(Hook *h)
     if (state != Py_None && rule != Py_None) {
         if ((set_route = module_attr(F_WSGI, N_SET_ROUTE)) == NULL || (span = PyObject_GetAttr(state, N[N_SPAN])) == NULL
             || (method = get_of(environ, S[S_REQUEST_METHOD], S[S_EMPTY])) == NULL
-            || (route = PyObject_GetAttr(rule, N[N_RULE])) == NULL)
+            || (route = own_attr(rule, N[N_RULE], &g_rule)) == NULL)
             goto failed;
         PyObject *args[3] = {span, method, route};
         if ((r = PyObject_Vectorcall(set_route, args, 3, NULL)) == NULL)

@@ -500,3 +500,64 @@ def test_the_process_id_it_compares_with_follows_forks():
 
     out = subprocess.run([sys.executable, "-c", _FORKS], capture_output=True, text=True, timeout=60)
     assert out.stdout.split() == ["ok", "True"], out.stderr
+
+
+class _NamedLock:
+    """A lock of a Python class: the C calls its acquire and release by name, as the Python method does."""
+
+    calls: list = []
+
+    def __init__(self):
+        self._inner = threading.Lock()
+
+    def acquire(self, *args):
+        self.calls.append("acquire")
+        return self._inner.acquire(*args)
+
+    def release(self):
+        self.calls.append("release")
+        self._inner.release()
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+@pytest.mark.parametrize("lock", ["default", "rlock", "named", "named, replaced"])
+def test_the_budgets_lock_is_called_as_the_python_method_calls_it(lock, monkeypatch):
+    """The C calls the acquire and release of a lock of a builtin type without a name lookup; any other lock's
+    by name (a method replaced on its class: the new one). Either way what the queue and budget see is the same,
+    and the lock is free after."""
+    spans = _spans()
+    calls = _NamedLock.calls = []
+    if lock == "named, replaced":
+        def acquire(self, *args):
+            self.calls.append("replaced")
+            return self._inner.acquire(*args)
+        monkeypatch.setattr(_NamedLock, "acquire", acquire)
+    budgets = []
+    real = exporthealth.QueueBudget
+
+    def budget(*args):
+        made = real(*args)
+        if lock == "rlock":
+            made._lock = threading.RLock()
+        elif lock != "default":
+            made._lock = _NamedLock()
+        budgets.append(made)
+        return made
+
+    monkeypatch.setattr(exporthealth, "QueueBudget", budget)
+    c = _on_end_state(True, spans, _Built(), otlp_encoder._NATIVE_PREENCODE, None, (100, 1 << 20), False)
+    c_calls = list(calls)
+    del calls[:]
+    python = _on_end_state(False, spans, _Built(), otlp_encoder._NATIVE_PREENCODE, None, (100, 1 << 20), False)
+    assert c == python and c_calls == calls
+    if lock.startswith("named"):
+        first = "replaced" if lock.endswith("replaced") else "acquire"
+        assert c_calls and c_calls[::2] == [first] * (len(c_calls) // 2) and set(c_calls[1::2]) == {"release"}
+    for made in budgets:
+        assert made._lock.acquire(False)  # free
+        made._lock.release()

@@ -333,3 +333,35 @@ def test_the_encoded_spans_it_makes_are_not_walked_by_the_garbage_collector():
     assert watch() is not None and all(e[2] is watch() for e in held)
     del held
     assert watch() is None
+
+
+@pytest.mark.parametrize("name, value", [("dropped", 3), ("_dict", {"b": 2}), ("_status_code", StatusCode.OK),
+                                         ("_description", "from the property")])
+def test_fields_read_from_the_instance_dict_follow_a_property_added_to_the_class(name, value, monkeypatch):
+    """The C reads BoundedAttributes' _dict and dropped from the instance's dict under a guard on the type's
+    version (Status's fields by getattr): a data descriptor added to the class since is what getattr (and the
+    Python path) reads, and so does the C."""
+    from opentelemetry.attributes import BoundedAttributes
+
+    span = _spans([("s", SpanKind.CLIENT, {"a": 1}, None, (StatusCode.ERROR, "bad"), None)])[0]
+    python = Encoder(pause=False, native=False)
+    before = native.encode_span(span.__dict__)  # (the guards armed for these types)
+    assert before == python._own_span(span.__dict__)
+    owner = BoundedAttributes if name in ("dropped", "_dict") else Status
+    monkeypatch.setattr(owner, name, property(lambda self: value, lambda self, v: None), raising=False)
+    got = native.encode_span(span.__dict__)
+    assert got == python._own_span(span.__dict__) and got != before
+    monkeypatch.undo()
+    assert native.encode_span(span.__dict__) == before
+
+
+def test_the_span_dict_read_after_its_class_changed_is_the_same(monkeypatch):
+    """preencode reads `span.__dict__` from the instance under a guard on the class's version: a class changed
+    since (a class attribute added: its version changes) re-arms it, and the bytes are the same."""
+    span = _spans([("s", SpanKind.CLIENT, {"a": 1}, None, None, None)])[0]
+    before = native.preencode(span).data
+    assert before == native.encode_span(span.__dict__)
+    monkeypatch.setattr(fastspan.Span, "_trace_run_test_marker", 1, raising=False)
+    assert native.preencode(span).data == before
+    monkeypatch.undo()
+    assert native.preencode(span).data == before

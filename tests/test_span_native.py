@@ -12,6 +12,7 @@ import random
 import shutil
 import subprocess
 import sys
+import threading
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -829,3 +830,112 @@ def test_span_contexts_made_in_c_hash_and_compare_as_those_made_by_the_api(fallb
     assert fallbacks["start"] == 0
     kinds = {bool(c.trace_flags.sampled) for c in made}
     assert kinds == {True, False}, kinds  # both a dropped root's and a recording span's context were checked
+
+
+class _NamedLock:
+    """A span lock of a Python class (fastspan._Lock replaced): the C calls its acquire and release by name."""
+
+    def __init__(self):
+        self._inner = threading.Lock()
+        self.calls = []
+
+    def acquire(self, *args):
+        self.calls.append("acquire")
+        return self._inner.acquire(*args)
+
+    def release(self):
+        self.calls.append("release")
+        self._inner.release()
+
+    def locked(self):
+        return self._inner.locked()
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def _lock_steps(tracer):
+    span = tracer.start_span("s")
+    span.set_attribute("a", 1)
+    span.update_name("t")
+    span.end()
+    return span
+
+
+def test_the_span_lock_of_the_builtin_type_is_taken_and_freed(fallbacks):
+    """set_attribute, update_name and end call the builtin lock's methods without their names looked up: the
+    lock is free after each, and the span the same as the Python methods make."""
+    (t1, span1), (t2, span2) = _both(_lock_steps)
+    assert fallbacks == {"start": 1, "set": 1, "end": 1}  # the Python run's
+    assert _spans_view([span1], t1) == _spans_view([span2], t2)
+    assert type(span1._lock) is type(threading.Lock()) and not span1._lock.locked()
+    span = _tracer().start_span("x")
+    span._lock.acquire()
+    span._lock.release()
+    span.set_attribute("b", 2)
+    assert not span._lock.locked() and dict(span.attributes) == {"b": 2}
+
+
+@pytest.mark.parametrize("replace", [False, True])
+def test_a_span_lock_of_a_python_class_is_called_by_name(replace, monkeypatch, fallbacks):
+    monkeypatch.setattr(fastspan, "_Lock", _NamedLock)
+    assert fastspan.use_native(True)
+    if replace:  # a method replaced on the class after configure: the new one is called
+        def acquire(self, *args):
+            self.calls.append("replaced")
+            return self._inner.acquire(*args)
+        monkeypatch.setattr(_NamedLock, "acquire", acquire)
+    (t1, span1), (t2, span2) = _both(_lock_steps)
+    assert type(span1._lock) is _NamedLock and type(span2._lock) is _NamedLock
+    assert span1._lock.calls == span2._lock.calls == ["replaced" if replace else "acquire", "release"] * 3
+    assert fallbacks == {"start": 1, "set": 1, "end": 1}  # the Python run's only
+    assert _spans_view([span1], t1) == _spans_view([span2], t2)
+
+
+def test_a_processor_dict_and_tracer_config_read_through_their_class_descriptors(fallbacks):
+    """get_route reads `processor.__dict__` and enabled() `config.is_enabled` from the instance's dict under a
+    guard on the exact type's version: a class whose __dict__ is a property, or an is_enabled property added to
+    the config's class, is read through them, as the Python method reads them."""
+    calls = []
+
+    class Shown(SpanProcessor):
+        def on_start(self, span, parent_context=None):
+            calls.append(span.name)
+
+        @property
+        def __dict__(self):
+            return {"_span_processors": self._procs, "_trace_run_route": (self._procs, True, False, self.on_end)}
+
+    def scenario(tracer):
+        processor = Shown()
+        object.__setattr__(processor, "_procs", ())
+        # the real instance dict: a route saying "no on_start", which only a read past the property would see
+        object.__setattr__(processor, "_trace_run_route", ((), False, False, processor.on_end))
+        tracer.span_processor = processor
+        tracer.start_span("a").end()
+        return list(calls)
+
+    (_, native_calls), (_, python_calls) = _both(scenario)
+    assert native_calls == ["a"] and python_calls == ["a", "a"]  # (calls is shared: the native run's, then both)
+
+    if not fastspan._HAS_IS_ENABLED:
+        return
+
+    class Config:
+        pass
+
+    def disabled(tracer):
+        config = Config()
+        config.is_enabled = True  # in the instance's dict; the property added below wins over it
+        tracer._tracer_config = config
+        tracer.start_span("armed").end()
+        Config.is_enabled = property(lambda self: False)
+        try:
+            return tracer.start_span("b").is_recording()
+        finally:
+            del Config.is_enabled
+
+    assert [r for _, r in _both(disabled)] == [False, False]

@@ -117,6 +117,7 @@ def instrumented(path, tracer_kind, instrumentor_class=FlaskInstrumentor, layout
                 instrumentor._tracer = fastspan.adopt(provider.get_tracer("t"))
             yield instrumentor, exporter, mp
         finally:
+            instrumentor.__class__ = instrumentor_class  # (a case may have given it another)
             instrumentor.uninstrument()
             type(instrumentor)._instance = None
 
@@ -152,6 +153,27 @@ def _run(path, tracer_kind, view, setting="plain", call="positional", parent=Non
             instrumentor._request = LocalProxy(lambda: flask.globals._cv_request.get().request)
         elif setting == "no response class":
             instrumentor._response_class = None
+        # the instance attributes the C reads from the instance's dict, under a guard on the exact type and its
+        # version: each way the dict's value is not generic getattr's answer, or the type changed
+        elif setting == "response class property":  # a data descriptor added to the class: it wins over the dict
+            mp.setattr(FlaskInstrumentor, "_response_class", property(lambda self: LazyResponse), raising=False)
+        elif setting == "response class of the class":  # not in the instance's dict: the class's attribute
+            mp.setattr(FlaskInstrumentor, "_response_class", None, raising=False)
+            del instrumentor.__dict__["_response_class"]
+        elif setting == "subclass with a request property":  # __class__ assigned: another type, its property
+            class Broken:
+                def _get_current_object(self):
+                    raise Boom("no request (property)")
+            request = property(lambda s: Broken(), lambda s, v: None)
+            instrumentor.__class__ = type("Sub", (type(instrumentor),), {"_request": request})
+        elif setting == "excluded property":  # a property excluding every URL, the instance's None: no span
+            import re
+
+            mp.setattr(FlaskInstrumentor, "_excluded", property(lambda self: re.compile("")), raising=False)
+        elif setting == "rule attribute replaced":  # werkzeug's Rule given a data descriptor `rule`
+            from werkzeug.routing import Rule
+
+            mp.setattr(Rule, "rule", property(lambda self: "/from-the-property"), raising=False)
         elif setting == "guard raises":  # OTEL_TRACE_RUN_RAISE_ERRORS: the guarded step's error raised
             mp.setattr(wsgi, "set_route", lambda *a: (_ for _ in ()).throw(Boom("set_route")))
 
@@ -230,7 +252,8 @@ def test_every_request_answers_as_the_python_methods(tracer_kind, view, parent):
 
 
 SETTINGS = ("testing", "set_route fails", "request fails", "replaced proxy", "unknown layout", "no response class",
-            "guard raises")
+            "guard raises", "response class property", "response class of the class",
+            "subclass with a request property", "excluded property", "rule attribute replaced")
 
 
 @pytest.mark.parametrize("view", ["list", "generator", "own class", "raise", "missing"])
@@ -244,6 +267,15 @@ def test_every_setting_answers_as_the_python_methods(tracer_kind, setting, view)
         assert ours["reports"] and ours["spans"]  # reported, and the request still served and traced
     if setting == "testing" and view == "raise":
         assert ours["raised"] == ("Boom", "the view failed")
+    if tracer_kind == "ours on" and view == "list":  # the guarded reads' fallbacks took effect
+        if setting == "rule attribute replaced":
+            assert [s["name"] for s in ours["spans"]] == ["GET /from-the-property"]
+        elif setting == "excluded property":
+            assert ours["spans"] == []
+        elif setting == "subclass with a request property":
+            assert ours["reports"] and "no request (property)" in ours["reports"][0][2]
+        elif setting in ("response class property", "response class of the class"):
+            assert ours["state"][2] is False  # not Flask's class (the property's, or the class's None)
 
 
 @pytest.mark.parametrize("call", ["keywords", "one keyword", "too many"])

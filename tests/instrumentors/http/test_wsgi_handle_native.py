@@ -330,7 +330,8 @@ def test_a_failing_end_and_a_failing_detach_replace_the_apps_exception_as_in_pyt
 
 
 @pytest.mark.parametrize("method", ["GET", "POST", "get", "BREW", "", None, b"GET", 7])
-@pytest.mark.parametrize("route", ["/items/<id>", "", None, "/caf\u00e9", 3, "/" + "r" * 300])
+@pytest.mark.parametrize("route", ["/items/<id>", "", None, "/caf\u00e9", 3, "/" + "r" * 300, "/\u4e2d/<x>",
+                                   "/\U0001f600", "/"])
 @pytest.mark.parametrize("tracer_kind", ["ours on", "sdk on", "ours off"])
 def test_set_route_names_the_span_as_the_python_function(method, route, tracer_kind):
     answers = []
@@ -345,6 +346,8 @@ def test_set_route_names_the_span_as_the_python_function(method, route, tracer_k
         span.end()
         answers.append([(s.name, list(s.attributes.items())) for s in exporter.get_finished_spans()])
     assert answers[:2] == answers[2:]
+    if tracer_kind != "ours off" and method == "GET" and route and type(route) is str:
+        assert answers[1][0][0] == "GET " + route  # the name's text (joined in C without a format)
     if tracer_kind != "ours off" and method == "GET" and route == "/items/<id>":
         assert answers[1] == [("GET /items/<id>", [("http.route", "/items/<id>")])]
 

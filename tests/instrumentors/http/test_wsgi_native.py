@@ -110,3 +110,56 @@ def test_a_traced_request_names_its_span_from_the_c_attributes():
         "http.request.method": "GET", "url.scheme": "http", "url.path": "/hello", "url.query": "token=REDACTED",
         "server.address": "h", "server.port": 8, "client.address": "10.0.0.9", "network.protocol.version": "1.1",
         "http.response.status_code": 200}
+
+
+def _peer_environ(agent: str = "curl/8.0", host: str = "h:81") -> dict:
+    # each value a new str object, as a real server makes them per request (not the code's constants)
+    fresh = "".join
+    return {"REQUEST_METHOD": "GET", "PATH_INFO": "/p", "HTTP_HOST": fresh([host]), "SERVER_NAME": fresh(["s"]),
+            "SERVER_PORT": fresh(["81"]), "REMOTE_ADDR": fresh(["10.0.0.9"]), "HTTP_USER_AGENT": fresh([agent]),
+            "SERVER_PROTOCOL": fresh(["HTTP/1.1"])}
+
+
+def _peer_key(environ: dict) -> tuple:
+    from trace_run.instrumentors import bounds
+    return tuple(environ.get(k) for k in ("HTTP_HOST", "SERVER_NAME", "SERVER_PORT", "HTTP_X_FORWARDED_FOR",
+                                          "REMOTE_ADDR", "HTTP_USER_AGENT", "SERVER_PROTOCOL")) + (bounds.limit(),)
+
+
+def test_the_last_peers_found_follow_every_change_of_the_kept_ones():
+    """The C keeps the last key it found in _PEERS (equal values: the same entry, without hashing the new str
+    objects); a changed _PEERS (an entry replaced, cleared) or other values are looked up as the Python does."""
+    wsgi._PEERS.clear()
+    first = _answer(native.server_attributes, _peer_environ())
+    assert first == _answer(wsgi.python_server_attributes, _peer_environ())
+    assert _answer(native.server_attributes, _peer_environ()) == first  # equal values, other objects
+    # an entry replaced (the same key): the new one, as the Python's lookup finds it
+    wsgi._PEERS[_peer_key(_peer_environ())] = {"server.address": "replaced"}
+    replaced = _answer(native.server_attributes, _peer_environ())
+    assert replaced == _answer(wsgi.python_server_attributes, _peer_environ())
+    assert ("server.address", "replaced") in replaced[1]
+    # cleared: worked out again, and kept again in _PEERS
+    wsgi._PEERS.clear()
+    assert _answer(native.server_attributes, _peer_environ()) == first
+    assert wsgi._PEERS[_peer_key(_peer_environ())]["server.address"] == "h"
+    # values of the same length but other text: their own attributes
+    other = _answer(native.server_attributes, _peer_environ(agent="curl/9.0", host="g:81"))
+    assert other == _answer(wsgi.python_server_attributes, _peer_environ(agent="curl/9.0", host="g:81"))
+    assert ("user_agent.original", "curl/9.0") in other[1] and ("server.address", "g") in other[1]
+    assert _answer(native.server_attributes, _peer_environ()) == first
+
+
+def test_peer_values_of_a_str_subclass_are_looked_up_each_time():
+    """A str subclass can hash and compare as it likes: never kept as the last key, looked up as Python does."""
+    class Loud(str):
+        def __eq__(self, other):
+            return str.__eq__(self, other)
+
+        __hash__ = str.__hash__
+
+    wsgi._PEERS.clear()
+    environ = dict(_peer_environ(), HTTP_USER_AGENT=Loud("curl/8.0"))
+    for _ in range(3):
+        assert _answer(native.server_attributes, environ) == _answer(wsgi.python_server_attributes, environ)
+    wsgi._PEERS[_peer_key(environ)] = {"server.address": "from the subclass key"}
+    assert ("server.address", "from the subclass key") in _answer(native.server_attributes, environ)[1]
