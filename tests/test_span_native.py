@@ -865,11 +865,17 @@ def _lock_steps(tracer):
     return span
 
 
+def _starts_in_python() -> int:
+    """Fallbacks of start in _both's two runs: the Python run's, and the C run's too where this SDK has no fast
+    branches (the span is then started by the Python method; set_attribute and end still run in C)."""
+    return 1 if _tracer()._root_bound is not None else 2
+
+
 def test_the_span_lock_of_the_builtin_type_is_taken_and_freed(fallbacks):
     """set_attribute, update_name and end call the builtin lock's methods without their names looked up: the
     lock is free after each, and the span the same as the Python methods make."""
     (t1, span1), (t2, span2) = _both(_lock_steps)
-    assert fallbacks == {"start": 1, "set": 1, "end": 1}  # the Python run's
+    assert fallbacks == {"start": _starts_in_python(), "set": 1, "end": 1}  # the Python run's
     assert _spans_view([span1], t1) == _spans_view([span2], t2)
     assert type(span1._lock) is type(threading.Lock()) and not span1._lock.locked()
     span = _tracer().start_span("x")
@@ -891,7 +897,7 @@ def test_a_span_lock_of_a_python_class_is_called_by_name(replace, monkeypatch, f
     (t1, span1), (t2, span2) = _both(_lock_steps)
     assert type(span1._lock) is _NamedLock and type(span2._lock) is _NamedLock
     assert span1._lock.calls == span2._lock.calls == ["replaced" if replace else "acquire", "release"] * 3
-    assert fallbacks == {"start": 1, "set": 1, "end": 1}  # the Python run's only
+    assert fallbacks == {"start": _starts_in_python(), "set": 1, "end": 1}  # the Python run's only
     assert _spans_view([span1], t1) == _spans_view([span2], t2)
 
 
