@@ -14,6 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <pthread.h>
+#include "../core/own_attr.h"
 
 #if PY_VERSION_HEX < 0x030A0000
 static inline PyObject *
@@ -370,94 +371,6 @@ put_attributes(Writer *w, PyObject *attributes)
     }
     Py_DECREF(items);
     return r;
-}
-
-#define Py_ID_DICT s_dunder_dict
-/* -- instance attributes read from the instance's dict, under a guard ---------------------------------------
- * `obj.name` for attributes read at every request or span: read from the instance's dict, as generic getattr
- * reads it there, under a guard armed for one exact type and its version tag: a heap type with generic getattr
- * and an instance dict, and no data descriptor of that name (which generic getattr would take before the dict)
- * when armed. The type's version tag changes with any change of the type or its bases, so a class attribute,
- * property or base replaced since re-arms (and falls back); another type (a subclass, __class__ assigned)
- * re-arms for it. Not in the dict, or a type the guard refused (kept as refused for that version): as before,
- * PyObject_GetAttr. Saves the type's attribute lookup (and its entry in CPython's type attribute cache) per
- * read. `obj.__dict__` likewise (own_dict): the instance's dict where the type's __dict__ is the one type()
- * gives a class (a probe class's getter) and no builtin base has a dict of its own (what that getter checks). */
-typedef struct {
-    PyTypeObject *type;  /* (borrowed: compared only, with its version tag, which no other type gets) */
-    unsigned int version;
-    int ok;
-} OwnAttr;
-
-static getter own_dict_getter;  /* the __dict__ getter of a class made by type() (set at module init) */
-
-static int
-own_dict_getter_init(void)
-{
-    PyObject *probe = PyObject_CallFunction((PyObject *)&PyType_Type, "s()N", "_probe", PyDict_New());
-    if (probe == NULL)
-        return -1;
-    PyObject *d = _PyType_Lookup((PyTypeObject *)probe, Py_ID_DICT);
-    if (d != NULL && Py_IS_TYPE(d, &PyGetSetDescr_Type))
-        own_dict_getter = ((PyGetSetDescrObject *)d)->d_getset->get;
-    Py_DECREF(probe);
-    return 0;
-}
-
-/* 1 where the guard holds for obj's type (armed now if needed), 0 where it does not */
-static int
-own_guard(PyTypeObject *t, PyObject *name, OwnAttr *g)
-{
-    if (t == g->type && t->tp_version_tag == g->version && PyType_HasFeature(t, Py_TPFLAGS_VALID_VERSION_TAG))
-        return g->ok;
-    g->type = NULL;
-    if (!PyType_HasFeature(t, Py_TPFLAGS_HEAPTYPE) || t->tp_getattro != PyObject_GenericGetAttr
-        || t->tp_dictoffset == 0)
-        return 0;
-    PyObject *d = _PyType_Lookup(t, name);  /* (assigns the version tag where it can) */
-    int ok;
-    if (name == Py_ID_DICT) {
-        ok = own_dict_getter != NULL && d != NULL && Py_IS_TYPE(d, &PyGetSetDescr_Type)
-             && ((PyGetSetDescrObject *)d)->d_getset->get == own_dict_getter;
-        for (PyTypeObject *b = t; ok && b != NULL; b = b->tp_base)
-            if (!PyType_HasFeature(b, Py_TPFLAGS_HEAPTYPE) && b->tp_dictoffset != 0)
-                ok = 0;  /* (a builtin base with a dict: the getter reads that base's descriptor) */
-    }
-    else
-        ok = d == NULL || Py_TYPE(d)->tp_descr_set == NULL;
-    if (!PyType_HasFeature(t, Py_TPFLAGS_VALID_VERSION_TAG))
-        return 0;
-    g->type = t;
-    g->version = t->tp_version_tag;
-    g->ok = ok;
-    return ok;
-}
-
-static PyObject *
-own_attr(PyObject *obj, PyObject *name, OwnAttr *g)
-{
-    if (own_guard(Py_TYPE(obj), name, g)) {
-        PyObject *d = PyObject_GenericGetDict(obj, NULL);
-        if (d == NULL)
-            PyErr_Clear();
-        else {
-            PyObject *v = PyDict_CheckExact(d) ? PyDict_GetItemWithError(d, name) : NULL;
-            Py_XINCREF(v);
-            Py_DECREF(d);
-            if (v != NULL || PyErr_Occurred())
-                return v;
-        }
-    }
-    return PyObject_GetAttr(obj, name);
-}
-
-/* obj.__dict__ (a new reference) */
-static PyObject *
-own_dict(PyObject *obj, OwnAttr *g)
-{
-    if (own_guard(Py_TYPE(obj), Py_ID_DICT, g))
-        return PyObject_GenericGetDict(obj, NULL);
-    return PyObject_GetAttr(obj, Py_ID_DICT);
 }
 
 /* (a span's BoundedAttributes and the span itself are given their dict whole by fastspan: reading it makes none.
@@ -1284,7 +1197,7 @@ PyInit__otlp_native(void)
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if ((*names[i].slot = PyUnicode_InternFromString(names[i].name)) == NULL)
             return NULL;
-    if (own_dict_getter == NULL && own_dict_getter_init() < 0)
+    if (own_attr_init() < 0)
         return NULL;
     this_pid = getpid();
     if (pthread_atfork(NULL, NULL, after_fork_in_child) != 0)

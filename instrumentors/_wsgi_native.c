@@ -18,6 +18,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include "../core/own_attr.h"
 
 #if PY_VERSION_HEX < 0x030A0000
 static inline PyObject *
@@ -1557,59 +1558,6 @@ hook_dealloc(PyObject *self)
 /* `module.name`, read from the module's dict at each call (module_name) */
 #define module_attr(dict, name) module_name(fconf[dict], (name), 1)
 
-/* -- instance attributes read from the instance's dict, under a guard ---------------------------------------
- * `obj.name` for attributes read at every request or span: read from the instance's dict, as generic getattr
- * reads it there, under a guard armed for one exact type and its version tag: a heap type with generic getattr
- * and an instance dict, and no data descriptor of that name (which generic getattr would take before the dict)
- * when armed. The type's version tag changes with any change of the type or its bases, so a class attribute,
- * property or base replaced since re-arms (and falls back); another type (a subclass, __class__ assigned)
- * re-arms for it. Not in the dict, or a type the guard refused (kept as refused for that version): as before,
- * PyObject_GetAttr. Saves the type's attribute lookup (and its entry in CPython's type attribute cache) per
- * read. */
-typedef struct {
-    PyTypeObject *type;  /* (borrowed: compared only, with its version tag, which no other type gets) */
-    unsigned int version;
-    int ok;
-} OwnAttr;
-
-/* 1 where the guard holds for obj's type (armed now if needed), 0 where it does not */
-static int
-own_guard(PyTypeObject *t, PyObject *name, OwnAttr *g)
-{
-    if (t == g->type && t->tp_version_tag == g->version && PyType_HasFeature(t, Py_TPFLAGS_VALID_VERSION_TAG))
-        return g->ok;
-    g->type = NULL;
-    if (!PyType_HasFeature(t, Py_TPFLAGS_HEAPTYPE) || t->tp_getattro != PyObject_GenericGetAttr
-        || t->tp_dictoffset == 0)
-        return 0;
-    PyObject *d = _PyType_Lookup(t, name);  /* (assigns the version tag where it can) */
-    int ok = d == NULL || Py_TYPE(d)->tp_descr_set == NULL;
-    if (!PyType_HasFeature(t, Py_TPFLAGS_VALID_VERSION_TAG))
-        return 0;
-    g->type = t;
-    g->version = t->tp_version_tag;
-    g->ok = ok;
-    return ok;
-}
-
-static PyObject *
-own_attr(PyObject *obj, PyObject *name, OwnAttr *g)
-{
-    if (own_guard(Py_TYPE(obj), name, g)) {
-        PyObject *d = PyObject_GenericGetDict(obj, NULL);
-        if (d == NULL)
-            PyErr_Clear();
-        else {
-            PyObject *v = PyDict_CheckExact(d) ? PyDict_GetItemWithError(d, name) : NULL;
-            Py_XINCREF(v);
-            Py_DECREF(d);
-            if (v != NULL || PyErr_Occurred())
-                return v;
-        }
-    }
-    return PyObject_GetAttr(obj, name);
-}
-
 /* (the instrumentor's and the routing rules' objects live as long as the app: reading their dict makes it once.
  * Flask's request is new per request: its attributes are read by getattr, which does not turn the instance's
  * inline values into a dict, as reading its dict would, once per request) */
@@ -2009,7 +1957,7 @@ PyInit__wsgi_native(void)
         if (N[i] == NULL && (N[i] = PyUnicode_InternFromString(name_values[i])) == NULL)
             return NULL;
     }
-    if (empty_tuple == NULL && (empty_tuple = PyTuple_New(0)) == NULL)
+    if ((empty_tuple == NULL && (empty_tuple = PyTuple_New(0)) == NULL) || own_attr_init() < 0)
         return NULL;
     RequestType.tp_methods = request_methods;
     if (PyType_Ready(&RequestType) < 0 || PyType_Ready(&ResponderType) < 0 || PyType_Ready(&BodyType) < 0
