@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace import _Span as SdkSpan
 from opentelemetry.sdk.trace.sampling import Decision, StaticSampler
 from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
+from support import NamedLock, replace_acquire
 from trace_run.agent import exporthealth, fastspan, otlp_encoder, sdk
 from trace_run.agent.otlp_encoder import Encoded, Encoder
 
@@ -502,41 +503,15 @@ def test_the_process_id_it_compares_with_follows_forks():
     assert out.stdout.split() == ["ok", "True"], out.stderr
 
 
-class _NamedLock:
-    """A lock of a Python class: the C calls its acquire and release by name, as the Python method does."""
-
-    calls: list = []
-
-    def __init__(self):
-        self._inner = threading.Lock()
-
-    def acquire(self, *args):
-        self.calls.append("acquire")
-        return self._inner.acquire(*args)
-
-    def release(self):
-        self.calls.append("release")
-        self._inner.release()
-
-    def __enter__(self):
-        return self.acquire()
-
-    def __exit__(self, *exc):
-        self.release()
-
-
 @pytest.mark.parametrize("lock", ["default", "rlock", "named", "named, replaced"])
 def test_the_budgets_lock_is_called_as_the_python_method_calls_it(lock, monkeypatch):
     """The C calls the acquire and release of a lock of a builtin type without a name lookup; any other lock's
     by name (a method replaced on its class: the new one). Either way what the queue and budget see is the same,
     and the lock is free after."""
     spans = _spans()
-    calls = _NamedLock.calls = []
+    calls = []
     if lock == "named, replaced":
-        def acquire(self, *args):
-            self.calls.append("replaced")
-            return self._inner.acquire(*args)
-        monkeypatch.setattr(_NamedLock, "acquire", acquire)
+        replace_acquire(monkeypatch)
     budgets = []
     real = exporthealth.QueueBudget
 
@@ -545,7 +520,7 @@ def test_the_budgets_lock_is_called_as_the_python_method_calls_it(lock, monkeypa
         if lock == "rlock":
             made._lock = threading.RLock()
         elif lock != "default":
-            made._lock = _NamedLock()
+            made._lock = NamedLock(calls)
         budgets.append(made)
         return made
 

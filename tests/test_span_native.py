@@ -26,6 +26,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 from opentelemetry.trace.span import TraceState
+from support import NamedLock, replace_acquire
 from trace_run.agent import fastspan
 from trace_run.core import config
 
@@ -832,31 +833,6 @@ def test_span_contexts_made_in_c_hash_and_compare_as_those_made_by_the_api(fallb
     assert kinds == {True, False}, kinds  # both a dropped root's and a recording span's context were checked
 
 
-class _NamedLock:
-    """A span lock of a Python class (fastspan._Lock replaced): the C calls its acquire and release by name."""
-
-    def __init__(self):
-        self._inner = threading.Lock()
-        self.calls = []
-
-    def acquire(self, *args):
-        self.calls.append("acquire")
-        return self._inner.acquire(*args)
-
-    def release(self):
-        self.calls.append("release")
-        self._inner.release()
-
-    def locked(self):
-        return self._inner.locked()
-
-    def __enter__(self):
-        return self.acquire()
-
-    def __exit__(self, *exc):
-        self.release()
-
-
 def _lock_steps(tracer):
     span = tracer.start_span("s")
     span.set_attribute("a", 1)
@@ -887,15 +863,12 @@ def test_the_span_lock_of_the_builtin_type_is_taken_and_freed(fallbacks):
 
 @pytest.mark.parametrize("replace", [False, True])
 def test_a_span_lock_of_a_python_class_is_called_by_name(replace, monkeypatch, fallbacks):
-    monkeypatch.setattr(fastspan, "_Lock", _NamedLock)
+    monkeypatch.setattr(fastspan, "_Lock", NamedLock)
     assert fastspan.use_native(True)
     if replace:  # a method replaced on the class after configure: the new one is called
-        def acquire(self, *args):
-            self.calls.append("replaced")
-            return self._inner.acquire(*args)
-        monkeypatch.setattr(_NamedLock, "acquire", acquire)
+        replace_acquire(monkeypatch)
     (t1, span1), (t2, span2) = _both(_lock_steps)
-    assert type(span1._lock) is _NamedLock and type(span2._lock) is _NamedLock
+    assert type(span1._lock) is NamedLock and type(span2._lock) is NamedLock
     assert span1._lock.calls == span2._lock.calls == ["replaced" if replace else "acquire", "release"] * 3
     assert fallbacks == {"start": _starts_in_python(), "set": 1, "end": 1}  # the Python run's only
     assert _spans_view([span1], t1) == _spans_view([span2], t2)

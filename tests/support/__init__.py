@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the tests folder
@@ -106,3 +107,39 @@ def memory_growth(once, warm: int, n: int) -> int:
         return tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
+
+
+class NamedLock:
+    """A lock of a Python class: the C extensions call its acquire and release by name, as the Python methods do
+    (a builtin lock's they call directly); each call is recorded in `calls`, a list of its own or one given."""
+
+    def __init__(self, calls: list = None):
+        self._inner = threading.Lock()
+        self.calls = [] if calls is None else calls
+
+    def acquire(self, *args):
+        self.calls.append("acquire")
+        return self._inner.acquire(*args)
+
+    def release(self):
+        self.calls.append("release")
+        self._inner.release()
+
+    def locked(self):
+        return self._inner.locked()
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def replace_acquire(monkeypatch) -> None:
+    """NamedLock.acquire replaced on its class at run time (after the C was configured): calls say "replaced"."""
+
+    def acquire(self, *args):
+        self.calls.append("replaced")
+        return self._inner.acquire(*args)
+
+    monkeypatch.setattr(NamedLock, "acquire", acquire)
