@@ -722,7 +722,7 @@ static PyObject *end_span_type;     /* fastspan.Span */
 static PyObject *python_on_end;     /* CountingProcessor's Python on_end(self, span) */
 static PyObject *budget_type;       /* exporthealth.QueueBudget */
 static PyObject *budget_admit;      /* its admit function */
-static PyObject *k_lock, *s_acquire, *s_release, *s_build, *k_counter, *k_pending, *k_encode, *k_prepare, *k_admit,
+static PyObject *k_lock, *s_build, *k_counter, *k_pending, *k_encode, *k_prepare, *k_admit,
     *k_on_end, *k_sampled_only, *s_spans, *s_bytes, *s_max_spans, *s_max_bytes;
 
 /* borrowed items of `dict` under `keys`; 0 if one is missing (no exception), -1 on an error */
@@ -737,58 +737,12 @@ items_of(PyObject *dict, PyObject **keys, PyObject **out, int n)
     return 1;
 }
 
-/* lock.acquire() / lock.release() as `PyObject_CallMethodNoArgs(lock, name)` calls them. For a lock of an
- * immutable type without instance dicts (a builtin's: _thread.lock) the method that call finds is the type's own
- * method descriptor, which cannot change: it is looked up once for the last such type seen (held), and its C
- * function called directly with what the descriptor would pass it. Anything else: by name, as before. */
-static PyTypeObject *lock_type_seen;
-static PyMethodDef *lock_methods[2];  /* acquire, release (NULL: by name) */
-
-static PyObject *
-lock_call(PyObject *lock, int release)
-{
-    PyObject *name = release ? s_release : s_acquire;
-    PyTypeObject *type = Py_TYPE(lock);
-#ifdef Py_TPFLAGS_IMMUTABLETYPE
-    if (type != lock_type_seen && PyType_HasFeature(type, Py_TPFLAGS_IMMUTABLETYPE) && type->tp_dictoffset == 0) {
-        for (int i = 0; i < 2; i++) {
-            PyObject *d = _PyType_Lookup(type, i ? s_release : s_acquire);
-            PyMethodDef *m = NULL;
-            if (d != NULL && Py_IS_TYPE(d, &PyMethodDescr_Type) && ((PyMethodDescrObject *)d)->d_common.d_type == type) {
-                m = ((PyMethodDescrObject *)d)->d_method;
-                int flags = m->ml_flags & ~METH_COEXIST;
-                if (flags != METH_NOARGS && flags != METH_VARARGS && flags != (METH_VARARGS | METH_KEYWORDS))
-                    m = NULL;
-            }
-            lock_methods[i] = m;
-        }
-        Py_INCREF(type);
-        Py_XSETREF(lock_type_seen, type);
-    }
-#endif
-    PyMethodDef *m = type == lock_type_seen ? lock_methods[release] : NULL;
-    if (m == NULL)
-        return PyObject_CallMethodNoArgs(lock, name);
-    if (Py_EnterRecursiveCall(" while calling a Python object"))
-        return NULL;
-    PyObject *r, *no_args = PyTuple_New(0);  /* (the empty tuple: a shared singleton) */
-    if (no_args == NULL)
-        r = NULL;
-    else if ((m->ml_flags & ~METH_COEXIST) == METH_NOARGS)
-        r = m->ml_meth(lock, NULL);
-    else if ((m->ml_flags & ~METH_COEXIST) == METH_VARARGS)
-        r = m->ml_meth(lock, no_args);
-    else
-        r = ((PyCFunctionWithKeywords)(void (*)(void))m->ml_meth)(lock, no_args, NULL);
-    Py_XDECREF(no_args);
-    Py_LeaveRecursiveCall();
-    return r;
-}
+static LockMethods otlp_locks;  /* core/own_attr.h's lock_call */
 
 static int
 unlock(PyObject *lock)
 {
-    PyObject *r = lock_call(lock, 1);
+    PyObject *r = lock_call(lock, OWN_RELEASE, &otlp_locks);
     Py_XDECREF(r);
     return r == NULL ? -1 : 0;
 }
@@ -818,7 +772,7 @@ admit_inline(PyObject *budget, PyObject *item)
     PyObject *size = PyLong_FromSsize_t(n), *more_spans = NULL, *more_bytes = NULL;
     if (size == NULL)
         goto out;
-    PyObject *r = lock_call(lock, 0);
+    PyObject *r = lock_call(lock, OWN_ACQUIRE, &otlp_locks);
     if (r == NULL) {
         Py_DECREF(size);
         goto out;
@@ -1187,7 +1141,7 @@ PyInit__otlp_native(void)
         (k_scope = PyUnicode_InternFromString("_instrumentation_scope")) == NULL)
         return NULL;
     struct { PyObject **slot; const char *name; } names[] = {
-        {&k_lock, "_lock"}, {&s_acquire, "acquire"}, {&s_release, "release"}, {&s_build, "_build"}, {&k_counter, "_counter"}, {&k_pending, "_pending"},
+        {&k_lock, "_lock"}, {&s_build, "_build"}, {&k_counter, "_counter"}, {&k_pending, "_pending"},
         {&k_encode, "_encode"}, {&k_prepare, "_prepare"}, {&k_admit, "_admit"}, {&k_on_end, "_on_end"},
         {&k_sampled_only, "_sampled_only"}, {&s_spans, "spans"}, {&s_bytes, "bytes"}, {&s_max_spans, "max_spans"},
         {&s_max_bytes, "max_bytes"}, {&k_shutdown, "_shutdown"}, {&k_pid, "_pid"},

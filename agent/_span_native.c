@@ -62,7 +62,7 @@ enum {
     S_SPAN_PROCESSOR, S_SPAN_LIMITS, S_METRICS_OFF, S_METRICS, S_ID_GENERATOR, S_FIELDS_OK, S_GETRANDBITS,
     S_GENERATE_TRACE_ID, S_GENERATE_SPAN_ID, S_GET_CURRENT, S_CRLOCK, S_FAST, S_STATE, S_DICT_TYPE,
     S_LOCK_FACTORY, S_MAXLEN, S_MAX_VALUE_LEN, S_MAKE, S_DUNDER_DICT, S_ROUTE_KEY, S_SPAN_PROCESSORS, S_ON_START,
-    S_PARENT_CONTEXT, S_ACQUIRE, S_RELEASE, S_GET, S_INIT,
+    S_PARENT_CONTEXT, S_GET, S_INIT,
     /* span fields, in the order of start_span's dict display */
     S_NAME, S_CONTEXT, S_KIND, S_PARENT, S_START_TIME, S_ATTRIBUTES, S_FRESOURCE, S_FSAMPLER, S_RECORD_EXCEPTION,
     S_SET_STATUS, S_FSPAN_PROCESSOR, S_LIMITS, S_LOCK, S_RECORD_END_METRICS,
@@ -74,7 +74,7 @@ static const char *str_values[N_STR] = {
     "sampler", "span_processor", "_span_limits", "_metrics_off", "_metrics", "id_generator", "_fields_ok",
     "getrandbits", "generate_trace_id", "generate_span_id", "get_current", "_CRLock", "fast", "_state",
     "_dict_type", "_lock_factory", "maxlen", "max_value_len", "make", "__dict__", "_trace_run_route",
-    "_span_processors", "on_start", "parent_context", "acquire", "release", "get", "__init__",
+    "_span_processors", "on_start", "parent_context", "get", "__init__",
     "_name", "_context", "_kind", "_parent", "_start_time", "_attributes", "_resource", "_sampler",
     "_record_exception", "_set_status_on_exception", "_span_processor", "_limits", "_lock", "_record_end_metrics",
     "_end_time", "_dict", "_immutable", "_on_ending", "end_time"};
@@ -844,64 +844,9 @@ start_span(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw
     return call_python(conf[C_PYTHON_START], self, args, nargs, kwnames);
 }
 
-/* -- the span lock's acquire and release ----------------------------------------------------------------- */
+/* -- the span lock's acquire and release: core/own_attr.h's lock_call ------------------------------------ */
 
-/* lock.acquire() / lock.release() as `PyObject_CallMethodNoArgs(lock, name)` calls them. Where the lock is of
- * configure's lock type and that type is immutable (a builtin's: _thread.lock; its dict cannot change, and its
- * instances have no dict of their own), the method that call would find is the type's own method descriptor,
- * found once at configure: its C function is called directly, with what the descriptor would pass it. Any other
- * lock, or a method of another calling convention: by name, as before. */
-enum { L_ACQUIRE, L_RELEASE, N_LOCK_METHODS };
-static PyTypeObject *lock_methods_type;  /* (conf's lock type: held there) */
-static PyMethodDef *lock_methods[N_LOCK_METHODS];
-
-static void
-find_lock_methods(PyTypeObject *type)
-{
-    lock_methods_type = NULL;
-    for (int i = 0; i < N_LOCK_METHODS; i++)
-        lock_methods[i] = NULL;
-#ifdef Py_TPFLAGS_IMMUTABLETYPE
-    if (!PyType_HasFeature(type, Py_TPFLAGS_IMMUTABLETYPE) || type->tp_dictoffset != 0)
-        return;
-#else
-    return;
-#endif
-    for (int i = 0; i < N_LOCK_METHODS; i++) {
-        PyObject *d = _PyType_Lookup(type, S[i == L_ACQUIRE ? S_ACQUIRE : S_RELEASE]);
-        if (d == NULL || !Py_IS_TYPE(d, &PyMethodDescr_Type) || ((PyMethodDescrObject *)d)->d_common.d_type != type)
-            continue;
-        PyMethodDef *m = ((PyMethodDescrObject *)d)->d_method;
-        int flags = m->ml_flags & ~METH_COEXIST;
-        if (flags == METH_NOARGS || flags == (METH_VARARGS | METH_KEYWORDS) || flags == METH_VARARGS)
-            lock_methods[i] = m;
-    }
-    lock_methods_type = type;
-}
-
-static PyObject *
-lock_call(PyObject *lock, int which)
-{
-    PyMethodDef *m = lock_methods[which];
-    if (m == NULL || Py_TYPE(lock) != lock_methods_type)
-        return PyObject_CallMethodNoArgs(lock, S[which == L_ACQUIRE ? S_ACQUIRE : S_RELEASE]);
-    if (Py_EnterRecursiveCall(" while calling a Python object"))
-        return NULL;
-    PyObject *r;
-    switch (m->ml_flags & ~METH_COEXIST) {
-    case METH_NOARGS:
-        r = m->ml_meth(lock, NULL);
-        break;
-    case METH_VARARGS:
-        r = m->ml_meth(lock, empty_tuple);
-        break;
-    default: /* METH_VARARGS | METH_KEYWORDS */
-        r = ((PyCFunctionWithKeywords)(void (*)(void))m->ml_meth)(lock, empty_tuple, NULL);
-        break;
-    }
-    Py_LeaveRecursiveCall();
-    return r;
-}
+static LockMethods span_locks;
 
 /* -- set_attribute --------------------------------------------------------------------------------------- */
 
@@ -912,7 +857,7 @@ release_keeping_error(PyObject *lock)
 {
     PyObject *et, *ev, *tb;
     PyErr_Fetch(&et, &ev, &tb);
-    PyObject *r = lock_call(lock, L_RELEASE);
+    PyObject *r = lock_call(lock, OWN_RELEASE, &span_locks);
     if (r == NULL) {
         Py_XDECREF(et);
         Py_XDECREF(ev);
@@ -992,7 +937,7 @@ set_attribute_fast(PyObject *self, PyObject *key, PyObject *value)
     }
     Py_INCREF(lock);
     Py_INCREF(stored);
-    r = lock_call(lock, L_ACQUIRE);
+    r = lock_call(lock, OWN_ACQUIRE, &span_locks);
     if (r == NULL) {
         Py_DECREF(stored);
         Py_CLEAR(lock);
@@ -1069,7 +1014,7 @@ end_fast(PyObject *self, PyObject *end_time)
     Py_INCREF(lock);
     Py_INCREF(attributes);
     Py_INCREF(processor);
-    r = lock_call(lock, L_ACQUIRE);
+    r = lock_call(lock, OWN_ACQUIRE, &span_locks);
     if (r == NULL)
         goto out;
     Py_DECREF(r);
@@ -1201,7 +1146,7 @@ update_name(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyObject *lock = sd == NULL ? NULL : PyDict_GetItemWithError(sd, S[S_LOCK]);
         if (lock != NULL && Py_TYPE(lock) == (PyTypeObject *)conf[C_LOCK_TYPE]) {
             Py_INCREF(lock);
-            PyObject *r = lock_call(lock, L_ACQUIRE);
+            PyObject *r = lock_call(lock, OWN_ACQUIRE, &span_locks);
             if (r == NULL) {
                 Py_DECREF(lock);
                 Py_DECREF(sd);
@@ -1313,7 +1258,6 @@ configure(PyObject *module, PyObject *names)
     Py_XSETREF(non_recording_code, init_code);
     random_flag = flag;
     has_is_enabled = is_enabled;
-    find_lock_methods((PyTypeObject *)conf[C_LOCK_TYPE]);
     configured = 1;
     return Py_BuildValue("(NNNNN)", start, set, end_method, recording, rename);
 }

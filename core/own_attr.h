@@ -25,12 +25,20 @@ typedef struct {
 
 static getter own_dict_getter;  /* the __dict__ getter of a class made by type() (set at module init) */
 static PyObject *own_dunder_dict;  /* "__dict__", interned */
+static PyObject *own_lock_names[2];  /* "acquire", "release", interned */
+static PyObject *own_empty_tuple;
 
 /* the module's init calls this once: 0, or -1 with an error set */
 static inline int
 own_attr_init(void)
 {
     if (own_dunder_dict == NULL && (own_dunder_dict = PyUnicode_InternFromString("__dict__")) == NULL)
+        return -1;
+    if (own_lock_names[0] == NULL && (own_lock_names[0] = PyUnicode_InternFromString("acquire")) == NULL)
+        return -1;
+    if (own_lock_names[1] == NULL && (own_lock_names[1] = PyUnicode_InternFromString("release")) == NULL)
+        return -1;
+    if (own_empty_tuple == NULL && (own_empty_tuple = PyTuple_New(0)) == NULL)
         return -1;
     if (own_dict_getter != NULL)
         return 0;
@@ -98,6 +106,60 @@ own_dict(PyObject *obj, OwnAttr *g)
     if (own_guard(Py_TYPE(obj), own_dunder_dict, g))
         return PyObject_GenericGetDict(obj, NULL);
     return PyObject_GetAttr(obj, own_dunder_dict);
+}
+
+/* -- a lock's acquire and release, called directly ------------------------------------------------------------
+ * lock.acquire() / lock.release() as `PyObject_CallMethodNoArgs(lock, name)` calls them. For a lock of an
+ * immutable type without instance dicts (a builtin's: _thread.lock) the method that call finds is the type's own
+ * method descriptor, which cannot change: it is looked up once for the last such type seen (held), and its C
+ * function called directly with what the descriptor would pass it. Anything else (a Python lock class, a method
+ * of another calling convention): by name, as before. */
+enum { OWN_ACQUIRE, OWN_RELEASE };
+typedef struct {
+    PyTypeObject *type;  /* the last immutable lock type seen (held), or NULL */
+    PyMethodDef *methods[2];  /* its acquire, release (NULL: by name) */
+} LockMethods;
+
+static inline PyObject *
+lock_call(PyObject *lock, int which, LockMethods *lm)
+{
+    PyTypeObject *type = Py_TYPE(lock);
+#ifdef Py_TPFLAGS_IMMUTABLETYPE
+    if (type != lm->type && PyType_HasFeature(type, Py_TPFLAGS_IMMUTABLETYPE) && type->tp_dictoffset == 0) {
+        for (int i = 0; i < 2; i++) {
+            PyObject *d = _PyType_Lookup(type, own_lock_names[i]);
+            PyMethodDef *m = NULL;
+            if (d != NULL && Py_IS_TYPE(d, &PyMethodDescr_Type) && ((PyMethodDescrObject *)d)->d_common.d_type == type) {
+                m = ((PyMethodDescrObject *)d)->d_method;
+                int flags = m->ml_flags & ~METH_COEXIST;
+                if (flags != METH_NOARGS && flags != METH_VARARGS && flags != (METH_VARARGS | METH_KEYWORDS))
+                    m = NULL;
+            }
+            lm->methods[i] = m;
+        }
+        Py_INCREF(type);
+        Py_XSETREF(lm->type, type);
+    }
+#endif
+    PyMethodDef *m = type == lm->type ? lm->methods[which] : NULL;
+    if (m == NULL)
+        return PyObject_CallMethodNoArgs(lock, own_lock_names[which]);
+    if (Py_EnterRecursiveCall(" while calling a Python object"))
+        return NULL;
+    PyObject *r;
+    switch (m->ml_flags & ~METH_COEXIST) {
+    case METH_NOARGS:
+        r = m->ml_meth(lock, NULL);
+        break;
+    case METH_VARARGS:
+        r = m->ml_meth(lock, own_empty_tuple);
+        break;
+    default: /* METH_VARARGS | METH_KEYWORDS */
+        r = ((PyCFunctionWithKeywords)(void (*)(void))m->ml_meth)(lock, own_empty_tuple, NULL);
+        break;
+    }
+    Py_LeaveRecursiveCall();
+    return r;
 }
 
 #endif
