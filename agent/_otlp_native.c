@@ -6,6 +6,9 @@
  * or that is not a str, bool, int, float or a tuple/list of those, any unexpected field): the Python
  * path then encodes it. Python code only runs where the Python path runs it too (a TraceState's len).
  *
+ * frame(spans, start, stop, entries) is Encoder.encode's loop over a slice of a batch of Encoded items: each
+ * span's field appended to its group's bytearray (see there).
+ *
  * Field numbers are those of opentelemetry/proto/trace/v1/trace.proto and common/v1/common.proto.
  */
 #define PY_SSIZE_T_CLEAN

@@ -10,10 +10,10 @@ In trace-run's pipeline each span is encoded as it ends (`Encoder.preencode`,
 see `Encoded` for why) and `encode` only frames a batch of them.
 `OTEL_TRACE_RUN_OTLP_ENCODER=sdk` goes back to the official encoder.
 
-A finished span of trace-run's own class is encoded in C where the optional
-extension was built (agent/_otlp_native.c: the common case, the same bytes);
-what it declines, and everything with `OTEL_TRACE_RUN_NATIVE_ENCODER=false`,
-is encoded here.
+A finished span of trace-run's own class is encoded, and a batch of Encoded
+items framed, in C where the optional extension was built (agent/_otlp_native.c:
+the common case, the same bytes); what it declines, and everything with
+`OTEL_TRACE_RUN_NATIVE_ENCODER=false`, is done here.
 
 Field numbers are those of opentelemetry/proto/{collector/trace,trace,common,
 resource}/v1/*.proto.
@@ -156,7 +156,8 @@ class Encoder:
 
     def __init__(self, pause: bool = True, native: Optional[bool] = None):
         """`pause`: hand the GIL over between slices of a batch (on an export thread; see hand_over).
-        `native`: own spans encoded in C where the extension is built (None: as configured)."""
+        `native`: own spans encoded, and batches of Encoded framed, in C where the extension is built (None: as
+        configured)."""
         self._pause = pause
         if native is None:
             from trace_run.core import config
