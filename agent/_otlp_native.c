@@ -6,6 +6,9 @@
  * or that is not a str, bool, int, float or a tuple/list of those, any unexpected field): the Python
  * path then encodes it. Python code only runs where the Python path runs it too (a TraceState's len).
  *
+ * frame(spans, start, stop, entries) is Encoder.encode's loop over a slice of a batch of Encoded items: each
+ * span's field appended to its group's bytearray (see there).
+ *
  * Field numbers are those of opentelemetry/proto/trace/v1/trace.proto and common/v1/common.proto.
  */
 #define PY_SSIZE_T_CLEAN
@@ -655,6 +658,113 @@ untrack(PyObject *module, PyObject *item)
     Py_RETURN_NONE;
 }
 
+/* Encoder.encode's loop over a batch, its common case: frame(spans, start, stop, entries) appends each item of
+ * spans[start:stop] that is exactly an Encoded whose (resource, scope) group is already in `entries` (keyed by
+ * (id(resource), id(scope)), as Encoder.encode keeps it, each value a (scope key, bytearray) pair) to its group's
+ * bytearray: the field's header (tag 2, the length) and the span's bytes, as the Python loop does. It stops at the
+ * first item it was not written for (another type, data not bytes, a new group, an entry not of that shape) and
+ * gives its index (stop where it did them all): the Python loop does that one. No Python code runs here. The
+ * groups last used are looked up by pointer, held for the call; the dict only when the group changes to one not
+ * among them. */
+#define FRAME_GROUPS 8
+
+static PyObject *
+frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "frame(spans, start, stop, entries)");
+        return NULL;
+    }
+    PyObject *spans = args[0], *entries = args[3];
+    Py_ssize_t i = PyLong_AsSsize_t(args[1]), stop;
+    if (i == -1 && PyErr_Occurred())
+        return NULL;
+    stop = PyLong_AsSsize_t(args[2]);
+    if (stop == -1 && PyErr_Occurred())
+        return NULL;
+    if (encoded_type == NULL || !(PyList_CheckExact(spans) || PyTuple_CheckExact(spans)) ||
+        !PyDict_CheckExact(entries) || i < 0)
+        return PyLong_FromSsize_t(i);
+    /* strong references, for the call: making a key can run the garbage collector (and finalizers) */
+    PyObject *res[FRAME_GROUPS], *scp[FRAME_GROUPS], *arr[FRAME_GROUPS];
+    int held = 0, next = 0, last = -1, failed = 0;
+    for (; i < stop && i < PySequence_Fast_GET_SIZE(spans); i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(spans, i);
+        if ((PyObject *)Py_TYPE(item) != encoded_type || PyTuple_GET_SIZE(item) != 3)
+            break;
+        PyObject *data = PyTuple_GET_ITEM(item, 0), *resource = PyTuple_GET_ITEM(item, 1),
+                 *scope = PyTuple_GET_ITEM(item, 2);
+        if (!PyBytes_CheckExact(data))
+            break;
+        int g = last;
+        if (g < 0 || res[g] != resource || scp[g] != scope) {
+            for (g = 0; g < held; g++)
+                if (res[g] == resource && scp[g] == scope)
+                    break;
+            if (g == held) {
+                /* held for the step: the item's data, resource and scope stay alive while the key is made */
+                Py_INCREF(item);
+                PyObject *a = PyLong_FromVoidPtr(resource), *b = a ? PyLong_FromVoidPtr(scope) : NULL;
+                PyObject *key = b ? PyTuple_Pack(2, a, b) : NULL;
+                Py_XDECREF(a);
+                Py_XDECREF(b);
+                PyObject *entry = key ? PyDict_GetItemWithError(entries, key) : NULL;
+                Py_XDECREF(key);
+                if (entry == NULL || !PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 2 ||
+                    !PyByteArray_CheckExact(PyTuple_GET_ITEM(entry, 1))) {
+                    failed = PyErr_Occurred() != NULL;  /* else a new group: the Python loop makes it */
+                    Py_DECREF(item);
+                    break;
+                }
+                if (held < FRAME_GROUPS)
+                    g = held++;
+                else {
+                    g = next;
+                    next = (next + 1) % FRAME_GROUPS;
+                    Py_DECREF(res[g]);
+                    Py_DECREF(scp[g]);
+                    Py_DECREF(arr[g]);
+                }
+                res[g] = Py_NewRef(resource);
+                scp[g] = Py_NewRef(scope);
+                arr[g] = Py_NewRef(PyTuple_GET_ITEM(entry, 1));
+                int moved = i >= PySequence_Fast_GET_SIZE(spans) || PySequence_Fast_GET_ITEM(spans, i) != item;
+                Py_DECREF(item);
+                if (moved)
+                    break;  /* a finalizer changed the batch: the Python loop reads the item anew */
+            }
+        }
+        last = g;
+        PyObject *pieces = arr[g];
+        Py_ssize_t n = PyBytes_GET_SIZE(data), size = PyByteArray_GET_SIZE(pieces);
+        Py_ssize_t need = size + 1 + varint_len((uint64_t)n) + n;
+        if (need + 1 > ((PyByteArrayObject *)pieces)->ob_alloc) {
+            /* grown by doubling (bytearray grows by itself only to the exact size, for appends this size) */
+            if (PyByteArray_Resize(pieces, need > 2 * size ? need : 2 * size) < 0) {
+                failed = 1;
+                break;
+            }
+        }
+        if (PyByteArray_Resize(pieces, need) < 0) {
+            failed = 1;
+            break;
+        }
+        Writer w;  /* writes into the bytearray's room, made above */
+        w.data = (unsigned char *)PyByteArray_AS_STRING(pieces);
+        w.len = size;
+        w.cap = need;
+        put_byte(&w, 0x12);
+        put_varint(&w, (uint64_t)n);
+        put(&w, PyBytes_AS_STRING(data), n);
+    }
+    for (int g = 0; g < held; g++) {
+        Py_DECREF(res[g]);
+        Py_DECREF(scp[g]);
+        Py_DECREF(arr[g]);
+    }
+    return failed ? NULL : PyLong_FromSsize_t(i);
+}
+
 /* (member, wire value) pairs into the arrays compared by identity. */
 static int
 read_enum(PyObject *pairs, PyObject **members, unsigned char *wire, Py_ssize_t *count)
@@ -1108,6 +1218,9 @@ static PyMethodDef methods[] = {
     {"untrack", untrack, METH_O,
      "untrack(item): an Encoded made in Python, or a tuple of untracked ones, left out of the garbage collector's "
      "lists, as preencode's."},
+    {"frame", (PyCFunction)(void (*)(void))frame, METH_FASTCALL,
+     "frame(spans, start, stop, entries) -> int: Encoder.encode's loop over spans[start:stop], its common case; "
+     "the index of the first item left to the Python loop (stop: none)."},
     {"configure", configure, METH_VARARGS,
      "configure(kinds, codes, unset_status, status_type, empty_trace_state, bounded_attributes_type, span_type, "
      "encoded_type)"},

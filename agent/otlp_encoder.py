@@ -10,10 +10,10 @@ In trace-run's pipeline each span is encoded as it ends (`Encoder.preencode`,
 see `Encoded` for why) and `encode` only frames a batch of them.
 `OTEL_TRACE_RUN_OTLP_ENCODER=sdk` goes back to the official encoder.
 
-A finished span of trace-run's own class is encoded in C where the optional
-extension was built (agent/_otlp_native.c: the common case, the same bytes);
-what it declines, and everything with `OTEL_TRACE_RUN_NATIVE_ENCODER=false`,
-is encoded here.
+A finished span of trace-run's own class is encoded, and a batch of Encoded
+items framed, in C where the optional extension was built (agent/_otlp_native.c:
+the common case, the same bytes); what it declines, and everything with
+`OTEL_TRACE_RUN_NATIVE_ENCODER=false`, is done here.
 
 Field numbers are those of opentelemetry/proto/{collector/trace,trace,common,
 resource}/v1/*.proto.
@@ -40,6 +40,10 @@ try:
 except ImportError:  # (queued Encoded items made in Python, and batches, are then tracked by the garbage collector)
     def untrack(item) -> None:
         """An Encoded, or a tuple of untracked ones, left out of the garbage collector's lists (in C only)."""
+try:
+    from trace_run.agent._otlp_native import frame as _NATIVE_FRAME
+except ImportError:  # Encoder.encode's loop in Python only
+    _NATIVE_FRAME = None
 
 SLICE = 128  # spans encoded between two GIL hand-overs
 PAUSE_S = 0.0001  # a real sleep: a thread waiting for the GIL takes it (sleep(0) rarely hands it over)
@@ -152,13 +156,15 @@ class Encoder:
 
     def __init__(self, pause: bool = True, native: Optional[bool] = None):
         """`pause`: hand the GIL over between slices of a batch (on an export thread; see hand_over).
-        `native`: own spans encoded in C where the extension is built (None: as configured)."""
+        `native`: own spans encoded, and batches of Encoded framed, in C where the extension is built (None: as
+        configured)."""
         self._pause = pause
         if native is None:
             from trace_run.core import config
 
             native = config.get("OTEL_TRACE_RUN_NATIVE_ENCODER")
         self._native, self._native_preencode = (_NATIVE_SPAN, _NATIVE_PREENCODE) if native else (None, None)
+        self._frame = _NATIVE_FRAME if native else None  # encode's loop over Encoded items, in C
         self._attr_caches: dict = {}  # field tag -> {(key, value): encoded field}
         self._names: dict = {}  # span name -> (kind, encoded name and kind fields)
         self._heads: dict = {}  # a span's length -> its field's header in a request (tag, length)
@@ -408,48 +414,29 @@ class Encoder:
         each group in order of first appearance (as the official encoder does).
 
         This runs on the export thread holding the GIL, so it does little per span: its group is
-        looked up only when it is not the span before's, its field header comes from a cache by
-        length, its bytes are not copied; the request is joined once, at the end. (Joining each
-        level of nesting apart and copying every span behind its header took ~0.8 ms of GIL per
-        512-span batch here, ~0.15 ms this way: benchmarks/README.md, the GIL section.)"""
-        groups: dict = {}  # id(resource) -> (resource, {scope key: (scope, [span pieces])})
-        entries: dict = {}  # (id(resource), id(scope)) -> its (scope, [span pieces])
+        looked up only when it is not the span before's, and its field (header and bytes) is appended
+        to its group's one bytearray; the request is joined once, at the end. (Joining each level of
+        nesting apart took ~0.8 ms of GIL per 512-span batch here, ~0.15 ms with one join.) The loop
+        over the items is in C where the extension is built (`frame`), in `_frame_python` otherwise."""
+        groups: dict = {}  # id(resource) -> (resource, {scope key: (scope, bytearray of its spans' fields)})
+        entries: dict = {}  # (id(resource), id(scope)) -> its (scope, bytearray)
         pause = self._pause and len(spans) > SLICE
-        heads = self._heads
-        last = pieces = None  # the (resource, scope) of the span before, and its group's pieces
-        for i, span in enumerate(spans):
-            if pause and i and not i % SLICE:
-                hand_over()
-            if type(span) is Encoded:
-                data, resource, scope = span
-            else:
-                data, resource, scope = None, span.resource, span.instrumentation_scope
-            if last is None or last[0] is not resource or last[1] is not scope:
-                last = (resource, scope)
-                # by the objects' ids first: hashing an InstrumentationScope runs Python code (every span is
-                # alive until this returns, so no id is reused meanwhile)
-                entry = entries.get((id(resource), id(scope)))
-                if entry is None:
-                    group = groups.get(id(resource))
-                    if group is None:
-                        group = _equal_group(groups, resource)
-                    scopes = group[1]
-                    key = scope or None
-                    entry = scopes.get(key)
-                    if entry is None:
-                        entry = scopes[key] = (key, [])
-                    entries[(id(resource), id(scope))] = entry
-                pieces = entry[1]
-            if data is None:
-                data = self.span(span)
-            n = len(data)
-            head = heads.get(n)
-            if head is None:
-                if len(heads) >= _CACHE_MAX:
-                    heads.clear()
-                head = heads[n] = b"\x12" + _varint(n)
-            pieces.append(head)
-            pieces.append(data)
+        frame = self._frame
+        if frame is None:
+            self._frame_python(spans, groups, entries, pause)
+        else:
+            # Each slice in C (agent/_otlp_native.c: frame), up to an item it was not written for (not an Encoded, a
+            # new group): that one in Python, then the rest of the slice in C again.
+            n = len(spans)
+            i = 0
+            while i < n:
+                if pause and i and not i % SLICE:
+                    hand_over()
+                stop = min(n, i - i % SLICE + SLICE)
+                i = frame(spans, i, stop, entries)
+                if i < stop:
+                    self._frame_python((spans[i],), groups, entries, False)
+                    i += 1
         if pause:
             hand_over()  # the last slice, then the request's framing and joining
         out = []
@@ -462,11 +449,9 @@ class Encoder:
                 head = self._scope(scope)
                 tail = _field(b"\x1a", scope.schema_url.encode("utf-8")) if scope is not None and scope.schema_url \
                     else b""
-                n = len(head) + sum(map(len, pieces)) + len(tail)
+                n = len(head) + len(pieces) + len(tail)
                 lead = b"\x12" + _varint(n)
-                body += (lead, head)
-                body += pieces
-                body.append(tail)
+                body += (lead, head, pieces, tail)
                 size += len(lead) + n
             if resource.schema_url:
                 body.append(_field(b"\x1a", resource.schema_url.encode("utf-8")))
@@ -474,6 +459,46 @@ class Encoder:
             out.append(b"\x0a" + _varint(size))
             out += body
         return b"".join(out)
+
+    def _frame_python(self, spans: Sequence, groups: dict, entries: dict, pause: bool) -> None:
+        """Encoder.encode's loop in Python: each span's field (header and bytes) appended to its group's bytearray.
+        (Where the extension is built, `frame` does the common case in C and gives this the rest, one item at
+        a time: the same bytes.)"""
+        heads = self._heads
+        last = pieces = None  # the (resource, scope) of the span before, and its group's bytearray
+        for i, span in enumerate(spans):
+            if pause and i and not i % SLICE:
+                hand_over()
+            if type(span) is Encoded:
+                data, resource, scope = span
+            else:
+                data, resource, scope = None, span.resource, span.instrumentation_scope
+            if last is None or last[0] is not resource or last[1] is not scope:
+                last = (resource, scope)
+                # by the objects' ids first: hashing an InstrumentationScope runs Python code (every span is
+                # alive until encode returns, so no id is reused meanwhile)
+                entry = entries.get((id(resource), id(scope)))
+                if entry is None:
+                    group = groups.get(id(resource))
+                    if group is None:
+                        group = _equal_group(groups, resource)
+                    scopes = group[1]
+                    key = scope or None
+                    entry = scopes.get(key)
+                    if entry is None:
+                        entry = scopes[key] = (key, bytearray())
+                    entries[(id(resource), id(scope))] = entry
+                pieces = entry[1]
+            if data is None:
+                data = self.span(span)
+            n = len(data)
+            head = heads.get(n)
+            if head is None:
+                if len(heads) >= _CACHE_MAX:
+                    heads.clear()
+                head = heads[n] = b"\x12" + _varint(n)
+            pieces += head
+            pieces += data
 
 
 def _equal_group(groups: dict, resource) -> tuple:

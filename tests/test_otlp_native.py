@@ -365,3 +365,187 @@ def test_the_span_dict_read_after_its_class_changed_is_the_same(monkeypatch):
     assert native.preencode(span).data == before
     monkeypatch.undo()
     assert native.preencode(span).data == before
+
+
+# -- Encoder.encode's loop over a batch: `frame` in C, the Python loop for the rest ----------------------------------
+
+
+def _mixed_batch(n, seed=0):
+    """n spans of trace-run's class across resources (two equal but distinct objects, one with a schema_url) and
+    scopes (with and without a schema_url and attributes, and None), in a shuffled order with runs."""
+    import random
+
+    from opentelemetry.sdk.resources import Resource
+
+    rng = random.Random(seed)
+    providers = [_provider(resource, span_class="trace-run") for resource in (
+        Resource({"service.name": "a", "n": 1}),
+        Resource({"service.name": "a", "n": 1}),  # equal to the first, another object: one group
+        Resource({"service.name": "b"}, schema_url="https://example.com/resource/1.0"))]
+    tracers = [(p, e, [p.get_tracer("scope.s", "1.0", schema_url="https://opentelemetry.io/schemas/1.26.0",
+                                    attributes={"scope.attr": "x"}),
+                       p.get_tracer("scope.plain"), p.get_tracer("scope.none")]) for p, e in providers]
+    scopeless = set()
+    for i in range(n):
+        _, _, tracer_list = tracers[rng.randrange(3)]
+        tracer = tracer_list[rng.randrange(3)]
+        attrs = {"i": i, "v": "x" * rng.choice((0, 10, 200, 17000))}  # 1-, 2- and 3-byte span lengths
+        with tracer.start_as_current_span("s%d" % (i % 5), kind=SpanKind.CLIENT, attributes=attrs) as span:
+            if span.instrumentation_scope.name == "scope.none":
+                scopeless.add(span)
+    spans = sorted(sum((list(e.get_finished_spans()) for _, e, _ in tracers), []), key=lambda s: s.start_time)
+    for span in spans:
+        if span in scopeless:
+            span._instrumentation_scope = None
+    assert all(type(s) is fastspan.Span for s in spans) and otlp_encoder._own_span_type() is fastspan.Span
+    return spans
+
+
+def _counting_frame(monkeypatch):
+    """The C and the Python loop, each counted: frame's calls, and the items the Python loop framed."""
+    calls, python_items = [], []
+
+    def frame(spans, start, stop, entries):
+        calls.append((start, stop))
+        return native.frame(spans, start, stop, entries)
+
+    original = Encoder._frame_python
+
+    def frame_python(self, spans, groups, entries, pause):
+        python_items.extend(spans)
+        return original(self, spans, groups, entries, pause)
+
+    monkeypatch.setattr(otlp_encoder, "_NATIVE_FRAME", frame)
+    monkeypatch.setattr(Encoder, "_frame_python", frame_python)
+    return calls, python_items
+
+
+def _left_to_python(items):
+    """What the C leaves to the Python loop: items not exactly Encoded, and the first of each (resource, scope)."""
+    seen, out = set(), []
+    for item in items:
+        pair = (id(item[1]), id(item[2])) if type(item) is otlp_encoder.Encoded else (
+            id(item.resource), id(item.instrumentation_scope))
+        if type(item) is not otlp_encoder.Encoded or pair not in seen:
+            out.append(item)
+        seen.add(pair)
+    return out
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, otlp_encoder.SLICE - 1, otlp_encoder.SLICE, otlp_encoder.SLICE + 1,
+                               3 * otlp_encoder.SLICE + 5])
+@pytest.mark.parametrize("mix", ["encoded", "interleaved"])
+def test_framing_in_c_gives_the_python_loops_and_the_official_bytes(monkeypatch, n, mix):
+    pauses = []
+    monkeypatch.setattr(otlp_encoder.time, "sleep", pauses.append)
+    monkeypatch.setattr(otlp_encoder, "_skip_until", 0.0)
+    monkeypatch.setattr(otlp_encoder, "SKIP_S", 0.0)  # (a slow hand-over on a busy machine skips none here)
+    spans = _mixed_batch(n, seed=n)
+    expected = official_encode(spans).SerializePartialToString()
+    early = Encoder(pause=False)
+    items = [early.preencode(s) for s in spans]
+    if mix == "interleaved":  # every fifth as the span itself (not encoded as it ended)
+        items = [s if i % 5 == 2 else e for i, (s, e) in enumerate(zip(spans, items))]
+    python = Encoder(native=False).encode(items)
+    python_pauses = list(pauses)
+    del pauses[:]
+    calls, python_items = _counting_frame(monkeypatch)
+    ours = Encoder(native=True)
+    assert ours._frame is not None
+    got = ours.encode(items)
+    assert got == python == expected
+    slices = -(-n // otlp_encoder.SLICE)
+    assert pauses == python_pauses == [otlp_encoder.PAUSE_S] * (slices if n > otlp_encoder.SLICE else 0)
+    # each slice in C, the Python loop given only what the C was not written for, one item at a time; after
+    # each such item the C goes on with the rest of its slice (a call more, unless the item ended the slice)
+    assert python_items == _left_to_python(items)
+    positions = [next(j for j, item in enumerate(items) if item is one) for one in python_items]
+    resumed = [j for j in positions if j % otlp_encoder.SLICE != otlp_encoder.SLICE - 1 and j != n - 1]
+    assert len(calls) == slices + len(resumed)
+    assert all(stop - start <= otlp_encoder.SLICE and (stop == n or stop % otlp_encoder.SLICE == 0)
+               for start, stop in calls)
+    if mix == "encoded" and n > 20:
+        assert len(python_items) <= 9  # 3 resources (2 equal) x 3 scopes: the C framed all the others
+    again = ours.encode(items)  # the encoder's caches warm: the same bytes
+    assert again == expected
+
+
+def test_an_item_that_is_not_exactly_encoded_goes_to_the_python_loop(monkeypatch):
+    """A tuple subclass of a batch is read as a span unless it is exactly an Encoded: the C must not read its
+    items as (data, resource, scope)."""
+    spans = _mixed_batch(6, seed=3)
+    expected = official_encode(spans).SerializePartialToString()
+    early = Encoder(pause=False)
+    items = [early.preencode(s) for s in spans]
+
+    class Wrapped(tuple):  # a span's stand-in, a tuple that looks like an Encoded with other bytes
+        def __getattr__(self, name):
+            return getattr(self.__dict__["span"], name)
+
+    wrapped = Wrapped((b"\x0a\x00not a span", spans[3].resource, spans[3].instrumentation_scope))
+    wrapped.__dict__["span"] = spans[3]
+    items[3] = wrapped
+    calls, python_items = _counting_frame(monkeypatch)
+    assert Encoder(pause=False).encode(items) == expected == Encoder(pause=False, native=False).encode(items)
+    assert wrapped in python_items and calls
+
+    class SubEncoded(otlp_encoder.Encoded):  # a subclass: not exactly an Encoded, read as a span (and fails)
+        __slots__ = ()
+
+    items[3] = SubEncoded(*early.preencode(spans[3]))
+    for native_on in (True, False):
+        with pytest.raises(AttributeError):
+            Encoder(pause=False, native=native_on).encode(items)
+    assert native.frame(items, 0, 6, {}) == 0  # a new group: nothing done
+    assert native.frame(items, 3, 6, {}) == 3
+
+
+def test_frame_declines_what_it_was_not_written_for():
+    spans = _mixed_batch(3, seed=5)
+    encoded = [Encoder(pause=False).preencode(s) for s in spans]
+    item = encoded[0]
+    key = (id(item[1]), id(item[2]))
+    entries = {key: (None, bytearray())}
+    assert native.frame([item], 0, 1, entries) == 1 and entries[key][1] == b"\x12" + bytes(
+        otlp_encoder._varint(len(item[0]))) + item[0]
+    assert native.frame([item], 0, 1, {key: (None, [])}) == 0  # not a bytearray: the Python loop's business
+    assert native.frame([item], 0, 1, {key: [None, bytearray()]}) == 0
+    assert native.frame(iter([item]), 0, 1, entries) == 0  # not a list or tuple
+    assert native.frame([spans[0]], 0, 1, entries) == 0  # a span, not encoded
+    odd = otlp_encoder._tuple_new(otlp_encoder.Encoded, (bytearray(b"x"), item[1], item[2]))  # data not bytes
+    assert native.frame([odd], 0, 1, entries) == 0
+    assert native.frame((item, item), 1, 2, entries) == 2 and native.frame((item,), 0, 0, entries) == 0
+    with pytest.raises(TypeError):
+        native.frame([item], 0)
+
+
+@pytest.mark.parametrize("raw, used", [("", True), ("false", False), ("0", False)])
+def test_the_switch_and_a_missing_extension_keep_the_python_loop(monkeypatch, raw, used):
+    spans = _mixed_batch(2 * otlp_encoder.SLICE + 3, seed=7)
+    expected = official_encode(spans).SerializePartialToString()
+    items = [Encoder(pause=False).preencode(s) for s in spans]
+    calls, python_items = _counting_frame(monkeypatch)
+    monkeypatch.setenv("OTEL_TRACE_RUN_NATIVE_ENCODER", raw)
+    config.reset()
+    try:
+        encoder = Encoder(pause=False)  # as configured
+    finally:
+        monkeypatch.delenv("OTEL_TRACE_RUN_NATIVE_ENCODER")
+        config.reset()
+    assert encoder.encode(items) == expected
+    assert bool(calls) is used and len(python_items) == (len(_left_to_python(items)) if used else len(items))
+    monkeypatch.setattr(otlp_encoder, "_NATIVE_FRAME", None)  # an extension without it (or none)
+    del calls[:], python_items[:]
+    without = Encoder(pause=False, native=True)
+    assert without._frame is None and without.encode(items) == expected
+    assert not calls and python_items == items
+
+
+def test_an_exception_in_frame_fails_the_batch_as_one(monkeypatch, capfd):
+    items = [Encoder(pause=False).preencode(s) for s in _mixed_batch(3, seed=9)]
+
+    def broken(spans, start, stop, entries):
+        raise MemoryError
+
+    monkeypatch.setattr(otlp_encoder, "_NATIVE_FRAME", broken)
+    assert otlp_encoder.encode_request(Encoder(pause=False), items, 1 << 20) is None
