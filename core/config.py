@@ -160,8 +160,8 @@ VARIABLES: list[Var] = [
         "OTLP span encoding: `fast` (trace-run's: the same bytes, ~5x faster) or `sdk` (the official encoder).",
         choices=("fast", "sdk")),
     Var("OTEL_TRACE_RUN_NATIVE_ENCODER", "bool", "true",
-        "With the `fast` encoder: trace-run's spans encoded in C where its optional extension was built (the "
-        "same bytes, ~1.5-2 us less per span); `false`: in Python."),
+        "With the `fast` encoder: trace-run's spans encoded, and the export thread's batches framed, in C where "
+        "its optional extension was built (the same bytes, ~1.5-2 us less per span); `false`: in Python."),
     Var("OTEL_TRACE_RUN_NATIVE_SPAN", "bool", "true",
         "With trace-run's span class: its common `start_span`, `set_attribute`, `end`, `is_recording` and "
         "`update_name`, and an ended span's way to the export queue, in C where its optional extension was built "
