@@ -79,7 +79,7 @@ static const char *str_values[N_STR] = {
     "_record_exception", "_set_status_on_exception", "_span_processor", "_limits", "_lock", "_record_end_metrics",
     "_end_time", "_dict", "_immutable", "_on_ending", "end_time"};
 static PyObject *S[N_STR];
-static PyObject *bits128, *bits64, *empty_tuple, *kw_parent_context;
+static PyObject *bits128, *bits64, *kw_parent_context;
 
 /* start_span's parameters, in order, and their defaults (set by configure) */
 #define N_PARAMS 9
@@ -251,7 +251,7 @@ make_attributes(PyObject *maker, PyObject *attributes, PyObject **out)
     lock = new_lock(factory);
     if (lock == NULL)
         goto fail;
-    made = PyBaseObject_Type.tp_new((PyTypeObject *)conf[C_BOUNDED], empty_tuple, NULL);
+    made = PyBaseObject_Type.tp_new((PyTypeObject *)conf[C_BOUNDED], own_empty_tuple, NULL);
     if (made == NULL)
         goto fail;
     state = PyDict_Copy(proto);
@@ -395,7 +395,7 @@ non_recording(PyObject *ctx)
         && type->tp_new == PyBaseObject_Type.tp_new) {
         PyObject *init = _PyType_Lookup(type, S[S_INIT]);  /* (borrowed; the method cache's) */
         if (init == conf[C_NON_RECORDING_INIT] && PyFunction_GET_CODE(init) == non_recording_code) {
-            PyObject *span = type->tp_new(type, empty_tuple, NULL);
+            PyObject *span = type->tp_new(type, own_empty_tuple, NULL);
             if (span != NULL && PyObject_SetAttr(span, S[S_CONTEXT], ctx) < 0)
                 Py_CLEAR(span);
             return span;
@@ -516,7 +516,7 @@ parse(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, PyObject **p)
     }
     if (p[0] == NULL)
         return DECLINE;
-    PyObject *defaults[N_PARAMS] = {NULL, Py_None, conf[C_INTERNAL], Py_None, empty_tuple, Py_None, Py_True,
+    PyObject *defaults[N_PARAMS] = {NULL, Py_None, conf[C_INTERNAL], Py_None, own_empty_tuple, Py_None, Py_True,
                                     Py_True, Py_None};
     for (int i = 1; i < N_PARAMS; i++)
         if (p[i] == NULL)
@@ -784,7 +784,7 @@ start_span_fast(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObjec
     start = p[5] != Py_None ? Py_NewRef(p[5]) : now_ns();
     if (start == NULL)
         goto done;
-    span = PyBaseObject_Type.tp_new((PyTypeObject *)conf[C_SPAN], empty_tuple, NULL);
+    span = PyBaseObject_Type.tp_new((PyTypeObject *)conf[C_SPAN], own_empty_tuple, NULL);
     if (span == NULL)
         goto done;
     if (PyDict_CheckExact(span_fields))
@@ -1297,8 +1297,6 @@ PyInit__span_native(void)
     if (bits128 == NULL && (bits128 = PyLong_FromLong(128)) == NULL)
         return NULL;
     if (bits64 == NULL && (bits64 = PyLong_FromLong(64)) == NULL)
-        return NULL;
-    if (empty_tuple == NULL && (empty_tuple = PyTuple_New(0)) == NULL)
         return NULL;
     if (kw_parent_context == NULL && (kw_parent_context = PyTuple_Pack(1, S[S_PARENT_CONTEXT])) == NULL)
         return NULL;

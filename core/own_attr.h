@@ -26,7 +26,7 @@ typedef struct {
 static getter own_dict_getter;  /* the __dict__ getter of a class made by type() (set at module init) */
 static PyObject *own_dunder_dict;  /* "__dict__", interned */
 static PyObject *own_lock_names[2];  /* "acquire", "release", interned */
-static PyObject *own_empty_tuple;
+static PyObject *own_empty_tuple;  /* () for the extensions' calls (made once, at init) */
 
 /* the module's init calls this once: 0, or -1 with an error set */
 static inline int

@@ -49,7 +49,6 @@ static const char *str_values[N_STR] = {
     "HTTP_HOST", "SERVER_NAME", "SERVER_PORT", "HTTP_X_FORWARDED_FOR", "REMOTE_ADDR", "HTTP_USER_AGENT",
     "SERVER_PROTOCOL", "SERVER_REQUEST"};
 static PyObject *S[N_STR];
-static PyObject *empty_tuple;
 /* the environ keys of the peer attributes' key, in wsgi._peer_attributes' order */
 static const int peer_keys[7] = {S_HTTP_HOST, S_SERVER_NAME, S_SERVER_PORT, S_X_FORWARDED_FOR, S_REMOTE_ADDR,
                                  S_USER_AGENT, S_SERVER_PROTOCOL};
@@ -644,7 +643,7 @@ start_server_span(PyObject *tracer, PyObject *environ, PyObject *parent)
             goto done;
     }
     if (blind == Py_True) {
-        PyObject *args[10] = {real, S[S_EMPTY], parent, hconf[H_SERVER_KIND], Py_None, empty_tuple, Py_None,
+        PyObject *args[10] = {real, S[S_EMPTY], parent, hconf[H_SERVER_KIND], Py_None, own_empty_tuple, Py_None,
                               Py_True, Py_True, make};
         span = PyObject_VectorcallMethod(N[N_START_SPAN], args, 10 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     } else {
@@ -1329,8 +1328,6 @@ static PyTypeObject BodyType = {
     .tp_methods = body_methods,
 };
 
-/* wsgi.set_route(span, method, route): for a route and a method given as str (a known method), the same calls;
- * anything else, the Python function (configured as bodies' "py_set_route") */
 /* `"%s %s" % (a, b)` for two exact str (a new str of the same text as PyUnicode_FromFormat("%U %U") makes, without
  * parsing a format: ~1k instructions less per named span) */
 static PyObject *
@@ -1350,6 +1347,8 @@ join_space(PyObject *a, PyObject *b)
     return r;
 }
 
+/* wsgi.set_route(span, method, route): for a route and a method given as str (a known method), the same calls;
+ * anything else, the Python function (configured as bodies' "py_set_route") */
 static PyObject *
 set_route(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1957,7 +1956,7 @@ PyInit__wsgi_native(void)
         if (N[i] == NULL && (N[i] = PyUnicode_InternFromString(name_values[i])) == NULL)
             return NULL;
     }
-    if ((empty_tuple == NULL && (empty_tuple = PyTuple_New(0)) == NULL) || own_attr_init() < 0)
+    if (own_attr_init() < 0)
         return NULL;
     RequestType.tp_methods = request_methods;
     if (PyType_Ready(&RequestType) < 0 || PyType_Ready(&ResponderType) < 0 || PyType_Ready(&BodyType) < 0
