@@ -11,10 +11,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from trace_run.core import runtime_context
+from trace_run.core.compat import SUPPRESS_HTTP_INSTRUMENTATION_KEY
+
 from . import errors, http_common, propagation, spans
 from .base import TraceRunInstrumentor, is_http_instrumentation_enabled
 
 _SPAN = "_trace_run_span"
+_WireLine = propagation.WireLine
+_get_current = runtime_context.get_current
+# HTTPConnection.putrequest as this instrumentor set it (None: not instrumented). A client above compares it
+# with what the class holds: where they are the same, `putrequest` sends a `WireLine` it finds in the context.
+wired: Any = None
+_output: Any = None  # http.client's HTTPConnection._output: what putheader ends in
 
 
 def _pop(conn) -> Any:
@@ -37,6 +46,12 @@ class HttpClientInstrumentor(TraceRunInstrumentor):
         self.wrap(hc.HTTPConnection, "endheaders", self._endheaders)
         self.wrap(hc.HTTPConnection, "getresponse", spans.wrapper(self.guard, _response_start, errors.end_failed, _end))
         self.wrap(hc.HTTPConnection, "close", self._close)
+        global wired, _output
+        wired, _output = hc.HTTPConnection.__dict__["putrequest"], hc.HTTPConnection._output
+
+    def _unpatch(self, **kwargs: Any) -> None:
+        global wired
+        wired = None
 
     def _end_pending(self, conn: Any) -> None:
         """A request left without a response (the connection is reused or closed): its span ends."""
@@ -49,7 +64,17 @@ class HttpClientInstrumentor(TraceRunInstrumentor):
         if _SPAN in getattr(instance, "__dict__", ()):  # (a call less for the usual connection: nothing pending)
             self._end_pending(instance)
         if not is_http_instrumentation_enabled():
-            return wrapped(*args, **kwargs)
+            result = wrapped(*args, **kwargs)
+            line = _get_current().get(SUPPRESS_HTTP_INSTRUMENTATION_KEY)
+            if type(line) is _WireLine:  # a client above made the span: its traceparent goes out with the request
+                if type(instance)._output is _output:  # putheader's last step, http.client's own
+                    buffer = instance.__dict__.get("_buffer")
+                    if type(buffer) is list:
+                        buffer.append(line)
+                        return result
+                name, _, value = line.partition(b": ")
+                instance.putheader(name.decode("ascii"), value.decode("ascii"))
+            return result
         span = None
         with self.guard:
             method = args[0] if args else kwargs.get("method")

@@ -331,9 +331,10 @@ def _items(headers: Any) -> Iterable:
     return headers
 
 
-def enter_client(span: trace.Span) -> object:
-    """Make `span` current and mark the context so inner HTTP layers make no span of their own."""
-    return runtime_context.attach(runtime_context.with_span(span, None, SUPPRESS_HTTP_INSTRUMENTATION_KEY, True))
+def enter_client(span: trace.Span, mark: object = True) -> object:
+    """Make `span` current and mark the context so inner HTTP layers make no span of their own (the mark
+    a `propagation.WireLine` where http.client below is to send the span's `traceparent`)."""
+    return runtime_context.attach(runtime_context.with_span(span, None, SUPPRESS_HTTP_INSTRUMENTATION_KEY, mark))
 
 
 def suppress_below() -> object:
@@ -388,14 +389,16 @@ def server_error(status_code: int) -> bool:
 
 
 def client_wrapper(instrumentor: Any, read: Callable, with_headers: Callable, end: Callable,
-                   is_async: bool = False) -> Callable:
+                   is_async: bool = False, wire: Optional[Callable] = None) -> Callable:
     """The wrapt wrapper of a client's send: one CLIENT span per request, made current, the inner HTTP
     layers told to make none, the propagation headers on a copy of the request.
 
     read(instance, args, kwargs) -> (method, url, host, port, headers, request): what the library was asked
     (host FROM_URL, port None: read from the URL where a span records);
     with_headers(request, span, args, kwargs) -> (args, kwargs) to call with, carrying the span's headers;
-    end(span, result) reads the response and ends the span with `end_client`.
+    end(span, result) reads the response and ends the span with `end_client`;
+    wire(instance, request, span) -> a `propagation.WireLine` where http.client, below for certain, is to
+    add the span's `traceparent` to what it sends (then `with_headers` is not called), or None.
     """
     reset()  # a new instrument(): settings are read again
     excluded = excluded_urls(instrumentor.library)
@@ -405,8 +408,11 @@ def client_wrapper(instrumentor: Any, read: Callable, with_headers: Callable, en
         if excluded is not None and excluded.search(url):
             return None, suppress_below(), args, kwargs
         span = start_client(instrumentor.tracer, method, url, host, port, headers)
-        args, kwargs = with_headers(request, span, args, kwargs)
-        return span, enter_client(span), args, kwargs
+        line = None if wire is None else wire(instance, request, span)
+        if line is None:
+            args, kwargs = with_headers(request, span, args, kwargs)
+            return span, enter_client(span), args, kwargs
+        return span, enter_client(span, line), args, kwargs
 
     return spans.wrapper(instrumentor.guard, start, errors.end_failed, end, is_http_instrumentation_enabled,
                          is_async)

@@ -20,7 +20,7 @@ from opentelemetry import baggage, propagate
 from trace_run.core import runtime_context
 from trace_run.core.runtime_context import get_current
 
-__all__ = ["default_pair", "inject"]
+__all__ = ["default_pair", "inject", "wire_line", "WireLine"]
 
 # The agent's propagator, named rather than imported: instrumentors never import the agent.
 _AGENT_TRACECONTEXT = ("trace_run.agent.tracecontext", "W3CTraceContextPropagator")
@@ -70,24 +70,49 @@ _NO_STATE = trace.DEFAULT_TRACE_STATE  # an empty TraceState (what SpanContext d
 _BAGGAGE_KEY = getattr(baggage, "_BAGGAGE_KEY", None)
 
 
-def inject(carrier: Any, span: trace.Span) -> None:
-    """`propagate.inject(carrier, context=trace.set_span_in_context(span))` for a dict-like carrier."""
+def _plain_ids(span: trace.Span) -> Optional[tuple]:
+    """(trace id, span id, flags) where the global propagator is the default pair and would write one
+    `traceparent` and nothing else (no trace state, no baggage); None: the propagator has to run."""
     known = _known  # (_mask's answer where the propagator is the one it remembers: a call less)
     mask = known[1] if known[0] is propagate.get_global_textmap() else _mask()
-    if mask is not None:
-        ctx = span.get_span_context()
-        if type(ctx) is _SpanContext and runtime_context.CONTEXT_IS_TUPLE:  # its fields as the tuple holds them
-            trace_id, span_id, _, flags, state, valid = ctx
-        else:
-            trace_id, span_id, flags, state, valid = (ctx.trace_id, ctx.span_id, ctx.trace_flags, ctx.trace_state,
-                                                      ctx.is_valid)
-        if valid and (state is _NO_STATE or not state):  # (the default, told without TraceState.__len__)
-            if _BAGGAGE_KEY is not None:
-                held = get_current().get(_BAGGAGE_KEY)
-                empty = not held or not isinstance(held, dict)  # get_all's answer: {} unless a dict is held
-            else:
-                empty = not baggage.get_all(get_current())
-            if empty:
-                carrier["traceparent"] = "00-%032x-%016x-%02x" % (trace_id, span_id, flags & mask)
-                return
+    if mask is None:
+        return None
+    ctx = span.get_span_context()
+    if type(ctx) is _SpanContext and runtime_context.CONTEXT_IS_TUPLE:  # its fields as the tuple holds them
+        trace_id, span_id, _, flags, state, valid = ctx
+    else:
+        trace_id, span_id, flags, state, valid = (ctx.trace_id, ctx.span_id, ctx.trace_flags, ctx.trace_state,
+                                                  ctx.is_valid)
+    if not valid or not (state is _NO_STATE or not state):  # (the default, told without TraceState.__len__)
+        return None
+    if _BAGGAGE_KEY is not None:
+        held = get_current().get(_BAGGAGE_KEY)
+        if held and isinstance(held, dict):  # get_all's answer: {} unless a dict is held
+            return None
+    elif baggage.get_all(get_current()):
+        return None
+    return trace_id, span_id, flags & mask
+
+
+def inject(carrier: Any, span: trace.Span) -> None:
+    """`propagate.inject(carrier, context=trace.set_span_in_context(span))` for a dict-like carrier."""
+    ids = _plain_ids(span)
+    if ids is not None:
+        carrier["traceparent"] = "00-%032x-%016x-%02x" % ids
+        return
     propagate.inject(carrier, context=trace.set_span_in_context(span))
+
+
+class WireLine(bytes):
+    """A `traceparent` header line as http.client buffers it (`name: value`, no line end). An HTTP client
+    layer above http.client leaves it in the context, as the value of its "suppress HTTP instrumentation"
+    mark, for http.client's `putrequest` to add to the request it sends: the header goes on the wire
+    without the caller's request being copied and without the libraries' per-header work."""
+
+    __slots__ = ()
+
+
+def wire_line(span: trace.Span) -> Optional[WireLine]:
+    """The `traceparent` line `inject` would write for `span`; None where the propagator has to run."""
+    ids = _plain_ids(span)
+    return None if ids is None else WireLine(b"traceparent: 00-%032x-%016x-%02x" % ids)

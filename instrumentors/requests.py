@@ -3,8 +3,13 @@
 The adapter is the level where each redirect is its own request, so every
 redirect gets its own span and its own `traceparent`. The span marks the
 context so urllib3 and http.client below make no spans of their own.
-The PreparedRequest is copied before headers are added: the caller's object
-(which it may send again) is never changed.
+Where the request goes out through urllib3's own connections over http.client
+(the default adapter and pools) and the default propagators would write one
+`traceparent`, http.client adds that line to the request it sends (see
+`propagation.WireLine`): the request object is not copied, and urllib3 and
+http.client do no per-header work for it. Otherwise the PreparedRequest is
+copied before headers are added: the caller's object (which it may send
+again) is never changed.
 """
 
 from __future__ import annotations
@@ -14,11 +19,16 @@ from typing import Any
 
 from opentelemetry.trace import NonRecordingSpan as _NonRecordingSpan
 
-from . import http_common
+from . import http_client, http_common, propagation
 from .base import TraceRunInstrumentor
 
 _PLAIN: tuple = (None, None)  # (PreparedRequest, CaseInsensitiveDict): the types _copy copies itself
 _STORE_COPY = False  # CaseInsensitiveDict.copy() is a copy of its `_store` (checked once, see _store_copies)
+# What _wire compares against, as _remember_defaults found them: HTTPAdapter (None: a layout not recognised),
+# urllib3's pool classes by scheme, HTTPConnectionPool, HTTPSConnectionPool and their connection classes,
+# http.client's HTTPConnection
+_ADAPTER: Any = None
+_POOLS = _HTTP_POOL = _HTTPS_POOL = _HTTP_CONNECTION = _HTTPS_CONNECTION = _CLIENT_CONNECTION = None
 
 
 class RequestsInstrumentor(TraceRunInstrumentor):
@@ -32,8 +42,48 @@ class RequestsInstrumentor(TraceRunInstrumentor):
 
         _PLAIN = (PreparedRequest, CaseInsensitiveDict)
         _STORE_COPY = _store_copies(CaseInsensitiveDict)
+        _remember_defaults(HTTPAdapter)
 
-        self.wrap(HTTPAdapter, "send", http_common.client_wrapper(self, _read, _with_headers, _end))
+        self.wrap(HTTPAdapter, "send", http_common.client_wrapper(self, _read, _with_headers, _end, wire=_wire))
+
+
+def _remember_defaults(adapter: type) -> None:
+    global _ADAPTER, _POOLS, _HTTP_POOL, _HTTPS_POOL, _HTTP_CONNECTION, _HTTPS_CONNECTION, _CLIENT_CONNECTION
+    _ADAPTER = None
+    try:
+        import http.client
+
+        from urllib3 import connection, connectionpool, poolmanager
+
+        pools = poolmanager.pool_classes_by_scheme
+        plain, tls = connectionpool.HTTPConnectionPool, connectionpool.HTTPSConnectionPool
+        if (pools.get("http") is plain and pools.get("https") is tls
+                and plain.ConnectionCls is connection.HTTPConnection
+                and tls.ConnectionCls is connection.HTTPSConnection):
+            _POOLS, _HTTP_POOL, _HTTPS_POOL = pools, plain, tls
+            _HTTP_CONNECTION, _HTTPS_CONNECTION = plain.ConnectionCls, tls.ConnectionCls
+            _CLIENT_CONNECTION, _ADAPTER = http.client.HTTPConnection, adapter
+    except Exception:
+        pass  # every request takes the copy
+
+
+def _wire(adapter: Any, request: Any, span: Any) -> Any:
+    """The `traceparent` line for http.client to send (`propagation.WireLine`), or None: the copy instead.
+    The line where the request goes through urllib3's own pools and connections over http.client, whose
+    `putrequest` is ours: an HTTPAdapter exactly (a subclass may send otherwise), its pool manager's classes
+    and the pools' connection classes urllib3's (urllib3.http2 and emscripten replace them); and where the
+    request holds no `traceparent` of its own (the copy replaces it, as always)."""
+    if (type(adapter) is not _ADAPTER or _CLIENT_CONNECTION.putrequest is not http_client.wired
+            or _HTTP_POOL.ConnectionCls is not _HTTP_CONNECTION or _HTTPS_POOL.ConnectionCls is not _HTTPS_CONNECTION
+            or getattr(adapter.__dict__.get("poolmanager"), "pool_classes_by_scheme", None) is not _POOLS):
+        return None
+    headers = request.headers
+    if type(headers) is _PLAIN[1] and _STORE_COPY:
+        if "traceparent" in headers.__dict__["_store"]:  # (its keys lower-cased)
+            return None
+    elif "traceparent" in headers:
+        return None
+    return propagation.wire_line(span)
 
 
 def _read(adapter: Any, args: tuple, kwargs: dict) -> tuple:

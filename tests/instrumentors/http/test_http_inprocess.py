@@ -706,6 +706,13 @@ def test_the_client_side_inject_writes_what_the_propagators_write(span_context, 
             if fields["trace_id"] and fields["span_id"]:
                 assert ours["traceparent"].startswith("00-%032x-%016x-" % (fields["trace_id"], fields["span_id"]))
         assert propagation.default_pair() is (propagators in ("tracecontext,baggage", "sdk-pair"))
+        line = propagation.wire_line(span)  # the same header as a line for http.client, where nothing else goes
+        if line is not None:
+            theirs = {}
+            propagate.inject(theirs, context=trace.set_span_in_context(span))
+            assert theirs == {"traceparent": line[len(b"traceparent: "):].decode()}
+        plain = fields["trace_id"] and fields["span_id"] and "trace_state" not in span_context and not with_baggage
+        assert (line is not None) == bool(plain and propagation.default_pair())
     finally:
         if token is not None:
             context.detach(token)
