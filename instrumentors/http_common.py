@@ -355,7 +355,23 @@ def inject_copy(headers: Any, span: trace.Span) -> Any:
         copy = getattr(headers, "copy", None)
         new = copy() if copy is not None else dict(headers)
     propagation.inject(new, span)
+    if type(new) is dict and len(new) > 1:
+        _replace_case_variants(new)
     return new
+
+
+def _replace_case_variants(carrier: dict) -> None:
+    """A plain dict's keys are case-sensitive: a caller's `TraceParent` would stay beside the `traceparent`
+    just written, and both go out (two traceparents: the receiver may drop both). The one written
+    replaces it, as it does in a case-insensitive carrier."""
+    fields = None
+    for key in [k for k in carrier if type(k) is str and not k.islower() and k.lower() in carrier]:
+        if fields is None:
+            from opentelemetry import propagate
+
+            fields = {f.lower() for f in propagate.get_global_textmap().fields}
+        if key.lower() in fields:
+            del carrier[key]
 
 
 def end_client(span: trace.Span, status_code: Optional[int] = None, exc: Optional[BaseException] = None,

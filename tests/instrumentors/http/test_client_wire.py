@@ -1,5 +1,5 @@
-"""requests' `traceparent` written by http.client below it (propagation.WireLine), and every case that
-takes the copy instead: a real local server reports the header lines it received."""
+"""requests' and urllib3's `traceparent` written by http.client below them (propagation.WireLine), and
+every case that takes the copy instead: a real local server reports the header lines it received."""
 
 from __future__ import annotations
 
@@ -304,3 +304,70 @@ def test_the_wire_line_is_injects_header(traced):
     assert requests_instrumentor._ADAPTER is not None  # this urllib3's layout was recognised
     invalid = NonRecordingSpan(SpanContext(0, 0, is_remote=False))
     assert propagation.wire_line(invalid) is None
+
+
+def _order(seen) -> tuple:
+    """(where traceparent came, where x-mine came) among the header lines: the wire line comes right after
+    putrequest's own, before the caller's headers; the copy's after them."""
+    return seen["names"].index("traceparent"), seen["names"].index("x-mine")
+
+
+def test_urllib3_sends_the_line_and_leaves_the_callers_headers(traced, server):
+    import urllib3
+
+    _, exporter = traced
+    headers = {"X-Mine": "1"}
+    seen = json.loads(urllib3.PoolManager().request("GET", server + "/seen", headers=headers).data)
+    assert seen["traceparent"] == [_traceparent_of(_client(exporter))] and headers == {"X-Mine": "1"}
+    at, mine = _order(seen)
+    assert at < mine  # on the wire from putrequest, not a copy of the headers
+
+    exporter.clear()
+    pool = urllib3.HTTPConnectionPool("127.0.0.1", int(server.rsplit(":", 1)[1]), headers={"X-Mine": "2"})
+    seen = json.loads(pool.urlopen("GET", "/seen").data)  # the pool's own headers
+    assert seen["traceparent"] == [_traceparent_of(_client(exporter))] and pool.headers == {"X-Mine": "2"}
+
+
+@pytest.mark.parametrize("case", ["own-traceparent", "own-traceparent-header-dict", "connection-class"])
+def test_urllib3_takes_the_copy_where_the_line_could_not_be_told_apart(traced, server, case):
+    import urllib3
+    import urllib3.connection
+
+    _, exporter = traced
+    port = int(server.rsplit(":", 1)[1])
+    pool = urllib3.HTTPConnectionPool("127.0.0.1", port)
+    headers = {"X-Mine": "1"}
+    if case == "own-traceparent":
+        headers["TRACEPARENT"] = "00-%032x-%016x-01" % (7, 9)
+    elif case == "own-traceparent-header-dict":
+        headers = urllib3.HTTPHeaderDict({"X-Mine": "1", "TraceParent": "00-%032x-%016x-01" % (7, 9)})
+    else:
+        class Conn(urllib3.connection.HTTPConnection):
+            pass
+
+        pool.ConnectionCls = Conn
+    seen = json.loads(pool.urlopen("GET", "/seen", headers=headers).data)
+    ours = _traceparent_of(_client(exporter))
+    assert seen["traceparent"] == [ours]  # the caller's own replaced, never sent beside ours
+    at, mine = _order(seen)
+    if case == "own-traceparent-header-dict":
+        assert mine < at  # the copy's header (where HTTPHeaderDict puts a key replaced: at the end)
+    elif case == "own-traceparent":
+        assert "TRACEPARENT" in headers and mine < at  # the caller's dict as it was; the copy's header
+    else:
+        assert mine < at  # the copy's header, after the caller's
+
+
+def test_a_copied_dict_keeps_no_case_variant_of_a_header_written(traced):
+    """inject_copy on a plain dict: the caller's `TraceParent` is replaced by the `traceparent` written (a
+    dict is case-sensitive: both would go out); a `Baggage` the propagators did not write, and headers
+    that are not theirs, stay as given; the caller's dict is not changed."""
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    span = NonRecordingSpan(SpanContext(0xA1, 0xB2, is_remote=False, trace_flags=TraceFlags(1)))
+    given = {"TraceParent": "00-%032x-%016x-01" % (7, 9), "Baggage": "a=1", "X-Other": "1", "x-other": "2"}
+    before = dict(given)
+    sent = http_common.inject_copy(given, span)
+    assert sent == {"traceparent": "00-%032x-%016x-01" % (0xA1, 0xB2), "Baggage": "a=1", "X-Other": "1",
+                    "x-other": "2"}
+    assert given == before
