@@ -399,7 +399,7 @@ def end_client(span: trace.Span, status_code: Optional[int] = None, exc: Optiona
                 status_code = None
         if status_code is not None:
             span.set_attribute(HTTP_RESPONSE_STATUS_CODE, status_code)
-        v = protocol_version(version)
+        v = _INT_PROTOCOLS.get(version) if type(version) is int else protocol_version(version)  # (11: a call less)
         if v:
             span.set_attribute(NETWORK_PROTOCOL_VERSION, v)
         if response_headers is not None:
