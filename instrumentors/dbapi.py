@@ -40,8 +40,18 @@ __all__ = [
     "composed_query_text", "composable_commenter", "subclass_of",
 ]
 
+_ref = weakref.ref
 _QUERY_KWARGS = ("query", "sql", "statement", "operation", "sql_script")
 _CLIENT = SpanKind.CLIENT
+_STATEMENTS_MAX = 256  # statements kept per driver: a program runs a few hundred at most, most far fewer
+_STATEMENT_MAX = 4096  # characters of the longest query kept (as sql_sanitize keeps its analyses)
+_SETTINGS = "dbapi.settings"  # config.derived's key
+
+
+def _settings() -> tuple:
+    """(OTEL_TRACE_RUN_DB_SANITIZE, the value bound, OTEL_TRACE_RUN_SQLCOMMENTER): what a statement's span
+    depends on besides the call, read once per configuration (config.reset() forgets it)."""
+    return config.get("OTEL_TRACE_RUN_DB_SANITIZE"), bounds.limit(), config.get("OTEL_TRACE_RUN_SQLCOMMENTER")
 
 
 def connection_attributes(system: str, namespace: Any = None, host: Any = None, port: Any = None) -> dict:
@@ -69,11 +79,14 @@ class AttributeCache:
     def __init__(self, build: Callable[[Any], dict]):
         self._build = build
         self._by_conn: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        # weakref(connection) -> attributes, the dictionary's own store: read as its __getitem__ does, without
+        # that Python frame (~8 bytecodes a span)
+        self._held: dict = self._by_conn.data
 
     def get(self, conn: Any) -> dict:
         try:
-            return self._by_conn[conn]
-        except (KeyError, TypeError):
+            return self._held[_ref(conn)]
+        except (KeyError, TypeError):  # TypeError: not weak-referenceable (or not hashable)
             pass
         attrs = self._build(conn)
         try:
@@ -210,26 +223,23 @@ class SqlTracer:
         self.active: Callable[[], bool] = MethodType(client_active(), instrumentor)
         self._query_text = query_text
         self._add_comment = add_comment
+        self._statements: dict = {}  # (query, settings) -> (span name, the statement's attributes)
 
     # -- helpers -------------------------------------------------------------------
     def _start(self, attrs: dict, cursor: Any, args: tuple, kwargs: dict, batch: Any, statement: Any = None,
                commenter: bool = True):
         if statement is not None:  # the call has no SQL argument (e.g. psycopg2 copy_from)
-            query, where, text = statement, None, statement
+            query, where = statement, None
+        elif args:
+            query, where = args[0], 0
         else:
             query, where = _find_query(args, kwargs)
-            text = query
-        if self._query_text is not None and not isinstance(query, (str, bytes)):
-            text = self._query_text(query, cursor)
-        analysis = analyze(text, config.get("OTEL_TRACE_RUN_DB_SANITIZE"), bounds.limit())
-        attributes = dict(attrs)
-        attributes[DB_QUERY_TEXT] = analysis.text
-        if analysis.truncated:
-            bounds.note(attributes, DB_QUERY_TEXT)
-        if analysis.operation:
-            attributes[DB_OPERATION_NAME] = analysis.operation
-        if analysis.collection:
-            attributes[DB_COLLECTION_NAME] = analysis.collection
+        settings = config.derived(_SETTINGS, _settings)
+        found = self._statements.get((query, settings)) if type(query) is str else None
+        if found is None:
+            found = self._statement(query, cursor, settings)
+        name, own = found
+        attributes = {**attrs, **own}
         if batch is not None:
             try:
                 size = len(batch)
@@ -237,13 +247,35 @@ class SqlTracer:
                 size = 0
             if size > 1:
                 attributes[DB_OPERATION_BATCH_SIZE] = size
-        span = self.instrumentor.tracer.start_span(
-            span_name(analysis, self.system), kind=_CLIENT, attributes=attributes
+        span = (self.instrumentor._tracer or self.instrumentor.tracer).start_span(
+            name, kind=_CLIENT, attributes=attributes
         )
         token = runtime_context.attach(runtime_context.with_span(span))
-        if commenter and where is not None and config.get("OTEL_TRACE_RUN_SQLCOMMENTER"):
+        if commenter and where is not None and settings[2]:
             args, kwargs = self._comment(span, query, where, args, kwargs)
         return span, token, args, kwargs
+
+    def _statement(self, query: Any, cursor: Any, settings: tuple) -> tuple:
+        """(span name, the attributes a statement adds to its connection's: sanitized text, operation,
+        collection). Kept by the query (a str up to _STATEMENT_MAX characters) and the settings they were
+        made with, unless the text was cut (a `trace_run.truncated` list is never shared between spans)."""
+        text = query
+        if self._query_text is not None and not isinstance(query, (str, bytes)):
+            text = self._query_text(query, cursor)
+        analysis = analyze(text, settings[0], settings[1])
+        own = {DB_QUERY_TEXT: analysis.text}
+        if analysis.truncated:
+            bounds.note(own, DB_QUERY_TEXT)
+        if analysis.operation:
+            own[DB_OPERATION_NAME] = analysis.operation
+        if analysis.collection:
+            own[DB_COLLECTION_NAME] = analysis.collection
+        found = (span_name(analysis, self.system), own)
+        if type(query) is str and len(query) <= _STATEMENT_MAX and not analysis.truncated:
+            if len(self._statements) >= _STATEMENTS_MAX:
+                self._statements.clear()
+            self._statements[query, settings] = found
+        return found
 
     def _comment(self, span, query, where, args: tuple, kwargs: dict):
         ctx = span.get_span_context()
@@ -280,6 +312,11 @@ class SqlTracer:
         same when the instance holds it (an asyncpg prepared statement).
         """
         position, names = (batch[0], batch[1:]) if batch else (None, ())
+        if position is None and statement is None and query_of is None:
+            def start_plain(instance: Any, args: tuple, kwargs: dict) -> tuple:  # (execute: the SQL in the call)
+                return self._start(attrs_of(instance), instance, args, kwargs, None)
+
+            return spans.wrapper(self.guard, start_plain, errors.end_failed_db, enabled=self.active, is_async=is_async)
 
         def start(instance: Any, args: tuple, kwargs: dict) -> tuple:
             seq = None

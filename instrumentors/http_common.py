@@ -264,18 +264,22 @@ def full_url(scheme: str, host: str, port: Optional[int], target: Any, userinfo:
 
 
 _PROTOCOLS = {"HTTP/1.1": "1.1", "HTTP/1.0": "1.0", "HTTP/2": "2", "HTTP/2.0": "2.0"}
+_INT_PROTOCOLS = {9: "0.9", 10: "1.0", 11: "1.1", 20: "2", 2: "2", 30: "3", 3: "3"}  # http.client's, httplib2's
 
 
 def protocol_version(raw: Any) -> Optional[str]:
     """'1.1' from 11, 'HTTP/1.1', b'HTTP/2' ..."""
-    if type(raw) is str:
+    kind = type(raw)
+    if kind is str:
         known = _PROTOCOLS.get(raw)
         if known is not None:
             return known
+    elif kind is int:  # (http.client's and urllib3's: 11)
+        return _INT_PROTOCOLS.get(raw)
     if raw is None:
         return None
     if isinstance(raw, int):
-        return {9: "0.9", 10: "1.0", 11: "1.1", 20: "2", 2: "2", 30: "3", 3: "3"}.get(raw)
+        return _INT_PROTOCOLS.get(raw)
     if isinstance(raw, bytes):
         raw = raw.decode("latin-1")
     raw = str(raw)
@@ -287,8 +291,35 @@ def protocol_version(raw: Any) -> Optional[str]:
 # -- client spans ------------------------------------------------------------------
 
 
+_CLIENT = SpanKind.CLIENT
+_KEPT = "http_common.clients"  # config.derived's key: {(method, url, host, port): (span name, attributes)}
+_KEPT_MAX = 256
+_KEPT_URL_MAX = 2048
+
+
 def client_attributes(method: Any, url: str, host: Optional[str], port: Optional[int]) -> tuple:
-    """(span name, attributes) for a CLIENT span; `host` FROM_URL: address and port from `url`."""
+    """(span name, attributes) for a CLIENT span; `host` FROM_URL: address and port from `url`.
+
+    Kept by the call's values for the value bound read now (config.reset() forgets them) where they depend on
+    nothing else: a str URL with nothing redact_url would change (no userinfo, no query), not cut, so no
+    credential is held here and no `trace_run.truncated` list is shared. The caller gets its own dict."""
+    kept = config.derived(_KEPT, dict)
+    try:
+        name, attrs = kept[method, url, host, port]
+        return name, dict(attrs)
+    except (KeyError, TypeError):  # TypeError: a value that cannot be a key
+        pass
+    name, attrs = _client_attributes(method, url, host, port)
+    if (type(method) is str and type(url) is str and "@" not in url and "?" not in url and len(url) <= _KEPT_URL_MAX
+            and bounds.TRUNCATED not in attrs and (host is FROM_URL or host is None or type(host) is str)
+            and (port is None or type(port) is int)):
+        if len(kept) >= _KEPT_MAX:
+            kept.clear()
+        kept[method, url, host, port] = (name, dict(attrs))
+    return name, attrs
+
+
+def _client_attributes(method: Any, url: str, host: Optional[str], port: Optional[int]) -> tuple:
     if host is FROM_URL:
         host, port = _address(url)
     norm, original = normalize_method(method)
@@ -316,7 +347,7 @@ def start_client(tracer: trace.Tracer, method: Any, url: str, host: Optional[str
     cap = capture("CLIENT_REQUEST") if headers is not None else None
     if cap is not None:
         bounds.update(attrs, cap.attributes(_items(headers)))
-    return tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attrs)
+    return tracer.start_span(name, kind=_CLIENT, attributes=attrs)
 
 
 def _items(headers: Any) -> Iterable:
@@ -385,7 +416,7 @@ def end_client(span: trace.Span, status_code: Optional[int] = None, exc: Optiona
                 status_code = None
         if status_code is not None:
             span.set_attribute(HTTP_RESPONSE_STATUS_CODE, status_code)
-        v = protocol_version(version)
+        v = _INT_PROTOCOLS.get(version) if type(version) is int else protocol_version(version)  # (11: a call less)
         if v:
             span.set_attribute(NETWORK_PROTOCOL_VERSION, v)
         if response_headers is not None:

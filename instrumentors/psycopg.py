@@ -30,8 +30,10 @@ _BATCH = (1, "params_seq")
 
 
 def _cached_attributes(guard: Any, cache: AttributeCache, cursor: Any) -> dict:
-    with guard:
+    try:  # `with guard:` (a try costs nothing until it fails, a `with` two Python calls a span)
         return cache.get(cursor.connection)
+    except Exception as exc:
+        guard.failed(exc)
     return {"db.system.name": SYSTEM}
 
 

@@ -26,6 +26,7 @@ from trace_run.core import config, runtime_context
 
 from . import bounds, errors, spans
 from .base import TraceRunInstrumentor
+from .bounds import TRUNCATED
 from .dbapi import AttributeCache, client_active, connection_attributes
 
 SYSTEM = "redis"
@@ -55,6 +56,17 @@ def _show(arg: Any) -> str:
         arg = bytes(arg).decode("utf-8", "replace")
     text = str(arg)
     return text if len(text) <= _MAX_ARG_CHARS else text[:_MAX_ARG_CHARS] + "..."
+
+
+_CLIENT = SpanKind.CLIENT
+_NO_POOL = {DB_SYSTEM_NAME: SYSTEM}  # a client without a connection pool (copied, never changed)
+_SETTINGS = "redis.settings"  # config.derived's key
+
+
+def _settings() -> tuple:
+    """(OTEL_TRACE_RUN_DB_SANITIZE, the value bound, {(command name, argument count): (span name, the attributes
+    the command adds to its pool's)}), for the configuration read now: config.reset() forgets all three."""
+    return config.get("OTEL_TRACE_RUN_DB_SANITIZE"), bounds.limit(), {}
 
 
 _COMMANDS: dict = {}  # (command name as sent, argument count) -> (operation, sanitized text): a client sends a few
@@ -142,14 +154,17 @@ class RedisInstrumentor(TraceRunInstrumentor):
         return dict(self._attrs.get(pool))
 
     def _start_command(self, client: Any, args: tuple, kwargs: dict) -> tuple:
-        """`start` for spans.wrapper: one command."""
-        attrs = self._base(client)
-        sanitize = config.get("OTEL_TRACE_RUN_DB_SANITIZE")
-        op, text = _command(args) if sanitize and args else (_name(args[0]) if args else "", None)
-        if op:
-            attrs[DB_OPERATION_NAME] = op
-        bounds.put(attrs, DB_QUERY_TEXT, command_text(args, sanitize) if text is None else text)
-        return self._open(op or SYSTEM, attrs, args, kwargs)
+        """`start` for spans.wrapper: one command. Its span's name and own attributes are kept by command name
+        and argument count for the configuration read now (see _command_span); the pool's are kept per pool."""
+        sanitize, bound, kept = config.derived(_SETTINGS, _settings)
+        try:
+            name, own = kept[args[0], len(args)]
+        except (KeyError, TypeError, IndexError):
+            name, own = _command_span(args, sanitize, bound, kept)
+        pool = getattr(client, "connection_pool", None)
+        attrs = {**(_NO_POOL if pool is None else self._attrs.get(pool)), **own}
+        span = (self._tracer or self.tracer).start_span(name, kind=_CLIENT, attributes=attrs)
+        return span, runtime_context.attach(runtime_context.with_span(span)), args, kwargs
 
     def _start_pipeline(self, pipe: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
         """`start` for spans.wrapper: a pipeline's execute (an empty one makes no span)."""
@@ -160,6 +175,23 @@ class RedisInstrumentor(TraceRunInstrumentor):
     def _open(self, name: str, attrs: dict, args: tuple, kwargs: dict) -> tuple:
         span = self.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attrs)
         return span, runtime_context.attach(runtime_context.with_span(span)), args, kwargs
+
+
+def _command_span(args: tuple, sanitize: bool, bound: Any, kept: dict) -> tuple:
+    """(span name, the attributes one command adds to its pool's: operation and bounded text). Put in `kept` when
+    they depend on the command's name and argument count alone: sanitized, the name a short str or bytes (as
+    _command keeps them), the text within the bound (a cut text's `trace_run.truncated` list is never shared)."""
+    op, text = _command(args) if sanitize and args else (_name(args[0]) if args else "", None)
+    own: dict = {}
+    if op:
+        own[DB_OPERATION_NAME] = op
+    bounds.put(own, DB_QUERY_TEXT, command_text(args, sanitize) if text is None else text, bound)
+    found = (op or SYSTEM, own)
+    if text is not None and TRUNCATED not in own and type(args[0]) in (str, bytes) and len(args[0]) <= 64:
+        if len(kept) >= _COMMANDS_MAX:
+            kept.clear()
+        kept[args[0], len(args)] = found
+    return found
 
 
 def _pipeline_name_and_attributes(pipe: Any, attrs: dict) -> tuple:

@@ -193,3 +193,50 @@ def test_stream_closed_early_leaves_the_connection_as_bare_and_the_span_unset(tr
     spans = _spans(exporter)
     assert [(s.name, s.status.status_code.name) for s in spans] == [("SELECT", "UNSET"), ("SELECT", "UNSET")]
     assert all("error.type" not in s.attributes for s in spans)
+
+
+def test_kept_statement_spans_follow_the_settings_the_connection_and_the_statement(traced, monkeypatch):
+    """A statement's span name and sanitized text are kept by query for the settings read now: a setting changed
+    and config.reset(), another connection, another statement each get their own, and every span has the
+    attributes, in the order, it had when nothing was kept."""
+    tracer, exporter = traced
+    query = "SELECT 1 AS one WHERE 'secret' <> %s"
+    seen = "SELECT query FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+    with psycopg.connect(PG_DSN, autocommit=True) as a, \
+            psycopg.connect(PG_DSN.replace("127.0.0.1", "localhost"), autocommit=True) as b:
+        a.execute(query, ("x",))
+        a.execute(query, ("x",))
+        b.execute(query, ("x",))
+        a.execute("SELECT 2")
+        monkeypatch.setenv("OTEL_TRACE_RUN_DB_SANITIZE", "false")
+        config.reset()
+        a.execute(query, ("x",))
+        monkeypatch.delenv("OTEL_TRACE_RUN_DB_SANITIZE")
+        monkeypatch.setenv("OTEL_TRACE_RUN_MAX_VALUE_LENGTH", "16")
+        config.reset()
+        a.execute(query, ("x",))
+        a.execute(query, ("x",))
+        monkeypatch.delenv("OTEL_TRACE_RUN_MAX_VALUE_LENGTH")
+        config.reset()
+        a.execute(query, ("x",))
+        assert a.execute(seen).fetchone()[0] == seen
+        monkeypatch.setenv("OTEL_TRACE_RUN_SQLCOMMENTER", "true")
+        config.reset()
+        assert a.execute(seen).fetchone()[0].startswith(seen + " /*traceparent='00-")
+    spans = _spans(exporter)
+    assert [(s.name, s.attributes["db.query.text"], s.attributes["server.address"],
+             s.attributes.get("trace_run.truncated")) for s in spans] == [
+        ("SELECT", "SELECT ? AS one WHERE ? <> %s", "127.0.0.1", None),
+        ("SELECT", "SELECT ? AS one WHERE ? <> %s", "127.0.0.1", None),
+        ("SELECT", "SELECT ? AS one WHERE ? <> %s", "localhost", None),
+        ("SELECT", "SELECT ?", "127.0.0.1", None),
+        ("SELECT", "SELECT 1 AS one WHERE 'secret' <> %s", "127.0.0.1", None),
+        ("SELECT", "SELECT ? AS o...", "127.0.0.1", ("db.query.text",)),
+        ("SELECT", "SELECT ? AS o...", "127.0.0.1", ("db.query.text",)),
+        ("SELECT", "SELECT ? AS one WHERE ? <> %s", "127.0.0.1", None),
+        ("SELECT pg_stat_activity", seen, "127.0.0.1", None),
+        ("SELECT pg_stat_activity", seen, "127.0.0.1", None),
+    ]
+    keys = ("db.system.name", "db.namespace", "server.address", "server.port", "db.query.text", "db.operation.name")
+    assert {tuple(s.attributes) for s in spans if "trace_run.truncated" not in s.attributes} == {
+        keys, keys + ("db.collection.name",)}

@@ -163,6 +163,41 @@ def test_client_address_read_from_the_url(url, address):
     assert "pw" not in attrs["url.full"]
 
 
+def test_kept_client_attributes_follow_the_settings_and_the_call(monkeypatch):
+    """A CLIENT span's name and attributes are kept by method, URL, host and port for the value bound read now
+    (config.reset() forgets them); each caller gets its own dict; a URL with userinfo or a query is redacted
+    on every call, under the redaction settings read now; another method, host or port gets its own."""
+    from trace_run.instrumentors.url_redaction import REDACTED
+
+    def attrs(method, url, host=http_common.FROM_URL, port=None):
+        return http_common.client_attributes(method, url, host, port)
+
+    url = "http://h.example/" + "p" * 40
+    first = attrs("GET", url)
+    first[1]["mine"] = True
+    assert attrs("GET", url) == ("GET", {"http.request.method": "GET", "url.full": url,
+                                         "server.address": "h.example", "server.port": 80})
+    assert attrs("get", url)[0] == "HTTP" and attrs("get", url)[1]["http.request.method_original"] == "get"
+    assert attrs("GET", url, "a", 81)[1]["server.address"] == "a" and attrs("GET", url, "b", 82)[1]["server.port"] == 82
+    monkeypatch.setenv("OTEL_TRACE_RUN_MAX_VALUE_LENGTH", "16")
+    config.reset()
+    for _ in range(2):
+        assert attrs("GET", url)[1]["url.full"] == "http://h.exam..."
+        assert attrs("GET", url)[1]["trace_run.truncated"] == ["url.full"]
+    monkeypatch.delenv("OTEL_TRACE_RUN_MAX_VALUE_LENGTH")
+    config.reset()
+    assert attrs("GET", url)[1]["url.full"] == url and "trace_run.truncated" not in attrs("GET", url)[1]
+    secret = "http://u:pw@h.example/x?token=abc"
+    for _ in range(2):
+        assert attrs("GET", secret)[1]["url.full"] == "http://%s:%s@h.example/x?token=%s" % ((REDACTED,) * 3)
+    monkeypatch.setenv("OTEL_TRACE_RUN_SENSITIVE_QUERY_PARAMS", "none")
+    config.reset()
+    http_common.reset()
+    assert attrs("GET", secret)[1]["url.full"] == "http://%s:%s@h.example/x?token=abc" % ((REDACTED,) * 2)
+    config.reset()
+    http_common.reset()
+
+
 def test_requests_prepared_request_sent_twice_is_unchanged(traced, server):
     import requests
 

@@ -152,3 +152,42 @@ def test_sanitize_off_shows_arguments_but_never_credentials(key, traced, monkeyp
         client.execute_command("AUTH", "hunter2-password")
     texts = [s.attributes["db.query.text"] for s in _spans(exporter)]
     assert texts == ["SET %s shown" % key, "AUTH ?"]
+
+
+def test_kept_command_spans_follow_the_settings_the_pool_and_the_command(key, traced, monkeypatch):
+    """A sanitized command's span name and text are kept by command name and argument count for the settings
+    read now: a setting changed and config.reset(), another pool, another command or argument count each get
+    their own, and every span has the attributes, in the order, it had when nothing was kept."""
+    tracer, exporter = traced
+    client = redis.Redis.from_url(REDIS_URL)
+    other = redis.Redis(connection_pool=redis.ConnectionPool(host="127.0.0.1", port=6379, db=5))
+    many = (key,) * 8  # `MGET` and 8 `?`: 20 characters
+    client.get(key)
+    client.get(key)
+    other.get(key)
+    client.delete(key)
+    client.delete(key, key + ":2")
+    client.execute_command("MGET", *many)
+    monkeypatch.setenv("OTEL_TRACE_RUN_MAX_VALUE_LENGTH", "16")
+    config.reset()
+    client.execute_command("MGET", *many)
+    client.execute_command("MGET", *many)
+    monkeypatch.delenv("OTEL_TRACE_RUN_MAX_VALUE_LENGTH")
+    config.reset()
+    client.execute_command("MGET", *many)
+    monkeypatch.setenv("OTEL_TRACE_RUN_DB_SANITIZE", "false")
+    config.reset()
+    client.get(key)
+    spans = _spans(exporter)
+    assert [(s.name, s.attributes["db.query.text"], s.attributes["db.namespace"],
+             s.attributes.get("trace_run.truncated")) for s in spans] == [
+        ("GET", "GET ?", "0", None), ("GET", "GET ?", "0", None), ("GET", "GET ?", "5", None),
+        ("DEL", "DEL ?", "0", None), ("DEL", "DEL ? ?", "0", None),
+        ("MGET", "MGET" + " ?" * 8, "0", None),
+        ("MGET", "MGET ? ? ? ? ...", "0", ("db.query.text",)),
+        ("MGET", "MGET ? ? ? ? ...", "0", ("db.query.text",)),
+        ("MGET", "MGET" + " ?" * 8, "0", None),
+        ("GET", "GET " + key, "0", None),
+    ]
+    assert {tuple(s.attributes) for s in spans if "trace_run.truncated" not in s.attributes} == {(
+        "db.system.name", "db.namespace", "server.address", "server.port", "db.operation.name", "db.query.text")}
