@@ -72,8 +72,9 @@ class HttpClientInstrumentor(TraceRunInstrumentor):
                     if type(buffer) is list:
                         buffer.append(line)
                         return result
-                name, _, value = line.partition(b": ")
-                instance.putheader(name.decode("ascii"), value.decode("ascii"))
+                with self.guard:  # a connection class of its own: through its putheader, its failure not the host's
+                    name, _, value = line.partition(b": ")
+                    instance.putheader(name.decode("ascii"), value.decode("ascii"))
             return result
         span = None
         with self.guard:

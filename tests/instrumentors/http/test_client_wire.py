@@ -371,3 +371,27 @@ def test_a_copied_dict_keeps_no_case_variant_of_a_header_written(traced):
     assert sent == {"traceparent": "00-%032x-%016x-01" % (0xA1, 0xB2), "Baggage": "a=1", "X-Other": "1",
                     "x-other": "2"}
     assert given == before
+
+
+def test_a_connection_whose_putheader_refuses_the_line_still_sends_its_request(traced, server, monkeypatch):
+    """A connection class of its own (its `_output` replaced) whose `putheader` raises for our header: the
+    request goes out without it and the program sees no error of ours."""
+    import requests
+    import urllib3.connection
+
+    original_output = urllib3.connection.HTTPConnection._output
+    original_putheader = urllib3.connection.HTTPConnection.putheader
+
+    def _output(self, s):
+        return original_output(self, s)
+
+    def putheader(self, header, *values):
+        if header == "traceparent":
+            raise ValueError("not this one")
+        return original_putheader(self, header, *values)
+
+    monkeypatch.setattr(urllib3.connection.HTTPConnection, "_output", _output, raising=False)
+    monkeypatch.setattr(urllib3.connection.HTTPConnection, "putheader", putheader)
+    r = requests.get(server + "/seen")
+    assert r.status_code == 200 and r.json()["traceparent"] == [] and not _copied(r)
+    assert _client(traced[1]).attributes["http.response.status_code"] == 200
