@@ -69,26 +69,7 @@ def _settings() -> tuple:
     return config.get("OTEL_TRACE_RUN_DB_SANITIZE"), bounds.limit(), {}
 
 
-_COMMANDS: dict = {}  # (command name as sent, argument count) -> (operation, sanitized text): a client sends a few
-_COMMANDS_MAX = 256
-
-
-def _command(args: tuple) -> tuple:
-    """(operation name, `command_text(args)`) of a sanitized command (args not empty), kept by its name and
-    argument count, on which alone they depend (names up to 64 characters; no argument value is kept)."""
-    key = (args[0], len(args))
-    try:
-        hit = _COMMANDS.get(key)
-    except TypeError:  # a name that cannot be a key: never kept
-        hit = None
-    if hit is None:
-        first = args[0]
-        hit = (_name(first), command_text(args))
-        if type(first) in (str, bytes) and len(first) <= 64:
-            if len(_COMMANDS) >= _COMMANDS_MAX:
-                _COMMANDS.clear()
-            _COMMANDS[key] = hit
-    return hit
+_COMMANDS_MAX = 256  # commands kept per configuration (see _command_span): a client sends a few
 
 
 def command_text(args: tuple, sanitize: bool = True) -> str:
@@ -181,13 +162,13 @@ def _command_span(args: tuple, sanitize: bool, bound: Any, kept: dict) -> tuple:
     """(span name, the attributes one command adds to its pool's: operation and bounded text). Put in `kept` when
     they depend on the command's name and argument count alone: sanitized, the name a short str or bytes (as
     _command keeps them), the text within the bound (a cut text's `trace_run.truncated` list is never shared)."""
-    op, text = _command(args) if sanitize and args else (_name(args[0]) if args else "", None)
+    op = _name(args[0]) if args else ""
     own: dict = {}
     if op:
         own[DB_OPERATION_NAME] = op
-    bounds.put(own, DB_QUERY_TEXT, command_text(args, sanitize) if text is None else text, bound)
+    bounds.put(own, DB_QUERY_TEXT, command_text(args, sanitize), bound)
     found = (op or SYSTEM, own)
-    if text is not None and TRUNCATED not in own and type(args[0]) in (str, bytes) and len(args[0]) <= 64:
+    if sanitize and args and TRUNCATED not in own and type(args[0]) in (str, bytes) and len(args[0]) <= 64:
         if len(kept) >= _COMMANDS_MAX:
             kept.clear()
         kept[args[0], len(args)] = found

@@ -38,16 +38,17 @@ def _spans(exporter):
                           st.integers(), st.binary(max_size=5), st.text(max_size=5)), min_size=1, max_size=6))
 @settings(max_examples=300, deadline=None)
 def test_a_sanitized_command_kept_by_name_and_count_is_what_it_was_without(args):
-    """The operation and sanitized text redis_._command keeps answer as _name and command_text do, on the first
-    call and the next (kept) one; the cache holds names and counts only, never an argument's value."""
+    """The span name and attributes redis_._command_span keeps answer as _name and command_text do, on the first
+    call and the next (kept) one; the store holds names and counts only, never an argument's value."""
     from trace_run.instrumentors import redis as redis_
 
     args = tuple(args)
-    expected = (redis_._name(args[0]), command_text(args))
-    assert redis_._command(args) == expected
-    assert redis_._command(args) == expected
-    assert all(type(name) in (str, bytes) and len(name) <= 64 and type(count) is int
-               for name, count in redis_._COMMANDS)
+    op = redis_._name(args[0])
+    expected = (op or redis_.SYSTEM, {**({"db.operation.name": op} if op else {}), "db.query.text": command_text(args)})
+    kept: dict = {}
+    assert redis_._command_span(args, True, None, kept) == expected
+    assert kept.get((args[0], len(args)), expected) == expected
+    assert all(type(name) in (str, bytes) and len(name) <= 64 and type(count) is int for name, count in kept)
 
 
 def test_command_text():
