@@ -269,13 +269,10 @@ _INT_PROTOCOLS = {9: "0.9", 10: "1.0", 11: "1.1", 20: "2", 2: "2", 30: "3", 3: "
 
 def protocol_version(raw: Any) -> Optional[str]:
     """'1.1' from 11, 'HTTP/1.1', b'HTTP/2' ..."""
-    kind = type(raw)
-    if kind is str:
+    if type(raw) is str:
         known = _PROTOCOLS.get(raw)
         if known is not None:
             return known
-    elif kind is int:  # (http.client's and urllib3's: 11)
-        return _INT_PROTOCOLS.get(raw)
     if raw is None:
         return None
     if isinstance(raw, int):
@@ -438,7 +435,8 @@ def server_error(status_code: int) -> bool:
 def client_wrapper(instrumentor: Any, read: Callable, with_headers: Callable, end: Callable,
                    is_async: bool = False, wire: Optional[Callable] = None) -> Callable:
     """The wrapt wrapper of a client's send: one CLIENT span per request, made current, the inner HTTP
-    layers told to make none, the propagation headers on a copy of the request.
+    layers told to make none, the propagation headers on a copy of the request (or, with `wire`, written
+    by http.client below).
 
     read(instance, args, kwargs) -> (method, url, host, port, headers, request): what the library was asked
     (host FROM_URL, port None: read from the URL where a span records);
