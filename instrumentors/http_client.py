@@ -9,6 +9,7 @@ response. Inside a requests or urllib3 span this layer only calls through.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from trace_run.core import runtime_context
@@ -17,7 +18,13 @@ from trace_run.core.compat import SUPPRESS_HTTP_INSTRUMENTATION_KEY
 from . import errors, http_common, propagation, spans
 from .base import TraceRunInstrumentor, is_http_instrumentation_enabled
 
-_SPAN = "_trace_run_span"
+# The span a request made here waits in until its response, by the connection's id: never in the connection's
+# `__dict__`. On CPython 3.11 and 3.12 reading an instance's `__dict__` turns its inline attribute values into a
+# dict for good, and http.client's own reads of that connection's attributes (~60 a request) then take the
+# interpreter's slow path: each through the type's attribute lookup, ~2x the time and more type-cache collisions.
+# An entry holds a weak reference to its connection whose callback removes it: a connection dropped without an
+# answer or close takes its span with it, as before.
+_PENDING: dict = {}
 _WireLine = propagation.WireLine
 _get_current = runtime_context.get_current
 # HTTPConnection.putrequest as this instrumentor set it (None: not instrumented). A client above compares it
@@ -27,10 +34,16 @@ _output: Any = None  # http.client's HTTPConnection._output: what putheader ends
 
 
 def _pop(conn) -> Any:
-    try:
-        return conn.__dict__.pop(_SPAN, None)
-    except AttributeError:
+    """The span pending on `conn` (None: none), removed."""
+    if not _PENDING:
         return None
+    entry = _PENDING.pop(id(conn), None)
+    return entry[1] if entry is not None and entry[0]() is conn else None
+
+
+def _put(conn, span) -> None:
+    key = id(conn)  # (HTTPConnection has __weakref__: every subclass takes weak references)
+    _PENDING[key] = (weakref.ref(conn, lambda _ref: _PENDING.pop(key, None)), span)
 
 
 class HttpClientInstrumentor(TraceRunInstrumentor):
@@ -61,14 +74,14 @@ class HttpClientInstrumentor(TraceRunInstrumentor):
                 http_common.end_client(pending)
 
     def _putrequest(self, wrapped, instance, args, kwargs):
-        if _SPAN in getattr(instance, "__dict__", ()):  # (a call less for the usual connection: nothing pending)
+        if _PENDING and id(instance) in _PENDING:  # (a call less for the usual connection: nothing pending)
             self._end_pending(instance)
         if not is_http_instrumentation_enabled():
             result = wrapped(*args, **kwargs)
             line = _get_current().get(SUPPRESS_HTTP_INSTRUMENTATION_KEY)
             if type(line) is _WireLine:  # a client above made the span: its traceparent goes out with the request
                 if type(instance)._output is _output:  # putheader's last step, http.client's own
-                    buffer = instance.__dict__.get("_buffer")
+                    buffer = getattr(instance, "_buffer", None)  # (what _output appends to)
                     if type(buffer) is list:
                         buffer.append(line)
                         return result
@@ -98,11 +111,11 @@ class HttpClientInstrumentor(TraceRunInstrumentor):
             propagation.inject(carrier, span)
             for key, value in carrier.items():
                 instance.putheader(key, value)
-            instance.__dict__[_SPAN] = span
+            _put(instance, span)
         return result
 
     def _endheaders(self, wrapped, instance, args, kwargs):
-        if _SPAN not in instance.__dict__:
+        if not _PENDING or id(instance) not in _PENDING:
             return wrapped(*args, **kwargs)
         try:
             return wrapped(*args, **kwargs)
@@ -120,10 +133,7 @@ class HttpClientInstrumentor(TraceRunInstrumentor):
 
 def _response_start(conn: Any, args: tuple, kwargs: dict):
     """The span putrequest left on the connection ends with its response (None: nothing to end)."""
-    try:  # _pop, a call less: every response asks
-        span = conn.__dict__.pop(_SPAN, None)
-    except AttributeError:
-        return None
+    span = _pop(conn) if _PENDING else None  # (a call less where nothing is pending: every response asks)
     return None if span is None else (span, None, args, kwargs)
 
 

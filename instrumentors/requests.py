@@ -75,11 +75,11 @@ def _wire(adapter: Any, request: Any, span: Any) -> Any:
     request holds no `traceparent` of its own (the copy replaces it, as always)."""
     if (type(adapter) is not _ADAPTER or _CLIENT_CONNECTION.putrequest is not http_client.wired
             or _HTTP_POOL.ConnectionCls is not _HTTP_CONNECTION or _HTTPS_POOL.ConnectionCls is not _HTTPS_CONNECTION
-            or getattr(adapter.__dict__.get("poolmanager"), "pool_classes_by_scheme", None) is not _POOLS):
+            or getattr(getattr(adapter, "poolmanager", None), "pool_classes_by_scheme", None) is not _POOLS):
         return None
     headers = request.headers
     if type(headers) is _PLAIN[1] and _STORE_COPY:
-        if "traceparent" in headers.__dict__["_store"]:  # (its keys lower-cased)
+        if "traceparent" in headers._store:  # (its keys lower-cased)
             return None
     elif "traceparent" in headers:
         return None
@@ -112,7 +112,7 @@ def _copy(request: Any) -> Any:
 def copy_headers(headers: Any) -> Any:
     """`headers.copy()` for requests' CaseInsensitiveDict: its `_store` copied as it is (copy() rebuilds
     it through `update` and a Python `__setitem__` per header, ~140 bytecodes a request)."""
-    store = headers.__dict__.get("_store") if _STORE_COPY and type(headers) is _PLAIN[1] else None
+    store = getattr(headers, "_store", None) if _STORE_COPY and type(headers) is _PLAIN[1] else None
     if type(store) is not OrderedDict:
         return headers.copy()
     new = _PLAIN[1].__new__(_PLAIN[1])

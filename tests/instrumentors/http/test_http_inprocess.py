@@ -850,3 +850,75 @@ def test_a_url_without_userinfo_or_query_is_its_own_redaction(url):
         assert url_redaction._redact(url) == url and url_redaction.redact_url(url) is url
     else:
         assert url_redaction.redact_url(url) == url_redaction._redact(url)
+
+
+def _dict_made(obj, key: str) -> bool:
+    """Has `obj` a materialized instance dict (one holding `key`) among what it refers to? On CPython 3.11 and
+    3.12 an instance keeps its attributes as inline values until something reads its `__dict__`; the garbage
+    collector's traversal then shows the dict instead of the values."""
+    import gc
+
+    return any(type(r) is dict and key in r for r in gc.get_referents(obj))
+
+
+def _inline_values_observable() -> bool:
+    class Probe:
+        def __init__(self):
+            self.host = 1
+
+    kept, read = Probe(), Probe()
+    assert vars(read) == {"host": 1}  # (the read materializes the dict)
+    return not _dict_made(kept, "host") and _dict_made(read, "host")
+
+
+@pytest.mark.skipif(not _inline_values_observable(),
+                    reason="this interpreter has no inline attribute values a __dict__ read replaces (3.11, 3.12 do)")
+def test_the_programs_connections_and_adapters_keep_their_inline_attributes(traced, server):
+    """The instrumentors never read the `__dict__` of the program's connections, adapters or headers: doing so
+    made http.client's own attribute reads of a pooled connection take the interpreter's slow path for good."""
+    import http.client
+
+    import requests
+
+    host, port = server.split("//")[1].split(":")
+    conn = http.client.HTTPConnection(host, int(port))
+    conn.request("GET", "/items/1")
+    conn.getresponse().read()  # a span of this layer: pending on the connection from putrequest to the answer
+    session = requests.Session()
+    with session:
+        for path in ("/items/2", "/headers"):  # the wire path: the pooled connection's putrequest sends the line
+            response = session.get(server + path)
+        adapter = session.get_adapter(server)
+        (pooled,) = [c for pool in adapter.poolmanager.pools._container.values() for c in pool.pool.queue if c]
+        assert _dict_made(pooled, "sock") is False
+        assert _dict_made(adapter, "max_retries") is False
+        assert _dict_made(response.request.headers, "_store") is False
+    assert _dict_made(conn, "sock") is False
+    conn.close()
+    a, b, c = clients(traced.get_finished_spans())
+    assert [s.attributes["url.full"] for s in (a, b, c)] == [server + p for p in ("/items/1", "/items/2", "/headers")]
+    assert response.json()["traceparent"] == "00-%032x-%016x-01" % (c.context.trace_id, c.context.span_id)
+    assert server_of(traced, a).parent.span_id == a.context.span_id
+
+
+def test_a_connection_dropped_before_its_answer_takes_its_pending_span_along(traced, server):
+    import gc
+    import http.client
+
+    from trace_run.instrumentors import http_client
+
+    host, port = server.split("//")[1].split(":")
+    conn = http.client.HTTPConnection(host, int(port))
+    conn.request("GET", "/items/3")
+    assert id(conn) in http_client._PENDING
+    conn.sock.close()
+    del conn
+    gc.collect()
+    assert http_client._PENDING == {}
+    assert clients(traced.get_finished_spans()) == []  # never answered nor closed: not ended, as before
+    again = http.client.HTTPConnection(host, int(port))  # the next connection's span is its own
+    again.request("GET", "/items/4")
+    again.getresponse().read()
+    again.close()
+    (span,) = clients(traced.get_finished_spans())
+    assert span.attributes["url.full"] == server + "/items/4" and span.attributes["http.response.status_code"] == 200
