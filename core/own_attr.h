@@ -16,7 +16,11 @@
  * re-arms for it. Not in the dict, or a type the guard refused (kept as refused for that version): as before,
  * PyObject_GetAttr. Saves the type's attribute lookup (and its entry in CPython's type attribute cache) per
  * read. `obj.__dict__` likewise (own_dict): the instance's dict where the type's __dict__ is the one type()
- * gives a class (a probe class's getter) and no builtin base has a dict of its own (what that getter checks). */
+ * gives a class (a probe class's getter) and no builtin base has a dict of its own (what that getter checks).
+ * Only for trace-run's own objects and the SDK's, never the program's: on CPython 3.11 and 3.12 getting an
+ * instance's dict turns its inline attribute values into a dict for good, and the interpreter's specialized
+ * reads of that object's attributes take a slower path from then on (a werkzeug Rule read here made Flask's
+ * and werkzeug's own reads of it, every request, go through the type's attribute lookup). */
 typedef struct {
     PyTypeObject *type;  /* (borrowed: compared only, with its version tag, which no other type gets) */
     unsigned int version;

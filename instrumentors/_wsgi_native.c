@@ -1560,7 +1560,7 @@ hook_dealloc(PyObject *self)
 /* (the instrumentor's and the routing rules' objects live as long as the app: reading their dict makes it once.
  * Flask's request is new per request: its attributes are read by getattr, which does not turn the instance's
  * inline values into a dict, as reading its dict would, once per request) */
-static OwnAttr g_tracer, g_excluded, g_request_proxy, g_response_class, g_rule;
+static OwnAttr g_tracer, g_excluded, g_request_proxy, g_response_class;
 
 /* `mapping.get(key)` (fallback NULL) or `mapping.get(key, fallback)`: a dict's lookup, else its get method */
 static PyObject *
@@ -1772,7 +1772,8 @@ name_span(Hook *h)
     if (state != Py_None && rule != Py_None) {
         if ((set_route = module_attr(F_WSGI, N_SET_ROUTE)) == NULL || (span = PyObject_GetAttr(state, N[N_SPAN])) == NULL
             || (method = get_of(environ, S[S_REQUEST_METHOD], S[S_EMPTY])) == NULL
-            || (route = own_attr(rule, N[N_RULE], &g_rule)) == NULL)
+            /* the rule is the program's: by getattr, not own_attr (see own_attr.h: its dict would be made) */
+            || (route = PyObject_GetAttr(rule, N[N_RULE])) == NULL)
             goto failed;
         PyObject *args[3] = {span, method, route};
         if ((r = PyObject_Vectorcall(set_route, args, 3, NULL)) == NULL)

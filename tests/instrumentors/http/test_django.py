@@ -10,6 +10,7 @@ import asyncio
 import io
 import sys
 
+import inline_values
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -302,6 +303,25 @@ def test_fuzzed_propagation_headers_never_fail_a_request(traced, traceparent, tr
         "200 OK", b"user 2")
     (span,) = server_spans(exporter)
     assert span.name == "GET users/<int:id>/"
+
+
+@pytest.mark.skipif(not inline_values.observable(),
+                    reason="this interpreter has no inline attribute values a __dict__ read replaces (3.11, 3.12 do)")
+def test_the_handler_keeps_its_inline_attributes(traced):
+    """The per-request question "is upstream's middleware in this handler's chain" reads the handler's mark with
+    getattr: reading its `__dict__` turned Django's own reads of the handler, every request, to the slow path."""
+    from django.core.handlers.wsgi import WSGIHandler
+
+    provider, exporter = traced
+    handler = WSGIHandler()
+    status: list = []
+    for _ in range(2):
+        body = handler(environ("/users/5/"), lambda s, h, exc_info=None: status.append(s))
+        assert b"".join(body) == b"user 5"
+        body.close()
+    assert status == ["200 OK"] * 2
+    assert [s.name for s in server_spans(exporter)] == ["GET users/<int:id>/"] * 2
+    assert inline_values.dict_made(handler, "_middleware_chain") is False
 
 
 def test_upstream_middleware_is_recognised():

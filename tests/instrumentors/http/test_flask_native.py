@@ -13,6 +13,7 @@ import shutil
 import sys
 from contextlib import contextmanager
 
+import inline_values
 import pytest
 from opentelemetry import context as context_api
 from opentelemetry.sdk.trace import TracerProvider, sampling
@@ -237,6 +238,24 @@ def test_the_hooks_are_c_where_the_extension_is_built():
             == signatures
         assert flask_instrumentor._request_layout(flask)[2] is flask.globals._cv_request
     assert (flask.Flask.__dict__["wsgi_app"], flask.Flask.__dict__["full_dispatch_request"]) == original
+
+
+@pytest.mark.skipif(not inline_values.observable(),
+                    reason="this interpreter has no inline attribute values a __dict__ read replaces (3.11, 3.12 do)")
+@pytest.mark.parametrize("path", ["c", "python"])
+def test_the_routing_rule_keeps_its_inline_attributes(path):
+    """The route is read off the program's werkzeug Rule by getattr: reading it from the rule's dict made that
+    dict, and Flask's and werkzeug's own reads of the rule, every request, took the slow path."""
+    if path == "c" and not _COMPILER:
+        pytest.skip("no C compiler: the extension is optional")
+    with instrumented(path, "sdk on") as (instrumentor, exporter, _mp):
+        app = make_app()
+        client = app.test_client()
+        assert [client.get("/list/%d" % n).data for n in (1, 2)] == [b"hello 1", b"hello 2"]
+        (rule,) = [r for r in app.url_map.iter_rules() if r.rule == "/list/<int:n>"]
+        assert inline_values.dict_made(rule, "endpoint") is False
+        spans = exporter.get_finished_spans()
+        assert [(s.name, s.attributes["http.route"]) for s in spans] == [("GET /list/<int:n>", "/list/<int:n>")] * 2
 
 
 @pytest.mark.parametrize("tracer_kind,view,parent", CASES)

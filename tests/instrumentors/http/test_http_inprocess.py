@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 
+import inline_values
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -852,26 +853,8 @@ def test_a_url_without_userinfo_or_query_is_its_own_redaction(url):
         assert url_redaction.redact_url(url) == url_redaction._redact(url)
 
 
-def _dict_made(obj, key: str) -> bool:
-    """Has `obj` a materialized instance dict (one holding `key`) among what it refers to? On CPython 3.11 and
-    3.12 an instance keeps its attributes as inline values until something reads its `__dict__`; the garbage
-    collector's traversal then shows the dict instead of the values."""
-    import gc
 
-    return any(type(r) is dict and key in r for r in gc.get_referents(obj))
-
-
-def _inline_values_observable() -> bool:
-    class Probe:
-        def __init__(self):
-            self.host = 1
-
-    kept, read = Probe(), Probe()
-    assert vars(read) == {"host": 1}  # (the read materializes the dict)
-    return not _dict_made(kept, "host") and _dict_made(read, "host")
-
-
-@pytest.mark.skipif(not _inline_values_observable(),
+@pytest.mark.skipif(not inline_values.observable(),
                     reason="this interpreter has no inline attribute values a __dict__ read replaces (3.11, 3.12 do)")
 def test_the_programs_connections_and_adapters_keep_their_inline_attributes(traced, server):
     """The instrumentors never read the `__dict__` of the program's connections, adapters or headers: doing so
@@ -890,10 +873,10 @@ def test_the_programs_connections_and_adapters_keep_their_inline_attributes(trac
             response = session.get(server + path)
         adapter = session.get_adapter(server)
         (pooled,) = [c for pool in adapter.poolmanager.pools._container.values() for c in pool.pool.queue if c]
-        assert _dict_made(pooled, "sock") is False
-        assert _dict_made(adapter, "max_retries") is False
-        assert _dict_made(response.request.headers, "_store") is False
-    assert _dict_made(conn, "sock") is False
+        assert inline_values.dict_made(pooled, "sock") is False
+        assert inline_values.dict_made(adapter, "max_retries") is False
+        assert inline_values.dict_made(response.request.headers, "_store") is False
+    assert inline_values.dict_made(conn, "sock") is False
     conn.close()
     a, b, c = clients(traced.get_finished_spans())
     assert [s.attributes["url.full"] for s in (a, b, c)] == [server + p for p in ("/items/1", "/items/2", "/headers")]
