@@ -81,7 +81,10 @@ class HttpClientInstrumentor(TraceRunInstrumentor):
             line = _get_current().get(SUPPRESS_HTTP_INSTRUMENTATION_KEY)
             if type(line) is _WireLine:  # a client above made the span: its traceparent goes out with the request
                 if type(instance)._output is _output:  # putheader's last step, http.client's own
-                    buffer = getattr(instance, "_buffer", None)  # (what _output appends to)
+                    try:
+                        buffer = instance._buffer  # (what _output appends to; read as it reads it)
+                    except AttributeError:
+                        buffer = None
                     if type(buffer) is list:
                         buffer.append(line)
                         return result

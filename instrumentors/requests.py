@@ -74,8 +74,14 @@ def _wire(adapter: Any, request: Any, span: Any) -> Any:
     and the pools' connection classes urllib3's (urllib3.http2 and emscripten replace them); and where the
     request holds no `traceparent` of its own (the copy replaces it, as always)."""
     if (type(adapter) is not _ADAPTER or _CLIENT_CONNECTION.putrequest is not http_client.wired
-            or _HTTP_POOL.ConnectionCls is not _HTTP_CONNECTION or _HTTPS_POOL.ConnectionCls is not _HTTPS_CONNECTION
-            or getattr(getattr(adapter, "poolmanager", None), "pool_classes_by_scheme", None) is not _POOLS):
+            or _HTTP_POOL.ConnectionCls is not _HTTP_CONNECTION or _HTTPS_POOL.ConnectionCls is not _HTTPS_CONNECTION):
+        return None
+    # (attribute reads, not getattr() nor the adapter's __dict__: the interpreter serves these from the inline
+    # values it specialized for, with no lookup through the type nor an entry of the type attribute cache)
+    try:
+        if adapter.poolmanager.pool_classes_by_scheme is not _POOLS:
+            return None
+    except AttributeError:
         return None
     headers = request.headers
     if type(headers) is _PLAIN[1] and _STORE_COPY:
