@@ -310,7 +310,18 @@ with_span(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject *k
     PyObject *parent = given[1] == Py_None ? current() : Py_NewRef(given[1]);
     if (parent == NULL)
         return NULL;
-    PyObject *new = PyObject_CallOneArg(conf[C_CONTEXT], parent);
+    /* Context(parent): for a dict, dict.__init__ merges it after looking `parent.keys` up (a lookup through the
+     * type, and an entry of the type attribute cache, every call); the merge alone where Context's __new__ and
+     * __init__ are still dict's */
+    PyTypeObject *kind = (PyTypeObject *)conf[C_CONTEXT];
+    PyObject *new;
+    if (PyDict_Check(parent) && kind->tp_init == PyDict_Type.tp_init && kind->tp_new == PyDict_Type.tp_new) {
+        new = PyObject_CallNoArgs((PyObject *)kind);
+        if (new != NULL && PyDict_Merge(new, parent, 1) < 0)
+            Py_CLEAR(new);
+    }
+    else
+        new = PyObject_CallOneArg((PyObject *)kind, parent);
     Py_DECREF(parent);
     if (new == NULL)
         return NULL;

@@ -164,6 +164,38 @@ def test_with_span_makes_the_same_context(call):
     assert list(c_made.items()) == list(py_made.items())
 
 
+class _Keys(dict):
+    def keys(self):  # (dict.__init__ merges a dict whatever its keys say; told apart from its merge, not here)
+        return ["a"]
+
+
+class _Mapping:
+    def __init__(self, d):
+        self.d = d
+
+    def keys(self):
+        return list(self.d)
+
+    def __getitem__(self, key):
+        return self.d[key]
+
+
+@pytest.mark.parametrize("parent", [
+    lambda: Context({"a": 1, runtime_context._SPAN_KEY: SAMPLED}),
+    lambda: {"a": 1, "b": 2},
+    lambda: _Keys({"a": 1, "b": 2}),
+    lambda: _Mapping({"a": 1, "b": 2}),
+    lambda: Context(),
+], ids=["context", "dict", "dict with its own keys", "mapping", "empty"])
+def test_with_span_copies_every_parent_as_the_context_class_does(parent):
+    """The C copies a dict parent by merging it into an empty Context (dict.__init__'s merge, without its lookup
+    of `keys`), anything else by calling Context with it: the same items either way, in the same order."""
+    made = [f(UNSAMPLED, parent(), "k", "v") for f in (native.with_span, PY["with_span"])]
+    assert type(made[0]) is type(made[1]) is Context
+    assert list(made[0].items()) == list(made[1].items())
+    assert list(made[0].items())[-2:] == [(runtime_context._SPAN_KEY, UNSAMPLED), ("k", "v")]
+
+
 def test_detach_restores_and_reports_as_the_python_one(caplog):
     for detach in (native.detach, PY["detach"]):
         before = runtime_context.get_current()
