@@ -1557,9 +1557,10 @@ hook_dealloc(PyObject *self)
 /* `module.name`, read from the module's dict at each call (module_name) */
 #define module_attr(dict, name) module_name(fconf[dict], (name), 1)
 
-/* (the instrumentor's and the routing rules' objects live as long as the app: reading their dict makes it once.
- * Flask's request is new per request: its attributes are read by getattr, which does not turn the instance's
- * inline values into a dict, as reading its dict would, once per request) */
+/* (the instrumentor's objects live as long as the app: reading their dict makes it once. The program's objects,
+ * Flask's request (new per request) and the routing rules, are read by getattr, which does not turn an
+ * instance's inline values into a dict, as reading its dict would: the program's own reads of them would then
+ * take the slow path) */
 static OwnAttr g_tracer, g_excluded, g_request_proxy, g_response_class;
 
 /* `mapping.get(key)` (fallback NULL) or `mapping.get(key, fallback)`: a dict's lookup, else its get method */
