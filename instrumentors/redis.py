@@ -160,8 +160,8 @@ class RedisInstrumentor(TraceRunInstrumentor):
 
 def _command_span(args: tuple, sanitize: bool, bound: Any, kept: dict) -> tuple:
     """(span name, the attributes one command adds to its pool's: operation and bounded text). Put in `kept` when
-    they depend on the command's name and argument count alone: sanitized, the name a short str or bytes (as
-    _command keeps them), the text within the bound (a cut text's `trace_run.truncated` list is never shared)."""
+    they depend on the command's name and argument count alone: sanitized, the name a short str or bytes (up to
+    64 characters), the text within the bound (a cut text's `trace_run.truncated` list is never shared)."""
     op = _name(args[0]) if args else ""
     own: dict = {}
     if op:
