@@ -18,7 +18,7 @@ from typing import Sequence
 
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from trace_run.core import compat, hooks, log
+from trace_run.core import compat, log
 
 from . import owned_sockets
 from .lazy_exporter import LazyExporter
@@ -144,10 +144,10 @@ class CountingExporter(SpanExporter):
         if self._lazy is not None:
             self._lazy.prepare_for_fork()
 
-    def build_soon(self) -> None:
-        """Start building the real exporter on a thread of its own (see LazyExporter.build_soon)."""
-        if self._lazy is not None:
-            self._lazy.build_soon()
+    def build_here(self) -> bool:
+        """Build the real exporter on this thread unless it is inside an import (LazyExporter.build_here).
+        Whether it is built."""
+        return self._lazy.build_here() if self._lazy is not None else True
 
     @property
     def exporter(self) -> SpanExporter:
@@ -274,10 +274,9 @@ class CountingProcessor(SpanProcessor):
         if hand_over is not None:
             hand_over(self._take_encoder)
         self._admit = budget.admit if budget is not None else None  # the queue's bounds (spans, bytes)
-        # The exporter is built when the first span ends, outside any import, on a thread
-        # of its own (not the program's: an event loop must not wait ~150 ms on imports):
-        # importing flask or requests stays cheap, and a program that never makes a span
-        # never loads an exporter.
+        # The exporter is built when the first span ends outside any import, on the thread that ends
+        # it (never on one of trace-run's: see lazy_exporter): importing flask or requests stays
+        # cheap, and a program that never makes a span never loads an exporter.
         self._pending = health.built is None
         self._counter = itertools.count()
         self._on_end = processor.on_end
@@ -342,9 +341,8 @@ class CountingProcessor(SpanProcessor):
             self._on_end(span)
 
     def _build(self) -> None:
-        if not hooks.busy():  # else (a module the exporter imports is half-imported): a later span end starts it
+        if self.health.build_here():  # else (inside an import): a later span end builds it
             self._pending = False
-            self.health.build_soon()
 
     def shutdown(self) -> None:
         # spans that end later (ours after the program's provider took over) are counted as

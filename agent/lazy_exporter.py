@@ -1,11 +1,17 @@
 """The real exporter, built when first needed, and again in a forked child.
 
-Building it imports requests or grpc and reads files (~150 ms): that happens on a short-lived
-thread of its own started when the first span ends outside any import (`build_soon`, from
-exporthealth.CountingProcessor), or on the export thread, never on the program's thread (an
-asyncio program's first request would wait on it inside the event loop) nor inside the import
-hook of a library the exporter itself imports. A forked child must not share the parent's
-exporter (its pooled HTTP connections and gRPC channel are the parent's sockets): it builds its own.
+Building it imports urllib3 or grpc and reads files (~20-70 ms). That happens on the program's
+thread that ends the first span outside any import (`build_here`, from exporthealth.CountingProcessor),
+not on a thread of trace-run's: an import adds to `sys.modules`, and a program walking it (CPython's
+regrtest between two tests, a plugin scanner) while another thread imported failed with "dictionary
+changed size during iteration", which a single-threaded program never sees bare. The build also
+imports what the first export would (sdk._import_what_the_first_export_imports), so the export
+thread imports nothing. One exception: a thread running an asyncio event loop must not block on
+imports and file reads (the first request would wait; under blockbuster, Starlette's own test suite,
+the build raised BlockingError and every span was dropped), so there the build runs on a short-lived
+thread of its own (`_build_beside`). Where every span ends inside an import, the export thread or
+the exit flush builds it, as the last resort. A forked child must not share the parent's exporter
+(its pooled HTTP connections and gRPC channel are the parent's sockets): it builds its own.
 """
 
 from __future__ import annotations
@@ -55,7 +61,21 @@ class LazyExporter(SpanExporter):
                                 % (self.target, type(exc).__name__, self._scrub(exc)))
         return _Broken()
 
-    def build_soon(self) -> None:
+    def build_here(self) -> bool:
+        """Build it now, on this thread (the program's, ending a span), or beside it where this thread runs
+        an event loop. Not while this thread is inside an import: the build's own imports could meet the
+        half-imported module. Whether it is built or under way (else a later span end tries again)."""
+        if self.built is not None:
+            return True
+        if hooks.busy() or compat.importing_here():
+            return False
+        if compat.on_event_loop():
+            self._build_beside()
+        else:
+            self._build_quietly()
+        return True
+
+    def _build_beside(self) -> None:
         """Start building it on a thread of its own, once (a thread made now, when the first span
         ends: by then gevent or eventlet, if the program uses them, have patched `threading`).
         Until it is built, spans queue unencoded; whoever needs it first (the export thread, the
@@ -83,7 +103,7 @@ class LazyExporter(SpanExporter):
     def _build_quietly(self) -> None:
         try:
             self.get()
-        except Exception:  # get() reports what it cannot build; nothing may escape a thread of ours
+        except Exception:  # get() reports what it cannot build; nothing may escape into the program or a thread of ours
             pass
 
     def _lock(self):
@@ -102,6 +122,9 @@ class LazyExporter(SpanExporter):
             # A build under way: the child must not inherit its half-done imports (their
             # module locks belong to a thread that does not exist there).
             builder.join(_FORK_WAIT_S)
+        lock = self.__dict__.get("_build_lock")
+        if lock is not None and lock.acquire(timeout=_FORK_WAIT_S):  # one on another of the program's threads
+            lock.release()
         if self._warm is None or self.built is not None:
             return
         from . import green

@@ -470,6 +470,7 @@ def _grpc_h2(spec: dict) -> bool:
 
 
 def build_otlp_exporter(spec: dict):
+    _import_what_the_first_export_imports()
     if _grpc_h2(spec):
         from .otlp_grpc_h2 import OTLPGrpcH2SpanExporter
 
@@ -513,7 +514,6 @@ def build_otlp_exporter(spec: dict):
         if accepts_keyword(Stock.__init__, "channel_options"):
             kwargs["channel_options"] = GRPC_OPTIONS  # the answer is read up to a cap
         return OTLPSpanExporter(**kwargs)
-    _import_what_the_first_export_imports()
     session = _session_keeping_ca() if spec["certificate"] else None
     # a requests Session from an entry point (the SDK's credential provider): the stock exporter loads it
     provider = any(config.get("OTEL_PYTHON_EXPORTER_OTLP_HTTP_%sCREDENTIAL_PROVIDER" % s) for s in ("TRACES_", ""))
@@ -551,11 +551,14 @@ def build_otlp_exporter(spec: dict):
 
 
 def _import_what_the_first_export_imports() -> None:
-    """requests imports `netrc` inside its first request. Done here, on the builder thread, which a fork
-    waits for; not on the export thread, which it does not: a child forked while that thread held the
-    module's import lock inherits the lock without its owner, and its own export (its exit flush) hangs
-    there until the exit timeout drops its spans."""
+    """What the first export would import on the export thread, imported here, on the thread that builds
+    (see lazy_exporter): the socket module's lookup of the host name's codec (`encodings.idna`) and
+    requests' `netrc`, read inside its first request. A child forked while the export thread held a
+    module's import lock also inherited the lock without its owner, and its exit flush hung there."""
+    import codecs
     import netrc  # noqa: F401
+
+    codecs.lookup("idna")
 
 
 def _capped_requests_transport(spec: dict, session):

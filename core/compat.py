@@ -386,6 +386,37 @@ def before_threads_stop(callback: Any) -> bool:
     return True
 
 
+def importing_here() -> bool:
+    """Is this thread inside an import: does it own one of importlib's module locks (`_bootstrap`'s
+    `_module_locks`, each lock's `owner`, 3.9 to 3.13)? Fallback: False (no import is known of)."""
+    try:
+        from importlib import _bootstrap
+
+        refs = list(_bootstrap._module_locks.values())  # a copy made in C: other threads may import meanwhile
+    except Exception:
+        return False
+    me = threading.get_ident()
+    for ref in refs:
+        lock = ref()
+        if lock is not None and getattr(lock, "owner", None) == me:
+            return True
+    return False
+
+
+def on_event_loop() -> bool:
+    """Is an asyncio event loop running on this thread (asyncio's `_get_running_loop`, exported since
+    3.7)? Fallback: False."""
+    import sys
+
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is None:
+        return False
+    try:
+        return asyncio._get_running_loop() is not None
+    except Exception:
+        return False
+
+
 def in_thread(work: Callable[[], Any], name: str) -> threading.Event:
     """Run work() on a daemon thread; the event is set when it returns (or raised). Where no thread can
     start (3.12+, at interpreter shutdown), work() runs here."""

@@ -1,7 +1,8 @@
-"""Where the exporter is built (issue 19): on a short-lived thread of its own, started when the first
-span ends, never on the thread ending it. An asyncio program's first request used to wait ~150 ms
-inside its event loop for the exporter's imports and file reads, and under blockbuster (Starlette's
-own test suite) that build raised BlockingError, so every span of the process was dropped."""
+"""Where the exporter is built: on the program's thread that ends the first span (a thread of trace-run's
+importing while the program walked `sys.modules` broke it: test_faults_module_table.py), except on an
+event loop's thread, where it is built on a short-lived thread of its own. An asyncio program's first
+request used to wait ~150 ms inside its event loop for the exporter's imports and file reads, and under
+blockbuster (Starlette's own test suite) that build raised BlockingError, so every span was dropped."""
 
 from __future__ import annotations
 
@@ -119,7 +120,69 @@ def _pipeline(factory):
     return provider, lazy, health, counting
 
 
-def test_the_first_span_end_starts_the_build_elsewhere_and_returns_at_once(monkeypatch):
+def _first_spans(tracer, ended):
+    for name in ("one", "two"):
+        with tracer.start_as_current_span(name):
+            pass
+        ended.append(name)
+
+
+def test_the_first_span_end_builds_on_the_thread_ending_it(monkeypatch):
+    from trace_run.core import hooks
+
+    monkeypatch.setattr(hooks, "busy", lambda: False)  # no import under way elsewhere (see below)
+    slow = _Slow()
+    slow.release.set()
+    provider, lazy, health, counting = _pipeline(slow)
+    ended = []
+    program = threading.Thread(target=_first_spans, args=(provider.get_tracer("t"), ended))
+    program.start()
+    program.join(10)
+    assert slow.threads == [program.ident] and ended == ["one", "two"]
+    assert [s.name for s in health.built.get_finished_spans()] == ["one", "two"]
+    assert (counting.ended, counting.dropped(), health.counts()["exported"]) == (2, 0, 2)
+
+
+def test_a_span_ending_inside_an_import_leaves_the_build_to_a_later_one(tmp_path, monkeypatch):
+    """The build's imports could meet the module this thread is importing, half done: the next span
+    ending outside any import builds it."""
+    import importlib
+
+    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+    from trace_run.agent.exporthealth import CountingExporter, CountingProcessor
+    from trace_run.agent.lazy_exporter import LazyExporter
+    from trace_run.core import hooks
+
+    class Queue(SpanProcessor):  # as the batch processor: spans wait, nothing exports at once
+        def __init__(self):
+            self.names = []
+
+        def on_end(self, span):
+            self.names.append(span.name)
+
+    monkeypatch.setattr(hooks, "busy", lambda: False)
+    slow = _Slow()
+    slow.release.set()
+    lazy = LazyExporter(slow, "slow")
+    queue = Queue()
+    counting = CountingProcessor(queue, CountingExporter(lazy, "slow"))
+    provider = TracerProvider()
+    provider.add_span_processor(counting)
+    (tmp_path / "makes_a_span_at_import.py").write_text(
+        "import builtins\nwith builtins._tracer.start_as_current_span('at-import'):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr("builtins._tracer", provider.get_tracer("t"), raising=False)
+    importlib.import_module("makes_a_span_at_import")
+    assert slow.threads == [] and lazy.built is None and counting._pending and queue.names == ["at-import"]
+    with provider.get_tracer("t").start_as_current_span("after-import"):
+        pass
+    assert slow.threads == [threading.get_ident()] and lazy.built is not None and not counting._pending
+    assert queue.names == ["at-import", "after-import"] and (counting.ended, counting.dropped()) == (2, 2)
+
+
+def test_on_an_event_loop_the_first_span_end_starts_the_build_elsewhere_and_returns_at_once(monkeypatch):
+    import asyncio
+
     from trace_run.core import hooks
 
     # An import under way on another thread (a thread an earlier test left in this worker) holds the build
@@ -131,31 +194,52 @@ def test_the_first_span_end_starts_the_build_elsewhere_and_returns_at_once(monke
     tracer = provider.get_tracer("t")
     ended = []
 
-    def first_spans():
-        for name in ("one", "two"):
-            with tracer.start_as_current_span(name):
-                pass
-            ended.append(name)
+    async def first_span():
+        with tracer.start_as_current_span("one"):
+            pass
+        ended.append("one")
 
-    program = threading.Thread(target=first_spans)
-    program.start()
+    loop_thread = threading.Thread(target=asyncio.run, args=(first_span(),))
+    loop_thread.start()
     deadline = time.monotonic() + 10
     while not slow.threads and time.monotonic() < deadline:
         time.sleep(0.01)
     # SimpleSpanProcessor exports on the ending thread: it waits for the build there (as the export
     # thread does); the build itself runs on a thread of its own, started by the first span end
-    assert len(slow.threads) == 1 and slow.threads[0] != program.ident and health.built is None
+    assert len(slow.threads) == 1 and slow.threads[0] != loop_thread.ident and health.built is None
     slow.release.set()
-    program.join(10)
-    assert ended == ["one", "two"] and len(slow.threads) == 1
+    loop_thread.join(10)
+    with tracer.start_as_current_span("two"):
+        pass
+    assert ended == ["one"] and len(slow.threads) == 1
     assert [s.name for s in health.built.get_finished_spans()] == ["one", "two"]
     assert (counting.ended, counting.dropped(), health.counts()["exported"]) == (2, 0, 2)
+
+
+def test_a_fork_waits_for_a_build_under_way_on_another_of_the_programs_threads(monkeypatch):
+    from trace_run.core import hooks
+
+    monkeypatch.setattr(hooks, "busy", lambda: False)
+    slow = _Slow()
+    provider, lazy, health, counting = _pipeline(slow)
+    ended = []
+    program = threading.Thread(target=_first_spans, args=(provider.get_tracer("t"), ended))
+    program.start()
+    deadline = time.monotonic() + 10
+    while not slow.threads and time.monotonic() < deadline:
+        time.sleep(0.01)
+    threading.Timer(0.2, slow.release.set).start()
+    started = time.monotonic()
+    lazy.prepare_for_fork()  # what os.fork() runs first: the child must not inherit half-done imports
+    assert lazy.built is not None and time.monotonic() - started >= 0.15
+    program.join(10)
+    assert slow.threads == [program.ident] and ended == ["one", "two"]
 
 
 def test_a_fork_waits_for_a_build_under_way_and_the_child_builds_its_own():
     slow = _Slow()
     provider, lazy, health, counting = _pipeline(slow)
-    counting.health.build_soon()
+    lazy._build_beside()  # as on an event loop
     deadline = time.monotonic() + 10
     while not slow.threads and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -216,7 +300,7 @@ def test_the_main_threads_end_waits_for_a_build_under_way_within_the_exit_timeou
     try:
         slow = _Slow()
         _provider, lazy, health, _counting = _pipeline(slow)
-        health.build_soon()
+        lazy._build_beside()  # as on an event loop
         assert lazy._exit_hook is True  # registered with threading's exit hooks (compat.before_threads_stop)
         started = time.monotonic()
         lazy._finish_build_at_exit()  # a build that hangs: the wait ends with the exit timeout
@@ -269,7 +353,7 @@ def factory():  # what each of the build's imports does: open a module's file, r
 
 
 lazy = LazyExporter(factory, "test")
-lazy.build_soon()
+lazy._build_beside()  # as on an event loop
 holding.wait(5)
 started = time.monotonic()
 if sys.argv[2] == "closerange":  # a daemonizer

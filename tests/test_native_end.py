@@ -224,8 +224,9 @@ class _Health:
         self.built = built
         self.builds = 0
 
-    def build_soon(self):
+    def build_here(self):
         self.builds += 1
+        return True
 
 
 class _Queue(SpanProcessor):
