@@ -51,12 +51,21 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+# The dunder names wrapt/__init__.py sets (wrapt 1 and 2). Any other dunder a module is probed for
+# (`__warningregistry__`, which CPython's regrtest looks for on every module in sys.modules) is not
+# wrapt's: asking for it runs nothing. Running wrapt there imported asyncio and a dozen modules in the
+# middle of the program's walk of sys.modules ("dictionary changed size during iteration").
+_WRAPT_DUNDERS = frozenset(("__version__", "__version_info__", "__all__"))
+
+
 def _complete_on_demand(package: Any, spec: Any) -> None:
     """Give the unexecuted package a module `__getattr__` (and `__dir__`) that runs wrapt/__init__.py
     once, under a lock, then answer from the package as usual."""
     running = []
 
     def __getattr__(name: str) -> Any:  # noqa: N807 - a module's __getattr__ (PEP 562)
+        if name[:2] == "__" == name[-2:] and name not in _WRAPT_DUNDERS:
+            raise AttributeError("module 'wrapt' has no attribute %r" % name)
         with _lock:
             if package.__dict__.get("__getattr__") is __getattr__ and not running:
                 running.append(True)  # wrapt's own code asking for a name it has not set yet: AttributeError

@@ -331,6 +331,27 @@ def test_loaded_without_wraps_top_level_and_whole_when_the_program_asks():
     assert seen["getattr_left"] is False
 
 
+def test_a_program_probing_every_module_for_a_dunder_does_not_run_wrapts_top_level():
+    """CPython's regrtest asks every module in sys.modules for `__warningregistry__` between two tests. The
+    lazy package answered that by running wrapt/__init__.py (asyncio and a dozen modules imported) in the
+    middle of that walk: "dictionary changed size during iteration"."""
+    seen = _fresh("""
+        import json, sys
+        from trace_run.core import wrapping
+        import wrapt
+        walked = 0
+        for name, module in sys.modules.items():
+            hasattr(module, "__warningregistry__")
+            getattr(module, "__some_tools_marker__", None)
+            walked += 1
+        print(json.dumps({"lean": wrapping.lean, "walked": walked, "asyncio": "asyncio" in sys.modules,
+                          "unexecuted": "ObjectProxy" not in vars(wrapt), "version": wrapt.__version__,
+                          "whole": callable(wrapt.decorator)}))
+    """)
+    assert seen["lean"] is True and seen["walked"] > 20 and seen["asyncio"] is False and seen["unexecuted"] is True
+    assert seen["version"] and seen["whole"] is True  # wrapt's own dunders and names still complete it
+
+
 def test_wrapt_imported_first_or_extensions_off_fall_back_to_the_whole_package():
     first = _fresh("import wrapt\n" + LOAD_PROBE)
     assert first["lean"] is False and first["same"] == [True, True] and first["decorated"] == 6
