@@ -78,3 +78,13 @@ def test_a_program_walking_sys_modules_while_the_endpoint_is_down(tmp_path, prot
     out, stderr = _run(tmp_path, env)
     assert out["foreign"] == [] and out["walked"] > 1000, (out, stderr)
     assert "exporting spans to http://127.0.0.1:" in stderr, stderr
+
+
+def test_a_program_walking_sys_modules_while_the_collector_answers_503(tmp_path, receiver):
+    """A retryable status: the retry loop's backoff, its Retry-After check and its log lines."""
+    receiver.http_status = 503
+    out, stderr = _run(tmp_path, dict(receiver.env(), OTEL_EXPORTER_OTLP_TIMEOUT="1000",
+                                      OTEL_TRACE_RUN_RAISE_ERRORS="false"))
+    assert out["foreign"] == [] and out["walked"] > 1000, (out, stderr)
+    assert receiver.http_calls >= 2 and receiver.spans == [], stderr
+    assert "exporting spans to http://127.0.0.1:" in stderr, stderr
