@@ -85,6 +85,10 @@ class Sqlite3Instrumentor(TraceRunInstrumentor):
         bases = (cursors,) if base is sqlite3.Connection else (base, cursors)
 
         class TracedConnection(*bases):
+            # what a connection whose __init__ was called again and failed reads: CPython's C __init__
+            # empties the instance dict first (CPython's test_connection_bad_reinit)
+            _trace_run_attrs = {"db.system.name": SYSTEM}
+
             def __init__(self, database, *args, **kwargs):
                 super().__init__(database, *args, **kwargs)
                 try:

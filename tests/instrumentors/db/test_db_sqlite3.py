@@ -98,6 +98,22 @@ def test_errors_reach_the_program_unchanged(traced):
     assert all("UNIQUE" not in (s.status.description or "") for s in failed)  # messages may hold data
 
 
+def test_a_connection_whose_second_init_failed_fails_as_bare_and_its_span_says_so(traced, tmp_path):
+    """CPython's own test_connection_bad_reinit: `__init__` called again on an open connection, with a
+    database that cannot be opened, leaves a connection every call on which raises ProgrammingError."""
+    tracer, exporter = traced
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE t (t)")
+    with pytest.raises(sqlite3.OperationalError, match="unable to open database file"):
+        conn.__init__(str(tmp_path))
+    with pytest.raises(sqlite3.ProgrammingError, match="Base Connection.__init__ not called"):
+        conn.executemany("INSERT INTO t VALUES (?)", ((v,) for v in range(3)))
+    last = _spans(exporter)[-1]
+    assert (last.name, last.status.status_code.name, last.attributes["error.type"]) == (
+        "INSERT t", "ERROR", "sqlite3.ProgrammingError")
+    assert last.attributes["db.system.name"] == "sqlite" and "db.namespace" not in last.attributes
+
+
 def test_sqlcommenter_appends_traceparent(traced, monkeypatch):
     tracer, exporter = traced
     monkeypatch.setenv("OTEL_TRACE_RUN_SQLCOMMENTER", "true")
