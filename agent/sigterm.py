@@ -9,16 +9,20 @@ Python-level handler stays as well (faulthandler chains to it), for C code that 
 checks for signals (`re`): whichever comes first flushes. While it is installed,
 `signal.getsignal(SIGTERM)` and what `signal.signal` returns show SIG_DFL, what the program would
 see bare; a program that sets SIG_DFL back (after taking SIGTERM for a while) gets trace-run's handler
-back in its place. A C call that keeps the GIL and never checks for signals still delays the exit until it
-returns: no Python code can run meanwhile.
+back in its place, and `_thread.interrupt_main(SIGTERM)`, which only simulates the signal for a
+Python-level handler and does nothing to one at SIG_DFL, does nothing then either. A C call that
+keeps the GIL and never checks for signals still delays the exit until it returns: no Python code
+can run meanwhile.
 """
 
 from __future__ import annotations
 
+import _thread
 import faulthandler
 import functools
 import os
 import signal
+import sys
 import threading
 from typing import Callable
 
@@ -48,6 +52,8 @@ def install(on_term: Callable[[], None]) -> None:
     except (ValueError, OSError):
         return
     signal.signal, signal.getsignal = _signal, _getsignal
+    if sys.version_info >= (3, 10):  # (its signum argument is 3.10's)
+        _thread.interrupt_main = _interrupt_main
     _arm()
     os.register_at_fork(before=_mute, after_in_parent=_unmute, after_in_child=_arm)
 
@@ -74,6 +80,18 @@ def _signal(signalnum, handler):
         return _take_back()
     previous = _original_signal(signalnum, handler)
     return signal.SIG_DFL if previous is _on_sigterm else previous
+
+
+_original_interrupt_main = _thread.interrupt_main
+
+
+@functools.wraps(_original_interrupt_main)
+def _interrupt_main(signum=signal.SIGINT, /):
+    if signum == _SIGTERM and _original_getsignal(_SIGTERM) is _on_sigterm:
+        # bare, SIGTERM is at SIG_DFL here, which interrupt_main leaves alone: no signal was sent
+        # (CPython's test_interrupt_main_noerror; trace-run's handler would flush and end the process)
+        return None
+    return _original_interrupt_main(signum)
 
 
 def _take_back():

@@ -192,6 +192,43 @@ def test_a_server_that_restores_the_default_and_raises_sigterm_again_dies_with_i
     assert sorted(s.name for s in spans) == ["graceful-shutdown", "work"]
 
 
+INTERRUPTS_MAIN = """
+    import _thread, signal, sys
+    from opentelemetry import trace
+
+    with trace.get_tracer("sigterm-test").start_as_current_span("before"):
+        pass  # the SDK is set up: trace-run has taken SIGTERM by now
+    for disposition in (signal.SIG_IGN, signal.SIG_DFL):  # CPython's test_interrupt_main_noerror
+        signal.signal(signal.SIGTERM, disposition)
+        _thread.interrupt_main(signal.SIGTERM)
+        sum(range(10000))  # the main thread comes back to the interpreter: a tripped handler would run here
+    print("getsignal", signal.getsignal(signal.SIGTERM), _thread.interrupt_main.__name__)
+    try:
+        _thread.interrupt_main(signal.NSIG)
+    except ValueError as exc:
+        print("refused", exc)
+    with trace.get_tracer("sigterm-test").start_as_current_span("after"):
+        pass
+    print("still running")
+"""
+
+
+def test_interrupt_main_with_sigterm_at_its_default_does_nothing_as_bare(tmp_path, receiver):
+    """`_thread.interrupt_main(SIGTERM)` simulates the signal only for a Python-level handler; at SIG_DFL it
+    does nothing. trace-run's handler stands in for SIG_DFL: it took the simulation for a real SIGTERM and
+    flushed and ended the process (CPython's own test_threading, at test_interrupt_main_noerror)."""
+    script = write_script(tmp_path, INTERRUPTS_MAIN)
+    env = clean_env(**receiver.env())
+    bare = subprocess.run(["python", script], env=env, capture_output=True, text=True, timeout=60)
+    traced = subprocess.run([TRACE_RUN, "python", script], env=env, capture_output=True, text=True, timeout=60)
+    assert bare.returncode == traced.returncode == 0, (bare, traced)
+    assert bare.stdout == traced.stdout and "still running" in traced.stdout, (bare.stdout, traced.stdout)
+    assert "trace-run:" not in traced.stderr, traced.stderr
+    spans = receiver.wait_for(lambda ss: len(ss) >= 2, timeout=5)
+    assert sorted(s.name for s in spans) == ["after", "before"]
+    assert len({s.trace_id for s in spans}) == 2
+
+
 FLUSH_STUCK = """
     import threading, time
     from opentelemetry import trace
