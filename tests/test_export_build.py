@@ -105,6 +105,19 @@ class _Slow:
         self.release.wait(10)
         return InMemorySpanExporter()
 
+    def wait_until_building(self) -> None:
+        deadline = time.monotonic() + 10
+        while not self.threads and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+def _fork_waits_for_the_build(slow, lazy) -> None:
+    slow.wait_until_building()
+    threading.Timer(0.2, slow.release.set).start()
+    started = time.monotonic()
+    lazy.prepare_for_fork()  # what os.fork() runs first: the child must not inherit half-done imports
+    assert lazy.built is not None and time.monotonic() - started >= 0.15
+
 
 def _pipeline(factory):
     from opentelemetry.sdk.trace import TracerProvider
@@ -201,9 +214,7 @@ def test_on_an_event_loop_the_first_span_end_starts_the_build_elsewhere_and_retu
 
     loop_thread = threading.Thread(target=asyncio.run, args=(first_span(),))
     loop_thread.start()
-    deadline = time.monotonic() + 10
-    while not slow.threads and time.monotonic() < deadline:
-        time.sleep(0.01)
+    slow.wait_until_building()
     # SimpleSpanProcessor exports on the ending thread: it waits for the build there (as the export
     # thread does); the build itself runs on a thread of its own, started by the first span end
     assert len(slow.threads) == 1 and slow.threads[0] != loop_thread.ident and health.built is None
@@ -225,13 +236,7 @@ def test_a_fork_waits_for_a_build_under_way_on_another_of_the_programs_threads(m
     ended = []
     program = threading.Thread(target=_first_spans, args=(provider.get_tracer("t"), ended))
     program.start()
-    deadline = time.monotonic() + 10
-    while not slow.threads and time.monotonic() < deadline:
-        time.sleep(0.01)
-    threading.Timer(0.2, slow.release.set).start()
-    started = time.monotonic()
-    lazy.prepare_for_fork()  # what os.fork() runs first: the child must not inherit half-done imports
-    assert lazy.built is not None and time.monotonic() - started >= 0.15
+    _fork_waits_for_the_build(slow, lazy)
     program.join(10)
     assert slow.threads == [program.ident] and ended == ["one", "two"]
 
@@ -240,13 +245,7 @@ def test_a_fork_waits_for_a_build_under_way_and_the_child_builds_its_own():
     slow = _Slow()
     provider, lazy, health, counting = _pipeline(slow)
     lazy._build_beside()  # as on an event loop
-    deadline = time.monotonic() + 10
-    while not slow.threads and time.monotonic() < deadline:
-        time.sleep(0.01)
-    threading.Timer(0.2, slow.release.set).start()
-    started = time.monotonic()
-    lazy.prepare_for_fork()  # what os.fork() runs first: the child must not inherit half-done imports
-    assert lazy.built is not None and time.monotonic() - started >= 0.15
+    _fork_waits_for_the_build(slow, lazy)
     lazy._after_fork()  # in the child: nothing of the parent's build, and the next first span builds again
     counting._reset()
     assert lazy.built is None and counting._pending
