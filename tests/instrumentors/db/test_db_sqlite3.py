@@ -98,6 +98,8 @@ def test_errors_reach_the_program_unchanged(traced):
     assert all("UNIQUE" not in (s.status.description or "") for s in failed)  # messages may hold data
 
 
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="before 3.11 CPython itself crashes (SIGSEGV) on a call to a "
+                    "connection whose second __init__ failed, bare: the case exists from 3.11 on")
 def test_a_connection_whose_second_init_failed_fails_as_bare_and_its_span_says_so(traced, tmp_path):
     """CPython's own test_connection_bad_reinit: `__init__` called again on an open connection, with a
     database that cannot be opened, leaves a connection every call on which raises ProgrammingError."""
