@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import sys
+import warnings
 
 import pytest
 from opentelemetry.instrumentation.utils import suppress_instrumentation
@@ -114,6 +115,34 @@ def test_a_connection_whose_second_init_failed_fails_as_bare_and_its_span_says_s
     assert (last.name, last.status.status_code.name, last.attributes["error.type"]) == (
         "INSERT t", "ERROR", "sqlite3.ProgrammingError")
     assert last.attributes["db.system.name"] == "sqlite" and "db.namespace" not in last.attributes
+
+
+def test_no_frame_of_trace_runs_is_under_the_drivers_c_methods(traced):
+    """While sqlite3's C execute runs, the innermost Python frame is the caller's, as bare: a warning the
+    driver raises from C names the program's line (CPython 3.12+'s deprecations of named placeholders
+    with a sequence and of the default adapters; test_sqlite3 asserts the warning's filename). The trace
+    callback, called from inside the C method, sees which frame that is."""
+    from trace_run.core import runtime_context
+
+    tracer, exporter = traced
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE t (a)")
+    seen = []
+    conn.set_trace_callback(lambda statement: seen.append(sys._getframe(1).f_code.co_name))
+    here = sys._getframe().f_code.co_name
+    cur = conn.cursor()
+    cur.execute("SELECT 1")
+    cur.executemany("INSERT INTO t VALUES (?)", [(1,), (2,)])
+    conn.execute("SELECT 2")
+    assert len(_spans(exporter)) == 4  # CREATE, and the three calls here, each traced
+    # the native call path leaves no frame of ours; without it the Python wrapper is one
+    expected = here if runtime_context.NATIVE is not None else "call_in_span"
+    assert set(seen) == {expected}, seen
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cur.execute("SELECT :a", (1,))  # 3.12+: a DeprecationWarning from C, named placeholders with a sequence
+    if sys.version_info >= (3, 12) and runtime_context.NATIVE is not None:
+        assert [(w.category, w.filename) for w in caught] == [(DeprecationWarning, __file__)]
 
 
 def test_sqlcommenter_appends_traceparent(traced, monkeypatch):
