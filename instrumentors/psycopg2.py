@@ -96,9 +96,11 @@ class Psycopg2Instrumentor(TraceRunInstrumentor):
         conn = wrapped(*args, **kwargs)
         if plain_factory is not None:
             with self.guard:
-                if not getattr(type(conn), "_trace_run_traced", False):
-                    import psycopg2.extensions
+                import psycopg2.extensions
 
+                # (a factory may hand back anything: psycopg2's own test_module gets None from a stand-in)
+                if isinstance(conn, psycopg2.extensions.connection) and not getattr(
+                        type(conn), "_trace_run_traced", False):
                     factory = conn.cursor_factory or psycopg2.extensions.cursor
                     if subclass_of(factory, psycopg2.extensions.cursor):
                         conn.cursor_factory = self.cursor_class(factory)

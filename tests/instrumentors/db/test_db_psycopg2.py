@@ -173,3 +173,21 @@ def test_sqlcommenter_reaches_postgres(traced, monkeypatch):
     assert plain == query + " " + comment % (first.context.trace_id, first.context.span_id) + ";"
     assert composed == query + " AND 1 = 1 " + comment % (second.context.trace_id, second.context.span_id)
     assert first.attributes["db.query.text"] == query + ";"
+
+
+def test_a_connection_factory_handing_back_something_else_gets_it_back_untouched(traced, monkeypatch):
+    """psycopg2's own test_module puts a stand-in for `_connect` that records its arguments and returns
+    None; a factory that is not a connection class goes to it as given, and what comes back is the
+    program's, untouched (no `trace-run:` line about a `cursor_factory` it does not have)."""
+    seen = []
+
+    def stand_in(dsn, connection_factory=None, **kwargs):
+        seen.append(connection_factory)
+        return None
+
+    def factory(*args, **kwargs):
+        return psycopg2.extensions.connection(*args, **kwargs)
+
+    monkeypatch.setattr(psycopg2, "_connect", stand_in)
+    assert psycopg2.connect(PG_DSN, connection_factory=factory) is None
+    assert seen == [factory]
