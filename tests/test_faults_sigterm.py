@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -213,6 +214,7 @@ INTERRUPTS_MAIN = """
 """
 
 
+@pytest.mark.skipif(sys.version_info < (3, 10), reason="interrupt_main takes a signal number from 3.10 on")
 def test_interrupt_main_with_sigterm_at_its_default_does_nothing_as_bare(tmp_path, receiver):
     """`_thread.interrupt_main(SIGTERM)` simulates the signal only for a Python-level handler; at SIG_DFL it
     does nothing. trace-run's handler stands in for SIG_DFL: it took the simulation for a real SIGTERM and
