@@ -470,7 +470,7 @@ def _grpc_h2(spec: dict) -> bool:
 
 
 def build_otlp_exporter(spec: dict):
-    _import_what_the_first_export_imports()
+    _import_what_the_first_export_imports(http=spec["protocol"] != "grpc")
     if _grpc_h2(spec):
         from .otlp_grpc_h2 import OTLPGrpcH2SpanExporter
 
@@ -550,15 +550,16 @@ def build_otlp_exporter(spec: dict):
     return OTLPSpanExporter(**kwargs)
 
 
-def _import_what_the_first_export_imports() -> None:
+def _import_what_the_first_export_imports(http: bool) -> None:
     """What the first export would import on the export thread, imported here, on the thread that builds
-    (see lazy_exporter): the socket module's lookup of the host name's codec (`encodings.idna`) and
-    requests' `netrc`, read inside its first request. A child forked while the export thread held a
+    (see lazy_exporter): the socket module's lookup of the host name's codec (`encodings.idna`) and, over
+    HTTP, requests' `netrc`, read inside its first request. A child forked while the export thread held a
     module's import lock also inherited the lock without its owner, and its exit flush hung there."""
     import codecs
-    import netrc  # noqa: F401
 
     codecs.lookup("idna")
+    if http:
+        import netrc  # noqa: F401
 
 
 def _capped_requests_transport(spec: dict, session):
