@@ -10,6 +10,7 @@ import this module, the agent's start-up path does not.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import weakref
 from typing import Any, Callable, Optional
@@ -227,8 +228,6 @@ class HTTPRetry:
 
     @classmethod
     def of(cls, client: Any) -> Optional[HTTPRetry]:
-        import sys
-
         module = sys.modules.get(type(client).__module__)
         parts = cls()
         try:
@@ -406,8 +405,6 @@ def importing_here() -> bool:
 def on_event_loop() -> bool:
     """Is an asyncio event loop running on this thread (asyncio's `_get_running_loop`, exported since
     3.7)? Fallback: False."""
-    import sys
-
     asyncio = sys.modules.get("asyncio")
     if asyncio is None:
         return False
