@@ -79,13 +79,15 @@ def test_python_dash_m(tmp_path):
     assert proc.stdout == "mod True\n"
 
 
-def test_agent_never_imports_instrumented_libraries_or_sdk_at_start():
+def test_agent_never_imports_instrumented_libraries_or_sdk_at_start(tmp_path):
     code = ("import sys; mods = [m for m in ('opentelemetry', 'opentelemetry.sdk', 'wrapt', 'flask', "
             "'requests', 'logging', 'importlib.metadata') if m in sys.modules]; print(mods)")
     # The first start in an environment reads the installed instrumentors' metadata once and caches the
-    # list (agent/thirdparty_cache.py): in a fresh venv this test may be that first start.
-    run_traced(["python", "-c", "pass"], check=True)
-    proc = run_traced(["python", "-c", code], check=True)
+    # list (agent/thirdparty_cache.py): in a fresh venv this test may be that first start. The cache's key
+    # holds the mtime of each sys.path entry, `-c`'s current folder among them: both runs start in a folder
+    # of their own, which no other test (building a wheel in the checkout, say) changes in between.
+    run_traced(["python", "-c", "pass"], check=True, cwd=str(tmp_path))
+    proc = run_traced(["python", "-c", code], check=True, cwd=str(tmp_path))
     assert proc.stdout.strip() == "[]"
 
 
