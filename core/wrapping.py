@@ -151,7 +151,7 @@ def method_wrapper(original: Callable, wrapper: Callable) -> Callable:
     args, kwargs)` as a FunctionWrapper would; `__wrapped__` is the original."""
     bind = original.__get__
 
-    def method(self, *args, **kwargs):
+    def method(self, /, *args, **kwargs):  # positional-only: a keyword named `self` is the method's to take
         return wrapper(bind(self), self, args, kwargs)
 
     update_wrapper(method, original)

@@ -131,7 +131,7 @@ class Psycopg2Instrumentor(TraceRunInstrumentor):
         class _TracedCursors(default):
             __slots__ = ()
 
-            def cursor(self, *args, **kwargs):
+            def cursor(self, /, *args, **kwargs):
                 try:  # `with instrumentor.guard:` (Guard.failed says why not)
                     if len(args) <= 4 and _CURSOR_PARAMS.issuperset(kwargs) and not any(
                             name in kwargs for name in _CURSOR_ARGS[:len(args)]):

@@ -89,7 +89,7 @@ class Sqlite3Instrumentor(TraceRunInstrumentor):
             # empties the instance dict first (CPython's test_connection_bad_reinit)
             _trace_run_attrs = {"db.system.name": SYSTEM}
 
-            def __init__(self, database, *args, **kwargs):
+            def __init__(self, /, database, *args, **kwargs):
                 super().__init__(database, *args, **kwargs)
                 try:
                     name = _namespace(database)
@@ -110,7 +110,7 @@ class Sqlite3Instrumentor(TraceRunInstrumentor):
         class _TracedCursors(sqlite3.Connection):
             __slots__ = ()
 
-            def cursor(self, *args, **kwargs):
+            def cursor(self, /, *args, **kwargs):
                 try:  # `with instrumentor.guard:` (Guard.failed says why not)
                     if not args and not kwargs:
                         args = (instrumentor.cursor_class(sqlite3.Cursor),)
@@ -146,17 +146,17 @@ class Sqlite3Instrumentor(TraceRunInstrumentor):
         class _DelegatingCursors(cursors):
             __slots__ = ()
 
-            def execute(self, *args, **kwargs):
+            def execute(self, /, *args, **kwargs):
                 if kwargs or not 1 <= len(args) <= 2 or not isinstance(args[0], str):
                     return super().execute(*args, **kwargs)
                 return run(self, "execute", args)
 
-            def executemany(self, *args, **kwargs):
+            def executemany(self, /, *args, **kwargs):
                 if kwargs or len(args) != 2 or not isinstance(args[0], str):
                     return super().executemany(*args, **kwargs)
                 return run(self, "executemany", args)
 
-            def executescript(self, *args, **kwargs):
+            def executescript(self, /, *args, **kwargs):
                 if kwargs or len(args) != 1:
                     return super().executescript(*args, **kwargs)
                 return run(self, "executescript", args)

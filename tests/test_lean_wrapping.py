@@ -393,3 +393,68 @@ def test_the_agent_patching_flask_and_requests_imports_no_asyncio_packaging_or_i
     traced = json.loads(run_traced(["python", "-c", code % ""], check=True).stdout)
     assert traced["patched"] == [True, True]
     assert traced["mods"] == bare_mods
+
+
+def test_a_keyword_named_self_reaches_the_method_as_it_would_bare():
+    """A shim `method(self, *args, **kwargs)` took a keyword named `self` for its own: `submit(fn, self=2)`
+    raised "got multiple values for argument 'self'" (CPython 3.13's test_submit_keyword, through
+    ThreadPoolExecutor.submit). Its `self` is positional-only: the keyword is the method's to take or refuse."""
+
+    def make():
+        class Executor:
+            def submit(self, fn, /, *args, **kwargs):
+                return fn(*args, **kwargs)
+
+            def plain(self, a):
+                return a
+
+        return Executor
+
+    ours, theirs, bare = make(), make(), make()
+    probe = Probe()
+    probe.targets = [(ours, "submit"), (ours, "plain")]
+    probe.instrument(skip_dep_check=True)
+    try:
+        import wrapt
+
+        wrapt.wrap_function_wrapper(theirs, "submit", record)
+        wrapt.wrap_function_wrapper(theirs, "plain", record)
+        assert type(ours.__dict__["submit"]) is types.FunctionType  # the plain-function shim, not wrapt's
+
+        def capture(*args, **kwargs):
+            return args, kwargs
+
+        def outcome(call):
+            try:
+                return ("ok", call())
+            except TypeError as exc:
+                return ("TypeError", str(exc).split("() ", 1)[-1])
+
+        for cls in (ours, theirs, bare):
+            assert cls().submit(capture, 1, self=2, fn=3) == ((1,), {"self": 2, "fn": 3})
+            assert cls.submit(cls(), capture, self=4) == ((), {"self": 4})
+        # a method that has no such keyword refuses it as it does bare
+        assert outcome(lambda: ours().plain(1, self=2)) == outcome(lambda: bare().plain(1, self=2))
+        assert outcome(lambda: ours().plain(1, self=2))[0] == "TypeError"
+    finally:
+        probe.uninstrument()
+        type(probe)._instance = None
+
+
+def test_thread_pool_submit_with_keywords_named_self_and_fn_under_the_agent():
+    code = textwrap.dedent("""
+        import http.client  # a traced library: the agent applies its instrumentors, thread pools' among them
+        import json
+        from concurrent.futures import ThreadPoolExecutor
+        def capture(*args, **kwargs):
+            return [list(args), kwargs]
+        with ThreadPoolExecutor(1) as executor:
+            result = executor.submit(capture, 1, self=2, fn=3).result()
+        wrapped = "_trace_run_wrapper" in getattr(ThreadPoolExecutor.__dict__["submit"], "__dict__", {})
+        print(json.dumps([result, wrapped]))
+    """)
+    bare = json.loads(run_traced(["python", "-c", code], trace_run=False, check=True).stdout)
+    traced = json.loads(run_traced(["python", "-c", code], env=clean_env(OTEL_TRACES_EXPORTER="none"),
+                                   check=True).stdout)
+    assert bare == [[[1], {"self": 2, "fn": 3}], False]
+    assert traced == [[[1], {"self": 2, "fn": 3}], True]
