@@ -200,7 +200,7 @@ def _warm_in_gunicorn_master(arbiter_module) -> None:
     if start is None or getattr(start, "_trace_run_original", None) is not None:
         return
 
-    def start_then_prepare_workers(self, /, *args, **kwargs):
+    def start_then_prepare_workers(self, *args, **kwargs):
         result = start(self, *args, **kwargs)
         _prepare_for_workers()
         return result

@@ -151,8 +151,15 @@ def method_wrapper(original: Callable, wrapper: Callable) -> Callable:
     args, kwargs)` as a FunctionWrapper would; `__wrapped__` is the original."""
     bind = original.__get__
 
-    def method(self, /, *args, **kwargs):  # positional-only: a keyword named `self` is the method's to take
-        return wrapper(bind(self), self, args, kwargs)
+    # Its first parameter taken as the original takes it: positional-only where the original's is (a keyword
+    # named like it is then the method's **kwargs', as in ThreadPoolExecutor.submit(fn, /, *args, **kwargs)),
+    # else by position or keyword (`Class.method(self=obj)` binds it, as bare).
+    if original.__code__.co_posonlyargcount:
+        def method(self, /, *args, **kwargs):
+            return wrapper(bind(self), self, args, kwargs)
+    else:
+        def method(self, *args, **kwargs):
+            return wrapper(bind(self), self, args, kwargs)
 
     update_wrapper(method, original)
     method._trace_run_wrapper = wrapper

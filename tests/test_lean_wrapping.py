@@ -408,17 +408,21 @@ def test_a_keyword_named_self_reaches_the_method_as_it_would_bare():
             def plain(self, a):
                 return a
 
+            def by_keyword(self, fn, *args, **kwargs):  # its self may come by keyword: Executor.by_keyword(self=e)
+                return fn(*args, **kwargs)
+
         return Executor
 
     ours, theirs, bare = make(), make(), make()
     probe = Probe()
-    probe.targets = [(ours, "submit"), (ours, "plain")]
+    probe.targets = [(ours, "submit"), (ours, "plain"), (ours, "by_keyword")]
     probe.instrument(skip_dep_check=True)
     try:
         import wrapt
 
         wrapt.wrap_function_wrapper(theirs, "submit", record)
         wrapt.wrap_function_wrapper(theirs, "plain", record)
+        wrapt.wrap_function_wrapper(theirs, "by_keyword", record)
         assert type(ours.__dict__["submit"]) is types.FunctionType  # the plain-function shim, not wrapt's
 
         def capture(*args, **kwargs):
@@ -436,6 +440,10 @@ def test_a_keyword_named_self_reaches_the_method_as_it_would_bare():
         # a method that has no such keyword refuses it as it does bare
         assert outcome(lambda: ours().plain(1, self=2)) == outcome(lambda: bare().plain(1, self=2))
         assert outcome(lambda: ours().plain(1, self=2))[0] == "TypeError"
+        # a self that is not positional-only binds by keyword, and clashes with one, as bare
+        for cls in (ours, bare):
+            assert cls.by_keyword(self=cls(), fn=capture) == ((), {})
+            assert outcome(lambda cls=cls: cls().by_keyword(capture, self=2))[0] == "TypeError"
     finally:
         probe.uninstrument()
         type(probe)._instance = None
