@@ -152,9 +152,10 @@ def method_wrapper(original: Callable, wrapper: Callable) -> Callable:
     bind = original.__get__
 
     # Its first parameter taken as the original takes it: positional-only where the original's is (a keyword
-    # named like it is then the method's **kwargs', as in ThreadPoolExecutor.submit(fn, /, *args, **kwargs)),
-    # else by position or keyword (`Class.method(self=obj)` binds it, as bare).
-    if original.__code__.co_posonlyargcount:
+    # named like it is then the method's **kwargs', as in ThreadPoolExecutor.submit(fn, /, *args, **kwargs);
+    # a C method's always is), else by position or keyword (`Class.method(self=obj)` binds it, as bare).
+    code = getattr(original, "__code__", None)
+    if code is None or code.co_posonlyargcount:
         def method(self, /, *args, **kwargs):
             return wrapper(bind(self), self, args, kwargs)
     else:
