@@ -49,6 +49,10 @@ enum { F_CONTEXT, F_PARENT, F_NAME, F_KIND, F_START, F_END, F_ATTRIBUTES, F_EVEN
 static const char *field_names[N_FIELDS] = {"_context", "_parent", "_name", "_kind", "_start_time",
                                             "_end_time", "_attributes", "_events", "_links", "_status"};
 static PyObject *field_keys[N_FIELDS];
+/* where span_type keeps them (core/own_attr.h's slots), and its resource and instrumentation scope; set with
+ * span_type (span_slots 0: not slots as read here, its spans go the Python way) */
+static Py_ssize_t field_off[N_FIELDS], resource_off, scope_off;
+static int span_slots;
 static PyObject *s_dict, *s_dropped, *s_status_code, *s_description, *s_dunder_dict, *k_resource, *k_scope;
 
 /* Results of the helpers below: OK, DECLINE (not the common case; no exception set) or ERROR (set). */
@@ -378,7 +382,7 @@ put_attributes(Writer *w, PyObject *attributes)
 
 /* (a span's BoundedAttributes and the span itself are given their dict whole by fastspan: reading it makes none.
  * A Status is made by the program, its attributes kept inline by CPython: read by getattr, which keeps them so) */
-static OwnAttr g_bounded_dict, g_dropped, g_span_dict;
+static OwnAttr g_bounded_dict, g_dropped;
 
 /* -- the span's other fields ------------------------------------------------------------------------------ */
 
@@ -562,38 +566,63 @@ encode(Writer *w, PyObject **f)
 
 /* -- the module's functions ------------------------------------------------------------------------------- */
 
-static PyObject *
-encode_span(PyObject *module, PyObject *fields)
+/* f's fields held (new references) from a dict of them or from the slots of a span of span_type: OK, DECLINE
+ * (one missing; none held) or ERROR */
+static int
+read_fields(PyObject *from, PyObject **f)
 {
-    PyObject *f[N_FIELDS] = {NULL};
+    int slots = span_slots && (PyObject *)Py_TYPE(from) == span_type;
+    if (!slots && !PyDict_Check(from))
+        return DECLINE;
+    for (int i = 0; i < N_FIELDS; i++) {
+        f[i] = slots ? OWN_SLOT(from, field_off[i]) : PyDict_GetItemWithError(from, field_keys[i]);
+        if (f[i] == NULL) {
+            for (int j = 0; j < i; j++)
+                Py_CLEAR(f[j]);
+            return PyErr_Occurred() ? ERROR : DECLINE;
+        }
+        Py_INCREF(f[i]);  /* held strongly: reading a TraceState's len or a Status runs Python code */
+    }
+    return OK;
+}
+
+/* the span's bytes (f: its fields), or NULL: None (declined) or an error set */
+static PyObject *
+encode_fields(PyObject **f, int *declined)
+{
     PyObject *result = NULL;
-    int r = DECLINE;
     Writer w;
     w.data = w.stack;
     w.len = 0;
     w.cap = sizeof(w.stack);
-
-    if (bounded_type == NULL || !PyDict_Check(fields))
-        Py_RETURN_NONE;
-    /* held strongly: reading a TraceState's len or a Status runs Python code */
-    for (int i = 0; i < N_FIELDS; i++) {
-        f[i] = PyDict_GetItemWithError(fields, field_keys[i]);
-        if (f[i] == NULL) {
-            r = PyErr_Occurred() ? ERROR : DECLINE;
-            goto done;
-        }
-        Py_INCREF(f[i]);
-    }
-    r = encode(&w, f);
+    int r = encode(&w, f);
     if (r == OK)
         result = PyBytes_FromStringAndSize((const char *)w.data, w.len);
-done:
-    for (int i = 0; i < N_FIELDS; i++)
-        Py_XDECREF(f[i]);
     release(&w);
-    if (r == DECLINE)
+    *declined = r == DECLINE;
+    return result;
+}
+
+/* encode_span(span or its fields' dict): its bytes, or None where this code declines it */
+static PyObject *
+encode_span(PyObject *module, PyObject *from)
+{
+    PyObject *f[N_FIELDS] = {NULL};
+    if (bounded_type == NULL)
         Py_RETURN_NONE;
-    return result;  /* NULL with the exception set where r is ERROR */
+    int r = read_fields(from, f);
+    if (r != OK) {
+        if (r == ERROR)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    int declined;
+    PyObject *result = encode_fields(f, &declined);
+    for (int i = 0; i < N_FIELDS; i++)
+        Py_DECREF(f[i]);
+    if (result == NULL && declined)
+        Py_RETURN_NONE;
+    return result;  /* NULL with the exception set where it failed */
 }
 
 /* Encoder.preencode's common case: the Encoded (data, resource, instrumentation scope) of a span of
@@ -601,38 +630,44 @@ done:
 static PyObject *
 preencode(PyObject *module, PyObject *span)
 {
-    if (encoded_type == NULL || (PyObject *)Py_TYPE(span) != span_type)
+    PyObject *f[N_FIELDS] = {NULL};
+    if (encoded_type == NULL || bounded_type == NULL || !span_slots || (PyObject *)Py_TYPE(span) != span_type)
         Py_RETURN_NONE;
-    PyObject *fields = own_dict(span, &g_span_dict);
-    if (fields == NULL)
-        return NULL;
-    PyObject *result = NULL, *data = encode_span(module, fields);
-    if (data == NULL || data == Py_None) {
-        result = data;
-        data = NULL;
-        goto done;
+    PyObject *resource = OWN_SLOT(span, resource_off), *scope = OWN_SLOT(span, scope_off);
+    if (resource == NULL || scope == NULL)
+        Py_RETURN_NONE;
+    int r = read_fields(span, f);
+    if (r != OK) {
+        if (r == ERROR)
+            return NULL;
+        Py_RETURN_NONE;
     }
-    PyObject *resource = PyDict_GetItemWithError(fields, k_resource);
-    PyObject *scope = resource ? PyDict_GetItemWithError(fields, k_scope) : NULL;
-    if (scope == NULL) {
-        if (!PyErr_Occurred())
+    Py_INCREF(resource);  /* (encoding may run Python code) */
+    Py_INCREF(scope);
+    int declined;
+    PyObject *result = NULL, *data = encode_fields(f, &declined);
+    for (int i = 0; i < N_FIELDS; i++)
+        Py_DECREF(f[i]);
+    if (data == NULL) {
+        if (declined)
             result = Py_NewRef(Py_None);
         goto done;
     }
     result = ((PyTypeObject *)encoded_type)->tp_alloc((PyTypeObject *)encoded_type, 3);
     if (result == NULL)
         goto done;
-    PyTuple_SET_ITEM(result, 0, data);  /* the reference moves into the tuple */
-    data = NULL;
-    PyTuple_SET_ITEM(result, 1, Py_NewRef(resource));
-    PyTuple_SET_ITEM(result, 2, Py_NewRef(scope));
+    PyTuple_SET_ITEM(result, 0, data);  /* the references move into the tuple */
+    PyTuple_SET_ITEM(result, 1, resource);
+    PyTuple_SET_ITEM(result, 2, scope);
+    data = resource = scope = NULL;
     /* Left out of the garbage collector's lists: it waits in the export queue long enough to age through
      * every generation, and each collection would walk it (and count it towards the next full one). It
      * cannot be part of a cycle: bytes, and a resource and a scope that never refer to a queued span. */
     PyObject_GC_UnTrack(result);
 done:
     Py_XDECREF(data);
-    Py_DECREF(fields);
+    Py_XDECREF(resource);
+    Py_XDECREF(scope);
     return result;
 }
 
@@ -812,6 +847,14 @@ configure(PyObject *module, PyObject *args)
     Py_INCREF(empty);
     Py_XSETREF(empty_state, empty);
     Py_XSETREF(span_type, Py_NewRef(span));
+    span_slots = 0;
+    if (PyType_Check(span)) {
+        int found = (resource_off = own_slot_offset((PyTypeObject *)span, k_resource)) > 0
+                    && (scope_off = own_slot_offset((PyTypeObject *)span, k_scope)) > 0;
+        for (int i = 0; found && i < N_FIELDS; i++)
+            found = (field_off[i] = own_slot_offset((PyTypeObject *)span, field_keys[i])) > 0;
+        span_slots = found;
+    }
     Py_INCREF(bounded);
     bounded_type = bounded;
     encoded_type = Py_NewRef(encoded);
@@ -829,6 +872,7 @@ configure(PyObject *module, PyObject *args)
  * Python method runs. (Span.end, which calls on_end, is agent/_span_native.c's.) */
 
 static PyObject *end_span_type;     /* fastspan.Span */
+static Py_ssize_t end_context_off;  /* where it keeps _context (-1: not a slot; the Python method runs) */
 static PyObject *python_on_end;     /* CountingProcessor's Python on_end(self, span) */
 static PyObject *budget_type;       /* exporthealth.QueueBudget */
 static PyObject *budget_admit;      /* its admit function */
@@ -1070,19 +1114,11 @@ counting_on_end(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *self = args[0], *span = args[1];
     PyObject *flags = NULL;
-    if (end_span_type != NULL && (PyObject *)Py_TYPE(span) == end_span_type) {
-        PyObject *span_fields = PyObject_GenericGetDict(span, NULL);
-        if (span_fields == NULL)
-            return NULL;
-        PyObject *context = PyDict_GetItemWithError(span_fields, field_keys[F_CONTEXT]);
+    if (end_span_type != NULL && end_context_off > 0 && (PyObject *)Py_TYPE(span) == end_span_type) {
+        PyObject *context = OWN_SLOT(span, end_context_off);
         if (context != NULL && PyTuple_Check(context) && PyTuple_GET_SIZE(context) >= 4 &&
             PyLong_Check(PyTuple_GET_ITEM(context, 3)))
             flags = Py_NewRef(PyTuple_GET_ITEM(context, 3));
-        Py_DECREF(span_fields);
-        if (PyErr_Occurred()) {
-            Py_XDECREF(flags);
-            return NULL;
-        }
     }
     if (flags == NULL)  /* another span, or fields not as read here */
         return PyObject_Vectorcall(python_on_end, args, 2, NULL);
@@ -1178,6 +1214,7 @@ configure_on_end(PyObject *module, PyObject *args)
         return NULL;
     Py_CLEAR(python_on_end);
     Py_XSETREF(end_span_type, Py_NewRef(span));
+    end_context_off = own_slot_offset((PyTypeObject *)span, field_keys[F_CONTEXT]);
     Py_XSETREF(budget_type, Py_NewRef(budget));
     Py_XSETREF(budget_admit, Py_NewRef(admit));
     python_on_end = Py_NewRef(on_end);

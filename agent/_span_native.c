@@ -37,14 +37,14 @@ Py_NewRef(PyObject *o)
 /* -- configure()'s objects ------------------------------------------------------------------------------- */
 
 enum {
-    C_TRACER, C_SPAN, C_MAKER, C_BOUNDED, C_SPAN_CONTEXT, C_NON_RECORDING, C_CONTEXT, C_DEFAULT_STATE,
+    C_TRACER, C_SPAN, C_SPAN_SLOTS, C_MAKER, C_BOUNDED, C_SPAN_CONTEXT, C_NON_RECORDING, C_CONTEXT, C_DEFAULT_STATE,
     C_ROOT_SAMPLED, C_ROOT_DROPPED, C_SAMPLED, C_SAMPLED_RANDOM, C_RANDOM_FLAG, C_SPAN_KEY, C_INTERNAL,
     C_LOCK_FACTORY, C_LOCK_TYPE, C_RLOCK_FUNCTION, C_THREADING_DICT, C_RANDOM_DICT, C_RUNTIME_DICT, C_ROUTE,
     C_NOOP_END, C_HAS_IS_ENABLED, C_PYTHON_START, C_PYTHON_SET, C_REPORT, C_UNPACK2, C_TIME_NS, C_PYTHON_END,
     C_PYTHON_IS_RECORDING, C_PYTHON_UPDATE_NAME, C_NON_RECORDING_INIT, N_CONF
 };
 static const char *conf_names[N_CONF] = {
-    "tracer", "span", "maker", "bounded", "span_context", "non_recording", "context", "default_state",
+    "tracer", "span", "span_slots", "maker", "bounded", "span_context", "non_recording", "context", "default_state",
     "root_sampled", "root_dropped", "sampled", "sampled_random", "random_flag", "span_key", "internal",
     "lock_factory", "lock_type", "rlock_function", "threading_dict", "random_dict", "runtime_dict", "route",
     "noop_end", "has_is_enabled", "python_start", "python_set", "report", "unpack2", "time_ns", "python_end",
@@ -79,6 +79,15 @@ static const char *str_values[N_STR] = {
     "_record_exception", "_set_status_on_exception", "_span_processor", "_limits", "_lock", "_record_end_metrics",
     "_end_time", "_dict", "_immutable", "_on_ending", "end_time"};
 static PyObject *S[N_STR];
+
+/* the span class's slots (core/own_attr.h): each field's offset by its name's index in S (set by configure for
+ * the span fields named above and _maker), and every slot's, in the order of span_slots (the tracer's
+ * _span_fields template gives a value for each, in that order) */
+#define MAX_SLOTS 64
+static Py_ssize_t span_off[N_STR];
+static Py_ssize_t slot_off[MAX_SLOTS];
+static Py_ssize_t n_slots;
+#define SF(span, key) OWN_SLOT(span, span_off[key])
 static PyObject *bits128, *bits64, *kw_parent_context;
 
 /* start_span's parameters, in order, and their defaults (set by configure) */
@@ -114,7 +123,7 @@ instance_dict(PyObject *obj)
     return d;
 }
 
-static OwnAttr g_is_enabled, g_processor_dict, g_parent_context;
+static OwnAttr g_is_enabled, g_processor_dict;
 
 /* -- fallback and errors --------------------------------------------------------------------------------- */
 
@@ -602,7 +611,7 @@ start_span_fast(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObjec
     int status = DECLINE;
     PyObject *p[N_PARAMS];
     PyObject *td = NULL, *current = NULL, *trace_id = NULL, *span_id = NULL, *ctx = NULL, *made = NULL,
-             *name_attrs = NULL, *attributes = NULL, *start = NULL, *lock = NULL, *fields = NULL, *span = NULL,
+             *name_attrs = NULL, *attributes = NULL, *start = NULL, *lock = NULL, *span = NULL,
              *result = NULL, *bound = NULL;
     /* the span's fields, held: the program's code (a _make, on_start) could replace them meanwhile */
     PyObject *held[N_HELD] = {NULL};
@@ -703,11 +712,10 @@ start_span_fast(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObjec
             status = PyErr_Occurred() ? FAIL : DECLINE;
             goto done;
         }
-        PyObject *pctx = own_attr(current, S[S_CONTEXT], &g_parent_context);
-        if (pctx == NULL) {
-            status = FAIL;
+        PyObject *pctx = SF(current, S_CONTEXT);
+        if (pctx == NULL)
             goto done;
-        }
+        Py_INCREF(pctx);
         Py_DECREF(current); /* its context held in its place */
         current = pctx;
         if (Py_TYPE(pctx) != (PyTypeObject *)conf[C_SPAN_CONTEXT] || PyTuple_GET_SIZE(pctx) != 6
@@ -784,31 +792,23 @@ start_span_fast(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObjec
     start = p[5] != Py_None ? Py_NewRef(p[5]) : now_ns();
     if (start == NULL)
         goto done;
+    if (!PyTuple_CheckExact(span_fields) || PyTuple_GET_SIZE(span_fields) != n_slots) {
+        PyErr_SetString(PyExc_TypeError, "_span_native: the tracer's _span_fields is not one value a slot");
+        goto done;
+    }
+    lock = PyObject_CallNoArgs(conf[C_LOCK_FACTORY]);
+    if (lock == NULL)
+        goto done;
     span = PyBaseObject_Type.tp_new((PyTypeObject *)conf[C_SPAN], own_empty_tuple, NULL);
     if (span == NULL)
         goto done;
-    if (PyDict_CheckExact(span_fields))
-        fields = PyDict_Copy(span_fields);
-    else if ((fields = PyDict_New()) != NULL && PyDict_Update(fields, span_fields) < 0) {
-        status = RAISE; /* `{**self._span_fields, ...}`'s error (not expected: _trace_run_setup sets a dict) */
-        goto done;
-    }
-    if (fields == NULL)
-        goto done;
+    /* the tracer's template (every slot), then this span's own fields over it */
+    for (Py_ssize_t i = 0; i < n_slots; i++)
+        own_slot_set(span, slot_off[i], PyTuple_GET_ITEM(span_fields, i));
     PyObject *values[] = {name, ctx, p[2], parent, start, attributes, resource, sampler, p[6], p[7], processor,
-                          limits, NULL, record_end_metrics};
-    for (int i = 0; i < (int)(sizeof(values) / sizeof(values[0])); i++) {
-        if (i == S_LOCK - S_NAME) {
-            lock = PyObject_CallNoArgs(conf[C_LOCK_FACTORY]);
-            if (lock == NULL)
-                goto done;
-            values[i] = lock;
-        }
-        if (PyDict_SetItem(fields, S[S_NAME + i], values[i]) < 0)
-            goto done;
-    }
-    if (PyObject_SetAttr(span, S[S_DUNDER_DICT], fields) < 0)
-        goto done;
+                          limits, lock, record_end_metrics};
+    for (int i = 0; i < (int)(sizeof(values) / sizeof(values[0])); i++)
+        own_slot_set(span, span_off[S_NAME + i], values[i]);
     status = call_on_start(processor, span, context);
     if (status == OK)
         result = Py_NewRef(span);
@@ -826,7 +826,6 @@ done:
     Py_XDECREF(attributes);
     Py_XDECREF(start);
     Py_XDECREF(lock);
-    Py_XDECREF(fields);
     Py_XDECREF(span);
     *status_out = result != NULL ? OK : status;
     return result;
@@ -874,7 +873,7 @@ static int
 set_attribute_fast(PyObject *self, PyObject *key, PyObject *value)
 {
     int status = DECLINE;
-    PyObject *sd = NULL, *md = NULL, *ad = NULL, *lock = NULL, *r;
+    PyObject *md = NULL, *ad = NULL, *lock = NULL, *r;
     if (fail_next > 0) {
         fail_next--;
         PyErr_SetString(PyExc_RuntimeError, "_span_native: a failure for the tests");
@@ -885,10 +884,7 @@ set_attribute_fast(PyObject *self, PyObject *key, PyObject *value)
     PyTypeObject *kind = Py_TYPE(value);
     if (kind != &PyUnicode_Type && kind != &PyLong_Type && kind != &PyFloat_Type && kind != &PyBool_Type)
         return DECLINE;
-    sd = instance_dict(self);
-    if (sd == NULL)
-        goto out;
-    PyObject *maker = PyDict_GetItemWithError(sd, S[S_MAKER]);
+    PyObject *maker = SF(self, S_MAKER);
     if (maker == NULL || Py_TYPE(maker) != (PyTypeObject *)conf[C_MAKER])
         goto out;
     md = instance_dict(maker);
@@ -918,8 +914,8 @@ set_attribute_fast(PyObject *self, PyObject *key, PyObject *value)
         if (most < 0)
             most = 0;
     }
-    lock = PyDict_GetItemWithError(sd, S[S_LOCK]);
-    PyObject *attributes = PyDict_GetItemWithError(sd, S[S_ATTRIBUTES]);
+    lock = SF(self, S_LOCK);
+    PyObject *attributes = SF(self, S_ATTRIBUTES);
     if (lock == NULL || attributes == NULL || Py_TYPE(lock) != (PyTypeObject *)conf[C_LOCK_TYPE]
         || Py_TYPE(attributes) != (PyTypeObject *)conf[C_BOUNDED]) {
         lock = NULL;
@@ -945,7 +941,7 @@ set_attribute_fast(PyObject *self, PyObject *key, PyObject *value)
     }
     Py_DECREF(r);
     /* with the lock: an ended span is the Python method's (its warning) */
-    PyObject *end_time = PyDict_GetItemWithError(sd, S[S_END_TIME]);
+    PyObject *end_time = SF(self, S_END_TIME);
     if (end_time == Py_None) {
         int has = PyDict_Contains(stored, key);
         if (has > 0) {
@@ -962,7 +958,6 @@ set_attribute_fast(PyObject *self, PyObject *key, PyObject *value)
         status = FAIL;
 out:
     Py_XDECREF(lock);
-    Py_XDECREF(sd);
     Py_XDECREF(md);
     Py_XDECREF(ad);
     if (status != OK && PyErr_Occurred())
@@ -992,7 +987,7 @@ static int
 end_fast(PyObject *self, PyObject *end_time)
 {
     int status = DECLINE;
-    PyObject *sd = NULL, *lock = NULL, *attributes = NULL, *processor = NULL, *r;
+    PyObject *lock = NULL, *attributes = NULL, *processor = NULL, *r;
     if (fail_next > 0) {
         fail_next--;
         PyErr_SetString(PyExc_RuntimeError, "_span_native: a failure for the tests");
@@ -1000,13 +995,10 @@ end_fast(PyObject *self, PyObject *end_time)
     }
     if (Py_TYPE(self) != (PyTypeObject *)conf[C_SPAN])
         return DECLINE;
-    sd = instance_dict(self);
-    if (sd == NULL)
-        goto out;
-    lock = PyDict_GetItemWithError(sd, S[S_LOCK]);
-    attributes = lock == NULL ? NULL : PyDict_GetItemWithError(sd, S[S_ATTRIBUTES]);
-    processor = attributes == NULL ? NULL : PyDict_GetItemWithError(sd, S[S_FSPAN_PROCESSOR]);
-    if (processor == NULL || Py_TYPE(lock) != (PyTypeObject *)conf[C_LOCK_TYPE]
+    lock = SF(self, S_LOCK);
+    attributes = SF(self, S_ATTRIBUTES);
+    processor = SF(self, S_FSPAN_PROCESSOR);
+    if (lock == NULL || attributes == NULL || processor == NULL || Py_TYPE(lock) != (PyTypeObject *)conf[C_LOCK_TYPE]
         || Py_TYPE(attributes) != (PyTypeObject *)conf[C_BOUNDED]) {
         lock = attributes = processor = NULL;
         goto out;
@@ -1019,22 +1011,20 @@ end_fast(PyObject *self, PyObject *end_time)
         goto out;
     Py_DECREF(r);
     /* with the lock */
-    PyObject *start = PyDict_GetItemWithError(sd, S[S_START_TIME]);
-    PyObject *ended = start == NULL ? NULL : PyDict_GetItemWithError(sd, S[S_END_TIME]);
+    PyObject *start = SF(self, S_START_TIME);
+    PyObject *ended = SF(self, S_END_TIME);
     int changed = 0;
     if (start != NULL && start != Py_None && ended == Py_None) {
         PyObject *now = end_time != Py_None ? Py_NewRef(end_time) : now_ns();
         if (now != NULL) {
-            if (PyDict_SetItem(sd, S[S_END_TIME], now) == 0) {
-                changed = 1;
-                PyObject *ad = instance_dict(attributes);
-                if (ad != NULL && PyDict_SetItem(ad, S[S_IMMUTABLE], Py_True) == 0)
-                    status = OK;
-                else if (!PyErr_Occurred())
-                    PyErr_SetString(PyExc_TypeError, "BoundedAttributes without a dict");
-                Py_XDECREF(ad);
-            }
-            Py_DECREF(now);
+            changed = 1;
+            Py_SETREF(SF(self, S_END_TIME), now);  /* (the None it replaces: nothing runs) */
+            PyObject *ad = instance_dict(attributes);
+            if (ad != NULL && PyDict_SetItem(ad, S[S_IMMUTABLE], Py_True) == 0)
+                status = OK;
+            else if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "BoundedAttributes without a dict");
+            Py_XDECREF(ad);
         }
     }
     if (release_keeping_error(lock) < 0) {
@@ -1048,9 +1038,7 @@ end_fast(PyObject *self, PyObject *end_time)
     }
     /* ended: from here the Python method's steps, their exceptions raised */
     status = RAISE;
-    PyObject *metrics = PyDict_GetItemWithError(sd, S[S_RECORD_END_METRICS]);
-    if (metrics == NULL && PyErr_Occurred())
-        goto out;
+    PyObject *metrics = SF(self, S_RECORD_END_METRICS);
     if (metrics != NULL && metrics != conf[C_NOOP_END]) {
         Py_INCREF(metrics);
         int truth = PyObject_IsTrue(metrics);
@@ -1083,7 +1071,6 @@ end_fast(PyObject *self, PyObject *end_time)
     }
     Py_DECREF(route);
 out:
-    Py_XDECREF(sd);
     Py_XDECREF(lock);
     Py_XDECREF(attributes);
     Py_XDECREF(processor);
@@ -1126,12 +1113,9 @@ static PyObject *
 is_recording(PyObject *self, PyObject *unused)
 {
     if (Py_TYPE(self) == (PyTypeObject *)conf[C_SPAN]) {
-        PyObject *sd = instance_dict(self);
-        PyObject *ended = sd == NULL ? NULL : PyDict_GetItemWithError(sd, S[S_END_TIME]);
-        Py_XDECREF(sd);  /* (the span holds it: `ended` stays valid) */
+        PyObject *ended = SF(self, S_END_TIME);
         if (ended != NULL)
             return PyBool_FromLong(ended == Py_None);
-        PyErr_Clear();
     }
     return call_python(conf[C_PYTHON_IS_RECORDING], self, NULL, 0, NULL);
 }
@@ -1142,33 +1126,29 @@ static PyObject *
 update_name(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs == 1 && Py_TYPE(self) == (PyTypeObject *)conf[C_SPAN]) {
-        PyObject *sd = instance_dict(self);
-        PyObject *lock = sd == NULL ? NULL : PyDict_GetItemWithError(sd, S[S_LOCK]);
+        PyObject *lock = SF(self, S_LOCK);
         if (lock != NULL && Py_TYPE(lock) == (PyTypeObject *)conf[C_LOCK_TYPE]) {
             Py_INCREF(lock);
             PyObject *r = lock_call(lock, OWN_ACQUIRE, &span_locks);
             if (r == NULL) {
                 Py_DECREF(lock);
-                Py_DECREF(sd);
                 return NULL;
             }
             Py_DECREF(r);
-            PyObject *ended = PyDict_GetItemWithError(sd, S[S_END_TIME]);
-            int set = ended == Py_None ? PyDict_SetItem(sd, S[S_NAME], args[0]) : 1;
+            int set = SF(self, S_END_TIME) == Py_None;
+            PyObject *old = NULL;
+            if (set) {
+                old = SF(self, S_NAME);  /* released after the lock: its deallocation may run code */
+                SF(self, S_NAME) = Py_NewRef(args[0]);
+            }
             int released = release_keeping_error(lock);
             Py_DECREF(lock);
-            Py_DECREF(sd);
-            if (set < 0 || released < 0)
+            Py_XDECREF(old);
+            if (released < 0)
                 return NULL;
-            if (set == 0)
+            if (set)
                 Py_RETURN_NONE;
-            if (PyErr_Occurred())
-                return NULL;
             /* ended (or no _end_time): the Python method says so */
-        } else {
-            Py_XDECREF(sd);
-            if (PyErr_Occurred())
-                PyErr_Clear();
         }
     }
     return call_python(conf[C_PYTHON_UPDATE_NAME], self, args, nargs, NULL);
@@ -1224,6 +1204,30 @@ configure(PyObject *module, PyObject *names)
     int is_enabled = PyObject_IsTrue(got[C_HAS_IS_ENABLED]);
     if (is_enabled < 0)
         return NULL;
+    /* the span class's slots: every one named in span_slots, and the fields read here among them */
+    PyTypeObject *span_type = (PyTypeObject *)got[C_SPAN];
+    PyObject *slots = got[C_SPAN_SLOTS];
+    if (!PyTuple_CheckExact(slots) || PyTuple_GET_SIZE(slots) > MAX_SLOTS) {
+        PyErr_SetString(PyExc_TypeError, "configure(): span_slots is not a tuple of at most 64 names");
+        return NULL;
+    }
+    Py_ssize_t offsets[MAX_SLOTS], named[N_STR];
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(slots); i++) {
+        PyObject *slot = PyTuple_GET_ITEM(slots, i);
+        if (!PyUnicode_Check(slot) || (offsets[i] = own_slot_offset(span_type, slot)) < 0) {
+            PyErr_Format(PyExc_TypeError, "configure(): %R is not a slot of the span class", slot);
+            return NULL;
+        }
+    }
+    for (int k = 0; k < N_STR; k++) {
+        named[k] = -1;
+        if ((k >= S_NAME && k <= S_RECORD_END_METRICS) || k == S_END_TIME || k == S_MAKER) {
+            if ((named[k] = own_slot_offset(span_type, S[k])) < 0) {
+                PyErr_Format(PyExc_TypeError, "configure(): %R is not a slot of the span class", S[k]);
+                return NULL;
+            }
+        }
+    }
     /* NonRecordingSpan made without its call (non_recording) only where its __init__ is the function fastspan
      * checked (and it is the class's now); its code held: compared by identity at each call */
     PyObject *init = got[C_NON_RECORDING_INIT], *init_code = NULL;
@@ -1258,6 +1262,9 @@ configure(PyObject *module, PyObject *names)
     Py_XSETREF(non_recording_code, init_code);
     random_flag = flag;
     has_is_enabled = is_enabled;
+    memcpy(span_off, named, sizeof(named));
+    n_slots = PyTuple_GET_SIZE(slots);
+    memcpy(slot_off, offsets, (size_t)n_slots * sizeof(Py_ssize_t));
     configured = 1;
     return Py_BuildValue("(NNNNN)", start, set, end_method, recording, rename);
 }

@@ -155,8 +155,26 @@ class _AttributeMaker:
         return BoundedAttributes(self.maxlen, attributes, immutable=False, max_value_len=self.max_value_len)
 
 
+# the fields trace-run's spans are made with (the SDK 1.33-1.45 constructor's), then trace-run's own
+_FIELDS = ("_name", "_context", "_kind", "_instrumentation_info", "_instrumentation_scope", "_parent",
+           "_start_time", "_end_time", "_attributes", "_events", "_links", "_resource", "_status", "_sampler",
+           "_trace_config", "_record_exception", "_set_status_on_exception", "_span_processor", "_limits",
+           "_lock", "_record_end_metrics")
+_SLOTS = _FIELDS + ("_maker",)
+
+
 class Span(sdk_trace.Span):
-    """The SDK's span with a shorter path for what instrumentors do with it (see the module's doc)."""
+    """The SDK's span with a shorter path for what instrumentors do with it (see the module's doc).
+
+    Its fields are slots under the SDK's names: every step of a span reads and writes them (in C, by offset),
+    where a dict cost a hashed lookup each (~120 a span). The SDK's code reads and sets them by attribute as
+    before; a field a newer SDK adds goes in the instance's `__dict__` (its base classes keep one)."""
+
+    __slots__ = _SLOTS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._maker = None  # made by the SDK's constructor (by hand, or the fallback): the SDK's paths
+        super().__init__(*args, **kwargs)
 
     def set_attribute(self, key: str, value: Any) -> None:
         maker = self._maker
@@ -232,7 +250,7 @@ class Span(sdk_trace.Span):
                 return
             self._end_time = end_time if end_time is not None else time_ns()
             self._attributes._immutable = True
-        record_end_metrics = self.__dict__.get("_record_end_metrics")
+        record_end_metrics = getattr(self, "_record_end_metrics", None)
         if record_end_metrics and record_end_metrics is not _NOOP_END:
             record_end_metrics()
         processor = self._span_processor
@@ -248,7 +266,6 @@ class Span(sdk_trace.Span):
         route[3](self)  # itself, not a copy: nothing about it can change any more
 
 
-Span._maker = None  # spans made by the SDK's constructor (by hand, or the fallback) take the SDK's paths
 runtime_context.read_context_field(Span)  # its get_span_context above: unsampled_in reads the field
 
 
@@ -398,11 +415,13 @@ class Tracer(sdk_trace.Tracer):
         self._root_bound = _root_bound(self)
         # a local parent that is sampled: its child sampled too (ParentBased's default), decided in one step
         self._child_sampled = self._root_bound is not None and self._plan[3] is _RECORD_AND_SAMPLE
-        # a span's fields, in the constructor's order: those the same for every span of this tracer set here
-        self._span_fields = dict.fromkeys(_FIELDS + ("_maker",))
-        self._span_fields.update({
+        # a span's fields in its slots' order: those the same for every span of this tracer (None: its own, set
+        # by start_span); the C start_span copies these
+        template = dict.fromkeys(_SLOTS)
+        template.update({
             "_instrumentation_info": self.instrumentation_info, "_instrumentation_scope": self._instrumentation_scope,
             "_events": (), "_links": (), "_status": _UNSET, "_maker": self._maker})
+        self._span_fields = tuple(template.values())
         if Tracer._fields_ok is None:
             expected = set(_FIELDS) | ({"_record_end_metrics"} if self._metrics is not None else set())
             Tracer._fields_ok = _sdk_span_fields(self.resource) <= expected
@@ -527,15 +546,15 @@ class Tracer(sdk_trace.Tracer):
             return self._sdk_constructed(name, span_context, parent, span_attributes, kind, links, record_exception,
                                          set_status_on_exception, start_time, context, record_end_metrics)
         span = _new(Span)
-        # the tracer's fields template (what every span of it starts with; its order, the constructor's),
-        # then this span's own: one dict display, not a copy and fourteen stores
-        span.__dict__ = {
-            **self._span_fields, "_name": name, "_context": span_context, "_kind": kind, "_parent": parent,
-            "_start_time": start_time if start_time is not None else time_ns(),
-            "_attributes": self._maker.make(span_attributes), "_resource": self.resource, "_sampler": self.sampler,
-            "_record_exception": record_exception, "_set_status_on_exception": set_status_on_exception,
-            "_span_processor": self.span_processor, "_limits": self._span_limits, "_lock": _Lock(),
-            "_record_end_metrics": record_end_metrics}
+        span._name, span._context, span._kind = name, span_context, kind
+        span._instrumentation_info, span._instrumentation_scope = self.instrumentation_info, self._instrumentation_scope
+        span._parent, span._start_time = parent, start_time if start_time is not None else time_ns()
+        span._end_time, span._attributes = None, self._maker.make(span_attributes)
+        span._events, span._links, span._resource, span._status = (), (), self.resource, _UNSET
+        span._sampler, span._trace_config, span._record_exception = self.sampler, None, record_exception
+        span._set_status_on_exception, span._span_processor = set_status_on_exception, self.span_processor
+        span._limits, span._lock, span._record_end_metrics = self._span_limits, _Lock(), record_end_metrics
+        span._maker = self._maker
         if links:
             span._links = sdk_trace.Span._new_links(span, links)  # the SDK's checks and limits
         processor = self.span_processor
@@ -557,13 +576,6 @@ class Tracer(sdk_trace.Tracer):
         return span
 
 
-# the fields trace-run's spans are made with (the SDK 1.33-1.45 constructor's, plus _maker)
-_FIELDS = ("_name", "_context", "_kind", "_instrumentation_info", "_instrumentation_scope", "_parent",
-           "_start_time", "_end_time", "_attributes", "_events", "_links", "_resource", "_status", "_sampler",
-           "_trace_config", "_record_exception", "_set_status_on_exception", "_span_processor", "_limits",
-           "_lock", "_record_end_metrics")
-
-
 # -- Tracer.start_span's two fast branches, Span.set_attribute's fast path and Span.end in C -----------------
 # (agent/_span_native.c, an optional extension: where it was not built, these Python methods are all there is).
 # The C methods make the objects these make and call these (same arguments) for everything else; an error of
@@ -579,11 +591,10 @@ try:
 except ImportError:  # not built (no compiler): the Python methods
     _NATIVE = None
 
-# what the C methods read in the instance dicts: the classes must not define them (descriptors would win there)
+# what the C methods read in the tracer's instance dict: the class must not define them (descriptors would win
+# there). A span's fields they read in its slots (`_SLOTS`, each checked to be one of Span's when configured).
 _NATIVE_TRACER_FIELDS = ("_root_bound", "_child_sampled", "_tracer_config", "_span_fields", "_maker", "resource",
                          "sampler", "span_processor", "_span_limits", "_metrics_off", "_metrics", "id_generator")
-_NATIVE_SPAN_FIELDS = ("_lock", "_attributes", "_start_time", "_end_time", "_context", "_span_processor",
-                       "_record_end_metrics", "_name")
 
 
 def _unpack2(made):
@@ -623,13 +634,13 @@ def use_native(on: bool) -> bool:
     Span.is_recording, Span.update_name = _python_is_recording, _python_update_name
     if not (on and _NATIVE is not None and _PLAIN_CONTEXT and _SPAN_KEY is not None
             and not any(hasattr(Tracer, name) for name in _NATIVE_TRACER_FIELDS)
-            and not any(hasattr(Span, name) for name in _NATIVE_SPAN_FIELDS)
             and TraceFlags.__and__ is int.__and__ and not hasattr(BoundedAttributes, "_immutable")
             and BoundedAttributes.__setattr__ is object.__setattr__):
         return False
     try:
         start, set_attribute, end, recording, rename = _NATIVE.configure({
-            "tracer": Tracer, "span": Span, "maker": _AttributeMaker, "bounded": BoundedAttributes,
+            "tracer": Tracer, "span": Span, "span_slots": _SLOTS, "maker": _AttributeMaker,
+            "bounded": BoundedAttributes,
             "span_context": SpanContext, "non_recording": NonRecordingSpan, "context": _Context,
             "default_state": DEFAULT_TRACE_STATE, "root_sampled": _ROOT_SAMPLED, "root_dropped": _ROOT_DROPPED,
             "sampled": _SAMPLED, "sampled_random": _SAMPLED_RANDOM if _RANDOM_FLAG is not None else _SAMPLED,

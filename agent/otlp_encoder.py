@@ -266,26 +266,26 @@ class Encoder:
     def span(self, span) -> bytes:
         if type(span) is (_OWN_SPAN[0] if _OWN_SPAN else _own_span_type()):
             try:
-                return self._own_span(span.__dict__)
-            except (KeyError, AttributeError, TypeError):  # fields under other names: read as any span
+                return self._own_span(span)
+            except (KeyError, AttributeError, TypeError):  # a field missing: read as any span
                 pass
         return self._any_span(span)
 
-    def _own_span(self, fields: dict) -> bytes:
+    def _own_span(self, span) -> bytes:
         """trace-run's own span (agent/fastspan.py): its fields read where they are, not through
         ReadableSpan's properties (which copy events and links and wrap the attributes), and its
         SpanContexts as the tuples they are (see _context_layout); the same bytes as `_any_span`
         (tests/test_otlp_encoder.py). In C where it can (None: not its case), else in Python."""
         native = self._native
         if native is not None:
-            data = _native_or_none(native, fields)
+            data = _native_or_none(native, span)
             if data is not None:
                 return data
-        return self._own_span_python(fields)
+        return self._own_span_python(span)
 
-    def _own_span_python(self, fields: dict) -> bytes:
-        trace_id, span_id, _, _, state, _ = fields["_context"]
-        parent = fields["_parent"]
+    def _own_span_python(self, span) -> bytes:
+        trace_id, span_id, _, _, state, _ = span._context
+        parent = span._parent
         parts = [b"\x0a\x10", trace_id.to_bytes(16, "big"), b"\x12\x08", span_id.to_bytes(8, "big")]
         if state is not _EMPTY_TRACE_STATE and state:  # (a TraceState's len runs Python code)
             parts.append(_field(b"\x1a", ",".join([k + "=" + v for k, v in state.items()]).encode("utf-8")))
@@ -296,14 +296,14 @@ class Encoder:
                 parts.append(b"\x22\x08")
                 parts.append(parent_id.to_bytes(8, "big"))
         # name and kind: a few of each per program, encoded once
-        name, kind = fields["_name"], fields["_kind"]
+        name, kind = span._name, span._kind
         named = self._names.get(name)
         if named is None or named[0] is not kind:
             named = self._name_field(name, kind)
         parts.append(named[1])
-        start, end = fields["_start_time"], fields["_end_time"]
+        start, end = span._start_time, span._end_time
         parts.append(_pack_times(0x39, start, 0x41, end) if start and end else _times(start, end))
-        attributes = fields["_attributes"]
+        attributes = span._attributes
         if type(attributes) is _BoundedAttributes:
             if attributes._dict:
                 parts += self._span_attributes(attributes._dict)
@@ -313,19 +313,19 @@ class Encoder:
             parts += self._attributes(b"\x4a", attributes)
             if isinstance(attributes, _BoundedAttributes) and attributes.dropped:
                 parts.append(b"\x50" + _varint(attributes.dropped))
-        events = fields["_events"]
+        events = span._events
         if type(events) is not tuple:  # () until the first event, then the SDK's BoundedList
             for event in events:
                 parts.append(_field(b"\x5a", self._event(event)))
             if events.dropped:
                 parts.append(b"\x60" + _varint(events.dropped))
-        links = fields["_links"]
+        links = span._links
         if type(links) is not tuple:
             for link in links:
                 parts.append(_field(b"\x6a", self._link(link)))
             if links.dropped:
                 parts.append(b"\x70" + _varint(links.dropped))
-        status = fields["_status"]
+        status = span._status
         parts.append(_EMPTY_STATUS if status is _OWN_SPAN[1] else _status(status))
         parts.append(_FLAGS[1 if remote else 0])
         return b"".join(parts)
@@ -381,11 +381,10 @@ class Encoder:
                 return encoded
         encoded = None
         if type(span) is (_OWN_SPAN[0] if _OWN_SPAN else _own_span_type()):
-            fields = span.__dict__
             try:  # (the native call, where there is one, declined it already)
-                encoded = _tuple_new(Encoded, (self._own_span_python(fields), fields["_resource"],
-                                               fields["_instrumentation_scope"]))
-            except (KeyError, AttributeError, TypeError):  # fields under other names: read as any span
+                encoded = _tuple_new(Encoded, (self._own_span_python(span), span._resource,
+                                               span._instrumentation_scope))
+            except (KeyError, AttributeError, TypeError):  # a field missing: read as any span
                 pass
         if encoded is None:
             encoded = Encoded(self.span(span), span.resource, span.instrumentation_scope)

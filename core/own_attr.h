@@ -6,6 +6,7 @@
 #define TRACE_RUN_OWN_ATTR_H
 
 #include <Python.h>
+#include <structmember.h>
 
 /* -- instance attributes read from the instance's dict, under a guard ---------------------------------------
  * `obj.name` for attributes read at every request or span: read from the instance's dict, as generic getattr
@@ -110,6 +111,40 @@ own_dict(PyObject *obj, OwnAttr *g)
     if (own_guard(Py_TYPE(obj), own_dunder_dict, g))
         return PyObject_GenericGetDict(obj, NULL);
     return PyObject_GetAttr(obj, own_dunder_dict);
+}
+
+/* -- fields kept in a class's __slots__ ------------------------------------------------------------------------
+ * trace-run's span class keeps its fields in __slots__ (agent/fastspan.py): a member descriptor of the class's
+ * own reads and writes a pointer at a fixed offset in the instance. The extensions find each offset once (when
+ * configured, for the exact class they were given) and read the field there: what the descriptor reads, without
+ * the type lookup and the call. NULL there is a field never set (Python's AttributeError). */
+
+/* the offset of `name`'s slot in instances of `type` (a writable object member of the class's own __dict__), or
+ * -1 (no exception set) where it is not one */
+static inline Py_ssize_t
+own_slot_offset(PyTypeObject *type, PyObject *name)
+{
+    PyObject *d = type->tp_dict == NULL ? NULL : PyDict_GetItemWithError(type->tp_dict, name);
+    if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type)) {
+        PyErr_Clear();
+        return -1;
+    }
+    PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+    if (((PyMemberDescrObject *)d)->d_common.d_type != type || m->type != T_OBJECT_EX || (m->flags & READONLY)
+        || m->offset <= 0)
+        return -1;
+    return m->offset;
+}
+
+/* the slot at `offset` of obj (borrowed; NULL: never set) */
+#define OWN_SLOT(obj, offset) (*(PyObject **)((char *)(obj) + (offset)))
+
+/* obj's slot at `offset` set to value (a new reference taken; the old one released) */
+static inline void
+own_slot_set(PyObject *obj, Py_ssize_t offset, PyObject *value)
+{
+    Py_INCREF(value);
+    Py_XSETREF(OWN_SLOT(obj, offset), value);
 }
 
 /* -- a lock's acquire and release, called directly ------------------------------------------------------------

@@ -8,6 +8,7 @@ import collections
 import importlib
 import math
 import shutil
+import types
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -78,6 +79,16 @@ def _encodable(text: str) -> bool:
         return False
 
 
+def _fields(span) -> dict:
+    """A span's fields by name (its slots): what the native encoder also takes, and tests vary one by one."""
+    return {name: getattr(span, name) for name in fastspan._SLOTS}
+
+
+def _as_span(fields: dict):
+    """An object with `fields` as its attributes: what the Python path reads of a span of trace-run's."""
+    return types.SimpleNamespace(**fields)
+
+
 def _common(value) -> bool:
     """A value the native encoder takes: what the Python path encodes, not what it skips."""
     if isinstance(value, tuple):
@@ -94,10 +105,11 @@ def _check(spans, declined=None):
     python, ours = Encoder(pause=False, native=False), Encoder(pause=False, native=True)
     took = 0
     for span in spans:
-        fields = span.__dict__
-        expected = python._own_span(fields)
+        fields = _fields(span)
+        expected = python._own_span(_as_span(fields))
         assert expected == python._any_span(span)
         got = native.encode_span(fields)
+        assert native.encode_span(span) == got  # from its slots, as from the fields by name
         if declined is not None and not declined(span):
             assert got is not None, span.name
         if got is not None:
@@ -108,7 +120,7 @@ def _check(spans, declined=None):
     assert all(type(e) is otlp_encoder.Encoded and e == (e.data, s.resource, s.instrumentation_scope)
                for e, s in zip(encoded, spans))
     assert [e.data for e in encoded] == [python.preencode(s).data for s in spans]
-    assert [native.preencode(s) is not None for s in spans] == [native.encode_span(s.__dict__) is not None
+    assert [native.preencode(s) is not None for s in spans] == [native.encode_span(_fields(s)) is not None
                                                                 for s in spans]
     assert ours.encode(encoded) == official_encode(spans).SerializePartialToString()
     _assert_same(spans)
@@ -187,21 +199,21 @@ def test_what_it_declines_the_python_path_encodes(monkeypatch):
     spans = _spans(specs)
     assert _check(spans) == 1  # the local parent alone
     for span in spans[:-1]:
-        assert native.encode_span(span.__dict__) is None, span.name
+        assert native.encode_span(_fields(span)) is None, span.name
     # a key with a lone surrogate: not given to the official encoder, which logs it raw with its traceback
     # (a captured log that cannot cross to pytest-xdist's controller); the Python path skips it
     (span,) = _spans([("surrogate key", SpanKind.INTERNAL, {"\udfff": 1, "ok": 1}, None, None, None)])[:1]
-    assert native.encode_span(span.__dict__) is None
+    assert native.encode_span(_fields(span)) is None
     python = Encoder(pause=False, native=False)
-    assert Encoder(pause=False).span(span) == python._own_span(span.__dict__) == python._any_span(span)
-    assert [kv.key for kv in PbSpan.FromString(python._own_span(span.__dict__)).attributes] == ["ok"]
+    assert Encoder(pause=False).span(span) == python._own_span(_as_span(_fields(span))) == python._any_span(span)
+    assert [kv.key for kv in PbSpan.FromString(python._own_span(_as_span(_fields(span)))).attributes] == ["ok"]
 
 
 def test_unexpected_fields_are_declined_never_misencoded():
     span = _spans([("s", SpanKind.CLIENT, {"a": 1}, None, None, None)])[0]
-    fields = dict(span.__dict__)
+    fields = dict(_fields(span))
     python = Encoder(pause=False, native=False)
-    assert native.encode_span(fields) == python._own_span(fields)
+    assert native.encode_span(fields) == python._own_span(_as_span(fields))
 
     class Text(str):
         pass
@@ -221,8 +233,8 @@ def test_unexpected_fields_are_declined_never_misencoded():
     del missing["_links"]
     assert native.encode_span(missing) is None
     assert native.encode_span(["not", "a", "dict"]) is None
-    span.__dict__["_attributes"]._dict["obj"] = object()  # set behind the SDK's back: declined, not guessed
-    assert native.encode_span(span.__dict__) is None
+    span._attributes._dict["obj"] = object()  # set behind the SDK's back: declined, not guessed
+    assert native.encode_span(_fields(span)) is None
 
 
 def test_ids_at_their_bounds_encode_as_the_python_path():
@@ -230,8 +242,8 @@ def test_ids_at_their_bounds_encode_as_the_python_path():
     ctx = tuple(span.context)
     python = Encoder(pause=False, native=False)
     for trace_id, span_id in ((1, 1), ((1 << 128) - 1, (1 << 64) - 1), (1 << 127, 1 << 63), (0, 0)):
-        fields = dict(span.__dict__, _context=tuple.__new__(type(span.context), (trace_id, span_id) + ctx[2:]))
-        assert native.encode_span(fields) == python._own_span(fields)
+        fields = dict(_fields(span), _context=tuple.__new__(type(span.context), (trace_id, span_id) + ctx[2:]))
+        assert native.encode_span(fields) == python._own_span(_as_span(fields))
 
 
 def test_an_exception_in_the_native_call_falls_back_to_python(monkeypatch):
@@ -276,7 +288,7 @@ def test_the_switch_keeps_the_native_encoder_out(monkeypatch, raw, used):
         config.reset()
     assert data == Encoder(pause=False, native=False).span(span) * 2
     assert (encoder._native is counting) is used and (encoder._native_preencode is counting_preencode) is used
-    assert calls == ([span, span.__dict__] if used else [])
+    assert calls == ([span, span] if used else [])
     assert bool(warned) is (raw == "maybe")  # a bad value: the default, with the registry's warning
 
 
@@ -284,7 +296,7 @@ def test_encoding_a_million_spans_keeps_memory_flat():
     """Reference counts: no object or buffer kept per call (RSS read before and after)."""
     span = _spans([("SELECT test.users", SpanKind.CLIENT, {"db.query.text": "SELECT ? " * 200, "n": 1,
                                                           "f": 0.5, "l": ("a", "b")}, "local", None, None)])[0]
-    fields = span.__dict__
+    fields = _fields(span)
     assert len(native.encode_span(fields)) > 1024  # past the stack buffer: the heap one is freed too
 
     def rss_kb():
@@ -345,22 +357,22 @@ def test_fields_read_from_the_instance_dict_follow_a_property_added_to_the_class
 
     span = _spans([("s", SpanKind.CLIENT, {"a": 1}, None, (StatusCode.ERROR, "bad"), None)])[0]
     python = Encoder(pause=False, native=False)
-    before = native.encode_span(span.__dict__)  # (the guards armed for these types)
-    assert before == python._own_span(span.__dict__)
+    before = native.encode_span(_fields(span))  # (the guards armed for these types)
+    assert before == python._own_span(_as_span(_fields(span)))
     owner = BoundedAttributes if name in ("dropped", "_dict") else Status
     monkeypatch.setattr(owner, name, property(lambda self: value, lambda self, v: None), raising=False)
-    got = native.encode_span(span.__dict__)
-    assert got == python._own_span(span.__dict__) and got != before
+    got = native.encode_span(_fields(span))
+    assert got == python._own_span(_as_span(_fields(span))) and got != before
     monkeypatch.undo()
-    assert native.encode_span(span.__dict__) == before
+    assert native.encode_span(_fields(span)) == before
 
 
-def test_the_span_dict_read_after_its_class_changed_is_the_same(monkeypatch):
-    """preencode reads `span.__dict__` from the instance under a guard on the class's version: a class changed
-    since (a class attribute added: its version changes) re-arms it, and the bytes are the same."""
+def test_the_span_slots_read_after_its_class_changed_are_the_same(monkeypatch):
+    """preencode reads the span's fields from its slots, at the offsets found when it was configured: a class
+    changed since (a class attribute added) keeps its instances' layout, and the bytes are the same."""
     span = _spans([("s", SpanKind.CLIENT, {"a": 1}, None, None, None)])[0]
     before = native.preencode(span).data
-    assert before == native.encode_span(span.__dict__)
+    assert before == native.encode_span(_fields(span))
     monkeypatch.setattr(fastspan.Span, "_trace_run_test_marker", 1, raising=False)
     assert native.preencode(span).data == before
     monkeypatch.undo()

@@ -114,8 +114,9 @@ def _state(span, tracer):
     """Everything of a span made by start_span, but its start time and its locks (their types compared)."""
     if type(span) is NonRecordingSpan:
         return ("non-recording", _context(span.get_span_context()))
-    fields = vars(span)
-    out = [("keys", list(fields))]
+    # its slots (those set), then whatever went in its instance dict (nothing, for trace-run's own)
+    fields = {name: getattr(span, name) for name in fastspan._SLOTS if hasattr(span, name)}
+    out = [("keys", list(fields)), ("dict", dict(vars(span)))]
     for key, value in fields.items():
         if key in ("_start_time", "_end_time"):
             out.append((key, type(value), value is not None and value > 0))
