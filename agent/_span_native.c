@@ -88,6 +88,11 @@ static Py_ssize_t span_off[N_STR];
 static Py_ssize_t slot_off[MAX_SLOTS];
 static Py_ssize_t n_slots;
 #define SF(span, key) OWN_SLOT(span, span_off[key])
+/* the same for the attribute maker's fields (fast, _state, _dict_type, _lock_factory, maxlen, max_value_len) */
+static Py_ssize_t maker_off[N_STR];
+#define MF(maker, key) OWN_SLOT(maker, maker_off[key])
+static const int maker_fields[] = {S_FAST, S_STATE, S_DICT_TYPE, S_LOCK_FACTORY, S_MAXLEN, S_MAX_VALUE_LEN};
+#define N_MAKER_FIELDS ((int)(sizeof(maker_fields) / sizeof(maker_fields[0])))
 static PyObject *bits128, *bits64, *kw_parent_context;
 
 /* start_span's parameters, in order, and their defaults (set by configure) */
@@ -228,18 +233,16 @@ new_lock(PyObject *factory)
 static int
 make_attributes(PyObject *maker, PyObject *attributes, PyObject **out)
 {
-    PyObject *md = NULL, *made = NULL, *state = NULL, *stored = NULL, *lock = NULL;
+    PyObject *made = NULL, *state = NULL, *stored = NULL, *lock = NULL;
     if (Py_TYPE(maker) != (PyTypeObject *)conf[C_MAKER])
         goto general;
-    md = instance_dict(maker);
-    if (md == NULL)
-        goto fail_or_general;
-    PyObject *fast = get(md, S[S_FAST]);
-    PyObject *proto = get(md, S[S_STATE]);
-    PyObject *dict_type = get(md, S[S_DICT_TYPE]);
-    PyObject *factory = get(md, S[S_LOCK_FACTORY]);
-    PyObject *maxlen = get(md, S[S_MAXLEN]);
-    PyObject *max_value_len = get(md, S[S_MAX_VALUE_LEN]);
+    /* (borrowed from the maker, which the caller holds: nothing below replaces them) */
+    PyObject *fast = MF(maker, S_FAST);
+    PyObject *proto = MF(maker, S_STATE);
+    PyObject *dict_type = MF(maker, S_DICT_TYPE);
+    PyObject *factory = MF(maker, S_LOCK_FACTORY);
+    PyObject *maxlen = MF(maker, S_MAXLEN);
+    PyObject *max_value_len = MF(maker, S_MAX_VALUE_LEN);
     if (fast != Py_True || proto == NULL || !PyDict_CheckExact(proto) || dict_type != (PyObject *)&PyDict_Type
         || factory == NULL || maxlen == NULL || max_value_len == NULL)
         goto fail_or_general;
@@ -267,7 +270,6 @@ make_attributes(PyObject *maker, PyObject *attributes, PyObject **out)
     if (state == NULL || PyDict_SetItem(state, S[S_SDICT], stored) < 0 || PyDict_SetItem(state, S[S_LOCK], lock) < 0
         || PyObject_SetAttr(made, S[S_DUNDER_DICT], state) < 0)
         goto fail;
-    Py_DECREF(md);
     Py_DECREF(state);
     Py_DECREF(stored);
     Py_DECREF(lock);
@@ -277,11 +279,9 @@ fail_or_general:
     if (PyErr_Occurred())
         goto fail;
 general:
-    Py_XDECREF(md);
     *out = PyObject_CallMethodOneArg(maker, S[S_MAKE], attributes);
     return *out == NULL ? RAISE : OK;
 fail:
-    Py_XDECREF(md);
     Py_XDECREF(made);
     Py_XDECREF(state);
     Py_XDECREF(stored);
@@ -873,7 +873,7 @@ static int
 set_attribute_fast(PyObject *self, PyObject *key, PyObject *value)
 {
     int status = DECLINE;
-    PyObject *md = NULL, *ad = NULL, *lock = NULL, *r;
+    PyObject *ad = NULL, *lock = NULL, *r;
     if (fail_next > 0) {
         fail_next--;
         PyErr_SetString(PyExc_RuntimeError, "_span_native: a failure for the tests");
@@ -887,12 +887,9 @@ set_attribute_fast(PyObject *self, PyObject *key, PyObject *value)
     PyObject *maker = SF(self, S_MAKER);
     if (maker == NULL || Py_TYPE(maker) != (PyTypeObject *)conf[C_MAKER])
         goto out;
-    md = instance_dict(maker);
-    if (md == NULL)
-        goto out;
-    PyObject *fast = PyDict_GetItemWithError(md, S[S_FAST]);
-    PyObject *maxlen = PyDict_GetItemWithError(md, S[S_MAXLEN]);
-    PyObject *max_value_len = PyDict_GetItemWithError(md, S[S_MAX_VALUE_LEN]);
+    PyObject *fast = MF(maker, S_FAST);
+    PyObject *maxlen = MF(maker, S_MAXLEN);
+    PyObject *max_value_len = MF(maker, S_MAX_VALUE_LEN);
     if (fast != Py_True || maxlen == NULL || max_value_len == NULL)
         goto out;
     if (kind == &PyUnicode_Type && max_value_len != Py_None) {
@@ -958,7 +955,6 @@ set_attribute_fast(PyObject *self, PyObject *key, PyObject *value)
         status = FAIL;
 out:
     Py_XDECREF(lock);
-    Py_XDECREF(md);
     Py_XDECREF(ad);
     if (status != OK && PyErr_Occurred())
         status = FAIL;
@@ -1219,6 +1215,16 @@ configure(PyObject *module, PyObject *names)
             return NULL;
         }
     }
+    Py_ssize_t maker_named[N_STR];
+    for (int k = 0; k < N_STR; k++)
+        maker_named[k] = -1;
+    for (int i = 0; i < N_MAKER_FIELDS; i++) {
+        int k = maker_fields[i];
+        if ((maker_named[k] = own_slot_offset((PyTypeObject *)got[C_MAKER], S[k])) < 0) {
+            PyErr_Format(PyExc_TypeError, "configure(): %R is not a slot of the attribute maker", S[k]);
+            return NULL;
+        }
+    }
     for (int k = 0; k < N_STR; k++) {
         named[k] = -1;
         if ((k >= S_NAME && k <= S_RECORD_END_METRICS) || k == S_END_TIME || k == S_MAKER) {
@@ -1263,6 +1269,7 @@ configure(PyObject *module, PyObject *names)
     random_flag = flag;
     has_is_enabled = is_enabled;
     memcpy(span_off, named, sizeof(named));
+    memcpy(maker_off, maker_named, sizeof(maker_named));
     n_slots = PyTuple_GET_SIZE(slots);
     memcpy(slot_off, offsets, (size_t)n_slots * sizeof(Py_ssize_t));
     configured = 1;

@@ -97,7 +97,10 @@ def _sdk_random_ids(generator) -> bool:
 class _AttributeMaker:
     """BoundedAttributes for one tracer's limits, made without cleaning when every key is a non-empty str
     and every value a str/int/float/bool within the limits: for those the cleaning changes nothing, so the
-    result is the constructor's (checked once against it; else the constructor is used every time)."""
+    result is the constructor's (checked once against it; else the constructor is used every time).
+    Its fields are slots: the C reads them at each span and each attribute set."""
+
+    __slots__ = ("maxlen", "max_value_len", "fast", "_state", "_dict_type", "_lock_type", "_lock_factory")
 
     def __init__(self, maxlen: Optional[int], max_value_len: Optional[int]):
         self.maxlen, self.max_value_len = maxlen, max_value_len
