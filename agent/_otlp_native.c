@@ -1,6 +1,7 @@
 /* The common case of otlp_encoder.Encoder._own_span, in C.
  *
- * encode_span(fields) reads a finished trace-run span's __dict__ and gives the bytes of its OTLP Span
+ * encode_span(span) reads a finished trace-run span's fields (its slots, or a dict of them by name) and gives
+ * the bytes of its OTLP Span
  * message (the same bytes as the Python path: tests/test_otlp_native.py), or None where the span is not
  * the common case (a non-empty TraceState, events, links, an attribute value the Python path would skip
  * or that is not a str, bool, int, float or a tuple/list of those, any unexpected field): the Python
@@ -380,9 +381,12 @@ put_attributes(Writer *w, PyObject *attributes)
     return r;
 }
 
-/* (a span's BoundedAttributes and the span itself are given their dict whole by fastspan: reading it makes none.
- * A Status is made by the program, its attributes kept inline by CPython: read by getattr, which keeps them so) */
+/* (a span's attributes (fastspan.Attributes) keep _dict and dropped in slots, read by offset where bounded_type has
+ * them (bounded_slots); else from its dict, under the guard. A Status is made by the program, its attributes kept
+ * inline by CPython: read by getattr, which keeps them so) */
 static OwnAttr g_bounded_dict, g_dropped;
+static Py_ssize_t bounded_dict_off, bounded_dropped_off;
+static int bounded_slots;
 
 /* -- the span's other fields ------------------------------------------------------------------------------ */
 
@@ -391,8 +395,19 @@ static int
 put_bounded(Writer *w, PyObject *attributes)
 {
     int r = DECLINE;
-    PyObject *dict = own_attr(attributes, s_dict, &g_bounded_dict);
-    PyObject *dropped = dict ? own_attr(attributes, s_dropped, &g_dropped) : NULL;
+    PyObject *dict, *dropped;
+    if (bounded_slots) {  /* (held: the caller's attributes object holds them, but put_attributes may run code) */
+        dict = OWN_SLOT(attributes, bounded_dict_off);
+        dropped = OWN_SLOT(attributes, bounded_dropped_off);
+        if (dict == NULL || dropped == NULL)
+            return DECLINE;
+        Py_INCREF(dict);
+        Py_INCREF(dropped);
+    }
+    else {
+        dict = own_attr(attributes, s_dict, &g_bounded_dict);
+        dropped = dict ? own_attr(attributes, s_dropped, &g_dropped) : NULL;
+    }
     if (dropped == NULL) {
         r = ERROR;
         goto done;
@@ -855,6 +870,9 @@ configure(PyObject *module, PyObject *args)
             found = (field_off[i] = own_slot_offset((PyTypeObject *)span, field_keys[i])) > 0;
         span_slots = found;
     }
+    bounded_dict_off = own_slot_offset((PyTypeObject *)bounded, s_dict);
+    bounded_dropped_off = own_slot_offset((PyTypeObject *)bounded, s_dropped);
+    bounded_slots = bounded_dict_off > 0 && bounded_dropped_off > 0;
     Py_INCREF(bounded);
     bounded_type = bounded;
     encoded_type = Py_NewRef(encoded);
@@ -865,8 +883,9 @@ configure(PyObject *module, PyObject *args)
 /* -- an ended span's way to the export queue: exporthealth.CountingProcessor.on_end (with QueueBudget.admit's
  * steps) and the SDK's BatchProcessor.emit
  *
- * The same steps as those Python methods, on the same objects (dict items read and written where the Python
- * code reads and writes attributes that live in the instance's __dict__). Where anything is not as expected
+ * The same steps as those Python methods, on the same objects (CountingProcessor's and QueueBudget's fields read
+ * and written in their slots, the SDK's processor's in its instance dict, where the Python code reads and writes
+ * them as attributes). Where anything is not as expected
  * (another span class, a field missing), the Python method runs instead, before anything was changed: its
  * messages and exceptions are the program's to see. configure_on_end() gives what they need; until then the
  * Python method runs. (Span.end, which calls on_end, is agent/_span_native.c's.) */
@@ -874,7 +893,14 @@ configure(PyObject *module, PyObject *args)
 static PyObject *end_span_type;     /* fastspan.Span */
 static Py_ssize_t end_context_off;  /* where it keeps _context (-1: not a slot; the Python method runs) */
 static PyObject *python_on_end;     /* CountingProcessor's Python on_end(self, span) */
-static PyObject *budget_type;       /* exporthealth.QueueBudget */
+static PyObject *budget_type;       /* exporthealth.QueueBudget (NULL: its fields are not slots; admit is called) */
+static PyObject *counting_type;     /* exporthealth.CountingProcessor (NULL: not slots; the Python method runs) */
+/* their fields' offsets (core/own_attr.h's slots): CountingProcessor's in the order counting_on_end reads them,
+ * QueueBudget's: _lock, then spans, max_spans, bytes, max_bytes (the order of admit's compares) */
+#define N_COUNTING 7
+static Py_ssize_t counting_off[N_COUNTING];
+enum { B_LOCK, B_SPANS, B_MAX_SPANS, B_BYTES, B_MAX_BYTES, N_BUDGET };
+static Py_ssize_t budget_off[N_BUDGET];
 static PyObject *budget_admit;      /* its admit function */
 static PyObject *k_lock, *s_build, *k_counter, *k_pending, *k_encode, *k_prepare, *k_admit,
     *k_on_end, *k_sampled_only, *s_spans, *s_bytes, *s_max_spans, *s_max_bytes;
@@ -901,19 +927,14 @@ unlock(PyObject *lock)
     return r == NULL ? -1 : 0;
 }
 
-/* QueueBudget.admit(item) on the budget's own fields; 1 admitted, 0 refused, -1 error */
+/* QueueBudget.admit(item) on the budget's own fields (its slots); 1 admitted, 0 refused, -1 error */
 static int
 admit_inline(PyObject *budget, PyObject *item)
 {
-    PyObject *state = PyObject_GenericGetDict(budget, NULL);
-    if (state == NULL)
-        return -1;
     int answer = -1;
-    PyObject *lock = PyDict_GetItemWithError(state, k_lock);
+    PyObject *lock = OWN_SLOT(budget, budget_off[B_LOCK]);
     if (lock == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_AttributeError, "QueueBudget has no _lock");
-        Py_DECREF(state);
+        PyErr_SetString(PyExc_AttributeError, "QueueBudget has no _lock");
         return -1;
     }
     Py_INCREF(lock);
@@ -932,12 +953,14 @@ admit_inline(PyObject *budget, PyObject *item)
         goto out;
     }
     Py_DECREF(r);
-    PyObject *keys[4] = {s_spans, s_max_spans, s_bytes, s_max_bytes};
     PyObject *v[4];
-    int found = items_of(state, keys, v, 4);
-    if (found == 0)
+    int found = 1;
+    for (int i = 0; i < 4; i++)  /* spans, max_spans, bytes, max_bytes */
+        if ((v[i] = OWN_SLOT(budget, budget_off[B_SPANS + i])) == NULL)
+            found = 0;
+    if (!found)
         PyErr_SetString(PyExc_AttributeError, "QueueBudget lacks a count");
-    if (found > 0) {
+    else {
         for (int i = 0; i < 4; i++)
             Py_INCREF(v[i]);
         int full = PyObject_RichCompareBool(v[0], v[1], Py_GE);
@@ -951,9 +974,11 @@ admit_inline(PyObject *budget, PyObject *item)
             PyObject *one = PyLong_FromLong(1);
             more_spans = one ? PyNumber_Add(v[0], one) : NULL;
             Py_XDECREF(one);
-            if (more_spans != NULL && PyDict_SetItem(state, s_spans, more_spans) == 0 &&
-                PyDict_SetItem(state, s_bytes, more_bytes) == 0)
+            if (more_spans != NULL) {
+                own_slot_set(budget, budget_off[B_SPANS], more_spans);
+                own_slot_set(budget, budget_off[B_BYTES], more_bytes);
                 answer = 1;
+            }
         }
         for (int i = 0; i < 4; i++)
             Py_DECREF(v[i]);
@@ -971,7 +996,6 @@ admit_inline(PyObject *budget, PyObject *item)
     }
 out:
     Py_DECREF(lock);
-    Py_DECREF(state);
     return answer;
 }
 
@@ -1126,19 +1150,16 @@ counting_on_end(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_DECREF(flags);
     if (sampled == -1 && PyErr_Occurred())
         return NULL;
-    PyObject *state = PyObject_GenericGetDict(self, NULL);
-    if (state == NULL)
-        return NULL;
-    PyObject *keys[7] = {k_counter, k_pending, k_encode, k_prepare, k_admit, k_on_end, k_sampled_only};
-    PyObject *v[7], *held[7] = {NULL}, *result = NULL, *item = NULL;
-    int found = items_of(state, keys, v, 7);
-    if (found <= 0) {
-        Py_DECREF(state);
-        return found < 0 ? NULL : PyObject_Vectorcall(python_on_end, args, 2, NULL);
+    PyObject *held[N_COUNTING] = {NULL}, *result = NULL, *item = NULL;
+    if (counting_type == NULL || (PyObject *)Py_TYPE(self) != counting_type)
+        return PyObject_Vectorcall(python_on_end, args, 2, NULL);  /* (a subclass: its own fields maybe) */
+    for (int i = 0; i < N_COUNTING; i++) {
+        PyObject *v = OWN_SLOT(self, counting_off[i]);
+        if (v == NULL)  /* a field not set: the Python method (its AttributeError) */
+            return PyObject_Vectorcall(python_on_end, args, 2, NULL);
     }
-    for (int i = 0; i < 7; i++)
-        held[i] = Py_NewRef(v[i]);
-    Py_DECREF(state);
+    for (int i = 0; i < N_COUNTING; i++)
+        held[i] = Py_NewRef(OWN_SLOT(self, counting_off[i]));
     PyObject *count = PyIter_Next(held[0]);  /* next(self._counter) */
     if (count == NULL) {
         if (!PyErr_Occurred())
@@ -1167,7 +1188,7 @@ counting_on_end(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (admit != Py_None) {
             int ok;
             if (PyMethod_Check(admit) && PyMethod_GET_FUNCTION(admit) == budget_admit &&
-                (PyObject *)Py_TYPE(PyMethod_GET_SELF(admit)) == budget_type) {
+                (PyObject *)Py_TYPE(PyMethod_GET_SELF(admit)) == budget_type && budget_type != NULL) {
                 ok = admit_inline(PyMethod_GET_SELF(admit), item);
             } else {
                 PyObject *r = PyObject_CallOneArg(admit, item);
@@ -1200,7 +1221,7 @@ counting_on_end(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
 done:
     Py_XDECREF(item);
-    for (int i = 0; i < 7; i++)
+    for (int i = 0; i < N_COUNTING; i++)
         Py_XDECREF(held[i]);
     return result;
 }
@@ -1208,14 +1229,24 @@ done:
 static PyObject *
 configure_on_end(PyObject *module, PyObject *args)
 {
-    PyObject *on_end, *budget, *admit, *span;
-    if (!PyArg_ParseTuple(args, "OO!OO!:configure_on_end", &on_end, &PyType_Type, &budget, &admit, &PyType_Type,
-                          &span))
+    PyObject *on_end, *budget, *admit, *span, *counting;
+    if (!PyArg_ParseTuple(args, "OO!OO!O!:configure_on_end", &on_end, &PyType_Type, &budget, &admit, &PyType_Type,
+                          &span, &PyType_Type, &counting))
         return NULL;
     Py_CLEAR(python_on_end);
     Py_XSETREF(end_span_type, Py_NewRef(span));
     end_context_off = own_slot_offset((PyTypeObject *)span, field_keys[F_CONTEXT]);
-    Py_XSETREF(budget_type, Py_NewRef(budget));
+    PyObject *counting_keys[N_COUNTING] = {k_counter, k_pending, k_encode, k_prepare, k_admit, k_on_end,
+                                           k_sampled_only};
+    PyObject *budget_keys[N_BUDGET] = {k_lock, s_spans, s_max_spans, s_bytes, s_max_bytes};
+    int slots = 1;
+    for (int i = 0; slots && i < N_COUNTING; i++)
+        slots = (counting_off[i] = own_slot_offset((PyTypeObject *)counting, counting_keys[i])) > 0;
+    Py_XSETREF(counting_type, slots ? Py_NewRef(counting) : NULL);
+    slots = 1;
+    for (int i = 0; slots && i < N_BUDGET; i++)
+        slots = (budget_off[i] = own_slot_offset((PyTypeObject *)budget, budget_keys[i])) > 0;
+    Py_XSETREF(budget_type, slots ? Py_NewRef(budget) : NULL);
     Py_XSETREF(budget_admit, Py_NewRef(admit));
     python_on_end = Py_NewRef(on_end);
     Py_RETURN_NONE;
@@ -1249,7 +1280,8 @@ as_method(PyObject *module, PyObject *function)
 
 static PyMethodDef methods[] = {
     {"encode_span", encode_span, METH_O,
-     "encode_span(fields) -> bytes | None: the OTLP Span of a trace-run span's __dict__, None if not the common case."},
+     "encode_span(span or fields) -> bytes | None: the OTLP Span of a trace-run span (its slots, or a dict of its fields "
+     "by name), None if not the common case."},
     {"preencode", preencode, METH_O,
      "preencode(span) -> Encoded | None: Encoder.preencode of a trace-run span, None if not the common case."},
     {"untrack", untrack, METH_O,
@@ -1264,7 +1296,7 @@ static PyMethodDef methods[] = {
     {"counting_on_end", (PyCFunction)(void (*)(void))counting_on_end, METH_FASTCALL,
      "counting_on_end(processor, span): exporthealth.CountingProcessor.on_end in C (installed by exporthealth)."},
     {"configure_on_end", configure_on_end, METH_VARARGS,
-     "configure_on_end(python_on_end, queue_budget_type, queue_budget_admit, span_type)"},
+     "configure_on_end(python_on_end, queue_budget_type, queue_budget_admit, span_type, counting_processor_type)"},
     {"configure_emit", configure_emit, METH_VARARGS,
      "configure_emit(batch_processor_emit or None, event_type, deque_type): the SDK's emit done here (None: called)."},
     {"process_id", process_id, METH_NOARGS, "process_id(): the process id emit is compared with (os.getpid()'s)."},

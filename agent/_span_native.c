@@ -5,7 +5,7 @@
  * three method descriptors that fastspan installs as Tracer.start_span, Span.set_attribute and Span.end (a
  * method descriptor: called without a bound method made, cheaper than a Python method calling C). Each does what
  * the Python method does for its common case and makes the same objects (tests/test_span_native.py): the
- * span's __dict__ in the same key order, its BoundedAttributes as _AttributeMaker.make makes them, its ids
+ * span's slots set to the same values, its Attributes as _AttributeMaker.make makes them, its ids
  * drawn by the random module's getrandbits (read from the module at each call, as the Python code does), in
  * the same order, a zero redrawn by the id generator. Anything else, it calls the Python method (kept as
  * fastspan._python_start_span / _python_set_attribute / _python_end) with the same arguments: a root or child
@@ -37,14 +37,16 @@ Py_NewRef(PyObject *o)
 /* -- configure()'s objects ------------------------------------------------------------------------------- */
 
 enum {
-    C_TRACER, C_SPAN, C_SPAN_SLOTS, C_MAKER, C_BOUNDED, C_SPAN_CONTEXT, C_NON_RECORDING, C_CONTEXT, C_DEFAULT_STATE,
+    C_TRACER, C_SPAN, C_SPAN_SLOTS, C_MAKER, C_BOUNDED, C_ATTRIBUTE_STATE, C_SPAN_CONTEXT, C_NON_RECORDING,
+    C_CONTEXT, C_DEFAULT_STATE,
     C_ROOT_SAMPLED, C_ROOT_DROPPED, C_SAMPLED, C_SAMPLED_RANDOM, C_RANDOM_FLAG, C_SPAN_KEY, C_INTERNAL,
     C_LOCK_FACTORY, C_LOCK_TYPE, C_RLOCK_FUNCTION, C_THREADING_DICT, C_RANDOM_DICT, C_RUNTIME_DICT, C_ROUTE,
     C_NOOP_END, C_HAS_IS_ENABLED, C_PYTHON_START, C_PYTHON_SET, C_REPORT, C_UNPACK2, C_TIME_NS, C_PYTHON_END,
     C_PYTHON_IS_RECORDING, C_PYTHON_UPDATE_NAME, C_NON_RECORDING_INIT, N_CONF
 };
 static const char *conf_names[N_CONF] = {
-    "tracer", "span", "span_slots", "maker", "bounded", "span_context", "non_recording", "context", "default_state",
+    "tracer", "span", "span_slots", "maker", "bounded", "attribute_state", "span_context", "non_recording",
+    "context", "default_state",
     "root_sampled", "root_dropped", "sampled", "sampled_random", "random_flag", "span_key", "internal",
     "lock_factory", "lock_type", "rlock_function", "threading_dict", "random_dict", "runtime_dict", "route",
     "noop_end", "has_is_enabled", "python_start", "python_set", "report", "unpack2", "time_ns", "python_end",
@@ -93,6 +95,11 @@ static Py_ssize_t maker_off[N_STR];
 #define MF(maker, key) OWN_SLOT(maker, maker_off[key])
 static const int maker_fields[] = {S_FAST, S_STATE, S_DICT_TYPE, S_LOCK_FACTORY, S_MAXLEN, S_MAX_VALUE_LEN};
 #define N_MAKER_FIELDS ((int)(sizeof(maker_fields) / sizeof(maker_fields[0])))
+/* the span's attributes (fastspan.Attributes): the offsets of _dict, _lock and of the fields the maker's _state
+ * gives values for, in attribute_state's order (maxlen, dropped, max_value_len, _immutable) */
+#define N_ATTRIBUTE_STATE 4
+static Py_ssize_t attributes_dict_off, attributes_lock_off, attributes_immutable_off;
+static Py_ssize_t attributes_state_off[N_ATTRIBUTE_STATE];
 static PyObject *bits128, *bits64, *kw_parent_context;
 
 /* start_span's parameters, in order, and their defaults (set by configure) */
@@ -233,7 +240,7 @@ new_lock(PyObject *factory)
 static int
 make_attributes(PyObject *maker, PyObject *attributes, PyObject **out)
 {
-    PyObject *made = NULL, *state = NULL, *stored = NULL, *lock = NULL;
+    PyObject *made = NULL, *stored = NULL, *lock = NULL;
     if (Py_TYPE(maker) != (PyTypeObject *)conf[C_MAKER])
         goto general;
     /* (borrowed from the maker, which the caller holds: nothing below replaces them) */
@@ -243,7 +250,8 @@ make_attributes(PyObject *maker, PyObject *attributes, PyObject **out)
     PyObject *factory = MF(maker, S_LOCK_FACTORY);
     PyObject *maxlen = MF(maker, S_MAXLEN);
     PyObject *max_value_len = MF(maker, S_MAX_VALUE_LEN);
-    if (fast != Py_True || proto == NULL || !PyDict_CheckExact(proto) || dict_type != (PyObject *)&PyDict_Type
+    if (fast != Py_True || proto == NULL || !PyTuple_CheckExact(proto) || PyTuple_GET_SIZE(proto) != N_ATTRIBUTE_STATE
+        || dict_type != (PyObject *)&PyDict_Type
         || factory == NULL || maxlen == NULL || max_value_len == NULL)
         goto fail_or_general;
     if (attributes == Py_None || (PyDict_CheckExact(attributes) && PyDict_GET_SIZE(attributes) == 0))
@@ -266,13 +274,10 @@ make_attributes(PyObject *maker, PyObject *attributes, PyObject **out)
     made = PyBaseObject_Type.tp_new((PyTypeObject *)conf[C_BOUNDED], own_empty_tuple, NULL);
     if (made == NULL)
         goto fail;
-    state = PyDict_Copy(proto);
-    if (state == NULL || PyDict_SetItem(state, S[S_SDICT], stored) < 0 || PyDict_SetItem(state, S[S_LOCK], lock) < 0
-        || PyObject_SetAttr(made, S[S_DUNDER_DICT], state) < 0)
-        goto fail;
-    Py_DECREF(state);
-    Py_DECREF(stored);
-    Py_DECREF(lock);
+    for (int i = 0; i < N_ATTRIBUTE_STATE; i++)
+        own_slot_set(made, attributes_state_off[i], PyTuple_GET_ITEM(proto, i));
+    OWN_SLOT(made, attributes_dict_off) = stored;  /* (the references move into the slots) */
+    OWN_SLOT(made, attributes_lock_off) = lock;
     *out = made;
     return OK;
 fail_or_general:
@@ -283,7 +288,6 @@ general:
     return *out == NULL ? RAISE : OK;
 fail:
     Py_XDECREF(made);
-    Py_XDECREF(state);
     Py_XDECREF(stored);
     Py_XDECREF(lock);
     return FAIL;
@@ -873,7 +877,7 @@ static int
 set_attribute_fast(PyObject *self, PyObject *key, PyObject *value)
 {
     int status = DECLINE;
-    PyObject *ad = NULL, *lock = NULL, *r;
+    PyObject *lock = NULL, *r;
     if (fail_next > 0) {
         fail_next--;
         PyErr_SetString(PyExc_RuntimeError, "_span_native: a failure for the tests");
@@ -918,12 +922,7 @@ set_attribute_fast(PyObject *self, PyObject *key, PyObject *value)
         lock = NULL;
         goto out;
     }
-    ad = instance_dict(attributes);
-    if (ad == NULL) {
-        lock = NULL;
-        goto out;
-    }
-    PyObject *stored = PyDict_GetItemWithError(ad, S[S_SDICT]);
+    PyObject *stored = OWN_SLOT(attributes, attributes_dict_off);
     if (stored == NULL || !PyDict_CheckExact(stored)) {
         lock = NULL;
         goto out;
@@ -955,7 +954,6 @@ set_attribute_fast(PyObject *self, PyObject *key, PyObject *value)
         status = FAIL;
 out:
     Py_XDECREF(lock);
-    Py_XDECREF(ad);
     if (status != OK && PyErr_Occurred())
         status = FAIL;
     return status;
@@ -1015,12 +1013,8 @@ end_fast(PyObject *self, PyObject *end_time)
         if (now != NULL) {
             changed = 1;
             Py_SETREF(SF(self, S_END_TIME), now);  /* (the None it replaces: nothing runs) */
-            PyObject *ad = instance_dict(attributes);
-            if (ad != NULL && PyDict_SetItem(ad, S[S_IMMUTABLE], Py_True) == 0)
-                status = OK;
-            else if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_TypeError, "BoundedAttributes without a dict");
-            Py_XDECREF(ad);
+            own_slot_set(attributes, attributes_immutable_off, Py_True);  /* (a bool replaced: nothing runs) */
+            status = OK;
         }
     }
     if (release_keeping_error(lock) < 0) {
@@ -1215,6 +1209,22 @@ configure(PyObject *module, PyObject *names)
             return NULL;
         }
     }
+    PyTypeObject *bounded = (PyTypeObject *)got[C_BOUNDED];
+    PyObject *state_names = got[C_ATTRIBUTE_STATE];
+    Py_ssize_t a_dict = own_slot_offset(bounded, S[S_SDICT]), a_lock = own_slot_offset(bounded, S[S_LOCK]),
+               a_immutable = own_slot_offset(bounded, S[S_IMMUTABLE]), a_state[N_ATTRIBUTE_STATE];
+    if (a_dict < 0 || a_lock < 0 || a_immutable < 0 || !PyTuple_CheckExact(state_names)
+        || PyTuple_GET_SIZE(state_names) != N_ATTRIBUTE_STATE) {
+        PyErr_SetString(PyExc_TypeError, "configure(): the attributes class's slots are not as read here");
+        return NULL;
+    }
+    for (int i = 0; i < N_ATTRIBUTE_STATE; i++) {
+        PyObject *name = PyTuple_GET_ITEM(state_names, i);
+        if (!PyUnicode_Check(name) || (a_state[i] = own_slot_offset(bounded, name)) < 0) {
+            PyErr_Format(PyExc_TypeError, "configure(): %R is not a slot of the attributes class", name);
+            return NULL;
+        }
+    }
     Py_ssize_t maker_named[N_STR];
     for (int k = 0; k < N_STR; k++)
         maker_named[k] = -1;
@@ -1270,6 +1280,10 @@ configure(PyObject *module, PyObject *names)
     has_is_enabled = is_enabled;
     memcpy(span_off, named, sizeof(named));
     memcpy(maker_off, maker_named, sizeof(maker_named));
+    attributes_dict_off = a_dict;
+    attributes_lock_off = a_lock;
+    attributes_immutable_off = a_immutable;
+    memcpy(attributes_state_off, a_state, sizeof(a_state));
     n_slots = PyTuple_GET_SIZE(slots);
     memcpy(slot_off, offsets, (size_t)n_slots * sizeof(Py_ssize_t));
     configured = 1;

@@ -32,7 +32,10 @@ _FRAME = 6  # bytes framing one encoded span in a request (tag, length)
 class QueueBudget:
     """Spans queued (as the BatchSpanProcessor counts them: until taken for export) and encoded bytes
     held (until their export returns: a batch stuck on a hung collector is memory too). A span over
-    either bound is refused, and counted dropped. Spans not encoded as they ended count as 0 bytes."""
+    either bound is refused, and counted dropped. Spans not encoded as they ended count as 0 bytes.
+    Its fields are slots: the C on_end reads them at each span's end."""
+
+    __slots__ = ("max_spans", "max_bytes", "_lock", "spans", "bytes")
 
     def __init__(self, max_spans: int, max_bytes: int):
         self.max_spans = max_spans
@@ -260,7 +263,12 @@ class CountingProcessor(SpanProcessor):
     dropped = ended - handed to the exporter (after a flush): the queue was full
     (in spans or in bytes, see QueueBudget) or the process ended before they
     could be sent.
+
+    Its fields are slots: the C on_end (below) reads them at each span's end.
     """
+
+    __slots__ = ("processor", "health", "_prepare", "_encode", "_admit", "_pending", "_counter", "_on_end",
+                 "_sampled_only")
 
     def __init__(self, processor: SpanProcessor, health: CountingExporter, prepare=None, budget: QueueBudget = None):
         self.processor = processor
@@ -375,7 +383,7 @@ def use_native_on_end(on: bool) -> bool:
     try:
         from .fastspan import Span
 
-        _otlp_native.configure_on_end(_python_on_end, QueueBudget, QueueBudget.admit, Span)
+        _otlp_native.configure_on_end(_python_on_end, QueueBudget, QueueBudget.admit, Span, CountingProcessor)
         _otlp_native.configure_emit(compat.known_batch_emit(), threading.Event, collections.deque)
         CountingProcessor.on_end = _otlp_native.as_method(_otlp_native.counting_on_end)
     except Exception as exc:

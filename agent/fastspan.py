@@ -2,8 +2,9 @@
 
 `Span` IS the SDK's span (a subclass of `opentelemetry.sdk.trace.Span`, so a
 `ReadableSpan` and an API `Span` to every processor, exporter, sampler and
-program), keeping its fields under the SDK's names; it inherits everything
-but the few methods where the time went:
+program), keeping its fields under the SDK's names (in slots, as are its
+attributes', `Attributes`); it inherits everything but the few methods where
+the time went:
 
 - made without the SDK's constructor: attributes of plain values (str, int,
   float, bool within the limits: what instrumentors pass) go into the
@@ -94,9 +95,20 @@ def _sdk_random_ids(generator) -> bool:
             and tuple(getattr(kind, name, None) for name in _ID_METHODS) == _SDK_IDS)
 
 
+class Attributes(BoundedAttributes):
+    """The SDK's BoundedAttributes (its methods, its rules, an instance of it to every check), its fields in
+    slots: a span's start, each attribute set, its end and its encoding read and write them (in C, by offset)."""
+
+    __slots__ = ("_dict", "maxlen", "dropped", "max_value_len", "_lock", "_immutable")
+
+
+# what BoundedAttributes' constructor sets besides _dict and _lock, in the order _AttributeMaker keeps them
+_ATTRIBUTE_STATE = ("maxlen", "dropped", "max_value_len", "_immutable")
+
+
 class _AttributeMaker:
-    """BoundedAttributes for one tracer's limits, made without cleaning when every key is a non-empty str
-    and every value a str/int/float/bool within the limits: for those the cleaning changes nothing, so the
+    """BoundedAttributes for one tracer's limits (`Attributes`), made without cleaning when every key is a non-empty
+    str and every value a str/int/float/bool within the limits: for those the cleaning changes nothing, so the
     result is the constructor's (checked once against it; else the constructor is used every time).
     Its fields are slots: the C reads them at each span and each attribute set."""
 
@@ -113,10 +125,10 @@ class _AttributeMaker:
     def _prepare(self) -> None:
         proto = BoundedAttributes(self.maxlen, None, immutable=False, max_value_len=self.max_value_len)
         state = dict(vars(proto))
-        if not (isinstance(state.get("_dict"), dict) and "_lock" in state and state.get("dropped") == 0
-                and state.get("_immutable") is False and self.maxlen != 0):
+        if not (set(state) == set(_ATTRIBUTE_STATE) | {"_dict", "_lock"} and isinstance(state["_dict"], dict)
+                and state["dropped"] == 0 and state["_immutable"] is False and self.maxlen != 0):
             return
-        self._state = state
+        self._state = tuple(state[name] for name in _ATTRIBUTE_STATE)
         self._dict_type = type(state["_dict"])
         self._lock_type = type(proto._lock)
         self._lock_factory = threading.RLock if self._lock_type is type(threading.RLock()) else threading.Lock
@@ -127,7 +139,7 @@ class _AttributeMaker:
         self.fast = True
         ours = self.make(probe)
         same = (type(ours._lock) is self._lock_type and list(ours._dict.items()) == list(real._dict.items())
-                and {k: v for k, v in vars(ours).items() if k not in ("_lock", "_dict")}
+                and {name: getattr(ours, name) for name in _ATTRIBUTE_STATE}
                 == {k: v for k, v in vars(real).items() if k not in ("_lock", "_dict")})
         self.fast = same
 
@@ -149,13 +161,13 @@ class _AttributeMaker:
 
     def make(self, attributes) -> BoundedAttributes:
         if self.fast and (not attributes or self.plain(attributes)):
-            made = _new(BoundedAttributes)
-            state = made.__dict__
-            state.update(self._state)
-            state["_dict"] = self._dict_type(attributes) if attributes else self._dict_type()
-            state["_lock"] = self._lock_factory()
+            made = _new(Attributes)
+            made.maxlen, made.dropped, made.max_value_len, made._immutable = self._state
+            made._dict = self._dict_type(attributes) if attributes else self._dict_type()
+            made._lock = self._lock_factory()
             return made
-        return BoundedAttributes(self.maxlen, attributes, immutable=False, max_value_len=self.max_value_len)
+        # the constructor's cleaning and limits, on this class (the C and the encoder read it by offset)
+        return Attributes(self.maxlen, attributes, immutable=False, max_value_len=self.max_value_len)
 
 
 # the fields trace-run's spans are made with (the SDK 1.33-1.45 constructor's), then trace-run's own
@@ -643,7 +655,7 @@ def use_native(on: bool) -> bool:
     try:
         start, set_attribute, end, recording, rename = _NATIVE.configure({
             "tracer": Tracer, "span": Span, "span_slots": _SLOTS, "maker": _AttributeMaker,
-            "bounded": BoundedAttributes,
+            "bounded": Attributes, "attribute_state": _ATTRIBUTE_STATE,
             "span_context": SpanContext, "non_recording": NonRecordingSpan, "context": _Context,
             "default_state": DEFAULT_TRACE_STATE, "root_sampled": _ROOT_SAMPLED, "root_dropped": _ROOT_DROPPED,
             "sampled": _SAMPLED, "sampled_random": _SAMPLED_RANDOM if _RANDOM_FLAG is not None else _SAMPLED,

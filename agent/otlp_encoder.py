@@ -304,7 +304,7 @@ class Encoder:
         start, end = span._start_time, span._end_time
         parts.append(_pack_times(0x39, start, 0x41, end) if start and end else _times(start, end))
         attributes = span._attributes
-        if type(attributes) is _BoundedAttributes:
+        if type(attributes) is _OwnAttributes or type(attributes) is _BoundedAttributes:
             if attributes._dict:
                 parts += self._span_attributes(attributes._dict)
             if attributes.dropped:
@@ -522,8 +522,10 @@ def _own_span_type() -> Optional[type]:
     module = sys.modules.get("trace_run.agent.fastspan")
     if module is None:
         return None
-    global _BoundedAttributes
+    global _BoundedAttributes, _OwnAttributes
     from opentelemetry.attributes import BoundedAttributes as _BoundedAttributes
+
+    _OwnAttributes = module.Attributes
 
     _OWN_SPAN[:] = [module.Span if _context_layout() else None, module._UNSET]
     global _EMPTY_TRACE_STATE
@@ -552,12 +554,13 @@ def _configure_native(unset_status) -> None:
     try:
         _otlp_native.configure(tuple((kind, _KIND[id(kind)][1]) for kind in SpanKind),
                                tuple((code, _CODE[id(code)]) for code in StatusCode),
-                               unset_status, Status, _EMPTY_TRACE_STATE, _BoundedAttributes, _OWN_SPAN[0], Encoded)
+                               unset_status, Status, _EMPTY_TRACE_STATE, _OwnAttributes, _OWN_SPAN[0], Encoded)
     except Exception as exc:  # left unconfigured: the Python path encodes every span
         log.debug("native span encoder not configured (%s: %s)" % (type(exc).__name__, exc))
 
 
 _BoundedAttributes = None  # opentelemetry.attributes.BoundedAttributes, with fastspan.Span
+_OwnAttributes = None  # fastspan.Attributes (the SDK's class, its fields in slots), with fastspan.Span
 _EMPTY_TRACE_STATE = None  # the API's DEFAULT_TRACE_STATE (empty), with fastspan.Span
 
 

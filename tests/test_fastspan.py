@@ -594,10 +594,13 @@ def test_attributes_taken_as_they_are_only_where_the_cleaning_would_keep_them(at
     assert maker.fast and maker.plain(attributes) is plain
     assert fastspan._AttributeMaker(None, None).plain({"a": "x" * 1000, "b": False}) is True
     for maxlen, max_value_len in ((4, 5), (None, None), (4, None), (None, 5)):  # make: the constructor's result
-        made = fastspan._AttributeMaker(maxlen, max_value_len).make(attributes)
+        maker = fastspan._AttributeMaker(maxlen, max_value_len)
+        made = maker.make(attributes)
         real = BoundedAttributes(maxlen, attributes, immutable=False, max_value_len=max_value_len)
-        assert (type(made), list(made.items()), made.dropped, made.maxlen, made.max_value_len, made._immutable) == (
-            type(real), list(real.items()), real.dropped, real.maxlen, real.max_value_len, real._immutable)
+        assert (list(made.items()), made.dropped, made.maxlen, made.max_value_len, made._immutable) == (
+            list(real.items()), real.dropped, real.maxlen, real.max_value_len, real._immutable)
+        # taken as they are or cleaned by the constructor: the slotted subclass
+        assert isinstance(made, BoundedAttributes) and type(made) is fastspan.Attributes
 
 
 def test_ids_of_the_sdks_random_generator_are_drawn_as_it_draws_them(monkeypatch):

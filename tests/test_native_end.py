@@ -372,7 +372,7 @@ def test_the_c_on_end_takes_its_cases_and_hands_the_rest_to_python():
 
     try:
         _otlp_native.configure_on_end(python_on_end, exporthealth.QueueBudget, exporthealth.QueueBudget.admit,
-                                      fastspan.Span)
+                                      fastspan.Span, exporthealth.CountingProcessor)
         queue = _Queue()
         health = _Health(_Built())
         counting = exporthealth.CountingProcessor(queue, health, prepare=sdk._preencoder(health),

@@ -128,7 +128,9 @@ def _state(span, tracer):
         elif key in ("_context", "_parent"):
             out.append((key, _context(value)))
         elif key == "_attributes":
-            attrs = vars(value)
+            # its fields: the slots set (fastspan.Attributes) and its instance dict (the SDK's class: all there)
+            attrs = {k: getattr(value, k) for k in getattr(type(value), "__slots__", ()) if hasattr(value, k)}
+            attrs.update(vars(value))
             out.append((key, type(value), list(attrs), list(value._dict.items()),
                         [type(v) for v in value._dict.values()], type(value._dict), type(attrs["_lock"]),
                         {k: v for k, v in attrs.items() if k not in ("_dict", "_lock")}))
@@ -207,7 +209,7 @@ def test_attributes_and_set_attribute_any_values_and_limits(attributes, sets, ma
     assert _spans_view(spans1, t1) == _spans_view(spans2, t2)
     assert warnings1 == warnings2
     for span in spans1:
-        assert type(span._attributes) is BoundedAttributes
+        assert isinstance(span._attributes, BoundedAttributes)
         assert span._attributes.maxlen == t1._span_limits.max_span_attributes
 
 
