@@ -96,10 +96,10 @@ static Py_ssize_t maker_off[N_STR];
 static const int maker_fields[] = {S_FAST, S_STATE, S_DICT_TYPE, S_LOCK_FACTORY, S_MAXLEN, S_MAX_VALUE_LEN};
 #define N_MAKER_FIELDS ((int)(sizeof(maker_fields) / sizeof(maker_fields[0])))
 /* the span's attributes (fastspan.Attributes): the offsets of _dict, _lock and of the fields the maker's _state
- * gives values for, in attribute_state's order (maxlen, dropped, max_value_len, _immutable) */
-#define N_ATTRIBUTE_STATE 4
+ * gives values for, in attribute_state's order (maxlen, dropped, max_value_len, _immutable; an older SDK's more) */
+#define MAX_ATTRIBUTE_STATE 8
 static Py_ssize_t attributes_dict_off, attributes_lock_off, attributes_immutable_off;
-static Py_ssize_t attributes_state_off[N_ATTRIBUTE_STATE];
+static Py_ssize_t attributes_state_off[MAX_ATTRIBUTE_STATE], n_attribute_state;
 static PyObject *bits128, *bits64, *kw_parent_context;
 
 /* start_span's parameters, in order, and their defaults (set by configure) */
@@ -250,7 +250,7 @@ make_attributes(PyObject *maker, PyObject *attributes, PyObject **out)
     PyObject *factory = MF(maker, S_LOCK_FACTORY);
     PyObject *maxlen = MF(maker, S_MAXLEN);
     PyObject *max_value_len = MF(maker, S_MAX_VALUE_LEN);
-    if (fast != Py_True || proto == NULL || !PyTuple_CheckExact(proto) || PyTuple_GET_SIZE(proto) != N_ATTRIBUTE_STATE
+    if (fast != Py_True || proto == NULL || !PyTuple_CheckExact(proto) || PyTuple_GET_SIZE(proto) != n_attribute_state
         || dict_type != (PyObject *)&PyDict_Type
         || factory == NULL || maxlen == NULL || max_value_len == NULL)
         goto fail_or_general;
@@ -274,7 +274,7 @@ make_attributes(PyObject *maker, PyObject *attributes, PyObject **out)
     made = PyBaseObject_Type.tp_new((PyTypeObject *)conf[C_BOUNDED], own_empty_tuple, NULL);
     if (made == NULL)
         goto fail;
-    for (int i = 0; i < N_ATTRIBUTE_STATE; i++)
+    for (Py_ssize_t i = 0; i < n_attribute_state; i++)
         own_slot_set(made, attributes_state_off[i], PyTuple_GET_ITEM(proto, i));
     OWN_SLOT(made, attributes_dict_off) = stored;  /* (the references move into the slots) */
     OWN_SLOT(made, attributes_lock_off) = lock;
@@ -1212,13 +1212,13 @@ configure(PyObject *module, PyObject *names)
     PyTypeObject *bounded = (PyTypeObject *)got[C_BOUNDED];
     PyObject *state_names = got[C_ATTRIBUTE_STATE];
     Py_ssize_t a_dict = own_slot_offset(bounded, S[S_SDICT]), a_lock = own_slot_offset(bounded, S[S_LOCK]),
-               a_immutable = own_slot_offset(bounded, S[S_IMMUTABLE]), a_state[N_ATTRIBUTE_STATE];
+               a_immutable = own_slot_offset(bounded, S[S_IMMUTABLE]), a_state[MAX_ATTRIBUTE_STATE];
     if (a_dict < 0 || a_lock < 0 || a_immutable < 0 || !PyTuple_CheckExact(state_names)
-        || PyTuple_GET_SIZE(state_names) != N_ATTRIBUTE_STATE) {
+        || PyTuple_GET_SIZE(state_names) > MAX_ATTRIBUTE_STATE) {
         PyErr_SetString(PyExc_TypeError, "configure(): the attributes class's slots are not as read here");
         return NULL;
     }
-    for (int i = 0; i < N_ATTRIBUTE_STATE; i++) {
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(state_names); i++) {
         PyObject *name = PyTuple_GET_ITEM(state_names, i);
         if (!PyUnicode_Check(name) || (a_state[i] = own_slot_offset(bounded, name)) < 0) {
             PyErr_Format(PyExc_TypeError, "configure(): %R is not a slot of the attributes class", name);
@@ -1283,6 +1283,7 @@ configure(PyObject *module, PyObject *names)
     attributes_dict_off = a_dict;
     attributes_lock_off = a_lock;
     attributes_immutable_off = a_immutable;
+    n_attribute_state = PyTuple_GET_SIZE(state_names);
     memcpy(attributes_state_off, a_state, sizeof(a_state));
     n_slots = PyTuple_GET_SIZE(slots);
     memcpy(slot_off, offsets, (size_t)n_slots * sizeof(Py_ssize_t));

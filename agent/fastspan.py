@@ -99,11 +99,20 @@ class Attributes(BoundedAttributes):
     """The SDK's BoundedAttributes (its methods, its rules, an instance of it to every check), its fields in
     slots: a span's start, each attribute set, its end and its encoding read and write them (in C, by offset)."""
 
-    __slots__ = ("_dict", "maxlen", "dropped", "max_value_len", "_lock", "_immutable")
+    __slots__ = ("_dict", "maxlen", "dropped", "max_value_len", "_lock", "_immutable", "_extended_attributes")
 
 
-# what BoundedAttributes' constructor sets besides _dict and _lock, in the order _AttributeMaker keeps them
-_ATTRIBUTE_STATE = ("maxlen", "dropped", "max_value_len", "_immutable")
+def _attribute_state() -> tuple:
+    """What BoundedAttributes' constructor sets besides _dict and _lock, in its order (the SDK 1.33-1.36 one sets
+    _extended_attributes too): what _AttributeMaker copies into each new one, where all are Attributes' slots."""
+    try:
+        made = vars(BoundedAttributes(None, None, immutable=False, max_value_len=None))
+    except Exception:
+        return ()
+    return tuple(name for name in made if name not in ("_dict", "_lock"))
+
+
+_ATTRIBUTE_STATE = _attribute_state()
 
 
 class _AttributeMaker:
@@ -126,7 +135,8 @@ class _AttributeMaker:
         proto = BoundedAttributes(self.maxlen, None, immutable=False, max_value_len=self.max_value_len)
         state = dict(vars(proto))
         if not (set(state) == set(_ATTRIBUTE_STATE) | {"_dict", "_lock"} and isinstance(state["_dict"], dict)
-                and state["dropped"] == 0 and state["_immutable"] is False and self.maxlen != 0):
+                and set(_ATTRIBUTE_STATE) <= set(Attributes.__slots__)
+                and state.get("dropped") == 0 and state.get("_immutable") is False and self.maxlen != 0):
             return
         self._state = tuple(state[name] for name in _ATTRIBUTE_STATE)
         self._dict_type = type(state["_dict"])
@@ -162,7 +172,8 @@ class _AttributeMaker:
     def make(self, attributes) -> BoundedAttributes:
         if self.fast and (not attributes or self.plain(attributes)):
             made = _new(Attributes)
-            made.maxlen, made.dropped, made.max_value_len, made._immutable = self._state
+            for name, value in zip(_ATTRIBUTE_STATE, self._state):
+                setattr(made, name, value)
             made._dict = self._dict_type(attributes) if attributes else self._dict_type()
             made._lock = self._lock_factory()
             return made
