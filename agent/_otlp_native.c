@@ -54,7 +54,7 @@ static PyObject *field_keys[N_FIELDS];
  * span_type (span_slots 0: not slots as read here, its spans go the Python way) */
 static Py_ssize_t field_off[N_FIELDS], resource_off, scope_off;
 static int span_slots;
-static PyObject *s_dict, *s_dropped, *s_status_code, *s_description, *s_dunder_dict, *k_resource, *k_scope;
+static PyObject *s_dict, *s_dropped, *s_status_code, *s_description, *k_resource, *k_scope;
 
 /* Results of the helpers below: OK, DECLINE (not the common case; no exception set) or ERROR (set). */
 #define OK 0
@@ -864,11 +864,12 @@ configure(PyObject *module, PyObject *args)
     Py_XSETREF(span_type, Py_NewRef(span));
     span_slots = 0;
     if (PyType_Check(span)) {
-        int found = (resource_off = own_slot_offset((PyTypeObject *)span, k_resource)) > 0
-                    && (scope_off = own_slot_offset((PyTypeObject *)span, k_scope)) > 0;
-        for (int i = 0; found && i < N_FIELDS; i++)
-            found = (field_off[i] = own_slot_offset((PyTypeObject *)span, field_keys[i])) > 0;
-        span_slots = found;
+        PyObject *places[2] = {k_resource, k_scope};
+        Py_ssize_t place_off[2];
+        span_slots = own_slot_offsets((PyTypeObject *)span, field_keys, N_FIELDS, field_off)
+                     && own_slot_offsets((PyTypeObject *)span, places, 2, place_off);
+        resource_off = place_off[0];
+        scope_off = place_off[1];
     }
     bounded_dict_off = own_slot_offset((PyTypeObject *)bounded, s_dict);
     bounded_dropped_off = own_slot_offset((PyTypeObject *)bounded, s_dropped);
@@ -1239,13 +1240,9 @@ configure_on_end(PyObject *module, PyObject *args)
     PyObject *counting_keys[N_COUNTING] = {k_counter, k_pending, k_encode, k_prepare, k_admit, k_on_end,
                                            k_sampled_only};
     PyObject *budget_keys[N_BUDGET] = {k_lock, s_spans, s_max_spans, s_bytes, s_max_bytes};
-    int slots = 1;
-    for (int i = 0; slots && i < N_COUNTING; i++)
-        slots = (counting_off[i] = own_slot_offset((PyTypeObject *)counting, counting_keys[i])) > 0;
+    int slots = own_slot_offsets((PyTypeObject *)counting, counting_keys, N_COUNTING, counting_off);
     Py_XSETREF(counting_type, slots ? Py_NewRef(counting) : NULL);
-    slots = 1;
-    for (int i = 0; slots && i < N_BUDGET; i++)
-        slots = (budget_off[i] = own_slot_offset((PyTypeObject *)budget, budget_keys[i])) > 0;
+    slots = own_slot_offsets((PyTypeObject *)budget, budget_keys, N_BUDGET, budget_off);
     Py_XSETREF(budget_type, slots ? Py_NewRef(budget) : NULL);
     Py_XSETREF(budget_admit, Py_NewRef(admit));
     python_on_end = Py_NewRef(on_end);
@@ -1318,7 +1315,6 @@ PyInit__otlp_native(void)
         (s_dropped = PyUnicode_InternFromString("dropped")) == NULL ||
         (s_status_code = PyUnicode_InternFromString("_status_code")) == NULL ||
         (s_description = PyUnicode_InternFromString("_description")) == NULL ||
-        (s_dunder_dict = PyUnicode_InternFromString("__dict__")) == NULL ||
         (k_resource = PyUnicode_InternFromString("_resource")) == NULL ||
         (k_scope = PyUnicode_InternFromString("_instrumentation_scope")) == NULL)
         return NULL;

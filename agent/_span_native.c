@@ -63,7 +63,7 @@ enum {
     S_ROOT_BOUND, S_CHILD_SAMPLED, S_TRACER_CONFIG, S_IS_ENABLED, S_SPAN_FIELDS, S_MAKER, S_RESOURCE, S_SAMPLER,
     S_SPAN_PROCESSOR, S_SPAN_LIMITS, S_METRICS_OFF, S_METRICS, S_ID_GENERATOR, S_FIELDS_OK, S_GETRANDBITS,
     S_GENERATE_TRACE_ID, S_GENERATE_SPAN_ID, S_GET_CURRENT, S_CRLOCK, S_FAST, S_STATE, S_DICT_TYPE,
-    S_LOCK_FACTORY, S_MAXLEN, S_MAX_VALUE_LEN, S_MAKE, S_DUNDER_DICT, S_ROUTE_KEY, S_SPAN_PROCESSORS, S_ON_START,
+    S_LOCK_FACTORY, S_MAXLEN, S_MAX_VALUE_LEN, S_MAKE, S_ROUTE_KEY, S_SPAN_PROCESSORS, S_ON_START,
     S_PARENT_CONTEXT, S_GET, S_INIT,
     /* span fields, in the order of start_span's dict display */
     S_NAME, S_CONTEXT, S_KIND, S_PARENT, S_START_TIME, S_ATTRIBUTES, S_FRESOURCE, S_FSAMPLER, S_RECORD_EXCEPTION,
@@ -75,7 +75,7 @@ static const char *str_values[N_STR] = {
     "_root_bound", "_child_sampled", "_tracer_config", "is_enabled", "_span_fields", "_maker", "resource",
     "sampler", "span_processor", "_span_limits", "_metrics_off", "_metrics", "id_generator", "_fields_ok",
     "getrandbits", "generate_trace_id", "generate_span_id", "get_current", "_CRLock", "fast", "_state",
-    "_dict_type", "_lock_factory", "maxlen", "max_value_len", "make", "__dict__", "_trace_run_route",
+    "_dict_type", "_lock_factory", "maxlen", "max_value_len", "make", "_trace_run_route",
     "_span_processors", "on_start", "parent_context", "get", "__init__",
     "_name", "_context", "_kind", "_parent", "_start_time", "_attributes", "_resource", "_sampler",
     "_record_exception", "_set_status_on_exception", "_span_processor", "_limits", "_lock", "_record_end_metrics",

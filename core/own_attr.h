@@ -136,6 +136,16 @@ own_slot_offset(PyTypeObject *type, PyObject *name)
     return m->offset;
 }
 
+/* each name's offset in out[] (own_slot_offset): 1 where all are slots of `type`, else 0 */
+static inline int
+own_slot_offsets(PyTypeObject *type, PyObject *const *names, int n, Py_ssize_t *out)
+{
+    for (int i = 0; i < n; i++)
+        if ((out[i] = own_slot_offset(type, names[i])) < 0)
+            return 0;
+    return 1;
+}
+
 /* the slot at `offset` of obj (borrowed; NULL: never set) */
 #define OWN_SLOT(obj, offset) (*(PyObject **)((char *)(obj) + (offset)))
 
