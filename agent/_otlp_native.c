@@ -906,12 +906,13 @@ static PyObject *budget_admit;      /* its admit function */
 static PyObject *k_lock, *s_build, *k_counter, *k_pending, *k_encode, *k_prepare, *k_admit,
     *k_on_end, *k_sampled_only, *s_spans, *s_bytes, *s_max_spans, *s_max_bytes;
 
-/* borrowed items of `dict` under `keys`; 0 if one is missing (no exception), -1 on an error */
+/* borrowed items of `dict` under `keys` (a long-lived object's: memos[i] keeps keys[i]'s, own_attr.h); 0 if one is
+ * missing (no exception), -1 on an error */
 static int
-items_of(PyObject *dict, PyObject **keys, PyObject **out, int n)
+items_of(PyObject *dict, PyObject **keys, PyObject **out, int n, OwnMemo *memos)
 {
     for (int i = 0; i < n; i++) {
-        out[i] = PyDict_GetItemWithError(dict, keys[i]);
+        out[i] = own_memo_get(dict, keys[i], &memos[i]);
         if (out[i] == NULL)
             return PyErr_Occurred() ? -1 : 0;
     }
@@ -1028,7 +1029,8 @@ emit_inline(PyObject *processor, PyObject *item)
         return -1;
     PyObject *keys[5] = {k_shutdown, k_pid, k_queue, k_max_queue, k_max_batch};
     PyObject *v[5];
-    int answer = 0, found = items_of(state, keys, v, 5);
+    static OwnMemo memos[5];
+    int answer = 0, found = items_of(state, keys, v, 5, memos);
     if (found <= 0 || v[0] != Py_False || !PyLong_CheckExact(v[1]) || (PyObject *)Py_TYPE(v[2]) != deque_type ||
         !PyLong_CheckExact(v[3]) || !PyLong_CheckExact(v[4])) {
         Py_DECREF(state);

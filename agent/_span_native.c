@@ -81,6 +81,7 @@ static const char *str_values[N_STR] = {
     "_record_exception", "_set_status_on_exception", "_span_processor", "_limits", "_lock", "_record_end_metrics",
     "_end_time", "_dict", "_immutable", "_on_ending", "end_time"};
 static PyObject *S[N_STR];
+static OwnMemo memo[N_STR];  /* get()'s, by the name's index in S */
 
 /* the span class's slots (core/own_attr.h): each field's offset by its name's index in S (set by configure for
  * the span fields named above and _maker), and every slot's, in the order of span_slots (the tracer's
@@ -116,11 +117,12 @@ static PyObject *param_str[N_PARAMS];
 #define FAIL 2
 #define RAISE 3
 
-/* `d[key]` (borrowed), NULL with no exception where it is not there */
+/* `d[S[key]]` (borrowed), NULL with no exception where it is not there; d a module's globals or the tracer's
+ * dict, its last answer kept while d is unchanged (own_attr.h's memo) */
 static inline PyObject *
-get(PyObject *d, PyObject *key)
+get(PyObject *d, int key)
 {
-    return PyDict_GetItemWithError(d, key);
+    return own_memo_get(d, S[key], &memo[key]);
 }
 
 /* an object's instance __dict__ (new reference) where it is an exact dict, else NULL (an exception maybe set) */
@@ -227,7 +229,7 @@ static PyObject *
 new_lock(PyObject *factory)
 {
     if (factory == conf[C_RLOCK_FUNCTION]) {
-        PyObject *crlock = get(conf[C_THREADING_DICT], S[S_CRLOCK]);
+        PyObject *crlock = get(conf[C_THREADING_DICT], S_CRLOCK);
         if (crlock != NULL && crlock != Py_None)
             return PyObject_CallNoArgs(crlock);
         if (PyErr_Occurred())
@@ -301,7 +303,7 @@ fail:
 static int
 draw(PyObject *bits, PyObject *self, PyObject *redraw, PyObject **out)
 {
-    PyObject *getrandbits = get(conf[C_RANDOM_DICT], S[S_GETRANDBITS]);
+    PyObject *getrandbits = get(conf[C_RANDOM_DICT], S_GETRANDBITS);
     if (getrandbits == NULL) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_AttributeError, "random has no getrandbits");
@@ -436,7 +438,7 @@ enabled(PyObject *td)
 {
     if (!has_is_enabled)
         return 1;
-    PyObject *config = get(td, S[S_TRACER_CONFIG]);
+    PyObject *config = get(td, S_TRACER_CONFIG);
     if (config == NULL)
         return PyErr_Occurred() ? -1 : 0;
     PyObject *flag = own_attr(config, S[S_IS_ENABLED], &g_is_enabled);
@@ -542,7 +544,7 @@ parse(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, PyObject **p)
 static PyObject *
 late_field(PyObject *self, PyObject *td, int key)
 {
-    PyObject *value = get(td, S[key]);
+    PyObject *value = get(td, key);
     if (value != NULL)
         return Py_NewRef(value);
     if (PyErr_Occurred())
@@ -575,12 +577,12 @@ recordable(PyObject *td, PyObject **record_end_metrics)
     int ok = fields_ok();
     if (ok <= 0)
         return ok < 0 ? FAIL : DECLINE;
-    PyObject *off = get(td, S[S_METRICS_OFF]);
+    PyObject *off = get(td, S_METRICS_OFF);
     if (off == Py_True) {
         *record_end_metrics = conf[C_NOOP_END];
         return OK;
     }
-    if (off == Py_False && get(td, S[S_METRICS]) == Py_None) {
+    if (off == Py_False && get(td, S_METRICS) == Py_None) {
         *record_end_metrics = Py_None;
         return OK;
     }
@@ -641,7 +643,7 @@ start_span_fast(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObjec
     /* the span in the context: (context or the current one).get(_SPAN_KEY) */
     PyObject *context = p[1], *where;
     if (context == Py_None) {
-        PyObject *get_current = PyDict_GetItemWithError(conf[C_RUNTIME_DICT], S[S_GET_CURRENT]);
+        PyObject *get_current = get(conf[C_RUNTIME_DICT], S_GET_CURRENT);
         if (get_current == NULL) {
             status = PyErr_Occurred() ? FAIL : DECLINE;
             goto done;
@@ -669,7 +671,7 @@ start_span_fast(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObjec
     }
 
     if (current == Py_None) {
-        PyObject *root_bound = get(td, S[S_ROOT_BOUND]);
+        PyObject *root_bound = get(td, S_ROOT_BOUND);
         if (root_bound == NULL || root_bound == Py_None) {
             status = PyErr_Occurred() ? FAIL : DECLINE;
             goto done;
@@ -711,7 +713,7 @@ start_span_fast(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObjec
         parent = Py_None;
     }
     else if (Py_TYPE(current) == (PyTypeObject *)conf[C_SPAN]) {
-        PyObject *child_sampled = get(td, S[S_CHILD_SAMPLED]);
+        PyObject *child_sampled = get(td, S_CHILD_SAMPLED);
         if (child_sampled != Py_True) {
             status = PyErr_Occurred() ? FAIL : DECLINE;
             goto done;

@@ -8,6 +8,64 @@
 #include <Python.h>
 #include <structmember.h>
 
+/* -- a name read from a long-lived dict at each call -----------------------------------------------------------
+ * A module's globals (the C reads them at each call, so that a function a program replaced is the one called) and
+ * the tracer's instance dict (read at every span) are read by name at every request or span, ~100 instructions a
+ * probe. CPython gives a dict a new version tag at every change, drawn from one counter for all dicts (3.9 to
+ * 3.13; from 3.14 the tag is gone and every read probes), so the same dict under the same tag holds the same value:
+ * the value kept at the last read is returned with no probe. A memo has OWN_MEMO_WAYS entries, one per dict (the
+ * tracers of several instrumentors take turns at one call site); a dict not among them takes an entry in turn. The
+ * value is borrowed from the dict, which keeps it while its tag is unchanged. */
+#define OWN_MEMO_WAYS 4
+typedef struct {
+    PyObject *dict[OWN_MEMO_WAYS];  /* (compared only) */
+    uint64_t version[OWN_MEMO_WAYS];
+    PyObject *value[OWN_MEMO_WAYS];  /* (borrowed from dict[i]) */
+    unsigned int next;
+} OwnMemo;
+
+#if PY_VERSION_HEX < 0x030E0000
+#define OWN_MEMO_ON 1
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"  /* (3.12 marks the field for removal, in 3.14) */
+#endif
+static inline uint64_t
+own_dict_version(PyObject *dict)
+{
+    return ((PyDictObject *)dict)->ma_version_tag;
+}
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+#else
+#define OWN_MEMO_ON 0
+#endif
+
+/* dict[key], borrowed (NULL: absent, no error set; or an error set), as PyDict_GetItemWithError answers it */
+static inline PyObject *
+own_memo_get(PyObject *dict, PyObject *key, OwnMemo *m)
+{
+#if OWN_MEMO_ON
+    uint64_t version = own_dict_version(dict);
+    int i = 0;
+    while (i < OWN_MEMO_WAYS && m->dict[i] != dict)
+        i++;
+    if (i < OWN_MEMO_WAYS && m->version[i] == version)
+        return m->value[i];
+    PyObject *v = PyDict_GetItemWithError(dict, key);
+    if (i == OWN_MEMO_WAYS)
+        i = (int)(m->next++ % OWN_MEMO_WAYS);
+    m->dict[i] = v != NULL || !PyErr_Occurred() ? dict : NULL;  /* (an absence kept too; an error is not) */
+    m->version[i] = version;
+    m->value[i] = v;
+    return v;
+#else
+    (void)m;
+    return PyDict_GetItemWithError(dict, key);
+#endif
+}
+
 /* -- instance attributes read from the instance's dict, under a guard ---------------------------------------
  * `obj.name` for attributes read at every request or span: read from the instance's dict, as generic getattr
  * reads it there, under a guard armed for one exact type and its version tag: a heap type with generic getattr
@@ -26,6 +84,7 @@ typedef struct {
     PyTypeObject *type;  /* (borrowed: compared only, with its version tag, which no other type gets) */
     unsigned int version;
     int ok;
+    OwnMemo memo;  /* the value read from an instance's dict (long-lived objects: the same dict, unchanged) */
 } OwnAttr;
 
 static getter own_dict_getter;  /* the __dict__ getter of a class made by type() (set at module init) */
@@ -94,7 +153,7 @@ own_attr(PyObject *obj, PyObject *name, OwnAttr *g)
         if (d == NULL)
             PyErr_Clear();
         else {
-            PyObject *v = PyDict_CheckExact(d) ? PyDict_GetItemWithError(d, name) : NULL;
+            PyObject *v = PyDict_CheckExact(d) ? own_memo_get(d, name, &g->memo) : NULL;
             Py_XINCREF(v);
             Py_DECREF(d);
             if (v != NULL || PyErr_Occurred())

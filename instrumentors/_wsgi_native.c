@@ -414,6 +414,7 @@ static const char *name_values[N_NAMES] = {
     "request", "environ", "get", "ENVIRON_KEY", "url_rule", "set_route", "span", "REQUEST_METHOD", "rule",
     "_held_whole", "_response_class", "response", "held_whole"};
 static PyObject *N[N_NAMES];
+static OwnMemo name_memo[N_NAMES];  /* module_name()'s and default_pair()'s, by the name's index in N */
 
 /* a field of the request's (a new reference); AttributeError where Python code deleted it */
 static PyObject *
@@ -431,7 +432,7 @@ field(PyObject *request, PyObject *value, const char *name)
 static PyObject *
 module_name(PyObject *dict, int name, int as_attribute)
 {
-    PyObject *f = PyDict_GetItemWithError(dict, N[name]);
+    PyObject *f = own_memo_get(dict, N[name], &name_memo[name]);
     if (f == NULL) {
         if (!PyErr_Occurred()) {
             if (as_attribute)
@@ -461,10 +462,10 @@ call_runtime(int name, PyObject *const *args, size_t nargs)
 static int
 default_pair(void)
 {
-    PyObject *known = PyDict_GetItemWithError(hconf[H_PROPAGATION], N[N_KNOWN]);
-    PyObject *textmap = PyDict_GetItemWithError(hconf[H_PROPAGATE], N[N_TEXT_FORMAT]);
-    PyObject *get_textmap = PyDict_GetItemWithError(hconf[H_PROPAGATE], N[N_GET_TEXTMAP]);
-    PyObject *function = PyDict_GetItemWithError(hconf[H_PROPAGATION], N[N_DEFAULT_PAIR]);
+    PyObject *known = own_memo_get(hconf[H_PROPAGATION], N[N_KNOWN], &name_memo[N_KNOWN]);
+    PyObject *textmap = own_memo_get(hconf[H_PROPAGATE], N[N_TEXT_FORMAT], &name_memo[N_TEXT_FORMAT]);
+    PyObject *get_textmap = own_memo_get(hconf[H_PROPAGATE], N[N_GET_TEXTMAP], &name_memo[N_GET_TEXTMAP]);
+    PyObject *function = own_memo_get(hconf[H_PROPAGATION], N[N_DEFAULT_PAIR], &name_memo[N_DEFAULT_PAIR]);
     if (PyErr_Occurred())
         return -1;
     if (known != NULL && PyTuple_CheckExact(known) && PyTuple_GET_SIZE(known) == 2 && textmap != NULL
@@ -602,16 +603,52 @@ static PyTypeObject MakerType = BOUND_TYPE("attributes_maker", "server_attribute
  * where that is fastspan's (the tracer's own, or the bound method a FollowingTracer keeps) and its sampler reads
  * neither name nor attributes, the call of start_span it makes is made here. No start_span_deferred (another
  * tracer class), or a replaced wsgi.start_server_span: the Python function. */
+static OwnAttr g_blind, g_tracer_dict;
+static OwnMemo deferred_memo;
+
+/* 1 where `tracer.start_span_deferred` is fastspan's own method, found as generic getattr finds it (the class's
+ * function, no attribute of that name in the instance's dict): known without the bound method getattr would make
+ * at each request; 0 where not (getattr then), -1 error */
+static int
+own_deferred(PyObject *tracer)
+{
+    PyTypeObject *t = Py_TYPE(tracer);
+    if (known_deferred == NULL || t->tp_getattro != PyObject_GenericGetAttr
+        || _PyType_Lookup(t, N[N_DEFERRED]) != known_deferred)
+        return 0;
+    PyObject *d = own_dict(tracer, &g_tracer_dict);
+    if (d == NULL)
+        return PyErr_ExceptionMatches(PyExc_AttributeError) ? (PyErr_Clear(), 0) : -1;
+    int own = 0;
+    if (PyDict_CheckExact(d)) {
+        own = own_memo_get(d, N[N_DEFERRED], &deferred_memo) == NULL;
+        if (PyErr_Occurred())
+            own = -1;
+    }
+    Py_DECREF(d);
+    return own;
+}
+
+/* wsgi.start_server_span(tracer, environ, parent): the tracer's start_span_deferred called as Python calls it;
+ * where that is fastspan's (the tracer's own, or the bound method a FollowingTracer keeps) and its sampler reads
+ * neither name nor attributes, the call of start_span it makes is made here. No start_span_deferred (another
+ * tracer class), or a replaced wsgi.start_server_span: the Python function. */
 static PyObject *
 start_server_span(PyObject *tracer, PyObject *environ, PyObject *parent)
 {
     PyObject *f = module_function(H_GLOBALS, N_START_SERVER_SPAN);
     if (f == NULL)
         return NULL;
-    PyObject *deferred = NULL;
+    PyObject *deferred = NULL, *real = NULL;
+    int known = 0;
     if (f == hconf[H_START_SERVER_SPAN]) {
-        deferred = PyObject_GetAttr(tracer, N[N_DEFERRED]);
-        if (deferred == NULL) {
+        if ((known = own_deferred(tracer)) < 0) {
+            Py_DECREF(f);
+            return NULL;
+        }
+        if (known)
+            real = Py_NewRef(tracer);
+        else if ((deferred = PyObject_GetAttr(tracer, N[N_DEFERRED])) == NULL) {
             if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
                 Py_DECREF(f);
                 return NULL;
@@ -619,14 +656,14 @@ start_server_span(PyObject *tracer, PyObject *environ, PyObject *parent)
             PyErr_Clear();  /* getattr(tracer, "start_span_deferred", None) is None */
         }
     }
-    if (deferred == NULL) {
+    if (deferred == NULL && real == NULL) {
         PyObject *args[3] = {tracer, environ, parent};
         PyObject *span = PyObject_Vectorcall(f, args, 3, NULL);
         Py_DECREF(f);
         return span;
     }
     Py_DECREF(f);
-    PyObject *span = NULL, *make = NULL, *real = NULL, *blind = NULL;
+    PyObject *span = NULL, *make = NULL, *blind = NULL;
     PyObject *attributes = module_function(H_GLOBALS, N_SERVER_ATTRIBUTES);
     if (attributes == NULL)
         goto done;
@@ -634,24 +671,28 @@ start_server_span(PyObject *tracer, PyObject *environ, PyObject *parent)
     Py_DECREF(attributes);
     if (make == NULL)
         goto done;
-    int known = PyMethod_Check(deferred) ? is_known_deferred(PyMethod_GET_FUNCTION(deferred)) : 0;
-    if (known < 0)
-        goto done;
-    if (known) {
-        real = Py_NewRef(PyMethod_GET_SELF(deferred));
-        if ((blind = PyObject_GetAttr(real, N[N_BLIND])) == NULL)
+    if (!known) {
+        known = PyMethod_Check(deferred) ? is_known_deferred(PyMethod_GET_FUNCTION(deferred)) : 0;
+        if (known < 0)
             goto done;
+        if (known)
+            real = Py_NewRef(PyMethod_GET_SELF(deferred));
     }
+    if (known && (blind = own_attr(real, N[N_BLIND], &g_blind)) == NULL)
+        goto done;
     if (blind == Py_True) {
         PyObject *args[10] = {real, S[S_EMPTY], parent, hconf[H_SERVER_KIND], Py_None, own_empty_tuple, Py_None,
                               Py_True, Py_True, make};
         span = PyObject_VectorcallMethod(N[N_START_SPAN], args, 10 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-    } else {
+    } else if (deferred != NULL) {
         PyObject *args[3] = {parent, hconf[H_SERVER_KIND], make};
         span = PyObject_Vectorcall(deferred, args, 3, NULL);
+    } else {  /* the tracer's own method, as the bound method would call it */
+        PyObject *args[4] = {real, parent, hconf[H_SERVER_KIND], make};
+        span = PyObject_VectorcallMethod(N[N_DEFERRED], args, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     }
 done:
-    Py_DECREF(deferred);
+    Py_XDECREF(deferred);
     Py_XDECREF(make);
     Py_XDECREF(real);
     Py_XDECREF(blind);

@@ -921,3 +921,40 @@ def test_a_processor_dict_and_tracer_config_read_through_their_class_descriptors
             del Config.is_enabled
 
     assert [r for _, r in _both(disabled)] == [False, False]
+
+
+def test_the_tracers_fields_are_read_again_once_changed_with_more_tracers_than_the_memo_keeps(fallbacks):
+    """The C keeps the last value it read of a tracer's field while that tracer's dict is unchanged (core/own_attr.h's
+    memo, four tracers a field): six tracers taking turns, each one's resource replaced between rounds (and one's
+    removed, then given back), every span gets its own tracer's resource of that moment, both ways, the C's all
+    without the Python method."""
+    def scenario(first):
+        provider_tracers = [first] + [_tracer() for _ in range(5)]
+        got = []
+        for round_ in range(4):
+            for i, tracer in enumerate(provider_tracers):
+                if round_ and (i + round_) % 2:
+                    tracer.resource = Resource({"service.name": "t%d-r%d" % (i, round_)})
+                span = tracer.start_span("s%d" % i)
+                got.append(span._resource.attributes["service.name"])
+                span.end()
+        removed = provider_tracers[3]
+        kept = removed.__dict__.pop("resource")
+        with pytest.raises(AttributeError, match="resource"):
+            removed.start_span("gone")
+        removed.resource = kept
+        got.append(removed.start_span("back")._resource.attributes["service.name"])
+        return got
+
+    (_, seen1), (_, seen2) = _both(scenario)
+    want = []
+    latest = {}
+    for r in range(4):
+        for i in range(6):
+            if r and (i + r) % 2:
+                latest[i] = "t%d-r%d" % (i, r)
+            want.append(latest.get(i, "n"))
+    want.append(latest.get(3, "n"))
+    assert seen1 == seen2 == want
+    assert len(set(want)) > 6  # the replacements were seen, not only the first values
+    assert fallbacks["start"] == 26 + (0 if _fast() else 26)

@@ -21,6 +21,7 @@ from opentelemetry import context as context_api
 from opentelemetry.sdk.trace import TracerProvider, sampling
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 from support import memory_growth
 from trace_run.agent import fastspan, program_provider
 from trace_run.core import compat, guard, runtime_context
@@ -390,6 +391,52 @@ def test_trace_runs_deferred_start_is_made_in_c_for_the_tracers_instrumentors_ge
              ("default_pair", "propagation.py")}  # (the body's __init__ runs: it is made in Python)
     assert ran and not set(ran) & steps, ran
     assert [s.name for s in exporter.get_finished_spans()] == ([] if kind == "ours off" else ["GET"])
+
+
+def test_the_tracers_own_deferred_start_is_found_as_getattr_finds_it():
+    """The C knows fastspan's own start_span_deferred without the bound method getattr makes: a function of that
+    name in the tracer's own dict (which getattr takes first) is called as getattr would find it, from the next
+    request on, and the class's again once it is gone; `_attribute_blind` read from the instance as it is now."""
+    tracer, exporter = _tracer("ours on")
+    ran = []
+
+    def profile(frame, event, arg):
+        if event == "call" and frame.f_code.co_name == "start_span_deferred":
+            ran.append(os.path.basename(frame.f_code.co_filename))
+
+    def request():
+        ran.clear()
+        sys.setprofile(profile)
+        try:
+            body = native.handle(tracer, _environ(), lambda *a: None, lambda environ, start_response: [b"x"])
+        finally:
+            sys.setprofile(None)
+        assert list(body) == [b"x"]
+        getattr(body, "close", lambda: None)()
+        return list(ran)
+
+    theirs = []
+
+    def start_span_deferred(context, kind, make):
+        theirs.append(kind)
+        return type(tracer).start_span_deferred(tracer, context, kind, make)
+
+    assert request() == [] and request() == []  # made in C (the second from what the first found out)
+    tracer.start_span_deferred = start_span_deferred
+    assert request() == ["test_wsgi_handle_native.py", "fastspan.py"] and theirs == [SpanKind.SERVER]
+    del tracer.start_span_deferred
+    assert request() == [] and theirs == [SpanKind.SERVER]
+    tracer._attribute_blind = False  # the sampler reads attributes: fastspan's Python method makes the span
+    assert request() == ["fastspan.py"]
+    del tracer._attribute_blind  # the Python method's AttributeError: reported by the guard, the request served
+    reports = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(guard, "report", lambda where, exc: reports.append(str(exc)))
+        assert request() == []
+    assert reports == ["'Tracer' object has no attribute '_attribute_blind'"]
+    tracer._attribute_blind = True
+    assert request() == []
+    assert [s.name for s in exporter.get_finished_spans()] == ["GET"] * 6
 
 
 def test_a_body_made_without_its_fields_raises_and_does_not_crash():
