@@ -346,14 +346,9 @@ dropped(PyObject *trace_id, PyObject *bound)
             return 1; /* low >= 0 >= bound */
         if (overflow == 0)
             return low >= (unsigned long long)b;
-        unsigned long long ub = PyLong_AsUnsignedLongLong(bound);
-        if (ub == (unsigned long long)-1 && PyErr_Occurred()) {
-            if (!PyErr_ExceptionMatches(PyExc_OverflowError))
-                return -1;
-            PyErr_Clear();
-            return 0; /* bound > 2**64 - 1 >= low */
-        }
-        return low >= ub;
+        if (_PyLong_NumBits(bound) > 64)
+            return 0; /* bound > 2**64 - 1 >= low (always_on's 2**64: no OverflowError made and cleared) */
+        return low >= PyLong_AsUnsignedLongLongMask(bound); /* bound in [2**63, 2**64): its digits as they are */
     }
     PyObject *limit = PyLong_FromUnsignedLongLong(0xFFFFFFFFFFFFFFFFULL);
     if (limit == NULL)

@@ -241,9 +241,17 @@ def test_ids_at_their_bounds_encode_as_the_python_path():
     span = _spans([("s", SpanKind.CLIENT, {"a": 1}, None, None, None)])[0]
     ctx = tuple(span.context)
     python = Encoder(pause=False, native=False)
-    for trace_id, span_id in ((1, 1), ((1 << 128) - 1, (1 << 64) - 1), (1 << 127, 1 << 63), (0, 0)):
+    for trace_id, span_id in ((1, 1), ((1 << 128) - 1, (1 << 64) - 1), (1 << 127, 1 << 63), (0, 0),
+                              (5, (1 << 63) - 1), (5, 1 << 62), (5, 1 << 30), (5, (1 << 60) + 12345)):
         fields = dict(_fields(span), _context=tuple.__new__(type(span.context), (trace_id, span_id) + ctx[2:]))
         assert native.encode_span(fields) == python._own_span(_as_span(fields))
+    for start in (0, 1, (1 << 30) - 1, 1 << 30, (1 << 60) - 1, 1 << 63, (1 << 64) - 1):
+        fields = dict(_fields(span), _start_time=start)
+        assert native.encode_span(fields) == python._own_span(_as_span(fields)), start
+    for out_of_range in (1 << 64, (1 << 64) + 1, 1 << 90, -1, -(1 << 63), -(1 << 64)):
+        assert native.encode_span(dict(_fields(span), _start_time=out_of_range)) is None, out_of_range
+        bad = tuple.__new__(type(span.context), (5, out_of_range) + ctx[2:])
+        assert native.encode_span(dict(_fields(span), _context=bad)) is None, out_of_range
 
 
 def test_an_exception_in_the_native_call_falls_back_to_python(monkeypatch):

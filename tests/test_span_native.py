@@ -224,8 +224,9 @@ def test_set_attribute_moves_a_key_set_again_to_the_end_and_stops_at_the_limit(f
     assert list(span.attributes.items()) == [("a", "again"), ("c", 3.0), ("d", 4)] and span.dropped_attributes == 1
 
 
-@pytest.mark.parametrize("sampler", [TraceIdRatioBased(0.5), ParentBased(TraceIdRatioBased(0.3)), ALWAYS_OFF,
-                                     ParentBased(ALWAYS_OFF)])
+@pytest.mark.parametrize("sampler", [TraceIdRatioBased(0.5), ParentBased(TraceIdRatioBased(0.3)),
+                                     TraceIdRatioBased(0.75), ParentBased(TraceIdRatioBased(0.9)),  # bounds >= 2**63
+                                     ALWAYS_OFF, ParentBased(ALWAYS_OFF)])
 def test_roots_dropped_and_sampled_under_ratio_samplers_seeded_ids(sampler, fallbacks):
     def scenario(tracer):
         made = []
