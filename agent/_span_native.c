@@ -117,8 +117,8 @@ static PyObject *param_str[N_PARAMS];
 #define FAIL 2
 #define RAISE 3
 
-/* `d[S[key]]` (borrowed), NULL with no exception where it is not there; d a module's globals or the tracer's
- * dict, its last answer kept while d is unchanged (own_attr.h's memo) */
+/* `d[S[key]]` (borrowed), NULL with no exception where it is not there; d a module's globals or a long-lived
+ * object's dict (the tracer's, a span processor's), its last answer kept while d is unchanged (own_attr.h's memo) */
 static inline PyObject *
 get(PyObject *d, int key)
 {
@@ -454,8 +454,8 @@ get_route(PyObject *processor)
         PyErr_Clear();
     else {
         if (PyDict_Check(pd)) {
-            PyObject *cached = PyDict_GetItemWithError(pd, S[S_ROUTE_KEY]);
-            PyObject *processors = cached == NULL ? NULL : PyDict_GetItemWithError(pd, S[S_SPAN_PROCESSORS]);
+            PyObject *cached = get(pd, S_ROUTE_KEY);
+            PyObject *processors = cached == NULL ? NULL : get(pd, S_SPAN_PROCESSORS);
             if (processors != NULL && PyTuple_Check(cached) && PyTuple_GET_SIZE(cached) >= 4
                 && PyTuple_GET_ITEM(cached, 0) == processors)
                 route = Py_NewRef(cached);

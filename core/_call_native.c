@@ -18,6 +18,8 @@
 #include <Python.h>
 #include <structmember.h>
 
+#include "own_attr.h"
+
 #if PY_VERSION_HEX < 0x030A0000
 static inline PyObject *
 Py_NewRef(PyObject *o)
@@ -40,6 +42,9 @@ static const char *conf_names[N_CONF] = {
     "py_unsampled_in", "py_with_span"};
 static PyObject *conf[N_CONF];
 static int configured;
+static const int ctx_memo_keys[] = {C_SPAN_KEY, C_SUPPRESS_KEY, C_SUPPRESS_PLAIN, C_HTTP_KEY};
+#define N_CTX_MEMO ((int)(sizeof(ctx_memo_keys) / sizeof(ctx_memo_keys[0])))
+static OwnMemo ctx_memo[N_CTX_MEMO];  /* context_get's, by key */
 static int context_is_tuple;
 
 static PyObject *str_context, *str_end, *str_failed, *str_instrumented, *one;
@@ -70,6 +75,11 @@ context_get(PyObject *ctx, PyObject *key, int *plain)
         return NULL;
     }
     *plain = 1;
+    /* (a request's context is asked for the same keys by each call it makes: kept while it is unchanged, as a
+     * Context is; own_attr.h's memo) */
+    for (int i = 0; i < N_CTX_MEMO; i++)
+        if (key == conf[ctx_memo_keys[i]])
+            return own_memo_get(ctx, key, &ctx_memo[i]);
     return PyDict_GetItemWithError(ctx, key);
 }
 

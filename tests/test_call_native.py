@@ -112,6 +112,30 @@ def test_the_checks_answer_as_the_python_ones(ctx):
     assert _current(native.current_span, ctx) == _current(PY["current_span"], ctx)
 
 
+def test_a_context_changed_behind_the_apis_back_is_read_again():
+    """The C keeps what it read of a context while that context is unchanged (core/own_attr.h's memo, four contexts
+    a key): one changed with dict's own methods, and more contexts than it keeps taking turns, answer as the
+    Python functions do at every step."""
+    sk, span_key = compat.SUPPRESS_INSTRUMENTATION_KEY, runtime_context._SPAN_KEY
+    contexts = [Context({span_key: SAMPLED}) for _ in range(6)]
+
+    def same(ctx):
+        for native_fn, python_fn in ((native.enabled_in, _python_enabled_in), (native.span_in, PY["span_in"]),
+                                     (native.unsampled_in, PY["unsampled_in"])):
+            assert _answer(native_fn, ctx) == _answer(python_fn, ctx)
+        return native.enabled_in(ctx), native.span_in(ctx), native.unsampled_in(ctx)
+
+    for _ in range(2):
+        assert [same(c) for c in contexts] == [(True, SAMPLED, False)] * 6
+    dict.__setitem__(contexts[2], span_key, UNSAMPLED)
+    dict.__setitem__(contexts[4], sk, True)
+    assert [same(c) for c in contexts] == [(True, SAMPLED, False)] * 2 + [(True, UNSAMPLED, True)] + [
+        (True, SAMPLED, False), (False, SAMPLED, False), (True, SAMPLED, False)]
+    dict.__delitem__(contexts[2], span_key)
+    dict.__delitem__(contexts[4], sk)
+    assert same(contexts[2]) == (True, trace.INVALID_SPAN, False) and same(contexts[4]) == (True, SAMPLED, False)
+
+
 def _python_enabled_in(ctx):
     return not (ctx.get(compat.SUPPRESS_INSTRUMENTATION_KEY) or ctx.get("suppress_instrumentation"))
 
