@@ -202,6 +202,9 @@ BY_NAME: dict[str, Var] = {v.name: v for v in VARIABLES}
 # Parsed values, and the warnings already given, per process.
 _cache: dict[str, object] = {}
 WARNINGS: list[str] = []
+# `_cache.get`: on a per-span path, `kept(key) or derived(key, compute)` reads a derived value with no Python frame
+# (reset() clears the dict in place: this stays its method). Only for values that are never falsy once computed.
+kept = _cache.get
 
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off", "")

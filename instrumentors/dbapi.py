@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 _ref = weakref.ref
+_kept = config.kept
 _QUERY_KWARGS = ("query", "sql", "statement", "operation", "sql_script")
 _CLIENT = SpanKind.CLIENT
 _STATEMENTS_MAX = 256  # statements kept per driver: a program runs a few hundred at most, most far fewer
@@ -239,7 +240,7 @@ class SqlTracer:
             query, where = args[0], 0
         else:
             query, where = _find_query(args, kwargs)
-        settings = config.derived(_SETTINGS, _settings)
+        settings = _kept(_SETTINGS) or config.derived(_SETTINGS, _settings)
         found = self._statements.get((query, settings)) if type(query) is str else None
         if found is None:
             found = self._statement(query, cursor, settings)

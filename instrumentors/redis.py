@@ -59,6 +59,7 @@ def _show(arg: Any) -> str:
 
 
 _CLIENT = SpanKind.CLIENT
+_kept = config.kept
 _NO_POOL = {DB_SYSTEM_NAME: SYSTEM}  # a client without a connection pool (copied, never changed)
 _SETTINGS = "redis.settings"  # config.derived's key
 
@@ -137,7 +138,7 @@ class RedisInstrumentor(TraceRunInstrumentor):
     def _start_command(self, client: Any, args: tuple, kwargs: dict) -> tuple:
         """`start` for spans.wrapper: one command. Its span's name and own attributes are kept by command name
         and argument count for the configuration read now (see _command_span); the pool's are kept per pool."""
-        sanitize, bound, kept = config.derived(_SETTINGS, _settings)
+        sanitize, bound, kept = _kept(_SETTINGS) or config.derived(_SETTINGS, _settings)
         try:
             name, own = kept[args[0], len(args)]
         except (KeyError, TypeError, IndexError):
