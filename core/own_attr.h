@@ -12,7 +12,8 @@
  * A module's globals (the C reads them at each call, so that a function a program replaced is the one called) and
  * the tracer's instance dict (read at every span) are read by name at every request or span, ~100 instructions a
  * probe. CPython gives a dict a new version tag at every change, drawn from one counter for all dicts (3.9 to
- * 3.13; from 3.14 the tag is gone and every read probes), so the same dict under the same tag holds the same value:
+ * 3.13, but an object's dict on 3.13 whose values are still the object's inline ones, below; from 3.14 the tag is
+ * gone and every read probes), so the same dict under the same tag holds the same value:
  * the value kept at the last read is returned with no probe. A memo has OWN_MEMO_WAYS entries, one per dict (the
  * tracers of several instrumentors take turns at one call site); a dict not among them takes an entry in turn. The
  * value is borrowed from the dict, which keeps it while its tag is unchanged. */
@@ -47,6 +48,12 @@ static inline PyObject *
 own_memo_get(PyObject *dict, PyObject *key, OwnMemo *m)
 {
 #if OWN_MEMO_ON
+#if PY_VERSION_HEX >= 0x030D0000
+    /* 3.13 keeps an object's attributes in its inline values after its dict is made (the dict's split values are
+     * those): an attribute set then changes the value without a new tag. Such a dict is probed every time. */
+    if (((PyDictObject *)dict)->ma_values != NULL)
+        return PyDict_GetItemWithError(dict, key);
+#endif
     uint64_t version = own_dict_version(dict);
     int i = 0;
     while (i < OWN_MEMO_WAYS && m->dict[i] != dict)
