@@ -599,11 +599,7 @@ maker_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObj
 
 static PyTypeObject MakerType = BOUND_TYPE("attributes_maker", "server_attributes(environ), for a span that records.");
 
-/* wsgi.start_server_span(tracer, environ, parent): the tracer's start_span_deferred called as Python calls it;
- * where that is fastspan's (the tracer's own, or the bound method a FollowingTracer keeps) and its sampler reads
- * neither name nor attributes, the call of start_span it makes is made here. No start_span_deferred (another
- * tracer class), or a replaced wsgi.start_server_span: the Python function. */
-static OwnAttr g_blind, g_tracer_dict;
+static OwnAttr g_blind, g_tracer_dict;  /* start_server_span's reads of the tracer */
 static OwnMemo deferred_memo;
 
 /* 1 where `tracer.start_span_deferred` is fastspan's own method, found as generic getattr finds it (the class's
